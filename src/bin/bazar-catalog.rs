@@ -1,0 +1,18 @@
+//! The catalog server: see `bazar::catalog`.
+
+use bazar::catalog::{CatalogConfig, CatalogNode};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    bazar::service::run(
+        "bazar-catalog",
+        CatalogConfig::HELP,
+        |env| CatalogConfig::from_source(env),
+        |c| &c.common,
+        |cfg, metrics, shutdown| {
+            let node = CatalogNode::open(cfg, metrics)?;
+            node.start_background(shutdown);
+            Ok(move |r: &bazar::http::Request| node.handle(r))
+        },
+    )
+}

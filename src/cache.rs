@@ -1,0 +1,345 @@
+//! The memcached cache of front-end reads, and the push invalidation the catalog sends.
+//!
+//! # The protocol (why no read after an acknowledged write is stale)
+//! Every value carries the catalog sequence number it was read at. Catalog answers carry
+//! `X-Seq`, the number of the last write applied on that node when it read.
+//! - An entry is `D<seq>\n<json>`: the answer as it was at write `<seq>` or later.
+//! - The primary invalidates by *setting* a marker `M<seq>` (the write's number), never by
+//!   deleting, before it acknowledges the write.
+//! - A reader `gets` the key (value and CAS token). A data entry is a hit. On a miss it
+//!   reads a back end (getting data at `D`), then fills: `add` when the key was absent
+//!   (fails if a marker appeared meanwhile), or `cas` over the marker `M<m>` it saw, and only
+//!   when `D >= m` (fails if the marker changed meanwhile).
+//!
+//! So after write `S` is acknowledged, the key holds the marker `M<S>` or something stored
+//! over it by a `cas` from a reader who saw that marker (or a later one) and had data at
+//! `S` or newer; a reader that fetched old data before the write can no longer store it.
+//! The argument needs the marker to live longer than a reader's fill window: markers live
+//! [`MARKER_TTL`] and a fill is dropped when the read took longer than [`FILL_WINDOW`].
+//! If an invalidation cannot be delivered, the write still goes on (after one bounded
+//! timeout), the failure is logged and counted, and [`ENTRY_TTL`] bounds the staleness.
+//!
+//! # Failure
+//! Every memcached call has a short timeout ([`OP_TIMEOUT`]). After a failure the cache is
+//! off for [`BACKOFF`] (requests go to the back ends, `X-Cache: off`, no timeouts paid),
+//! then the next request probes with a fresh connection pool: broken pooled connections
+//! are never reused, and caching resumes by itself when memcached is back.
+//!
+//! Each worker thread uses its own pooled connection (the pool holds as many as workers),
+//! so there is no single shared connection to queue behind.
+
+use crate::http::percent_encode;
+use crate::metrics::push_metric;
+use crate::wire::Book;
+use memcache::{CommandError, MemcacheError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Backstop expiry of a data entry (seconds).
+pub const ENTRY_TTL: u32 = 600;
+/// Life of an invalidation marker (seconds): far longer than any fill window.
+pub const MARKER_TTL: u32 = 120;
+/// A fill whose back-end read started longer ago than this is dropped.
+pub const FILL_WINDOW: Duration = Duration::from_secs(30);
+/// Timeout of one memcached call (connect, read or write).
+pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long the cache stays off after a failure before it is probed again.
+pub const BACKOFF: Duration = Duration::from_secs(3);
+
+/// The cache key of `GET /info/{id}`.
+pub fn info_key(id: u32) -> String {
+    format!("bazar:info:{id}")
+}
+
+/// The cache key of `GET /search/{topic}`, if the topic fits in a memcached key.
+pub fn search_key(topic: &str) -> Option<String> {
+    let key = format!("bazar:search:{}", percent_encode(&topic.trim().to_lowercase()));
+    (key.len() <= 250).then_some(key)
+}
+
+/// Every key a change of `old` into `new` makes wrong.
+pub fn keys_for(old: &Book, new: &Book) -> Vec<String> {
+    let mut keys = vec![info_key(new.id)];
+    keys.extend(search_key(&old.topic));
+    if !old.topic.eq_ignore_ascii_case(&new.topic) {
+        keys.extend(search_key(&new.topic));
+    }
+    keys
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No cache (not configured, or backing off after a failure).
+    Off,
+    /// The stored answer, to be sent as it is.
+    Hit(Vec<u8>),
+    /// Not cached; fill with [`Cache::fill`] after reading a back end.
+    Miss(Slot),
+}
+
+/// What stood in the key at lookup time; decides how a fill may store.
+#[derive(Debug)]
+pub struct Slot {
+    key: String,
+    /// `None`: absent. `Some((m, cas))`: a marker (or unreadable value) with its CAS token.
+    marker: Option<(u64, u64)>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    fills: AtomicU64,
+    invalidations: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A memcached cache shared by the worker threads of one process.
+pub struct Cache {
+    servers: Vec<String>,
+    pool_size: u32,
+    /// The client, or why not: `Err(until)` while backing off. Held only to clone or swap.
+    client: Mutex<Result<Arc<memcache::Client>, Instant>>,
+    counters: Counters,
+}
+
+impl Cache {
+    /// A cache over `servers` (`host:port`); connects lazily, never fails here.
+    pub fn new(servers: &[String], workers: usize) -> Cache {
+        Cache {
+            servers: servers.to_vec(),
+            pool_size: workers.clamp(1, 256) as u32,
+            client: Mutex::new(Err(Instant::now())),
+            counters: Counters::default(),
+        }
+    }
+
+    fn connect(&self) -> Result<memcache::Client, MemcacheError> {
+        let mut pools = Vec::new();
+        for s in &self.servers {
+            let url = format!("memcache://{s}?timeout={}&tcp_nodelay=true", OP_TIMEOUT.as_secs_f64());
+            let manager = memcache::ConnectionManager::new(
+                memcache::Url::parse(&url).map_err(|e| MemcacheError::BadURL(e.to_string()))?,
+            );
+            let pool = r2d2::Pool::builder()
+                .max_size(self.pool_size)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                .connection_timeout(OP_TIMEOUT)
+                .build_unchecked(manager);
+            pools.push(pool);
+        }
+        memcache::Client::with_pools(pools)
+    }
+
+    /// The client, unless backing off; builds a fresh one when the back-off is over.
+    fn client(&self) -> Option<Arc<memcache::Client>> {
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Ok(c) => Some(Arc::clone(c)),
+            Err(until) if Instant::now() < *until => None,
+            Err(_) => match self.connect() {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    *slot = Ok(Arc::clone(&c));
+                    Some(c)
+                }
+                Err(e) => {
+                    log::warn!("memcached {:?}: {e}", self.servers);
+                    *slot = Err(Instant::now() + BACKOFF);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Records a failure: counted, logged once per outage, cache off for [`BACKOFF`].
+    fn failed(&self, what: &str, e: &MemcacheError) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_ok() {
+            log::warn!("memcached {:?} failed ({what}: {e}); caching off for {BACKOFF:?}", self.servers);
+        }
+        *slot = Err(Instant::now() + BACKOFF);
+    }
+
+    /// Whether a cache is in use right now (not backing off).
+    pub fn is_on(&self) -> bool {
+        !matches!(&*self.client.lock().unwrap_or_else(|e| e.into_inner()), Err(until) if Instant::now() < *until)
+    }
+
+    /// Looks `key` up.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let Some(client) = self.client() else { return Lookup::Off };
+        let found = match client.gets::<(Vec<u8>, u32, Option<u64>)>(&[key]) {
+            Ok(mut map) => map.remove(key),
+            Err(e) => {
+                self.failed("gets", &e);
+                return Lookup::Off;
+            }
+        };
+        let at = Instant::now();
+        let key = key.to_string();
+        match found {
+            None => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Miss(Slot { key, marker: None, at })
+            }
+            Some((value, _, cas)) => match decode(&value) {
+                Value::Data(json) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    Lookup::Hit(json.to_vec())
+                }
+                Value::Marker(m) => {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    // Without a CAS token nothing may be stored over it: use an impossible marker.
+                    let marker = cas.map_or((u64::MAX, 0), |c| (m, c));
+                    Lookup::Miss(Slot { key, marker: Some(marker), at })
+                }
+            },
+        }
+    }
+
+    /// Stores an answer read from a back end at sequence number `seq`, if still allowed.
+    pub fn fill(&self, slot: Slot, seq: u64, json: &[u8]) {
+        if slot.at.elapsed() > FILL_WINDOW {
+            return;
+        }
+        let Some(client) = self.client() else { return };
+        let mut value = format!("D{seq}\n").into_bytes();
+        value.extend_from_slice(json);
+        let stored = match slot.marker {
+            None => client.add(&slot.key, value.as_slice(), ENTRY_TTL).map(|_| true),
+            Some((m, cas)) if seq >= m => client.cas(&slot.key, value.as_slice(), ENTRY_TTL, cas),
+            Some(_) => return,
+        };
+        match stored {
+            Ok(true) => {
+                self.counters.fills.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) | Err(MemcacheError::CommandError(CommandError::KeyExists | CommandError::KeyNotFound)) => {}
+            Err(e) => self.failed("fill", &e),
+        }
+    }
+
+    /// Writes invalidation markers for write `seq` on `keys` (the push approach).
+    pub fn invalidate(&self, keys: &[String], seq: u64) {
+        let Some(client) = self.client() else {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "cannot invalidate {keys:?} for write {seq}: memcached is off; entries expire within {ENTRY_TTL} s"
+            );
+            return;
+        };
+        let marker = format!("M{seq}");
+        for key in keys {
+            match client.set(key, marker.as_str(), MARKER_TTL) {
+                Ok(()) => {
+                    self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed("invalidate", &e);
+                    log::warn!("cannot invalidate {key} for write {seq}: {e}; it expires within {ENTRY_TTL} s");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The cache's counters in Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        push_metric(
+            &mut out,
+            "bazar_cache_hits_total",
+            "counter",
+            "Reads answered from memcached.",
+            c.hits.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_misses_total",
+            "counter",
+            "Reads memcached did not answer.",
+            c.misses.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_fills_total",
+            "counter",
+            "Answers stored in memcached.",
+            c.fills.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_invalidations_total",
+            "counter",
+            "Invalidation markers written.",
+            c.invalidations.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_errors_total",
+            "counter",
+            "memcached calls that failed (or were skipped while it was off).",
+            c.errors.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_up",
+            "gauge",
+            "1 while memcached is in use, 0 while backing off.",
+            u8::from(self.is_on()),
+        );
+        out
+    }
+}
+
+enum Value<'a> {
+    Data(&'a [u8]),
+    Marker(u64),
+}
+
+/// Reads a stored value; anything unreadable counts as a marker that blocks every fill
+/// except one with a CAS token and data at least that new, i.e. it gets overwritten.
+fn decode(value: &[u8]) -> Value<'_> {
+    let parse = |digits: &[u8]| std::str::from_utf8(digits).ok().and_then(|s| s.parse::<u64>().ok());
+    match value.split_first() {
+        Some((b'D', rest)) => match rest.iter().position(|&b| b == b'\n') {
+            Some(i) if parse(&rest[..i]).is_some() => Value::Data(&rest[i + 1..]),
+            _ => Value::Marker(0),
+        },
+        Some((b'M', rest)) => Value::Marker(parse(rest).unwrap_or(u64::MAX)),
+        _ => Value::Marker(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Money;
+
+    #[test]
+    fn decodes_values() {
+        assert!(matches!(decode(b"D7\n{\"a\":1}"), Value::Data(b"{\"a\":1}")));
+        assert!(matches!(decode(b"M42"), Value::Marker(42)));
+        assert!(matches!(decode(b"Mx"), Value::Marker(u64::MAX)));
+        assert!(matches!(decode(b"Dx\n{}"), Value::Marker(0)));
+        assert!(matches!(decode(b""), Value::Marker(0)));
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(info_key(7), "bazar:info:7");
+        assert_eq!(search_key(" Distributed Systems").unwrap(), "bazar:search:distributed%20systems");
+        assert!(search_key(&"x".repeat(300)).is_none());
+        let book = Book { id: 1, title: "t".into(), topic: "a".into(), price: Money::from_cents(1), quantity: 1 };
+        let moved = Book { topic: "b".into(), ..book.clone() };
+        assert_eq!(keys_for(&book, &book).len(), 2);
+        assert_eq!(keys_for(&book, &moved).len(), 3);
+    }
+}

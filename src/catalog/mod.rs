@@ -1,0 +1,18 @@
+//! The catalog service: books, prices and stock; one primary and any number of replicas.
+//!
+//! - [`state`]: the books and their operations, no I/O.
+//! - [`store`]: the CSV files in the data directory.
+//! - [`node`]: one catalog process: HTTP routes, the remote-write protocol, replication
+//!   pushes, catch-up, and cache invalidation.
+//!
+//! The protocol, in short: the primary alone decides writes. It serialises them, gives
+//! each the next sequence number, persists it, pushes the book's new state to every
+//! replica, invalidates the cache, and only then acknowledges. A replica forwards writes
+//! to the primary and relays the answer, applies pushes strictly in sequence, and after a
+//! start or a gap installs a snapshot from the primary before it answers reads again.
+
+pub mod node;
+pub mod state;
+pub mod store;
+
+pub use node::{CatalogConfig, CatalogNode, Role};

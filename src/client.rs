@@ -1,0 +1,228 @@
+//! Typed clients: how one service (or the bench, or a test) talks to another.
+//!
+//! One [`Http`] wraps one `ureq::Agent`, configured once: statuses are answers, not errors
+//! (`http_status_as_error(false)`), every call has a connect timeout and an overall
+//! timeout, idle connections are pooled and reused, and the bearer token is sent when set.
+//! A failed call becomes [`Error::Unreachable`] with `sent: false` only when the request
+//! surely never left (refused or never connected), which is what makes a retry of a
+//! purchase elsewhere safe.
+
+use crate::error::{Error, Result};
+use crate::http::percent_encode;
+use crate::wire::{Book, BookUpdate, ErrorBody, Order, OrderPage, PurchaseRequest, ReplicaAck, Replicate, Snapshot};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io;
+use std::time::Duration;
+use ureq::http::{Method, Request};
+
+/// Time to establish a connection to a peer on the same network.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most bytes read from a peer's answer (a whole catalog or order log fits).
+const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// Idle pooled connections are dropped before the servers' own idle timeout closes them.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
+
+/// An answer from a peer: status, body, and the `X-Cache`/`X-Backend` headers if any.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `X-Cache` as the peer sent it.
+    pub cache: Option<String>,
+    /// `X-Backend` as the peer sent it.
+    pub backend: Option<String>,
+    /// `X-Seq` (catalog reads): the catalog write the answer reflects.
+    pub seq: Option<u64>,
+}
+
+impl Answer {
+    /// The body as `T` if the status is 2xx, else the peer's error as an [`Error`].
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        if (200..300).contains(&self.status) {
+            serde_json::from_slice(&self.body).map_err(|e| Error::Internal(format!("peer sent bad JSON: {e}")))
+        } else {
+            Err(self.error())
+        }
+    }
+
+    /// The peer's error answer as an [`Error`] of the same status.
+    pub fn error(&self) -> Error {
+        let msg = serde_json::from_slice::<ErrorBody>(&self.body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned());
+        Error::from_status(self.status, msg)
+    }
+}
+
+/// An HTTP client for calls between services.
+#[derive(Clone)]
+pub struct Http {
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Http {
+    /// A client whose calls give up after `timeout`, pooling up to `pool` connections per peer.
+    pub fn new(timeout: Duration, pool: usize, token: Option<String>) -> Http {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(timeout))
+            .max_idle_connections(pool * 8)
+            .max_idle_connections_per_host(pool)
+            .max_idle_age(MAX_IDLE_AGE)
+            .max_redirects(0)
+            .user_agent("bazar")
+            .build()
+            .into();
+        Http { agent, token }
+    }
+
+    /// Sends `method` to `base` + `path` with an optional JSON body.
+    pub fn call(&self, method: Method, base: &str, path: &str, body: Option<Vec<u8>>) -> Result<Answer> {
+        let mut req = Request::builder().method(method).uri(format!("{base}{path}"));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let sent = match body {
+            Some(b) => {
+                self.agent.run(req.header("Content-Type", "application/json").body(b).map_err(|e| bad_uri(base, e))?)
+            }
+            // A sized empty body (Content-Length: 0); `()` would be sent chunked.
+            None if matches!(method_of(&req), Some(m) if m != Method::GET && m != Method::HEAD) => {
+                self.agent.run(req.body(Vec::new()).map_err(|e| bad_uri(base, e))?)
+            }
+            None => self.agent.run(req.body(()).map_err(|e| bad_uri(base, e))?),
+        };
+        let mut resp = sent.map_err(|e| unreachable(base, e))?;
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (cache, backend) = (header("x-cache"), header("x-backend"));
+        let seq = header("x-seq").and_then(|s| s.parse().ok());
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().map_err(|e| unreachable(base, e))?;
+        Ok(Answer { status, body, cache, backend, seq })
+    }
+
+    /// GET, decoded.
+    pub fn get<T: DeserializeOwned>(&self, base: &str, path: &str) -> Result<T> {
+        self.call(Method::GET, base, path, None)?.json()
+    }
+
+    /// A JSON body sent with `method`, the answer decoded.
+    pub fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let bytes = serde_json::to_vec(body).expect("wire types always serialize");
+        self.call(method, base, path, Some(bytes))?.json()
+    }
+}
+
+fn method_of(req: &ureq::http::request::Builder) -> Option<Method> {
+    req.method_ref().cloned()
+}
+
+fn bad_uri(base: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("bad URL {base}: {e}"))
+}
+
+/// Classifies a failed call: `sent` is false only when the request surely never left.
+fn unreachable(base: &str, e: ureq::Error) -> Error {
+    use ureq::Timeout;
+    let sent = match &e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => false,
+        ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => false,
+        ureq::Error::Io(io) => !matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::AddrNotAvailable
+        ),
+        _ => true,
+    };
+    Error::Unreachable { url: base.to_string(), sent, reason: e.to_string() }
+}
+
+/// A catalog server's API.
+#[derive(Clone)]
+pub struct CatalogClient {
+    /// The HTTP client.
+    pub http: Http,
+}
+
+impl CatalogClient {
+    /// One book (`GET /books/{id}`).
+    pub fn book(&self, base: &str, id: u32) -> Result<Book> {
+        self.http.get(base, &format!("/books/{id}"))
+    }
+
+    /// Books of a topic, or all (`GET /books[?topic=]`).
+    pub fn books(&self, base: &str, topic: Option<&str>) -> Result<Vec<Book>> {
+        match topic {
+            Some(t) => self.http.get(base, &format!("/books?topic={}", percent_encode(t))),
+            None => self.http.get(base, "/books"),
+        }
+    }
+
+    /// Price and stock update (`PATCH /books/{id}`).
+    pub fn update(&self, base: &str, id: u32, update: &BookUpdate) -> Result<Book> {
+        self.http.send(Method::PATCH, base, &format!("/books/{id}"), update)
+    }
+
+    /// Takes one copy (`POST /books/{id}/purchase`).
+    pub fn purchase(&self, base: &str, id: u32, order_id: Option<&str>) -> Result<Book> {
+        let body = PurchaseRequest { order_id: order_id.map(str::to_string) };
+        self.http.send(Method::POST, base, &format!("/books/{id}/purchase"), &body)
+    }
+
+    /// The whole catalog at one sequence number (replica catch-up).
+    pub fn snapshot(&self, base: &str) -> Result<Snapshot> {
+        self.http.get(base, "/internal/snapshot")
+    }
+
+    /// Pushes one write to a replica.
+    pub fn replicate(&self, base: &str, push: &Replicate) -> Result<ReplicaAck> {
+        self.http.send(Method::POST, base, "/internal/replicate", push)
+    }
+
+    /// Installs a whole snapshot on a replica that fell behind.
+    pub fn install(&self, base: &str, snapshot: &Snapshot) -> Result<ReplicaAck> {
+        self.http.send(Method::PUT, base, "/internal/snapshot", snapshot)
+    }
+}
+
+/// An order server's API.
+#[derive(Clone)]
+pub struct OrderClient {
+    /// The HTTP client.
+    pub http: Http,
+}
+
+impl OrderClient {
+    /// Buys one copy (`POST /purchase/{id}`).
+    pub fn purchase(&self, base: &str, id: u32) -> Result<Order> {
+        self.http.call(Method::POST, base, &format!("/purchase/{id}"), None)?.json()
+    }
+
+    /// All orders, oldest first.
+    pub fn orders(&self, base: &str) -> Result<Vec<Order>> {
+        self.http.get(base, "/orders")
+    }
+
+    /// A page of the peer's log from position `from` (order sync).
+    pub fn pull(&self, base: &str, from: usize) -> Result<OrderPage> {
+        self.http.get(base, &format!("/internal/orders?from={from}"))
+    }
+
+    /// Hands new orders to a peer (order sync); the peer keeps those it lacks.
+    pub fn push(&self, base: &str, orders: &[Order]) -> Result<serde_json::Value> {
+        self.http.send(Method::POST, base, "/internal/orders", &orders)
+    }
+}

@@ -1,0 +1,10 @@
+//! The front end: the public API, round robin over the back ends, and the read cache.
+//!
+//! `GET /search/{topic}` and `GET /info/{id}` go to the catalog pool (answered from
+//! memcached when cached, see [`crate::cache`]); `POST /purchase/{id}` goes to the order
+//! pool. Reads are retried on the next replica when one fails or is catching up; a
+//! purchase is retried only when it surely never reached the server that failed.
+
+pub mod node;
+
+pub use node::{Frontend, FrontendConfig};

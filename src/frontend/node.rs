@@ -1,0 +1,230 @@
+//! One front-end process: routes, load balancing and caching.
+
+use crate::balance::Pool;
+use crate::cache::{self, Cache, Lookup};
+use crate::client::{Answer, Http};
+use crate::config::{self, Common, ConfigError, Source};
+use crate::error::{Error, Result};
+use crate::http::{self, parse_id, Request, Response};
+use crate::metrics::Metrics;
+use crate::wire::{Book, Order, PurchaseReceipt, SearchHit};
+use std::sync::Arc;
+use std::time::Duration;
+use ureq::http::Method;
+
+/// Longest wait for a back end (a purchase persists on two servers first).
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the front end.
+#[derive(Clone, Debug)]
+pub struct FrontendConfig {
+    /// Listen address, workers, token (sent to the back ends).
+    pub common: Common,
+    /// Catalog servers (reads, round robin).
+    pub catalogs: Vec<String>,
+    /// Order servers (purchases, round robin).
+    pub orders: Vec<String>,
+    /// memcached servers; empty: no cache.
+    pub memcached: Vec<String>,
+}
+
+impl FrontendConfig {
+    /// Reads the settings.
+    pub fn from_source(src: &dyn Source) -> std::result::Result<FrontendConfig, ConfigError> {
+        Ok(FrontendConfig {
+            common: Common::from_source(src, "0.0.0.0:4200")?,
+            catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
+            orders: config::urls(src, "BAZAR_ORDER", true)?,
+            memcached: config::memcached(src)?,
+        })
+    }
+
+    /// `--help` text.
+    pub const HELP: &'static str = "\
+bazar-frontend: the public API (search, info, purchase) with load balancing and a cache.
+
+Environment:
+  BAZAR_CATALOG   comma-separated base URLs of catalog servers (required)
+  BAZAR_ORDER     comma-separated base URLs of order servers (required)
+  BAZAR_MEMCACHED memcached host:port list; unset or empty: no cache
+";
+}
+
+/// The front end.
+pub struct Frontend {
+    config: FrontendConfig,
+    catalogs: Pool,
+    orders: Pool,
+    http: Http,
+    cache: Option<Cache>,
+    metrics: Arc<Metrics>,
+}
+
+/// How a read answer is turned into the front end's JSON.
+type Shape = fn(&[u8]) -> Result<Vec<u8>>;
+
+impl Frontend {
+    /// A front end over the configured pools.
+    pub fn new(config: FrontendConfig, metrics: Arc<Metrics>) -> Frontend {
+        let pool = config.common.threads;
+        let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
+        Frontend {
+            catalogs: Pool::new(config.catalogs.clone()),
+            orders: Pool::new(config.orders.clone()),
+            http: Http::new(BACKEND_TIMEOUT, pool, config.common.token.clone()),
+            cache,
+            metrics,
+            config,
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, request: &Request) -> Response {
+        let segments = match request.segments() {
+            Ok(s) => s,
+            Err(e) => return http::respond(Err(e), "invalid"),
+        };
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let method = request.method.as_str();
+        let get = matches!(method, "GET" | "HEAD");
+        match segs.as_slice() {
+            ["health"] if get => {
+                let body = serde_json::json!({
+                    "status": "ok", "role": "frontend",
+                    "cache": match &self.cache { None => "off", Some(c) if c.is_on() => "on", Some(_) => "down" },
+                    "catalogs": self.config.catalogs, "orders": self.config.orders,
+                });
+                http::respond(Ok(Response::json(&body)), "/health")
+            }
+            ["metrics"] if get => {
+                let extra = self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default();
+                let text = self.metrics.render(&extra);
+                http::respond(
+                    Ok(Response {
+                        content_type: "text/plain; version=0.0.4",
+                        ..Response::raw_json(200, text.into_bytes())
+                    }),
+                    "/metrics",
+                )
+            }
+            ["search", topic] if get => {
+                let path = format!("/books?topic={}", http::percent_encode(topic));
+                self.cached_read(cache::search_key(topic), &path, search_hits).at("/search/{topic}")
+            }
+            ["info", id] if get => match parse_id(id) {
+                Ok(id) => self.cached_read(Some(cache::info_key(id)), &format!("/books/{id}"), info).at("/info/{id}"),
+                Err(e) => self.with_cache_header(Response::error(&e), "off").at("/info/{id}"),
+            },
+            ["purchase", id] if method == "POST" => {
+                http::respond(parse_id(id).and_then(|id| self.purchase(id)), "/purchase/{id}")
+            }
+            ["health"] | ["metrics"] | ["search", _] | ["info", _] => {
+                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
+            }
+            ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
+        }
+    }
+
+    fn with_cache_header(&self, r: Response, state: &str) -> Response {
+        r.with_header("X-Cache", state)
+    }
+
+    /// A cacheable read: the cache first, else a catalog replica (then stored).
+    fn cached_read(&self, key: Option<String>, path: &str, shape: Shape) -> Response {
+        let lookup = match (&self.cache, key) {
+            (Some(c), Some(k)) => c.lookup(&k),
+            _ => Lookup::Off,
+        };
+        let slot = match lookup {
+            Lookup::Hit(body) => return Response::raw_json(200, body).with_header("X-Cache", "hit"),
+            Lookup::Miss(slot) => Some(slot),
+            Lookup::Off => None,
+        };
+        let state = if slot.is_some() { "miss" } else { "off" };
+        let (answer, backend) = match self.read(path) {
+            Ok(found) => found,
+            Err(e) => return Response::error(&e).with_header("X-Cache", state),
+        };
+        let response = if answer.status == 200 {
+            match shape(&answer.body) {
+                Ok(body) => {
+                    if let (Some(cache), Some(slot), Some(seq)) = (&self.cache, slot, answer.seq) {
+                        cache.fill(slot, seq, &body);
+                    }
+                    Response::raw_json(200, body)
+                }
+                Err(e) => Response::error(&e),
+            }
+        } else {
+            Response::error(&answer.error())
+        };
+        response.with_header("X-Cache", state).with_header("X-Backend", backend)
+    }
+
+    /// GET from the catalog pool: the next replica in turn, then the others.
+    fn read(&self, path: &str) -> Result<(Answer, String)> {
+        let mut last = String::new();
+        for i in self.catalogs.plan() {
+            let url = &self.catalogs.urls()[i];
+            match self.http.call(Method::GET, url, path, None) {
+                Ok(a) if a.status == 503 => {
+                    // Catching up: another replica can answer.
+                    self.catalogs.mark_down(i);
+                    last = a.error().to_string();
+                }
+                Ok(a) => {
+                    self.catalogs.mark_up(i);
+                    return Ok((a, url.clone()));
+                }
+                Err(e) => {
+                    self.catalogs.mark_down(i);
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(Error::Unavailable(format!("no catalog server could answer: {last}")))
+    }
+
+    /// POST a purchase to the order pool; retried elsewhere only if surely not received.
+    fn purchase(&self, id: u32) -> Result<Response> {
+        let mut last = String::new();
+        for i in self.orders.plan() {
+            let url = &self.orders.urls()[i];
+            match self.http.call(Method::POST, url, &format!("/purchase/{id}"), None) {
+                Ok(a) => {
+                    self.orders.mark_up(i);
+                    let response = match a.json::<Order>() {
+                        Ok(order) => Response::json(&PurchaseReceipt::from(order)),
+                        Err(e) => Response::error(&e),
+                    };
+                    return Ok(response.with_header("X-Backend", url.clone()));
+                }
+                Err(Error::Unreachable { sent: false, reason, .. }) => {
+                    self.orders.mark_down(i);
+                    last = format!("{url}: {reason}");
+                }
+                Err(e) => {
+                    self.orders.mark_down(i);
+                    return Err(Error::Unavailable(format!(
+                        "order server {url} failed during the purchase (it may or may not have happened): {e}"
+                    )));
+                }
+            }
+        }
+        Err(Error::Unavailable(format!("no order server reachable: {last}")))
+    }
+}
+
+/// The catalog's books of a topic as search hits.
+fn search_hits(body: &[u8]) -> Result<Vec<u8>> {
+    let books: Vec<Book> =
+        serde_json::from_slice(body).map_err(|e| Error::Internal(format!("catalog sent bad JSON: {e}")))?;
+    let hits: Vec<SearchHit> = books.into_iter().map(|b| SearchHit { id: b.id, title: b.title }).collect();
+    Ok(serde_json::to_vec(&hits).expect("serializes"))
+}
+
+/// The catalog's book is the info answer as it is.
+fn info(body: &[u8]) -> Result<Vec<u8>> {
+    Ok(body.to_vec())
+}

@@ -1,0 +1,829 @@
+//! A small HTTP/1.1 server on `std::net`, with the limits a public service needs.
+//!
+//! Why not tiny_http 0.12 (the first choice): it has no limit on the head or the body, no
+//! read timeouts, a thread per connection without a bound, and dropping a request whose
+//! body was not read allocates the whole declared `Content-Length` at once
+//! (`EqualReader::drop`), which aborts the process for `Content-Length: 100000000000000`.
+//! Every way its API offers to dispose of a request (respond, upgrade, drop) runs that
+//! drop, so the abort cannot be avoided from outside. This module is the replacement:
+//!
+//! - the request line and headers are read with a bound ([`MAX_HEAD`], else 431) and a
+//!   deadline ([`HEAD_TIMEOUT`], else 408); the body is read only when its declared length
+//!   is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
+//! - each connection has its own thread (small stack), up to [`MAX_CONNECTIONS`]; a slow
+//!   client holds only its own thread, never a worker another client needs;
+//! - at most `threads` handlers run at once (a counting semaphore): the service's worker
+//!   pool, sized by `BAZAR_THREADS`;
+//! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`];
+//! - shutdown is an input: once set, the accept loop stops, requests in flight finish
+//!   and idle connections are closed, then [`serve`] returns.
+//!
+//! Architecture invariant: no input makes this layer panic, allocate more than
+//! `MAX_HEAD + MAX_BODY` per connection, or answer 500; the handler sees only complete,
+//! bounded requests.
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest request line plus headers.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most headers in one request.
+pub const MAX_HEADERS: usize = 64;
+/// Time allowed to send a whole request head once its first byte arrived.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to send the body once the head is in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most open connections; one more is answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a stopping server waits for requests in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Granularity at which blocked reads and the accept loop notice a shutdown.
+const TICK: Duration = Duration::from_millis(100);
+/// Stack of a connection thread: parsing and handlers need little.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// A complete request, as handlers see it.
+#[derive(Debug)]
+pub struct Request {
+    /// Method, as sent (`GET`, `POST`, ...).
+    pub method: String,
+    /// The path, still percent-encoded, without the query.
+    pub path: String,
+    /// The query string after `?`, if any, still encoded.
+    pub query: Option<String>,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body (at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request built in code (tests, the bench's limit server).
+    pub fn new(method: &str, target: &str) -> Request {
+        let (path, query) = split_target(target);
+        Request { method: method.into(), path, query, headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The path split into percent-decoded segments: `/books/7` is `["books", "7"]`.
+    pub fn segments(&self) -> Result<Vec<String>, Error> {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| percent_decode(s, false))
+            .collect()
+    }
+
+    /// The decoded value of query parameter `name` (`+` is a space there).
+    pub fn query_param(&self, name: &str) -> Result<Option<String>, Error> {
+        for pair in self.query.as_deref().unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(k, true)? == name {
+                return percent_decode(v, true).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A response: status, extra headers and a body (JSON unless a header says otherwise).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers besides Content-Length, Connection and Content-Type.
+    pub headers: Vec<(&'static str, String)>,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Route label for metrics (`/books/{id}`), set by the router.
+    pub route: &'static str,
+}
+
+impl Response {
+    /// 200 with `value` as JSON.
+    pub fn json<T: serde::Serialize>(value: &T) -> Response {
+        Response::raw_json(200, serde_json::to_vec(value).expect("wire types always serialize"))
+    }
+
+    /// A JSON body that is already encoded.
+    pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, headers: Vec::new(), content_type: "application/json", body, route: "other" }
+    }
+
+    /// The error's status with `{"error": "..."}` (and `Allow` for a 405).
+    pub fn error(e: &Error) -> Response {
+        let body = serde_json::to_vec(&crate::wire::ErrorBody { error: e.to_string() }).expect("serializes");
+        let mut r = Response::raw_json(e.status(), body);
+        if let Error::MethodNotAllowed(allow) = e {
+            r.headers.push(("Allow", allow.to_string()));
+        }
+        r
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sets the route label used by the metrics.
+    pub fn at(mut self, route: &'static str) -> Response {
+        self.route = route;
+        self
+    }
+}
+
+/// Turns `Result<Response>` into a response, errors included.
+pub fn respond(result: Result<Response, Error>, route: &'static str) -> Response {
+    match result {
+        Ok(r) => r.at(route),
+        Err(e) => Response::error(&e).at(route),
+    }
+}
+
+/// Settings of one server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Most handlers running at once.
+    pub threads: usize,
+    /// Name used in log lines.
+    pub name: &'static str,
+}
+
+/// Serves `listener` until `shutdown` is set, then drains and returns.
+pub fn serve<H>(
+    listener: TcpListener,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    handler: H,
+) -> io::Result<()>
+where
+    H: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    let shared = Arc::new(Shared {
+        handler,
+        metrics,
+        shutdown: shutdown.clone(),
+        permits: Semaphore::new(config.threads.max(1)),
+        open: AtomicUsize::new(0),
+    });
+    log::info!("{} listening on {}", config.name, listener.local_addr()?);
+    while !shutdown.is_set() {
+        if !wait_readable(&listener, TICK) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(TICK);
+                continue;
+            }
+        };
+        if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_response(
+                &mut &stream,
+                &Response::error(&Error::Unavailable("too many connections".into())),
+                false,
+                false,
+            );
+            continue;
+        }
+        let conn = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
+            conn.connection(stream);
+            conn.open.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("cannot start a connection thread: {e}");
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while shared.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log::info!("{} stopped", config.name);
+    Ok(())
+}
+
+/// What every connection thread shares.
+struct Shared<H> {
+    handler: H,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    /// Bounds the handlers running at once to the worker count.
+    permits: Semaphore,
+    /// Open connections, for the limit and for draining.
+    open: AtomicUsize,
+}
+
+/// Why reading a request stopped.
+enum ReadError {
+    /// The connection closed, timed out while idle, or the server is stopping: close quietly.
+    Closed,
+    /// The client sent something we answer with an error, then close.
+    Answer(Error),
+}
+
+impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
+    fn connection(&self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        if stream.set_read_timeout(Some(TICK)).is_err() {
+            return;
+        }
+        let mut reader = BufReader::with_capacity(8 * 1024, &stream);
+        loop {
+            let request = match self.read_request(&mut reader) {
+                Ok(r) => r,
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Answer(e)) => {
+                    let r = Response::error(&e).at("invalid");
+                    self.metrics.record(r.route, r.status, Duration::ZERO);
+                    let _ = write_response(&mut &stream, &r, false, false);
+                    linger(&stream);
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let response = {
+                let _permit = self.permits.acquire();
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        log::error!("handler panicked on {} {}", request.method, request.path);
+                        Response::error(&Error::Internal("internal error".into()))
+                    }
+                }
+            };
+            self.metrics.record(response.route, response.status, started.elapsed());
+            let keep = wants_keep_alive(&request) && !self.shutdown.is_set();
+            if write_response(&mut &stream, &response, keep, request.method == "HEAD").is_err() || !keep {
+                return;
+            }
+        }
+    }
+
+    /// Reads one request, with the head and body limits and deadlines.
+    fn read_request(&self, reader: &mut BufReader<&TcpStream>) -> Result<Request, ReadError> {
+        let mut head: Vec<u8> = Vec::new();
+        let mut lines: Vec<(usize, usize)> = Vec::new();
+        let idle_since = Instant::now();
+        let mut first_byte: Option<Instant> = None;
+        loop {
+            let start = head.len();
+            let limit = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
+            let got = reader.by_ref().take(limit).read_until(b'\n', &mut head);
+            if head.len() > start && first_byte.is_none() {
+                first_byte = Some(Instant::now());
+            }
+            match got {
+                Ok(0) if head.len() == start => return Err(ReadError::Closed),
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {
+                    match first_byte {
+                        None if self.shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => {
+                            return Err(ReadError::Closed)
+                        }
+                        Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
+                        _ => {}
+                    }
+                    // A partial line stays in `head`; the next read_until continues it.
+                    continue;
+                }
+                Err(_) => return Err(ReadError::Closed),
+            }
+            if head.len() > MAX_HEAD {
+                return Err(ReadError::Answer(Error::HeadersTooLarge));
+            }
+            if head.last() != Some(&b'\n') {
+                // EOF in the middle of a line.
+                return Err(ReadError::Closed);
+            }
+            let line_start = lines.last().map_or(0, |&(_, end)| end);
+            let line = &head[line_start..];
+            let blank = line == b"\n" || line == b"\r\n";
+            if blank && lines.is_empty() {
+                // Robustness (RFC 9112 2.2): ignore empty lines before the request line.
+                head.clear();
+                continue;
+            }
+            lines.push((line_start, head.len()));
+            if blank {
+                break;
+            }
+            if lines.len() > MAX_HEADERS + 1 {
+                return Err(ReadError::Answer(Error::HeadersTooLarge));
+            }
+        }
+        let mut request = parse_head(&head, &lines).map_err(ReadError::Answer)?;
+        let deadline = Instant::now() + BODY_TIMEOUT;
+        request.body = match body_length(&request).map_err(ReadError::Answer)? {
+            BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
+            BodyLength::Chunked => read_chunked(reader, deadline)?,
+        };
+        Ok(request)
+    }
+}
+
+/// Closes after an error answer without resetting the connection: stops writing, then
+/// reads and drops what the client still sends, bounded in bytes and time, so the client
+/// reads the answer instead of a reset.
+fn linger(stream: &TcpStream) {
+    const MAX_DRAIN: usize = 1024 * 1024;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 8192];
+    let mut drained = 0;
+    while drained < MAX_DRAIN && Instant::now() < deadline {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Parses the request line and headers (every line ends in `\n`; the last is blank).
+fn parse_head(head: &[u8], lines: &[(usize, usize)]) -> Result<Request, Error> {
+    let text = |(a, b): (usize, usize)| -> Result<&str, Error> {
+        let line = std::str::from_utf8(&head[a..b])
+            .map_err(|_| Error::BadRequest("request head is not valid UTF-8".into()))?;
+        Ok(line.trim_end_matches('\n').trim_end_matches('\r'))
+    };
+    let request_line = text(lines[0])?;
+    let mut parts = request_line.split(' ');
+    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v), None) => (m, t, v),
+        _ => return Err(Error::BadRequest(format!("malformed request line {request_line:?}"))),
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::BadRequest(format!("malformed method {method:?}")));
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(Error::BadRequest(format!("malformed request target {target:?}")));
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(Error::BadRequest(format!("unsupported protocol {version:?}")));
+    }
+    let mut headers = Vec::with_capacity(lines.len());
+    headers.push((":version".to_string(), version.to_string()));
+    for &line in &lines[1..lines.len() - 1] {
+        let line = text(line)?;
+        let (name, value) =
+            line.split_once(':').ok_or_else(|| Error::BadRequest(format!("malformed header {line:?}")))?;
+        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7f) {
+            return Err(Error::BadRequest(format!("malformed header name {name:?}")));
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let (path, query) = split_target(target);
+    Ok(Request { method: method.to_string(), path, query, headers, body: Vec::new() })
+}
+
+/// How the body's end is known.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyLength {
+    /// `Content-Length` (0 when absent), at most [`MAX_BODY`].
+    Fixed(usize),
+    /// `Transfer-Encoding: chunked`; the total is checked while reading.
+    Chunked,
+}
+
+/// How long the body is, checked against [`MAX_BODY`] where declared.
+fn body_length(request: &Request) -> Result<BodyLength, Error> {
+    if let Some(te) = request.header("transfer-encoding") {
+        if !te.eq_ignore_ascii_case("chunked") || request.header("content-length").is_some() {
+            // Other codings, or both framings at once (a smuggling vector): refuse.
+            return Err(Error::LengthRequired);
+        }
+        return Ok(BodyLength::Chunked);
+    }
+    let mut lengths = request.headers.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v);
+    let Some(value) = lengths.next() else { return Ok(BodyLength::Fixed(0)) };
+    if lengths.any(|other| other != value) {
+        return Err(Error::BadRequest("conflicting Content-Length headers".into()));
+    }
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::BadRequest(format!("bad Content-Length {value:?}")));
+    }
+    // Digits only: a parse failure is an overflow, which is too large as well.
+    match value.parse::<u64>() {
+        Ok(n) if n <= MAX_BODY as u64 => Ok(BodyLength::Fixed(n as usize)),
+        _ => Err(Error::PayloadTooLarge),
+    }
+}
+
+/// Reads exactly `n` (at most [`MAX_BODY`]) bytes before `deadline`.
+fn read_exact(reader: &mut impl BufRead, n: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    let mut body = vec![0; n];
+    let mut filled = 0;
+    while filled < n {
+        match reader.read(&mut body[filled..]) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(k) => filled += k,
+            Err(e) if is_timeout(&e) => {
+                if Instant::now() > deadline {
+                    return Err(ReadError::Answer(Error::RequestTimeout));
+                }
+            }
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+    Ok(body)
+}
+
+/// Reads one line (at most `max` bytes) before `deadline`.
+fn read_line(reader: &mut impl BufRead, max: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    let mut line = Vec::new();
+    loop {
+        let limit = (max + 1).saturating_sub(line.len()) as u64;
+        match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(_) if line.last() == Some(&b'\n') => return Ok(line),
+            Ok(_) if line.len() > max => {
+                return Err(ReadError::Answer(Error::BadRequest("chunk framing line too long".into())))
+            }
+            Ok(_) => return Err(ReadError::Closed),
+            Err(e) if is_timeout(&e) => {
+                if Instant::now() > deadline {
+                    return Err(ReadError::Answer(Error::RequestTimeout));
+                }
+            }
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+}
+
+/// Reads a chunked body (RFC 9112 7.1), at most [`MAX_BODY`] bytes in all.
+fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    const MAX_LINE: usize = 1024;
+    let bad = |m: &str| ReadError::Answer(Error::BadRequest(format!("bad chunked body: {m}")));
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(reader, MAX_LINE, deadline)?;
+        let text = std::str::from_utf8(&line).map_err(|_| bad("size line is not text"))?;
+        let size_text = text.trim_end().split(';').next().unwrap_or("").trim();
+        if size_text.is_empty() || size_text.len() > 8 || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("bad chunk size"));
+        }
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+        if size == 0 {
+            // Trailer fields up to the blank line; their total is bounded like a head.
+            let mut trailer = 0;
+            loop {
+                let line = read_line(reader, MAX_LINE, deadline)?;
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(body);
+                }
+                trailer += line.len();
+                if trailer > MAX_HEAD {
+                    return Err(ReadError::Answer(Error::HeadersTooLarge));
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(ReadError::Answer(Error::PayloadTooLarge));
+        }
+        body.extend(read_exact(reader, size, deadline)?);
+        let end = read_line(reader, 2, deadline)?;
+        if end != b"\r\n" && end != b"\n" {
+            return Err(bad("chunk not followed by CRLF"));
+        }
+    }
+}
+
+fn split_target(target: &str) -> (String, Option<String>) {
+    match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+fn wants_keep_alive(request: &Request) -> bool {
+    let connection = request.header("connection").map(str::to_ascii_lowercase);
+    match request.header(":version") {
+        Some("HTTP/1.0") => connection.as_deref() == Some("keep-alive"),
+        _ => !connection.is_some_and(|c| c.split(',').any(|t| t.trim() == "close")),
+    }
+}
+
+fn write_response(out: &mut impl Write, r: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(160 + r.body.len());
+    write!(
+        buf,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len()
+    )?;
+    for (name, value) in &r.headers {
+        write!(buf, "{name}: {value}\r\n")?;
+    }
+    buf.extend_from_slice(if keep_alive { b"\r\n" } else { b"Connection: close\r\n\r\n" });
+    if !head_only {
+        buf.extend_from_slice(&r.body);
+    }
+    out.write_all(&buf)?;
+    out.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+/// Waits until the listener has a connection to accept, or `timeout` passes.
+fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd that lives across the call.
+    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0
+}
+
+/// Percent-decodes `s` into UTF-8; `+` means a space when `plus_is_space` (query strings).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| Error::BadRequest(format!("bad percent escape in {s:?}")))?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::BadRequest(format!("{s:?} does not decode to UTF-8")))
+}
+
+/// Percent-encodes a path segment or query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parses a book id: a positive integer that fits in `u32`, digits only.
+pub fn parse_id(s: &str) -> Result<u32, Error> {
+    let bad = || Error::BadRequest(format!("book id {s:?} is not a positive integer"));
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(id) => Ok(id),
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
+pub fn check_token(request: &Request, token: Option<&str>) -> Result<(), Error> {
+    let Some(token) = token else { return Ok(()) };
+    let given = request.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    // Every byte is compared whatever the others are; only the length leaks.
+    let diff = a.iter().zip(b).fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+/// Decodes a JSON request body into `T`, with a 400 that says what is wrong.
+pub fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Error> {
+    serde_json::from_slice(&request.body).map_err(|e| Error::BadRequest(format!("bad JSON body: {e}")))
+}
+
+/// A counting semaphore: the worker pool's bound.
+struct Semaphore {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Permit<'a>(&'a Semaphore);
+
+impl Semaphore {
+    fn new(n: usize) -> Semaphore {
+        Semaphore { free: Mutex::new(n), freed: Condvar::new() }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Binds `addr`, with a clear error naming it.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Request, Error> {
+        let bytes = text.as_bytes();
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'\n' {
+                lines.push((start, i + 1));
+                start = i + 1;
+            }
+        }
+        parse_head(bytes, &lines)
+    }
+
+    #[test]
+    fn parses_heads() {
+        let r = head("GET /search/distributed%20systems?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
+            ("GET", "/search/distributed%20systems", Some("x=1"))
+        );
+        assert_eq!(r.segments().unwrap(), ["search", "distributed systems"]);
+        assert_eq!(body_length(&r).unwrap(), BodyLength::Fixed(3));
+        let bad = [
+            "GARBAGE\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\n\r\n",
+            "get / HTTP/1.1\r\n\r\n",
+            "GET nope HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2\r\n\r\n",
+            "GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            "GET / HTTP/1.1\r\n: empty\r\n\r\n",
+        ];
+        for text in bad {
+            assert_eq!(head(text).unwrap_err().status(), 400, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn body_lengths() {
+        use BodyLength::*;
+        let cases = [
+            ("5", Ok(Fixed(5))),
+            ("65536", Ok(Fixed(65536))),
+            ("65537", Err(413)),
+            ("100000000000000", Err(413)),
+            ("99999999999999999999999", Err(413)),
+            ("-1", Err(400)),
+            ("1.5", Err(400)),
+            ("", Err(400)),
+        ];
+        for (value, want) in cases {
+            let r = head(&format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n")).unwrap();
+            assert_eq!(body_length(&r).map_err(|e| e.status()), want, "{value:?}");
+        }
+        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(body_length(&chunked).unwrap(), Chunked);
+        for framing in ["Transfer-Encoding: gzip", "Transfer-Encoding: chunked\r\nContent-Length: 3"] {
+            let r = head(&format!("POST / HTTP/1.1\r\n{framing}\r\n\r\n")).unwrap();
+            assert_eq!(body_length(&r).unwrap_err().status(), 411, "{framing}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let read = |text: &str| {
+            read_chunked(&mut text.as_bytes(), deadline).map_err(|e| match e {
+                ReadError::Answer(e) => e.status(),
+                ReadError::Closed => 0,
+            })
+        };
+        assert_eq!(read("3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(read("0\r\n\r\n").unwrap(), b"");
+        assert_eq!(read("zz\r\n"), Err(400));
+        assert_eq!(read("3\r\nabcX\r\n"), Err(400));
+        assert_eq!(read("ffffffff\r\n"), Err(413));
+        assert_eq!(read("3\r\nab"), Err(0));
+        let big = format!("{:x}\r\n{}\r\n", MAX_BODY, "a".repeat(MAX_BODY)) + "1\r\na\r\n0\r\n\r\n";
+        assert_eq!(read(&big), Err(413));
+    }
+
+    #[test]
+    fn percent_coding() {
+        assert_eq!(percent_decode("a%20b+c", true).unwrap(), "a b c");
+        assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
+        for bad in ["%", "%2", "%zz", "%ff", "%C3"] {
+            assert_eq!(percent_decode(bad, false).unwrap_err().status(), 400, "{bad}");
+        }
+        let s = "undergraduate school/ü?&=";
+        assert_eq!(percent_decode(&percent_encode(s), true).unwrap(), s);
+    }
+
+    #[test]
+    fn ids_and_tokens() {
+        let cases = [
+            ("1", Ok(1)),
+            ("4294967295", Ok(u32::MAX)),
+            ("0", Err(400)),
+            ("-1", Err(400)),
+            ("+1", Err(400)),
+            ("1.5", Err(400)),
+            ("4294967296", Err(400)),
+            ("", Err(400)),
+            ("x", Err(400)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_id(text).map_err(|e| e.status()), want, "{text:?}");
+        }
+        let mut r = Request::new("PATCH", "/books/1");
+        assert!(check_token(&r, None).is_ok());
+        assert_eq!(check_token(&r, Some("s3cret")).unwrap_err().status(), 401);
+        r.headers.push(("authorization".into(), "Bearer s3cre".into()));
+        assert!(check_token(&r, Some("s3cret")).is_err());
+        r.headers[0].1 = "Bearer s3cret".into();
+        assert!(check_token(&r, Some("s3cret")).is_ok());
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let cases = [
+            ("HTTP/1.1", None, true),
+            ("HTTP/1.1", Some("close"), false),
+            ("HTTP/1.0", None, false),
+            ("HTTP/1.0", Some("keep-alive"), true),
+        ];
+        for (version, connection, want) in cases {
+            let mut r = Request::new("GET", "/");
+            r.headers.push((":version".into(), version.into()));
+            if let Some(c) = connection {
+                r.headers.push(("connection".into(), c.into()));
+            }
+            assert_eq!(wants_keep_alive(&r), want, "{version} {connection:?}");
+        }
+    }
+}

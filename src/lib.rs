@@ -1,0 +1,37 @@
+//! Bazar: a small online bookstore built as a replicated multi-tier system.
+//!
+//! # Layout
+//! - [`catalog`]: the catalog service (books, prices, stock): primary and replicas, the
+//!   remote-write protocol, replication pushes and catch-up.
+//! - [`order`]: the order service: purchases and the order log shared between servers.
+//! - [`frontend`]: the public API, round-robin load balancing, the memcached read cache.
+//! - [`cache`]: memcached lookups, fills and the push invalidation protocol.
+//! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.
+//! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
+//! - [`client`]: typed clients for calls between services (one configured ureq agent).
+//! - [`balance`]: round robin with a passive health check.
+//! - [`wire`]: every JSON body on the wire; [`money`]: exact prices.
+//! - [`storage`]: atomic file replacement and durable appends.
+//! - [`config`], [`error`], [`metrics`], [`shutdown`], [`service`]: the plumbing.
+//!
+//! Binaries in `src/bin/` are thin: they read their config, start logging, bind, install
+//! the signal handler and call [`service::run`].
+
+pub mod balance;
+pub mod cache;
+pub mod catalog;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod frontend;
+pub mod http;
+pub mod metrics;
+pub mod money;
+pub mod order;
+pub mod service;
+pub mod shutdown;
+pub mod storage;
+pub mod wire;
+
+pub use error::{Error, Result};

@@ -1,0 +1,98 @@
+//! Request metrics in the Prometheus text format.
+//!
+//! The HTTP layer records every answer by route label and status with its latency; each
+//! service appends its own counters (cache, replication, orders) when it renders
+//! `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Default, Clone)]
+struct Series {
+    count: u64,
+    sum: f64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// Counts and latencies of the requests a server answered.
+#[derive(Default)]
+pub struct Metrics {
+    /// Per (route, status): the series. Held only to add one sample or to copy all out.
+    series: Mutex<BTreeMap<(&'static str, u16), Series>>,
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, route: &'static str, status: u16, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = series.entry((route, status)).or_default();
+        s.count += 1;
+        s.sum += secs;
+        for (bucket, bound) in s.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// The number of requests answered on `route` with `status`.
+    pub fn count(&self, route: &'static str, status: u16) -> u64 {
+        self.series.lock().unwrap_or_else(|e| e.into_inner()).get(&(route, status)).map_or(0, |s| s.count)
+    }
+
+    /// The Prometheus text of the request metrics, followed by `extra` (already formatted).
+    pub fn render(&self, extra: &str) -> String {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = String::new();
+        out.push_str("# HELP bazar_requests_total Requests answered, by route and status.\n# TYPE bazar_requests_total counter\n");
+        for ((route, status), s) in &series {
+            let _ = writeln!(out, "bazar_requests_total{{route=\"{route}\",status=\"{status}\"}} {}", s.count);
+        }
+        out.push_str("# HELP bazar_request_seconds Request latency, by route and status.\n# TYPE bazar_request_seconds histogram\n");
+        for ((route, status), s) in &series {
+            let labels = format!("route=\"{route}\",status=\"{status}\"");
+            for (bound, n) in BUCKETS.iter().zip(s.buckets) {
+                let _ = writeln!(out, "bazar_request_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(out, "bazar_request_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+            let _ = writeln!(out, "bazar_request_seconds_sum{{{labels}}} {}", s.sum);
+            let _ = writeln!(out, "bazar_request_seconds_count{{{labels}}} {}", s.count);
+        }
+        out.push_str(extra);
+        out
+    }
+}
+
+/// Appends one counter or gauge with its help line to `out`.
+pub fn push_metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_buckets() {
+        let m = Metrics::new();
+        m.record("/info/{id}", 200, Duration::from_micros(300));
+        m.record("/info/{id}", 200, Duration::from_millis(30));
+        m.record("/info/{id}", 404, Duration::from_millis(1));
+        let text = m.render("");
+        assert!(text.contains("bazar_requests_total{route=\"/info/{id}\",status=\"200\"} 2"));
+        assert!(text.contains("bazar_request_seconds_bucket{route=\"/info/{id}\",status=\"200\",le=\"0.0005\"} 1"));
+        assert!(text.contains("bazar_request_seconds_bucket{route=\"/info/{id}\",status=\"200\",le=\"0.05\"} 2"));
+        assert_eq!(m.count("/info/{id}", 404), 1);
+    }
+}

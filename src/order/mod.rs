@@ -1,0 +1,15 @@
+//! The order service: takes purchases and keeps the order log, shared with its peers.
+//!
+//! - [`log`]: the set of orders and its file `orders.csv`.
+//! - [`node`]: one order process: routes, purchases through the catalog, peer sync.
+//!
+//! A purchase takes one copy from the catalog (the write reaches the primary and is
+//! acknowledged there), appends the order to `orders.csv` and fsyncs it, hands it to the
+//! peers, and only then answers. A peer that did not take it is marked dirty and synced
+//! in the background (both directions), as is every peer when a server starts, so every
+//! order server ends up answering the same set.
+
+pub mod log;
+pub mod node;
+
+pub use node::{OrderConfig, OrderNode};

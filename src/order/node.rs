@@ -1,0 +1,315 @@
+//! One order process: routes, purchases through the catalog, and order sync with peers.
+//!
+//! Sync is pull-based anti-entropy: every [`SYNC_INTERVAL`] each server asks each peer for
+//! the orders appended to the peer's log since the position it last read (from 0 after a
+//! start), and appends those it lacks. A purchase is also pushed to the peers at once, so
+//! that when it is acknowledged every reachable peer already has it. A peer that was down,
+//! cut off or restarted converges at its next pull, whoever crashed in between.
+
+use super::log::{self as orderlog, OrderLog};
+use crate::balance::Pool;
+use crate::client::{CatalogClient, Http, OrderClient};
+use crate::config::{self, Common, ConfigError, Source};
+use crate::error::{Error, Result};
+use crate::http::{self, check_token, json_body, parse_id, Request, Response};
+use crate::metrics::{push_metric, Metrics};
+use crate::shutdown::Shutdown;
+use crate::wire::{Order, OrderPage};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest wait for the catalog to take a copy (it persists and replicates first).
+pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a peer to take or hand over orders.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often each peer is asked for the orders it appended.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// Most orders in one page of a pull.
+pub const PAGE: usize = 200;
+
+/// Settings of an order process.
+#[derive(Clone, Debug)]
+pub struct OrderConfig {
+    /// Listen address, workers, token.
+    pub common: Common,
+    /// Where `orders.csv` lives.
+    pub data_dir: PathBuf,
+    /// Catalog servers to take copies through (round robin).
+    pub catalogs: Vec<String>,
+    /// The other order servers.
+    pub peers: Vec<String>,
+}
+
+impl OrderConfig {
+    /// Reads the settings.
+    pub fn from_source(src: &dyn Source) -> std::result::Result<OrderConfig, ConfigError> {
+        Ok(OrderConfig {
+            common: Common::from_source(src, "0.0.0.0:9002")?,
+            data_dir: config::data_dir(src, "./data-order"),
+            catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
+            peers: config::urls(src, "BAZAR_PEERS", false)?,
+        })
+    }
+
+    /// `--help` text.
+    pub const HELP: &'static str = "\
+bazar-order: the order server (takes purchases, keeps the shared order log).
+
+Environment:
+  BAZAR_CATALOG   comma-separated base URLs of catalog servers (required)
+  BAZAR_PEERS     comma-separated base URLs of the other order servers
+  BAZAR_DATA_DIR  directory of orders.csv (default ./data-order)
+";
+}
+
+#[derive(Default)]
+struct Counters {
+    taken: AtomicU64,
+    refused: AtomicU64,
+    pulled: AtomicU64,
+    push_failures: AtomicU64,
+}
+
+/// One order process.
+pub struct OrderNode {
+    config: OrderConfig,
+    /// The orders and their file; held to append or read, never across a network call.
+    log: Mutex<OrderLog>,
+    /// This incarnation's order-id prefix (random per start, so ids never repeat).
+    prefix: String,
+    counter: AtomicU64,
+    catalogs: Pool,
+    catalog: CatalogClient,
+    peers: OrderClient,
+    /// Per peer: the position in its log read so far.
+    cursors: Vec<AtomicUsize>,
+    counters: Counters,
+    metrics: Arc<Metrics>,
+}
+
+impl OrderNode {
+    /// Opens the order log.
+    pub fn open(config: OrderConfig, metrics: Arc<Metrics>) -> Result<Arc<OrderNode>> {
+        let log = OrderLog::open(&config.data_dir)?;
+        let pool = config.common.threads;
+        let token = config.common.token.clone();
+        Ok(Arc::new(OrderNode {
+            log: Mutex::new(log),
+            prefix: random_prefix()?,
+            counter: AtomicU64::new(0),
+            catalogs: Pool::new(config.catalogs.clone()),
+            catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
+            peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
+            cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
+            counters: Counters::default(),
+            metrics,
+            config,
+        }))
+    }
+
+    /// Starts one sync thread per peer.
+    pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        for i in 0..self.config.peers.len() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || {
+                while !stop.is_set() {
+                    if let Err(e) = node.pull(i) {
+                        log::debug!("order sync with {}: {e}", node.config.peers[i]);
+                    }
+                    stop.sleep(SYNC_INTERVAL);
+                }
+            });
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, OrderLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads peer `i`'s new orders, page by page.
+    fn pull(&self, i: usize) -> Result<()> {
+        let url = &self.config.peers[i];
+        loop {
+            let from = self.cursors[i].load(Ordering::SeqCst);
+            let page: OrderPage = self.peers.pull(url, from)?;
+            let valid: Vec<Order> = page.orders.iter().filter(|o| orderlog::check(o).is_ok()).cloned().collect();
+            let added = self.log().add(&valid)?;
+            if added > 0 {
+                self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
+                log::info!("took {added} orders from {url}");
+            }
+            self.cursors[i].store(page.next, Ordering::SeqCst);
+            if page.orders.len() < PAGE || page.next <= from {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
+    pub fn purchase(&self, id: u32) -> Result<Order> {
+        let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let book = match self.take_copy(id, &order_id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let order = Order { order_id, id, title: book.title, price: book.price, at: orderlog::timestamp_now() };
+        self.log().add(std::slice::from_ref(&order))?;
+        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+        std::thread::scope(|s| {
+            for url in &self.config.peers {
+                let order = &order;
+                s.spawn(move || {
+                    if let Err(e) = self.peers.push(url, std::slice::from_ref(order)) {
+                        self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("peer {url} did not take order {} now ({e}); it will pull it", order.order_id);
+                    }
+                });
+            }
+        });
+        Ok(order)
+    }
+
+    /// Takes one copy through the catalog pool; tries the next catalog only when the
+    /// request surely never reached the one that failed.
+    fn take_copy(&self, id: u32, order_id: &str) -> Result<crate::wire::Book> {
+        let mut last = None;
+        for i in self.catalogs.plan() {
+            let url = &self.catalogs.urls()[i];
+            match self.catalog.purchase(url, id, Some(order_id)) {
+                Ok(book) => {
+                    self.catalogs.mark_up(i);
+                    return Ok(book);
+                }
+                Err(e @ Error::Unreachable { sent: false, .. }) => {
+                    self.catalogs.mark_down(i);
+                    last = Some(e);
+                }
+                Err(e @ Error::Unreachable { .. }) => {
+                    self.catalogs.mark_down(i);
+                    return Err(Error::Unavailable(e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "no catalog server reachable: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, request: &Request) -> Response {
+        let token = self.config.common.token.as_deref();
+        let segments = match request.segments() {
+            Ok(s) => s,
+            Err(e) => return http::respond(Err(e), "invalid"),
+        };
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let method = request.method.as_str();
+        let get = matches!(method, "GET" | "HEAD");
+        match segs.as_slice() {
+            ["health"] if get => {
+                let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log().len(), "prefix": self.prefix});
+                http::respond(Ok(Response::json(&body)), "/health")
+            }
+            ["metrics"] if get => {
+                let text = self.metrics.render(&self.metrics_text());
+                http::respond(
+                    Ok(Response {
+                        content_type: "text/plain; version=0.0.4",
+                        ..Response::raw_json(200, text.into_bytes())
+                    }),
+                    "/metrics",
+                )
+            }
+            ["purchase", id] if method == "POST" => {
+                http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
+            }
+            ["orders"] if get => http::respond(Ok(Response::json(&self.log().all())), "/orders"),
+            ["orders", id] if get => http::respond(
+                self.log().get(id).map(Response::json).ok_or_else(|| Error::NotFound(format!("no order {id:?}"))),
+                "/orders/{order_id}",
+            ),
+            ["internal", "orders"] if get => http::respond(
+                check_token(request, token).and_then(|_| {
+                    let from = match request.query_param("from")? {
+                        None => 0,
+                        Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
+                    };
+                    let (orders, next) = self.log().since(from, PAGE);
+                    Ok(Response::json(&OrderPage { orders, next }))
+                }),
+                "/internal/orders",
+            ),
+            ["internal", "orders"] if method == "POST" => http::respond(
+                check_token(request, token).and_then(|_| {
+                    let orders: Vec<Order> = json_body(request)?;
+                    orders.iter().try_for_each(orderlog::check)?;
+                    let added = self.log().add(&orders)?;
+                    Ok(Response::json(&serde_json::json!({ "added": added })))
+                }),
+                "/internal/orders",
+            ),
+            ["health"] | ["metrics"] | ["orders"] | ["orders", _] => {
+                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
+            }
+            ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
+            _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let c = &self.counters;
+        push_metric(
+            &mut out,
+            "bazar_orders_taken_total",
+            "counter",
+            "Purchases this server completed.",
+            c.taken.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_refused_total",
+            "counter",
+            "Purchases refused (out of stock, unknown book, catalog unreachable).",
+            c.refused.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_known",
+            "gauge",
+            "Orders in this server's log (own and peers').",
+            self.log().len(),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_pulled_total",
+            "counter",
+            "Orders taken from peers by sync.",
+            c.pulled.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_push_failures_total",
+            "counter",
+            "Orders a peer did not take at once.",
+            c.push_failures.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+/// 12 hex digits from the kernel's random source: this incarnation's order-id prefix.
+fn random_prefix() -> Result<String> {
+    let mut bytes = [0u8; 6];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

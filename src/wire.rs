@@ -1,0 +1,139 @@
+//! The wire types: every JSON body that crosses a socket, shared by servers, clients,
+//! the bench and the tests. Internal messages (replication, order sync) live here too,
+//! so both ends of a protocol read the same definition.
+
+use crate::money::Money;
+use serde::{Deserialize, Serialize};
+
+/// A book: the catalog's record, `GET /books/{id}` and the front end's `GET /info/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    /// Positive id, unique in the catalog.
+    pub id: u32,
+    /// Title as shown to buyers.
+    pub title: String,
+    /// Topic, matched case-insensitively by search.
+    pub topic: String,
+    /// Price, exact to the cent.
+    pub price: Money,
+    /// Copies in stock.
+    pub quantity: u32,
+}
+
+/// One search hit of the front end's `GET /search/{topic}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The book's id.
+    pub id: u32,
+    /// The book's title.
+    pub title: String,
+}
+
+/// Body of `PATCH /books/{id}`: set the price and/or the stock (absolute or by a delta).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookUpdate {
+    /// New price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Money>,
+    /// New absolute stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    /// Change of stock (negative to take copies away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity_delta: Option<i64>,
+}
+
+/// Body of the catalog's `POST /books/{id}/purchase` (optional): who takes the copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseRequest {
+    /// The order id the copy is taken for, when an order server buys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
+/// An order as the order servers log, replicate and answer it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Unique across all order servers: `<server incarnation>-<counter>`.
+    pub order_id: String,
+    /// The book bought.
+    pub id: u32,
+    /// Its title at the time of purchase.
+    pub title: String,
+    /// The price paid.
+    pub price: Money,
+    /// When the order was taken: RFC 3339 UTC with milliseconds (sorts as text).
+    pub at: String,
+}
+
+/// The front end's answer to `POST /purchase/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseReceipt {
+    /// The order's id.
+    pub order_id: String,
+    /// The book bought.
+    pub id: u32,
+    /// Its title.
+    pub title: String,
+    /// The price paid.
+    pub price: Money,
+    /// `bought book <title>`.
+    pub message: String,
+}
+
+impl From<Order> for PurchaseReceipt {
+    fn from(o: Order) -> Self {
+        PurchaseReceipt {
+            message: format!("bought book {}", o.title),
+            order_id: o.order_id,
+            id: o.id,
+            title: o.title,
+            price: o.price,
+        }
+    }
+}
+
+/// Every error body: `{"error": "..."}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable message.
+    pub error: String,
+}
+
+/// Primary to replica: one applied write (`POST /internal/replicate`).
+///
+/// It carries the book's whole new state, so applying it twice is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicate {
+    /// The write's sequence number; replicas apply them strictly in order.
+    pub seq: u64,
+    /// The book after the write.
+    pub book: Book,
+}
+
+/// The whole catalog at one sequence number (`GET`/`PUT /internal/snapshot`), for catch-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Sequence number of the last write included.
+    pub seq: u64,
+    /// Every book, by id.
+    pub books: Vec<Book>,
+}
+
+/// A replica's answer to a push: the sequence number it now holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// The replica's sequence number after the push.
+    pub seq: u64,
+}
+
+/// A page of an order server's log, in append order (`GET /internal/orders?from=N`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPage {
+    /// The orders from position `from`.
+    pub orders: Vec<Order>,
+    /// The position to ask from next time.
+    pub next: usize,
+}
