@@ -1,0 +1,389 @@
+//! The end-to-end harness: the real binaries on free loopback ports, in a temp dir.
+//!
+//! Every process is killed when its handle drops, so tests run in parallel and clean up
+//! after a failure; a failing test prints the tail of each process's log.
+#![allow(dead_code)]
+
+use bazar::client::{Answer, Http};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use ureq::http::Method;
+
+/// How long a process may take to become healthy.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A free loopback port (the kernel's choice; released before the service binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bazar-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// How to (re)start one process.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+/// A running process, killed on drop.
+pub struct Proc {
+    pub spec: Spec,
+    pub child: Option<Child>,
+}
+
+/// Starts a process from its spec, its output appended to its log file.
+fn spawn(spec: &Spec) -> Child {
+    let log = fs::OpenOptions::new().create(true).append(true).open(&spec.log).unwrap();
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    for var in [
+        "BAZAR_LISTEN",
+        "BAZAR_DATA_DIR",
+        "BAZAR_ROLE",
+        "BAZAR_PRIMARY",
+        "BAZAR_REPLICAS",
+        "BAZAR_MEMCACHED",
+        "BAZAR_CATALOG",
+        "BAZAR_ORDER",
+        "BAZAR_PEERS",
+        "BAZAR_TOKEN",
+        "BAZAR_THREADS",
+        "BAZAR_LEASE_MS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("BAZAR_LOG", "debug");
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", spec.name))
+}
+
+impl Proc {
+    pub fn start(spec: Spec) -> Proc {
+        let child = spawn(&spec);
+        Proc { spec, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then the exit code (within `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts it again with the same settings (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = Some(spawn(&self.spec));
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let text = fs::read_to_string(&self.spec.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.spec.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A memcached on a free port, or None (with a note) when it is not installed.
+/// Fails instead when `BAZAR_REQUIRE_MEMCACHED=1`.
+pub fn memcached(dir: &Path) -> Option<Proc> {
+    let Some(program) = bazar::cluster::find_program("memcached") else {
+        if std::env::var("BAZAR_REQUIRE_MEMCACHED").as_deref() == Ok("1") {
+            panic!("memcached is required (BAZAR_REQUIRE_MEMCACHED=1) but not installed");
+        }
+        // Straight to stderr, past the test harness's capture, so the skip is seen.
+        let note = format!(
+            "SKIPPED {}: memcached is not installed (apt-get install memcached)\n",
+            std::thread::current().name().unwrap_or("test")
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
+        return None;
+    };
+    let port = free_port();
+    let spec = Spec {
+        name: "memcached".into(),
+        program,
+        args: bazar::cluster::memcached_args(port),
+        env: vec![],
+        log: dir.join("memcached.log"),
+    };
+    let p = Proc::start(spec);
+    let deadline = Instant::now() + START_DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "memcached did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(p)
+}
+
+/// The memcached `host:port` a Proc started by [`memcached`] listens on.
+pub fn memcached_addr(p: &Proc) -> String {
+    format!("127.0.0.1:{}", p.spec.args[3])
+}
+
+/// A client for tests: short timeouts, a pool per host.
+pub fn client() -> Http {
+    Http::new(Duration::from_secs(15), 64, None)
+}
+
+pub fn client_with_token(token: &str) -> Http {
+    Http::new(Duration::from_secs(15), 64, Some(token.to_string()))
+}
+
+/// GET `base` + `path`, panicking on a transport error.
+pub fn get(base: &str, path: &str) -> Answer {
+    client().call(Method::GET, base, path, None).unwrap_or_else(|e| panic!("GET {base}{path}: {e}"))
+}
+
+pub fn call(method: &str, base: &str, path: &str, body: Option<&str>) -> Answer {
+    let m = Method::from_bytes(method.as_bytes()).unwrap();
+    client()
+        .call(m, base, path, body.map(|b| b.as_bytes().to_vec()))
+        .unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+}
+
+pub fn json(a: &Answer) -> serde_json::Value {
+    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&a.body)))
+}
+
+/// Waits until `/health` answers 200 with `"status": "ok"`.
+pub fn wait_healthy(base: &str) {
+    let http = Http::new(Duration::from_secs(1), 1, None);
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok(a) = http.call(Method::GET, base, "/health", None) {
+            if a.status == 200
+                && serde_json::from_slice::<serde_json::Value>(&a.body).is_ok_and(|v| v["status"] == "ok")
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{base} did not become healthy in {START_DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Options of a test store.
+#[derive(Clone, Debug, Default)]
+pub struct Opts {
+    pub memcached: bool,
+    pub token: Option<String>,
+    pub lease_ms: Option<u64>,
+}
+
+/// A whole store: catalogs[0] primary, catalogs[1] replica, two order servers, a front end.
+pub struct Store {
+    pub frontend: Proc,
+    pub orders: Vec<Proc>,
+    pub catalogs: Vec<Proc>,
+    pub memcached: Option<Proc>,
+    pub dir: TempDir,
+}
+
+pub fn url(p: &Proc) -> String {
+    let listen = &p.spec.env.iter().find(|(k, _)| k == "BAZAR_LISTEN").expect("has BAZAR_LISTEN").1;
+    format!("http://{listen}")
+}
+
+impl Store {
+    /// Starts a store; None when it needs memcached and memcached is not installed.
+    pub fn start(opts: Opts) -> Option<Store> {
+        let dir = TempDir::new("store");
+        let memcached = if opts.memcached { Some(memcached(&dir.0)?) } else { None };
+        let mc = memcached.as_ref().map(memcached_addr).unwrap_or_default();
+        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        let u = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+        let bin = |name: &str| {
+            PathBuf::from(match name {
+                "catalog" => env!("CARGO_BIN_EXE_bazar-catalog"),
+                "order" => env!("CARGO_BIN_EXE_bazar-order"),
+                _ => env!("CARGO_BIN_EXE_bazar-frontend"),
+            })
+        };
+        let mut common: Vec<(String, String)> = vec![("BAZAR_THREADS".into(), "16".into())];
+        if let Some(t) = &opts.token {
+            common.push(("BAZAR_TOKEN".into(), t.clone()));
+        }
+        if let Some(l) = opts.lease_ms {
+            common.push(("BAZAR_LEASE_MS".into(), l.to_string()));
+        }
+        let spec = |name: &str, program: &str, i: usize, extra: Vec<(&str, String)>| {
+            let mut env = common.clone();
+            env.push(("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])));
+            env.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            Spec { name: name.into(), program: bin(program), args: vec![], env, log: dir.0.join(format!("{name}.log")) }
+        };
+        let data = |name: &str| dir.0.join(name).display().to_string();
+        let primary = Proc::start(spec(
+            "catalog-1",
+            "catalog",
+            0,
+            vec![
+                ("BAZAR_ROLE", "primary".into()),
+                ("BAZAR_REPLICAS", u(1)),
+                ("BAZAR_DATA_DIR", data("catalog-1")),
+                ("BAZAR_MEMCACHED", mc.clone()),
+            ],
+        ));
+        let replica = Proc::start(spec(
+            "catalog-2",
+            "catalog",
+            1,
+            vec![
+                ("BAZAR_ROLE", "replica".into()),
+                ("BAZAR_PRIMARY", u(0)),
+                ("BAZAR_DATA_DIR", data("catalog-2")),
+                ("BAZAR_MEMCACHED", mc.clone()),
+            ],
+        ));
+        let catalogs = format!("{},{}", u(0), u(1));
+        let order = |name: &str, i: usize, peer: usize| {
+            Proc::start(spec(
+                name,
+                "order",
+                i,
+                vec![("BAZAR_CATALOG", catalogs.clone()), ("BAZAR_PEERS", u(peer)), ("BAZAR_DATA_DIR", data(name))],
+            ))
+        };
+        let orders = vec![order("order-1", 2, 3), order("order-2", 3, 2)];
+        let frontend = Proc::start(spec(
+            "frontend",
+            "frontend",
+            4,
+            vec![
+                ("BAZAR_CATALOG", catalogs.clone()),
+                ("BAZAR_ORDER", format!("{},{}", u(2), u(3))),
+                ("BAZAR_MEMCACHED", mc),
+            ],
+        ));
+        let store = Store { frontend, orders, catalogs: vec![primary, replica], memcached, dir };
+        for p in store.all() {
+            wait_healthy(&url(p));
+        }
+        Some(store)
+    }
+
+    pub fn all(&self) -> Vec<&Proc> {
+        let mut v: Vec<&Proc> = self.catalogs.iter().collect();
+        v.extend(self.orders.iter());
+        v.push(&self.frontend);
+        v
+    }
+
+    pub fn fe(&self) -> String {
+        url(&self.frontend)
+    }
+
+    pub fn primary(&self) -> String {
+        url(&self.catalogs[0])
+    }
+
+    pub fn replica(&self) -> String {
+        url(&self.catalogs[1])
+    }
+
+    pub fn order(&self, i: usize) -> String {
+        url(&self.orders[i])
+    }
+
+    /// Sets a book's stock through the primary.
+    pub fn set_stock(&self, id: u32, quantity: u32) {
+        let a = call("PATCH", &self.primary(), &format!("/books/{id}"), Some(&format!("{{\"quantity\": {quantity}}}")));
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
+
+    /// All books on one catalog.
+    pub fn books(&self, base: &str) -> serde_json::Value {
+        let a = get(base, "/books");
+        assert_eq!(a.status, 200, "{base}: {}", String::from_utf8_lossy(&a.body));
+        json(&a)
+    }
+
+    /// All orders on one order server.
+    pub fn orders_on(&self, base: &str) -> Vec<serde_json::Value> {
+        let a = get(base, "/orders");
+        assert_eq!(a.status, 200);
+        json(&a).as_array().unwrap().clone()
+    }
+}
