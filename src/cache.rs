@@ -16,8 +16,11 @@
 //! `S` or newer; a reader that fetched old data before the write can no longer store it.
 //! The argument needs the marker to live longer than a reader's fill window: markers live
 //! [`MARKER_TTL`] and a fill is dropped when the read took longer than [`FILL_WINDOW`].
-//! If an invalidation cannot be delivered, the write still goes on (after one bounded
-//! timeout), the failure is logged and counted, and [`ENTRY_TTL`] bounds the staleness.
+//! Invalidations ignore the readers' back-off: a write always tries memcached (paying at
+//! most [`OP_TIMEOUT`] while it is down), because skipping one while memcached is back
+//! would leave a stale entry. If an invalidation cannot be delivered, the write still goes
+//! on, the failure is logged and counted, the marker is kept and retried by
+//! [`Cache::retry_pending`] until delivered, and [`ENTRY_TTL`] bounds the staleness.
 //!
 //! # Failure
 //! Every memcached call has a short timeout ([`OP_TIMEOUT`]). After a failure the cache is
@@ -44,8 +47,10 @@ pub const MARKER_TTL: u32 = 120;
 pub const FILL_WINDOW: Duration = Duration::from_secs(30);
 /// Timeout of one memcached call (connect, read or write).
 pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long the cache stays off after a failure before it is probed again.
+/// How long the cache stays off for readers after a failure before it is probed again.
 pub const BACKOFF: Duration = Duration::from_secs(3);
+/// Most undelivered invalidations kept for retry (beyond that, the expiry bounds staleness).
+pub const MAX_PENDING: usize = 100_000;
 
 /// The cache key of `GET /info/{id}`.
 pub fn info_key(id: u32) -> String {
@@ -103,6 +108,8 @@ pub struct Cache {
     pool_size: u32,
     /// The client, or why not: `Err(until)` while backing off. Held only to clone or swap.
     client: Mutex<Result<Arc<memcache::Client>, Instant>>,
+    /// Invalidations not delivered yet: key -> write number. Held only to copy or update.
+    pending: Mutex<std::collections::HashMap<String, u64>>,
     counters: Counters,
 }
 
@@ -113,6 +120,7 @@ impl Cache {
             servers: servers.to_vec(),
             pool_size: workers.clamp(1, 256) as u32,
             client: Mutex::new(Err(Instant::now())),
+            pending: Mutex::default(),
             counters: Counters::default(),
         }
     }
@@ -135,12 +143,13 @@ impl Cache {
         memcache::Client::with_pools(pools)
     }
 
-    /// The client, unless backing off; builds a fresh one when the back-off is over.
-    fn client(&self) -> Option<Arc<memcache::Client>> {
+    /// The client, unless backing off (for readers); builds a fresh one when the back-off
+    /// is over, or at once when `even_if_backing_off` (for invalidations).
+    fn client(&self, even_if_backing_off: bool) -> Option<Arc<memcache::Client>> {
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
             Ok(c) => Some(Arc::clone(c)),
-            Err(until) if Instant::now() < *until => None,
+            Err(until) if Instant::now() < *until && !even_if_backing_off => None,
             Err(_) => match self.connect() {
                 Ok(c) => {
                     let c = Arc::new(c);
@@ -173,7 +182,7 @@ impl Cache {
 
     /// Looks `key` up.
     pub fn lookup(&self, key: &str) -> Lookup {
-        let Some(client) = self.client() else { return Lookup::Off };
+        let Some(client) = self.client(false) else { return Lookup::Off };
         let found = match client.gets::<(Vec<u8>, u32, Option<u64>)>(&[key]) {
             Ok(mut map) => map.remove(key),
             Err(e) => {
@@ -208,7 +217,7 @@ impl Cache {
         if slot.at.elapsed() > FILL_WINDOW {
             return;
         }
-        let Some(client) = self.client() else { return };
+        let Some(client) = self.client(false) else { return };
         let mut value = format!("D{seq}\n").into_bytes();
         value.extend_from_slice(json);
         let stored = match slot.marker {
@@ -225,28 +234,51 @@ impl Cache {
         }
     }
 
-    /// Writes invalidation markers for write `seq` on `keys` (the push approach).
+    /// Writes invalidation markers for write `seq` on `keys` (the push approach), after any
+    /// still pending; what cannot be delivered is kept for [`Cache::retry_pending`].
     pub fn invalidate(&self, keys: &[String], seq: u64) {
-        let Some(client) = self.client() else {
-            self.counters.errors.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "cannot invalidate {keys:?} for write {seq}: memcached is off; entries expire within {ENTRY_TTL} s"
-            );
-            return;
+        let mut todo: Vec<(String, u64)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.drain().collect()
         };
-        let marker = format!("M{seq}");
-        for key in keys {
-            match client.set(key, marker.as_str(), MARKER_TTL) {
-                Ok(()) => {
-                    self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.failed("invalidate", &e);
-                    log::warn!("cannot invalidate {key} for write {seq}: {e}; it expires within {ENTRY_TTL} s");
-                    return;
+        todo.extend(keys.iter().map(|k| (k.clone(), seq)));
+        let failed = self.deliver(&todo);
+        if !failed.is_empty() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{} invalidation(s) not delivered (write {seq}); retried until memcached answers", failed.len());
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, s) in failed {
+                if pending.len() < MAX_PENDING || pending.contains_key(&key) {
+                    let at = pending.entry(key).or_insert(s);
+                    *at = (*at).max(s);
                 }
             }
         }
+    }
+
+    /// Delivers undelivered invalidations (called periodically by the catalog primary).
+    pub fn retry_pending(&self) {
+        if !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            self.invalidate(&[], 0);
+        }
+    }
+
+    /// How many invalidations wait for delivery.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Sets the markers; returns those not set (all from the first failure on).
+    fn deliver(&self, todo: &[(String, u64)]) -> Vec<(String, u64)> {
+        let Some(client) = self.client(true) else { return todo.to_vec() };
+        for (i, (key, seq)) in todo.iter().enumerate() {
+            if let Err(e) = client.set(key, format!("M{seq}").as_str(), MARKER_TTL) {
+                self.failed("invalidate", &e);
+                return todo[i..].to_vec();
+            }
+            self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+        Vec::new()
     }
 
     /// The cache's counters in Prometheus text.

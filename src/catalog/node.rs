@@ -160,6 +160,16 @@ impl CatalogNode {
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
         match self.config.role {
             Role::Primary => {
+                if self.cache.is_some() {
+                    let (node, stop) = (Arc::clone(self), shutdown.clone());
+                    std::thread::spawn(move || {
+                        while !stop.sleep(cache::BACKOFF) {
+                            // Under the writer lock: markers are set in write order.
+                            let _writer = node.lock_writer();
+                            node.cache.as_ref().expect("checked").retry_pending();
+                        }
+                    });
+                }
                 for i in 0..self.links.len() {
                     let (node, stop) = (Arc::clone(self), shutdown.clone());
                     std::thread::spawn(move || node.keep_replica_current(i, &stop));

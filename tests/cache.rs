@@ -1,0 +1,177 @@
+//! The memcached cache and push invalidation, against a real memcached.
+//! Skipped (with a note) where memcached is not installed, unless BAZAR_REQUIRE_MEMCACHED=1.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn cached_store() -> Option<Store> {
+    Store::start(Opts { memcached: true, ..Opts::default() })
+}
+
+fn info(fe: &str, id: u32) -> (String, serde_json::Value) {
+    let a = get(fe, &format!("/info/{id}"));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    (a.cache.clone().expect("X-Cache"), json(&a))
+}
+
+#[test]
+fn hits_and_misses() {
+    let Some(s) = cached_store() else { return };
+    let fe = s.fe();
+    let (state, first) = info(&fe, 1);
+    assert_eq!(state, "miss");
+    let a = get(&fe, "/info/1");
+    assert_eq!(a.cache.as_deref(), Some("hit"));
+    assert_eq!(json(&a), first);
+    assert!(a.backend.is_none(), "a hit was produced by no back end");
+    for topic in ["distributed%20systems", "Distributed%20Systems"] {
+        let a = get(&fe, &format!("/search/{topic}"));
+        assert_eq!(a.status, 200);
+        assert_eq!(json(&a).as_array().unwrap().len(), 2);
+    }
+    assert_eq!(get(&fe, "/search/distributed%20systems").cache.as_deref(), Some("hit"));
+    // Errors are not cached.
+    for _ in 0..2 {
+        let a = get(&fe, "/info/77");
+        assert_eq!((a.status, a.cache.as_deref()), (404, Some("miss")));
+    }
+    let text = String::from_utf8(get(&fe, "/metrics").body).unwrap();
+    for line in ["bazar_cache_hits_total 3", "bazar_cache_misses_total 4", "bazar_cache_up 1"] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert_eq!(json(&get(&fe, "/health"))["cache"], "on");
+}
+
+#[test]
+fn writes_invalidate_via_primary_replica_and_purchase() {
+    let Some(s) = cached_store() else { return };
+    let fe = s.fe();
+    let warm = |id: u32| {
+        info(&fe, id);
+        assert_eq!(info(&fe, id).0, "hit");
+        get(&fe, "/search/undergraduate%20school");
+        assert_eq!(get(&fe, "/search/undergraduate%20school").cache.as_deref(), Some("hit"));
+    };
+    let cases = [
+        (s.primary(), "{\"price\": 41.5}", "price", serde_json::json!(41.5)),
+        (s.replica(), "{\"quantity\": 9}", "quantity", serde_json::json!(9)),
+        (s.replica(), "{\"quantity_delta\": -2}", "quantity", serde_json::json!(7)),
+    ];
+    for (base, body, field, want) in cases {
+        warm(5);
+        let a = call("PATCH", &base, "/books/5", Some(body));
+        assert_eq!(a.status, 200);
+        let (state, book) = info(&fe, 5);
+        assert_eq!((state.as_str(), &book[field]), ("miss", &want), "after PATCH {body} via {base}");
+        assert_eq!(
+            get(&fe, "/search/undergraduate%20school").cache.as_deref(),
+            Some("miss"),
+            "the topic's search was invalidated"
+        );
+        assert_eq!(info(&fe, 5).0, "hit");
+    }
+    warm(5);
+    assert_eq!(call("POST", &fe, "/purchase/5", None).status, 200);
+    let (state, book) = info(&fe, 5);
+    assert_eq!((state.as_str(), book["quantity"].as_u64()), ("miss", Some(6)));
+    let text = String::from_utf8(get(&s.primary(), "/metrics").body).unwrap();
+    assert!(text.contains("bazar_cache_invalidations_total 8"), "{text}");
+}
+
+/// Six readers of `/info/7` while 150 writes to book 7 are acknowledged one after another,
+/// alternately through the primary and the replica: no read that starts after a write was
+/// acknowledged shows older data.
+#[test]
+fn no_stale_read_after_an_acknowledged_write() {
+    let Some(s) = cached_store() else { return };
+    let fe = s.fe();
+    s.set_stock(7, 0);
+    let acked = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let (reads, hits, stale) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    let floor = acked.load(Ordering::SeqCst);
+                    let (state, book) = info(&fe, 7);
+                    let q = book["quantity"].as_u64().unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if state == "hit" {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if q < floor {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("stale read: quantity {q} after write {floor} was acknowledged ({state})");
+                    }
+                }
+            });
+        }
+        for i in 1..=150u64 {
+            let base = if i % 2 == 0 { s.primary() } else { s.replica() };
+            let a = call("PATCH", &base, "/books/7", Some(&format!("{{\"quantity\": {i}}}")));
+            assert_eq!(a.status, 200);
+            acked.store(i, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let (reads, hits, stale) = (reads.into_inner(), hits.into_inner(), stale.into_inner());
+    eprintln!("race test: {reads} reads ({hits} hits) during 150 writes, {stale} stale");
+    assert_eq!(stale, 0);
+    assert!(hits > 0, "the cache was used");
+    assert_eq!(info(&fe, 7).1["quantity"], 150);
+}
+
+#[test]
+fn memcached_killed_and_restarted() {
+    let Some(mut s) = cached_store() else { return };
+    let fe = s.fe();
+    info(&fe, 2);
+    assert_eq!(info(&fe, 2).0, "hit");
+    s.memcached.as_mut().unwrap().kill9();
+    // Everything goes on from the back ends; a request pays at most one short timeout.
+    let started = Instant::now();
+    for i in 0..30 {
+        let a = get(&fe, &format!("/info/{}", 1 + i % 7));
+        assert_eq!(a.status, 200);
+        assert_ne!(a.cache.as_deref(), Some("hit"));
+        assert_eq!(get(&fe, "/search/distributed%20systems").status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang while memcached is down: {:?}", started.elapsed());
+    assert_eq!(info(&fe, 3).0, "off", "backing off");
+    // A write whose invalidation cannot be delivered still succeeds, and is counted.
+    let a = call("PATCH", &s.primary(), "/books/2", Some("{\"quantity\": 42}"));
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(get(&s.primary(), "/metrics").body).unwrap();
+    assert!(!text.contains("bazar_cache_errors_total 0"), "{text}");
+    assert_eq!(info(&fe, 2).1["quantity"], 42);
+    // memcached back (empty): caching resumes by itself.
+    s.memcached.as_mut().unwrap().restart();
+    eventually(Duration::from_secs(15), "caching resumes", || info(&fe, 2).0 == "hit");
+    assert_eq!(info(&fe, 2).1["quantity"], 42);
+    assert_eq!(call("PATCH", &s.replica(), "/books/2", Some("{\"quantity\": 43}")).status, 200);
+    assert_eq!(info(&fe, 2).1["quantity"], 43);
+}
+
+#[test]
+fn several_front_end_workers_share_the_cache() {
+    let Some(s) = cached_store() else { return };
+    let fe = s.fe();
+    info(&fe, 4);
+    let hits = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    if info(&fe, 4).0 == "hit" {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(hits.into_inner(), 400);
+}
