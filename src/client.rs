@@ -9,7 +9,9 @@
 
 use crate::error::{Error, Result};
 use crate::http::percent_encode;
-use crate::wire::{Book, BookUpdate, ErrorBody, Order, OrderPage, PurchaseRequest, ReplicaAck, Replicate, Snapshot};
+use crate::wire::{
+    Book, BookUpdate, ErrorBody, Order, OrderPage, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io;
@@ -176,10 +178,15 @@ impl CatalogClient {
         self.http.send(Method::PATCH, base, &format!("/books/{id}"), update)
     }
 
-    /// Takes one copy (`POST /books/{id}/purchase`).
-    pub fn purchase(&self, base: &str, id: u32, order_id: Option<&str>) -> Result<Book> {
-        let body = PurchaseRequest { order_id: order_id.map(str::to_string) };
+    /// Takes one copy (`POST /books/{id}/purchase`), for an order when one is given.
+    pub fn purchase(&self, base: &str, id: u32, order: Option<(&str, &str)>) -> Result<Book> {
+        let body = PurchaseRequest { order_id: order.map(|o| o.0.to_string()), at: order.map(|o| o.1.to_string()) };
         self.http.send(Method::POST, base, &format!("/books/{id}/purchase"), &body)
+    }
+
+    /// The purchases journaled after write `after` (order reconciliation).
+    pub fn purchases(&self, base: &str, after: u64) -> Result<PurchasePage> {
+        self.http.get(base, &format!("/internal/purchases?after={after}"))
     }
 
     /// The whole catalog at one sequence number (replica catch-up).

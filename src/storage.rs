@@ -21,6 +21,14 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     sync_dir(path)
 }
 
+/// Replaces `path` with `contents` atomically but without fsync: for files that a durable
+/// log can rebuild (a crash may leave the old contents, never torn ones).
+pub fn replace_file_fast(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, contents)?;
+    fs::rename(&tmp, path)
+}
+
 /// Fsyncs the directory that holds `path`, so a rename or a new file survives a crash.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -45,12 +45,35 @@ pub struct BookUpdate {
 }
 
 /// Body of the catalog's `POST /books/{id}/purchase` (optional): who takes the copy.
+///
+/// An order server sends the order's id and time; the primary journals them with the
+/// write, so a copy taken for an order whose server died before logging it can be
+/// reconciled, and a repeated request for the same order takes no second copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
-    /// The order id the copy is taken for, when an order server buys.
+    /// The order id the copy is taken for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// The order's time (RFC 3339 UTC with milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// A copy the catalog took for an order: the order as its server logs it, and the write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase {
+    /// The catalog write that took the copy.
+    pub seq: u64,
+    /// The order it was taken for.
+    pub order: Order,
+}
+
+/// `GET /internal/purchases?after=N`: the purchases journaled after write N, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchasePage {
+    /// Up to a page of purchases.
+    pub purchases: Vec<Purchase>,
 }
 
 /// An order as the order servers log, replicate and answer it.
@@ -91,6 +114,33 @@ impl From<Order> for PurchaseReceipt {
             id: o.id,
             title: o.title,
             price: o.price,
+        }
+    }
+}
+
+impl Order {
+    /// Checks an order id: 1 to 64 ASCII letters, digits or `-`.
+    pub fn check_id(id: &str) -> Result<(), String> {
+        if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            Ok(())
+        } else {
+            Err(format!("order id {id:?} must be 1 to 64 letters, digits or '-'"))
+        }
+    }
+
+    /// Checks an order time: RFC 3339 UTC with milliseconds, `2026-11-24T13:55:06.123Z`.
+    pub fn check_at(at: &str) -> Result<(), String> {
+        let b = at.as_bytes();
+        let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22];
+        let shape = b.len() == 24
+            && digits.iter().all(|&i| b[i].is_ascii_digit())
+            && [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')]
+                .iter()
+                .all(|&(i, c)| b[i] == c);
+        if shape {
+            Ok(())
+        } else {
+            Err(format!("time {at:?} must look like 2026-11-24T13:55:06.123Z"))
         }
     }
 }

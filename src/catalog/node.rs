@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, BookUpdate, PurchaseRequest, ReplicaAck, Replicate, Snapshot};
+use crate::wire::{Book, BookUpdate, Order, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +25,8 @@ use ureq::http::Method;
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the primary when a replica forwards a write to it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most purchases in one answer of `GET /internal/purchases`.
+pub const PURCHASES_PAGE: usize = 500;
 /// Pause between attempts to bring a replica up to date (primary) or to catch up (replica).
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -204,15 +206,26 @@ impl CatalogNode {
     }
 
     /// The primary's write: decide, persist, push, invalidate, then acknowledge.
-    pub fn write(&self, id: u32, write: &Write) -> Result<Book> {
-        let store = self.lock_writer();
+    ///
+    /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
+    /// with the write, and a purchase for an order already journaled takes no second copy.
+    pub fn write(&self, id: u32, write: &Write, order: Option<(String, String)>) -> Result<Book> {
+        let mut store = self.lock_writer();
+        if let Some((order_id, _)) = &order {
+            if store.journal.contains(order_id) {
+                return Ok(self.state().book(id)?.clone());
+            }
+        }
         let (mut next, old) = {
             let current = self.state();
             (current.clone(), current.book(id)?.clone())
         };
         let book = next.decide(id, write)?;
         let seq = next.commit(book.clone());
-        store.save(&next)?;
+        let order =
+            order.map(|(order_id, at)| Order { order_id, id, title: book.title.clone(), price: book.price, at });
+        store.append(seq, &book, order.as_ref())?;
+        store.after_write(&next)?;
         self.set_state(next);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.replicate(&Replicate { seq, book: book.clone() });
@@ -303,10 +316,11 @@ impl CatalogNode {
 
     /// Replica: applies one pushed write.
     pub fn apply(&self, push: &Replicate) -> Result<ReplicaAck> {
-        let store = self.lock_writer();
+        let mut store = self.lock_writer();
         let mut next = self.state().clone();
         if next.apply(push) == Applied::Applied {
-            store.save(&next)?;
+            store.append(push.seq, &push.book, None)?;
+            store.after_write(&next)?;
             self.set_state(next);
         }
         self.heard_from_primary();
@@ -315,10 +329,10 @@ impl CatalogNode {
 
     /// Replica: installs a snapshot (unless older than what it has, when not forced).
     pub fn install(&self, snapshot: Snapshot, force: bool) -> Result<ReplicaAck> {
-        let store = self.lock_writer();
+        let mut store = self.lock_writer();
         let mut next = self.state().clone();
         if next.install(snapshot, force)? {
-            store.save(&next)?;
+            store.checkpoint(&next)?;
             self.set_state(next);
             self.counters.catch_ups.fetch_add(1, Ordering::Relaxed);
         }
@@ -332,23 +346,69 @@ impl CatalogNode {
     }
 
     /// A write from a client: decided here on the primary, forwarded by a replica.
-    fn client_write(&self, request: &Request, id: u32, write: Write) -> Result<Response> {
+    fn client_write(
+        &self,
+        request: &Request,
+        id: u32,
+        write: Write,
+        order: Option<(String, String)>,
+    ) -> Result<Response> {
         match &self.config.primary {
-            None => Ok(Response::json(&self.write(id, &write)?)),
+            None => Ok(Response::json(&self.write(id, &write, order)?)),
             Some(primary) => {
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                let body = (!request.body.is_empty()).then(|| request.body.clone());
-                let method = Method::from_bytes(request.method.as_bytes())
-                    .map_err(|_| Error::BadRequest("bad method".into()))?;
-                let answer = self.forward.call(method, primary, &request.path, body).map_err(|e| match e {
-                    Error::Unreachable { url, reason, .. } => {
-                        Error::Unavailable(format!("primary {url} unreachable: {reason}"))
-                    }
-                    other => other,
-                })?;
-                Ok(Response::raw_json(answer.status, answer.body))
+                self.forward_to(primary, request)
             }
         }
+    }
+
+    /// Replica: relays a request to the primary (remote write) and its answer back.
+    fn forward_to(&self, primary: &str, request: &Request) -> Result<Response> {
+        let body = (!request.body.is_empty()).then(|| request.body.clone());
+        let method =
+            Method::from_bytes(request.method.as_bytes()).map_err(|_| Error::BadRequest("bad method".into()))?;
+        let target = match &request.query {
+            Some(q) => format!("{}?{q}", request.path),
+            None => request.path.clone(),
+        };
+        let answer = self.forward.call(method, primary, &target, body).map_err(|e| match e {
+            Error::Unreachable { url, reason, .. } => {
+                Error::Unavailable(format!("primary {url} unreachable: {reason}"))
+            }
+            other => other,
+        })?;
+        Ok(Response::raw_json(answer.status, answer.body))
+    }
+
+    /// `POST /books/{id}/purchase` with its optional order (id, time).
+    fn purchase(&self, request: &Request, id: &str) -> Result<Response> {
+        let id = parse_id(id)?;
+        let body: PurchaseRequest =
+            if request.body.is_empty() { PurchaseRequest::default() } else { json_body(request)? };
+        let order = match (body.order_id, body.at) {
+            (None, None) => None,
+            (Some(order_id), at) => {
+                Order::check_id(&order_id).map_err(Error::BadRequest)?;
+                let at = at.unwrap_or_else(crate::order::log::timestamp_now);
+                Order::check_at(&at).map_err(Error::BadRequest)?;
+                Some((order_id, at))
+            }
+            (None, Some(_)) => return Err(Error::BadRequest("`at` needs an `order_id`".into())),
+        };
+        self.client_write(request, id, Write::Purchase, order)
+    }
+
+    /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica.
+    fn purchases(&self, request: &Request) -> Result<Response> {
+        if let Some(primary) = &self.config.primary {
+            return self.forward_to(primary, request);
+        }
+        let after = match request.query_param("after")? {
+            None => 0,
+            Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
+        };
+        let purchases = self.lock_writer().journal.after(after, PURCHASES_PAGE);
+        Ok(Response::json(&PurchasePage { purchases }))
     }
 
     /// Answers one request.
@@ -379,19 +439,16 @@ impl CatalogNode {
                 check_token(request, token).and_then(|_| {
                     let id = parse_id(id)?;
                     let update: BookUpdate = json_body(request)?;
-                    self.client_write(request, id, Write::Update(update))
+                    self.client_write(request, id, Write::Update(update), None)
                 }),
                 "/books/{id}",
             ),
-            ["books", id, "purchase"] if method == "POST" => http::respond(
-                parse_id(id).and_then(|id| {
-                    if !request.body.is_empty() {
-                        json_body::<PurchaseRequest>(request)?;
-                    }
-                    self.client_write(request, id, Write::Purchase)
-                }),
-                "/books/{id}/purchase",
-            ),
+            ["books", id, "purchase"] if method == "POST" => {
+                http::respond(self.purchase(request, id), "/books/{id}/purchase")
+            }
+            ["internal", "purchases"] if get => {
+                http::respond(check_token(request, token).and_then(|_| self.purchases(request)), "/internal/purchases")
+            }
             ["internal", "snapshot"] if get => http::respond(
                 check_token(request, token).map(|_| Response::json(&self.state().snapshot())),
                 "/internal/snapshot",
@@ -414,6 +471,7 @@ impl CatalogNode {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "snapshot"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PUT")), "invalid"),
+            ["internal", "purchases"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         }
     }

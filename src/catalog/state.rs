@@ -118,6 +118,12 @@ impl Catalog {
         self.seq
     }
 
+    /// Sets a book as of write `seq` while loading the log (rows replay in order).
+    pub fn restore(&mut self, book: Book, seq: u64) {
+        self.books.insert(book.id, book);
+        self.seq = self.seq.max(seq);
+    }
+
     /// Applies a pushed write if it is the next one.
     pub fn apply(&mut self, push: &Replicate) -> Applied {
         if push.seq <= self.seq {

@@ -15,11 +15,12 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest wait for the catalog to take a copy (it persists and replicates first).
 pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +30,11 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders in one page of a pull.
 pub const PAGE: usize = 200;
+/// How often the catalog's purchase journal is checked for copies without an order.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a journaled purchase may stay without its order before it is adopted: far
+/// longer than the moment between the catalog's answer and the order's append.
+pub const GRACE: Duration = Duration::from_secs(3);
 
 /// Settings of an order process.
 #[derive(Clone, Debug)]
@@ -41,6 +47,9 @@ pub struct OrderConfig {
     pub catalogs: Vec<String>,
     /// The other order servers.
     pub peers: Vec<String>,
+    /// Testing aid (`BAZAR_FAULT=crash-after-take`): abort right after the catalog took a
+    /// copy, before the order is logged, to exercise reconciliation.
+    pub crash_after_take: bool,
 }
 
 impl OrderConfig {
@@ -51,6 +60,16 @@ impl OrderConfig {
             data_dir: config::data_dir(src, "./data-order"),
             catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
             peers: config::urls(src, "BAZAR_PEERS", false)?,
+            crash_after_take: match config::opt(src, "BAZAR_FAULT").as_deref() {
+                None => false,
+                Some("crash-after-take") => true,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "BAZAR_FAULT",
+                        problem: format!("{other:?} is not a known fault (crash-after-take)"),
+                    })
+                }
+            },
         })
     }
 
@@ -62,6 +81,7 @@ Environment:
   BAZAR_CATALOG   comma-separated base URLs of catalog servers (required)
   BAZAR_PEERS     comma-separated base URLs of the other order servers
   BAZAR_DATA_DIR  directory of orders.csv (default ./data-order)
+  BAZAR_FAULT     testing only: crash-after-take aborts after the catalog took a copy
 ";
 }
 
@@ -71,6 +91,7 @@ struct Counters {
     refused: AtomicU64,
     pulled: AtomicU64,
     push_failures: AtomicU64,
+    reconciled: AtomicU64,
 }
 
 /// One order process.
@@ -86,6 +107,8 @@ pub struct OrderNode {
     peers: OrderClient,
     /// Per peer: the position in its log read so far.
     cursors: Vec<AtomicUsize>,
+    /// The catalog write up to which every journaled purchase has its order.
+    reconciled: AtomicU64,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
@@ -104,14 +127,24 @@ impl OrderNode {
             catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
             peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
             cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
+            reconciled: AtomicU64::new(0),
             counters: Counters::default(),
             metrics,
             config,
         }))
     }
 
-    /// Starts one sync thread per peer.
+    /// Starts one sync thread per peer, and the reconciler.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || {
+            let mut missing = HashMap::new();
+            while !stop.sleep(RECONCILE_INTERVAL) {
+                if let Err(e) = node.reconcile(&mut missing) {
+                    log::debug!("reconciliation: {e}");
+                }
+            }
+        });
         for i in 0..self.config.peers.len() {
             let (node, stop) = (Arc::clone(self), shutdown.clone());
             std::thread::spawn(move || {
@@ -148,22 +181,60 @@ impl OrderNode {
         }
     }
 
-    /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
-    pub fn purchase(&self, id: u32) -> Result<Order> {
-        let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
-        let book = match self.take_copy(id, &order_id) {
-            Ok(b) => b,
-            Err(e) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+    /// Adopts the orders of copies the catalog journaled but no order server logged (its
+    /// server died in between), once they have been missing for [`GRACE`]. Every server
+    /// does this; an adopted order is the same wherever it is adopted, so copies merge.
+    /// `missing` remembers since when each order has been missing.
+    fn reconcile(&self, missing: &mut HashMap<String, Instant>) -> Result<()> {
+        loop {
+            let after = self.reconciled.load(Ordering::SeqCst);
+            let page = self.journal_after(after)?;
+            let (mut cursor, mut waiting) = (after, false);
+            for p in &page.purchases {
+                let known = self.log().get(&p.order.order_id).is_some();
+                if !known {
+                    let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
+                    if since.elapsed() < GRACE || orderlog::check(&p.order).is_err() {
+                        waiting = true;
+                        continue;
+                    }
+                    log::warn!(
+                        "order {} took a copy of book {} but was never logged; adopting it",
+                        p.order.order_id,
+                        p.order.id
+                    );
+                    self.log().add(std::slice::from_ref(&p.order))?;
+                    self.counters.reconciled.fetch_add(1, Ordering::Relaxed);
+                    self.share(&p.order);
+                }
+                missing.remove(&p.order.order_id);
+                if !waiting {
+                    cursor = p.seq;
+                }
             }
-        };
-        let order = Order { order_id, id, title: book.title, price: book.price, at: orderlog::timestamp_now() };
-        self.log().add(std::slice::from_ref(&order))?;
-        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+            self.reconciled.store(cursor, Ordering::SeqCst);
+            if waiting || page.purchases.len() < crate::catalog::node::PURCHASES_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The catalog's purchase journal after write `after`, from the first catalog that answers.
+    fn journal_after(&self, after: u64) -> Result<crate::wire::PurchasePage> {
+        let mut last = None;
+        for i in self.catalogs.plan() {
+            match self.catalog.purchases(&self.catalogs.urls()[i], after) {
+                Ok(page) => return Ok(page),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unavailable("no catalog".into())))
+    }
+
+    /// Hands an order to every peer now; a peer that misses it pulls it later.
+    fn share(&self, order: &Order) {
         std::thread::scope(|s| {
             for url in &self.config.peers {
-                let order = &order;
                 s.spawn(move || {
                     if let Err(e) = self.peers.push(url, std::slice::from_ref(order)) {
                         self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
@@ -172,16 +243,37 @@ impl OrderNode {
                 });
             }
         });
+    }
+
+    /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
+    pub fn purchase(&self, id: u32) -> Result<Order> {
+        let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let at = orderlog::timestamp_now();
+        let book = match self.take_copy(id, &order_id, &at) {
+            Ok(b) => b,
+            Err(e) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if self.config.crash_after_take {
+            log::error!("BAZAR_FAULT=crash-after-take: aborting before logging order {order_id}");
+            std::process::abort();
+        }
+        let order = Order { order_id, id, title: book.title, price: book.price, at };
+        self.log().add(std::slice::from_ref(&order))?;
+        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+        self.share(&order);
         Ok(order)
     }
 
     /// Takes one copy through the catalog pool; tries the next catalog only when the
     /// request surely never reached the one that failed.
-    fn take_copy(&self, id: u32, order_id: &str) -> Result<crate::wire::Book> {
+    fn take_copy(&self, id: u32, order_id: &str, at: &str) -> Result<crate::wire::Book> {
         let mut last = None;
         for i in self.catalogs.plan() {
             let url = &self.catalogs.urls()[i];
-            match self.catalog.purchase(url, id, Some(order_id)) {
+            match self.catalog.purchase(url, id, Some((order_id, at))) {
                 Ok(book) => {
                     self.catalogs.mark_up(i);
                     return Ok(book);
@@ -302,6 +394,13 @@ impl OrderNode {
             "counter",
             "Orders a peer did not take at once.",
             c.push_failures.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_reconciled_total",
+            "counter",
+            "Orders adopted from the catalog's journal (their server died before logging them).",
+            c.reconciled.load(Ordering::Relaxed),
         );
         out
     }
