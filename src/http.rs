@@ -256,7 +256,7 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         }
         let mut reader = BufReader::with_capacity(8 * 1024, &stream);
         loop {
-            let request = match self.read_request(&mut reader) {
+            let request = match read_request(&mut reader, &self.shutdown) {
                 Ok(r) => r,
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Answer(e)) => {
@@ -285,67 +285,65 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             }
         }
     }
+}
 
-    /// Reads one request, with the head and body limits and deadlines.
-    fn read_request(&self, reader: &mut BufReader<&TcpStream>) -> Result<Request, ReadError> {
-        let mut head: Vec<u8> = Vec::new();
-        let mut lines: Vec<(usize, usize)> = Vec::new();
-        let idle_since = Instant::now();
-        let mut first_byte: Option<Instant> = None;
-        loop {
-            let start = head.len();
-            let limit = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
-            let got = reader.by_ref().take(limit).read_until(b'\n', &mut head);
-            if head.len() > start && first_byte.is_none() {
-                first_byte = Some(Instant::now());
-            }
-            match got {
-                Ok(0) if head.len() == start => return Err(ReadError::Closed),
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => {
-                    match first_byte {
-                        None if self.shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => {
-                            return Err(ReadError::Closed)
-                        }
-                        Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
-                        _ => {}
-                    }
-                    // A partial line stays in `head`; the next read_until continues it.
-                    continue;
+/// Reads one request, with the head and body limits and deadlines.
+fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
+    let mut head: Vec<u8> = Vec::new();
+    let mut lines: Vec<(usize, usize)> = Vec::new();
+    let idle_since = Instant::now();
+    let mut first_byte: Option<Instant> = None;
+    loop {
+        let start = head.len();
+        let limit = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
+        let got = reader.by_ref().take(limit).read_until(b'\n', &mut head);
+        if head.len() > start && first_byte.is_none() {
+            first_byte = Some(Instant::now());
+        }
+        match got {
+            Ok(0) if head.len() == start => return Err(ReadError::Closed),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {
+                match first_byte {
+                    None if shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => return Err(ReadError::Closed),
+                    Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
+                    _ => {}
                 }
-                Err(_) => return Err(ReadError::Closed),
-            }
-            if head.len() > MAX_HEAD {
-                return Err(ReadError::Answer(Error::HeadersTooLarge));
-            }
-            if head.last() != Some(&b'\n') {
-                // EOF in the middle of a line.
-                return Err(ReadError::Closed);
-            }
-            let line_start = lines.last().map_or(0, |&(_, end)| end);
-            let line = &head[line_start..];
-            let blank = line == b"\n" || line == b"\r\n";
-            if blank && lines.is_empty() {
-                // Robustness (RFC 9112 2.2): ignore empty lines before the request line.
-                head.clear();
+                // A partial line stays in `head`; the next read_until continues it.
                 continue;
             }
-            lines.push((line_start, head.len()));
-            if blank {
-                break;
-            }
-            if lines.len() > MAX_HEADERS + 1 {
-                return Err(ReadError::Answer(Error::HeadersTooLarge));
-            }
+            Err(_) => return Err(ReadError::Closed),
         }
-        let mut request = parse_head(&head, &lines).map_err(ReadError::Answer)?;
-        let deadline = Instant::now() + BODY_TIMEOUT;
-        request.body = match body_length(&request).map_err(ReadError::Answer)? {
-            BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
-            BodyLength::Chunked => read_chunked(reader, deadline)?,
-        };
-        Ok(request)
+        if head.len() > MAX_HEAD {
+            return Err(ReadError::Answer(Error::HeadersTooLarge));
+        }
+        if head.last() != Some(&b'\n') {
+            // EOF in the middle of a line.
+            return Err(ReadError::Closed);
+        }
+        let line_start = lines.last().map_or(0, |&(_, end)| end);
+        let line = &head[line_start..];
+        let blank = line == b"\n" || line == b"\r\n";
+        if blank && lines.is_empty() {
+            // Robustness (RFC 9112 2.2): ignore empty lines before the request line.
+            head.clear();
+            continue;
+        }
+        lines.push((line_start, head.len()));
+        if blank {
+            break;
+        }
+        if lines.len() > MAX_HEADERS + 1 {
+            return Err(ReadError::Answer(Error::HeadersTooLarge));
+        }
     }
+    let mut request = parse_head(&head, &lines).map_err(ReadError::Answer)?;
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    request.body = match body_length(&request).map_err(ReadError::Answer)? {
+        BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
+        BodyLength::Chunked => read_chunked(reader, deadline)?,
+    };
+    Ok(request)
 }
 
 /// Closes after an error answer without resetting the connection: stops writing, then
@@ -807,6 +805,79 @@ mod tests {
         assert!(check_token(&r, Some("s3cret")).is_err());
         r.headers[0].1 = "Bearer s3cret".into();
         assert!(check_token(&r, Some("s3cret")).is_ok());
+    }
+
+    /// xorshift64*: a small deterministic generator for the property tests.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Property: whatever the bytes, reading a request gives a complete request, a 4xx
+    /// answer, or a closed connection; never a panic, never an answer of 5xx.
+    #[test]
+    fn any_bytes_give_a_request_or_a_4xx() {
+        let seeds: &[&[u8]] = &[
+            b"GET /info/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /purchase/2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"PATCH /books/3 HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"quantity\": 20}",
+            b"POST /books/1/purchase HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n0\r\n\r\n",
+            b"GET /search/distributed%20systems?topic=a+b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ];
+        let pieces: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b":",
+            b" ",
+            b"%",
+            b"%ff",
+            b"\xff\xfe",
+            b"\0",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"ffffffff\r\n",
+            b"/",
+            b"?",
+            b"=",
+            b"-1",
+        ];
+        let shutdown = Shutdown::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for case in 0..20_000 {
+            let mut bytes = seeds[rng.below(seeds.len())].to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(bytes.len() + 1);
+                match rng.below(5) {
+                    0 => bytes.insert(at, rng.next() as u8),
+                    1 if at < bytes.len() => bytes[at] = rng.next() as u8,
+                    2 => bytes.truncate(at),
+                    3 => bytes.splice(at..at, pieces[rng.below(pieces.len())].iter().copied()).for_each(drop),
+                    _ => bytes.splice(at..at, std::iter::repeat_n(b'a', rng.below(3) * MAX_HEAD / 2)).for_each(drop),
+                }
+            }
+            match read_request(&mut bytes.as_slice(), &shutdown) {
+                Ok(r) => {
+                    let _ = (r.segments(), r.query_param("topic"), wants_keep_alive(&r));
+                    assert!(r.body.len() <= MAX_BODY);
+                }
+                Err(ReadError::Answer(e)) => assert!(
+                    (400..500).contains(&e.status()),
+                    "case {case}: {e:?} for {:?}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+                Err(ReadError::Closed) => {}
+            }
+        }
     }
 
     #[test]
