@@ -1,0 +1,199 @@
+//! `docs/openapi.yaml` is kept true: every (path, method, status) it documents is produced
+//! by a real request to a live store, and every route and status tested here is documented.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use ureq::http::Method;
+
+type Triple = (String, String, u16);
+
+/// The (path, method, status) triples of the document (its regular layout: paths at two
+/// spaces, methods at four, statuses at eight).
+fn documented() -> BTreeSet<Triple> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).unwrap();
+    let (mut path, mut method, mut out) = (String::new(), String::new(), BTreeSet::new());
+    let mut in_paths = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+        } else if !in_paths {
+            continue;
+        } else if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            path = format!("/{p}");
+        } else if let Some(m) = line
+            .strip_prefix("    ")
+            .and_then(|l| l.strip_suffix(':'))
+            .filter(|m| ["get", "put", "post", "patch", "delete"].contains(m))
+        {
+            method = m.to_uppercase();
+        } else if let Some(code) = line.strip_prefix("        \"").and_then(|l| l.get(..3)).and_then(|c| c.parse().ok())
+        {
+            out.insert((path.clone(), method.clone(), code));
+        }
+    }
+    out
+}
+
+/// One request: the documented route it exercises, where it goes, and the status it must get.
+struct Case<'a> {
+    route: &'a str,
+    method: &'a str,
+    base: String,
+    path: String,
+    token: bool,
+    body: Option<String>,
+    status: u16,
+}
+
+fn run(cases: &[Case], tested: &mut BTreeSet<Triple>) {
+    for c in cases {
+        let http = if c.token { client_with_token("t0ken") } else { client() };
+        let a = http
+            .call(
+                Method::from_bytes(c.method.as_bytes()).unwrap(),
+                &c.base,
+                &c.path,
+                c.body.clone().map(String::into_bytes),
+            )
+            .unwrap();
+        assert_eq!(a.status, c.status, "{} {}{}: {}", c.method, c.base, c.path, String::from_utf8_lossy(&a.body));
+        tested.insert((c.route.to_string(), c.method.to_string(), c.status));
+    }
+}
+
+#[test]
+fn the_openapi_document_matches_the_store() {
+    let mut s = Store::start(Opts { token: Some("t0ken".into()), ..Opts::default() }).unwrap();
+    let (fe, p, r, o) = (s.fe(), s.primary(), s.replica(), s.order(0));
+    let case = |route, method, base: &str, path: &str, token, body: Option<&str>, status| Case {
+        route,
+        method,
+        base: base.to_string(),
+        path: path.to_string(),
+        token,
+        body: body.map(str::to_string),
+        status,
+    };
+    let mut tested = BTreeSet::new();
+    assert_eq!(
+        client_with_token("t0ken")
+            .call(Method::PATCH, &p, "/books/4", Some(b"{\"quantity\": 0}".to_vec()))
+            .unwrap()
+            .status,
+        200
+    );
+    let receipt = json(&call("POST", &fe, "/purchase/1", None));
+    let order_path = format!("/orders/{}", receipt["order_id"].as_str().unwrap());
+    eventually(std::time::Duration::from_secs(5), "order shared", || get(&o, &order_path).status == 200);
+    let snapshot =
+        String::from_utf8(client_with_token("t0ken").call(Method::GET, &p, "/internal/snapshot", None).unwrap().body)
+            .unwrap();
+    let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
+    let push = format!("{{\"seq\": 0, \"book\": {book1}}}");
+    run(
+        &[
+            case("/search/{topic}", "GET", &fe, "/search/distributed%20systems", false, None, 200),
+            case("/search/{topic}", "GET", &fe, "/search/%zz", false, None, 400),
+            case("/info/{id}", "GET", &fe, "/info/1", false, None, 200),
+            case("/info/{id}", "GET", &fe, "/info/0", false, None, 400),
+            case("/info/{id}", "GET", &fe, "/info/99", false, None, 404),
+            case("/purchase/{id}", "POST", &fe, "/purchase/2", false, None, 200),
+            case("/purchase/{id}", "POST", &fe, "/purchase/x", false, None, 400),
+            case("/purchase/{id}", "POST", &fe, "/purchase/99", false, None, 404),
+            case("/purchase/{id}", "POST", &fe, "/purchase/4", false, None, 409),
+            case("/purchase/{id}", "POST", &o, "/purchase/2", false, None, 200),
+            case("/purchase/{id}", "POST", &o, "/purchase/4", false, None, 409),
+            case("/health", "GET", &fe, "/health", false, None, 200),
+            case("/health", "GET", &p, "/health", false, None, 200),
+            case("/health", "GET", &o, "/health", false, None, 200),
+            case("/metrics", "GET", &fe, "/metrics", false, None, 200),
+            case("/metrics", "GET", &r, "/metrics", false, None, 200),
+            case("/metrics", "GET", &o, "/metrics", false, None, 200),
+            case("/books", "GET", &p, "/books", false, None, 200),
+            case("/books", "GET", &r, "/books?topic=undergraduate+school", false, None, 200),
+            case("/books", "GET", &p, "/books?topic=%zz", false, None, 400),
+            case("/books/{id}", "GET", &r, "/books/1", false, None, 200),
+            case("/books/{id}", "GET", &p, "/books/-1", false, None, 400),
+            case("/books/{id}", "GET", &p, "/books/99", false, None, 404),
+            case("/books/{id}", "PATCH", &r, "/books/3", true, Some("{\"price\": 30.5}"), 200),
+            case("/books/{id}", "PATCH", &p, "/books/3", true, Some("{\"quantity\": -1}"), 400),
+            case("/books/{id}", "PATCH", &p, "/books/3", false, Some("{\"quantity\": 1}"), 401),
+            case("/books/{id}", "PATCH", &p, "/books/99", true, Some("{\"quantity\": 1}"), 404),
+            case("/books/{id}/purchase", "POST", &r, "/books/2/purchase", false, None, 200),
+            case(
+                "/books/{id}/purchase",
+                "POST",
+                &p,
+                "/books/2/purchase",
+                false,
+                Some("{\"order_id\": \"no spaces allowed\"}"),
+                400,
+            ),
+            case("/books/{id}/purchase", "POST", &p, "/books/99/purchase", false, None, 404),
+            case("/books/{id}/purchase", "POST", &p, "/books/4/purchase", false, None, 409),
+            case("/internal/snapshot", "GET", &p, "/internal/snapshot", true, None, 200),
+            case("/internal/snapshot", "GET", &p, "/internal/snapshot", false, None, 401),
+            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", true, Some(&snapshot), 200),
+            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", true, Some("[]"), 400),
+            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", false, Some(&snapshot), 401),
+            case("/internal/snapshot", "PUT", &p, "/internal/snapshot", true, Some(&snapshot), 409),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(&push), 200),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some("{}"), 400),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", false, Some(&push), 401),
+            case("/internal/replicate", "POST", &p, "/internal/replicate", true, Some(&push), 409),
+            case("/internal/purchases", "GET", &r, "/internal/purchases?after=0", true, None, 200),
+            case("/internal/purchases", "GET", &p, "/internal/purchases?after=x", true, None, 400),
+            case("/internal/purchases", "GET", &p, "/internal/purchases", false, None, 401),
+            case("/orders", "GET", &o, "/orders", false, None, 200),
+            case("/orders/{order_id}", "GET", &o, &order_path, false, None, 200),
+            case("/orders/{order_id}", "GET", &o, "/orders/none-1", false, None, 404),
+            case("/internal/orders", "GET", &o, "/internal/orders?from=0", true, None, 200),
+            case("/internal/orders", "GET", &o, "/internal/orders?from=x", true, None, 400),
+            case("/internal/orders", "GET", &o, "/internal/orders", false, None, 401),
+            case("/internal/orders", "POST", &o, "/internal/orders", true, Some("[]"), 200),
+            case("/internal/orders", "POST", &o, "/internal/orders", true, Some("{}"), 400),
+            case("/internal/orders", "POST", &o, "/internal/orders", false, Some("[]"), 401),
+        ],
+        &mut tested,
+    );
+    // The primary down: writes through the replica and purchases answer 503.
+    s.catalogs[0].kill9();
+    run(
+        &[
+            case("/books/{id}", "PATCH", &r, "/books/3", true, Some("{\"quantity\": 1}"), 503),
+            case("/books/{id}/purchase", "POST", &r, "/books/3/purchase", false, None, 503),
+            case("/purchase/{id}", "POST", &fe, "/purchase/3", false, None, 503),
+        ],
+        &mut tested,
+    );
+    // A replica that starts while the primary is down cannot catch up: reads answer 503.
+    s.catalogs[1].restart();
+    eventually(std::time::Duration::from_secs(10), "replica up", || {
+        client().call(Method::GET, &r, "/health", None).is_ok()
+    });
+    run(
+        &[
+            case("/books", "GET", &r, "/books", false, None, 503),
+            case("/books/{id}", "GET", &r, "/books/1", false, None, 503),
+        ],
+        &mut tested,
+    );
+    // No catalog at all: the front end's reads answer 503.
+    s.catalogs[1].kill9();
+    run(
+        &[
+            case("/search/{topic}", "GET", &fe, "/search/x", false, None, 503),
+            case("/info/{id}", "GET", &fe, "/info/1", false, None, 503),
+        ],
+        &mut tested,
+    );
+
+    let doc = documented();
+    assert!(doc.len() > 40, "the document parsed: {doc:?}");
+    let untested: Vec<&Triple> = doc.difference(&tested).collect();
+    let undocumented: Vec<&Triple> = tested.difference(&doc).collect();
+    assert!(untested.is_empty(), "documented but not tested: {untested:?}");
+    assert!(undocumented.is_empty(), "tested but not documented: {undocumented:?}");
+}
