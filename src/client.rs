@@ -10,7 +10,8 @@
 use crate::error::{Error, Result};
 use crate::http::percent_encode;
 use crate::wire::{
-    Book, BookUpdate, ErrorBody, Order, OrderPage, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot,
+    Book, BookUpdate, ErrorBody, LeaseRequest, Order, OrderPage, PurchasePage, PurchaseRequest, ReplicaAck, Replicate,
+    Snapshot,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -149,7 +150,8 @@ fn unreachable(base: &str, e: ureq::Error) -> Error {
         ),
         _ => true,
     };
-    Error::Unreachable { url: base.to_string(), sent, reason: e.to_string() }
+    let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
+    Error::Unreachable { url: base.to_string(), sent, refused, reason: e.to_string() }
 }
 
 /// A catalog server's API.
@@ -197,6 +199,11 @@ impl CatalogClient {
     /// Pushes one write to a replica.
     pub fn replicate(&self, base: &str, push: &Replicate) -> Result<ReplicaAck> {
         self.http.send(Method::POST, base, "/internal/replicate", push)
+    }
+
+    /// Asks the primary for a read lease (replicas).
+    pub fn lease(&self, base: &str, request: &LeaseRequest) -> Result<serde_json::Value> {
+        self.http.send(Method::POST, base, "/internal/lease", request)
     }
 
     /// Installs a whole snapshot on a replica that fell behind.

@@ -43,6 +43,8 @@ pub enum Error {
         url: String,
         /// Whether the request may have reached the peer.
         sent: bool,
+        /// Whether the connection was refused: no process listens on the peer's port.
+        refused: bool,
         /// What went wrong.
         reason: String,
     },

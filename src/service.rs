@@ -31,9 +31,11 @@ pub fn handle_args(name: &str, help: &str) -> Option<ExitCode> {
 /// Starts logging at `BAZAR_LOG` (stderr).
 pub fn init_logging(name: &str) -> Result<(), ExitCode> {
     let level = config::log_level(&Env).map_err(|e| config_error(name, &e))?;
+    // Our own crates only: the libraries' debug output would drown the store's.
     let cfg = simplelog::ConfigBuilder::new()
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
+        .add_filter_allow_str("bazar")
         .build();
     let _ = simplelog::WriteLogger::init(level, cfg, std::io::stderr());
     Ok(())

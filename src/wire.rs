@@ -172,11 +172,21 @@ pub struct Snapshot {
     pub books: Vec<Book>,
 }
 
-/// A replica's answer to a push: the sequence number it now holds.
+/// A replica's answer to a push: the sequence number it now holds, and who it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaAck {
     /// The replica's sequence number after the push.
     pub seq: u64,
+    /// The replica's identity, drawn at each start (read leases are granted to it).
+    pub replica_id: String,
+}
+
+/// A replica's request for a read lease (`POST /internal/lease`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The replica's identity, as in its [`ReplicaAck`]s.
+    pub replica_id: String,
 }
 
 /// A page of an order server's log, in append order (`GET /internal/orders?from=N`).

@@ -11,6 +11,7 @@
 //! to the primary and relays the answer, applies pushes strictly in sequence, and after a
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
+pub mod lease;
 pub mod node;
 pub mod state;
 pub mod store;

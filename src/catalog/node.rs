@@ -5,6 +5,7 @@
 //! files; `state` is held only to read or swap the in-memory catalog, never across I/O.
 //! Order: `writer` before `state`.
 
+use super::lease::{Grant, ReplicaLease};
 use super::state::{Applied, Catalog, Write};
 use super::store::Store;
 use crate::cache::{self, Cache};
@@ -14,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, BookUpdate, Order, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot};
+use crate::wire::{
+    Book, BookUpdate, LeaseRequest, Order, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +28,10 @@ use ureq::http::Method;
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the primary when a replica forwards a write to it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default length of a replica's read lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
+/// Shortest lease accepted: renewals go every quarter of it.
+pub const MIN_LEASE: Duration = Duration::from_millis(200);
 /// Most purchases in one answer of `GET /internal/purchases`.
 pub const PURCHASES_PAGE: usize = 500;
 /// Pause between attempts to bring a replica up to date (primary) or to catch up (replica).
@@ -54,6 +61,8 @@ pub struct CatalogConfig {
     pub replicas: Vec<String>,
     /// memcached servers whose entries the primary invalidates.
     pub memcached: Vec<String>,
+    /// Length of a replica's read lease; zero turns read leases off.
+    pub lease: Duration,
 }
 
 impl CatalogConfig {
@@ -72,6 +81,11 @@ impl CatalogConfig {
             Role::Primary => None,
         };
         let replicas = if role == Role::Primary { config::urls(src, "BAZAR_REPLICAS", false)? } else { Vec::new() };
+        let lease = config::millis(src, "BAZAR_LEASE_MS", DEFAULT_LEASE, 0..=60_000)?;
+        if !lease.is_zero() && lease < MIN_LEASE {
+            let problem = format!("must be 0 (off) or at least {} ms", MIN_LEASE.as_millis());
+            return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
+        }
         Ok(CatalogConfig {
             common,
             data_dir: config::data_dir(src, "./data-catalog"),
@@ -79,6 +93,7 @@ impl CatalogConfig {
             primary,
             replicas,
             memcached: config::memcached(src)?,
+            lease,
         })
     }
 
@@ -92,15 +107,21 @@ Environment:
   BAZAR_REPLICAS  primary: comma-separated base URLs of the replicas
   BAZAR_DATA_DIR  directory of books.csv (default ./data-catalog; seeded on first start)
   BAZAR_MEMCACHED primary: memcached host:port list whose entries writes invalidate
+  BAZAR_LEASE_MS  length of a replica's read lease (default 2000; 0 turns leases off)
 ";
 }
 
 /// The primary's view of one replica.
 struct ReplicaLink {
     url: String,
-    /// The lowest sequence number the replica must reach before it is up to date again;
-    /// 0 when it took every push.
-    behind: AtomicU64,
+    /// In sync or not, its identity, its lease. Held briefly; never across a call.
+    grant: Mutex<Grant>,
+}
+
+impl ReplicaLink {
+    fn grant(&self) -> std::sync::MutexGuard<'_, Grant> {
+        self.grant.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Counters shown in `/metrics`.
@@ -111,6 +132,12 @@ struct Counters {
     snapshots_sent: AtomicU64,
     catch_ups: AtomicU64,
     forwarded: AtomicU64,
+    lease_grants: AtomicU64,
+    lease_refusals: AtomicU64,
+    lease_waits: AtomicU64,
+    lease_wait_micros: AtomicU64,
+    lease_renewals: AtomicU64,
+    lease_renewal_failures: AtomicU64,
 }
 
 /// One catalog process.
@@ -122,10 +149,16 @@ pub struct CatalogNode {
     state: RwLock<Catalog>,
     /// Replica: caught up with the primary since it started.
     serving: AtomicBool,
+    /// Replica: its identity for this run.
+    replica_id: String,
+    /// Replica: its read lease. Held briefly.
+    lease: Mutex<ReplicaLease>,
+    /// Primary: no write is acknowledged before this (one lease length after start).
+    writes_from: Instant,
     /// Replica: when it last heard from the primary.
     last_push: Mutex<Option<Instant>>,
     links: Vec<ReplicaLink>,
-    /// Pushes and snapshots (short timeout).
+    /// Pushes, snapshots and lease requests (short timeout).
     push: CatalogClient,
     /// Remote writes and catch-up (longer timeout).
     forward: Http,
@@ -141,10 +174,13 @@ impl CatalogNode {
         let token = config.common.token.clone();
         let pool = config.common.threads;
         let links =
-            config.replicas.iter().map(|url| ReplicaLink { url: url.clone(), behind: AtomicU64::new(0) }).collect();
+            config.replicas.iter().map(|url| ReplicaLink { url: url.clone(), grant: Mutex::default() }).collect();
         let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
         Ok(Arc::new(CatalogNode {
             serving: AtomicBool::new(config.role == Role::Primary),
+            replica_id: crate::order::node::random_hex()?,
+            lease: Mutex::new(ReplicaLease::new(config.lease)),
+            writes_from: Instant::now() + config.lease,
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),
@@ -158,13 +194,21 @@ impl CatalogNode {
         }))
     }
 
-    /// Starts the background work: a primary keeps replicas up to date, a replica catches up.
+    fn leases(&self) -> bool {
+        !self.config.lease.is_zero()
+    }
+
+    /// Starts the background work: a primary keeps replicas in sync, a replica catches up
+    /// and renews its lease.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        let spawn = |work: fn(&CatalogNode, &Shutdown)| {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || work(&node, &stop));
+        };
         match self.config.role {
             Role::Primary => {
                 if self.cache.is_some() {
-                    let (node, stop) = (Arc::clone(self), shutdown.clone());
-                    std::thread::spawn(move || {
+                    spawn(|node, stop| {
                         while !stop.sleep(cache::BACKOFF) {
                             // Under the writer lock: markers are set in write order.
                             let _writer = node.lock_writer();
@@ -174,12 +218,14 @@ impl CatalogNode {
                 }
                 for i in 0..self.links.len() {
                     let (node, stop) = (Arc::clone(self), shutdown.clone());
-                    std::thread::spawn(move || node.keep_replica_current(i, &stop));
+                    std::thread::spawn(move || node.keep_replica_in_sync(i, &stop));
                 }
             }
             Role::Replica => {
-                let (node, stop) = (Arc::clone(self), shutdown.clone());
-                std::thread::spawn(move || node.catch_up(&stop));
+                spawn(CatalogNode::catch_up);
+                if self.leases() {
+                    spawn(CatalogNode::renew_lease);
+                }
             }
         }
     }
@@ -196,13 +242,22 @@ impl CatalogNode {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads answer only from a node that is up to date.
+    fn lease(&self) -> std::sync::MutexGuard<'_, ReplicaLease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads answer only from a node that is up to date: the primary, or a replica that has
+    /// caught up and holds a read lease.
     fn readable(&self) -> Result<()> {
-        if self.serving.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(Error::Unavailable("replica is catching up with the primary".into()))
+        if !self.serving.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("replica is catching up with the primary".into()));
         }
+        if self.config.role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
+            return Err(Error::Unavailable(
+                "replica holds no read lease from the primary; it may have missed writes".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The primary's write: decide, persist, push, invalidate, then acknowledge.
@@ -211,6 +266,8 @@ impl CatalogNode {
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: &Write, order: Option<(String, String)>) -> Result<Book> {
         let mut store = self.lock_writer();
+        // A replica may still hold a lease extended while this primary was down.
+        std::thread::sleep(self.writes_from.saturating_duration_since(Instant::now()));
         if let Some((order_id, _)) = &order {
             if store.journal.contains(order_id) {
                 return Ok(self.state().book(id)?.clone());
@@ -236,56 +293,97 @@ impl CatalogNode {
         Ok(book)
     }
 
-    /// Pushes one write to every replica (in parallel); a replica that misses it is marked
-    /// behind and brought up to date in the background.
+    /// Pushes one write to every replica in sync (in parallel). A replica that misses it
+    /// is out of sync from then on (no lease renewals, no pushes) until the background
+    /// brings it back; the write waits until that replica's lease has surely expired.
     fn replicate(&self, push: &Replicate) {
-        std::thread::scope(|s| {
-            for link in &self.links {
-                s.spawn(move || {
-                    if let Err(e) = self.push_to(link, push) {
-                        self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                        link.behind.fetch_max(push.seq, Ordering::SeqCst);
-                        log::warn!("replica {} missed write {}: {e}", link.url, push.seq);
-                    }
-                });
-            }
+        let waits: Vec<Option<Instant>> = std::thread::scope(|s| {
+            let pushes: Vec<_> = self
+                .links
+                .iter()
+                .filter(|link| link.grant().in_sync)
+                .map(|link| {
+                    s.spawn(move || match self.push_to(link, push) {
+                        Ok(replica_id) => {
+                            link.grant().synced(replica_id);
+                            None
+                        }
+                        Err(e) => {
+                            self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
+                            log::warn!(
+                                "replica {} missed write {}: {e}; out of sync until it catches up",
+                                link.url,
+                                push.seq
+                            );
+                            link.grant().lost()
+                        }
+                    })
+                })
+                .collect();
+            pushes.into_iter().map(|p| p.join().unwrap_or(None)).collect()
         });
-    }
-
-    fn push_to(&self, link: &ReplicaLink, push: &Replicate) -> Result<()> {
-        let ack = self.push.replicate(&link.url, push)?;
-        if ack.seq < push.seq {
-            // The replica has a gap before this write: send it everything.
-            self.send_snapshot(link, self.state().snapshot())?;
+        if let Some(until) = waits.into_iter().flatten().max().filter(|_| self.leases()) {
+            let wait = until.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
+                self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                log::info!("write {} waits {wait:?} for a lost replica's lease to expire", push.seq);
+                std::thread::sleep(wait);
+            }
         }
-        Ok(())
     }
 
-    fn send_snapshot(&self, link: &ReplicaLink, snapshot: Snapshot) -> Result<()> {
-        let seq = snapshot.seq;
-        let ack = self.push.install(&link.url, &snapshot)?;
+    /// Pushes one write; after a gap, the whole catalog. Returns the replica's identity.
+    fn push_to(&self, link: &ReplicaLink, push: &Replicate) -> Result<String> {
+        let ack = self.push.replicate(&link.url, push)?;
+        if ack.seq >= push.seq {
+            return Ok(ack.replica_id);
+        }
+        self.send_snapshot(link, &self.state().snapshot())
+    }
+
+    fn send_snapshot(&self, link: &ReplicaLink, snapshot: &Snapshot) -> Result<String> {
+        let ack = self.push.install(&link.url, snapshot)?;
         self.counters.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-        if ack.seq < seq {
+        if ack.seq < snapshot.seq {
             return Err(Error::Internal(format!(
-                "replica {} stayed at {} after a snapshot at {seq}",
-                link.url, ack.seq
+                "replica {} stayed at {} after a snapshot at {}",
+                link.url, ack.seq, snapshot.seq
             )));
         }
-        // Up to date with everything up to `seq`; a later miss keeps the link behind.
-        let _ = link.behind.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |need| (need <= seq).then_some(0));
-        Ok(())
+        Ok(ack.replica_id)
     }
 
-    /// Primary, background: sends a snapshot to replica `i` whenever it is behind.
-    fn keep_replica_current(&self, i: usize, shutdown: &Shutdown) {
+    /// Primary, background: brings replica `i` back in sync whenever it is not. A first
+    /// snapshot is sent without the writer lock (a dead replica delays no write); the final
+    /// check, and a second snapshot if writes came in between, happen under it, so that no
+    /// write can slip between the snapshot and the replica being in sync.
+    fn keep_replica_in_sync(&self, i: usize, shutdown: &Shutdown) {
         let link = &self.links[i];
-        while !shutdown.sleep(RETRY_INTERVAL) {
-            if link.behind.load(Ordering::SeqCst) == 0 {
-                continue;
+        loop {
+            if !link.grant().in_sync {
+                let probe = self.state().snapshot();
+                if let Err(e) = self.send_snapshot(link, &probe) {
+                    log::debug!("replica {} still unreachable: {e}", link.url);
+                } else {
+                    let _writer = self.lock_writer();
+                    let current = self.state().snapshot();
+                    let synced = if current.seq == probe.seq {
+                        self.push.install(&link.url, &current).map(|a| a.replica_id)
+                    } else {
+                        self.send_snapshot(link, &current)
+                    };
+                    match synced {
+                        Ok(id) => {
+                            link.grant().synced(id);
+                            log::info!("replica {} is in sync at write {}", link.url, current.seq);
+                        }
+                        Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
+                    }
+                }
             }
-            match self.send_snapshot(link, self.state().snapshot()) {
-                Ok(()) => log::info!("replica {} is up to date again", link.url),
-                Err(e) => log::debug!("replica {} still unreachable: {e}", link.url),
+            if shutdown.sleep(RETRY_INTERVAL) {
+                return;
             }
         }
     }
@@ -314,6 +412,63 @@ impl CatalogNode {
         }
     }
 
+    /// Replica, background: asks for a read lease every quarter of its length.
+    fn renew_lease(&self, shutdown: &Shutdown) {
+        let primary = self.config.primary.clone().expect("a replica has a primary");
+        let request = LeaseRequest { replica_id: self.replica_id.clone() };
+        loop {
+            let asked = Instant::now();
+            let answer = self.push.lease(&primary, &request);
+            let mut lease = self.lease();
+            match answer {
+                Ok(_) => {
+                    lease.granted(asked);
+                    self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Error::Unreachable { refused: true, .. }) => {
+                    let was_down = lease.primary_down();
+                    if lease.refused(asked, Instant::now()) && !was_down {
+                        log::warn!("the primary {primary} is not running: serving reads on the lease it granted (no write can be acknowledged meanwhile)");
+                    }
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    lease.not_granted();
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("lease not renewed: {e}");
+                }
+            }
+            drop(lease);
+            if shutdown.sleep(self.config.lease / 4) {
+                return;
+            }
+        }
+    }
+
+    /// Primary: a replica's lease request.
+    fn grant_lease(&self, request: &LeaseRequest) -> Result<Response> {
+        if self.config.role != Role::Primary {
+            return Err(Error::Conflict("only the primary grants leases".into()));
+        }
+        for link in &self.links {
+            let mut grant = link.grant();
+            if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
+                return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
+                    Ok(()) => {
+                        self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
+                        Ok(Response::json(&serde_json::json!({ "lease_ms": self.config.lease.as_millis() as u64 })))
+                    }
+                    Err(why) => {
+                        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
+                        Err(Error::Conflict(why.into()))
+                    }
+                };
+            }
+        }
+        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
+        Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
+    }
+
     /// Replica: applies one pushed write.
     pub fn apply(&self, push: &Replicate) -> Result<ReplicaAck> {
         let mut store = self.lock_writer();
@@ -324,7 +479,7 @@ impl CatalogNode {
             self.set_state(next);
         }
         self.heard_from_primary();
-        Ok(ReplicaAck { seq: self.state().seq() })
+        Ok(ReplicaAck { seq: self.state().seq(), replica_id: self.replica_id.clone() })
     }
 
     /// Replica: installs a snapshot (unless older than what it has, when not forced).
@@ -338,7 +493,7 @@ impl CatalogNode {
         }
         self.serving.store(true, Ordering::SeqCst);
         self.heard_from_primary();
-        Ok(ReplicaAck { seq: self.state().seq() })
+        Ok(ReplicaAck { seq: self.state().seq(), replica_id: self.replica_id.clone() })
     }
 
     fn heard_from_primary(&self) {
@@ -446,6 +601,10 @@ impl CatalogNode {
             ["books", id, "purchase"] if method == "POST" => {
                 http::respond(self.purchase(request, id), "/books/{id}/purchase")
             }
+            ["internal", "lease"] if method == "POST" => http::respond(
+                check_token(request, token).and_then(|_| self.grant_lease(&json_body(request)?)),
+                "/internal/lease",
+            ),
             ["internal", "purchases"] if get => {
                 http::respond(check_token(request, token).and_then(|_| self.purchases(request)), "/internal/purchases")
             }
@@ -472,6 +631,7 @@ impl CatalogNode {
             }
             ["internal", "snapshot"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PUT")), "invalid"),
             ["internal", "purchases"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["internal", "lease"] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         }
     }
@@ -500,78 +660,102 @@ impl CatalogNode {
     }
 
     fn health(&self) -> serde_json::Value {
-        let serving = self.serving.load(Ordering::SeqCst);
-        let behind: Vec<&str> =
-            self.links.iter().filter(|l| l.behind.load(Ordering::SeqCst) != 0).map(|l| l.url.as_str()).collect();
+        let out_of_sync: Vec<&str> = self.links.iter().filter(|l| !l.grant().in_sync).map(|l| l.url.as_str()).collect();
+        let readable = self.readable().is_ok();
+        let lease = self.lease().clone();
         serde_json::json!({
-            "status": if serving { "ok" } else { "catching-up" },
+            "status": if readable { "ok" } else { "catching-up" },
             "role": match self.config.role { Role::Primary => "primary", Role::Replica => "replica" },
             "seq": self.state().seq(),
-            "replicas_behind": behind,
+            "replicas_out_of_sync": out_of_sync,
+            "lease_ms_left": lease.remaining(Instant::now()).as_millis() as u64,
+            "primary_down": lease.primary_down(),
         })
     }
 
     fn metrics_text(&self) -> String {
-        let mut out = String::new();
         let c = &self.counters;
-        push_metric(
-            &mut out,
-            "bazar_catalog_seq",
-            "gauge",
-            "Sequence number of the last write applied here.",
-            self.state().seq(),
-        );
-        push_metric(
-            &mut out,
-            "bazar_catalog_writes_total",
-            "counter",
-            "Writes decided by this primary.",
-            c.writes.load(Ordering::Relaxed),
-        );
-        push_metric(
-            &mut out,
-            "bazar_catalog_forwarded_total",
-            "counter",
-            "Writes this replica forwarded to the primary.",
-            c.forwarded.load(Ordering::Relaxed),
-        );
-        push_metric(
-            &mut out,
-            "bazar_replication_push_failures_total",
-            "counter",
-            "Pushes a replica did not take.",
-            c.pushes_failed.load(Ordering::Relaxed),
-        );
-        push_metric(
-            &mut out,
-            "bazar_replication_snapshots_sent_total",
-            "counter",
-            "Snapshots sent to replicas that fell behind.",
-            c.snapshots_sent.load(Ordering::Relaxed),
-        );
-        push_metric(
-            &mut out,
-            "bazar_replication_catch_ups_total",
-            "counter",
-            "Snapshots this replica installed.",
-            c.catch_ups.load(Ordering::Relaxed),
-        );
-        let behind = self.links.iter().filter(|l| l.behind.load(Ordering::SeqCst) != 0).count();
-        push_metric(
-            &mut out,
-            "bazar_replication_replicas_behind",
-            "gauge",
-            "Replicas that missed a write and are not up to date yet.",
-            behind,
-        );
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let out_of_sync = self.links.iter().filter(|l| !l.grant().in_sync).count() as f64;
         let lag = self.last_push.lock().unwrap_or_else(|e| e.into_inner()).map_or(-1.0, |t| t.elapsed().as_secs_f64());
-        push_metric(
-            &mut out,
-            "bazar_replication_seconds_since_primary",
-            "gauge",
-            "Replica: seconds since the primary last pushed (-1: never).",
-            lag,
-        );
+        let lease = self.lease().remaining(Instant::now()).as_secs_f64();
+        let rows: [(&str, &str, &str, f64); 16] = [
+            (
+                "bazar_catalog_seq",
+                "gauge",
+                "Sequence number of the last write applied here.",
+                self.state().seq() as f64,
+            ),
+            ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
+            (
+                "bazar_catalog_forwarded_total",
+                "counter",
+                "Writes this replica forwarded to the primary.",
+                get(&c.forwarded),
+            ),
+            (
+                "bazar_replication_push_failures_total",
+                "counter",
+                "Pushes a replica did not take.",
+                get(&c.pushes_failed),
+            ),
+            (
+                "bazar_replication_snapshots_sent_total",
+                "counter",
+                "Snapshots sent to replicas.",
+                get(&c.snapshots_sent),
+            ),
+            ("bazar_replication_catch_ups_total", "counter", "Snapshots this replica installed.", get(&c.catch_ups)),
+            (
+                "bazar_replication_replicas_out_of_sync",
+                "gauge",
+                "Replicas that missed a write and are not in sync yet.",
+                out_of_sync,
+            ),
+            (
+                "bazar_replication_seconds_since_primary",
+                "gauge",
+                "Replica: seconds since the primary last pushed (-1: never).",
+                lag,
+            ),
+            ("bazar_lease_grants_total", "counter", "Primary: read leases granted or renewed.", get(&c.lease_grants)),
+            (
+                "bazar_lease_refusals_total",
+                "counter",
+                "Primary: lease requests refused (replica not in sync).",
+                get(&c.lease_refusals),
+            ),
+            (
+                "bazar_lease_waits_total",
+                "counter",
+                "Primary: writes that waited for a lost replica's lease to expire.",
+                get(&c.lease_waits),
+            ),
+            (
+                "bazar_lease_wait_seconds_total",
+                "counter",
+                "Primary: time writes spent waiting for leases to expire.",
+                get(&c.lease_wait_micros) / 1e6,
+            ),
+            ("bazar_lease_renewals_total", "counter", "Replica: leases granted to it.", get(&c.lease_renewals)),
+            (
+                "bazar_lease_renewal_failures_total",
+                "counter",
+                "Replica: renewals not granted.",
+                get(&c.lease_renewal_failures),
+            ),
+            ("bazar_lease_seconds_left", "gauge", "Replica: time left on its read lease.", lease),
+            (
+                "bazar_lease_primary_down",
+                "gauge",
+                "Replica: 1 while it serves on a lease extended because the primary is not running.",
+                f64::from(u8::from(self.lease().primary_down())),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            push_metric(&mut out, name, kind, help, value);
+        }
         if let Some(cache) = &self.cache {
             out.push_str(&cache.metrics_text());
         }

@@ -408,6 +408,11 @@ impl OrderNode {
 
 /// 12 hex digits from the kernel's random source: this incarnation's order-id prefix.
 fn random_prefix() -> Result<String> {
+    random_hex()
+}
+
+/// 12 hex digits from the kernel's random source (identities that change at each start).
+pub fn random_hex() -> Result<String> {
     let mut bytes = [0u8; 6];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -1,0 +1,171 @@
+//! Read leases: a replica answers reads only while the primary vouches that it has every
+//! acknowledged write. Pure logic with explicit clocks; the node does the I/O.
+//!
+//! # The protocol
+//! - The replica asks for a lease every `L/4` (`POST /internal/lease`). It notes the moment
+//!   it *asked*, `a`, on its monotonic clock; on a grant its lease ends at `a + 0.9 L`.
+//! - The primary grants only to a replica that is *in sync* (has taken every write pushed so
+//!   far), and records the lease as ending at `g + L`, `g` the moment it granted. As
+//!   `a <= g` and the 10% margin covers clock-rate drift, the replica's lease always ends
+//!   before the primary's view of it.
+//! - When a push to a replica fails, the primary marks it out of sync under the same lock
+//!   that grants, so no grant follows, and waits until its view of that lease has passed
+//!   before it acknowledges the write. Later writes skip the replica (no wait) until the
+//!   catch-up has brought it back in sync under the writer lock; then it may be granted again.
+//! - Renewals are not carried by pushes: a replica cannot know when a push was sent, so it
+//!   has no safe moment to measure from.
+//!
+//! # A dead primary
+//! A replica whose renewal is refused at the TCP level (connection refused: no process on
+//! the primary's port) while its lease is still valid learns that the primary is not
+//! running, so no write can be acknowledged; it has every write acknowledged so far (its
+//! lease was valid). It then extends its lease to `a + 0.9 L` from that attempt, and keeps
+//! doing so while the refusals go on: reads go on while the primary is down. A primary that
+//! starts acknowledges no write during its first `L`, which outlasts any such extension. A
+//! timeout or an unreachable network (a partition, a paused primary) never extends a lease.
+
+use std::time::{Duration, Instant};
+
+/// The part of `L` a replica counts on: the margin covers clock-rate differences.
+const REPLICA_SHARE: f64 = 0.9;
+
+/// The replica's side: until when it may answer reads.
+#[derive(Debug, Clone)]
+pub struct ReplicaLease {
+    length: Duration,
+    expiry: Option<Instant>,
+    /// The last extension came from a refused connection (the primary is down).
+    primary_down: bool,
+}
+
+impl ReplicaLease {
+    /// No lease yet; leases of `length`.
+    pub fn new(length: Duration) -> ReplicaLease {
+        ReplicaLease { length, expiry: None, primary_down: false }
+    }
+
+    fn extend(&mut self, asked: Instant) {
+        let end = asked + self.length.mul_f64(REPLICA_SHARE);
+        self.expiry = Some(self.expiry.map_or(end, |e| e.max(end)));
+    }
+
+    /// The primary granted the renewal asked for at `asked`.
+    pub fn granted(&mut self, asked: Instant) {
+        self.primary_down = false;
+        self.extend(asked);
+    }
+
+    /// The renewal asked for at `asked` found no process on the primary's port; `now` is
+    /// when that answer came. Returns whether the lease was extended.
+    pub fn refused(&mut self, asked: Instant, now: Instant) -> bool {
+        if self.valid(now) {
+            self.primary_down = true;
+            self.extend(asked);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The primary answered but did not grant (out of sync), or could not be reached.
+    pub fn not_granted(&mut self) {
+        self.primary_down = false;
+    }
+
+    /// Whether reads may be answered at `now`.
+    pub fn valid(&self, now: Instant) -> bool {
+        self.expiry.is_some_and(|e| now < e)
+    }
+
+    /// Whether the lease is being extended because the primary is down.
+    pub fn primary_down(&self) -> bool {
+        self.primary_down
+    }
+
+    /// Time left at `now`.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expiry.map_or(Duration::ZERO, |e| e.saturating_duration_since(now))
+    }
+}
+
+/// The primary's view of one replica.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// Has taken every write pushed so far (or the write being pushed now).
+    pub in_sync: bool,
+    /// The replica's identity, learnt from its answers (it changes when it restarts).
+    pub replica_id: Option<String>,
+    /// Until when the replica may hold a lease the primary granted.
+    pub until: Option<Instant>,
+}
+
+impl Grant {
+    /// A renewal request from `replica_id` at `now`; granted only to the in-sync replica.
+    pub fn request(&mut self, replica_id: &str, now: Instant, length: Duration) -> Result<(), &'static str> {
+        if self.replica_id.as_deref() != Some(replica_id) {
+            return Err("unknown replica: not yet brought in sync since it or the primary started");
+        }
+        if !self.in_sync {
+            return Err("replica is not in sync: it missed writes and is catching up");
+        }
+        self.until = Some(now + length);
+        Ok(())
+    }
+
+    /// A push failed: no more grants. Returns until when the write must wait.
+    pub fn lost(&mut self) -> Option<Instant> {
+        self.in_sync = false;
+        self.until
+    }
+
+    /// The replica `replica_id` has every write (checked under the writer lock).
+    pub fn synced(&mut self, replica_id: String) {
+        self.in_sync = true;
+        self.replica_id = Some(replica_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn the_replicas_lease_ends_before_the_primarys_view() {
+        let t0 = Instant::now();
+        let mut primary = Grant::default();
+        let mut replica = ReplicaLease::new(L);
+        assert!(!replica.valid(t0));
+        assert!(primary.request("r1", t0, L).is_err(), "unknown before it is in sync");
+        primary.synced("r1".into());
+        // Asked at t0, granted 30 ms later (network), answer back at 60 ms.
+        let granted = t0 + Duration::from_millis(30);
+        primary.request("r1", granted, L).unwrap();
+        replica.granted(t0);
+        assert!(replica.valid(t0 + Duration::from_millis(899)));
+        assert!(!replica.valid(t0 + Duration::from_millis(900)));
+        // A failed push: the write waits until the primary's view ends, after the replica's.
+        let wait_until = primary.lost().unwrap();
+        assert_eq!(wait_until, granted + L);
+        assert!(!replica.valid(wait_until));
+        assert!(primary.request("r1", t0 + L, L).is_err(), "no grant while out of sync");
+        assert!(primary.request("r2", t0 + L, L).is_err());
+    }
+
+    #[test]
+    fn refusals_extend_only_a_valid_lease() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut r = ReplicaLease::new(L);
+        assert!(!r.refused(t0, t0), "no lease, no extension");
+        r.granted(t0);
+        assert!(r.refused(ms(500), ms(501)));
+        assert!(r.primary_down());
+        assert!(r.valid(ms(1399)) && !r.valid(ms(1400)));
+        r.not_granted();
+        assert!(!r.primary_down());
+        assert!(!r.refused(ms(1500), ms(1500)), "expired: a dead primary proves nothing now");
+        assert_eq!(r.remaining(ms(1500)), Duration::ZERO);
+    }
+}
