@@ -119,7 +119,7 @@ fn stop_all(children: &mut [Named]) {
 
 /// The launcher's `main`.
 pub fn main() -> ExitCode {
-    if let Some(code) = service::handle_args("bazar-cluster", HELP) {
+    if let Some(code) = service::handle_args("bazar-cluster", HELP, None) {
         return code;
     }
     if let Err(code) = service::init_logging("bazar-cluster") {

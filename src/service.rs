@@ -8,22 +8,63 @@ use crate::shutdown::Shutdown;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// A service as a process runs it: answers requests, and does its last work once the
+/// server has stopped and drained.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, request: &Request) -> Response;
+
+    /// Called once after the server has stopped and the requests in flight are done.
+    fn stopped(&self) {}
+}
+
 /// Exit code for a bad setting.
 pub const EXIT_CONFIG: u8 = 2;
 
-/// Handles `--help` (prints `help` and the common variables) and rejects other arguments.
+/// Handles `--help` (prints `help` and the common variables) and `health` (asks the
+/// service on `BAZAR_LISTEN`, else `default_listen`, for its health: exit 0 when it says
+/// ok, for container health checks with no shell), and rejects other arguments.
 /// Returns `Some(code)` when the process should exit now.
-pub fn handle_args(name: &str, help: &str) -> Option<ExitCode> {
+pub fn handle_args(name: &str, help: &str, default_listen: Option<&str>) -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => None,
         Some("-h" | "--help") => {
-            println!("{help}{}", config::COMMON_HELP);
+            let health = if default_listen.is_some() {
+                "\nUsage: (no argument) serve; `health` checks a running one (exit 0 when ok).\n"
+            } else {
+                ""
+            };
+            println!("{help}{}{health}", config::COMMON_HELP);
             Some(ExitCode::SUCCESS)
         }
+        Some("health") if default_listen.is_some() => Some(health(name, default_listen.unwrap_or_default())),
         Some(other) => {
             eprintln!("{name}: unknown argument {other:?}; try --help");
             Some(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// `<binary> health`: GET /health on the local listener; exit 0 when it says ok.
+fn health(name: &str, default_listen: &str) -> ExitCode {
+    let listen = match config::listen(&Env, default_listen) {
+        Ok(a) => a,
+        Err(e) => return config_error(name, &e),
+    };
+    let port = listen.port();
+    let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+    let base = if host.contains(':') { format!("http://[{host}]:{port}") } else { format!("http://{host}:{port}") };
+    let http = crate::client::Http::new(std::time::Duration::from_secs(2), 1, None);
+    match http.get::<serde_json::Value>(&base, "/health") {
+        Ok(v) if v["status"] == "ok" => ExitCode::SUCCESS,
+        Ok(v) => {
+            eprintln!("{name}: {base} is up but says {}", v["status"]);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{name}: {base}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -49,19 +90,19 @@ pub fn config_error(name: &str, e: &ConfigError) -> ExitCode {
 
 /// Runs a service: logging, config, bind, signals, serve until SIGTERM/SIGINT.
 ///
-/// `load` reads the config; `start` builds the service (and its background threads)
-/// and returns the request handler.
-pub fn run<C, H>(
+/// `load` reads the config; `start` builds the service (and its background threads).
+pub fn run<C, S>(
     name: &'static str,
     help: &str,
+    default_listen: &str,
     load: impl FnOnce(&Env) -> Result<C, ConfigError>,
     common: impl Fn(&C) -> &config::Common,
-    start: impl FnOnce(C, Arc<Metrics>, &Shutdown) -> crate::Result<H>,
+    start: impl FnOnce(C, Arc<Metrics>, &Shutdown) -> crate::Result<Arc<S>>,
 ) -> ExitCode
 where
-    H: Fn(&Request) -> Response + Send + Sync + 'static,
+    S: Service,
 {
-    if let Some(code) = handle_args(name, help) {
+    if let Some(code) = handle_args(name, help, Some(default_listen)) {
         return code;
     }
     if let Err(code) = init_logging(name) {
@@ -89,11 +130,14 @@ where
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(Metrics::new());
-    let handler = match start(cfg, Arc::clone(&metrics), &shutdown) {
-        Ok(h) => h,
+    let service = match start(cfg, Arc::clone(&metrics), &shutdown) {
+        Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
-    match http::serve(listener, ServerConfig { threads, name }, metrics, shutdown, handler) {
+    let handler = Arc::clone(&service);
+    let served = http::serve(listener, ServerConfig { threads, name }, metrics, shutdown, move |r| handler.handle(r));
+    service.stopped();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),
     }

@@ -7,12 +7,13 @@ fn main() -> ExitCode {
     bazar::service::run(
         "bazar-catalog",
         CatalogConfig::HELP,
+        CatalogConfig::DEFAULT_LISTEN,
         |env| CatalogConfig::from_source(env),
         |c| &c.common,
         |cfg, metrics, shutdown| {
             let node = CatalogNode::open(cfg, metrics)?;
             node.start_background(shutdown);
-            Ok(move |r: &bazar::http::Request| node.handle(r))
+            Ok(node)
         },
     )
 }

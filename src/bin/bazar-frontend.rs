@@ -7,11 +7,9 @@ fn main() -> ExitCode {
     bazar::service::run(
         "bazar-frontend",
         FrontendConfig::HELP,
+        FrontendConfig::DEFAULT_LISTEN,
         |env| FrontendConfig::from_source(env),
         |c| &c.common,
-        |cfg, metrics, _| {
-            let frontend = Frontend::new(cfg, metrics);
-            Ok(move |r: &bazar::http::Request| frontend.handle(r))
-        },
+        |cfg, metrics, _| Ok(std::sync::Arc::new(Frontend::new(cfg, metrics))),
     )
 }

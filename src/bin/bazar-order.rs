@@ -7,12 +7,13 @@ fn main() -> ExitCode {
     bazar::service::run(
         "bazar-order",
         OrderConfig::HELP,
+        OrderConfig::DEFAULT_LISTEN,
         |env| OrderConfig::from_source(env),
         |c| &c.common,
         |cfg, metrics, shutdown| {
             let node = OrderNode::open(cfg, metrics)?;
             node.start_background(shutdown);
-            Ok(move |r: &bazar::http::Request| node.handle(r))
+            Ok(node)
         },
     )
 }

@@ -23,6 +23,19 @@
 //! doing so while the refusals go on: reads go on while the primary is down. A primary that
 //! starts acknowledges no write during its first `L`, which outlasts any such extension. A
 //! timeout or an unreachable network (a partition, a paused primary) never extends a lease.
+//!
+//! # A primary that stops
+//! A primary stopped gracefully (SIGTERM) takes its writer lock for good, so it acknowledges
+//! nothing more, and sends a *farewell* to each replica in sync. A replica whose lease is
+//! valid then serves for a grace `D` ([`FAREWELL_LEASES`] leases) counted from its last
+//! renewal that the old primary answered, a moment before the old primary exited and so
+//! before any new one started. A primary that starts acknowledges no write until every
+//! replica has installed a snapshot from it (which ends any extension) or `D` has passed.
+//! This keeps reads going when the primary's name stops resolving (a stopped container),
+//! which a replica cannot tell from a partition.
+
+/// The grace after a farewell, in lease lengths.
+pub const FAREWELL_LEASES: u32 = 15;
 
 use std::time::{Duration, Instant};
 
@@ -34,25 +47,55 @@ const REPLICA_SHARE: f64 = 0.9;
 pub struct ReplicaLease {
     length: Duration,
     expiry: Option<Instant>,
-    /// The last extension came from a refused connection (the primary is down).
+    /// The last extension came from a refused connection or a farewell (the primary is down).
     primary_down: bool,
+    /// When the replica sent its last renewal that the primary answered (grant or not).
+    last_answered: Option<Instant>,
 }
 
 impl ReplicaLease {
     /// No lease yet; leases of `length`.
     pub fn new(length: Duration) -> ReplicaLease {
-        ReplicaLease { length, expiry: None, primary_down: false }
+        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None }
     }
 
-    fn extend(&mut self, asked: Instant) {
-        let end = asked + self.length.mul_f64(REPLICA_SHARE);
+    fn extend(&mut self, asked: Instant, length: Duration) {
+        let end = asked + length.mul_f64(REPLICA_SHARE);
         self.expiry = Some(self.expiry.map_or(end, |e| e.max(end)));
     }
 
     /// The primary granted the renewal asked for at `asked`.
     pub fn granted(&mut self, asked: Instant) {
         self.primary_down = false;
-        self.extend(asked);
+        self.last_answered = Some(asked);
+        self.extend(asked, self.length);
+    }
+
+    /// The primary answered the renewal asked for at `asked`, without a grant.
+    pub fn answered(&mut self, asked: Instant) {
+        self.primary_down = false;
+        self.last_answered = Some(asked);
+    }
+
+    /// The primary said farewell (it acknowledges nothing more); `now` is when it came.
+    /// Returns whether the lease was extended by the grace.
+    pub fn farewell(&mut self, now: Instant) -> bool {
+        match self.last_answered {
+            Some(asked) if self.valid(now) => {
+                self.primary_down = true;
+                self.extend(asked, self.length * FAREWELL_LEASES);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A new primary installed a snapshot here: any extension ends; it grants anew.
+    pub fn reset_if_extended(&mut self) {
+        if self.primary_down {
+            self.primary_down = false;
+            self.expiry = None;
+        }
     }
 
     /// The renewal asked for at `asked` found no process on the primary's port; `now` is
@@ -60,16 +103,11 @@ impl ReplicaLease {
     pub fn refused(&mut self, asked: Instant, now: Instant) -> bool {
         if self.valid(now) {
             self.primary_down = true;
-            self.extend(asked);
+            self.extend(asked, self.length);
             true
         } else {
             false
         }
-    }
-
-    /// The primary answered but did not grant (out of sync), or could not be reached.
-    pub fn not_granted(&mut self) {
-        self.primary_down = false;
     }
 
     /// Whether reads may be answered at `now`.
@@ -163,9 +201,26 @@ mod tests {
         assert!(r.refused(ms(500), ms(501)));
         assert!(r.primary_down());
         assert!(r.valid(ms(1399)) && !r.valid(ms(1400)));
-        r.not_granted();
+        r.answered(ms(1300));
         assert!(!r.primary_down());
         assert!(!r.refused(ms(1500), ms(1500)), "expired: a dead primary proves nothing now");
         assert_eq!(r.remaining(ms(1500)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_farewell_extends_from_the_last_answered_renewal() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut r = ReplicaLease::new(L);
+        assert!(!r.farewell(t0), "no lease, no grace");
+        r.granted(t0);
+        r.answered(ms(250));
+        assert!(r.farewell(ms(300)));
+        assert!(r.valid(ms(250 + 13_499)) && !r.valid(ms(250 + 13_500)), "0.9 x 15 leases from the last answer");
+        r.reset_if_extended();
+        assert!(!r.valid(ms(301)), "a new primary grants anew");
+        let mut expired = ReplicaLease::new(L);
+        expired.granted(t0);
+        assert!(!expired.farewell(ms(2000)), "an expired lease gets no grace");
     }
 }

@@ -5,7 +5,7 @@
 //! files; `state` is held only to read or swap the in-memory catalog, never across I/O.
 //! Order: `writer` before `state`.
 
-use super::lease::{Grant, ReplicaLease};
+use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
 use super::state::{Applied, Catalog, Write};
 use super::store::Store;
 use crate::cache::{self, Cache};
@@ -68,7 +68,7 @@ pub struct CatalogConfig {
 impl CatalogConfig {
     /// Reads the settings.
     pub fn from_source(src: &dyn Source) -> std::result::Result<CatalogConfig, ConfigError> {
-        let common = Common::from_source(src, "0.0.0.0:9000")?;
+        let common = Common::from_source(src, Self::DEFAULT_LISTEN)?;
         let role = match config::opt(src, "BAZAR_ROLE").as_deref() {
             Some("primary") => Role::Primary,
             Some("replica") => Role::Replica,
@@ -96,6 +96,9 @@ impl CatalogConfig {
             lease,
         })
     }
+
+    /// Where it listens unless `BAZAR_LISTEN` says otherwise.
+    pub const DEFAULT_LISTEN: &'static str = "0.0.0.0:9000";
 
     /// `--help` text.
     pub const HELP: &'static str = "\
@@ -153,8 +156,11 @@ pub struct CatalogNode {
     replica_id: String,
     /// Replica: its read lease. Held briefly.
     lease: Mutex<ReplicaLease>,
-    /// Primary: no write is acknowledged before this (one lease length after start).
+    /// Primary: no write is acknowledged before this (the farewell grace after start)
+    /// unless every replica has been brought in sync first.
     writes_from: Instant,
+    /// Primary: writes are open (the grace passed or every replica was in sync).
+    writes_open: AtomicBool,
     /// Replica: when it last heard from the primary.
     last_push: Mutex<Option<Instant>>,
     links: Vec<ReplicaLink>,
@@ -180,7 +186,8 @@ impl CatalogNode {
             serving: AtomicBool::new(config.role == Role::Primary),
             replica_id: crate::order::node::random_hex()?,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
-            writes_from: Instant::now() + config.lease,
+            writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
+            writes_open: AtomicBool::new(config.lease.is_zero() || config.replicas.is_empty()),
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),
@@ -265,9 +272,8 @@ impl CatalogNode {
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: &Write, order: Option<(String, String)>) -> Result<Book> {
+        self.wait_until_writable();
         let mut store = self.lock_writer();
-        // A replica may still hold a lease extended while this primary was down.
-        std::thread::sleep(self.writes_from.saturating_duration_since(Instant::now()));
         if let Some((order_id, _)) = &order {
             if store.journal.contains(order_id) {
                 return Ok(self.state().book(id)?.clone());
@@ -291,6 +297,38 @@ impl CatalogNode {
         }
         drop(store);
         Ok(book)
+    }
+
+    /// A primary that starts waits before its first write until every replica is in sync
+    /// (which ends any lease a replica extended while no primary ran) or the farewell grace
+    /// has passed.
+    fn wait_until_writable(&self) {
+        while !self.writes_open.load(Ordering::SeqCst) {
+            if Instant::now() >= self.writes_from || self.links.iter().all(|l| l.grant().in_sync) {
+                self.writes_open.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Primary, on a graceful stop: takes the writer lock for good (nothing more will be
+    /// acknowledged) and says farewell to every replica in sync, so that they go on
+    /// serving reads for the grace while no primary runs.
+    fn farewell(&self) {
+        let writer = self.lock_writer();
+        std::thread::scope(|s| {
+            for link in self.links.iter().filter(|l| l.grant().in_sync) {
+                s.spawn(move || {
+                    match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(b"{}".to_vec())) {
+                        Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
+                        Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
+                        Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
+                    }
+                });
+            }
+        });
+        std::mem::forget(writer);
     }
 
     /// Pushes one write to every replica in sync (in parallel). A replica that misses it
@@ -425,6 +463,9 @@ impl CatalogNode {
                     lease.granted(asked);
                     self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
                 }
+                Err(Error::Unreachable { refused: false, .. }) | Err(Error::Unavailable(_)) => {
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(Error::Unreachable { refused: true, .. }) => {
                     let was_down = lease.primary_down();
                     if lease.refused(asked, Instant::now()) && !was_down {
@@ -433,7 +474,8 @@ impl CatalogNode {
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    lease.not_granted();
+                    // The primary answered, without a grant.
+                    lease.answered(asked);
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
                     log::debug!("lease not renewed: {e}");
                 }
@@ -486,6 +528,9 @@ impl CatalogNode {
     pub fn install(&self, snapshot: Snapshot, force: bool) -> Result<ReplicaAck> {
         let mut store = self.lock_writer();
         let mut next = self.state().clone();
+        // A primary that installs a snapshot brings this replica in sync: any lease extended
+        // while no primary ran ends, and leases come from grants again.
+        self.lease().reset_if_extended();
         if next.install(snapshot, force)? {
             store.checkpoint(&next)?;
             self.set_state(next);
@@ -601,6 +646,17 @@ impl CatalogNode {
             ["books", id, "purchase"] if method == "POST" => {
                 http::respond(self.purchase(request, id), "/books/{id}/purchase")
             }
+            ["internal", "farewell"] if method == "POST" => http::respond(
+                check_token(request, token).and_then(|_| self.replica_only()).map(|_| {
+                    let extended = self.lease().farewell(Instant::now());
+                    log::warn!(
+                        "the primary is stopping; {}",
+                        if extended { "serving reads for the farewell grace" } else { "no valid lease to extend" }
+                    );
+                    Response::json(&serde_json::json!({ "extended": extended }))
+                }),
+                "/internal/farewell",
+            ),
             ["internal", "lease"] if method == "POST" => http::respond(
                 check_token(request, token).and_then(|_| self.grant_lease(&json_body(request)?)),
                 "/internal/lease",
@@ -631,7 +687,9 @@ impl CatalogNode {
             }
             ["internal", "snapshot"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PUT")), "invalid"),
             ["internal", "purchases"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
-            ["internal", "lease"] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            ["internal", "lease"] | ["internal", "farewell"] => {
+                http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
+            }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         }
     }
@@ -760,5 +818,17 @@ impl CatalogNode {
             out.push_str(&cache.metrics_text());
         }
         out
+    }
+}
+
+impl crate::service::Service for CatalogNode {
+    fn handle(&self, request: &Request) -> Response {
+        CatalogNode::handle(self, request)
+    }
+
+    fn stopped(&self) {
+        if self.config.role == Role::Primary && self.leases() {
+            self.farewell();
+        }
     }
 }

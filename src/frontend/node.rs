@@ -32,12 +32,15 @@ impl FrontendConfig {
     /// Reads the settings.
     pub fn from_source(src: &dyn Source) -> std::result::Result<FrontendConfig, ConfigError> {
         Ok(FrontendConfig {
-            common: Common::from_source(src, "0.0.0.0:4200")?,
+            common: Common::from_source(src, Self::DEFAULT_LISTEN)?,
             catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
             orders: config::urls(src, "BAZAR_ORDER", true)?,
             memcached: config::memcached(src)?,
         })
     }
+
+    /// Where it listens unless `BAZAR_LISTEN` says otherwise.
+    pub const DEFAULT_LISTEN: &'static str = "0.0.0.0:4200";
 
     /// `--help` text.
     pub const HELP: &'static str = "\
@@ -227,4 +230,10 @@ fn search_hits(body: &[u8]) -> Result<Vec<u8>> {
 /// The catalog's book is the info answer as it is.
 fn info(body: &[u8]) -> Result<Vec<u8>> {
     Ok(body.to_vec())
+}
+
+impl crate::service::Service for Frontend {
+    fn handle(&self, request: &Request) -> Response {
+        Frontend::handle(self, request)
+    }
 }

@@ -56,7 +56,7 @@ impl OrderConfig {
     /// Reads the settings.
     pub fn from_source(src: &dyn Source) -> std::result::Result<OrderConfig, ConfigError> {
         Ok(OrderConfig {
-            common: Common::from_source(src, "0.0.0.0:9002")?,
+            common: Common::from_source(src, Self::DEFAULT_LISTEN)?,
             data_dir: config::data_dir(src, "./data-order"),
             catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
             peers: config::urls(src, "BAZAR_PEERS", false)?,
@@ -72,6 +72,9 @@ impl OrderConfig {
             },
         })
     }
+
+    /// Where it listens unless `BAZAR_LISTEN` says otherwise.
+    pub const DEFAULT_LISTEN: &'static str = "0.0.0.0:9002";
 
     /// `--help` text.
     pub const HELP: &'static str = "\
@@ -416,4 +419,10 @@ pub fn random_hex() -> Result<String> {
     let mut bytes = [0u8; 6];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl crate::service::Service for OrderNode {
+    fn handle(&self, request: &Request) -> Response {
+        OrderNode::handle(self, request)
+    }
 }
