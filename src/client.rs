@@ -135,22 +135,32 @@ fn bad_uri(base: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("bad URL {base}: {e}"))
 }
 
+/// A name that did not resolve (a stopped container's name, say): nothing was sent.
+/// std reports getaddrinfo's failure with no kind of its own, only this message.
+fn is_lookup_failure(e: &io::Error) -> bool {
+    e.to_string().starts_with("failed to lookup address information")
+}
+
 /// Classifies a failed call: `sent` is false only when the request surely never left.
 fn unreachable(base: &str, e: ureq::Error) -> Error {
     use ureq::Timeout;
     let sent = match &e {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => false,
         ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => false,
-        ureq::Error::Io(io) => !matches!(
-            io.kind(),
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::AddrNotAvailable
-        ),
+        ureq::Error::Io(io) => {
+            let never_connected = matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::HostUnreachable
+                    | io::ErrorKind::AddrNotAvailable
+            );
+            !(never_connected || is_lookup_failure(io))
+        }
         _ => true,
     };
     let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
+    log::debug!("{base}: {e} (sent: {sent})");
     Error::Unreachable { url: base.to_string(), sent, refused, reason: e.to_string() }
 }
 
@@ -238,5 +248,21 @@ impl OrderClient {
     /// Hands new orders to a peer (order sync); the peer keeps those it lacks.
     pub fn push(&self, base: &str, orders: &[Order]) -> Result<serde_json::Value> {
         self.http.send(Method::POST, base, "/internal/orders", &orders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_does_not_resolve_was_never_sent() {
+        let http = Http::new(Duration::from_secs(5), 1, None);
+        for url in ["http://no-such-host.invalid:9000", "http://127.0.0.1:1"] {
+            match http.call(Method::POST, url, "/purchase/1", None) {
+                Err(Error::Unreachable { sent: false, .. }) => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 }
