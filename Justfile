@@ -17,3 +17,19 @@ check:
 # Build the release binaries.
 build:
     cargo build --release
+
+# Build the container images (static binaries FROM scratch, and memcached).
+images:
+    bash containers/build-images.sh
+
+# The whole store as containers on private networks, checked end to end; cleans up after itself.
+docker-e2e:
+    bash containers/e2e.sh
+
+# Check the systemd units: verify without warnings, exposure 2.0 or lower.
+check-systemd:
+    bash systemd/check.sh
+
+# Install the binaries, units and example environment files on this VM (as root).
+install-systemd:
+    bash systemd/install.sh
