@@ -33,3 +33,7 @@ check-systemd:
 # Install the binaries, units and example environment files on this VM (as root).
 install-systemd:
     bash systemd/install.sh
+
+# The units under a real systemd in a container (debootstrap + docker import), checked end to end.
+systemd-e2e:
+    bash systemd/container-test.sh
