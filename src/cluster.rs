@@ -5,6 +5,8 @@
 //! directory (`BAZAR_DATA_DIR`, default `./run`). Each child's log lines are printed with
 //! its name in front. On Ctrl-C (SIGINT) or SIGTERM it stops every child (SIGTERM, then
 //! SIGKILL after [`STOP_TIMEOUT`]) and exits 0.
+//!
+//! [`Layout`] and [`Running`] are also how `bazar-bench lab` starts its own stores.
 
 use crate::client::Http;
 use crate::config::{self, Env};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// How long a child may take to stop after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the store may take to answer its first health check.
+/// How long the store may take to answer its first request.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 const HELP: &str = "\
@@ -44,16 +46,10 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// The arguments that run memcached on loopback `port`, in the foreground.
 pub fn memcached_args(port: u16) -> Vec<String> {
-    let mut args = vec![
-        "-l".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        "-U".into(),
-        "0".into(),
-        "-m".into(),
-        "64".into(),
-    ];
+    let mut args = vec!["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64", "-t", "2"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // memcached refuses to run as root unless told which user to become.
@@ -62,23 +58,241 @@ pub fn memcached_args(port: u16) -> Vec<String> {
     args
 }
 
-/// A child process whose output is prefixed with its name.
-struct Named {
-    name: &'static str,
-    child: Child,
+/// Where a store runs: ports, data, and what is passed to every service.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Directory of the services' data directories.
+    pub dir: PathBuf,
+    /// Directory of the `bazar-*` binaries.
+    pub bin_dir: PathBuf,
+    /// Front end port.
+    pub frontend: u16,
+    /// Catalog primary and replica ports.
+    pub catalogs: [u16; 2],
+    /// Order server ports.
+    pub orders: [u16; 2],
+    /// memcached port, or None for a store without cache.
+    pub memcached: Option<u16>,
+    /// Settings given to every service (BAZAR_LEASE_MS, BAZAR_THREADS, ...).
+    pub env: Vec<(String, String)>,
+    /// Children's output discarded (the bench) instead of printed with their names.
+    pub quiet: bool,
 }
 
-fn spawn(name: &'static str, program: &Path, args: &[String], env: &[(&str, String)]) -> std::io::Result<Named> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
+impl Layout {
+    /// The local ports of API.md, data under `dir`, memcached if installed.
+    pub fn standard(dir: PathBuf, bin_dir: PathBuf) -> Layout {
+        let memcached = find_program("memcached").map(|_| 11211);
+        Layout {
+            dir,
+            bin_dir,
+            frontend: 4200,
+            catalogs: [9000, 9001],
+            orders: [9002, 9003],
+            memcached,
+            env: Vec::new(),
+            quiet: false,
+        }
+    }
+
+    /// The front end's base URL.
+    pub fn frontend_url(&self) -> String {
+        url(self.frontend)
+    }
+
+    /// The catalogs' base URLs (primary first).
+    pub fn catalog_urls(&self) -> [String; 2] {
+        self.catalogs.map(url)
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// How to start one child again.
+#[derive(Clone, Debug)]
+struct Spec {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// A running child, and how to start it again.
+struct Named {
+    spec: Spec,
+    child: Option<Child>,
+}
+
+/// A running store: its children, stopped on [`Running::stop`] (or on drop).
+pub struct Running {
+    children: Vec<Named>,
+    quiet: bool,
+}
+
+impl Running {
+    /// Starts a store as `layout` says; stops what it started if a child cannot start.
+    pub fn start(layout: &Layout) -> std::io::Result<Running> {
+        let mut running = Running { children: Vec::new(), quiet: layout.quiet };
+        for spec in specs(layout) {
+            running.spawn(spec)?;
+        }
+        Ok(running)
+    }
+
+    fn spawn(&mut self, spec: Spec) -> std::io::Result<()> {
+        let child = spawn(&spec, self.quiet)?;
+        self.children.push(Named { spec, child: Some(child) });
+        Ok(())
+    }
+
+    fn find(&mut self, name: &str) -> Option<&mut Named> {
+        self.children.iter_mut().find(|c| c.spec.name == name)
+    }
+
+    /// The pid of a child (`catalog-1`, `catalog-2`, `order-1`, `order-2`, `frontend`, `memcached`).
+    pub fn pid(&mut self, name: &str) -> Option<u32> {
+        self.find(name)?.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` of one child.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(c) = self.find(name).and_then(|n| n.child.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a child again with the same settings.
+    pub fn restart(&mut self, name: &str) -> std::io::Result<()> {
+        self.kill(name);
+        let quiet = self.quiet;
+        if let Some(n) = self.find(name) {
+            n.child = Some(spawn(&n.spec, quiet)?);
+        }
+        Ok(())
+    }
+
+    /// Children that exited, with their status (each reported once).
+    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+        let mut out = Vec::new();
+        for n in &mut self.children {
+            if let Some(c) = n.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    out.push((n.spec.name, status));
+                    n.child = None;
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops every child: SIGTERM in reverse order of start, SIGKILL after [`STOP_TIMEOUT`].
+    pub fn stop(&mut self) {
+        for n in self.children.iter().rev() {
+            if let Some(c) = &n.child {
+                terminate(c);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for n in self.children.iter_mut().rev() {
+            let Some(mut c) = n.child.take() else { continue };
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                eprintln!("bazar-cluster: {} did not stop in time; killing it", n.spec.name);
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The children of a store, in the order they start.
+fn specs(layout: &Layout) -> Vec<Spec> {
+    let data = |name: &str| layout.dir.join(name).display().to_string();
+    let bin = |name: &str| layout.bin_dir.join(name);
+    let mut specs = Vec::new();
+    let memcached = match (layout.memcached, find_program("memcached")) {
+        (Some(port), Some(program)) => {
+            specs.push(Spec { name: "memcached", program, args: memcached_args(port), env: Vec::new() });
+            format!("127.0.0.1:{port}")
+        }
+        _ => String::new(),
+    };
+    let catalogs = layout.catalog_urls().join(",");
+    let service = |name: &'static str, program: &str, port: u16, own: Vec<(&str, String)>| {
+        let mut env = layout.env.clone();
+        env.push(("BAZAR_LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.extend(own.into_iter().map(|(k, v)| (k.to_string(), v)));
+        Spec { name, program: bin(program), args: Vec::new(), env }
+    };
+    let [p, r] = layout.catalogs;
+    specs.push(service(
+        "catalog-1",
+        "bazar-catalog",
+        p,
+        vec![
+            ("BAZAR_ROLE", "primary".into()),
+            ("BAZAR_REPLICAS", url(r)),
+            ("BAZAR_DATA_DIR", data("catalog-1")),
+            ("BAZAR_MEMCACHED", memcached.clone()),
+        ],
+    ));
+    specs.push(service(
+        "catalog-2",
+        "bazar-catalog",
+        r,
+        vec![
+            ("BAZAR_ROLE", "replica".into()),
+            ("BAZAR_PRIMARY", url(p)),
+            ("BAZAR_DATA_DIR", data("catalog-2")),
+            ("BAZAR_MEMCACHED", memcached.clone()),
+        ],
+    ));
+    let [o1, o2] = layout.orders;
+    for (name, port, peer) in [("order-1", o1, o2), ("order-2", o2, o1)] {
+        specs.push(service(
+            name,
+            "bazar-order",
+            port,
+            vec![("BAZAR_CATALOG", catalogs.clone()), ("BAZAR_PEERS", url(peer)), ("BAZAR_DATA_DIR", data(name))],
+        ));
+    }
+    specs.push(service(
+        "frontend",
+        "bazar-frontend",
+        layout.frontend,
+        vec![
+            ("BAZAR_CATALOG", catalogs.clone()),
+            ("BAZAR_ORDER", format!("{},{}", url(o1), url(o2))),
+            ("BAZAR_MEMCACHED", memcached),
+        ],
+    ));
+    specs
+}
+
+fn spawn(spec: &Spec, quiet: bool) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&spec.program);
+    let output = || if quiet { Stdio::null() } else { Stdio::piped() };
+    cmd.args(&spec.args).stdin(Stdio::null()).stdout(output()).stderr(output());
+    for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    let mut child =
-        cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display())))?;
-    prefix_lines(name, child.stdout.take());
-    prefix_lines(name, child.stderr.take());
-    Ok(Named { name, child })
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", spec.program.display())))?;
+    prefix_lines(spec.name, child.stdout.take());
+    prefix_lines(spec.name, child.stderr.take());
+    Ok(child)
 }
 
 fn prefix_lines(name: &'static str, stream: Option<impl Read + Send + 'static>) {
@@ -99,22 +313,22 @@ pub fn terminate(child: &Child) {
     }
 }
 
-/// Stops children in order: SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
-fn stop_all(children: &mut [Named]) {
-    for c in children.iter().rev() {
-        terminate(&c.child);
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    for c in children.iter_mut().rev() {
-        while matches!(c.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+/// Waits until the front end answers a read, or `within` passes.
+pub fn wait_ready(frontend: &str, within: Duration, shutdown: &Shutdown) -> bool {
+    let http = Http::new(Duration::from_secs(1), 1, None);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && !shutdown.is_set() {
+        if http.call(ureq::http::Method::GET, frontend, "/info/1", None).is_ok_and(|a| a.status == 200) {
+            return true;
         }
-        if matches!(c.child.try_wait(), Ok(None)) {
-            eprintln!("bazar-cluster: {} did not stop in time; killing it", c.name);
-            let _ = c.child.kill();
-        }
-        let _ = c.child.wait();
+        shutdown.sleep(Duration::from_millis(100));
     }
+    false
+}
+
+/// The directory of the running executable (where the other `bazar-*` binaries are).
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
 }
 
 /// The launcher's `main`.
@@ -125,9 +339,6 @@ pub fn main() -> ExitCode {
     if let Err(code) = service::init_logging("bazar-cluster") {
         return code;
     }
-    if let Err(e) = config::log_level(&Env) {
-        return service::config_error("bazar-cluster", &e);
-    }
     let shutdown = match Shutdown::on_signals() {
         Ok(s) => s,
         Err(e) => {
@@ -135,112 +346,33 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = config::data_dir(&Env, "./run");
-    let bin_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let mut children = Vec::new();
-    match start(&dir, &bin_dir, &mut children) {
-        Ok(()) => {}
+    let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    match layout.memcached {
+        Some(port) => eprintln!("bazar-cluster: memcached on 127.0.0.1:{port}"),
+        None => eprintln!("bazar-cluster: memcached is not installed; the store runs without a cache (X-Cache: off)"),
+    }
+    let mut store = match Running::start(&layout) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("bazar-cluster: {e}");
-            stop_all(&mut children);
             return ExitCode::FAILURE;
         }
+    };
+    let fe = layout.frontend_url();
+    if wait_ready(&fe, START_TIMEOUT, &shutdown) {
+        eprintln!(
+            "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); Ctrl-C stops it"
+        );
+    } else if !shutdown.is_set() {
+        eprintln!("bazar-cluster: the store did not answer within {START_TIMEOUT:?}; see the logs above");
     }
-    wait_ready(&shutdown);
-    let mut reported = vec![false; children.len()];
     while !shutdown.sleep(Duration::from_millis(200)) {
-        for (c, done) in children.iter_mut().zip(reported.iter_mut()) {
-            if let (Ok(Some(status)), false) = (c.child.try_wait(), *done) {
-                eprintln!("bazar-cluster: {} exited ({status}); the rest of the store goes on", c.name);
-                *done = true;
-            }
+        for (name, status) in store.exited() {
+            eprintln!("bazar-cluster: {name} exited ({status}); the rest of the store goes on");
         }
     }
     eprintln!("bazar-cluster: stopping");
-    stop_all(&mut children);
+    store.stop();
     eprintln!("bazar-cluster: stopped");
     ExitCode::SUCCESS
-}
-
-fn start(dir: &Path, bin_dir: &Path, children: &mut Vec<Named>) -> std::io::Result<()> {
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let data = |name: &str| dir.join(name).display().to_string();
-    let bin = |name: &str| bin_dir.join(name);
-    let memcached = match find_program("memcached") {
-        Some(program) => {
-            children.push(spawn("memcached", &program, &memcached_args(11211), &[])?);
-            eprintln!("bazar-cluster: memcached on 127.0.0.1:11211");
-            "127.0.0.1:11211".to_string()
-        }
-        None => {
-            eprintln!("bazar-cluster: memcached is not installed; the store runs without a cache (X-Cache: off)");
-            String::new()
-        }
-    };
-    let listen = |port: u16| ("BAZAR_LISTEN", format!("127.0.0.1:{port}"));
-    children.push(spawn(
-        "catalog-1",
-        &bin("bazar-catalog"),
-        &[],
-        &[
-            listen(9000),
-            ("BAZAR_ROLE", "primary".into()),
-            ("BAZAR_REPLICAS", url(9001)),
-            ("BAZAR_DATA_DIR", data("catalog-1")),
-            ("BAZAR_MEMCACHED", memcached.clone()),
-        ],
-    )?);
-    children.push(spawn(
-        "catalog-2",
-        &bin("bazar-catalog"),
-        &[],
-        &[
-            listen(9001),
-            ("BAZAR_ROLE", "replica".into()),
-            ("BAZAR_PRIMARY", url(9000)),
-            ("BAZAR_DATA_DIR", data("catalog-2")),
-            ("BAZAR_MEMCACHED", memcached.clone()),
-        ],
-    )?);
-    let catalogs = format!("{},{}", url(9000), url(9001));
-    for (name, port, peer) in [("order-1", 9002, 9003), ("order-2", 9003, 9002)] {
-        children.push(spawn(
-            name,
-            &bin("bazar-order"),
-            &[],
-            &[
-                listen(port),
-                ("BAZAR_CATALOG", catalogs.clone()),
-                ("BAZAR_PEERS", url(peer)),
-                ("BAZAR_DATA_DIR", data(name)),
-            ],
-        )?);
-    }
-    children.push(spawn(
-        "frontend",
-        &bin("bazar-frontend"),
-        &[],
-        &[
-            listen(4200),
-            ("BAZAR_CATALOG", catalogs),
-            ("BAZAR_ORDER", format!("{},{}", url(9002), url(9003))),
-            ("BAZAR_MEMCACHED", memcached),
-        ],
-    )?);
-    Ok(())
-}
-
-fn wait_ready(shutdown: &Shutdown) {
-    let http = Http::new(Duration::from_secs(1), 1, None);
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline && !shutdown.is_set() {
-        if http.call(ureq::http::Method::GET, "http://127.0.0.1:4200", "/info/1", None).is_ok_and(|a| a.status == 200) {
-            eprintln!("bazar-cluster: the store is ready at http://127.0.0.1:4200 (try: curl http://127.0.0.1:4200/search/distributed%20systems); Ctrl-C stops it");
-            return;
-        }
-        shutdown.sleep(Duration::from_millis(100));
-    }
-    if !shutdown.is_set() {
-        eprintln!("bazar-cluster: the store did not answer within {START_TIMEOUT:?}; see the logs above");
-    }
 }

@@ -1,0 +1,562 @@
+//! `bazar-bench`: the load generator that reproduces the lab's experiments.
+//!
+//! - A **closed loop** runs N clients, each sending its next request when the previous one
+//!   is answered. An **open loop** sends at a fixed rate whatever the answers do, and times
+//!   each request from the moment it was *due*, so a stall shows as latency instead of
+//!   hiding as fewer requests (coordinated omission).
+//! - [`lab`] starts its own stores (with and without memcached, `--url` for a running one)
+//!   and answers the lab's three questions: response times with and without the cache, the
+//!   cost of cache consistency, and behaviour while a replica fails and comes back.
+//! - [`limit`] serves the same info JSON from memory, on the same HTTP layer with the same
+//!   worker count: the machine's limit, against which front-end figures are stated.
+//!
+//! Figures are measured, never asserted: the machine is shared and noisy.
+
+use crate::client::Http;
+use crate::cluster::{self, Layout, Running};
+use crate::http::{self, Response, ServerConfig};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use ureq::http::Method;
+
+/// A kind of request the bench sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `GET /info/{id}`, ids 1 to 7 in turn.
+    Info,
+    /// `GET /search/{topic}`, both topics in turn.
+    Search,
+    /// `POST /purchase/{id}` (book 1..7 in turn; stock is raised first).
+    Purchase,
+    /// `PATCH /books/{id}` of a price, on the catalog primary.
+    Write,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Info => "info",
+            Kind::Search => "search",
+            Kind::Purchase => "purchase",
+            Kind::Write => "write",
+        }
+    }
+
+    /// The i-th request of this kind: method, path, body.
+    fn request(self, i: usize) -> (Method, String, Option<Vec<u8>>) {
+        let id = 1 + i % 7;
+        match self {
+            Kind::Info => (Method::GET, format!("/info/{id}"), None),
+            Kind::Search => {
+                let topic = if i % 2 == 0 { "distributed%20systems" } else { "undergraduate%20school" };
+                (Method::GET, format!("/search/{topic}"), None)
+            }
+            Kind::Purchase => (Method::POST, format!("/purchase/{id}"), None),
+            Kind::Write => {
+                let body = format!("{{\"price\": {}.{:02}}}", 10 + i % 50, i % 100);
+                (Method::PATCH, format!("/books/{id}"), Some(body.into_bytes()))
+            }
+        }
+    }
+}
+
+/// How requests are sent.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// N clients, each waits for its answer before the next request.
+    Closed(usize),
+    /// A fixed rate (requests per second), timed from when each was due.
+    Open(f64),
+}
+
+/// One answered (or failed) request.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// When it was sent (or due), from the start of the run.
+    pub at: Duration,
+    /// How long until the answer (from when it was due, in an open loop).
+    pub latency: Duration,
+    /// HTTP status; 0 when no answer came.
+    pub status: u16,
+}
+
+/// Throughput and latency of a set of samples.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Requests sent.
+    pub count: usize,
+    /// Answers other than 2xx (or none).
+    pub errors: usize,
+    /// Requests per second over the run.
+    pub rps: f64,
+    /// Mean latency.
+    pub mean: Duration,
+    /// Percentiles and maximum.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+/// Summarises samples taken over `elapsed`.
+pub fn summarize(samples: &[Sample], elapsed: Duration) -> Summary {
+    if samples.is_empty() {
+        return Summary::default();
+    }
+    let mut lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    lat.sort_unstable();
+    let pct = |q: f64| lat[((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
+    Summary {
+        count: samples.len(),
+        errors: samples.iter().filter(|s| !(200..300).contains(&s.status)).count(),
+        rps: samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        mean: lat.iter().sum::<Duration>() / lat.len() as u32,
+        p50: pct(0.50),
+        p90: pct(0.90),
+        p99: pct(0.99),
+        max: *lat.last().expect("not empty"),
+    }
+}
+
+/// Sends `kind` to `base` as `load` says for `duration`; `progress` names it on stderr.
+pub fn run(base: &str, kind: Kind, load: Load, duration: Duration, progress: &str) -> (Vec<Sample>, Duration) {
+    let workers = match load {
+        Load::Closed(n) => n,
+        Load::Open(rate) => ((rate / 50.0).ceil() as usize).clamp(8, 128),
+    };
+    let http = Http::new(Duration::from_secs(10), workers, None);
+    let samples = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let due = match load {
+                        Load::Closed(_) => start.elapsed(),
+                        Load::Open(rate) => Duration::from_secs_f64(i as f64 / rate),
+                    };
+                    if due >= duration || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let (method, path, body) = kind.request(i);
+                    let status = http.call(method, base, &path, body).map_or(0, |a| a.status);
+                    mine.push(Sample { at: due, latency: start.elapsed().saturating_sub(due), status });
+                }
+                samples.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
+            });
+        }
+        while start.elapsed() < duration {
+            let left = duration.saturating_sub(start.elapsed()).as_secs();
+            eprint!("\r\x1b[K{progress}: {left} s left");
+            let _ = std::io::stderr().flush();
+            std::thread::sleep(Duration::from_millis(250).min(duration.saturating_sub(start.elapsed())));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprint!("\r\x1b[K");
+    let mut samples = samples.into_inner().unwrap_or_else(|e| e.into_inner());
+    samples.sort_by_key(|s| s.at);
+    (samples, start.elapsed())
+}
+
+/// The bare limit server: answers every request with the info JSON of book 1 from memory,
+/// on the same HTTP layer and worker count as the services. Returns its base URL.
+pub fn start_limit_server(threads: usize, shutdown: &Shutdown) -> std::io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let body = br#"{"id":1,"title":"How to get a good grade in DOS in 40 minutes a day","topic":"distributed systems","price":29.99,"quantity":100}"#.to_vec();
+    let stop = shutdown.clone();
+    std::thread::spawn(move || {
+        let config = ServerConfig { threads, name: "bazar-bench limit" };
+        let _ = http::serve(listener, config, Arc::new(Metrics::new()), stop, move |_| {
+            Response::raw_json(200, body.clone()).with_header("X-Cache", "hit")
+        });
+    });
+    Ok(base)
+}
+
+/// Settings of a lab run.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// A running store's front end instead of starting stores.
+    pub url: Option<String>,
+    /// Its catalog primary (for writes), with `url`.
+    pub primary: Option<String>,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Length of each measured run.
+    pub duration: Duration,
+    /// Worker threads of each service (and of the limit server).
+    pub threads: usize,
+    /// Where to write the raw figures, if anywhere.
+    pub csv: Option<std::path::PathBuf>,
+}
+
+/// One line of the report, and its raw samples.
+struct Row {
+    experiment: &'static str,
+    scenario: String,
+    kind: &'static str,
+    summary: Summary,
+    samples: Vec<Sample>,
+}
+
+fn row(experiment: &'static str, scenario: &str, kind: Kind, (samples, elapsed): (Vec<Sample>, Duration)) -> Row {
+    let summary = summarize(&samples, elapsed);
+    Row { experiment, scenario: scenario.to_string(), kind: kind.name(), summary, samples }
+}
+
+/// A store the lab started (or the one it was pointed at).
+struct Store {
+    running: Option<Running>,
+    frontend: String,
+    primary: String,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::Result<Store> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir =
+        std::env::temp_dir().join(format!("bazar-bench-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut env =
+        vec![("BAZAR_THREADS".to_string(), threads.to_string()), ("BAZAR_LOG".to_string(), "warn".to_string())];
+    if let Some(l) = lease_ms {
+        env.push(("BAZAR_LEASE_MS".into(), l.to_string()));
+    }
+    let layout = Layout {
+        dir: dir.clone(),
+        bin_dir: cluster::bin_dir(),
+        frontend: free_port()?,
+        catalogs: [free_port()?, free_port()?],
+        orders: [free_port()?, free_port()?],
+        memcached: if cache && cluster::find_program("memcached").is_some() { Some(free_port()?) } else { None },
+        env,
+        quiet: true,
+    };
+    let running = Running::start(&layout)?;
+    let frontend = layout.frontend_url();
+    let primary = layout.catalog_urls()[0].clone();
+    if !cluster::wait_ready(&frontend, cluster::START_TIMEOUT, &Shutdown::new()) {
+        return Err(std::io::Error::other("the store did not start"));
+    }
+    // The replica must hold its lease and both caches be cold: a short settling pause.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Store { running: Some(running), frontend, primary, _dir: Some(TempDir(dir)) })
+}
+
+/// Raises every book's stock so that purchases never run out during a run.
+fn restock(primary: &str) {
+    let http = Http::new(Duration::from_secs(10), 1, None);
+    for id in 1..=7 {
+        let _ =
+            http.call(Method::PATCH, primary, &format!("/books/{id}"), Some(b"{\"quantity\": 4000000000}".to_vec()));
+    }
+}
+
+/// Resident memory of a process, in MB (Linux).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the three experiments and returns the Markdown report.
+pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
+    let d = cfg.duration;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes = String::new();
+
+    // The machine's limit, measured in the same run.
+    let stop_limit = Shutdown::new();
+    let limit_url = start_limit_server(cfg.threads, &stop_limit)?;
+    rows.push(row(
+        "limit",
+        "bare server, info JSON from memory",
+        Kind::Info,
+        run(&limit_url, Kind::Info, Load::Closed(cfg.clients), d, "limit"),
+    ));
+    stop_limit.trigger();
+    let limit_rps = rows[0].summary.rps;
+
+    // 1. Response times with and without the cache.
+    let mut memory = Vec::new();
+    for cache in [true, false] {
+        let scenario = if cache { "with cache" } else { "without cache" };
+        let mut store = match &cfg.url {
+            Some(url) if cache => Store {
+                running: None,
+                frontend: url.clone(),
+                primary: cfg.primary.clone().unwrap_or_default(),
+                _dir: None,
+            },
+            Some(_) => continue,
+            None => start_store(cache, None, cfg.threads)?,
+        };
+        if !store.primary.is_empty() {
+            restock(&store.primary);
+        }
+        for kind in [Kind::Info, Kind::Search, Kind::Purchase] {
+            if kind == Kind::Purchase && store.primary.is_empty() {
+                continue;
+            }
+            let label = format!("1. {} {scenario}", kind.name());
+            rows.push(row(
+                "1. response time",
+                scenario,
+                kind,
+                run(&store.frontend, kind, Load::Closed(cfg.clients), d, &label),
+            ));
+        }
+        if let Some(running) = store.running.as_mut() {
+            for name in ["frontend", "catalog-1", "catalog-2", "order-1", "order-2"] {
+                if let Some(mb) = running.pid(name).and_then(rss_mb) {
+                    memory.push(format!("{name} {scenario}: {mb:.1} MB"));
+                }
+            }
+        }
+    }
+    let _ = writeln!(notes, "Resident memory after the runs of experiment 1: {}.", memory.join(", "));
+
+    // 2. The cost of cache consistency: writes with invalidation, and the read after one.
+    if cfg.url.is_none() {
+        for (cache, lease, scenario) in [
+            (true, None, "with cache (invalidation)"),
+            (false, None, "without cache"),
+            (false, Some(0), "without cache, read leases off"),
+        ] {
+            let store = start_store(cache, lease, cfg.threads)?;
+            rows.push(row(
+                "2. consistency",
+                scenario,
+                Kind::Write,
+                run(&store.primary, Kind::Write, Load::Closed(1), d / 2, &format!("2. writes {scenario}")),
+            ));
+            if cache {
+                let (miss, hit) = first_read_after_invalidation(&store, d / 2);
+                rows.push(Row {
+                    experiment: "2. consistency",
+                    scenario: "first read after an invalidation (miss)".into(),
+                    kind: "info",
+                    summary: summarize(&miss, d / 2),
+                    samples: miss,
+                });
+                rows.push(Row {
+                    experiment: "2. consistency",
+                    scenario: "the read after it (hit)".into(),
+                    kind: "info",
+                    summary: summarize(&hit, d / 2),
+                    samples: hit,
+                });
+            }
+        }
+    }
+
+    // 3. A replica fails and comes back, under an open loop.
+    let mut timeline = String::new();
+    if cfg.url.is_none() {
+        let mut store = start_store(true, None, cfg.threads)?;
+        restock(&store.primary);
+        let total = Duration::from_secs(15).max(d * 3);
+        let (fe, running) = (store.frontend.clone(), store.running.as_mut().expect("started"));
+        let (reads, buys) = std::thread::scope(|s| {
+            let reads = s.spawn(|| run(&fe, Kind::Info, Load::Open(400.0), total, "3. replica failure"));
+            let buys = s.spawn(|| run(&fe, Kind::Purchase, Load::Open(40.0), total, "3. replica failure"));
+            std::thread::sleep(total / 3);
+            running.kill("catalog-2");
+            std::thread::sleep(total / 3);
+            let _ = running.restart("catalog-2");
+            (reads.join().expect("reads"), buys.join().expect("purchases"))
+        });
+        let _ = writeln!(timeline, "| second | info p50 (ms) | info p99 (ms) | info errors | purchase p99 (ms) | purchase errors |\n|---|---|---|---|---|---|");
+        for sec in 0..total.as_secs() {
+            let window = |samples: &[Sample]| -> Vec<Sample> {
+                samples.iter().filter(|x| x.at.as_secs() == sec).copied().collect()
+            };
+            let (r, b) = (
+                summarize(&window(&reads.0), Duration::from_secs(1)),
+                summarize(&window(&buys.0), Duration::from_secs(1)),
+            );
+            let mark = if sec == total.as_secs() / 3 {
+                " (replica killed)"
+            } else if sec == 2 * total.as_secs() / 3 {
+                " (replica restarted)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                timeline,
+                "| {sec}{mark} | {:.2} | {:.2} | {} | {:.2} | {} |",
+                ms(r.p50),
+                ms(r.p99),
+                r.errors,
+                ms(b.p99),
+                b.errors
+            );
+        }
+        rows.push(row("3. replica failure", "open loop, 400 info/s", Kind::Info, reads));
+        rows.push(row("3. replica failure", "open loop, 40 purchases/s", Kind::Purchase, buys));
+    }
+
+    if let Some(path) = &cfg.csv {
+        let mut out = String::from("experiment,scenario,kind,at_ms,latency_us,status\n");
+        for r in &rows {
+            for s in &r.samples {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{:.3},{},{}",
+                    r.experiment,
+                    r.scenario,
+                    r.kind,
+                    s.at.as_secs_f64() * 1e3,
+                    s.latency.as_micros(),
+                    s.status
+                );
+            }
+        }
+        std::fs::write(path, out)?;
+    }
+    Ok(report(&rows, limit_rps, cfg, &notes, &timeline))
+}
+
+/// Experiment 2's reads: write, read (a miss, refilled), read again (a hit), repeated.
+fn first_read_after_invalidation(store: &Store, duration: Duration) -> (Vec<Sample>, Vec<Sample>) {
+    let http = Http::new(Duration::from_secs(10), 1, None);
+    let (mut miss, mut hit) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < duration {
+        let (method, path, body) = Kind::Write.request(i);
+        let _ = http.call(method, &store.primary, &path, body);
+        let id = 1 + i % 7;
+        for (list, want) in [(&mut miss, "miss"), (&mut hit, "hit")] {
+            let at = start.elapsed();
+            let t = Instant::now();
+            let a = http.call(Method::GET, &store.frontend, &format!("/info/{id}"), None);
+            // An answer not from where expected (a hit where a miss was due) counts as an error.
+            let status = match &a {
+                Ok(a) if a.cache.as_deref() == Some(want) => a.status,
+                _ => 0,
+            };
+            list.push(Sample { at, latency: t.elapsed(), status });
+        }
+        i += 1;
+    }
+    (miss, hit)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(rows: &[Row], limit_rps: f64, cfg: &LabConfig, notes: &str, timeline: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Closed loops of {} clients, {} s each; services and limit server with {} workers.\n",
+        cfg.clients,
+        cfg.duration.as_secs(),
+        cfg.threads
+    );
+    let _ = writeln!(out, "| experiment | scenario | kind | req/s | of limit | mean (ms) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | non-2xx |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let s = &r.summary;
+        let ratio = if r.experiment.starts_with("1.") || r.experiment == "limit" {
+            format!("{:.0}%", 100.0 * s.rps / limit_rps)
+        } else {
+            "".into()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.experiment,
+            r.scenario,
+            r.kind,
+            s.rps,
+            ratio,
+            ms(s.mean),
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.p99),
+            ms(s.max),
+            s.errors
+        );
+    }
+    if !timeline.is_empty() {
+        let _ = writeln!(out, "\nExperiment 3, second by second:\n\n{timeline}");
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\n{notes}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let samples: Vec<Sample> = (1..=100)
+            .map(|i| Sample {
+                at: Duration::ZERO,
+                latency: Duration::from_millis(i),
+                status: if i % 10 == 0 { 409 } else { 200 },
+            })
+            .collect();
+        let s = summarize(&samples, Duration::from_secs(2));
+        assert_eq!((s.count, s.errors, s.rps), (100, 10, 50.0));
+        assert_eq!(
+            (s.p50, s.p90, s.p99, s.max),
+            (
+                Duration::from_millis(50),
+                Duration::from_millis(90),
+                Duration::from_millis(99),
+                Duration::from_millis(100)
+            )
+        );
+        assert_eq!(s.mean, Duration::from_micros(50_500));
+        assert_eq!(summarize(&[], Duration::from_secs(1)).count, 0);
+    }
+
+    #[test]
+    fn open_loop_times_from_when_due() {
+        let stop = Shutdown::new();
+        let base = start_limit_server(4, &stop).unwrap();
+        let (samples, elapsed) = run(&base, Kind::Info, Load::Open(200.0), Duration::from_millis(500), "test");
+        stop.trigger();
+        assert!((90..=101).contains(&samples.len()), "{} samples at 200/s for 0.5 s", samples.len());
+        assert!(samples.iter().all(|s| s.status == 200));
+        assert!(samples.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(elapsed >= Duration::from_millis(500));
+    }
+}

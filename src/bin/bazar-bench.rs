@@ -1,0 +1,115 @@
+//! The load generator: see `bazar::bench`.
+
+use bazar::bench::{self, Kind, LabConfig, Load};
+use bazar::shutdown::Shutdown;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const HELP: &str = "\
+bazar-bench: load generator for Bazar, and the lab's experiments.
+
+  bazar-bench lab [--url URL --primary URL] [--csv FILE] [--duration S] [--clients N] [--threads N]
+      Starts its own stores (with and without memcached), runs the three experiments and
+      prints a Markdown report: response times with and without cache (with the machine's
+      limit measured in the same run), the cost of cache consistency, and a replica failing
+      and coming back under an open loop. --url aims at a running front end instead
+      (experiment 1 only; --primary lets it raise stock for purchases).
+  bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
+      One closed loop (N clients) or open loop (R requests per second) against URL.
+  bazar-bench limit [--clients N] [--threads N] [--duration S]
+      The bare limit server (info JSON from memory, same HTTP layer), loaded as above.
+
+Defaults: 32 clients, 10 s per run, 16 worker threads.
+";
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn value(&self, flag: &str) -> Option<&str> {
+        self.0.iter().position(|a| a == flag).and_then(|i| self.0.get(i + 1)).map(String::as_str)
+    }
+
+    fn number<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T, String> {
+        match self.value(flag) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("{flag} {v:?} is not a number")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args(std::env::args().skip(1).collect());
+    match go(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bazar-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn go(args: &Args) -> Result<(), String> {
+    let clients = args.number("--clients", 32usize)?;
+    let duration = Duration::from_secs(args.number("--duration", 10u64)?);
+    let threads = args.number("--threads", 16usize)?;
+    match args.0.first().map(String::as_str) {
+        None | Some("-h" | "--help") => {
+            println!("{HELP}");
+            Ok(())
+        }
+        Some("lab") => {
+            let cfg = LabConfig {
+                url: args.value("--url").map(str::to_string),
+                primary: args.value("--primary").map(str::to_string),
+                clients,
+                duration,
+                threads,
+                csv: args.value("--csv").map(Into::into),
+            };
+            let report = bench::lab(&cfg).map_err(|e| e.to_string())?;
+            println!("{report}");
+            Ok(())
+        }
+        Some("load") => {
+            let url = args.value("--url").ok_or("load needs --url")?;
+            let kind = match args.value("--kind").unwrap_or("info") {
+                "info" => Kind::Info,
+                "search" => Kind::Search,
+                "purchase" => Kind::Purchase,
+                "write" => Kind::Write,
+                other => return Err(format!("unknown --kind {other:?}")),
+            };
+            let load = match args.value("--rate") {
+                Some(r) => Load::Open(r.parse().map_err(|_| format!("--rate {r:?} is not a number"))?),
+                None => Load::Closed(clients),
+            };
+            let (samples, elapsed) = bench::run(url, kind, load, duration, "load");
+            print_summary(&bench::summarize(&samples, elapsed));
+            Ok(())
+        }
+        Some("limit") => {
+            let stop = Shutdown::new();
+            let url = bench::start_limit_server(threads, &stop).map_err(|e| e.to_string())?;
+            let (samples, elapsed) = bench::run(&url, Kind::Info, Load::Closed(clients), duration, "limit");
+            stop.trigger();
+            print_summary(&bench::summarize(&samples, elapsed));
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}; try --help")),
+    }
+}
+
+fn print_summary(s: &bench::Summary) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{} requests, {:.0} req/s, mean {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} non-2xx",
+        s.count,
+        s.rps,
+        ms(s.mean),
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max),
+        s.errors
+    );
+}
