@@ -180,15 +180,18 @@ pub fn run(base: &str, kind: Kind, load: Load, duration: Duration, progress: &st
 pub fn start_limit_server(threads: usize, shutdown: &Shutdown) -> std::io::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
-    let body = br#"{"id":1,"title":"How to get a good grade in DOS in 40 minutes a day","topic":"distributed systems","price":29.99,"quantity":100}"#.to_vec();
     let stop = shutdown.clone();
-    std::thread::spawn(move || {
-        let config = ServerConfig { threads, name: "bazar-bench limit" };
-        let _ = http::serve(listener, config, Arc::new(Metrics::new()), stop, move |_| {
-            Response::raw_json(200, body.clone()).with_header("X-Cache", "hit")
-        });
-    });
+    std::thread::spawn(move || serve_limit(listener, threads, stop));
     Ok(base)
+}
+
+/// Serves the limit server's answer on `listener` until `shutdown`.
+pub fn serve_limit(listener: TcpListener, threads: usize, shutdown: Shutdown) -> std::io::Result<()> {
+    let body = br#"{"id":1,"title":"How to get a good grade in DOS in 40 minutes a day","topic":"distributed systems","price":29.99,"quantity":100}"#.to_vec();
+    let config = ServerConfig { threads, name: "bazar-bench limit" };
+    http::serve(listener, config, Arc::new(Metrics::new()), shutdown, move |_| {
+        Response::raw_json(200, body.clone()).with_header("X-Cache", "hit")
+    })
 }
 
 /// Settings of a lab run.
@@ -206,6 +209,8 @@ pub struct LabConfig {
     pub threads: usize,
     /// Where to write the raw figures, if anywhere.
     pub csv: Option<std::path::PathBuf>,
+    /// Which experiments to run (1, 2, 3).
+    pub experiments: Vec<u8>,
 }
 
 /// One line of the report, and its raw samples.
@@ -309,7 +314,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
 
     // 1. Response times with and without the cache.
     let mut memory = Vec::new();
-    for cache in [true, false] {
+    for cache in [true, false].into_iter().filter(|_| cfg.experiments.contains(&1)) {
         let scenario = if cache { "with cache" } else { "without cache" };
         let mut store = match &cfg.url {
             Some(url) if cache => Store {
@@ -344,10 +349,12 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
             }
         }
     }
-    let _ = writeln!(notes, "Resident memory after the runs of experiment 1: {}.", memory.join(", "));
+    if !memory.is_empty() {
+        let _ = writeln!(notes, "Resident memory after the runs of experiment 1: {}.", memory.join(", "));
+    }
 
     // 2. The cost of cache consistency: writes with invalidation, and the read after one.
-    if cfg.url.is_none() {
+    if cfg.url.is_none() && cfg.experiments.contains(&2) {
         for (cache, lease, scenario) in [
             (true, None, "with cache (invalidation)"),
             (false, None, "without cache"),
@@ -382,7 +389,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
 
     // 3. A replica fails and comes back, under an open loop.
     let mut timeline = String::new();
-    if cfg.url.is_none() {
+    if cfg.url.is_none() && cfg.experiments.contains(&3) {
         let mut store = start_store(true, None, cfg.threads)?;
         restock(&store.primary);
         let total = Duration::from_secs(15).max(d * 3);

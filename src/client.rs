@@ -206,9 +206,9 @@ impl CatalogClient {
         self.http.get(base, "/internal/snapshot")
     }
 
-    /// Pushes one write to a replica.
-    pub fn replicate(&self, base: &str, push: &Replicate) -> Result<ReplicaAck> {
-        self.http.send(Method::POST, base, "/internal/replicate", push)
+    /// Pushes a batch of writes to a replica, in order.
+    pub fn replicate(&self, base: &str, pushes: &[Replicate]) -> Result<ReplicaAck> {
+        self.http.send(Method::POST, base, "/internal/replicate", &pushes)
     }
 
     /// Asks the primary for a read lease (replicas).

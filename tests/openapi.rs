@@ -91,7 +91,7 @@ fn the_openapi_document_matches_the_store() {
         String::from_utf8(client_with_token("t0ken").call(Method::GET, &p, "/internal/snapshot", None).unwrap().body)
             .unwrap();
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
-    let push = format!("{{\"seq\": 0, \"book\": {book1}}}");
+    let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
     run(
         &[
             case("/search/{topic}", "GET", &fe, "/search/distributed%20systems", false, None, 200),

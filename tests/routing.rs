@@ -79,7 +79,7 @@ fn random_request(rng: &mut Rng) -> Request {
         "null",
         "{\"order_id\": \"a b\"}",
         "{\"order_id\": \"abc-1\", \"at\": \"2026-11-24T13:55:06.123Z\"}",
-        "{\"seq\": 1, \"book\": {\"id\": 1, \"title\": \"t\", \"topic\": \"x\", \"price\": 1, \"quantity\": 1}}",
+        "[{\"seq\": 1, \"book\": {\"id\": 1, \"title\": \"t\", \"topic\": \"x\", \"price\": 1, \"quantity\": 1}}]",
         "{\"seq\": 18446744073709551615, \"books\": []}",
         "[{\"order_id\": \"x-1\", \"id\": 1, \"title\": \"t\", \"price\": 1.5, \"at\": \"2026-11-24T13:55:06.123Z\"}]",
         "\u{0}\u{1}",

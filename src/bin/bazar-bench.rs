@@ -9,6 +9,7 @@ const HELP: &str = "\
 bazar-bench: load generator for Bazar, and the lab's experiments.
 
   bazar-bench lab [--url URL --primary URL] [--csv FILE] [--duration S] [--clients N] [--threads N]
+                  [--experiments 1,2,3]
       Starts its own stores (with and without memcached), runs the three experiments and
       prints a Markdown report: response times with and without cache (with the machine's
       limit measured in the same run), the cost of cache consistency, and a replica failing
@@ -16,8 +17,9 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       (experiment 1 only; --primary lets it raise stock for purchases).
   bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
       One closed loop (N clients) or open loop (R requests per second) against URL.
-  bazar-bench limit [--clients N] [--threads N] [--duration S]
-      The bare limit server (info JSON from memory, same HTTP layer), loaded as above.
+  bazar-bench limit [--clients N] [--threads N] [--duration S] [--listen HOST:PORT]
+      The bare limit server (info JSON from memory, same HTTP layer), loaded as above;
+      with --listen it only serves (until Ctrl-C), for another load generator such as wrk.
 
 Defaults: 32 clients, 10 s per run, 16 worker threads.
 ";
@@ -65,6 +67,13 @@ fn go(args: &Args) -> Result<(), String> {
                 duration,
                 threads,
                 csv: args.value("--csv").map(Into::into),
+                experiments: match args.value("--experiments") {
+                    None => vec![1, 2, 3],
+                    Some(list) => list
+                        .split(',')
+                        .map(|e| e.trim().parse().map_err(|_| format!("--experiments {list:?}: give numbers like 1,3")))
+                        .collect::<Result<_, _>>()?,
+                },
             };
             let report = bench::lab(&cfg).map_err(|e| e.to_string())?;
             println!("{report}");
@@ -86,6 +95,13 @@ fn go(args: &Args) -> Result<(), String> {
             let (samples, elapsed) = bench::run(url, kind, load, duration, "load");
             print_summary(&bench::summarize(&samples, elapsed));
             Ok(())
+        }
+        Some("limit") if args.value("--listen").is_some() => {
+            let listen = args.value("--listen").unwrap_or_default();
+            let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
+            let stop = Shutdown::on_signals().map_err(|e| e.to_string())?;
+            eprintln!("limit server on http://{listen}; Ctrl-C stops it");
+            bench::serve_limit(listener, threads, stop).map_err(|e| e.to_string())
         }
         Some("limit") => {
             let stop = Shutdown::new();

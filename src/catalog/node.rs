@@ -20,7 +20,7 @@ use crate::wire::{
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
@@ -28,6 +28,10 @@ use ureq::http::Method;
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the primary when a replica forwards a write to it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most writes committed together (one fsync, one push per replica).
+pub const MAX_BATCH: usize = 256;
+/// Most writes waiting for the writer thread; more wait to be queued.
+const QUEUE: usize = 4096;
 /// Default length of a replica's read lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 /// Shortest lease accepted: renewals go every quarter of it.
@@ -127,10 +131,19 @@ impl ReplicaLink {
     }
 }
 
+/// A write waiting for the writer thread, and where its answer goes.
+struct Pending {
+    id: u32,
+    write: Write,
+    order: Option<(String, String)>,
+    reply: mpsc::SyncSender<Result<Book>>,
+}
+
 /// Counters shown in `/metrics`.
 #[derive(Default)]
 struct Counters {
     writes: AtomicU64,
+    batches: AtomicU64,
     pushes_failed: AtomicU64,
     snapshots_sent: AtomicU64,
     catch_ups: AtomicU64,
@@ -161,6 +174,10 @@ pub struct CatalogNode {
     writes_from: Instant,
     /// Primary: writes are open (the grace passed or every replica was in sync).
     writes_open: AtomicBool,
+    /// Primary: the queue of the writer thread (group commit).
+    writes: mpsc::SyncSender<Pending>,
+    /// Primary: the writer thread's end of it, taken when the thread starts.
+    queue: Mutex<Option<mpsc::Receiver<Pending>>>,
     /// Replica: when it last heard from the primary.
     last_push: Mutex<Option<Instant>>,
     links: Vec<ReplicaLink>,
@@ -182,7 +199,10 @@ impl CatalogNode {
         let links =
             config.replicas.iter().map(|url| ReplicaLink { url: url.clone(), grant: Mutex::default() }).collect();
         let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
+        let (writes, queue) = mpsc::sync_channel(QUEUE);
         Ok(Arc::new(CatalogNode {
+            writes,
+            queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
             replica_id: crate::order::node::random_hex()?,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
@@ -214,6 +234,13 @@ impl CatalogNode {
         };
         match self.config.role {
             Role::Primary => {
+                if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let (node, stop) = (Arc::clone(self), shutdown.clone());
+                    std::thread::Builder::new()
+                        .name("writer".into())
+                        .spawn(move || node.writer(queue, &stop))
+                        .expect("a thread can start");
+                }
                 if self.cache.is_some() {
                     spawn(|node, stop| {
                         while !stop.sleep(cache::BACKOFF) {
@@ -267,36 +294,102 @@ impl CatalogNode {
         Ok(())
     }
 
-    /// The primary's write: decide, persist, push, invalidate, then acknowledge.
+    /// The primary's write: queued for the writer thread, which decides, persists, pushes
+    /// and invalidates, then acknowledges (see [`CatalogNode::commit`]).
     ///
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
-    pub fn write(&self, id: u32, write: &Write, order: Option<(String, String)>) -> Result<Book> {
+    pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
         self.wait_until_writable();
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.writes
+            .send(Pending { id, write, order, reply })
+            .map_err(|_| Error::Unavailable("the catalog is stopping".into()))?;
+        answer.recv().map_err(|_| Error::Unavailable("the catalog is stopping".into()))?
+    }
+
+    /// Primary, the writer thread: takes every write waiting (up to [`MAX_BATCH`]) and
+    /// commits them together.
+    fn writer(&self, queue: mpsc::Receiver<Pending>, shutdown: &Shutdown) {
+        while !shutdown.is_set() {
+            let first = match queue.recv_timeout(Duration::from_millis(100)) {
+                Ok(p) => p,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Group commit: decides each write in order, makes them all durable with one fsync,
+    /// pushes them to each replica as one batch, invalidates their cache entries, and only
+    /// then answers each. A write that is refused (out of stock, bad update) is answered
+    /// with its error and takes no sequence number.
+    fn commit(&self, batch: Vec<Pending>) {
         let mut store = self.lock_writer();
-        if let Some((order_id, _)) = &order {
-            if store.journal.contains(order_id) {
-                return Ok(self.state().book(id)?.clone());
+        let mut next = self.state().clone();
+        let mut answers: Vec<(mpsc::SyncSender<Result<Book>>, Result<Book>)> = Vec::with_capacity(batch.len());
+        let mut writes: Vec<(Replicate, Option<Order>)> = Vec::new();
+        let mut keys = Vec::new();
+        let mut orders = std::collections::HashSet::new();
+        for p in batch {
+            let repeated =
+                p.order.as_ref().is_some_and(|(o, _)| store.journal.contains(o) || !orders.insert(o.clone()));
+            let decided = if repeated {
+                // The copy was taken for this order already: answer as then, take none.
+                next.book(p.id).cloned()
+            } else {
+                next.book(p.id).cloned().and_then(|old| {
+                    let book = next.decide(p.id, &p.write)?;
+                    let seq = next.commit(book.clone());
+                    keys.extend(cache::keys_for(&old, &book));
+                    let order = p.order.map(|(order_id, at)| Order {
+                        order_id,
+                        id: p.id,
+                        title: book.title.clone(),
+                        price: book.price,
+                        at,
+                    });
+                    writes.push((Replicate { seq, book: book.clone() }, order));
+                    Ok(book)
+                })
+            };
+            answers.push((p.reply, decided));
+        }
+        if !writes.is_empty() {
+            let rows: Vec<(u64, &Book, Option<&Order>)> =
+                writes.iter().map(|(r, o)| (r.seq, &r.book, o.as_ref())).collect();
+            if let Err(e) = store.append(&rows).and_then(|_| store.after_write(&next)) {
+                log::error!("cannot persist {} writes: {e}", writes.len());
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(Error::Internal(format!("cannot persist the write: {e}"))));
+                }
+                return;
+            }
+            let last = next.seq();
+            self.set_state(next);
+            self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
+            self.replicate(&pushes);
+            if let Some(cache) = &self.cache {
+                keys.sort_unstable();
+                keys.dedup();
+                // One marker per key, at the batch's last write: no older entry survives it.
+                cache.invalidate(&keys, last);
             }
         }
-        let (mut next, old) = {
-            let current = self.state();
-            (current.clone(), current.book(id)?.clone())
-        };
-        let book = next.decide(id, write)?;
-        let seq = next.commit(book.clone());
-        let order =
-            order.map(|(order_id, at)| Order { order_id, id, title: book.title.clone(), price: book.price, at });
-        store.append(seq, &book, order.as_ref())?;
-        store.after_write(&next)?;
-        self.set_state(next);
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.replicate(&Replicate { seq, book: book.clone() });
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&cache::keys_for(&old, &book), seq);
-        }
         drop(store);
-        Ok(book)
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
     }
 
     /// A primary that starts waits before its first write until every replica is in sync
@@ -334,25 +427,22 @@ impl CatalogNode {
     /// Pushes one write to every replica in sync (in parallel). A replica that misses it
     /// is out of sync from then on (no lease renewals, no pushes) until the background
     /// brings it back; the write waits until that replica's lease has surely expired.
-    fn replicate(&self, push: &Replicate) {
+    fn replicate(&self, pushes: &[Replicate]) {
         let waits: Vec<Option<Instant>> = std::thread::scope(|s| {
             let pushes: Vec<_> = self
                 .links
                 .iter()
                 .filter(|link| link.grant().in_sync)
                 .map(|link| {
-                    s.spawn(move || match self.push_to(link, push) {
+                    s.spawn(move || match self.push_to(link, pushes) {
                         Ok(replica_id) => {
                             link.grant().synced(replica_id);
                             None
                         }
                         Err(e) => {
                             self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                            log::warn!(
-                                "replica {} missed write {}: {e}; out of sync until it catches up",
-                                link.url,
-                                push.seq
-                            );
+                            let seq = pushes.last().map_or(0, |p| p.seq);
+                            log::warn!("replica {} missed write {seq}: {e}; out of sync until it catches up", link.url);
                             link.grant().lost()
                         }
                     })
@@ -365,16 +455,16 @@ impl CatalogNode {
             if !wait.is_zero() {
                 self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
                 self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                log::info!("write {} waits {wait:?} for a lost replica's lease to expire", push.seq);
+                log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", pushes.len());
                 std::thread::sleep(wait);
             }
         }
     }
 
-    /// Pushes one write; after a gap, the whole catalog. Returns the replica's identity.
-    fn push_to(&self, link: &ReplicaLink, push: &Replicate) -> Result<String> {
-        let ack = self.push.replicate(&link.url, push)?;
-        if ack.seq >= push.seq {
+    /// Pushes a batch of writes; after a gap, the whole catalog. Returns the replica's identity.
+    fn push_to(&self, link: &ReplicaLink, pushes: &[Replicate]) -> Result<String> {
+        let ack = self.push.replicate(&link.url, pushes)?;
+        if ack.seq >= pushes.last().map_or(0, |p| p.seq) {
             return Ok(ack.replica_id);
         }
         self.send_snapshot(link, &self.state().snapshot())
@@ -511,12 +601,14 @@ impl CatalogNode {
         Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
     }
 
-    /// Replica: applies one pushed write.
-    pub fn apply(&self, push: &Replicate) -> Result<ReplicaAck> {
+    /// Replica: applies a batch of pushed writes, in order, with one fsync.
+    pub fn apply(&self, pushes: &[Replicate]) -> Result<ReplicaAck> {
         let mut store = self.lock_writer();
         let mut next = self.state().clone();
-        if next.apply(push) == Applied::Applied {
-            store.append(push.seq, &push.book, None)?;
+        let applied: Vec<&Replicate> = pushes.iter().filter(|p| next.apply(p) == Applied::Applied).collect();
+        if !applied.is_empty() {
+            let rows: Vec<(u64, &Book, Option<&Order>)> = applied.iter().map(|p| (p.seq, &p.book, None)).collect();
+            store.append(&rows)?;
             store.after_write(&next)?;
             self.set_state(next);
         }
@@ -554,7 +646,7 @@ impl CatalogNode {
         order: Option<(String, String)>,
     ) -> Result<Response> {
         match &self.config.primary {
-            None => Ok(Response::json(&self.write(id, &write, order)?)),
+            None => Ok(Response::json(&self.write(id, write, order)?)),
             Some(primary) => {
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.forward_to(primary, request)
@@ -677,7 +769,7 @@ impl CatalogNode {
             ["internal", "replicate"] if method == "POST" => http::respond(
                 check_token(request, token)
                     .and_then(|_| self.replica_only())
-                    .and_then(|_| Ok(Response::json(&self.apply(&json_body(request)?)?))),
+                    .and_then(|_| Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?)?))),
                 "/internal/replicate",
             ),
             ["health"] | ["metrics"] | ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
@@ -737,7 +829,7 @@ impl CatalogNode {
         let out_of_sync = self.links.iter().filter(|l| !l.grant().in_sync).count() as f64;
         let lag = self.last_push.lock().unwrap_or_else(|e| e.into_inner()).map_or(-1.0, |t| t.elapsed().as_secs_f64());
         let lease = self.lease().remaining(Instant::now()).as_secs_f64();
-        let rows: [(&str, &str, &str, f64); 16] = [
+        let rows: [(&str, &str, &str, f64); 17] = [
             (
                 "bazar_catalog_seq",
                 "gauge",
@@ -745,6 +837,12 @@ impl CatalogNode {
                 self.state().seq() as f64,
             ),
             ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
+            (
+                "bazar_catalog_write_batches_total",
+                "counter",
+                "Group commits (one fsync and one push each).",
+                get(&c.batches),
+            ),
             (
                 "bazar_catalog_forwarded_total",
                 "counter",

@@ -147,17 +147,21 @@ impl Store {
         Ok((Store { books, log_path, log, rows, journal }, catalog))
     }
 
-    /// Makes write `seq` durable: appends the book's new state (and the order it was taken
-    /// for) to the log and fsyncs it.
-    pub fn append(&mut self, seq: u64, book: &Book, order: Option<&Order>) -> Result<()> {
-        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128));
-        w.serialize(log_row(seq, book, order))?;
+    /// Makes writes durable (group commit): appends each book's new state after write `seq`
+    /// (and the order it was taken for) to the log, and fsyncs once for all of them.
+    pub fn append(&mut self, writes: &[(u64, &Book, Option<&Order>)]) -> Result<()> {
+        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
+        for &(seq, book, order) in writes {
+            w.serialize(log_row(seq, book, order))?;
+        }
         let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
         self.log.write_all(&bytes)?;
         self.log.sync_data()?;
-        self.rows += 1;
-        if let Some(o) = order {
-            self.journal.push(Purchase { seq, order: o.clone() });
+        self.rows += writes.len();
+        for &(seq, _, order) in writes {
+            if let Some(o) = order {
+                self.journal.push(Purchase { seq, order: o.clone() });
+            }
         }
         Ok(())
     }
@@ -278,7 +282,7 @@ mod tests {
             let seq = catalog.commit(book.clone());
             let mut o = order(&format!("o-{i}"));
             o.title = book.title.clone();
-            store.append(seq, &book, Some(&o)).unwrap();
+            store.append(&[(seq, &book, Some(&o))]).unwrap();
             if i < 3 {
                 store.after_write(&catalog).unwrap();
             }
