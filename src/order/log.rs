@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
 
 const HEADER: &[u8] = b"order_id,id,title,price,at\n";
 
@@ -28,7 +29,17 @@ struct Row {
 }
 
 /// The orders, oldest first, and the file they are appended to.
+///
+/// Appends are group-committed: concurrent [`OrderLog::add`]s write their rows, then share
+/// one fsync; an order becomes visible (and counts as known) only once it is durable.
 pub struct OrderLog {
+    /// The file, the orders and those written but not yet fsynced. Held briefly.
+    inner: Mutex<Inner>,
+    /// Serialises fsyncs; holds a second handle of the file.
+    syncer: Mutex<File>,
+}
+
+struct Inner {
     file: File,
     /// By (time, id): the answer of `GET /orders` in order.
     by_time: BTreeMap<(String, String), Order>,
@@ -36,6 +47,27 @@ pub struct OrderLog {
     index: HashMap<String, String>,
     /// (time, id) keys in the order they were appended: peers pull from a position.
     appended: Vec<(String, String)>,
+    /// Written, waiting for an fsync, in file order, each with its row number.
+    pending: Vec<(u64, Order)>,
+    /// Rows written; rows made durable.
+    written: u64,
+    synced: u64,
+}
+
+impl Inner {
+    fn known(&self, order_id: &str) -> bool {
+        self.index.contains_key(order_id) || self.pending.iter().any(|(_, o)| o.order_id == order_id)
+    }
+
+    fn remember(&mut self, order: Order) {
+        if self.index.contains_key(&order.order_id) {
+            return;
+        }
+        let key = (order.at.clone(), order.order_id.clone());
+        self.index.insert(order.order_id.clone(), order.at.clone());
+        self.appended.push(key.clone());
+        self.by_time.insert(key, order);
+    }
 }
 
 impl OrderLog {
@@ -51,80 +83,115 @@ impl OrderLog {
             }
         }
         let file = storage::open_append(&path, HEADER)?;
-        let mut log = OrderLog { file, by_time: BTreeMap::new(), index: HashMap::new(), appended: Vec::new() };
+        let syncer = file.try_clone()?;
+        let mut inner = Inner {
+            file,
+            by_time: BTreeMap::new(),
+            index: HashMap::new(),
+            appended: Vec::new(),
+            pending: Vec::new(),
+            written: 0,
+            synced: 0,
+        };
         let text = std::fs::read(&path)?;
         for row in csv::Reader::from_reader(text.as_slice()).deserialize::<Row>() {
             let r = row.map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
             let price: Money =
                 r.price.parse().map_err(|e: String| Error::Internal(format!("{}: {e}", path.display())))?;
-            log.remember(Order { order_id: r.order_id, id: r.id, title: r.title, price, at: r.at });
+            inner.remember(Order { order_id: r.order_id, id: r.id, title: r.title, price, at: r.at });
         }
-        Ok(log)
+        Ok(OrderLog { inner: Mutex::new(inner), syncer: Mutex::new(syncer) })
     }
 
-    fn remember(&mut self, order: Order) -> bool {
-        if self.index.contains_key(&order.order_id) {
-            return false;
-        }
-        let key = (order.at.clone(), order.order_id.clone());
-        self.index.insert(order.order_id.clone(), order.at.clone());
-        self.appended.push(key.clone());
-        self.by_time.insert(key, order);
-        true
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends the orders not yet known, durably; returns how many were new.
-    pub fn add(&mut self, orders: &[Order]) -> Result<usize> {
-        let fresh: Vec<&Order> = orders.iter().filter(|o| !self.index.contains_key(&o.order_id)).collect();
-        if fresh.is_empty() {
-            return Ok(0);
+    /// Appends the orders not yet known and returns once they are durable (with those that
+    /// other threads wrote meanwhile: one fsync for all); returns how many were new.
+    pub fn add(&self, orders: &[Order]) -> Result<usize> {
+        let (fresh, upto) = {
+            let mut inner = self.inner();
+            let mut seen = std::collections::HashSet::new();
+            let fresh: Vec<Order> = orders
+                .iter()
+                .filter(|o| !inner.known(&o.order_id) && seen.insert(o.order_id.clone()))
+                .cloned()
+                .collect();
+            if !fresh.is_empty() {
+                let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+                for o in &fresh {
+                    w.serialize(Row {
+                        order_id: o.order_id.clone(),
+                        id: o.id,
+                        title: o.title.clone(),
+                        price: o.price.to_string(),
+                        at: o.at.clone(),
+                    })?;
+                }
+                let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
+                inner.file.write_all(&bytes)?;
+                for o in &fresh {
+                    inner.written += 1;
+                    let row = inner.written;
+                    inner.pending.push((row, o.clone()));
+                }
+            }
+            // Wait for everything written so far: an order of ours that another thread
+            // wrote a moment ago counts only once it is durable too.
+            (fresh.len(), inner.written)
+        };
+        self.sync_to(upto)?;
+        Ok(fresh)
+    }
+
+    /// Makes rows up to `upto` durable: one fsync covers every row written before it.
+    fn sync_to(&self, upto: u64) -> Result<()> {
+        let syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.inner().synced >= upto {
+            return Ok(());
         }
-        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-        for o in &fresh {
-            w.serialize(Row {
-                order_id: o.order_id.clone(),
-                id: o.id,
-                title: o.title.clone(),
-                price: o.price.to_string(),
-                at: o.at.clone(),
-            })?;
+        let target = self.inner().written;
+        syncer.sync_data()?;
+        let mut inner = self.inner();
+        inner.synced = target;
+        let (done, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut inner.pending).into_iter().partition(|(row, _)| *row <= target);
+        inner.pending = rest;
+        for (_, order) in done {
+            inner.remember(order);
         }
-        let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
-        self.file.write_all(&bytes)?;
-        self.file.sync_data()?;
-        let n = fresh.len();
-        for o in fresh.into_iter().cloned().collect::<Vec<_>>() {
-            self.remember(o);
-        }
-        Ok(n)
+        Ok(())
     }
 
     /// One order.
-    pub fn get(&self, order_id: &str) -> Option<&Order> {
-        let at = self.index.get(order_id)?;
-        self.by_time.get(&(at.clone(), order_id.to_string()))
+    pub fn get(&self, order_id: &str) -> Option<Order> {
+        let inner = self.inner();
+        let at = inner.index.get(order_id)?;
+        inner.by_time.get(&(at.clone(), order_id.to_string())).cloned()
     }
 
     /// All orders, oldest first.
     pub fn all(&self) -> Vec<Order> {
-        self.by_time.values().cloned().collect()
+        self.inner().by_time.values().cloned().collect()
     }
 
     /// Up to `max` orders in append order from position `from`, and the position after them.
     pub fn since(&self, from: usize, max: usize) -> (Vec<Order>, usize) {
-        let keys = self.appended.get(from..).unwrap_or(&[]);
-        let page: Vec<Order> = keys.iter().take(max).filter_map(|k| self.by_time.get(k).cloned()).collect();
-        (page, from.min(self.appended.len()) + keys.len().min(max))
+        let inner = self.inner();
+        let keys = inner.appended.get(from..).unwrap_or(&[]);
+        let page: Vec<Order> = keys.iter().take(max).filter_map(|k| inner.by_time.get(k).cloned()).collect();
+        (page, from.min(inner.appended.len()) + keys.len().min(max))
     }
 
     /// How many orders.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.inner().index.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
     }
 }
 
@@ -187,11 +254,37 @@ mod tests {
         assert!(check(&order("x y", &timestamp_now())).is_err());
     }
 
+    /// Concurrent appends share fsyncs, and every order is durable and visible when its
+    /// add returns.
+    #[test]
+    fn concurrent_appends_are_durable_when_they_return() {
+        let dir = std::env::temp_dir().join(format!("bazar-orders-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = OrderLog::open(&dir).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let o = order(&format!("t{t}-{i}"), &timestamp_now());
+                        assert_eq!(log.add(std::slice::from_ref(&o)).unwrap(), 1);
+                        assert_eq!(log.get(&o.order_id), Some(o));
+                    }
+                });
+            }
+        });
+        assert_eq!(log.len(), 400);
+        assert_eq!(log.since(0, 1000).0.len(), 400);
+        drop(log);
+        assert_eq!(OrderLog::open(&dir).unwrap().len(), 400);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn appends_dedups_sorts_and_survives_a_torn_tail() {
         let dir = std::env::temp_dir().join(format!("bazar-orders-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut log = OrderLog::open(&dir).unwrap();
+        let log = OrderLog::open(&dir).unwrap();
         let (a, b) = (order("a-1", "2026-01-01T00:00:00.002Z"), order("b-1", "2026-01-01T00:00:00.001Z"));
         assert_eq!(log.add(&[a.clone(), b.clone()]).unwrap(), 2);
         assert_eq!(log.add(std::slice::from_ref(&a)).unwrap(), 0);
@@ -205,7 +298,7 @@ mod tests {
         f.write_all(b"c-1,1,torn").unwrap();
         let log = OrderLog::open(&dir).unwrap();
         assert_eq!(log.all(), [b, a.clone()]);
-        assert_eq!(log.get("a-1"), Some(&a));
+        assert_eq!(log.get("a-1"), Some(a));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

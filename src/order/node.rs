@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest wait for the catalog to take a copy (it persists and replicates first).
@@ -100,8 +100,8 @@ struct Counters {
 /// One order process.
 pub struct OrderNode {
     config: OrderConfig,
-    /// The orders and their file; held to append or read, never across a network call.
-    log: Mutex<OrderLog>,
+    /// The orders and their file (group-committed appends).
+    log: OrderLog,
     /// This incarnation's order-id prefix (random per start, so ids never repeat).
     prefix: String,
     counter: AtomicU64,
@@ -123,7 +123,7 @@ impl OrderNode {
         let pool = config.common.threads;
         let token = config.common.token.clone();
         Ok(Arc::new(OrderNode {
-            log: Mutex::new(log),
+            log,
             prefix: random_prefix()?,
             counter: AtomicU64::new(0),
             catalogs: Pool::new(config.catalogs.clone()),
@@ -161,10 +161,6 @@ impl OrderNode {
         }
     }
 
-    fn log(&self) -> std::sync::MutexGuard<'_, OrderLog> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Reads peer `i`'s new orders, page by page.
     fn pull(&self, i: usize) -> Result<()> {
         let url = &self.config.peers[i];
@@ -172,7 +168,7 @@ impl OrderNode {
             let from = self.cursors[i].load(Ordering::SeqCst);
             let page: OrderPage = self.peers.pull(url, from)?;
             let valid: Vec<Order> = page.orders.iter().filter(|o| orderlog::check(o).is_ok()).cloned().collect();
-            let added = self.log().add(&valid)?;
+            let added = self.log.add(&valid)?;
             if added > 0 {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
                 log::info!("took {added} orders from {url}");
@@ -194,7 +190,7 @@ impl OrderNode {
             let page = self.journal_after(after)?;
             let (mut cursor, mut waiting) = (after, false);
             for p in &page.purchases {
-                let known = self.log().get(&p.order.order_id).is_some();
+                let known = self.log.get(&p.order.order_id).is_some();
                 if !known {
                     let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
                     if since.elapsed() < GRACE || orderlog::check(&p.order).is_err() {
@@ -206,7 +202,7 @@ impl OrderNode {
                         p.order.order_id,
                         p.order.id
                     );
-                    self.log().add(std::slice::from_ref(&p.order))?;
+                    self.log.add(std::slice::from_ref(&p.order))?;
                     self.counters.reconciled.fetch_add(1, Ordering::Relaxed);
                     self.share(&p.order);
                 }
@@ -264,7 +260,7 @@ impl OrderNode {
             std::process::abort();
         }
         let order = Order { order_id, id, title: book.title, price: book.price, at };
-        self.log().add(std::slice::from_ref(&order))?;
+        self.log.add(std::slice::from_ref(&order))?;
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
         self.share(&order);
         Ok(order)
@@ -310,7 +306,7 @@ impl OrderNode {
         let get = matches!(method, "GET" | "HEAD");
         match segs.as_slice() {
             ["health"] if get => {
-                let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log().len(), "prefix": self.prefix});
+                let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log.len(), "prefix": self.prefix});
                 http::respond(Ok(Response::json(&body)), "/health")
             }
             ["metrics"] if get => {
@@ -326,9 +322,9 @@ impl OrderNode {
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
-            ["orders"] if get => http::respond(Ok(Response::json(&self.log().all())), "/orders"),
+            ["orders"] if get => http::respond(Ok(Response::json(&self.log.all())), "/orders"),
             ["orders", id] if get => http::respond(
-                self.log().get(id).map(Response::json).ok_or_else(|| Error::NotFound(format!("no order {id:?}"))),
+                self.log.get(id).map(|o| Response::json(&o)).ok_or_else(|| Error::NotFound(format!("no order {id:?}"))),
                 "/orders/{order_id}",
             ),
             ["internal", "orders"] if get => http::respond(
@@ -337,7 +333,7 @@ impl OrderNode {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
-                    let (orders, next) = self.log().since(from, PAGE);
+                    let (orders, next) = self.log.since(from, PAGE);
                     Ok(Response::json(&OrderPage { orders, next }))
                 }),
                 "/internal/orders",
@@ -346,7 +342,7 @@ impl OrderNode {
                 check_token(request, token).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
                     orders.iter().try_for_each(orderlog::check)?;
-                    let added = self.log().add(&orders)?;
+                    let added = self.log.add(&orders)?;
                     Ok(Response::json(&serde_json::json!({ "added": added })))
                 }),
                 "/internal/orders",
@@ -382,7 +378,7 @@ impl OrderNode {
             "bazar_orders_known",
             "gauge",
             "Orders in this server's log (own and peers').",
-            self.log().len(),
+            self.log.len(),
         );
         push_metric(
             &mut out,
