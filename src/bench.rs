@@ -232,7 +232,40 @@ struct Store {
     running: Option<Running>,
     frontend: String,
     primary: String,
+    /// Every service's base URL by name, when the lab started it.
+    services: Vec<(&'static str, String)>,
     _dir: Option<TempDir>,
+}
+
+/// Where a purchase's time goes: each hop's mean latency, from the services' own metrics
+/// (`bazar_request_seconds` sums and counts of the routes a purchase crosses).
+fn purchase_hops(store: &Store) -> String {
+    let http = Http::new(Duration::from_secs(5), 1, None);
+    let hops = [
+        ("frontend", "/purchase/{id}", "front end: the whole purchase"),
+        ("order-1", "/purchase/{id}", "order server: take the copy, log, share"),
+        ("catalog-2", "/books/{id}/purchase", "catalog replica: forward to the primary"),
+        ("catalog-1", "/books/{id}/purchase", "catalog primary: group commit (fsync, push, invalidate)"),
+        ("catalog-2", "/internal/replicate", "replica: apply a pushed batch (fsync)"),
+        ("order-2", "/internal/orders", "peer order server: take a shared order (fsync)"),
+    ];
+    let mut out = String::from("| hop | mean (ms) | requests |\n|---|---|---|\n");
+    for (service, route, what) in hops {
+        let Some((_, base)) = store.services.iter().find(|(n, _)| *n == service) else { continue };
+        let text = http
+            .call(Method::GET, base, "/metrics", None)
+            .map(|a| String::from_utf8_lossy(&a.body).into_owned())
+            .unwrap_or_default();
+        let series = |name: &str| -> f64 {
+            let prefix = format!("{name}{{route=\"{route}\",status=\"200\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        };
+        let (sum, count) = (series("bazar_request_seconds_sum"), series("bazar_request_seconds_count"));
+        if count > 0.0 {
+            let _ = writeln!(out, "| {what} | {:.2} | {count} |", 1e3 * sum / count);
+        }
+    }
+    out
 }
 
 struct TempDir(std::path::PathBuf);
@@ -270,12 +303,20 @@ fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::R
     let running = Running::start(&layout)?;
     let frontend = layout.frontend_url();
     let primary = layout.catalog_urls()[0].clone();
+    let [p, r] = layout.catalog_urls();
+    let services = vec![
+        ("frontend", frontend.clone()),
+        ("catalog-1", p),
+        ("catalog-2", r),
+        ("order-1", format!("http://127.0.0.1:{}", layout.orders[0])),
+        ("order-2", format!("http://127.0.0.1:{}", layout.orders[1])),
+    ];
     if !cluster::wait_ready(&frontend, cluster::START_TIMEOUT, &Shutdown::new()) {
         return Err(std::io::Error::other("the store did not start"));
     }
     // The replica must hold its lease and both caches be cold: a short settling pause.
     std::thread::sleep(Duration::from_millis(500));
-    Ok(Store { running: Some(running), frontend, primary, _dir: Some(TempDir(dir)) })
+    Ok(Store { running: Some(running), frontend, primary, services, _dir: Some(TempDir(dir)) })
 }
 
 /// Raises every book's stock so that purchases never run out during a run.
@@ -321,6 +362,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 running: None,
                 frontend: url.clone(),
                 primary: cfg.primary.clone().unwrap_or_default(),
+                services: Vec::new(),
                 _dir: None,
             },
             Some(_) => continue,
@@ -340,6 +382,9 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 kind,
                 run(&store.frontend, kind, Load::Closed(cfg.clients), d, &label),
             ));
+        }
+        if cache && !store.services.is_empty() {
+            let _ = writeln!(notes, "Where a purchase's time goes (experiment 1, with cache; mean per hop, from the services' metrics; hops nest):\n\n{}", purchase_hops(&store));
         }
         if let Some(running) = store.running.as_mut() {
             for name in ["frontend", "catalog-1", "catalog-2", "order-1", "order-2"] {

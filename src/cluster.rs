@@ -32,6 +32,7 @@ bazar-cluster: starts the whole store on this machine and stops it on Ctrl-C.
 
 Environment:
   BAZAR_DATA_DIR  where the services keep their CSV files (default ./run)
+  BAZAR_MEMCACHED set and empty: run without memcached even where it is installed
   BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
 ";
 
@@ -80,9 +81,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The local ports of API.md, data under `dir`, memcached if installed.
+    /// The local ports of API.md, data under `dir`, memcached if installed (unless
+    /// `BAZAR_MEMCACHED` is set and empty: a store without cache, for comparisons).
     pub fn standard(dir: PathBuf, bin_dir: PathBuf) -> Layout {
-        let memcached = find_program("memcached").map(|_| 11211);
+        let no_cache = std::env::var("BAZAR_MEMCACHED").is_ok_and(|v| v.trim().is_empty());
+        let memcached = find_program("memcached").filter(|_| !no_cache).map(|_| 11211);
         Layout {
             dir,
             bin_dir,
@@ -349,7 +352,7 @@ pub fn main() -> ExitCode {
     let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
     match layout.memcached {
         Some(port) => eprintln!("bazar-cluster: memcached on 127.0.0.1:{port}"),
-        None => eprintln!("bazar-cluster: memcached is not installed; the store runs without a cache (X-Cache: off)"),
+        None => eprintln!("bazar-cluster: no memcached (not installed, or BAZAR_MEMCACHED empty): the store runs without a cache (X-Cache: off)"),
     }
     let mut store = match Running::start(&layout) {
         Ok(s) => s,
