@@ -21,7 +21,7 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       The bare limit server (info JSON from memory, same HTTP layer), loaded as above;
       with --listen it only serves (until Ctrl-C), for another load generator such as wrk.
 
-Defaults: 32 clients, 10 s per run, 16 worker threads.
+Defaults: 32 clients, 10 s per run, 64 worker threads (the services' default).
 ";
 
 struct Args(Vec<String>);
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 fn go(args: &Args) -> Result<(), String> {
     let clients = args.number("--clients", 32usize)?;
     let duration = Duration::from_secs(args.number("--duration", 10u64)?);
-    let threads = args.number("--threads", 16usize)?;
+    let threads = args.number("--threads", 64usize)?;
     match args.0.first().map(String::as_str) {
         None | Some("-h" | "--help") => {
             println!("{HELP}");
