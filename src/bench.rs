@@ -107,6 +107,13 @@ pub struct Summary {
     pub max: Duration,
 }
 
+impl Summary {
+    /// Mean, p50, p90, p99 and max, in milliseconds.
+    pub fn millis(&self) -> [f64; 5] {
+        [self.mean, self.p50, self.p90, self.p99, self.max].map(ms)
+    }
+}
+
 /// Summarises samples taken over `elapsed`.
 pub fn summarize(samples: &[Sample], elapsed: Duration) -> Summary {
     if samples.is_empty() {
@@ -542,6 +549,7 @@ fn report(rows: &[Row], limit_rps: f64, cfg: &LabConfig, notes: &str, timeline: 
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let s = &r.summary;
+        let m = s.millis();
         let ratio = if r.experiment.starts_with("1.") || r.experiment == "limit" {
             format!("{:.0}%", 100.0 * s.rps / limit_rps)
         } else {
@@ -550,17 +558,7 @@ fn report(rows: &[Row], limit_rps: f64, cfg: &LabConfig, notes: &str, timeline: 
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-            r.experiment,
-            r.scenario,
-            r.kind,
-            s.rps,
-            ratio,
-            ms(s.mean),
-            ms(s.p50),
-            ms(s.p90),
-            ms(s.p99),
-            ms(s.max),
-            s.errors
+            r.experiment, r.scenario, r.kind, s.rps, ratio, m[0], m[1], m[2], m[3], m[4], s.errors
         );
     }
     if !timeline.is_empty() {

@@ -138,6 +138,11 @@ impl Response {
         r
     }
 
+    /// 200 with Prometheus text.
+    pub fn metrics(text: String) -> Response {
+        Response { content_type: "text/plain; version=0.0.4", ..Response::raw_json(200, text.into_bytes()) }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
@@ -148,6 +153,18 @@ impl Response {
     pub fn at(mut self, route: &'static str) -> Response {
         self.route = route;
         self
+    }
+}
+
+/// Routes a request: splits its path into decoded segments (a 400 if they do not decode)
+/// and gives them to `router` with whether the method reads (GET or HEAD).
+pub fn route(request: &Request, router: impl FnOnce(&[&str], bool) -> Response) -> Response {
+    match request.segments() {
+        Ok(segments) => {
+            let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+            router(&segs, matches!(request.method.as_str(), "GET" | "HEAD"))
+        }
+        Err(e) => respond(Err(e), "invalid"),
     }
 }
 

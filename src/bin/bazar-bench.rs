@@ -116,16 +116,9 @@ fn go(args: &Args) -> Result<(), String> {
 }
 
 fn print_summary(s: &bench::Summary) {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let [mean, p50, p90, p99, max] = s.millis();
     println!(
-        "{} requests, {:.0} req/s, mean {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} non-2xx",
-        s.count,
-        s.rps,
-        ms(s.mean),
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.max),
-        s.errors
+        "{} requests, {:.0} req/s, mean {mean:.2} ms, p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {} non-2xx",
+        s.count, s.rps, s.errors
     );
 }

@@ -706,24 +706,12 @@ impl CatalogNode {
     /// Answers one request.
     pub fn handle(&self, request: &Request) -> Response {
         let token = self.config.common.token.as_deref();
-        let segments = match request.segments() {
-            Ok(s) => s,
-            Err(e) => return http::respond(Err(e), "invalid"),
-        };
-        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = request.method.as_str();
-        let get = matches!(method, "GET" | "HEAD");
-        match segs.as_slice() {
+        http::route(request, |segs, get| match segs {
             ["health"] if get => http::respond(Ok(Response::json(&self.health())), "/health"),
             ["metrics"] if get => {
                 let text = self.metrics.render(&self.metrics_text());
-                http::respond(
-                    Ok(Response {
-                        content_type: "text/plain; version=0.0.4",
-                        ..Response::raw_json(200, text.into_bytes())
-                    }),
-                    "/metrics",
-                )
+                http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["books"] if get => http::respond(self.list(request), "/books"),
             ["books", id] if get => http::respond(self.read_one(id), "/books/{id}"),
@@ -783,7 +771,7 @@ impl CatalogNode {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
-        }
+        })
     }
 
     fn replica_only(&self) -> Result<()> {

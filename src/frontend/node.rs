@@ -83,14 +83,8 @@ impl Frontend {
 
     /// Answers one request.
     pub fn handle(&self, request: &Request) -> Response {
-        let segments = match request.segments() {
-            Ok(s) => s,
-            Err(e) => return http::respond(Err(e), "invalid"),
-        };
-        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = request.method.as_str();
-        let get = matches!(method, "GET" | "HEAD");
-        match segs.as_slice() {
+        http::route(request, |segs, get| match segs {
             ["health"] if get => {
                 let body = serde_json::json!({
                     "status": "ok", "role": "frontend",
@@ -102,13 +96,7 @@ impl Frontend {
             ["metrics"] if get => {
                 let extra = self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default();
                 let text = self.metrics.render(&extra);
-                http::respond(
-                    Ok(Response {
-                        content_type: "text/plain; version=0.0.4",
-                        ..Response::raw_json(200, text.into_bytes())
-                    }),
-                    "/metrics",
-                )
+                http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["search", topic] if get => {
                 let path = format!("/books?topic={}", http::percent_encode(topic));
@@ -126,7 +114,7 @@ impl Frontend {
             }
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
-        }
+        })
     }
 
     fn with_cache_header(&self, r: Response, state: &str) -> Response {

@@ -297,27 +297,15 @@ impl OrderNode {
     /// Answers one request.
     pub fn handle(&self, request: &Request) -> Response {
         let token = self.config.common.token.as_deref();
-        let segments = match request.segments() {
-            Ok(s) => s,
-            Err(e) => return http::respond(Err(e), "invalid"),
-        };
-        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = request.method.as_str();
-        let get = matches!(method, "GET" | "HEAD");
-        match segs.as_slice() {
+        http::route(request, |segs, get| match segs {
             ["health"] if get => {
                 let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log.len(), "prefix": self.prefix});
                 http::respond(Ok(Response::json(&body)), "/health")
             }
             ["metrics"] if get => {
                 let text = self.metrics.render(&self.metrics_text());
-                http::respond(
-                    Ok(Response {
-                        content_type: "text/plain; version=0.0.4",
-                        ..Response::raw_json(200, text.into_bytes())
-                    }),
-                    "/metrics",
-                )
+                http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
@@ -353,7 +341,7 @@ impl OrderNode {
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
-        }
+        })
     }
 
     fn metrics_text(&self) -> String {
