@@ -24,7 +24,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
-/// Longest wait for a replica to take a push before it is treated as behind.
+/// Longest wait for a replica to take a push before it is out of sync.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the primary when a replica forwards a write to it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
