@@ -15,9 +15,14 @@ use crate::wire::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io;
-use std::time::Duration;
-use ureq::http::{Method, Request};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use ureq::http::{Method, Request, Uri};
+use ureq::unversioned::resolver::{self, DefaultResolver, ResolvedSocketAddrs};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// Time to establish a connection to a peer on the same network.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -25,6 +30,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 /// Idle pooled connections are dropped before the servers' own idle timeout closes them.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
+/// How long a resolved host name is used before it is looked up again (a restarted
+/// container may come back at another address).
+const NAME_TTL: Duration = Duration::from_secs(1);
 
 /// An answer from a peer: status, body, and the `X-Cache`/`X-Backend` headers if any.
 #[derive(Debug, Clone)]
@@ -70,7 +78,7 @@ pub struct Http {
 impl Http {
     /// A client whose calls give up after `timeout`, pooling up to `pool` connections per peer.
     pub fn new(timeout: Duration, pool: usize, token: Option<String>) -> Http {
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(timeout))
@@ -79,8 +87,8 @@ impl Http {
             .max_idle_age(MAX_IDLE_AGE)
             .max_redirects(0)
             .user_agent("bazar")
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), Resolver::default());
         Http { agent, token }
     }
 
@@ -124,6 +132,48 @@ impl Http {
     ) -> Result<T> {
         let bytes = serde_json::to_vec(body).expect("wire types always serialize");
         self.call(method, base, path, Some(bytes))?.json()
+    }
+}
+
+/// Host names to addresses, without a thread per call.
+///
+/// ureq resolves the host of every request, pooled connection or not, and with a timeout
+/// set its default resolver does each lookup on a new thread: a thread spawned per call
+/// between services. Here an IP address needs no lookup at all, and a name (a container's,
+/// say) is looked up by ureq's resolver at most once per [`NAME_TTL`]; failures are not
+/// kept, so a name that does not resolve is retried at the next call.
+#[derive(Debug, Default)]
+struct Resolver {
+    names: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl resolver::Resolver for Resolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let (Some(authority), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
+            return DefaultResolver::default().resolve(uri, config, timeout);
+        };
+        let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let host = authority.host();
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            let mut addrs = self.empty();
+            addrs.push(SocketAddr::new(ip, port));
+            return Ok(addrs);
+        }
+        let name = format!("{host}:{port}");
+        let names = || self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, addrs)) = names().get(&name) {
+            if at.elapsed() < NAME_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        names().insert(name, (Instant::now(), addrs.clone()));
+        Ok(addrs)
     }
 }
 
