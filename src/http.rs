@@ -671,31 +671,49 @@ pub fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T,
 
 /// A counting semaphore: the worker pool's bound.
 struct Semaphore {
-    free: Mutex<usize>,
+    state: Mutex<Slots>,
     freed: Condvar,
+}
+
+/// Free slots, and handlers waiting for one (a release wakes one only when one waits:
+/// a futex wake is a system call, and most releases have nobody to wake).
+struct Slots {
+    free: usize,
+    waiting: usize,
 }
 
 struct Permit<'a>(&'a Semaphore);
 
 impl Semaphore {
     fn new(n: usize) -> Semaphore {
-        Semaphore { free: Mutex::new(n), freed: Condvar::new() }
+        Semaphore { state: Mutex::new(Slots { free: n, waiting: 0 }), freed: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn acquire(&self) -> Permit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.lock();
+        while slots.free == 0 {
+            slots.waiting += 1;
+            slots = self.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
+            slots.waiting -= 1;
         }
-        *free -= 1;
+        slots.free -= 1;
         Permit(self)
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.freed.notify_one();
+        let mut slots = self.0.lock();
+        slots.free += 1;
+        let wake = slots.waiting > 0;
+        drop(slots);
+        if wake {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -707,6 +725,30 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn semaphore_admits_at_most_its_slots_and_wakes_every_waiter() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let sem = Semaphore::new(2);
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        let _permit = sem.acquire();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        // Every thread finished (no lost wakeup), never more than two inside at once.
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        let slots = sem.lock();
+        assert_eq!((slots.free, slots.waiting), (2, 0));
+    }
 
     fn head(text: &str) -> Result<Request, Error> {
         let bytes = text.as_bytes();
