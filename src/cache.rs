@@ -28,13 +28,21 @@
 //! then the next request probes with a fresh connection pool: broken pooled connections
 //! are never reused, and caching resumes by itself when memcached is back.
 //!
-//! Each worker thread uses its own pooled connection (the pool holds as many as workers),
-//! so there is no single shared connection to queue behind.
+//! Each worker thread uses its own pooled connection (the pool keeps as many idle ones as
+//! there are workers), so there is no single shared connection to queue behind.
+//!
+//! # The client
+//! The memcache crate's meta-protocol client ([`memcache::exp::MetaClient`]): it encodes a
+//! command whole and sends it in one write, so a lookup is one packet each way. The
+//! crate's classic client writes every field of a command separately: 20 `sendto`/`recvfrom`
+//! per binary `gets` and 3 packets per ASCII one, and under load that cost the front end
+//! more than half its throughput (docs/performance.md). The meta client also reports an
+//! `add` that lost and a `cas` that missed as results, not errors.
 
 use crate::http::percent_encode;
 use crate::metrics::push_metric;
 use crate::wire::Book;
-use memcache::{CommandError, MemcacheError};
+use memcache::exp::{Error as McError, Meta, MetaClient, MutationStatus, Ttl};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,9 +113,9 @@ struct Counters {
 /// A memcached cache shared by the worker threads of one process.
 pub struct Cache {
     servers: Vec<String>,
-    pool_size: u32,
+    pool_size: usize,
     /// The client, or why not: `Err(until)` while backing off. Held only to clone or swap.
-    client: Mutex<Result<Arc<memcache::Client>, Instant>>,
+    client: Mutex<Result<Arc<MetaClient>, Instant>>,
     /// Invalidations not delivered yet: key -> write number. Held only to copy or update.
     pending: Mutex<std::collections::HashMap<String, u64>>,
     counters: Counters,
@@ -118,34 +126,25 @@ impl Cache {
     pub fn new(servers: &[String], workers: usize) -> Cache {
         Cache {
             servers: servers.to_vec(),
-            pool_size: workers.clamp(1, 256) as u32,
+            pool_size: workers.clamp(1, 256),
             client: Mutex::new(Err(Instant::now())),
             pending: Mutex::default(),
             counters: Counters::default(),
         }
     }
 
-    fn connect(&self) -> Result<memcache::Client, MemcacheError> {
-        let mut pools = Vec::new();
-        for s in &self.servers {
-            let url = format!("memcache://{s}?timeout={}&tcp_nodelay=true", OP_TIMEOUT.as_secs_f64());
-            let manager = memcache::ConnectionManager::new(
-                memcache::Url::parse(&url).map_err(|e| MemcacheError::BadURL(e.to_string()))?,
-            );
-            let pool = r2d2::Pool::builder()
-                .max_size(self.pool_size)
-                .min_idle(Some(0))
-                .test_on_check_out(false)
-                .connection_timeout(OP_TIMEOUT)
-                .build_unchecked(manager);
-            pools.push(pool);
-        }
-        memcache::Client::with_pools(pools)
+    /// A fresh client: addresses resolved now, connections dialed on first use.
+    fn connect(&self) -> Result<MetaClient, McError> {
+        MetaClient::builder()
+            .max_idle(self.pool_size)
+            .connect_timeout(Some(OP_TIMEOUT))
+            .io_timeout(Some(OP_TIMEOUT))
+            .connect_multiple(&self.servers)
     }
 
     /// The client, unless backing off (for readers); builds a fresh one when the back-off
     /// is over, or at once when `even_if_backing_off` (for invalidations).
-    fn client(&self, even_if_backing_off: bool) -> Option<Arc<memcache::Client>> {
+    fn client(&self, even_if_backing_off: bool) -> Option<Arc<MetaClient>> {
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
             Ok(c) => Some(Arc::clone(c)),
@@ -166,7 +165,7 @@ impl Cache {
     }
 
     /// Records a failure: counted, logged once per outage, cache off for [`BACKOFF`].
-    fn failed(&self, what: &str, e: &MemcacheError) {
+    fn failed(&self, what: &str, e: &McError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_ok() {
@@ -183,21 +182,21 @@ impl Cache {
     /// Looks `key` up.
     pub fn lookup(&self, key: &str) -> Lookup {
         let Some(client) = self.client(false) else { return Lookup::Off };
-        let found = match client.gets::<(Vec<u8>, u32, Option<u64>)>(&[key]) {
-            Ok(mut map) => map.remove(key),
+        let found = match client.get(key).meta(Meta::NONE.cas()).send() {
+            Ok(found) => found,
             Err(e) => {
-                self.failed("gets", &e);
+                self.failed("get", &e);
                 return Lookup::Off;
             }
         };
         let at = Instant::now();
         let key = key.to_string();
-        match found {
+        match found.value {
             None => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 Lookup::Miss(Slot { key, marker: None, at })
             }
-            Some((value, _, cas)) => match decode(&value) {
+            Some(value) => match decode(&value) {
                 Value::Data(json) => {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
                     Lookup::Hit(json.to_vec())
@@ -205,7 +204,7 @@ impl Cache {
                 Value::Marker(m) => {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
                     // Without a CAS token nothing may be stored over it: use an impossible marker.
-                    let marker = cas.map_or((u64::MAX, 0), |c| (m, c));
+                    let marker = found.item.cas.map_or((u64::MAX, 0), |c| (m, c));
                     Lookup::Miss(Slot { key, marker: Some(marker), at })
                 }
             },
@@ -220,16 +219,18 @@ impl Cache {
         let Some(client) = self.client(false) else { return };
         let mut value = format!("D{seq}\n").into_bytes();
         value.extend_from_slice(json);
+        let fill = client.set(&slot.key, &value).ttl(Ttl::secs(ENTRY_TTL));
         let stored = match slot.marker {
-            None => client.add(&slot.key, value.as_slice(), ENTRY_TTL).map(|_| true),
-            Some((m, cas)) if seq >= m => client.cas(&slot.key, value.as_slice(), ENTRY_TTL, cas),
+            None => fill.add().send(),
+            Some((m, cas)) if seq >= m => fill.compare_cas(cas).send(),
             Some(_) => return,
         };
         match stored {
-            Ok(true) => {
+            Ok(r) if r.status == MutationStatus::Applied => {
                 self.counters.fills.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(false) | Err(MemcacheError::CommandError(CommandError::KeyExists | CommandError::KeyNotFound)) => {}
+            // Lost to a marker or another fill: not stored, as the protocol wants.
+            Ok(_) => {}
             Err(e) => self.failed("fill", &e),
         }
     }
@@ -272,7 +273,7 @@ impl Cache {
     fn deliver(&self, todo: &[(String, u64)]) -> Vec<(String, u64)> {
         let Some(client) = self.client(true) else { return todo.to_vec() };
         for (i, (key, seq)) in todo.iter().enumerate() {
-            if let Err(e) = client.set(key, format!("M{seq}").as_str(), MARKER_TTL) {
+            if let Err(e) = client.set(key, format!("M{seq}")).ttl(Ttl::secs(MARKER_TTL)).send() {
                 self.failed("invalidate", &e);
                 return todo[i..].to_vec();
             }
