@@ -28,6 +28,11 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most bytes read from a peer's answer (a whole catalog or order log fits).
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// Buffers of one pooled connection, each way, and the largest answer head accepted (our
+/// servers send heads of a few hundred bytes; bodies stream through the buffer whatever
+/// their size). ureq's default is 128 KiB each way: with a pool of 64 connections per peer
+/// that was most of a service's memory.
+const BUFFER: usize = 16 * 1024;
 /// Idle pooled connections are dropped before the servers' own idle timeout closes them.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
 /// How long a resolved host name is used before it is looked up again (a restarted
@@ -86,6 +91,9 @@ impl Http {
             .max_idle_connections_per_host(pool)
             .max_idle_age(MAX_IDLE_AGE)
             .max_redirects(0)
+            .input_buffer_size(BUFFER)
+            .output_buffer_size(BUFFER)
+            .max_response_header_size(BUFFER)
             .user_agent("bazar")
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), Resolver::default());
