@@ -216,6 +216,8 @@ pub struct LabConfig {
     pub threads: usize,
     /// Where to write the raw figures, if anywhere.
     pub csv: Option<std::path::PathBuf>,
+    /// Where to write the chart of query latencies (SVG), if anywhere.
+    pub svg: Option<std::path::PathBuf>,
     /// Which experiments to run (1, 2, 3).
     pub experiments: Vec<u8>,
 }
@@ -503,7 +505,60 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
         }
         std::fs::write(path, out)?;
     }
+    if let Some(path) = &cfg.svg {
+        let bars: Vec<(String, [f64; 3])> = rows
+            .iter()
+            .filter(|r| r.experiment == "limit" || (r.experiment.starts_with("1.") && r.kind != "purchase"))
+            .map(|r| {
+                let m = r.summary.millis();
+                let label =
+                    if r.experiment == "limit" { "limit server".into() } else { format!("{} {}", r.kind, r.scenario) };
+                (label, [m[1], m[2], m[3]])
+            })
+            .collect();
+        std::fs::write(path, chart("Query latency: p50, p90, p99 (ms), with and without the cache", &bars))?;
+    }
     Ok(report(&rows, limit_rps, cfg, &notes, &timeline))
+}
+
+/// A horizontal bar chart in SVG: one group per label, one bar per percentile.
+fn chart(title: &str, groups: &[(String, [f64; 3])]) -> String {
+    const NAMES: [&str; 3] = ["p50", "p90", "p99"];
+    const COLOURS: [&str; 3] = ["#9ecae1", "#4292c6", "#08519c"];
+    const LEFT: f64 = 330.0;
+    const WIDTH: f64 = 420.0;
+    const BAR: f64 = 14.0;
+    const GAP: f64 = 18.0;
+    const TOP: f64 = 60.0;
+    let most = groups.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0_f64, f64::max).max(1e-3);
+    let height = TOP + groups.len() as f64 * (3.0 * BAR + GAP) + 40.0;
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        w = LEFT + WIDTH + 90.0
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(out, r#"<text x="10" y="22" font-size="15">{}</text>"#, esc(title));
+    for (i, (name, colour)) in NAMES.iter().zip(COLOURS).enumerate() {
+        let x = 10.0 + i as f64 * 70.0;
+        let _ = writeln!(out, r#"<rect x="{x}" y="34" width="12" height="12" fill="{colour}"/>"#);
+        let _ = writeln!(out, r#"<text x="{}" y="45">{name}</text>"#, x + 16.0);
+    }
+    for (g, (label, values)) in groups.iter().enumerate() {
+        let y0 = TOP + g as f64 * (3.0 * BAR + GAP);
+        let _ =
+            writeln!(out, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, LEFT - 8.0, y0 + 1.8 * BAR, esc(label));
+        for (i, (v, colour)) in values.iter().zip(COLOURS).enumerate() {
+            let (y, w) = (y0 + i as f64 * BAR, (v / most * WIDTH).max(1.0));
+            let _ =
+                writeln!(out, r#"<rect x="{LEFT}" y="{y}" width="{w:.1}" height="{}" fill="{colour}"/>"#, BAR - 2.0);
+            let _ = writeln!(out, r#"<text x="{:.1}" y="{}">{v:.2}</text>"#, LEFT + w + 4.0, y + BAR - 4.0);
+        }
+    }
+    out.push_str("</svg>\n");
+    out
 }
 
 /// Experiment 2's reads: write, read (a miss, refilled), read again (a hit), repeated.
@@ -573,6 +628,17 @@ fn report(rows: &[Row], limit_rps: f64, cfg: &LabConfig, notes: &str, timeline: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chart_draws_a_bar_per_percentile_scaled_to_the_largest() {
+        let svg = chart("t <&>", &[("limit".into(), [1.0, 2.0, 4.0]), ("info with cache".into(), [0.5, 1.0, 2.0])]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("t &lt;&amp;&gt;"));
+        // 3 legend swatches, 6 bars, one background.
+        assert_eq!(svg.matches("<rect").count(), 10);
+        assert!(svg.contains(r#"width="420.0""#), "the largest value spans the width");
+        assert!(svg.contains(r#"width="210.0""#));
+    }
 
     #[test]
     fn percentiles() {

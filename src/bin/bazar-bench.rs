@@ -8,13 +8,14 @@ use std::time::Duration;
 const HELP: &str = "\
 bazar-bench: load generator for Bazar, and the lab's experiments.
 
-  bazar-bench lab [--url URL --primary URL] [--csv FILE] [--duration S] [--clients N] [--threads N]
+  bazar-bench lab [--url URL --primary URL] [--csv FILE] [--svg FILE] [--duration S] [--clients N] [--threads N]
                   [--experiments 1,2,3]
       Starts its own stores (with and without memcached), runs the three experiments and
       prints a Markdown report: response times with and without cache (with the machine's
       limit measured in the same run), the cost of cache consistency, and a replica failing
       and coming back under an open loop. --url aims at a running front end instead
-      (experiment 1 only; --primary lets it raise stock for purchases).
+      (experiment 1 only; --primary lets it raise stock for purchases). --csv writes every
+      sample, --svg a chart of the query latencies with and without the cache.
   bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
       One closed loop (N clients) or open loop (R requests per second) against URL.
   bazar-bench limit [--clients N] [--threads N] [--duration S] [--listen HOST:PORT]
@@ -67,6 +68,7 @@ fn go(args: &Args) -> Result<(), String> {
                 duration,
                 threads,
                 csv: args.value("--csv").map(Into::into),
+                svg: args.value("--svg").map(Into::into),
                 experiments: match args.value("--experiments") {
                     None => vec![1, 2, 3],
                     Some(list) => list
