@@ -6,7 +6,7 @@
 //! - An entry is `D<seq>\n<json>`: the answer as it was at write `<seq>` or later.
 //! - The primary invalidates by *setting* a marker `M<seq>` (the write's number), never by
 //!   deleting, before it acknowledges the write.
-//! - A reader `gets` the key (value and CAS token). A data entry is a hit. On a miss it
+//! - A reader gets the key with its CAS token (`mg <key> v c`). A data entry is a hit. On a miss it
 //!   reads a back end (getting data at `D`), then fills: `add` when the key was absent
 //!   (fails if a marker appeared meanwhile), or `cas` over the marker `M<m>` it saw, and only
 //!   when `D >= m` (fails if the marker changed meanwhile).
