@@ -334,6 +334,37 @@ pub fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
 }
 
+/// The services the launcher starts from its own directory.
+const SERVICES: [&str; 3] = ["bazar-catalog", "bazar-order", "bazar-frontend"];
+
+/// `cargo run --bin bazar-cluster` builds only the launcher. When cargo ran it (cargo sets
+/// `CARGO` and `CARGO_MANIFEST_DIR`) and a service is missing beside it, this builds every
+/// binary first, with the launcher's own profile; otherwise it says what to build.
+fn build_missing_services(bin_dir: &Path) -> Result<(), String> {
+    if SERVICES.iter().all(|s| bin_dir.join(s).is_file()) {
+        return Ok(());
+    }
+    let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) else {
+        return Err(format!(
+            "the services ({}) are not in {}: build them first (cargo build --release)",
+            SERVICES.join(", "),
+            bin_dir.display()
+        ));
+    };
+    let profile = bin_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let mut build = std::process::Command::new(cargo);
+    build.current_dir(manifest).args(["build", "--bins"]);
+    if profile != "debug" {
+        build.args(["--profile", profile]);
+    }
+    eprintln!("bazar-cluster: building the services first (cargo build --bins, profile {profile})");
+    match build.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("cargo build of the services failed ({status})")),
+        Err(e) => Err(format!("cannot run cargo to build the services: {e}")),
+    }
+}
+
 /// The launcher's `main`.
 pub fn main() -> ExitCode {
     if let Some(code) = service::handle_args("bazar-cluster", HELP, None) {
@@ -349,6 +380,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = build_missing_services(&bin_dir()) {
+        eprintln!("bazar-cluster: {e}");
+        return ExitCode::FAILURE;
+    }
     let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
     match layout.memcached {
         Some(port) => eprintln!("bazar-cluster: memcached on 127.0.0.1:{port}"),
