@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use ureq::http::{Method, Request, Uri};
@@ -162,17 +162,15 @@ impl resolver::Resolver for Resolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
-        let (Some(authority), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
+        let Some(name) = uri.scheme().zip(uri.authority()).and_then(|(s, a)| DefaultResolver::host_and_port(s, a))
+        else {
             return DefaultResolver::default().resolve(uri, config, timeout);
         };
-        let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let host = authority.host();
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(addr) = name.parse::<SocketAddr>() {
             let mut addrs = self.empty();
-            addrs.push(SocketAddr::new(ip, port));
+            addrs.push(addr);
             return Ok(addrs);
         }
-        let name = format!("{host}:{port}");
         let names = || self.names.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, addrs)) = names().get(&name) {
             if at.elapsed() < NAME_TTL {

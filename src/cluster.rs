@@ -334,24 +334,21 @@ pub fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
 }
 
-/// The services the launcher starts from its own directory.
-const SERVICES: [&str; 3] = ["bazar-catalog", "bazar-order", "bazar-frontend"];
-
-/// `cargo run --bin bazar-cluster` builds only the launcher. When cargo ran it (cargo sets
-/// `CARGO` and `CARGO_MANIFEST_DIR`) and a service is missing beside it, this builds every
-/// binary first, with the launcher's own profile; otherwise it says what to build.
-fn build_missing_services(bin_dir: &Path) -> Result<(), String> {
-    if SERVICES.iter().all(|s| bin_dir.join(s).is_file()) {
+/// `cargo run --bin bazar-cluster` builds only the launcher. When a program `layout` starts
+/// is missing and cargo ran the launcher (cargo sets `CARGO` and `CARGO_MANIFEST_DIR`), this
+/// builds every binary first, with the launcher's own profile; otherwise it names what to build.
+fn build_missing_programs(layout: &Layout) -> Result<(), String> {
+    let mut missing: Vec<String> =
+        specs(layout).into_iter().filter(|s| !s.program.is_file()).map(|s| s.program.display().to_string()).collect();
+    missing.sort();
+    missing.dedup(); // one line per program, not per instance
+    if missing.is_empty() {
         return Ok(());
     }
     let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) else {
-        return Err(format!(
-            "the services ({}) are not in {}: build them first (cargo build --release)",
-            SERVICES.join(", "),
-            bin_dir.display()
-        ));
+        return Err(format!("{} not found: build them first (cargo build --release)", missing.join(", ")));
     };
-    let profile = bin_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let profile = layout.bin_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let mut build = std::process::Command::new(cargo);
     build.current_dir(manifest).args(["build", "--bins"]);
     if profile != "debug" {
@@ -380,11 +377,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = build_missing_services(&bin_dir()) {
+    let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    if let Err(e) = build_missing_programs(&layout) {
         eprintln!("bazar-cluster: {e}");
         return ExitCode::FAILURE;
     }
-    let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
     match layout.memcached {
         Some(port) => eprintln!("bazar-cluster: memcached on 127.0.0.1:{port}"),
         None => eprintln!("bazar-cluster: no memcached (not installed, or BAZAR_MEMCACHED empty): the store runs without a cache (X-Cache: off)"),
