@@ -28,23 +28,32 @@
 //! then the next request probes with a fresh connection pool: broken pooled connections
 //! are never reused, and caching resumes by itself when memcached is back.
 //!
-//! Each worker thread uses its own pooled connection (the pool keeps as many idle ones as
-//! there are workers), so there is no single shared connection to queue behind.
+//! Each worker takes a connection from its server's idle stack and puts it back (the stack
+//! keeps as many as there are workers), so there is no single shared connection to queue
+//! behind and, after warm-up, no dial.
 //!
 //! # The client
-//! The memcache crate's meta-protocol client ([`memcache::exp::MetaClient`]): it encodes a
-//! command whole and sends it in one write, so a lookup is one packet each way. The
-//! crate's classic client writes every field of a command separately: 20 `sendto`/`recvfrom`
-//! per binary `gets` and 3 packets per ASCII one, and under load that cost the front end
-//! more than half its throughput (docs/performance.md). The meta client also reports an
-//! `add` that lost and a `cas` that missed as results, not errors.
+//! The memcache crate's meta-protocol wire layer: [`MetaCommand`] encodes each command
+//! whole (one write, one packet), [`MetaResponse::parse_header`] reads the answer line and
+//! [`Rendezvous`] routes keys over several servers. The socket calls are ours (`Conn`),
+//! because every transport the crate offers costs the hot path eight system calls more
+//! than the exchange itself: `MetaConnection` sets both socket timeouts before each write
+//! and each read (four `setsockopt`, also when no timeout is wanted), and `MetaClient`'s
+//! pool adds a liveness peek between two `ioctl`s and a condition-variable wake per
+//! command. Here the timeouts are set once when a connection is dialed, a lookup is one
+//! `sendto` and one `recvfrom`, and a connection that died while pooled is noticed by its
+//! failed exchange and replaced once (docs/performance.md has the before and after). The
+//! crate's classic client was worse still: it writes every field of a command separately,
+//! about 20 packets each way per binary `gets`.
 
 use crate::http::percent_encode;
 use crate::metrics::push_metric;
 use crate::wire::Book;
-use memcache::exp::{Error as McError, Meta, MetaClient, MutationStatus, Ttl};
+use memcache::exp::{Error as McError, MetaCommand, MetaOp, MetaResponse, Rendezvous, ReturnCode, Router};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Backstop expiry of a data entry (seconds).
@@ -59,6 +68,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
 pub const BACKOFF: Duration = Duration::from_secs(3);
 /// Most undelivered invalidations kept for retry (beyond that, the expiry bounds staleness).
 pub const MAX_PENDING: usize = 100_000;
+/// Largest value read back (memcached's default item size limit).
+const MAX_VALUE: usize = 1024 * 1024;
+/// Longest response line read back.
+const MAX_LINE: usize = 1024;
 
 /// The cache key of `GET /info/{id}`.
 pub fn info_key(id: u32) -> String {
@@ -112,77 +125,119 @@ struct Counters {
 
 /// A memcached cache shared by the worker threads of one process.
 pub struct Cache {
-    servers: Vec<String>,
+    /// One pool of idle connections per server, in configuration order.
+    servers: Vec<Server>,
+    /// The servers as configured, for the router.
+    names: Vec<String>,
+    router: Rendezvous,
+    /// Most idle connections kept per server: one per worker.
     pool_size: usize,
-    /// The client, or why not: `Err(until)` while backing off. Held only to clone or swap.
-    client: Mutex<Result<Arc<MetaClient>, Instant>>,
+    /// Bumped by every failure: connections dialed before it are closed, not pooled.
+    epoch: AtomicU64,
+    /// While backing off: milliseconds since `born` until which readers skip the cache; 0 when on.
+    off_until: AtomicU64,
+    born: Instant,
     /// Invalidations not delivered yet: key -> write number. Held only to copy or update.
     pending: Mutex<std::collections::HashMap<String, u64>>,
     counters: Counters,
+}
+
+/// One memcached server and its idle connections.
+struct Server {
+    address: String,
+    /// Held only to push or pop one connection.
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Cache {
     /// A cache over `servers` (`host:port`); connects lazily, never fails here.
     pub fn new(servers: &[String], workers: usize) -> Cache {
         Cache {
-            servers: servers.to_vec(),
+            servers: servers.iter().map(|s| Server { address: s.clone(), idle: Mutex::default() }).collect(),
+            names: servers.to_vec(),
+            router: Rendezvous::new(),
             pool_size: workers.clamp(1, 256),
-            client: Mutex::new(Err(Instant::now())),
+            epoch: AtomicU64::new(0),
+            off_until: AtomicU64::new(0),
+            born: Instant::now(),
             pending: Mutex::default(),
             counters: Counters::default(),
         }
     }
 
-    /// A fresh client: addresses resolved now, connections dialed on first use.
-    fn connect(&self) -> Result<MetaClient, McError> {
-        MetaClient::builder()
-            .max_idle(self.pool_size)
-            .connect_timeout(Some(OP_TIMEOUT))
-            .io_timeout(Some(OP_TIMEOUT))
-            .connect_multiple(&self.servers)
+    /// Sends `command` on a pooled connection (or a new one) to the server of `key`.
+    ///
+    /// A pooled connection may have died while idle (memcached restarted), so a failure on
+    /// one, other than a timeout, is retried once on a fresh connection. Every command this cache sends may run
+    /// twice: a lookup reads again, a repeated `add` or `cas` fails harmlessly (the key is
+    /// no longer as it saw it), a repeated marker is the same marker.
+    fn exchange(&self, key: &str, command: &MetaCommand) -> Result<Reply, McError> {
+        let server = match self.servers.len() {
+            1 => &self.servers[0],
+            _ => &self.servers[self.router.route(key.as_bytes(), &self.names)],
+        };
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let pooled = server.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let tried = pooled.map(|mut conn| {
+            let reply = conn.exchange(command);
+            (conn, reply)
+        });
+        let (conn, reply) = match tried {
+            Some((conn, Ok(reply))) => (conn, reply),
+            // memcached did not answer in time: trying again would double the wait.
+            Some((_, Err(McError::Io(e))))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Err(McError::Io(e));
+            }
+            _ => {
+                let mut conn = Conn::dial(&server.address, epoch)?;
+                let reply = conn.exchange(command)?;
+                (conn, reply)
+            }
+        };
+        if conn.epoch == self.epoch.load(Ordering::Acquire) {
+            let mut idle = server.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.pool_size {
+                idle.push(conn);
+            }
+        }
+        if self.off_until.load(Ordering::Relaxed) != 0 && self.off_until.swap(0, Ordering::Relaxed) != 0 {
+            log::info!("memcached {:?} answers again; caching on", self.names);
+        }
+        Ok(reply)
     }
 
-    /// The client, unless backing off (for readers); builds a fresh one when the back-off
-    /// is over, or at once when `even_if_backing_off` (for invalidations).
-    fn client(&self, even_if_backing_off: bool) -> Option<Arc<MetaClient>> {
-        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        match &*slot {
-            Ok(c) => Some(Arc::clone(c)),
-            Err(until) if Instant::now() < *until && !even_if_backing_off => None,
-            Err(_) => match self.connect() {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    *slot = Ok(Arc::clone(&c));
-                    Some(c)
-                }
-                Err(e) => {
-                    log::warn!("memcached {:?}: {e}", self.servers);
-                    *slot = Err(Instant::now() + BACKOFF);
-                    None
-                }
-            },
-        }
+    /// Whether readers skip the cache now (backing off after a failure).
+    fn backing_off(&self) -> bool {
+        let until = self.off_until.load(Ordering::Relaxed);
+        until != 0 && (self.born.elapsed().as_millis() as u64) < until
     }
 
     /// Records a failure: counted, logged once per outage, cache off for [`BACKOFF`].
     fn failed(&self, what: &str, e: &McError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_ok() {
-            log::warn!("memcached {:?} failed ({what}: {e}); caching off for {BACKOFF:?}", self.servers);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for server in &self.servers {
+            server.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
-        *slot = Err(Instant::now() + BACKOFF);
+        let until = (self.born.elapsed() + BACKOFF).as_millis() as u64;
+        if self.off_until.swap(until, Ordering::Relaxed) == 0 {
+            log::warn!("memcached {:?} failed ({what}: {e}); caching off for {BACKOFF:?}", self.names);
+        }
     }
 
     /// Whether a cache is in use right now (not backing off).
     pub fn is_on(&self) -> bool {
-        !matches!(&*self.client.lock().unwrap_or_else(|e| e.into_inner()), Err(until) if Instant::now() < *until)
+        !self.backing_off()
     }
 
     /// Looks `key` up.
     pub fn lookup(&self, key: &str) -> Lookup {
-        let Some(client) = self.client(false) else { return Lookup::Off };
-        let found = match client.get(key).meta(Meta::NONE.cas()).send() {
+        if self.backing_off() {
+            return Lookup::Off;
+        }
+        let found = match self.exchange(key, &MetaCommand::new(MetaOp::Get, key).flag("v").flag("c")) {
             Ok(found) => found,
             Err(e) => {
                 self.failed("get", &e);
@@ -196,15 +251,17 @@ impl Cache {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 Lookup::Miss(Slot { key, marker: None, at })
             }
-            Some(value) => match decode(&value) {
+            Some(mut value) => match decode(&value) {
                 Value::Data(json) => {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    Lookup::Hit(json.to_vec())
+                    let header = value.len() - json.len();
+                    value.drain(..header);
+                    Lookup::Hit(value)
                 }
                 Value::Marker(m) => {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
                     // Without a CAS token nothing may be stored over it: use an impossible marker.
-                    let marker = found.item.cas.map_or((u64::MAX, 0), |c| (m, c));
+                    let marker = found.cas.map_or((u64::MAX, 0), |c| (m, c));
                     Lookup::Miss(Slot { key, marker: Some(marker), at })
                 }
             },
@@ -213,23 +270,22 @@ impl Cache {
 
     /// Stores an answer read from a back end at sequence number `seq`, if still allowed.
     pub fn fill(&self, slot: Slot, seq: u64, json: &[u8]) {
-        if slot.at.elapsed() > FILL_WINDOW {
+        if slot.at.elapsed() > FILL_WINDOW || self.backing_off() {
             return;
         }
-        let Some(client) = self.client(false) else { return };
         let mut value = format!("D{seq}\n").into_bytes();
         value.extend_from_slice(json);
-        let fill = client.set(&slot.key, &value).ttl(Ttl::secs(ENTRY_TTL));
-        let stored = match slot.marker {
-            None => fill.add().send(),
-            Some((m, cas)) if seq >= m => fill.compare_cas(cas).send(),
+        let fill = MetaCommand::new(MetaOp::Set, slot.key.as_str()).value(value).flag(format!("T{ENTRY_TTL}"));
+        let fill = match slot.marker {
+            None => fill.flag("ME"),
+            Some((m, cas)) if seq >= m => fill.flag(format!("C{cas}")),
             Some(_) => return,
         };
-        match stored {
-            Ok(r) if r.status == MutationStatus::Applied => {
+        match self.exchange(&slot.key, &fill) {
+            Ok(r) if r.code == ReturnCode::Hd => {
                 self.counters.fills.fetch_add(1, Ordering::Relaxed);
             }
-            // Lost to a marker or another fill: not stored, as the protocol wants.
+            // Lost to a marker or another fill (NS, EX, NF): not stored, as the protocol wants.
             Ok(_) => {}
             Err(e) => self.failed("fill", &e),
         }
@@ -271,11 +327,20 @@ impl Cache {
 
     /// Sets the markers; returns those not set (all from the first failure on).
     fn deliver(&self, todo: &[(String, u64)]) -> Vec<(String, u64)> {
-        let Some(client) = self.client(true) else { return todo.to_vec() };
         for (i, (key, seq)) in todo.iter().enumerate() {
-            if let Err(e) = client.set(key, format!("M{seq}")).ttl(Ttl::secs(MARKER_TTL)).send() {
-                self.failed("invalidate", &e);
-                return todo[i..].to_vec();
+            let marker =
+                MetaCommand::new(MetaOp::Set, key.as_str()).value(format!("M{seq}")).flag(format!("T{MARKER_TTL}"));
+            match self.exchange(key, &marker) {
+                Ok(r) if r.code == ReturnCode::Hd => {}
+                Ok(r) => {
+                    let e = McError::Protocol(format!("marker not stored ({:?})", r.code));
+                    self.failed("invalidate", &e);
+                    return todo[i..].to_vec();
+                }
+                Err(e) => {
+                    self.failed("invalidate", &e);
+                    return todo[i..].to_vec();
+                }
             }
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         }
@@ -332,6 +397,79 @@ impl Cache {
     }
 }
 
+/// One connection to memcached. Its socket timeouts are set once, when dialed, so an
+/// exchange is one write and, for our small values, one read: no per-command socket
+/// options and no liveness probe (a dead pooled connection fails its exchange, which
+/// [`Cache::exchange`] retries once on a fresh one).
+struct Conn {
+    stream: BufReader<TcpStream>,
+    /// Reused for encoding commands.
+    buffer: Vec<u8>,
+    /// The cache's epoch when dialed: after a failure older connections are not pooled.
+    epoch: u64,
+}
+
+/// An answer: its return code, its CAS token and its value, if it carried them.
+struct Reply {
+    code: ReturnCode,
+    cas: Option<u64>,
+    value: Option<Vec<u8>>,
+}
+
+impl Conn {
+    fn dial(address: &str, epoch: u64) -> Result<Conn, McError> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{address} resolves to no address"));
+        for addr in address.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, OP_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(OP_TIMEOUT))?;
+                    stream.set_write_timeout(Some(OP_TIMEOUT))?;
+                    return Ok(Conn { stream: BufReader::with_capacity(4096, stream), buffer: Vec::new(), epoch });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last.into())
+    }
+
+    /// Sends one command (encoded by the memcache crate) and reads its answer (whose
+    /// header line the crate parses). Each socket call is bounded by [`OP_TIMEOUT`].
+    fn exchange(&mut self, command: &MetaCommand) -> Result<Reply, McError> {
+        self.buffer.clear();
+        command.encode_into(&mut self.buffer)?;
+        self.stream.get_mut().write_all(&self.buffer)?;
+        let mut line = Vec::new();
+        let read = self.stream.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+        if read == 0 || !line.ends_with(b"\r\n") {
+            return Err(McError::Protocol("response line cut short or too long".into()));
+        }
+        line.truncate(line.len() - 2);
+        let header = MetaResponse::parse_header(&line)?;
+        let cas = header.flags().find_map(|f| f.strip_prefix(b"c").and_then(parse_u64));
+        let mut reply = Reply { code: header.rc(), cas, value: None };
+        if reply.code == ReturnCode::Va {
+            // The crate keeps the data length to itself; it is the token after `VA`.
+            let len = line.split(|&b| b == b' ').nth(1).and_then(parse_u64).map_or(usize::MAX, |n| n as usize);
+            if len > MAX_VALUE {
+                return Err(McError::Protocol(format!("value of {len} bytes announced")));
+            }
+            let mut value = vec![0; len + 2];
+            self.stream.read_exact(&mut value)?;
+            if !value.ends_with(b"\r\n") {
+                return Err(McError::Protocol("value not followed by CRLF".into()));
+            }
+            value.truncate(len);
+            reply.value = Some(value);
+        }
+        Ok(reply)
+    }
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 enum Value<'a> {
     Data(&'a [u8]),
     Marker(u64),
@@ -340,13 +478,12 @@ enum Value<'a> {
 /// Reads a stored value; anything unreadable counts as a marker that blocks every fill
 /// except one with a CAS token and data at least that new, i.e. it gets overwritten.
 fn decode(value: &[u8]) -> Value<'_> {
-    let parse = |digits: &[u8]| std::str::from_utf8(digits).ok().and_then(|s| s.parse::<u64>().ok());
     match value.split_first() {
         Some((b'D', rest)) => match rest.iter().position(|&b| b == b'\n') {
-            Some(i) if parse(&rest[..i]).is_some() => Value::Data(&rest[i + 1..]),
+            Some(i) if parse_u64(&rest[..i]).is_some() => Value::Data(&rest[i + 1..]),
             _ => Value::Marker(0),
         },
-        Some((b'M', rest)) => Value::Marker(parse(rest).unwrap_or(u64::MAX)),
+        Some((b'M', rest)) => Value::Marker(parse_u64(rest).unwrap_or(u64::MAX)),
         _ => Value::Marker(0),
     }
 }
@@ -374,5 +511,75 @@ mod tests {
         let moved = Book { topic: "b".into(), ..book.clone() };
         assert_eq!(keys_for(&book, &book).len(), 2);
         assert_eq!(keys_for(&book, &moved).len(), 3);
+    }
+
+    /// A server that answers every command with `answer`: the cases a real memcached
+    /// never shows.
+    fn fake_memcached(answer: &'static [u8]) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut command = [0u8; 512];
+                while matches!(conn.read(&mut command), Ok(n) if n > 0) {
+                    if conn.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_malformed_answer_turns_the_cache_off_not_the_request() {
+        for answer in
+            [&b"garbage\r\n"[..], b"VA 536870912 c1\r\nshort", b"VA 2 c1\r\nabcd", b"SERVER_ERROR out of memory\r\n"]
+        {
+            let cache = Cache::new(&[fake_memcached(answer)], 2);
+            assert!(matches!(cache.lookup("bazar:info:1"), Lookup::Off), "{}", String::from_utf8_lossy(answer));
+            assert!(!cache.is_on());
+            assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1);
+            // Invalidations still try, and keep what they could not deliver.
+            cache.invalidate(&["bazar:info:1".to_string()], 3);
+            assert_eq!(cache.pending(), 1);
+        }
+    }
+
+    #[test]
+    fn a_dead_server_costs_one_failed_call_then_nothing_until_the_back_off_ends() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let cache = Cache::new(&[addr], 2);
+        assert!(matches!(cache.lookup("k"), Lookup::Off));
+        assert!(matches!(cache.lookup("k"), Lookup::Off));
+        assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1, "the second lookup did not call");
+    }
+
+    #[test]
+    fn a_pooled_connection_that_times_out_is_not_retried() {
+        // Answers the first command, then hangs: a memcached stopped (SIGSTOP) or cut off.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let _ = conn.read(&mut [0u8; 512]);
+                    let _ = conn.write_all(b"EN\r\n");
+                }
+                held.push(conn);
+            }
+        });
+        let cache = Cache::new(&[addr], 2);
+        assert!(matches!(cache.lookup("k"), Lookup::Miss(_)));
+        assert!(matches!(cache.lookup("k"), Lookup::Off));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one timeout paid, no second connection");
     }
 }

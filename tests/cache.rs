@@ -175,3 +175,67 @@ fn several_front_end_workers_share_the_cache() {
     });
     assert_eq!(hits.into_inner(), 400);
 }
+
+/// memcached restarted while the store is idle: the pooled connections died with it. The
+/// next read finds that out, redials at once and is a miss (memcached came back empty),
+/// not a back-off; the next write's invalidation redials the same way.
+#[test]
+fn memcached_restarted_between_requests_costs_no_back_off() {
+    let Some(mut s) = cached_store() else { return };
+    let fe = s.fe();
+    info(&fe, 6);
+    assert_eq!(info(&fe, 6).0, "hit");
+    let mc = s.memcached.as_mut().unwrap();
+    mc.restart();
+    let addr = memcached_addr(mc);
+    eventually(Duration::from_secs(10), "memcached listens", || std::net::TcpStream::connect(&addr).is_ok());
+    assert_eq!(info(&fe, 6).0, "miss");
+    assert_eq!(info(&fe, 6).0, "hit");
+    assert_eq!(call("PATCH", &s.primary(), "/books/6", Some("{\"quantity\": 5}")).status, 200);
+    assert_eq!(info(&fe, 6), ("miss".to_string(), info(&fe, 6).1));
+    assert_eq!(info(&fe, 6).1["quantity"], 5);
+    let text = String::from_utf8(get(&fe, "/metrics").body).unwrap();
+    assert!(text.contains("bazar_cache_errors_total 0"), "{text}");
+}
+
+/// Several memcached servers: keys spread over them, and the writer (the catalog's cache)
+/// invalidates each key on the server the reader (the front end's) looks it up on.
+#[test]
+fn keys_spread_over_several_servers_and_invalidations_follow_them() {
+    use bazar::cache::{Cache, Lookup};
+    let dir = TempDir::new("two-memcached");
+    let Some(a) = memcached(&dir.0) else { return };
+    let Some(b) = memcached(&dir.0) else { return };
+    let servers = [memcached_addr(&a), memcached_addr(&b)];
+    let (reader, writer) = (Cache::new(&servers, 4), Cache::new(&servers, 4));
+    let keys: Vec<String> = (1..=40).map(bazar::cache::info_key).collect();
+    for key in &keys {
+        let Lookup::Miss(slot) = reader.lookup(key) else { panic!("{key}: a miss first") };
+        reader.fill(slot, 1, b"{}");
+        assert!(matches!(reader.lookup(key), Lookup::Hit(_)), "{key}: a hit once filled");
+    }
+    for server in &servers {
+        let items = memcached_stat(server, "curr_items");
+        assert!((5..=35).contains(&items), "{server} holds {items} of 40 keys");
+    }
+    writer.invalidate(&keys, 2);
+    for key in &keys {
+        assert!(matches!(reader.lookup(key), Lookup::Miss(_)), "{key}: invalidated where it is read");
+    }
+}
+
+/// One figure of memcached's `stats`.
+fn memcached_stat(server: &str, name: &str) -> u64 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(server).unwrap();
+    conn.write_all(b"stats\r\n").unwrap();
+    let prefix = format!("STAT {name} ");
+    for line in BufReader::new(conn).lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix(&prefix) {
+            return v.trim().parse().unwrap();
+        }
+        assert_ne!(line, "END", "no {name} in stats");
+    }
+    panic!("stats cut short")
+}
