@@ -32,6 +32,20 @@ impl Args {
         self.0.iter().position(|a| a == flag).and_then(|i| self.0.get(i + 1)).map(String::as_str)
     }
 
+    /// Checks that after the command come only `flags`, each with a value.
+    fn only(&self, flags: &[&str]) -> Result<(), String> {
+        let mut rest = self.0.iter().skip(1);
+        while let Some(flag) = rest.next() {
+            if !flags.contains(&flag.as_str()) {
+                return Err(format!("{} does not take {flag:?}; try --help", self.0[0]));
+            }
+            if rest.next().is_none() {
+                return Err(format!("{flag} needs a value"));
+            }
+        }
+        Ok(())
+    }
+
     fn number<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T, String> {
         match self.value(flag) {
             None => Ok(default),
@@ -52,11 +66,24 @@ fn main() -> ExitCode {
 }
 
 fn go(args: &Args) -> Result<(), String> {
+    if args.0.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{HELP}");
+        return Ok(());
+    }
+    let flags: &[&str] = match args.0.first().map(String::as_str) {
+        Some("lab") => {
+            &["--url", "--primary", "--csv", "--svg", "--duration", "--clients", "--threads", "--experiments"]
+        }
+        Some("load") => &["--url", "--kind", "--clients", "--rate", "--duration"],
+        Some("limit") => &["--clients", "--threads", "--duration", "--listen"],
+        _ => &[],
+    };
+    args.only(flags)?;
     let clients = args.number("--clients", 32usize)?;
     let duration = Duration::from_secs(args.number("--duration", 10u64)?);
     let threads = args.number("--threads", 64usize)?;
     match args.0.first().map(String::as_str) {
-        None | Some("-h" | "--help") => {
+        None => {
             println!("{HELP}");
             Ok(())
         }
