@@ -7,7 +7,7 @@
 //! - [`lab`] starts its own stores (with and without memcached, `--url` for a running one)
 //!   and answers the lab's three questions: response times with and without the cache, the
 //!   cost of cache consistency, and behaviour while a replica fails and comes back.
-//! - [`limit`] serves the same info JSON from memory, on the same HTTP layer with the same
+//! - [`serve_limit`] serves the same info JSON from memory, on the same HTTP layer with the same
 //!   worker count: the machine's limit, against which front-end figures are stated.
 //!
 //! Figures are measured, never asserted: the machine is shared and noisy.

@@ -7,7 +7,7 @@
 //! - [`frontend`]: the public API, round-robin load balancing, the memcached read cache.
 //! - [`cache`]: memcached lookups, fills and the push invalidation protocol.
 //! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.
-//! - [`bench`]: the load generator and the lab experiments behind `bazar-bench`.
+//! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
 //! - [`client`]: typed clients for calls between services (one configured ureq agent).
 //! - [`balance`]: round robin with a passive health check.

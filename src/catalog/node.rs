@@ -295,7 +295,7 @@ impl CatalogNode {
     }
 
     /// The primary's write: queued for the writer thread, which decides, persists, pushes
-    /// and invalidates, then acknowledges (see [`CatalogNode::commit`]).
+    /// and invalidates, then acknowledges (see `CatalogNode::commit`).
     ///
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
