@@ -168,9 +168,9 @@ impl Cache {
     /// Sends `command` on a pooled connection (or a new one) to the server of `key`.
     ///
     /// A pooled connection may have died while idle (memcached restarted), so a failure on
-    /// one, other than a timeout, is retried once on a fresh connection. Every command this cache sends may run
-    /// twice: a lookup reads again, a repeated `add` or `cas` fails harmlessly (the key is
-    /// no longer as it saw it), a repeated marker is the same marker.
+    /// one, other than a timeout, is retried once on a fresh connection. Every command this
+    /// cache sends may run twice: a lookup reads again, a repeated `add` or `cas` fails
+    /// harmlessly (the key is no longer as it saw it), a repeated marker is the same marker.
     fn exchange(&self, key: &str, command: &MetaCommand) -> Result<Reply, McError> {
         let server = match self.servers.len() {
             1 => &self.servers[0],
