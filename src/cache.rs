@@ -46,7 +46,7 @@
 //! crate's classic client was worse still: it writes every field of a command separately,
 //! about 20 packets each way per binary `gets`.
 
-use crate::http::percent_encode;
+use crate::http::{is_timeout, percent_encode};
 use crate::metrics::push_metric;
 use crate::wire::Book;
 use memcache::exp::{Error as McError, MetaCommand, MetaOp, MetaResponse, Rendezvous, ReturnCode, Router};
@@ -125,10 +125,10 @@ struct Counters {
 
 /// A memcached cache shared by the worker threads of one process.
 pub struct Cache {
-    /// One pool of idle connections per server, in configuration order.
-    servers: Vec<Server>,
-    /// The servers as configured, for the router.
-    names: Vec<String>,
+    /// The servers as configured (`host:port`), also what the router hashes.
+    servers: Vec<String>,
+    /// Each server's idle connections (same order). Held only to push or pop one.
+    idle: Vec<Mutex<Vec<Conn>>>,
     router: Rendezvous,
     /// Most idle connections kept per server: one per worker.
     pool_size: usize,
@@ -142,19 +142,12 @@ pub struct Cache {
     counters: Counters,
 }
 
-/// One memcached server and its idle connections.
-struct Server {
-    address: String,
-    /// Held only to push or pop one connection.
-    idle: Mutex<Vec<Conn>>,
-}
-
 impl Cache {
     /// A cache over `servers` (`host:port`); connects lazily, never fails here.
     pub fn new(servers: &[String], workers: usize) -> Cache {
         Cache {
-            servers: servers.iter().map(|s| Server { address: s.clone(), idle: Mutex::default() }).collect(),
-            names: servers.to_vec(),
+            servers: servers.to_vec(),
+            idle: servers.iter().map(|_| Mutex::default()).collect(),
             router: Rendezvous::new(),
             pool_size: workers.clamp(1, 256),
             epoch: AtomicU64::new(0),
@@ -173,11 +166,12 @@ impl Cache {
     /// harmlessly (the key is no longer as it saw it), a repeated marker is the same marker.
     fn exchange(&self, key: &str, command: &MetaCommand) -> Result<Reply, McError> {
         let server = match self.servers.len() {
-            1 => &self.servers[0],
-            _ => &self.servers[self.router.route(key.as_bytes(), &self.names)],
+            1 => 0,
+            _ => self.router.route(key.as_bytes(), &self.servers),
         };
+        let idle = || self.idle[server].lock().unwrap_or_else(|e| e.into_inner());
         let epoch = self.epoch.load(Ordering::Acquire);
-        let pooled = server.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = idle().pop();
         let tried = pooled.map(|mut conn| {
             let reply = conn.exchange(command);
             (conn, reply)
@@ -185,25 +179,21 @@ impl Cache {
         let (conn, reply) = match tried {
             Some((conn, Ok(reply))) => (conn, reply),
             // memcached did not answer in time: trying again would double the wait.
-            Some((_, Err(McError::Io(e))))
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-            {
-                return Err(McError::Io(e));
-            }
+            Some((_, Err(McError::Io(e)))) if is_timeout(&e) => return Err(McError::Io(e)),
             _ => {
-                let mut conn = Conn::dial(&server.address, epoch)?;
+                let mut conn = Conn::dial(&self.servers[server], epoch)?;
                 let reply = conn.exchange(command)?;
                 (conn, reply)
             }
         };
         if conn.epoch == self.epoch.load(Ordering::Acquire) {
-            let mut idle = server.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = idle();
             if idle.len() < self.pool_size {
                 idle.push(conn);
             }
         }
         if self.off_until.load(Ordering::Relaxed) != 0 && self.off_until.swap(0, Ordering::Relaxed) != 0 {
-            log::info!("memcached {:?} answers again; caching on", self.names);
+            log::info!("memcached {:?} answers again; caching on", self.servers);
         }
         Ok(reply)
     }
@@ -218,12 +208,12 @@ impl Cache {
     fn failed(&self, what: &str, e: &McError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        for server in &self.servers {
-            server.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for idle in &self.idle {
+            idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
         let until = (self.born.elapsed() + BACKOFF).as_millis() as u64;
         if self.off_until.swap(until, Ordering::Relaxed) == 0 {
-            log::warn!("memcached {:?} failed ({what}: {e}); caching off for {BACKOFF:?}", self.names);
+            log::warn!("memcached {:?} failed ({what}: {e}); caching off for {BACKOFF:?}", self.servers);
         }
     }
 
@@ -244,28 +234,21 @@ impl Cache {
                 return Lookup::Off;
             }
         };
-        let at = Instant::now();
-        let key = key.to_string();
-        match found.value {
-            None => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                Lookup::Miss(Slot { key, marker: None, at })
-            }
+        let marker = match found.value {
+            None => None,
             Some(mut value) => match decode(&value) {
                 Value::Data(json) => {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
                     let header = value.len() - json.len();
                     value.drain(..header);
-                    Lookup::Hit(value)
+                    return Lookup::Hit(value);
                 }
-                Value::Marker(m) => {
-                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    // Without a CAS token nothing may be stored over it: use an impossible marker.
-                    let marker = found.cas.map_or((u64::MAX, 0), |c| (m, c));
-                    Lookup::Miss(Slot { key, marker: Some(marker), at })
-                }
+                // Without a CAS token nothing may be stored over it: use an impossible marker.
+                Value::Marker(m) => Some(found.cas.map_or((u64::MAX, 0), |c| (m, c))),
             },
-        }
+        };
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        Lookup::Miss(Slot { key: key.to_string(), marker, at: Instant::now() })
     }
 
     /// Stores an answer read from a back end at sequence number `seq`, if still allowed.
@@ -330,17 +313,13 @@ impl Cache {
         for (i, (key, seq)) in todo.iter().enumerate() {
             let marker =
                 MetaCommand::new(MetaOp::Set, key.as_str()).value(format!("M{seq}")).flag(format!("T{MARKER_TTL}"));
-            match self.exchange(key, &marker) {
-                Ok(r) if r.code == ReturnCode::Hd => {}
-                Ok(r) => {
-                    let e = McError::Protocol(format!("marker not stored ({:?})", r.code));
-                    self.failed("invalidate", &e);
-                    return todo[i..].to_vec();
-                }
-                Err(e) => {
-                    self.failed("invalidate", &e);
-                    return todo[i..].to_vec();
-                }
+            let stored = self.exchange(key, &marker).and_then(|r| match r.code {
+                ReturnCode::Hd => Ok(()),
+                code => Err(McError::Protocol(format!("marker not stored ({code:?})"))),
+            });
+            if let Err(e) = stored {
+                self.failed("invalidate", &e);
+                return todo[i..].to_vec();
             }
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         }

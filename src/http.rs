@@ -585,7 +585,8 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+/// Whether a socket call failed only because its timeout passed (or a signal cut it short).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }
 
