@@ -285,10 +285,6 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::Result<Store> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir =
@@ -302,10 +298,14 @@ fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::R
     let layout = Layout {
         dir: dir.clone(),
         bin_dir: cluster::bin_dir(),
-        frontend: free_port()?,
-        catalogs: [free_port()?, free_port()?],
-        orders: [free_port()?, free_port()?],
-        memcached: if cache && cluster::find_program("memcached").is_some() { Some(free_port()?) } else { None },
+        frontend: cluster::free_port()?,
+        catalogs: [cluster::free_port()?, cluster::free_port()?],
+        orders: [cluster::free_port()?, cluster::free_port()?],
+        memcached: if cache && cluster::find_program("memcached").is_some() {
+            Some(cluster::free_port()?)
+        } else {
+            None
+        },
         env,
         quiet: true,
     };

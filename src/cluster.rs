@@ -15,6 +15,7 @@ use crate::shutdown::Shutdown;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a child may take to stop after SIGTERM.
@@ -35,6 +36,28 @@ Environment:
   BAZAR_MEMCACHED set and empty: run without memcached even where it is installed
   BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
 ";
+
+/// A free loopback port for a service this process is about to start (the lab's stores,
+/// the tests' stores), or an error when none is left.
+///
+/// A port from `bind(0)` is one of the kernel's ephemeral ports (32768 and up by default):
+/// between the check and the service's own bind, any outgoing connection on the machine
+/// may take it, and a test once talked to another test's store that way. These come from
+/// 20000-31999, below that range, where no client connection is ever placed; each process
+/// starts at its own offset and never hands out the same port twice.
+pub fn free_port() -> std::io::Result<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let offset = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let port = (FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no free port in 20000-31999"))
+}
 
 /// Finds an executable on `PATH` (and in /usr/sbin, /usr/bin, where Debian puts daemons).
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -410,4 +433,18 @@ pub fn main() -> ExitCode {
     store.stop();
     eprintln!("bazar-cluster: stopped");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+        for port in ports {
+            assert!((20_000..32_000).contains(&port), "{port}");
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
 }

@@ -6,7 +6,6 @@
 
 use bazar::client::{Answer, Http};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,9 +15,9 @@ use ureq::http::Method;
 /// How long a process may take to become healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A free loopback port (the kernel's choice; released before the service binds it).
+/// A free loopback port for a service (see `bazar::cluster::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    bazar::cluster::free_port().expect("a free port")
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -337,9 +336,13 @@ impl Store {
                 ("BAZAR_MEMCACHED", mc),
             ],
         ));
-        let store = Store { frontend, orders, catalogs: vec![primary, replica], memcached, dir };
+        let mut store = Store { frontend, orders, catalogs: vec![primary, replica], memcached, dir };
         for p in store.all() {
             wait_healthy(&url(p));
+        }
+        // A service that could not bind its port exits; the health answer was then another's.
+        for p in store.catalogs.iter_mut().chain(store.orders.iter_mut()).chain([&mut store.frontend]) {
+            assert!(p.running(), "{} exited at start (its log: {})", p.spec.name, p.spec.log.display());
         }
         Some(store)
     }
