@@ -55,6 +55,8 @@ pub struct Answer {
     pub backend: Option<String>,
     /// `X-Seq` (catalog reads): the catalog write the answer reflects.
     pub seq: Option<u64>,
+    /// `Link` (paged lists): where the next page is, see [`crate::page::next_target`].
+    pub link: Option<String>,
 }
 
 impl Answer {
@@ -123,9 +125,10 @@ impl Http {
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (cache, backend) = (header("x-cache"), header("x-backend"));
         let seq = header("x-seq").and_then(|s| s.parse().ok());
+        let link = header("link");
         let status = resp.status().as_u16();
         let body = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().map_err(|e| unreachable(base, e))?;
-        Ok(Answer { status, body, cache, backend, seq })
+        Ok(Answer { status, body, cache, backend, seq, link })
     }
 
     /// GET, decoded.

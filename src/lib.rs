@@ -10,6 +10,7 @@
 //! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
 //! - [`client`]: typed clients for calls between services (one configured ureq agent).
+//! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`balance`]: round robin with a passive health check.
 //! - [`wire`]: every JSON body on the wire; [`money`]: exact prices.
 //! - [`storage`]: atomic file replacement and durable appends.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod metrics;
 pub mod money;
 pub mod order;
+pub mod page;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
