@@ -70,6 +70,8 @@ pub const BACKOFF: Duration = Duration::from_secs(3);
 pub const MAX_PENDING: usize = 100_000;
 /// Largest value read back (memcached's default item size limit).
 const MAX_VALUE: usize = 1024 * 1024;
+/// Room left in an item for memcached's own header, so that no fill exceeds its 1 MiB.
+const ITEM_OVERHEAD: usize = 4096;
 /// Longest response line read back.
 const MAX_LINE: usize = 1024;
 
@@ -119,6 +121,7 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     fills: AtomicU64,
+    too_large: AtomicU64,
     invalidations: AtomicU64,
     errors: AtomicU64,
 }
@@ -258,6 +261,11 @@ impl Cache {
         }
         let mut value = format!("D{seq}\n").into_bytes();
         value.extend_from_slice(json);
+        if value.len() + slot.key.len() + ITEM_OVERHEAD > MAX_VALUE {
+            // memcached would refuse it: not attempted.
+            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let fill = MetaCommand::new(MetaOp::Set, slot.key.as_str()).value(value).flag(format!("T{ENTRY_TTL}"));
         let fill = match slot.marker {
             None => fill.flag("ME"),
@@ -350,6 +358,13 @@ impl Cache {
             "counter",
             "Answers stored in memcached.",
             c.fills.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_cache_too_large_total",
+            "counter",
+            "Answers not stored: larger than a memcached item may be.",
+            c.too_large.load(Ordering::Relaxed),
         );
         push_metric(
             &mut out,

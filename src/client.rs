@@ -10,8 +10,8 @@
 use crate::error::{Error, Result};
 use crate::http::percent_encode;
 use crate::wire::{
-    Book, BookUpdate, ErrorBody, LeaseRequest, Order, OrderPage, PurchasePage, PurchaseRequest, ReplicaAck, Replicate,
-    Snapshot,
+    Book, BookPage, BookUpdate, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
+    PurchaseRequest, ReplicaAck, Replicate,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -263,9 +263,25 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/purchases?after={after}"))
     }
 
-    /// The whole catalog at one sequence number (replica catch-up).
-    pub fn snapshot(&self, base: &str) -> Result<Snapshot> {
-        self.http.get(base, "/internal/snapshot")
+    /// A page of the whole catalog, books with ids above `after` (a replica's full copy).
+    pub fn copy_page(&self, base: &str, after: u32, limit: usize) -> Result<BookPage> {
+        self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))
+    }
+
+    /// The writes after `after` in history `history` (a replica that missed some), or
+    /// None when the primary no longer has them or has another history (410).
+    pub fn log(&self, base: &str, after: u64, history: &str) -> Result<Option<LogPage>> {
+        let path = format!("/internal/log?after={after}&history={}", percent_encode(history));
+        let answer = self.http.call(Method::GET, base, &path, None)?;
+        match answer.status {
+            410 => Ok(None),
+            _ => answer.json().map(Some),
+        }
+    }
+
+    /// Asks a replica to copy the whole catalog from its primary (it is too far behind).
+    pub fn resync(&self, base: &str) -> Result<serde_json::Value> {
+        self.http.call(Method::POST, base, "/internal/resync", None)?.json()
     }
 
     /// Pushes a batch of writes to a replica, in order.
@@ -278,9 +294,9 @@ impl CatalogClient {
         self.http.send(Method::POST, base, "/internal/lease", request)
     }
 
-    /// Installs a whole snapshot on a replica that fell behind.
-    pub fn install(&self, base: &str, snapshot: &Snapshot) -> Result<ReplicaAck> {
-        self.http.send(Method::PUT, base, "/internal/snapshot", snapshot)
+    /// Adds a book (`POST /books`); the primary gives it its id.
+    pub fn add(&self, base: &str, book: &NewBook) -> Result<Book> {
+        self.http.send(Method::POST, base, "/books", book)
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Error {
     MethodNotAllowed(&'static str),
     /// 408: the client did not send a whole request in time.
     RequestTimeout,
+    /// 410: what was asked for is no longer kept (a replica's log request from too long ago).
+    Gone(String),
     /// 409: the book is out of stock (or another conflict with the current state).
     Conflict(String),
     /// 411: a body without `Content-Length` (chunked bodies are not accepted).
@@ -62,6 +64,7 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::RequestTimeout => 408,
             Error::Conflict(_) => 409,
+            Error::Gone(_) => 410,
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
             Error::HeadersTooLarge => 431,
@@ -94,7 +97,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadRequest(m) | Error::NotFound(m) | Error::Conflict(m) => f.write_str(m),
+            Error::BadRequest(m) | Error::NotFound(m) | Error::Conflict(m) | Error::Gone(m) => f.write_str(m),
             Error::Unavailable(m) | Error::Internal(m) => f.write_str(m),
             Error::Unauthorized => f.write_str("missing or wrong bearer token"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed; allowed: {allow}"),

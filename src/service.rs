@@ -21,9 +21,10 @@ pub trait Service: Send + Sync + 'static {
 /// Exit code for a bad setting.
 pub const EXIT_CONFIG: u8 = 2;
 
-/// Handles `--help` (prints `help` and the common variables) and `health` (asks the
-/// service on `BAZAR_LISTEN`, else `default_listen`, for its health: exit 0 when it says
-/// ok, for container health checks with no shell), and rejects other arguments.
+/// Handles `--help` (prints `help` and the common variables), `health` and `ready` (asks
+/// the service on `BAZAR_LISTEN`, else `default_listen`, for its liveness or readiness:
+/// exit 0 when it says ok, for container health checks with no shell), and rejects other
+/// arguments.
 /// Returns `Some(code)` when the process should exit now.
 pub fn handle_args(name: &str, help: &str, default_listen: Option<&str>) -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,14 +32,16 @@ pub fn handle_args(name: &str, help: &str, default_listen: Option<&str>) -> Opti
         None => None,
         Some("-h" | "--help") => {
             let health = if default_listen.is_some() {
-                "\nUsage: (no argument) serve; `health` checks a running one (exit 0 when ok).\n"
+                "\nUsage: (no argument) serve; `health` checks that a running one is alive, `ready` that it\ncan do its job (exit 0 when so: for container health checks).\n"
             } else {
                 ""
             };
             println!("{help}{}{health}", config::COMMON_HELP);
             Some(ExitCode::SUCCESS)
         }
-        Some("health") if default_listen.is_some() => Some(health(name, default_listen.unwrap_or_default())),
+        Some(check @ ("health" | "ready")) if default_listen.is_some() => {
+            Some(probe(name, check, default_listen.unwrap_or_default()))
+        }
         Some(other) => {
             eprintln!("{name}: unknown argument {other:?}; try --help");
             Some(ExitCode::from(EXIT_CONFIG))
@@ -46,8 +49,9 @@ pub fn handle_args(name: &str, help: &str, default_listen: Option<&str>) -> Opti
     }
 }
 
-/// `<binary> health`: GET /health on the local listener; exit 0 when it says ok.
-fn health(name: &str, default_listen: &str) -> ExitCode {
+/// `<binary> health` or `<binary> ready`: GET /health or /ready on the local listener;
+/// exit 0 when it says ok (ready).
+fn probe(name: &str, check: &str, default_listen: &str) -> ExitCode {
     let listen = match config::listen(&Env, default_listen) {
         Ok(a) => a,
         Err(e) => return config_error(name, &e),
@@ -56,8 +60,8 @@ fn health(name: &str, default_listen: &str) -> ExitCode {
     let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
     let base = if host.contains(':') { format!("http://[{host}]:{port}") } else { format!("http://{host}:{port}") };
     let http = crate::client::Http::new(std::time::Duration::from_secs(2), 1, None);
-    match http.get::<serde_json::Value>(&base, "/health") {
-        Ok(v) if v["status"] == "ok" => ExitCode::SUCCESS,
+    match http.get::<serde_json::Value>(&base, &format!("/{check}")) {
+        Ok(v) if v["status"] == "ok" || v["status"] == "ready" => ExitCode::SUCCESS,
         Ok(v) => {
             eprintln!("{name}: {base} is up but says {}", v["status"]);
             ExitCode::FAILURE

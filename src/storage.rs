@@ -57,15 +57,28 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 /// Returns how many bytes were cut. Only a last line without its newline can be torn:
 /// every acknowledged append was complete and fsynced, so nothing acknowledged is lost.
 pub fn cut_torn_tail(path: &Path) -> io::Result<u64> {
-    let data = fs::read(path)?;
-    let keep = match data.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    // Read backwards in chunks until a newline: only the last line is looked at.
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let keep = loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
     };
-    let cut = (data.len() - keep) as u64;
+    let cut = len - keep;
     if cut > 0 {
-        let f = OpenOptions::new().write(true).open(path)?;
-        f.set_len(keep as u64)?;
+        f.set_len(keep)?;
         f.sync_all()?;
     }
     Ok(cut)

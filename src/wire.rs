@@ -44,6 +44,20 @@ pub struct BookUpdate {
     pub quantity_delta: Option<i64>,
 }
 
+/// Body of `POST /books`: a book to add; the primary gives it the next id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBook {
+    /// Title: 1 to 300 characters.
+    pub title: String,
+    /// Topic: 1 to 300 characters.
+    pub topic: String,
+    /// Price, exact to the cent.
+    pub price: Money,
+    /// Copies in stock.
+    pub quantity: u32,
+}
+
 /// Body of the catalog's `POST /books/{id}/purchase` (optional): who takes the copy.
 ///
 /// An order server sends the order's id and time; the primary journals them with the
@@ -163,13 +177,17 @@ pub struct Replicate {
     pub book: Book,
 }
 
-/// The whole catalog at one sequence number (`GET`/`PUT /internal/snapshot`), for catch-up.
+/// Primary to replica: the writes after a sequence number (`GET /internal/log?after=N`),
+/// for a replica that missed some.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Sequence number of the last write included.
+pub struct LogPage {
+    /// The catalog's history: changes when a catalog is imported or rebuilt, so that a
+    /// replica never takes writes of another history as the continuation of its own.
+    pub history: String,
+    /// The primary's sequence number when it answered.
     pub seq: u64,
-    /// Every book, by id.
-    pub books: Vec<Book>,
+    /// Up to a page of writes after N, in order.
+    pub writes: Vec<Replicate>,
 }
 
 /// A replica's answer to a push: the sequence number it now holds, and who it is.
@@ -179,6 +197,24 @@ pub struct ReplicaAck {
     pub seq: u64,
     /// The replica's identity, drawn at each start (read leases are granted to it).
     pub replica_id: String,
+    /// The replica's catalog history (see [`LogPage::history`]).
+    #[serde(default)]
+    pub history: String,
+}
+
+/// Primary to replica: a page of the whole catalog (`GET /internal/books`), for a replica
+/// that copies it; the pages are read at different moments, and the log after `seq` of
+/// the first page brings the copy to one state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookPage {
+    /// The catalog's history.
+    pub history: String,
+    /// The sequence number the page was read at.
+    pub seq: u64,
+    /// Books by id, after the cursor.
+    pub books: Vec<Book>,
+    /// Whether more books follow.
+    pub more: bool,
 }
 
 /// A replica's request for a read lease (`POST /internal/lease`).

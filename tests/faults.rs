@@ -125,15 +125,13 @@ fn a_dead_primary_stops_writes_not_reads() {
 fn a_shared_secret_guards_admin_and_internal_routes() {
     let s = Store::start(Opts { token: Some("s3cret".into()), ..Opts::default() }).unwrap();
     let (p, r, o) = (s.primary(), s.replica(), s.order(0));
-    let snapshot = String::from_utf8(
-        client_with_token("s3cret").call(ureq::http::Method::GET, &p, "/internal/snapshot", None).unwrap().body,
-    )
-    .unwrap();
     let guarded: Vec<(&str, &str, &str, Option<String>)> = vec![
         ("PATCH", &p, "/books/1", Some("{\"quantity\": 5}".into())),
         ("PATCH", &r, "/books/1", Some("{\"quantity\": 5}".into())),
-        ("GET", &p, "/internal/snapshot", None),
-        ("PUT", &r, "/internal/snapshot", Some(snapshot)),
+        ("POST", &r, "/books", Some("{\"title\": \"T\", \"topic\": \"t\", \"price\": 1, \"quantity\": 1}".into())),
+        ("GET", &p, "/internal/books", None),
+        ("GET", &p, "/internal/log?after=0", None),
+        ("POST", &r, "/internal/resync", None),
         ("POST", &r, "/internal/replicate", Some("{\"seq\": 1, \"book\": {}}".into())),
         ("GET", &p, "/internal/purchases", None),
         ("GET", &r, "/internal/purchases", None),

@@ -87,15 +87,21 @@ fn the_openapi_document_matches_the_store() {
     let receipt = json(&call("POST", &fe, "/purchase/1", None));
     let order_path = format!("/orders/{}", receipt["order_id"].as_str().unwrap());
     eventually(std::time::Duration::from_secs(5), "order shared", || get(&o, &order_path).status == 200);
-    let snapshot =
-        String::from_utf8(client_with_token("t0ken").call(Method::GET, &p, "/internal/snapshot", None).unwrap().body)
-            .unwrap();
+    let history = json(&client_with_token("t0ken").call(Method::GET, &p, "/internal/books?limit=1", None).unwrap())
+        ["history"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = format!("/internal/log?after=0&history={history}");
+    let new_book = r#"{"title": "New", "topic": "cooking", "price": 9.99, "quantity": 3}"#;
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
     run(
         &[
             case("/search/{topic}", "GET", &fe, "/search/distributed%20systems", false, None, 200),
             case("/search/{topic}", "GET", &fe, "/search/%zz", false, None, 400),
+            case("/search/{topic}", "GET", &fe, "/search/undergraduate%20school?limit=2&after=3", false, None, 200),
+            case("/search/{topic}", "GET", &fe, "/search/undergraduate%20school?limit=0", false, None, 400),
             case("/info/{id}", "GET", &fe, "/info/1", false, None, 200),
             case("/info/{id}", "GET", &fe, "/info/0", false, None, 400),
             case("/info/{id}", "GET", &fe, "/info/99", false, None, 404),
@@ -133,12 +139,32 @@ fn the_openapi_document_matches_the_store() {
             ),
             case("/books/{id}/purchase", "POST", &p, "/books/99/purchase", false, None, 404),
             case("/books/{id}/purchase", "POST", &p, "/books/4/purchase", false, None, 409),
-            case("/internal/snapshot", "GET", &p, "/internal/snapshot", true, None, 200),
-            case("/internal/snapshot", "GET", &p, "/internal/snapshot", false, None, 401),
-            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", true, Some(&snapshot), 200),
-            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", true, Some("[]"), 400),
-            case("/internal/snapshot", "PUT", &r, "/internal/snapshot", false, Some(&snapshot), 401),
-            case("/internal/snapshot", "PUT", &p, "/internal/snapshot", true, Some(&snapshot), 409),
+            case("/books", "GET", &p, "/books?limit=2&after=3", false, None, 200),
+            case("/books", "GET", &p, "/books?limit=1001", false, None, 400),
+            case("/books", "GET", &p, "/books?after=x", false, None, 400),
+            case("/books", "POST", &r, "/books", true, Some(new_book), 201),
+            case(
+                "/books",
+                "POST",
+                &p,
+                "/books",
+                true,
+                Some(r#"{"title": "", "topic": "t", "price": 1, "quantity": 1}"#),
+                400,
+            ),
+            case("/books", "POST", &p, "/books", false, Some(new_book), 401),
+            case("/ready", "GET", &p, "/ready", false, None, 200),
+            case("/ready", "GET", &r, "/ready", false, None, 200),
+            case("/internal/books", "GET", &p, "/internal/books?after=0&limit=10000", true, None, 200),
+            case("/internal/books", "GET", &p, "/internal/books?limit=10001", true, None, 400),
+            case("/internal/books", "GET", &p, "/internal/books", false, None, 401),
+            case("/internal/log", "GET", &p, &log, true, None, 200),
+            case("/internal/log", "GET", &p, "/internal/log?after=x", true, None, 400),
+            case("/internal/log", "GET", &p, "/internal/log?after=0&history=other", true, None, 410),
+            case("/internal/log", "GET", &p, &log, false, None, 401),
+            case("/internal/resync", "POST", &r, "/internal/resync", true, None, 200),
+            case("/internal/resync", "POST", &r, "/internal/resync", false, None, 401),
+            case("/internal/resync", "POST", &p, "/internal/resync", true, None, 409),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(&push), 200),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some("{}"), 400),
             case("/internal/replicate", "POST", &r, "/internal/replicate", false, Some(&push), 401),
@@ -163,6 +189,7 @@ fn the_openapi_document_matches_the_store() {
     run(
         &[
             case("/books/{id}", "PATCH", &r, "/books/3", true, Some("{\"quantity\": 1}"), 503),
+            case("/books", "POST", &r, "/books", true, Some(new_book), 503),
             case("/books/{id}/purchase", "POST", &r, "/books/3/purchase", false, None, 503),
             case("/purchase/{id}", "POST", &fe, "/purchase/3", false, None, 503),
         ],
@@ -175,6 +202,7 @@ fn the_openapi_document_matches_the_store() {
     });
     run(
         &[
+            case("/ready", "GET", &r, "/ready", false, None, 503),
             case("/books", "GET", &r, "/books", false, None, 503),
             case("/books/{id}", "GET", &r, "/books/1", false, None, 503),
         ],

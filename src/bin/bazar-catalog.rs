@@ -4,6 +4,10 @@ use bazar::catalog::{CatalogConfig, CatalogNode};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("import") {
+        return bazar::catalog::import::command(&args[1..]);
+    }
     bazar::service::run(
         "bazar-catalog",
         CatalogConfig::HELP,

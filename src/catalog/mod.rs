@@ -2,8 +2,10 @@
 //!
 //! - [`state`]: the books and their operations, no I/O.
 //! - [`store`]: the CSV files in the data directory.
-//! - [`node`]: one catalog process: HTTP routes, the remote-write protocol, replication
-//!   pushes, catch-up, and cache invalidation.
+//! - [`import`]: `bazar-catalog import FILE`.
+//! - [`node`]: one catalog process: settings, HTTP routes and reads; `primary.rs` its
+//!   group commit, pushes and the bringing of replicas back in sync; `replica.rs` applying
+//!   pushes, catching up (from the primary's log, or a whole copy page by page) and leases.
 //!
 //! The protocol, in short: the primary alone decides writes. It serialises them, gives
 //! each the next sequence number, persists it, pushes the book's new state to every
@@ -11,8 +13,11 @@
 //! to the primary and relays the answer, applies pushes strictly in sequence, and after a
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
+pub mod import;
 pub mod lease;
 pub mod node;
+mod primary;
+mod replica;
 pub mod state;
 pub mod store;
 

@@ -1,23 +1,23 @@
-//! One catalog process: routes, remote writes, replication and catch-up.
+//! One catalog process: its settings, its routes and its reads. The primary's side of
+//! replication is in [`super::primary`], the replica's in [`super::replica`].
 //!
 //! Locks: `writer` serialises everything that changes the catalog on this node (a whole
 //! primary write from decision to acknowledgement, or a replica's apply) and owns the
-//! files; `state` is held only to read or swap the in-memory catalog, never across I/O.
-//! Order: `writer` before `state`.
+//! files; `state` is held only to read the in-memory catalog or to apply decided writes to
+//! it, never across I/O. Order: `writer` before `state`.
 
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
-use super::state::{Applied, Catalog, Write};
+use super::state::{Catalog, Write};
 use super::store::Store;
-use crate::cache::{self, Cache};
+use crate::cache::Cache;
 use crate::client::{CatalogClient, Http};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
+use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{
-    Book, BookUpdate, LeaseRequest, Order, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, Snapshot,
-};
+use crate::wire::{Book, BookPage, BookUpdate, NewBook, Order, PurchasePage, PurchaseRequest, Replicate};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -38,6 +38,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 pub const MIN_LEASE: Duration = Duration::from_millis(200);
 /// Most purchases in one answer of `GET /internal/purchases`.
 pub const PURCHASES_PAGE: usize = 500;
+/// Most books in one page of a replica's full copy (`GET /internal/books`).
+pub const COPY_PAGE: usize = 10_000;
+/// Most writes in one answer of `GET /internal/log`.
+pub const LOG_PAGE: usize = 10_000;
 /// Pause between attempts to bring a replica up to date (primary) or to catch up (replica).
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -115,85 +119,93 @@ Environment:
   BAZAR_DATA_DIR  directory of books.csv (default ./data-catalog; seeded on first start)
   BAZAR_MEMCACHED primary: memcached host:port list whose entries writes invalidate
   BAZAR_LEASE_MS  length of a replica's read lease (default 2000; 0 turns leases off)
+
+Commands:
+  bazar-catalog import FILE   replace the catalog in BAZAR_DATA_DIR (catalog stopped)
+                              with the books of FILE (header id,title,topic,price,quantity)
 ";
 }
 
 /// The primary's view of one replica.
-struct ReplicaLink {
-    url: String,
+pub(super) struct ReplicaLink {
+    pub(super) url: String,
     /// In sync or not, its identity, its lease. Held briefly; never across a call.
-    grant: Mutex<Grant>,
+    pub(super) grant: Mutex<Grant>,
 }
 
 impl ReplicaLink {
-    fn grant(&self) -> std::sync::MutexGuard<'_, Grant> {
+    pub(super) fn grant(&self) -> std::sync::MutexGuard<'_, Grant> {
         self.grant.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// A write waiting for the writer thread, and where its answer goes.
-struct Pending {
-    id: u32,
-    write: Write,
-    order: Option<(String, String)>,
-    reply: mpsc::SyncSender<Result<Book>>,
+pub(super) struct Pending {
+    pub(super) id: u32,
+    pub(super) write: Write,
+    pub(super) order: Option<(String, String)>,
+    pub(super) reply: mpsc::SyncSender<Result<Book>>,
 }
 
 /// Counters shown in `/metrics`.
 #[derive(Default)]
-struct Counters {
-    writes: AtomicU64,
-    batches: AtomicU64,
-    pushes_failed: AtomicU64,
-    snapshots_sent: AtomicU64,
-    catch_ups: AtomicU64,
-    forwarded: AtomicU64,
-    lease_grants: AtomicU64,
-    lease_refusals: AtomicU64,
-    lease_waits: AtomicU64,
-    lease_wait_micros: AtomicU64,
-    lease_renewals: AtomicU64,
-    lease_renewal_failures: AtomicU64,
+pub(super) struct Counters {
+    pub(super) writes: AtomicU64,
+    pub(super) batches: AtomicU64,
+    pub(super) pushes_failed: AtomicU64,
+    pub(super) tail_writes_sent: AtomicU64,
+    pub(super) copies_asked: AtomicU64,
+    pub(super) copies: AtomicU64,
+    pub(super) forwarded: AtomicU64,
+    pub(super) lease_grants: AtomicU64,
+    pub(super) lease_refusals: AtomicU64,
+    pub(super) lease_waits: AtomicU64,
+    pub(super) lease_wait_micros: AtomicU64,
+    pub(super) lease_renewals: AtomicU64,
+    pub(super) lease_renewal_failures: AtomicU64,
 }
 
 /// One catalog process.
 pub struct CatalogNode {
-    config: CatalogConfig,
+    pub(super) config: CatalogConfig,
     /// Serialises changes on this node and owns the files.
-    writer: Mutex<Store>,
+    pub(super) writer: Mutex<Store>,
     /// The books as reads see them.
-    state: RwLock<Catalog>,
-    /// Replica: caught up with the primary since it started.
-    serving: AtomicBool,
+    pub(super) state: RwLock<Catalog>,
+    /// Replica: caught up with the primary since it started (or since its last full copy).
+    pub(super) serving: AtomicBool,
+    /// Replica: a catch-up is wanted (at start, or the primary asked for one).
+    pub(super) catch_up_wanted: AtomicBool,
     /// Replica: its identity for this run.
-    replica_id: String,
+    pub(super) replica_id: String,
     /// Replica: its read lease. Held briefly.
-    lease: Mutex<ReplicaLease>,
+    pub(super) lease: Mutex<ReplicaLease>,
     /// Primary: no write is acknowledged before this (the farewell grace after start)
     /// unless every replica has been brought in sync first.
-    writes_from: Instant,
+    pub(super) writes_from: Instant,
     /// Primary: writes are open (the grace passed or every replica was in sync).
-    writes_open: AtomicBool,
+    pub(super) writes_open: AtomicBool,
     /// Primary: the queue of the writer thread (group commit).
-    writes: mpsc::SyncSender<Pending>,
+    pub(super) writes: mpsc::SyncSender<Pending>,
     /// Primary: the writer thread's end of it, taken when the thread starts.
-    queue: Mutex<Option<mpsc::Receiver<Pending>>>,
+    pub(super) queue: Mutex<Option<mpsc::Receiver<Pending>>>,
     /// Replica: when it last heard from the primary.
-    last_push: Mutex<Option<Instant>>,
-    links: Vec<ReplicaLink>,
-    /// Pushes, snapshots and lease requests (short timeout).
-    push: CatalogClient,
+    pub(super) last_push: Mutex<Option<Instant>>,
+    pub(super) links: Vec<ReplicaLink>,
+    /// Pushes and lease requests (short timeout).
+    pub(super) push: CatalogClient,
     /// Remote writes and catch-up (longer timeout).
-    forward: Http,
-    cache: Option<Cache>,
-    counters: Counters,
-    metrics: Arc<Metrics>,
+    pub(super) forward: Http,
+    pub(super) cache: Option<Cache>,
+    pub(super) counters: Counters,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl CatalogNode {
     /// Opens the data directory; a replica is not serving until it caught up.
     pub fn open(config: CatalogConfig, metrics: Arc<Metrics>) -> Result<Arc<CatalogNode>> {
         let (store, catalog) = Store::open(&config.data_dir)?;
+        log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
         let links =
@@ -204,6 +216,7 @@ impl CatalogNode {
             writes,
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
+            catch_up_wanted: AtomicBool::new(false),
             replica_id: crate::order::node::random_hex()?,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
@@ -221,62 +234,32 @@ impl CatalogNode {
         }))
     }
 
-    fn leases(&self) -> bool {
+    pub(super) fn leases(&self) -> bool {
         !self.config.lease.is_zero()
     }
 
     /// Starts the background work: a primary keeps replicas in sync, a replica catches up
     /// and renews its lease.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
-        let spawn = |work: fn(&CatalogNode, &Shutdown)| {
-            let (node, stop) = (Arc::clone(self), shutdown.clone());
-            std::thread::spawn(move || work(&node, &stop));
-        };
         match self.config.role {
-            Role::Primary => {
-                if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let (node, stop) = (Arc::clone(self), shutdown.clone());
-                    std::thread::Builder::new()
-                        .name("writer".into())
-                        .spawn(move || node.writer(queue, &stop))
-                        .expect("a thread can start");
-                }
-                if self.cache.is_some() {
-                    spawn(|node, stop| {
-                        while !stop.sleep(cache::BACKOFF) {
-                            // Under the writer lock: markers are set in write order.
-                            let _writer = node.lock_writer();
-                            node.cache.as_ref().expect("checked").retry_pending();
-                        }
-                    });
-                }
-                for i in 0..self.links.len() {
-                    let (node, stop) = (Arc::clone(self), shutdown.clone());
-                    std::thread::spawn(move || node.keep_replica_in_sync(i, &stop));
-                }
-            }
-            Role::Replica => {
-                spawn(CatalogNode::catch_up);
-                if self.leases() {
-                    spawn(CatalogNode::renew_lease);
-                }
-            }
+            Role::Primary => self.start_primary(shutdown),
+            Role::Replica => self.start_replica(shutdown),
         }
     }
 
-    fn state(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+    pub(super) fn state(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_state(&self, catalog: Catalog) {
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+    pub(super) fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, Catalog> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(super) fn lock_writer(&self) -> std::sync::MutexGuard<'_, Store> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lease(&self) -> std::sync::MutexGuard<'_, ReplicaLease> {
+    pub(super) fn lease(&self) -> std::sync::MutexGuard<'_, ReplicaLease> {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -292,349 +275,6 @@ impl CatalogNode {
             ));
         }
         Ok(())
-    }
-
-    /// The primary's write: queued for the writer thread, which decides, persists, pushes
-    /// and invalidates, then acknowledges (see `CatalogNode::commit`).
-    ///
-    /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
-    /// with the write, and a purchase for an order already journaled takes no second copy.
-    pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
-        self.wait_until_writable();
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.writes
-            .send(Pending { id, write, order, reply })
-            .map_err(|_| Error::Unavailable("the catalog is stopping".into()))?;
-        answer.recv().map_err(|_| Error::Unavailable("the catalog is stopping".into()))?
-    }
-
-    /// Primary, the writer thread: takes every write waiting (up to [`MAX_BATCH`]) and
-    /// commits them together.
-    fn writer(&self, queue: mpsc::Receiver<Pending>, shutdown: &Shutdown) {
-        while !shutdown.is_set() {
-            let first = match queue.recv_timeout(Duration::from_millis(100)) {
-                Ok(p) => p,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-        }
-    }
-
-    /// Group commit: decides each write in order, makes them all durable with one fsync,
-    /// pushes them to each replica as one batch, invalidates their cache entries, and only
-    /// then answers each. A write that is refused (out of stock, bad update) is answered
-    /// with its error and takes no sequence number.
-    fn commit(&self, batch: Vec<Pending>) {
-        let mut store = self.lock_writer();
-        let mut next = self.state().clone();
-        let mut answers: Vec<(mpsc::SyncSender<Result<Book>>, Result<Book>)> = Vec::with_capacity(batch.len());
-        let mut writes: Vec<(Replicate, Option<Order>)> = Vec::new();
-        let mut keys = Vec::new();
-        let mut orders = std::collections::HashSet::new();
-        for p in batch {
-            let repeated =
-                p.order.as_ref().is_some_and(|(o, _)| store.journal.contains(o) || !orders.insert(o.clone()));
-            let decided = if repeated {
-                // The copy was taken for this order already: answer as then, take none.
-                next.book(p.id).cloned()
-            } else {
-                next.book(p.id).cloned().and_then(|old| {
-                    let book = next.decide(p.id, &p.write)?;
-                    let seq = next.commit(book.clone());
-                    keys.extend(cache::keys_for(&old, &book));
-                    let order = p.order.map(|(order_id, at)| Order {
-                        order_id,
-                        id: p.id,
-                        title: book.title.clone(),
-                        price: book.price,
-                        at,
-                    });
-                    writes.push((Replicate { seq, book: book.clone() }, order));
-                    Ok(book)
-                })
-            };
-            answers.push((p.reply, decided));
-        }
-        if !writes.is_empty() {
-            let rows: Vec<(u64, &Book, Option<&Order>)> =
-                writes.iter().map(|(r, o)| (r.seq, &r.book, o.as_ref())).collect();
-            if let Err(e) = store.append(&rows).and_then(|_| store.after_write(&next)) {
-                log::error!("cannot persist {} writes: {e}", writes.len());
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(Error::Internal(format!("cannot persist the write: {e}"))));
-                }
-                return;
-            }
-            let last = next.seq();
-            self.set_state(next);
-            self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
-            self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
-            self.replicate(&pushes);
-            if let Some(cache) = &self.cache {
-                keys.sort_unstable();
-                keys.dedup();
-                // One marker per key, at the batch's last write: no older entry survives it.
-                cache.invalidate(&keys, last);
-            }
-        }
-        drop(store);
-        for (reply, answer) in answers {
-            let _ = reply.send(answer);
-        }
-    }
-
-    /// A primary that starts waits before its first write until every replica is in sync
-    /// (which ends any lease a replica extended while no primary ran) or the farewell grace
-    /// has passed.
-    fn wait_until_writable(&self) {
-        while !self.writes_open.load(Ordering::SeqCst) {
-            if Instant::now() >= self.writes_from || self.links.iter().all(|l| l.grant().in_sync) {
-                self.writes_open.store(true, Ordering::SeqCst);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Primary, on a graceful stop: takes the writer lock for good (nothing more will be
-    /// acknowledged) and says farewell to every replica in sync, so that they go on
-    /// serving reads for the grace while no primary runs.
-    fn farewell(&self) {
-        let writer = self.lock_writer();
-        std::thread::scope(|s| {
-            for link in self.links.iter().filter(|l| l.grant().in_sync) {
-                s.spawn(move || {
-                    match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(b"{}".to_vec())) {
-                        Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
-                        Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
-                        Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
-                    }
-                });
-            }
-        });
-        std::mem::forget(writer);
-    }
-
-    /// Pushes one write to every replica in sync (in parallel). A replica that misses it
-    /// is out of sync from then on (no lease renewals, no pushes) until the background
-    /// brings it back; the write waits until that replica's lease has surely expired.
-    fn replicate(&self, pushes: &[Replicate]) {
-        let waits: Vec<Option<Instant>> = std::thread::scope(|s| {
-            let pushes: Vec<_> = self
-                .links
-                .iter()
-                .filter(|link| link.grant().in_sync)
-                .map(|link| {
-                    s.spawn(move || match self.push_to(link, pushes) {
-                        Ok(replica_id) => {
-                            link.grant().synced(replica_id);
-                            None
-                        }
-                        Err(e) => {
-                            self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                            let seq = pushes.last().map_or(0, |p| p.seq);
-                            log::warn!("replica {} missed write {seq}: {e}; out of sync until it catches up", link.url);
-                            link.grant().lost()
-                        }
-                    })
-                })
-                .collect();
-            pushes.into_iter().map(|p| p.join().unwrap_or(None)).collect()
-        });
-        if let Some(until) = waits.into_iter().flatten().max().filter(|_| self.leases()) {
-            let wait = until.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
-                self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", pushes.len());
-                std::thread::sleep(wait);
-            }
-        }
-    }
-
-    /// Pushes a batch of writes; after a gap, the whole catalog. Returns the replica's identity.
-    fn push_to(&self, link: &ReplicaLink, pushes: &[Replicate]) -> Result<String> {
-        let ack = self.push.replicate(&link.url, pushes)?;
-        if ack.seq >= pushes.last().map_or(0, |p| p.seq) {
-            return Ok(ack.replica_id);
-        }
-        self.send_snapshot(link, &self.state().snapshot())
-    }
-
-    fn send_snapshot(&self, link: &ReplicaLink, snapshot: &Snapshot) -> Result<String> {
-        let ack = self.push.install(&link.url, snapshot)?;
-        self.counters.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-        if ack.seq < snapshot.seq {
-            return Err(Error::Internal(format!(
-                "replica {} stayed at {} after a snapshot at {}",
-                link.url, ack.seq, snapshot.seq
-            )));
-        }
-        Ok(ack.replica_id)
-    }
-
-    /// Primary, background: brings replica `i` back in sync whenever it is not. A first
-    /// snapshot is sent without the writer lock (a dead replica delays no write); the final
-    /// check, and a second snapshot if writes came in between, happen under it, so that no
-    /// write can slip between the snapshot and the replica being in sync.
-    fn keep_replica_in_sync(&self, i: usize, shutdown: &Shutdown) {
-        let link = &self.links[i];
-        loop {
-            if !link.grant().in_sync {
-                let probe = self.state().snapshot();
-                if let Err(e) = self.send_snapshot(link, &probe) {
-                    log::debug!("replica {} still unreachable: {e}", link.url);
-                } else {
-                    let _writer = self.lock_writer();
-                    let current = self.state().snapshot();
-                    let synced = if current.seq == probe.seq {
-                        self.push.install(&link.url, &current).map(|a| a.replica_id)
-                    } else {
-                        self.send_snapshot(link, &current)
-                    };
-                    match synced {
-                        Ok(id) => {
-                            link.grant().synced(id);
-                            log::info!("replica {} is in sync at write {}", link.url, current.seq);
-                        }
-                        Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
-                    }
-                }
-            }
-            if shutdown.sleep(RETRY_INTERVAL) {
-                return;
-            }
-        }
-    }
-
-    /// Replica, background: installs the primary's snapshot, then serves reads.
-    fn catch_up(&self, shutdown: &Shutdown) {
-        let primary = self.config.primary.clone().expect("a replica has a primary");
-        let client = CatalogClient { http: self.forward.clone() };
-        loop {
-            if self.serving.load(Ordering::SeqCst) {
-                return;
-            }
-            match client.snapshot(&primary) {
-                Ok(snapshot) => match self.install(snapshot, true) {
-                    Ok(_) => {
-                        log::info!("caught up with the primary at write {}", self.state().seq());
-                        return;
-                    }
-                    Err(e) => log::warn!("cannot install the primary's snapshot: {e}"),
-                },
-                Err(e) => log::warn!("waiting for the primary {primary}: {e}"),
-            }
-            if shutdown.sleep(RETRY_INTERVAL) {
-                return;
-            }
-        }
-    }
-
-    /// Replica, background: asks for a read lease every quarter of its length.
-    fn renew_lease(&self, shutdown: &Shutdown) {
-        let primary = self.config.primary.clone().expect("a replica has a primary");
-        let request = LeaseRequest { replica_id: self.replica_id.clone() };
-        loop {
-            let asked = Instant::now();
-            let answer = self.push.lease(&primary, &request);
-            let mut lease = self.lease();
-            match answer {
-                Ok(_) => {
-                    lease.granted(asked);
-                    self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(Error::Unreachable { refused: false, .. }) | Err(Error::Unavailable(_)) => {
-                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(Error::Unreachable { refused: true, .. }) => {
-                    let was_down = lease.primary_down();
-                    if lease.refused(asked, Instant::now()) && !was_down {
-                        log::warn!("the primary {primary} is not running: serving reads on the lease it granted (no write can be acknowledged meanwhile)");
-                    }
-                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // The primary answered, without a grant.
-                    lease.answered(asked);
-                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("lease not renewed: {e}");
-                }
-            }
-            drop(lease);
-            if shutdown.sleep(self.config.lease / 4) {
-                return;
-            }
-        }
-    }
-
-    /// Primary: a replica's lease request.
-    fn grant_lease(&self, request: &LeaseRequest) -> Result<Response> {
-        if self.config.role != Role::Primary {
-            return Err(Error::Conflict("only the primary grants leases".into()));
-        }
-        for link in &self.links {
-            let mut grant = link.grant();
-            if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
-                return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
-                    Ok(()) => {
-                        self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
-                        Ok(Response::json(&serde_json::json!({ "lease_ms": self.config.lease.as_millis() as u64 })))
-                    }
-                    Err(why) => {
-                        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
-                        Err(Error::Conflict(why.into()))
-                    }
-                };
-            }
-        }
-        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
-        Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
-    }
-
-    /// Replica: applies a batch of pushed writes, in order, with one fsync.
-    pub fn apply(&self, pushes: &[Replicate]) -> Result<ReplicaAck> {
-        let mut store = self.lock_writer();
-        let mut next = self.state().clone();
-        let applied: Vec<&Replicate> = pushes.iter().filter(|p| next.apply(p) == Applied::Applied).collect();
-        if !applied.is_empty() {
-            let rows: Vec<(u64, &Book, Option<&Order>)> = applied.iter().map(|p| (p.seq, &p.book, None)).collect();
-            store.append(&rows)?;
-            store.after_write(&next)?;
-            self.set_state(next);
-        }
-        self.heard_from_primary();
-        Ok(ReplicaAck { seq: self.state().seq(), replica_id: self.replica_id.clone() })
-    }
-
-    /// Replica: installs a snapshot (unless older than what it has, when not forced).
-    pub fn install(&self, snapshot: Snapshot, force: bool) -> Result<ReplicaAck> {
-        let mut store = self.lock_writer();
-        let mut next = self.state().clone();
-        // A primary that installs a snapshot brings this replica in sync: any lease extended
-        // while no primary ran ends, and leases come from grants again.
-        self.lease().reset_if_extended();
-        if next.install(snapshot, force)? {
-            store.checkpoint(&next)?;
-            self.set_state(next);
-            self.counters.catch_ups.fetch_add(1, Ordering::Relaxed);
-        }
-        self.serving.store(true, Ordering::SeqCst);
-        self.heard_from_primary();
-        Ok(ReplicaAck { seq: self.state().seq(), replica_id: self.replica_id.clone() })
-    }
-
-    fn heard_from_primary(&self) {
-        *self.last_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     /// A write from a client: decided here on the primary, forwarded by a replica.
@@ -690,6 +330,19 @@ impl CatalogNode {
         self.client_write(request, id, Write::Purchase, order)
     }
 
+    /// `POST /books`: 201 with the new book and its `Location`.
+    fn add_book(&self, request: &Request) -> Result<Response> {
+        let new: NewBook = json_body(request)?;
+        new.check().map_err(Error::BadRequest)?;
+        let answer = self.client_write(request, 0, Write::Add(new), None)?;
+        if answer.status != 200 && answer.status != 201 {
+            return Ok(answer);
+        }
+        let book: Book = serde_json::from_slice(&answer.body)
+            .map_err(|e| Error::Internal(format!("the primary sent a bad book: {e}")))?;
+        Ok(Response { status: 201, ..answer }.with_header("Location", format!("/books/{}", book.id)))
+    }
+
     /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica.
     fn purchases(&self, request: &Request) -> Result<Response> {
         if let Some(primary) = &self.config.primary {
@@ -699,7 +352,7 @@ impl CatalogNode {
             None => 0,
             Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
         };
-        let purchases = self.lock_writer().journal.after(after, PURCHASES_PAGE);
+        let (purchases, _) = self.lock_writer().journal.after(after, PURCHASES_PAGE);
         Ok(Response::json(&PurchasePage { purchases }))
     }
 
@@ -707,16 +360,19 @@ impl CatalogNode {
     pub fn handle(&self, request: &Request) -> Response {
         let token = self.config.common.token.as_deref();
         let method = request.method.as_str();
+        let admin = |f: &dyn Fn() -> Result<Response>| check_token(request, token).and_then(|_| f());
         http::route(request, |segs, get| match segs {
             ["health"] if get => http::respond(Ok(Response::json(&self.health())), "/health"),
+            ["ready"] if get => http::respond(Ok(self.ready()), "/ready"),
             ["metrics"] if get => {
                 let text = self.metrics.render(&self.metrics_text());
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["books"] if get => http::respond(self.list(request), "/books"),
+            ["books"] if method == "POST" => http::respond(admin(&|| self.add_book(request)), "/books"),
             ["books", id] if get => http::respond(self.read_one(id), "/books/{id}"),
             ["books", id] if method == "PATCH" => http::respond(
-                check_token(request, token).and_then(|_| {
+                admin(&|| {
                     let id = parse_id(id)?;
                     let update: BookUpdate = json_body(request)?;
                     self.client_write(request, id, Write::Update(update), None)
@@ -727,66 +383,87 @@ impl CatalogNode {
                 http::respond(self.purchase(request, id), "/books/{id}/purchase")
             }
             ["internal", "farewell"] if method == "POST" => http::respond(
-                check_token(request, token).and_then(|_| self.replica_only()).map(|_| {
+                admin(&|| {
+                    self.replica_only()?;
                     let extended = self.lease().farewell(Instant::now());
                     log::warn!(
                         "the primary is stopping; {}",
                         if extended { "serving reads for the farewell grace" } else { "no valid lease to extend" }
                     );
-                    Response::json(&serde_json::json!({ "extended": extended }))
+                    Ok(Response::json(&serde_json::json!({ "extended": extended })))
                 }),
                 "/internal/farewell",
             ),
-            ["internal", "lease"] if method == "POST" => http::respond(
-                check_token(request, token).and_then(|_| self.grant_lease(&json_body(request)?)),
-                "/internal/lease",
-            ),
-            ["internal", "purchases"] if get => {
-                http::respond(check_token(request, token).and_then(|_| self.purchases(request)), "/internal/purchases")
+            ["internal", "lease"] if method == "POST" => {
+                http::respond(admin(&|| self.grant_lease(&json_body(request)?)), "/internal/lease")
             }
-            ["internal", "snapshot"] if get => http::respond(
-                check_token(request, token).map(|_| Response::json(&self.state().snapshot())),
-                "/internal/snapshot",
-            ),
-            ["internal", "snapshot"] if method == "PUT" => http::respond(
-                check_token(request, token)
-                    .and_then(|_| self.replica_only())
-                    .and_then(|_| Ok(Response::json(&self.install(json_body(request)?, false)?))),
-                "/internal/snapshot",
+            ["internal", "purchases"] if get => {
+                http::respond(admin(&|| self.purchases(request)), "/internal/purchases")
+            }
+            ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
+            ["internal", "log"] if get => http::respond(admin(&|| self.log_after(request)), "/internal/log"),
+            ["internal", "resync"] if method == "POST" => http::respond(
+                admin(&|| {
+                    self.replica_only()?;
+                    let started = !self.catch_up_wanted.swap(true, Ordering::SeqCst);
+                    if started {
+                        self.serving.store(false, Ordering::SeqCst);
+                    }
+                    Ok(Response::json(&serde_json::json!({ "started": started })))
+                }),
+                "/internal/resync",
             ),
             ["internal", "replicate"] if method == "POST" => http::respond(
-                check_token(request, token)
-                    .and_then(|_| self.replica_only())
-                    .and_then(|_| Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?)?))),
+                admin(&|| {
+                    self.replica_only()?;
+                    Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?)?))
+                }),
                 "/internal/replicate",
             ),
-            ["health"] | ["metrics"] | ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["health"] | ["ready"] | ["metrics"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
-            ["books", _, "purchase"] | ["internal", "replicate"] => {
+            ["books", _, "purchase"] | ["internal", "replicate" | "resync" | "lease" | "farewell"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
-            ["internal", "snapshot"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PUT")), "invalid"),
-            ["internal", "purchases"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
-            ["internal", "lease"] | ["internal", "farewell"] => {
-                http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
+            ["internal", "purchases" | "books" | "log"] => {
+                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
     }
 
-    fn replica_only(&self) -> Result<()> {
+    pub(super) fn replica_only(&self) -> Result<()> {
         match self.config.role {
             Role::Replica => Ok(()),
             Role::Primary => Err(Error::Conflict("this catalog is the primary; it takes no pushes".into())),
         }
     }
 
-    /// `GET /books[?topic=]`, with the sequence number it was read at.
+    /// `GET /books[?topic=]`, a page by id, with the sequence number it was read at.
     fn list(&self, request: &Request) -> Result<Response> {
         self.readable()?;
         let topic = request.query_param("topic")?;
+        let page = PageRequest::from_query(request, page::MAX_LIMIT, parse_cursor)?;
         let state = self.state();
-        Ok(Response::json(&state.books(topic.as_deref())).with_header("X-Seq", state.seq().to_string()))
+        let (books, more) = state.page(topic.as_deref(), page.after.unwrap_or(0), page.limit);
+        let mut response = Response::json(&books).with_header("X-Seq", state.seq().to_string());
+        if let (true, Some(last)) = (more, books.last()) {
+            let params: Vec<(&str, &str)> = topic.as_deref().map(|t| ("topic", t)).into_iter().collect();
+            response =
+                response.with_header("Link", page::next_link("/books", &params, page.limit, &last.id.to_string()));
+        }
+        Ok(response)
+    }
+
+    /// `GET /internal/books`: a page of a replica's full copy (any node that has the data).
+    fn copy_page(&self, request: &Request) -> Result<Response> {
+        let page = PageRequest::from_query(request, COPY_PAGE, parse_cursor)?;
+        let history = self.lock_writer().history_id().to_string();
+        let state = self.state();
+        let (books, more) = state.page(None, page.after.unwrap_or(0), page.limit);
+        let books = books.into_iter().cloned().collect();
+        Ok(Response::json(&BookPage { history, seq: state.seq(), books, more }))
     }
 
     /// `GET /books/{id}`, with the sequence number it was read at.
@@ -797,14 +474,37 @@ impl CatalogNode {
         Ok(Response::json(state.book(id)?).with_header("X-Seq", state.seq().to_string()))
     }
 
+    fn role(&self) -> &'static str {
+        match self.config.role {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+
+    /// `GET /ready`: the primary always; a replica while it can serve reads.
+    fn ready(&self) -> Response {
+        let seq = self.state().seq();
+        match self.readable() {
+            Ok(()) => Response::json(&serde_json::json!({"status": "ready", "role": self.role(), "seq": seq})),
+            Err(e) => {
+                let status = if self.serving.load(Ordering::SeqCst) { "no-lease" } else { "catching-up" };
+                let body =
+                    serde_json::json!({"status": status, "role": self.role(), "seq": seq, "error": e.to_string()});
+                Response::raw_json(503, serde_json::to_vec(&body).expect("serializes"))
+            }
+        }
+    }
+
     fn health(&self) -> serde_json::Value {
         let out_of_sync: Vec<&str> = self.links.iter().filter(|l| !l.grant().in_sync).map(|l| l.url.as_str()).collect();
         let readable = self.readable().is_ok();
         let lease = self.lease().clone();
+        let state = self.state();
         serde_json::json!({
             "status": if readable { "ok" } else { "catching-up" },
-            "role": match self.config.role { Role::Primary => "primary", Role::Replica => "replica" },
-            "seq": self.state().seq(),
+            "role": self.role(),
+            "seq": state.seq(),
+            "books": state.len(),
             "replicas_out_of_sync": out_of_sync,
             "lease_ms_left": lease.remaining(Instant::now()).as_millis() as u64,
             "primary_down": lease.primary_down(),
@@ -817,13 +517,13 @@ impl CatalogNode {
         let out_of_sync = self.links.iter().filter(|l| !l.grant().in_sync).count() as f64;
         let lag = self.last_push.lock().unwrap_or_else(|e| e.into_inner()).map_or(-1.0, |t| t.elapsed().as_secs_f64());
         let lease = self.lease().remaining(Instant::now()).as_secs_f64();
-        let rows: [(&str, &str, &str, f64); 17] = [
-            (
-                "bazar_catalog_seq",
-                "gauge",
-                "Sequence number of the last write applied here.",
-                self.state().seq() as f64,
-            ),
+        let (seq, books) = {
+            let state = self.state();
+            (state.seq() as f64, state.len() as f64)
+        };
+        let rows: [(&str, &str, &str, f64); 19] = [
+            ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
+            ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
             ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
             (
                 "bazar_catalog_write_batches_total",
@@ -844,12 +544,18 @@ impl CatalogNode {
                 get(&c.pushes_failed),
             ),
             (
-                "bazar_replication_snapshots_sent_total",
+                "bazar_replication_tail_writes_sent_total",
                 "counter",
-                "Snapshots sent to replicas.",
-                get(&c.snapshots_sent),
+                "Writes sent again to replicas that missed them.",
+                get(&c.tail_writes_sent),
             ),
-            ("bazar_replication_catch_ups_total", "counter", "Snapshots this replica installed.", get(&c.catch_ups)),
+            (
+                "bazar_replication_copies_asked_total",
+                "counter",
+                "Primary: replicas asked to copy the whole catalog (too far behind).",
+                get(&c.copies_asked),
+            ),
+            ("bazar_replication_copies_total", "counter", "Replica: whole-catalog copies installed.", get(&c.copies)),
             (
                 "bazar_replication_replicas_out_of_sync",
                 "gauge",
@@ -905,6 +611,14 @@ impl CatalogNode {
         }
         out
     }
+}
+
+/// A book cursor: the id of the last book of the previous page (0: from the start).
+fn parse_cursor(a: &str) -> std::result::Result<u32, String> {
+    if a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a cursor is the id of the last book of the previous page".into());
+    }
+    a.parse().map_err(|_| "too large for a book id".into())
 }
 
 impl crate::service::Service for CatalogNode {

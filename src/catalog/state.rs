@@ -1,17 +1,23 @@
 //! The catalog's state and its operations, free of I/O.
 //!
-//! A [`Catalog`] is the books plus the sequence number of the last write applied. The
-//! primary decides a write with [`Catalog::decide`] (validation, stock checks) and
-//! commits the resulting book with [`Catalog::commit`], which numbers it. A replica
-//! applies the primary's numbered writes with [`Catalog::apply`], strictly in order, and
-//! installs whole snapshots with [`Catalog::install`] when it fell behind.
+//! A [`Catalog`] is the books, an index of them by topic, and the sequence number of the
+//! last write applied. The primary decides a batch of writes in a [`Draft`] over the
+//! current catalog (validation, stock checks, ids of new books), without copying it, and
+//! applies the decided books with [`Catalog::commit`] once they are durable. A replica
+//! applies the primary's numbered writes with [`Catalog::apply`], strictly in order.
+//!
+//! Costs: a write, `book` and the first page of a list are O(log n) in the number of books
+//! (a topic's books are found through the index, never by scanning the catalog).
 //!
 //! Invariant: every state with sequence number `n` is the same on every node: the
 //! primary's state after its n-th write.
 
 use crate::error::{Error, Result};
-use crate::wire::{Book, BookUpdate, Replicate, Snapshot};
-use std::collections::BTreeMap;
+use crate::wire::{Book, BookUpdate, NewBook, Replicate};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Longest title or topic, in characters.
+pub const MAX_TEXT: usize = 300;
 
 /// A write the primary decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +26,8 @@ pub enum Write {
     Update(BookUpdate),
     /// Take one copy.
     Purchase,
+    /// Add a book; the primary gives it the next id.
+    Add(NewBook),
 }
 
 /// What a replica did with a pushed write.
@@ -29,30 +37,54 @@ pub enum Applied {
     Applied,
     /// Already had it: nothing to do.
     Duplicate,
-    /// Writes are missing before it: needs a snapshot.
+    /// Writes are missing before it.
     Gap,
 }
 
-/// The books and the number of the last write applied to them.
+/// The books, by id and by topic, and the number of the last write applied to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     books: BTreeMap<u32, Book>,
+    /// Lower-cased, trimmed topic -> ids of its books.
+    topics: HashMap<String, BTreeSet<u32>>,
     seq: u64,
+}
+
+/// The index key of a topic: search matches topics case-insensitively, ignoring the
+/// spaces around them.
+pub fn topic_key(topic: &str) -> String {
+    topic.trim().to_lowercase()
+}
+
+/// Checks a title or a topic: 1 to [`MAX_TEXT`] characters, not only spaces, no control
+/// characters (a CSV row and a page stay one line of text).
+pub fn check_text(what: &str, s: &str) -> std::result::Result<(), String> {
+    let chars = s.chars().count();
+    if s.trim().is_empty() {
+        Err(format!("{what} is empty"))
+    } else if chars > MAX_TEXT {
+        Err(format!("{what} has {chars} characters; at most {MAX_TEXT}"))
+    } else if s.chars().any(char::is_control) {
+        Err(format!("{what} contains a control character"))
+    } else {
+        Ok(())
+    }
 }
 
 impl Catalog {
     /// A catalog of these books at sequence number `seq`.
-    pub fn new(books: Vec<Book>, seq: u64) -> Result<Catalog> {
-        let mut map = BTreeMap::new();
+    pub fn new(books: Vec<Book>, seq: u64) -> std::result::Result<Catalog, String> {
+        let mut catalog = Catalog { seq, ..Catalog::default() };
         for b in books {
             if b.id == 0 {
-                return Err(Error::BadRequest("book id 0 is not allowed".into()));
+                return Err("book id 0 is not allowed".into());
             }
-            if let Some(old) = map.insert(b.id, b) {
-                return Err(Error::BadRequest(format!("book id {} appears twice", old.id)));
+            if catalog.books.contains_key(&b.id) {
+                return Err(format!("book id {} appears twice", b.id));
             }
+            catalog.put(b);
         }
-        Ok(Catalog { books: map, seq })
+        Ok(catalog)
     }
 
     /// Sequence number of the last write applied.
@@ -60,21 +92,141 @@ impl Catalog {
         self.seq
     }
 
+    /// How many books.
+    pub fn len(&self) -> usize {
+        self.books.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.books.is_empty()
+    }
+
     /// One book.
     pub fn book(&self, id: u32) -> Result<&Book> {
         self.books.get(&id).ok_or_else(|| Error::NotFound(format!("no book with id {id}")))
     }
 
-    /// Books whose topic matches `topic` case-insensitively, or all books.
-    pub fn books(&self, topic: Option<&str>) -> Vec<Book> {
-        let topic = topic.map(|t| t.trim().to_lowercase());
-        self.books.values().filter(|b| topic.as_deref().is_none_or(|t| b.topic.to_lowercase() == t)).cloned().collect()
+    /// Every book, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Book> {
+        self.books.values()
     }
 
-    /// The book as `write` would leave it, or why the write is refused.
-    pub fn decide(&self, id: u32, write: &Write) -> Result<Book> {
+    /// Up to `limit` books with ids above `after` (of `topic`, matched case-insensitively,
+    /// or all), by id, and whether more follow.
+    pub fn page(&self, topic: Option<&str>, after: u32, limit: usize) -> (Vec<&Book>, bool) {
+        let from = std::ops::Bound::Excluded(after);
+        let range = (from, std::ops::Bound::Unbounded);
+        let mut page: Vec<&Book> = match topic {
+            None => self.books.range(range).map(|(_, b)| b).take(limit + 1).collect(),
+            Some(t) => match self.topics.get(&topic_key(t)) {
+                None => Vec::new(),
+                Some(ids) => ids.range(range).take(limit + 1).filter_map(|id| self.books.get(id)).collect(),
+            },
+        };
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    /// The id the next added book gets.
+    pub fn next_id(&self) -> u32 {
+        self.books.last_key_value().map_or(1, |(id, _)| id.saturating_add(1))
+    }
+
+    /// Stores a decided (or replicated) book as write `seq`.
+    pub fn commit(&mut self, book: Book, seq: u64) {
+        self.put(book);
+        self.seq = self.seq.max(seq);
+    }
+
+    /// Raises the sequence number to `seq` (a write that left every book as it was).
+    pub fn raise_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// Applies a pushed write if it is the next one.
+    pub fn apply(&mut self, push: &Replicate) -> Applied {
+        if push.seq <= self.seq {
+            Applied::Duplicate
+        } else if push.seq > self.seq + 1 {
+            Applied::Gap
+        } else {
+            self.commit(push.book.clone(), push.seq);
+            Applied::Applied
+        }
+    }
+
+    fn put(&mut self, book: Book) {
+        let key = topic_key(&book.topic);
+        if let Some(old) = self.books.get(&book.id) {
+            let old_key = topic_key(&old.topic);
+            if old_key != key {
+                if let Some(ids) = self.topics.get_mut(&old_key) {
+                    ids.remove(&book.id);
+                    if ids.is_empty() {
+                        self.topics.remove(&old_key);
+                    }
+                }
+            }
+        }
+        self.topics.entry(key).or_default().insert(book.id);
+        self.books.insert(book.id, book);
+    }
+}
+
+/// A batch of writes being decided over a catalog that it does not change: each write sees
+/// the ones decided before it in the batch. The writes are numbered from the catalog's
+/// sequence number; a refused write takes no number.
+pub struct Draft<'a> {
+    base: &'a Catalog,
+    changed: HashMap<u32, Book>,
+    next_id: u32,
+    seq: u64,
+    writes: Vec<Replicate>,
+}
+
+impl<'a> Draft<'a> {
+    /// An empty batch over `base`.
+    pub fn new(base: &'a Catalog) -> Draft<'a> {
+        Draft { base, changed: HashMap::new(), next_id: base.next_id(), seq: base.seq, writes: Vec::new() }
+    }
+
+    /// One book as the batch has left it so far.
+    pub fn book(&self, id: u32) -> Result<&Book> {
+        match self.changed.get(&id) {
+            Some(b) => Ok(b),
+            None => self.base.book(id),
+        }
+    }
+
+    /// Decides `write` to book `id` (ignored for an add) and numbers it: the book as it
+    /// leaves it, or why it is refused.
+    pub fn write(&mut self, id: u32, write: &Write) -> Result<Replicate> {
+        let book = self.decide(id, write)?;
+        if let Write::Add(_) = write {
+            self.next_id = self.next_id.checked_add(1).ok_or_else(|| Error::Conflict("no book ids left".into()))?;
+        }
+        self.seq += 1;
+        self.changed.insert(book.id, book.clone());
+        let push = Replicate { seq: self.seq, book };
+        self.writes.push(push.clone());
+        Ok(push)
+    }
+
+    fn decide(&self, id: u32, write: &Write) -> Result<Book> {
+        if let Write::Add(new) = write {
+            return new.check().map_err(Error::BadRequest).map(|()| Book {
+                id: self.next_id,
+                title: new.title.clone(),
+                topic: new.topic.clone(),
+                price: new.price,
+                quantity: new.quantity,
+            });
+        }
         let mut book = self.book(id)?.clone();
         match write {
+            Write::Add(_) => unreachable!("handled above"),
             Write::Purchase => {
                 if book.quantity == 0 {
                     return Err(Error::Conflict(format!("book {id} ({}) is out of stock", book.title)));
@@ -111,44 +263,18 @@ impl Catalog {
         Ok(book)
     }
 
-    /// Stores a decided book as the next write and returns its sequence number.
-    pub fn commit(&mut self, book: Book) -> u64 {
-        self.books.insert(book.id, book);
-        self.seq += 1;
-        self.seq
+    /// The numbered writes, in order.
+    pub fn into_writes(self) -> Vec<Replicate> {
+        self.writes
     }
+}
 
-    /// Sets a book as of write `seq` while loading the log (rows replay in order).
-    pub fn restore(&mut self, book: Book, seq: u64) {
-        self.books.insert(book.id, book);
-        self.seq = self.seq.max(seq);
-    }
-
-    /// Applies a pushed write if it is the next one.
-    pub fn apply(&mut self, push: &Replicate) -> Applied {
-        if push.seq <= self.seq {
-            Applied::Duplicate
-        } else if push.seq > self.seq + 1 {
-            Applied::Gap
-        } else {
-            self.commit(push.book.clone());
-            Applied::Applied
-        }
-    }
-
-    /// Replaces everything with `snapshot` unless it is older than what is held
-    /// (`force` installs it regardless: a replica's first sync after start).
-    pub fn install(&mut self, snapshot: Snapshot, force: bool) -> Result<bool> {
-        if !force && snapshot.seq < self.seq {
-            return Ok(false);
-        }
-        *self = Catalog::new(snapshot.books, snapshot.seq)?;
-        Ok(true)
-    }
-
-    /// The whole state.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot { seq: self.seq, books: self.books.values().cloned().collect() }
+impl NewBook {
+    /// Checks a new book: title and topic as [`check_text`] says (price and quantity were
+    /// checked by their types when the body was read).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        check_text("title", &self.title)?;
+        check_text("topic", &self.topic)
     }
 }
 
@@ -157,14 +283,11 @@ mod tests {
     use super::*;
     use crate::money::Money;
 
+    fn book(id: u32, topic: &str, quantity: u32) -> Book {
+        Book { id, title: format!("Book {id}"), topic: topic.into(), price: Money::from_cents(1000), quantity }
+    }
+
     fn catalog() -> Catalog {
-        let book = |id, topic: &str, quantity| Book {
-            id,
-            title: format!("Book {id}"),
-            topic: topic.into(),
-            price: Money::from_cents(1000),
-            quantity,
-        };
         Catalog::new(vec![book(1, "Distributed Systems", 2), book(2, "undergraduate school", 0)], 0).unwrap()
     }
 
@@ -172,56 +295,100 @@ mod tests {
         Write::Update(BookUpdate { price: price.map(Money::from_cents), quantity, quantity_delta: delta })
     }
 
+    fn add(title: &str, topic: &str) -> Write {
+        Write::Add(NewBook { title: title.into(), topic: topic.into(), price: Money::from_cents(500), quantity: 1 })
+    }
+
     #[test]
     fn decides_writes() {
         let c = catalog();
-        // (id, write, Ok(quantity, price) or Err(status))
-        type Case = (u32, Write, Result<(u32, i64), u16>);
+        // (id, write, Ok(id, quantity, price) or Err(status))
+        type Case = (u32, Write, Result<(u32, u32, i64), u16>);
+        let long = "x".repeat(301);
         let cases: Vec<Case> = vec![
-            (1, Write::Purchase, Ok((1, 1000))),
+            (1, Write::Purchase, Ok((1, 1, 1000))),
             (2, Write::Purchase, Err(409)),
             (9, Write::Purchase, Err(404)),
-            (1, update(Some(1250), None, None), Ok((2, 1250))),
-            (1, update(None, Some(20), None), Ok((20, 1000))),
-            (1, update(None, None, Some(-2)), Ok((0, 1000))),
+            (1, update(Some(1250), None, None), Ok((1, 2, 1250))),
+            (1, update(None, Some(20), None), Ok((1, 20, 1000))),
+            (1, update(None, None, Some(-2)), Ok((1, 0, 1000))),
             (1, update(None, None, Some(-3)), Err(400)),
             (1, update(None, None, Some(i64::MAX)), Err(400)),
             (1, update(None, Some(1), Some(1)), Err(400)),
             (1, update(None, None, None), Err(400)),
+            (0, add("New", "cooking"), Ok((3, 1, 500))),
+            (0, add(" ", "cooking"), Err(400)),
+            (0, add("New", ""), Err(400)),
+            (0, add(&long, "cooking"), Err(400)),
+            (0, add("a\nb", "cooking"), Err(400)),
+            (0, add(&"é".repeat(300), "cooking"), Ok((3, 1, 500))),
         ];
         for (id, write, want) in cases {
-            let got = c.decide(id, &write).map(|b| (b.quantity, b.price.cents())).map_err(|e| e.status());
-            assert_eq!(got, want, "{id} {write:?}");
+            let mut draft = Draft::new(&c);
+            let got = draft.write(id, &write).map(|r| (r.book.id, r.book.quantity, r.book.price.cents()));
+            assert_eq!(got.map_err(|e| e.status()), want, "{id} {write:?}");
         }
     }
 
     #[test]
-    fn searches_case_insensitively() {
-        let c = catalog();
-        assert_eq!(c.books(Some("distributed systems")).len(), 1);
-        assert_eq!(c.books(Some("UNDERGRADUATE SCHOOL")).len(), 1);
-        assert!(c.books(Some("cooking")).is_empty());
-        assert_eq!(c.books(None).len(), 2);
+    fn a_batch_sees_its_own_writes_and_numbers_them() {
+        let mut c = catalog();
+        let mut draft = Draft::new(&c);
+        assert_eq!(draft.write(1, &Write::Purchase).unwrap().seq, 1);
+        assert_eq!(draft.write(1, &Write::Purchase).unwrap().seq, 2);
+        assert_eq!(draft.write(1, &Write::Purchase).unwrap_err().status(), 409);
+        assert_eq!(draft.write(0, &add("A", "t")).unwrap().book.id, 3);
+        assert_eq!(draft.write(0, &add("B", "t")).unwrap().book.id, 4);
+        let writes = draft.into_writes();
+        assert_eq!(writes.iter().map(|w| w.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // The catalog did not change until the writes are committed.
+        assert_eq!(c, catalog());
+        for w in writes {
+            c.commit(w.book, w.seq);
+        }
+        assert_eq!((c.seq(), c.book(1).unwrap().quantity, c.len()), (4, 0, 4));
+    }
+
+    #[test]
+    fn pages_by_id_and_topic() {
+        let mut books: Vec<Book> = (1..=10).map(|i| book(i, if i % 2 == 0 { "Even" } else { "odd" }, 1)).collect();
+        books.push(book(20, " EVEN ", 1));
+        let c = Catalog::new(books, 0).unwrap();
+        let ids = |(p, more): (Vec<&Book>, bool)| (p.iter().map(|b| b.id).collect::<Vec<_>>(), more);
+        assert_eq!(ids(c.page(None, 0, 3)), (vec![1, 2, 3], true));
+        assert_eq!(ids(c.page(None, 9, 3)), (vec![10, 20], false));
+        assert_eq!(ids(c.page(Some("even"), 0, 5)), (vec![2, 4, 6, 8, 10], true));
+        assert_eq!(ids(c.page(Some("  even"), 10, 5)), (vec![20], false));
+        assert_eq!(ids(c.page(Some("cooking"), 0, 5)), (vec![], false));
+        assert_eq!(ids(c.page(None, 20, 5)), (vec![], false));
+        assert_eq!(c.next_id(), 21);
+    }
+
+    #[test]
+    fn a_topic_change_moves_the_book_in_the_index() {
+        let mut c = catalog();
+        c.commit(book(1, "cooking", 1), 1);
+        assert_eq!(c.page(Some("distributed systems"), 0, 10).0.len(), 0);
+        assert_eq!(c.page(Some("Cooking"), 0, 10).0.len(), 1);
+        assert!(!c.topics.contains_key("distributed systems"));
     }
 
     #[test]
     fn replicas_apply_in_order() {
-        let mut primary = catalog();
+        let primary = catalog();
         let mut replica = catalog();
-        let mut pushes = Vec::new();
-        for _ in 0..2 {
-            let book = primary.decide(1, &Write::Purchase).unwrap();
-            let seq = primary.commit(book.clone());
-            pushes.push(Replicate { seq, book });
-        }
+        let mut draft = Draft::new(&primary);
+        let pushes = [draft.write(1, &Write::Purchase).unwrap(), draft.write(1, &Write::Purchase).unwrap()];
         assert_eq!(replica.apply(&pushes[1]), Applied::Gap);
         assert_eq!(replica.apply(&pushes[0]), Applied::Applied);
         assert_eq!(replica.apply(&pushes[0]), Applied::Duplicate);
         assert_eq!(replica.apply(&pushes[1]), Applied::Applied);
-        assert_eq!(replica, primary);
-        let old = catalog().snapshot();
-        assert!(!replica.install(old.clone(), false).unwrap());
-        assert!(replica.install(old, true).unwrap());
-        assert_eq!(replica.seq(), 0);
+        assert_eq!((replica.seq(), replica.book(1).unwrap().quantity), (2, 0));
+    }
+
+    #[test]
+    fn refuses_bad_catalogs() {
+        assert!(Catalog::new(vec![book(0, "t", 1)], 0).is_err());
+        assert!(Catalog::new(vec![book(1, "t", 1), book(1, "u", 1)], 0).is_err());
     }
 }

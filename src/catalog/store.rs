@@ -1,45 +1,58 @@
 //! The catalog's files: the write-ahead log `catalog.log` and the view `books.csv`.
 //!
-//! `catalog.log` (header `seq,id,title,topic,price,quantity,order_id,at`) has one row per
-//! write: the book's whole state after write `seq`, and for a purchase made by an order
-//! server its order id and time (the purchase journal that order servers reconcile from).
-//! A write is durable once its row is appended and fsynced: that is the commit point.
-//! `books.csv` (header `id,title,topic,price,quantity`) is then rewritten as the readable
-//! view of the catalog; it is not fsynced per write.
+//! `catalog.log` (header `seq,id,title,topic,price,quantity,order_id,at`) is the truth.
+//! Each write appends one row, the book's whole state after write `seq` (and for a purchase
+//! made by an order server, its order id and time: the purchase journal that order servers
+//! reconcile from), and fsyncs it: that is the commit point. Two kinds of row have id 0:
+//! - `checkpoint` (at `seq`, history in `topic`): `books.csv` holds the catalog as of
+//!   `seq`; the rows that follow with a number up to `seq` are journal records only.
+//! - `reset` (at `seq`, history in `topic`): forget every book; the rows at `seq` that
+//!   follow are the whole catalog (an import or a replica's full copy), so the log alone
+//!   is the catalog and `books.csv` is not read.
 //!
-//! Loading overlays the log's rows, in order, on `books.csv` (seeded from the built-in
-//! catalog on first start). Every row holds a whole book, so replaying a row that the view
-//! already reflects changes nothing, and the result is the state after the last durable
-//! write whatever the view held when the process died. The sequence number is the last
-//! row's.
+//! `books.csv` (header `id,title,topic,price,quantity`) is the readable view, written
+//! durably at checkpoints only, so a write costs one appended row whatever the size of the
+//! catalog. Loading overlays the log's rows in order on the view. Every row holds a whole
+//! book, so replaying a row that the view already reflects changes nothing, and the result
+//! is the state after the last durable write whatever the view held when the process died.
 //!
-//! Compaction (and a replica's snapshot install) replaces the log atomically with the
-//! retained purchase rows followed by one row per book at the current sequence number,
-//! then rewrites the view durably. Rows replay in file order, so the older purchase rows
-//! are overwritten by the snapshot rows that follow them.
+//! A checkpoint (once the log has grown by as many rows as there are books, and at least
+//! [`COMPACT_AFTER`]) writes the view durably first and then replaces the log with a
+//! checkpoint row and the retained journal: a crash between the two leaves a newer view
+//! under the old log, which replays to the same state. An import or a full copy replaces
+//! the log first (reset form) and then the view.
+//!
+//! The *history* is an id drawn when a catalog is created, imported or copied whole; a
+//! replica continues from the primary's log only when their histories are the same.
 //!
 //! Architecture invariant: only the catalog process that owns a data directory writes its
-//! files: the log by fsynced appends or atomic replacement, the view by atomic replacement.
+//! files (it holds a lock on `catalog.lock`): the log by fsynced appends or atomic
+//! replacement, the view by atomic replacement.
 
 use super::state::Catalog;
 use crate::error::{Error, Result};
 use crate::money::Money;
 use crate::storage;
-use crate::wire::{Book, Order, Purchase};
+use crate::wire::{Book, Order, Purchase, Replicate};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The built-in catalog a new data directory is seeded with.
 pub const SEED: &str = include_str!("../../data/books.csv");
-/// Log rows after which the log is compacted.
+/// Fewest log rows after which the log is checkpointed (more in a large catalog: as many
+/// as it has books, so that a checkpoint costs O(1) per write on average).
 pub const COMPACT_AFTER: usize = 20_000;
-/// Purchase records kept across compactions, for order servers to reconcile from.
+/// Purchase records kept across checkpoints, for order servers to reconcile from.
 pub const KEEP_PURCHASES: usize = 10_000;
+/// Recent writes kept in memory, for replicas that missed a few.
+pub const HISTORY: usize = 100_000;
 
 const LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at\n";
+const CHECKPOINT: &str = "checkpoint";
+const RESET: &str = "reset";
 
 /// One `books.csv` row; the price is text so that it stays exact.
 #[derive(Serialize, Deserialize)]
@@ -87,10 +100,48 @@ impl Journal {
         self.by_order.contains_key(order_id)
     }
 
-    /// Up to `max` purchases made after write `after`.
-    pub fn after(&self, after: u64, max: usize) -> Vec<Purchase> {
+    /// Up to `max` purchases made after write `after`, and whether more follow.
+    pub fn after(&self, after: u64, max: usize) -> (Vec<Purchase>, bool) {
         let start = self.records.partition_point(|p| p.seq <= after);
-        self.records.iter().skip(start).take(max).cloned().collect()
+        let page: Vec<Purchase> = self.records.iter().skip(start).take(max).cloned().collect();
+        let more = self.records.len() - start > page.len();
+        (page, more)
+    }
+}
+
+/// The last [`HISTORY`] writes, contiguous, ending at the catalog's sequence number.
+#[derive(Debug)]
+pub struct History {
+    writes: VecDeque<Replicate>,
+    /// The sequence number of the last write (the catalog's).
+    last: u64,
+}
+
+impl History {
+    fn new(last: u64) -> History {
+        History { writes: VecDeque::new(), last }
+    }
+
+    fn push(&mut self, write: Replicate) {
+        if write.seq != self.last + 1 {
+            // Not contiguous (rows of a bulk load): start again from here.
+            self.writes.clear();
+        }
+        self.last = write.seq;
+        self.writes.push_back(write);
+        if self.writes.len() > HISTORY {
+            self.writes.pop_front();
+        }
+    }
+
+    /// Up to `max` writes after `seq`, or None when they are no longer kept (or `seq` is
+    /// past the last write: a replica of another history).
+    pub fn after(&self, seq: u64, max: usize) -> Option<Vec<Replicate>> {
+        let first = self.writes.front().map_or(self.last + 1, |w| w.seq);
+        if seq > self.last || seq + 1 < first {
+            return None;
+        }
+        Some(self.writes.iter().skip((seq + 1 - first) as usize).take(max).cloned().collect())
     }
 }
 
@@ -100,26 +151,32 @@ pub struct Store {
     books: PathBuf,
     log_path: PathBuf,
     log: File,
-    /// Rows in the log: decides when to compact.
+    /// Held for the life of the store: no second process writes these files.
+    _lock: File,
+    /// Write rows since the last checkpoint: decides when to checkpoint.
     rows: usize,
+    /// This catalog's history id.
+    history_id: String,
     /// Recent purchases made for orders.
     pub journal: Journal,
+    /// Recent writes.
+    pub history: History,
 }
 
 impl Store {
     /// Opens (creating and seeding if needed) the data directory and loads the catalog.
     pub fn open(dir: &Path) -> Result<(Store, Catalog)> {
-        let ctx = |path: &Path, e: Error| Error::Internal(format!("{}: {e}", path.display()));
         storage::ensure_dir(dir)
             .map_err(|e| Error::Internal(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let lock = lock_dir(dir)?;
         let books = dir.join("books.csv");
         let log_path = dir.join("catalog.log");
-        if !books.exists() {
+        if !log_path.exists() && !books.exists() {
+            let seed = Catalog::new(parse(SEED.as_bytes())?, 0).map_err(Error::Internal)?;
             storage::replace_file(&books, SEED.as_bytes())?;
-            log::info!("seeded {} with the built-in catalog", books.display());
+            write_log(&log_path, RESET, &seed, &new_history_id()?, &Journal::default())?;
+            log::info!("seeded {} with the built-in catalog", dir.display());
         }
-        let mut catalog =
-            Catalog::new(parse(&fs::read(&books)?).map_err(|e| ctx(&books, e))?, 0).map_err(|e| ctx(&books, e))?;
         if log_path.exists() {
             let cut = storage::cut_torn_tail(&log_path)?;
             if cut > 0 {
@@ -130,75 +187,239 @@ impl Store {
             }
         }
         let log = storage::open_append(&log_path, LOG_HEADER)?;
-        let mut journal = Journal::default();
-        let mut rows = 0;
-        let text = fs::read(&log_path)?;
-        for row in csv::Reader::from_reader(text.as_slice()).deserialize::<LogRow>() {
-            let r = row.map_err(|e| ctx(&log_path, e.into()))?;
-            let price: Money = r.price.parse().map_err(|e| ctx(&log_path, Error::Internal(e)))?;
-            let book = Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity };
-            if !r.order_id.is_empty() {
-                let order = Order { order_id: r.order_id, id: book.id, title: book.title.clone(), price, at: r.at };
-                journal.push(Purchase { seq: r.seq, order });
-            }
-            catalog.restore(book, r.seq);
-            rows += 1;
-        }
-        Ok((Store { books, log_path, log, rows, journal }, catalog))
+        let loaded = load(&books, &log_path)?;
+        let store = Store {
+            books,
+            log_path,
+            log,
+            _lock: lock,
+            rows: loaded.rows,
+            history_id: loaded.history_id,
+            journal: loaded.journal,
+            history: loaded.history,
+        };
+        Ok((store, loaded.catalog))
+    }
+
+    /// This catalog's history id.
+    pub fn history_id(&self) -> &str {
+        &self.history_id
     }
 
     /// Makes writes durable (group commit): appends each book's new state after write `seq`
     /// (and the order it was taken for) to the log, and fsyncs once for all of them.
-    pub fn append(&mut self, writes: &[(u64, &Book, Option<&Order>)]) -> Result<()> {
+    pub fn append(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
-        for &(seq, book, order) in writes {
-            w.serialize(log_row(seq, book, order))?;
+        for &(r, order) in writes {
+            w.serialize(log_row(r.seq, &r.book, order))?;
         }
         let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
         self.log.write_all(&bytes)?;
         self.log.sync_data()?;
         self.rows += writes.len();
-        for &(seq, _, order) in writes {
+        for &(r, order) in writes {
             if let Some(o) = order {
-                self.journal.push(Purchase { seq, order: o.clone() });
+                self.journal.push(Purchase { seq: r.seq, order: o.clone() });
             }
+            self.history.push(r.clone());
         }
         Ok(())
     }
 
-    /// Rewrites `books.csv` after a write (atomically; the log makes it durable), and
-    /// compacts the log when it has grown long.
+    /// Checkpoints when the log has grown by as many rows as the catalog has books (and at
+    /// least [`COMPACT_AFTER`]): O(1) per write on average.
     pub fn after_write(&mut self, catalog: &Catalog) -> Result<()> {
-        if self.rows >= COMPACT_AFTER {
-            return self.checkpoint(catalog);
+        if self.rows >= COMPACT_AFTER.max(catalog.len()) {
+            self.checkpoint(catalog)?;
         }
-        storage::replace_file_fast(&self.books, &render(&catalog.books(None))?)?;
         Ok(())
     }
 
-    /// Replaces the log with the retained purchases and a snapshot of `catalog` (atomically
-    /// and durably), then the view. Used by compaction and by a replica's catch-up.
+    /// Writes the view durably, then replaces the log with a checkpoint row and the
+    /// retained purchase journal.
     pub fn checkpoint(&mut self, catalog: &Catalog) -> Result<()> {
-        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(LOG_HEADER.to_vec());
-        for p in &self.journal.records {
-            let book = Book {
-                id: p.order.id,
-                title: p.order.title.clone(),
-                topic: String::new(),
-                price: p.order.price,
-                quantity: 0,
-            };
-            w.serialize(log_row(p.seq, &book, Some(&p.order)))?;
-        }
-        for book in catalog.books(None) {
-            w.serialize(log_row(catalog.seq(), &book, None))?;
-        }
-        let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
-        storage::replace_file(&self.log_path, &bytes)?;
+        write_view(&self.books, catalog)?;
+        let mut w = log_writer(&self.log_path)?;
+        w.serialize(marker(CHECKPOINT, catalog.seq(), &self.history_id))?;
+        write_journal(&mut w, &self.journal)?;
+        finish_log(w, &self.log_path)?;
         self.log = storage::open_append(&self.log_path, LOG_HEADER)?;
-        self.rows = self.journal.records.len() + catalog.books(None).len();
-        storage::replace_file(&self.books, &render(&catalog.books(None))?)?;
+        self.rows = 0;
+        log::info!("checkpoint at write {} ({} books)", catalog.seq(), catalog.len());
         Ok(())
+    }
+
+    /// Replaces the whole catalog (an import, or a replica's full copy of its primary):
+    /// the log first, in reset form, then the view.
+    pub fn replace(&mut self, catalog: &Catalog, history_id: &str) -> Result<()> {
+        write_log(&self.log_path, RESET, catalog, history_id, &self.journal)?;
+        self.log = storage::open_append(&self.log_path, LOG_HEADER)?;
+        self.rows = 0;
+        self.history_id = history_id.to_string();
+        self.history = History::new(catalog.seq());
+        write_view(&self.books, catalog)?;
+        Ok(())
+    }
+}
+
+/// What loading a data directory found.
+struct Loaded {
+    catalog: Catalog,
+    journal: Journal,
+    history: History,
+    history_id: String,
+    rows: usize,
+}
+
+fn load(books: &Path, log_path: &Path) -> Result<Loaded> {
+    let ctx = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", log_path.display()));
+    let mut reader = csv::Reader::from_path(log_path).map_err(|e| ctx(&e))?;
+    let mut rows = reader.deserialize::<LogRow>().peekable();
+    let starts_with_reset = matches!(rows.peek(), Some(Ok(r)) if r.id == 0 && r.title == RESET);
+    let mut catalog = if starts_with_reset || !books.exists() {
+        Catalog::default()
+    } else {
+        let view = fs::read(books)?;
+        Catalog::new(parse(&view).map_err(|e| Error::Internal(format!("{}: {e}", books.display())))?, 0)
+            .map_err(|e| Error::Internal(format!("{}: {e}", books.display())))?
+    };
+    let mut loaded = Loaded {
+        catalog: Catalog::default(),
+        journal: Journal::default(),
+        history: History::new(0),
+        history_id: String::new(),
+        rows: 0,
+    };
+    // Rows numbered up to `base` are journal records only, but for the rows of a reset's
+    // catalog (at `bulk`, without an order).
+    let (mut base, mut bulk) = (0, None);
+    for row in rows {
+        let r = row.map_err(|e| ctx(&e))?;
+        if r.id == 0 {
+            match r.title.as_str() {
+                CHECKPOINT => base = r.seq,
+                RESET => {
+                    catalog = Catalog::default();
+                    (base, bulk) = (r.seq, Some(r.seq));
+                }
+                other => return Err(ctx(&format!("unknown marker row {other:?}"))),
+            }
+            loaded.history_id = r.topic;
+            loaded.history = History::new(r.seq);
+            catalog.raise_seq(r.seq);
+            continue;
+        }
+        let price: Money = r.price.parse().map_err(|e: String| ctx(&e))?;
+        let book = Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity };
+        let journaled = !r.order_id.is_empty();
+        if journaled {
+            let order = Order { order_id: r.order_id, id: book.id, title: book.title.clone(), price, at: r.at };
+            loaded.journal.push(Purchase { seq: r.seq, order });
+        }
+        if r.seq > base {
+            loaded.history.push(Replicate { seq: r.seq, book: book.clone() });
+            loaded.rows += 1;
+            catalog.commit(book, r.seq);
+        } else if bulk == Some(r.seq) && !journaled {
+            catalog.commit(book, r.seq);
+        }
+    }
+    loaded.catalog = catalog;
+    Ok(loaded)
+}
+
+/// Locks `catalog.lock` in `dir` for this process, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("catalog.lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Unavailable(format!("{} is in use by a running catalog; stop it first", dir.display())));
+    }
+    Ok(file)
+}
+
+/// A new history id.
+pub fn new_history_id() -> Result<String> {
+    crate::order::node::random_hex()
+}
+
+fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {
+    LogRow {
+        seq,
+        id: 0,
+        title: kind.into(),
+        topic: history_id.into(),
+        price: "0.00".into(),
+        quantity: 0,
+        order_id: String::new(),
+        at: String::new(),
+    }
+}
+
+fn log_writer(path: &Path) -> Result<csv::Writer<BufWriter<File>>> {
+    let mut f = BufWriter::with_capacity(1 << 20, File::create(path.with_extension("tmp"))?);
+    f.write_all(LOG_HEADER)?;
+    Ok(csv::WriterBuilder::new().has_headers(false).from_writer(f))
+}
+
+fn finish_log(w: csv::Writer<BufWriter<File>>, path: &Path) -> Result<()> {
+    let f = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
+    let f = f.into_inner().map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+    f.sync_all()?;
+    fs::rename(path.with_extension("tmp"), path)?;
+    storage::sync_dir(path)?;
+    Ok(())
+}
+
+fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal) -> Result<()> {
+    for p in &journal.records {
+        let book = Book {
+            id: p.order.id,
+            title: p.order.title.clone(),
+            topic: String::new(),
+            price: p.order.price,
+            quantity: 0,
+        };
+        w.serialize(log_row(p.seq, &book, Some(&p.order)))?;
+    }
+    Ok(())
+}
+
+/// Writes a self-sufficient log: a reset row, the journal, and every book at the
+/// catalog's sequence number.
+fn write_log(path: &Path, kind: &str, catalog: &Catalog, history_id: &str, journal: &Journal) -> Result<()> {
+    let mut w = log_writer(path)?;
+    w.serialize(marker(kind, catalog.seq(), history_id))?;
+    write_journal(&mut w, journal)?;
+    for book in catalog.iter() {
+        w.serialize(log_row(catalog.seq(), book, None))?;
+    }
+    finish_log(w, path)
+}
+
+fn write_view(path: &Path, catalog: &Catalog) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, File::create(&tmp)?));
+    for b in catalog.iter() {
+        w.serialize(book_row(b))?;
+    }
+    let f = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
+    let f = f.into_inner().map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    storage::sync_dir(path)?;
+    Ok(())
+}
+
+fn book_row(b: &Book) -> BookRow {
+    BookRow {
+        id: b.id,
+        title: b.title.clone(),
+        topic: b.topic.clone(),
+        price: b.price.to_string(),
+        quantity: b.quantity,
     }
 }
 
@@ -227,16 +448,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<Book>> {
 }
 
 /// Renders books as `books.csv`.
-pub fn render(books: &[Book]) -> Result<Vec<u8>> {
+pub fn render<'a>(books: impl IntoIterator<Item = &'a Book>) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for b in books {
-        w.serialize(BookRow {
-            id: b.id,
-            title: b.title.clone(),
-            topic: b.topic.clone(),
-            price: b.price.to_string(),
-            quantity: b.quantity,
-        })?;
+        w.serialize(book_row(b))?;
     }
     w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))
 }
@@ -244,7 +459,7 @@ pub fn render(books: &[Book]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::state::Write as W;
+    use crate::catalog::state::{Draft, Write as W};
 
     fn temp(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("bazar-store-{tag}-{}", std::process::id()));
@@ -262,6 +477,14 @@ mod tests {
         }
     }
 
+    fn purchase(store: &mut Store, catalog: &mut Catalog, order_id: &str) -> Replicate {
+        let w = Draft::new(catalog).write(3, &W::Purchase).unwrap();
+        let o = Order { title: w.book.title.clone(), ..order(order_id) };
+        store.append(&[(&w, Some(&o))]).unwrap();
+        catalog.commit(w.book.clone(), w.seq);
+        w
+    }
+
     #[test]
     fn seed_round_trips() {
         let books = parse(SEED.as_bytes()).unwrap();
@@ -271,40 +494,68 @@ mod tests {
         assert_eq!(String::from_utf8(render(&books).unwrap()).unwrap(), SEED);
     }
 
-    /// Writes, a crash at each point (torn row, stale view, lost view), compaction.
+    /// Writes, a crash at each point (torn row, lost view), checkpoints, history.
     #[test]
     fn the_log_is_the_truth() {
         let dir = temp("log");
         let (mut store, mut catalog) = Store::open(&dir).unwrap();
+        let history = store.history_id().to_string();
+        assert_eq!(history.len(), 12);
         for i in 0..5 {
-            let mut book = catalog.decide(3, &W::Purchase).unwrap();
-            book.title = format!("A \"quoted\", title {i}");
-            let seq = catalog.commit(book.clone());
-            let mut o = order(&format!("o-{i}"));
-            o.title = book.title.clone();
-            store.append(&[(seq, &book, Some(&o))]).unwrap();
-            if i < 3 {
-                store.after_write(&catalog).unwrap();
-            }
+            purchase(&mut store, &mut catalog, &format!("o-{i}"));
         }
-        // The view missed the last two writes (a crash before it was rewritten): the log wins.
+        drop(store);
         let (_, again) = Store::open(&dir).unwrap();
         assert_eq!(again, catalog);
-        // A torn row is cut; a lost view is rebuilt from the seed and the log.
+        // A torn row is cut; the view is not needed while the log starts with a reset.
         let mut f = fs::OpenOptions::new().append(true).open(dir.join("catalog.log")).unwrap();
         f.write_all(b"6,3,torn").unwrap();
         fs::remove_file(dir.join("books.csv")).unwrap();
         let (mut store, again) = Store::open(&dir).unwrap();
         assert_eq!(again, catalog);
-        assert_eq!(store.journal.after(3, 10).iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(store.journal.after(3, 10).0.iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5]);
         assert!(store.journal.contains("o-0"));
-        // Compaction keeps the state and the journal.
+        assert_eq!(store.history.after(2, 10).unwrap().iter().map(|w| w.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(store.history.after(6, 10).is_none());
+        // A checkpoint keeps the state, the journal and the history id; later writes replay
+        // over the view.
         store.checkpoint(&catalog).unwrap();
+        purchase(&mut store, &mut catalog, "o-5");
+        drop(store);
         let (store, again) = Store::open(&dir).unwrap();
         assert_eq!(again, catalog);
-        assert_eq!(again.seq(), 5);
-        assert_eq!(store.journal.after(0, 10).len(), 5);
-        assert_eq!(parse(&fs::read(dir.join("books.csv")).unwrap()).unwrap(), catalog.books(None));
+        assert_eq!(again.seq(), 6);
+        assert_eq!(store.history_id(), history);
+        assert_eq!(store.journal.after(0, 10).0.len(), 6);
+        assert_eq!(store.history.after(5, 10).unwrap().len(), 1);
+        assert!(store.history.after(4, 10).is_none(), "writes before a restart's checkpoint are not kept");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A crash between a checkpoint's view and its log: a newer view under the old log.
+    #[test]
+    fn a_newer_view_under_an_old_log_is_the_same_state() {
+        let dir = temp("view");
+        let (mut store, mut catalog) = Store::open(&dir).unwrap();
+        store.checkpoint(&catalog).unwrap();
+        for i in 0..3 {
+            purchase(&mut store, &mut catalog, &format!("v-{i}"));
+        }
+        write_view(&dir.join("books.csv"), &catalog).unwrap();
+        drop(store);
+        let (_, again) = Store::open(&dir).unwrap();
+        assert_eq!(again, catalog);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_process_per_directory() {
+        let dir = temp("lock");
+        let (store, _) = Store::open(&dir).unwrap();
+        assert!(Store::open(&dir).unwrap_err().to_string().contains("in use"));
+        drop(store);
+        assert!(Store::open(&dir).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

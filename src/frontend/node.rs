@@ -7,6 +7,7 @@ use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, parse_id, Request, Response};
 use crate::metrics::Metrics;
+use crate::page::{self, PageRequest};
 use crate::wire::{Book, Order, PurchaseReceipt, SearchHit};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use ureq::http::Method;
 
 /// Longest wait for a back end (a purchase persists on two servers first).
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a back end's `/ready`.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Settings of the front end.
 #[derive(Clone, Debug)]
@@ -59,12 +62,17 @@ pub struct Frontend {
     catalogs: Pool,
     orders: Pool,
     http: Http,
+    /// Readiness probes of the back ends (short timeout).
+    probe: Http,
     cache: Option<Cache>,
     metrics: Arc<Metrics>,
 }
 
-/// How a read answer is turned into the front end's JSON.
-type Shape = fn(&[u8]) -> Result<Vec<u8>>;
+/// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
+type Shape<'a> = &'a dyn Fn(&Answer) -> Result<(Vec<u8>, Option<String>)>;
+
+/// Whether an answer may be cached under its key (given its `Link`).
+type Cacheable<'a> = &'a dyn Fn(Option<&str>) -> bool;
 
 impl Frontend {
     /// A front end over the configured pools.
@@ -75,6 +83,7 @@ impl Frontend {
             catalogs: Pool::new(config.catalogs.clone()),
             orders: Pool::new(config.orders.clone()),
             http: Http::new(BACKEND_TIMEOUT, pool, config.common.token.clone()),
+            probe: Http::new(PROBE_TIMEOUT, pool, None),
             cache,
             metrics,
             config,
@@ -98,18 +107,20 @@ impl Frontend {
                 let text = self.metrics.render(&extra);
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
-            ["search", topic] if get => {
-                let path = format!("/books?topic={}", http::percent_encode(topic));
-                self.cached_read(cache::search_key(topic), &path, search_hits).at("/search/{topic}")
-            }
+            ["search", topic] if get => self.search(request, topic).at("/search/{topic}"),
+            ["ready"] if get => http::respond(self.ready(), "/ready"),
             ["info", id] if get => match parse_id(id) {
-                Ok(id) => self.cached_read(Some(cache::info_key(id)), &format!("/books/{id}"), info).at("/info/{id}"),
+                Ok(id) => {
+                    let info = |a: &Answer| Ok((a.body.clone(), None));
+                    self.cached_read(Some(cache::info_key(id)), &format!("/books/{id}"), &info, &|_| true)
+                        .at("/info/{id}")
+                }
                 Err(e) => self.with_cache_header(Response::error(&e), "off").at("/info/{id}"),
             },
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| self.purchase(id)), "/purchase/{id}")
             }
-            ["health"] | ["metrics"] | ["search", _] | ["info", _] => {
+            ["health"] | ["ready"] | ["metrics"] | ["search", _] | ["info", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
@@ -121,14 +132,65 @@ impl Frontend {
         r.with_header("X-Cache", state)
     }
 
-    /// A cacheable read: the cache first, else a catalog replica (then stored).
-    fn cached_read(&self, key: Option<String>, path: &str, shape: Shape) -> Response {
+    /// `GET /search/{topic}[?limit=&after=]`: a page of hits, through the cache.
+    ///
+    /// Cached pages: the first page of the default size (its key is invalidated by every
+    /// write to the topic), and any page that is full (it has a next page). A full page
+    /// never changes: books are added with ids above every other and titles never change,
+    /// so a page can only grow at the end of a topic. A last page of another size or cursor
+    /// is read from the catalog every time.
+    fn search(&self, request: &Request, topic: &str) -> Response {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, parse_cursor) {
+            Ok(p) => p,
+            Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
+        };
+        let mut path = format!("/books?topic={}&limit={}", http::percent_encode(topic), page.limit);
+        if let Some(after) = page.after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let first = request.query.is_none();
+        let key = cache::search_key(topic).map(|k| match first {
+            true => k,
+            false => format!("{k}:{}:{}", page.limit, page.after.unwrap_or(0)),
+        });
+        let here = format!("/search/{}", http::percent_encode(topic));
+        let shape = |a: &Answer| {
+            let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
+            Ok((search_hits(&a.body)?, next.map(|after| page::next_link(&here, &[], page.limit, &after))))
+        };
+        self.cached_read(key, &path, &shape, &|link| first || link.is_some())
+    }
+
+    /// `GET /ready`: a ready catalog and a ready order server answer (probed in parallel).
+    fn ready(&self) -> Result<Response> {
+        let probe = |urls: &[String]| {
+            std::thread::scope(|s| {
+                let probes: Vec<_> =
+                    urls.iter().map(|url| s.spawn(move || self.probe.call(Method::GET, url, "/ready", None))).collect();
+                probes.into_iter().any(|p| matches!(p.join(), Ok(Ok(a)) if a.status == 200))
+            })
+        };
+        let (catalog, order) = (probe(self.catalogs.urls()), probe(self.orders.urls()));
+        let body = |status: &str| serde_json::json!({"status": status, "role": "frontend", "catalog": catalog, "order": order});
+        if catalog && order {
+            Ok(Response::json(&body("ready")))
+        } else {
+            let why = if catalog { "no-order-server" } else { "no-catalog" };
+            let mut b = body(why);
+            b["error"] = format!("no ready {}", if catalog { "order server" } else { "catalog" }).into();
+            Ok(Response::raw_json(503, serde_json::to_vec(&b).expect("serializes")))
+        }
+    }
+
+    /// A cacheable read: the cache first, else a catalog replica (then stored when
+    /// `cacheable` says so). A cached search page keeps its `Link` as a first line `L<link>`.
+    fn cached_read(&self, key: Option<String>, path: &str, shape: Shape, cacheable: Cacheable) -> Response {
         let lookup = match (&self.cache, key) {
             (Some(c), Some(k)) => c.lookup(&k),
             _ => Lookup::Off,
         };
         let slot = match lookup {
-            Lookup::Hit(body) => return Response::raw_json(200, body).with_header("X-Cache", "hit"),
+            Lookup::Hit(body) => return cached_answer(body).with_header("X-Cache", "hit"),
             Lookup::Miss(slot) => Some(slot),
             Lookup::Off => None,
         };
@@ -138,12 +200,22 @@ impl Frontend {
             Err(e) => return Response::error(&e).with_header("X-Cache", state),
         };
         let response = if answer.status == 200 {
-            match shape(&answer.body) {
-                Ok(body) => {
+            match shape(&answer) {
+                Ok((body, link)) => {
                     if let (Some(cache), Some(slot), Some(seq)) = (&self.cache, slot, answer.seq) {
-                        cache.fill(slot, seq, &body);
+                        if cacheable(link.as_deref()) {
+                            let value = match &link {
+                                Some(l) => [format!("L{l}\n").as_bytes(), &body].concat(),
+                                None => body.clone(),
+                            };
+                            cache.fill(slot, seq, &value);
+                        }
                     }
-                    Response::raw_json(200, body)
+                    let r = Response::raw_json(200, body);
+                    match link {
+                        Some(l) => r.with_header("Link", l),
+                        None => r,
+                    }
                 }
                 Err(e) => Response::error(&e),
             }
@@ -215,9 +287,24 @@ fn search_hits(body: &[u8]) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&hits).expect("serializes"))
 }
 
-/// The catalog's book is the info answer as it is.
-fn info(body: &[u8]) -> Result<Vec<u8>> {
-    Ok(body.to_vec())
+/// A cached answer: JSON, after a first line `L<link>` when it has a next page.
+fn cached_answer(mut body: Vec<u8>) -> Response {
+    if body.first() == Some(&b'L') {
+        if let Some(end) = body.iter().position(|&b| b == b'\n') {
+            let link = String::from_utf8_lossy(&body[1..end]).into_owned();
+            body.drain(..=end);
+            return Response::raw_json(200, body).with_header("Link", link);
+        }
+    }
+    Response::raw_json(200, body)
+}
+
+/// A search cursor: the id of the last hit of the previous page.
+fn parse_cursor(a: &str) -> std::result::Result<u32, String> {
+    match a.parse::<u32>() {
+        Ok(id) if a.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err("a cursor is the id of the last hit of the previous page".into()),
+    }
 }
 
 impl crate::service::Service for Frontend {

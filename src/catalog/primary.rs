@@ -1,0 +1,370 @@
+//! The primary's side of replication: the group commit, pushes to the replicas, bringing a
+//! replica that missed writes back in sync, and read leases.
+//!
+//! A replica that missed writes gets them again from the primary's history of recent
+//! writes (the store keeps the last [`super::store::HISTORY`]); one that is further behind,
+//! or of another history (an import, a fresh data directory), is asked to copy the whole
+//! catalog page by page and then catches up from the history like the others. The last
+//! writes it lacks are always sent under the writer lock, so that no write slips in between
+//! and the replica is in sync once they are taken.
+
+use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH};
+use super::state::{Draft, Write};
+use super::store::Store;
+use crate::cache;
+use crate::error::{Error, Result};
+use crate::http::{Request, Response};
+use crate::shutdown::Shutdown;
+use crate::wire::{Book, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use ureq::http::Method;
+
+/// Pause between attempts to bring a replica back in sync.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
+/// Most bytes of writes in one push: a push is a request, held to the replica's body limit.
+const PUSH_BYTES: usize = 48 * 1024;
+/// A replica this many writes behind (or fewer) is sent the rest under the writer lock.
+const CLOSE_ENOUGH: u64 = 1000;
+
+impl CatalogNode {
+    pub(super) fn start_primary(self: &Arc<Self>, shutdown: &Shutdown) {
+        if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::Builder::new()
+                .name("writer".into())
+                .spawn(move || node.writer(queue, &stop))
+                .expect("a thread can start");
+        }
+        if self.cache.is_some() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || {
+                while !stop.sleep(cache::BACKOFF) {
+                    // Under the writer lock: markers are set in write order.
+                    let _writer = node.lock_writer();
+                    node.cache.as_ref().expect("checked").retry_pending();
+                }
+            });
+        }
+        for i in 0..self.links.len() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || node.keep_replica_in_sync(i, &stop));
+        }
+    }
+
+    /// The primary's write: queued for the writer thread, which decides, persists, pushes
+    /// and invalidates, then acknowledges (see `CatalogNode::commit`).
+    ///
+    /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
+    /// with the write, and a purchase for an order already journaled takes no second copy.
+    pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
+        self.wait_until_writable();
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.writes
+            .send(Pending { id, write, order, reply })
+            .map_err(|_| Error::Unavailable("the catalog is stopping".into()))?;
+        answer.recv().map_err(|_| Error::Unavailable("the catalog is stopping".into()))?
+    }
+
+    /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them
+    /// together.
+    fn writer(&self, queue: mpsc::Receiver<Pending>, shutdown: &Shutdown) {
+        while !shutdown.is_set() {
+            let first = match queue.recv_timeout(Duration::from_millis(100)) {
+                Ok(p) => p,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Group commit: decides each write in order over the current catalog (no copy of it),
+    /// makes them all durable with one fsync, applies them to the catalog, pushes them to
+    /// each replica, invalidates their cache entries, and only then answers each. A write
+    /// that is refused (out of stock, bad update) is answered with its error and takes no
+    /// sequence number.
+    fn commit(&self, batch: Vec<Pending>) {
+        let mut store = self.lock_writer();
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut writes: Vec<(Replicate, Option<Order>)> = Vec::new();
+        let mut keys = Vec::new();
+        {
+            let state = self.state();
+            let mut draft = Draft::new(&state);
+            let mut orders = std::collections::HashSet::new();
+            for p in batch {
+                let repeated =
+                    p.order.as_ref().is_some_and(|(o, _)| store.journal.contains(o) || !orders.insert(o.clone()));
+                let decided = if repeated {
+                    // The copy was taken for this order already: answer as then, take none.
+                    draft.book(p.id).cloned()
+                } else {
+                    let old = draft.book(p.id).ok().cloned();
+                    draft.write(p.id, &p.write).map(|w| {
+                        keys.extend(cache::keys_for(old.as_ref().unwrap_or(&w.book), &w.book));
+                        let order = p.order.map(|(order_id, at)| Order {
+                            order_id,
+                            id: w.book.id,
+                            title: w.book.title.clone(),
+                            price: w.book.price,
+                            at,
+                        });
+                        let book = w.book.clone();
+                        writes.push((w, order));
+                        book
+                    })
+                };
+                answers.push((p.reply, decided));
+            }
+        }
+        if !writes.is_empty() {
+            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|(r, o)| (r, o.as_ref())).collect();
+            if let Err(e) = store.append(&rows) {
+                log::error!("cannot persist {} writes: {e}", writes.len());
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(Error::Internal(format!("cannot persist the write: {e}"))));
+                }
+                return;
+            }
+            {
+                let mut state = self.state_mut();
+                for (w, _) in &writes {
+                    state.commit(w.book.clone(), w.seq);
+                }
+            }
+            self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
+            self.replicate(&store, &pushes);
+            if let Some(cache) = &self.cache {
+                keys.sort_unstable();
+                keys.dedup();
+                // One marker per key, at the batch's last write: no older entry survives it.
+                cache.invalidate(&keys, pushes.last().map_or(0, |p| p.seq));
+            }
+            if let Err(e) = store.after_write(&self.state()) {
+                // The log holds every write; the next checkpoint tries again.
+                log::error!("checkpoint failed: {e}");
+            }
+        }
+        drop(store);
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// A primary that starts waits before its first write until every replica is in sync
+    /// (which ends any lease a replica extended while no primary ran) or the farewell grace
+    /// has passed.
+    fn wait_until_writable(&self) {
+        while !self.writes_open.load(Ordering::SeqCst) {
+            if Instant::now() >= self.writes_from || self.links.iter().all(|l| l.grant().in_sync) {
+                self.writes_open.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// On a graceful stop: takes the writer lock for good (nothing more will be
+    /// acknowledged) and says farewell to every replica in sync, so that they go on
+    /// serving reads for the grace while no primary runs.
+    pub(super) fn farewell(&self) {
+        let writer = self.lock_writer();
+        std::thread::scope(|s| {
+            for link in self.links.iter().filter(|l| l.grant().in_sync) {
+                s.spawn(move || {
+                    match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(b"{}".to_vec())) {
+                        Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
+                        Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
+                        Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
+                    }
+                });
+            }
+        });
+        std::mem::forget(writer);
+    }
+
+    /// Pushes writes to every replica in sync (in parallel). A replica that misses them is
+    /// out of sync from then on (no lease renewals, no pushes) until the background brings
+    /// it back; the writes wait until that replica's lease has surely expired.
+    fn replicate(&self, store: &Store, pushes: &[Replicate]) {
+        let waits: Vec<Option<Instant>> = std::thread::scope(|s| {
+            let pushes: Vec<_> = self
+                .links
+                .iter()
+                .filter(|link| link.grant().in_sync)
+                .map(|link| {
+                    s.spawn(move || match self.push_to(store, link, pushes) {
+                        Ok(ack) => {
+                            link.grant().synced(ack.replica_id);
+                            None
+                        }
+                        Err(e) => {
+                            self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
+                            let seq = pushes.last().map_or(0, |p| p.seq);
+                            log::warn!("replica {} missed write {seq}: {e}; out of sync until it catches up", link.url);
+                            link.grant().lost()
+                        }
+                    })
+                })
+                .collect();
+            pushes.into_iter().map(|p| p.join().unwrap_or(None)).collect()
+        });
+        if let Some(until) = waits.into_iter().flatten().max().filter(|_| self.leases()) {
+            let wait = until.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
+                self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", pushes.len());
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
+    /// from the history, when they are few. Called under the writer lock.
+    fn push_to(&self, store: &Store, link: &ReplicaLink, pushes: &[Replicate]) -> Result<ReplicaAck> {
+        let last = pushes.last().map_or(0, |p| p.seq);
+        let ack = self.send_writes(&link.url, pushes)?;
+        if ack.seq >= last {
+            return Ok(ack);
+        }
+        match store.history.after(ack.seq, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last)) {
+            Some(tail) if ack.history == store.history_id() => self.send_writes(&link.url, &tail),
+            _ => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
+        }
+    }
+
+    /// Sends writes in pushes of at most [`PUSH_BYTES`], in order; an empty list is one
+    /// empty push (where is the replica?). Returns the last answer.
+    fn send_writes(&self, url: &str, writes: &[Replicate]) -> Result<ReplicaAck> {
+        let mut rest = writes;
+        loop {
+            let mut size = 0;
+            let n = rest
+                .iter()
+                .take_while(|w| {
+                    size += 128 + w.book.title.len() + w.book.topic.len();
+                    size <= PUSH_BYTES
+                })
+                .count()
+                .max(rest.len().min(1));
+            let ack = self.push.replicate(url, &rest[..n])?;
+            rest = &rest[n..];
+            if rest.is_empty() {
+                return Ok(ack);
+            }
+        }
+    }
+
+    /// Background: brings replica `i` back in sync whenever it is not.
+    fn keep_replica_in_sync(&self, i: usize, shutdown: &Shutdown) {
+        let link = &self.links[i];
+        loop {
+            if !link.grant().in_sync {
+                match self.bring_in_sync(link) {
+                    Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
+                    Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
+                }
+            }
+            if shutdown.sleep(RETRY_INTERVAL) {
+                return;
+            }
+        }
+    }
+
+    /// Sends replica `link` the writes it lacks from the history: most of them without the
+    /// writer lock (a slow replica delays no write), the rest under it, and then it is in
+    /// sync. A replica too far behind, or of another history, is asked to copy the whole
+    /// catalog first.
+    fn bring_in_sync(&self, link: &ReplicaLink) -> Result<u64> {
+        let mut ack = self.send_writes(&link.url, &[])?;
+        loop {
+            let (tail, last, history) = {
+                let store = self.lock_writer();
+                let tail = store.history.after(ack.seq, LOG_PAGE).filter(|_| ack.history == store.history_id());
+                (tail, self.state().seq(), store.history_id().to_string())
+            };
+            let Some(tail) = tail else {
+                self.counters.copies_asked.fetch_add(1, Ordering::Relaxed);
+                self.push.resync(&link.url)?;
+                return Err(Error::Unavailable(format!(
+                    "replica at write {} of history {:?} (primary at {last} of {history:?}) copies the catalog",
+                    ack.seq, ack.history
+                )));
+            };
+            if last <= ack.seq + CLOSE_ENOUGH {
+                break;
+            }
+            self.counters.tail_writes_sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
+            ack = self.send_writes(&link.url, &tail)?;
+        }
+        let store = self.lock_writer();
+        let last = self.state().seq();
+        let tail = store
+            .history
+            .after(ack.seq, CLOSE_ENOUGH as usize + 1)
+            .ok_or_else(|| Error::Unavailable("the replica fell behind the history".into()))?;
+        self.counters.tail_writes_sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
+        let ack = self.send_writes(&link.url, &tail)?;
+        if ack.seq != last || ack.history != store.history_id() {
+            return Err(Error::Unavailable(format!("replica stayed at write {} of {last}", ack.seq)));
+        }
+        link.grant().synced(ack.replica_id);
+        Ok(last)
+    }
+
+    /// `GET /internal/log?after=N&history=H`: the writes after N, or 410 when they are no
+    /// longer kept or the asker has another history.
+    pub(super) fn log_after(&self, request: &Request) -> Result<Response> {
+        let after: u64 = match request.query_param("after")? {
+            Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
+            None => return Err(Error::BadRequest("give after=N".into())),
+        };
+        let asked = request.query_param("history")?.unwrap_or_default();
+        let store = self.lock_writer();
+        let history = store.history_id().to_string();
+        let gone = |why: String| Err(Error::Gone(why));
+        if asked != history {
+            return gone(format!("this catalog's history is {history:?}, not {asked:?}"));
+        }
+        match store.history.after(after, LOG_PAGE) {
+            Some(writes) => Ok(Response::json(&LogPage { history, seq: self.state().seq(), writes })),
+            None => gone(format!("the writes after {after} are no longer kept; copy the catalog")),
+        }
+    }
+
+    /// A replica's lease request.
+    pub(super) fn grant_lease(&self, request: &LeaseRequest) -> Result<Response> {
+        if self.replica_only().is_ok() {
+            return Err(Error::Conflict("only the primary grants leases".into()));
+        }
+        for link in &self.links {
+            let mut grant = link.grant();
+            if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
+                return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
+                    Ok(()) => {
+                        self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
+                        Ok(Response::json(&serde_json::json!({ "lease_ms": self.config.lease.as_millis() as u64 })))
+                    }
+                    Err(why) => {
+                        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
+                        Err(Error::Conflict(why.into()))
+                    }
+                };
+            }
+        }
+        self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
+        Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
+    }
+}

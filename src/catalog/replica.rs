@@ -1,0 +1,186 @@
+//! The replica's side of replication: applying pushes, catching up, and its read lease.
+//!
+//! A replica that starts, or that its primary asks to (`POST /internal/resync`), catches
+//! up by itself: it asks the primary for the writes after its own last one
+//! (`GET /internal/log`), and when the primary no longer has them, or has another history,
+//! it copies the whole catalog page by page (`GET /internal/books`, each page read at its
+//! own moment) and then applies the primary's writes after the first page's sequence
+//! number. Every log row and push carries a book's whole state, so replaying writes over a
+//! copy that already reflects some of them ends in exactly the primary's state. Nothing is
+//! bounded by the public body limit (pages are answers, not requests) and nothing holds the
+//! catalog twice: the replica's own copy is dropped before a full copy starts.
+//!
+//! It serves reads once caught up; with read leases on, only while the primary, which
+//! brings it in sync under its writer lock, grants it a lease.
+
+use super::node::{CatalogNode, COPY_PAGE};
+use super::state::Catalog;
+use crate::client::CatalogClient;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+use crate::wire::{LeaseRequest, ReplicaAck, Replicate};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl CatalogNode {
+    pub(super) fn start_replica(self: &Arc<Self>, shutdown: &Shutdown) {
+        self.catch_up_wanted.store(true, Ordering::SeqCst);
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || node.catch_up(&stop));
+        if self.leases() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || node.renew_lease(&stop));
+        }
+    }
+
+    /// Background: catches up whenever asked to (at start, or by the primary), from the
+    /// primary's log, or with a whole copy when the log cannot serve.
+    fn catch_up(&self, shutdown: &Shutdown) {
+        let primary = self.config.primary.clone().expect("a replica has a primary");
+        let client = CatalogClient { http: self.forward.clone() };
+        loop {
+            if self.catch_up_wanted.load(Ordering::SeqCst) {
+                match self.catch_up_once(&client, &primary) {
+                    Ok(()) => {
+                        log::info!("caught up with the primary at write {}", self.state().seq());
+                        self.catch_up_wanted.store(false, Ordering::SeqCst);
+                        self.serving.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => log::warn!("catching up with the primary {primary}: {e}"),
+                }
+            }
+            if shutdown.sleep(super::primary::RETRY_INTERVAL) {
+                return;
+            }
+        }
+    }
+
+    fn catch_up_once(&self, client: &CatalogClient, primary: &str) -> Result<()> {
+        loop {
+            let (seq, history) = (self.state().seq(), self.lock_writer().history_id().to_string());
+            match client.log(primary, seq, &history)? {
+                Some(page) if page.writes.is_empty() && page.seq <= seq => return Ok(()),
+                Some(page) => {
+                    self.apply(&page.writes)?;
+                }
+                None => return self.copy_catalog(client, primary),
+            }
+        }
+    }
+
+    /// Copies the whole catalog from the primary: pages, then the writes made meanwhile.
+    fn copy_catalog(&self, client: &CatalogClient, primary: &str) -> Result<()> {
+        self.serving.store(false, Ordering::SeqCst);
+        // Reads are refused from now on: drop this replica's copy before taking the new one.
+        *self.state_mut() = Catalog::default();
+        let started = Instant::now();
+        let first = client.copy_page(primary, 0, COPY_PAGE)?;
+        let (history, from) = (first.history.clone(), first.seq);
+        let mut books = first.books;
+        let mut more = first.more;
+        while more {
+            let after = books.last().map_or(0, |b| b.id);
+            let page = client.copy_page(primary, after, COPY_PAGE)?;
+            if page.history != history {
+                return Err(Error::Unavailable("the primary's history changed during the copy".into()));
+            }
+            books.extend(page.books);
+            more = page.more;
+        }
+        let mut catalog = Catalog::new(books, from).map_err(Error::Internal)?;
+        loop {
+            let page = client.log(primary, catalog.seq(), &history)?.ok_or_else(|| {
+                Error::Unavailable("the primary no longer has the writes made during the copy".into())
+            })?;
+            if page.writes.is_empty() {
+                break;
+            }
+            for w in &page.writes {
+                catalog.commit(w.book.clone(), w.seq);
+            }
+        }
+        let mut store = self.lock_writer();
+        store.replace(&catalog, &history)?;
+        log::info!(
+            "copied {} books from the primary at write {} in {:?}",
+            catalog.len(),
+            catalog.seq(),
+            started.elapsed()
+        );
+        *self.state_mut() = catalog;
+        self.counters.copies.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies a batch of pushed writes, in order, with one fsync; answers where it stands.
+    pub fn apply(&self, pushes: &[Replicate]) -> Result<ReplicaAck> {
+        let mut store = self.lock_writer();
+        // A push comes from a running primary: any lease extended while none ran ends, and
+        // leases come from grants again.
+        self.lease().reset_if_extended();
+        // Only the next writes, in order; nothing is applied in memory before it is on disk.
+        let mut next = self.state().seq();
+        let fresh: Vec<(&Replicate, Option<&crate::wire::Order>)> = pushes
+            .iter()
+            .filter(|p| {
+                let take = p.seq == next + 1;
+                next += u64::from(take);
+                take
+            })
+            .map(|p| (p, None))
+            .collect();
+        if !fresh.is_empty() {
+            store.append(&fresh)?;
+            let mut state = self.state_mut();
+            for (p, _) in &fresh {
+                state.commit(p.book.clone(), p.seq);
+            }
+            drop(state);
+            store.after_write(&self.state())?;
+        }
+        *self.last_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        Ok(ReplicaAck {
+            seq: self.state().seq(),
+            replica_id: self.replica_id.clone(),
+            history: store.history_id().to_string(),
+        })
+    }
+
+    /// Background: asks for a read lease every quarter of its length.
+    fn renew_lease(&self, shutdown: &Shutdown) {
+        let primary = self.config.primary.clone().expect("a replica has a primary");
+        let request = LeaseRequest { replica_id: self.replica_id.clone() };
+        loop {
+            let asked = Instant::now();
+            let answer = self.push.lease(&primary, &request);
+            let mut lease = self.lease();
+            match answer {
+                Ok(_) => {
+                    lease.granted(asked);
+                    self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Error::Unreachable { refused: false, .. }) | Err(Error::Unavailable(_)) => {
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Error::Unreachable { refused: true, .. }) => {
+                    let was_down = lease.primary_down();
+                    if lease.refused(asked, Instant::now()) && !was_down {
+                        log::warn!("the primary {primary} is not running: serving reads on the lease it granted (no write can be acknowledged meanwhile)");
+                    }
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // The primary answered, without a grant.
+                    lease.answered(asked);
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("lease not renewed: {e}");
+                }
+            }
+            drop(lease);
+            if shutdown.sleep(self.config.lease / 4) {
+                return;
+            }
+        }
+    }
+}
