@@ -188,7 +188,8 @@ impl Store {
         }
         let log = storage::open_append(&log_path, LOG_HEADER)?;
         let loaded = load(&books, &log_path)?;
-        let store = Store {
+        let legacy = loaded.history_id.is_empty();
+        let mut store = Store {
             books,
             log_path,
             log,
@@ -198,6 +199,11 @@ impl Store {
             journal: loaded.journal,
             history: loaded.history,
         };
+        if legacy {
+            // A log from before histories: this catalog starts one (its replicas copy it).
+            store.history_id = new_history_id()?;
+            store.checkpoint(&loaded.catalog)?;
+        }
         Ok((store, loaded.catalog))
     }
 
