@@ -1,27 +1,27 @@
-//! A small HTTP/1.1 server on `std::net`, with the limits a public service needs.
+//! The sockets: the accept loop, one thread per connection, reading requests within their
+//! limits and deadlines, keep-alive, writing answers, the graceful stop, and the semaphore
+//! that bounds running handlers.
 //!
-//! Why not tiny_http 0.12 (the first choice): it has no limit on the head or the body, no
-//! read timeouts, a thread per connection without a bound, and dropping a request whose
-//! body was not read allocates the whole declared `Content-Length` at once
-//! (`EqualReader::drop`), which aborts the process for `Content-Length: 100000000000000`.
-//! Every way its API offers to dispose of a request (respond, upgrade, drop) runs that
-//! drop, so the abort cannot be avoided from outside. This module is the replacement:
-//!
-//! - the request line and headers are read with a bound ([`MAX_HEAD`], else 431) and a
-//!   deadline ([`HEAD_TIMEOUT`], else 408); the body is read only when its declared length
-//!   is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
+//! - the request head is read with a bound ([`MAX_HEAD`], else 431) and a deadline
+//!   ([`HEAD_TIMEOUT`], else 408), and parsed by `parse.rs`; the body is read only when its
+//!   declared length is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
 //! - each connection has its own thread (small stack), up to [`MAX_CONNECTIONS`]; a slow
 //!   client holds only its own thread, never a worker another client needs;
 //! - at most `threads` handlers run at once (a counting semaphore): the service's worker
 //!   pool, sized by `BAZAR_THREADS`;
 //! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`];
 //! - shutdown is an input: once set, the accept loop stops, requests in flight finish
-//!   and idle connections are closed, then [`serve`] returns.
+//!   and idle connections are closed (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
 //!
-//! Architecture invariant: no input makes this layer panic, allocate more than
-//! `MAX_HEAD + MAX_BODY` per connection, or answer 500; the handler sees only complete,
-//! bounded requests.
+//! Invariant: a connection thread holds at most `MAX_HEAD` bytes of head and `MAX_BODY`
+//! bytes of body (plus its read buffer); a handler panic is answered 500 and logged, and
+//! never takes the process down.
 
+use super::message::{Request, Response};
+use super::parse::{body_length, parse_head, wants_keep_alive, BodyLength};
+use super::{
+    BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
+};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -32,149 +32,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Largest request line plus headers.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body.
-pub const MAX_BODY: usize = 64 * 1024;
-/// Most headers in one request.
-pub const MAX_HEADERS: usize = 64;
-/// Time allowed to send a whole request head once its first byte arrived.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to send the body once the head is in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// An idle keep-alive connection is closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most open connections; one more is answered 503 and closed.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// How long a stopping server waits for requests in flight.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Granularity at which blocked reads and the accept loop notice a shutdown.
 const TICK: Duration = Duration::from_millis(100);
 /// Stack of a connection thread: parsing and handlers need little.
 const CONNECTION_STACK: usize = 256 * 1024;
-
-/// A complete request, as handlers see it.
-#[derive(Debug)]
-pub struct Request {
-    /// Method, as sent (`GET`, `POST`, ...).
-    pub method: String,
-    /// The path, still percent-encoded, without the query.
-    pub path: String,
-    /// The query string after `?`, if any, still encoded.
-    pub query: Option<String>,
-    /// Headers with lower-case names.
-    pub headers: Vec<(String, String)>,
-    /// The body (at most [`MAX_BODY`] bytes).
-    pub body: Vec<u8>,
-}
-
-impl Request {
-    /// A request built in code (tests, the bench's limit server).
-    pub fn new(method: &str, target: &str) -> Request {
-        let (path, query) = split_target(target);
-        Request { method: method.into(), path, query, headers: Vec::new(), body: Vec::new() }
-    }
-
-    /// The first header of that (lower-case) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    /// The path split into percent-decoded segments: `/books/7` is `["books", "7"]`.
-    pub fn segments(&self) -> Result<Vec<String>, Error> {
-        self.path
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s, false))
-            .collect()
-    }
-
-    /// The decoded value of query parameter `name` (`+` is a space there).
-    pub fn query_param(&self, name: &str) -> Result<Option<String>, Error> {
-        for pair in self.query.as_deref().unwrap_or("").split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if percent_decode(k, true)? == name {
-                return percent_decode(v, true).map(Some);
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// A response: status, extra headers and a body (JSON unless a header says otherwise).
-#[derive(Debug, Clone)]
-pub struct Response {
-    /// HTTP status.
-    pub status: u16,
-    /// Headers besides Content-Length, Connection and Content-Type.
-    pub headers: Vec<(&'static str, String)>,
-    /// `Content-Type` of the body.
-    pub content_type: &'static str,
-    /// The body.
-    pub body: Vec<u8>,
-    /// Route label for metrics (`/books/{id}`), set by the router.
-    pub route: &'static str,
-}
-
-impl Response {
-    /// 200 with `value` as JSON.
-    pub fn json<T: serde::Serialize>(value: &T) -> Response {
-        Response::raw_json(200, serde_json::to_vec(value).expect("wire types always serialize"))
-    }
-
-    /// A JSON body that is already encoded.
-    pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, headers: Vec::new(), content_type: "application/json", body, route: "other" }
-    }
-
-    /// The error's status with `{"error": "..."}` (and `Allow` for a 405).
-    pub fn error(e: &Error) -> Response {
-        let body = serde_json::to_vec(&crate::wire::ErrorBody { error: e.to_string() }).expect("serializes");
-        let mut r = Response::raw_json(e.status(), body);
-        if let Error::MethodNotAllowed(allow) = e {
-            r.headers.push(("Allow", allow.to_string()));
-        }
-        r
-    }
-
-    /// 200 with Prometheus text.
-    pub fn metrics(text: String) -> Response {
-        Response { content_type: "text/plain; version=0.0.4", ..Response::raw_json(200, text.into_bytes()) }
-    }
-
-    /// Adds a header.
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    /// Sets the route label used by the metrics.
-    pub fn at(mut self, route: &'static str) -> Response {
-        self.route = route;
-        self
-    }
-}
-
-/// Routes a request: splits its path into decoded segments (a 400 if they do not decode)
-/// and gives them to `router` with whether the method reads (GET or HEAD).
-pub fn route(request: &Request, router: impl FnOnce(&[&str], bool) -> Response) -> Response {
-    match request.segments() {
-        Ok(segments) => {
-            let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-            router(&segs, matches!(request.method.as_str(), "GET" | "HEAD"))
-        }
-        Err(e) => respond(Err(e), "invalid"),
-    }
-}
-
-/// Turns `Result<Response>` into a response, errors included.
-pub fn respond(result: Result<Response, Error>, route: &'static str) -> Response {
-    match result {
-        Ok(r) => r.at(route),
-        Err(e) => Response::error(&e).at(route),
-    }
-}
 
 /// Settings of one server.
 #[derive(Clone, Debug)]
@@ -382,76 +243,6 @@ fn linger(stream: &TcpStream) {
     }
 }
 
-/// Parses the request line and headers (every line ends in `\n`; the last is blank).
-fn parse_head(head: &[u8], lines: &[(usize, usize)]) -> Result<Request, Error> {
-    let text = |(a, b): (usize, usize)| -> Result<&str, Error> {
-        let line = std::str::from_utf8(&head[a..b])
-            .map_err(|_| Error::BadRequest("request head is not valid UTF-8".into()))?;
-        Ok(line.trim_end_matches('\n').trim_end_matches('\r'))
-    };
-    let request_line = text(lines[0])?;
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) => (m, t, v),
-        _ => return Err(Error::BadRequest(format!("malformed request line {request_line:?}"))),
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Error::BadRequest(format!("malformed method {method:?}")));
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(Error::BadRequest(format!("malformed request target {target:?}")));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(Error::BadRequest(format!("unsupported protocol {version:?}")));
-    }
-    let mut headers = Vec::with_capacity(lines.len());
-    headers.push((":version".to_string(), version.to_string()));
-    for &line in &lines[1..lines.len() - 1] {
-        let line = text(line)?;
-        let (name, value) =
-            line.split_once(':').ok_or_else(|| Error::BadRequest(format!("malformed header {line:?}")))?;
-        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7f) {
-            return Err(Error::BadRequest(format!("malformed header name {name:?}")));
-        }
-        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let (path, query) = split_target(target);
-    Ok(Request { method: method.to_string(), path, query, headers, body: Vec::new() })
-}
-
-/// How the body's end is known.
-#[derive(Debug, PartialEq, Eq)]
-enum BodyLength {
-    /// `Content-Length` (0 when absent), at most [`MAX_BODY`].
-    Fixed(usize),
-    /// `Transfer-Encoding: chunked`; the total is checked while reading.
-    Chunked,
-}
-
-/// How long the body is, checked against [`MAX_BODY`] where declared.
-fn body_length(request: &Request) -> Result<BodyLength, Error> {
-    if let Some(te) = request.header("transfer-encoding") {
-        if !te.eq_ignore_ascii_case("chunked") || request.header("content-length").is_some() {
-            // Other codings, or both framings at once (a smuggling vector): refuse.
-            return Err(Error::LengthRequired);
-        }
-        return Ok(BodyLength::Chunked);
-    }
-    let mut lengths = request.headers.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v);
-    let Some(value) = lengths.next() else { return Ok(BodyLength::Fixed(0)) };
-    if lengths.any(|other| other != value) {
-        return Err(Error::BadRequest("conflicting Content-Length headers".into()));
-    }
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::BadRequest(format!("bad Content-Length {value:?}")));
-    }
-    // Digits only: a parse failure is an overflow, which is too large as well.
-    match value.parse::<u64>() {
-        Ok(n) if n <= MAX_BODY as u64 => Ok(BodyLength::Fixed(n as usize)),
-        _ => Err(Error::PayloadTooLarge),
-    }
-}
-
 /// Reads exactly `n` (at most [`MAX_BODY`]) bytes before `deadline`.
 fn read_exact(reader: &mut impl BufRead, n: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
     let mut body = vec![0; n];
@@ -531,21 +322,6 @@ fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>,
     }
 }
 
-fn split_target(target: &str) -> (String, Option<String>) {
-    match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    }
-}
-
-fn wants_keep_alive(request: &Request) -> bool {
-    let connection = request.header("connection").map(str::to_ascii_lowercase);
-    match request.header(":version") {
-        Some("HTTP/1.0") => connection.as_deref() == Some("keep-alive"),
-        _ => !connection.is_some_and(|c| c.split(',').any(|t| t.trim() == "close")),
-    }
-}
-
 fn write_response(out: &mut impl Write, r: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
     let mut buf = Vec::with_capacity(160 + r.body.len());
     write!(
@@ -596,78 +372,6 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
     // SAFETY: one valid pollfd that lives across the call.
     let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
     n > 0
-}
-
-/// Percent-decodes `s` into UTF-8; `+` means a space when `plus_is_space` (query strings).
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| Error::BadRequest(format!("bad percent escape in {s:?}")))?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::BadRequest(format!("{s:?} does not decode to UTF-8")))
-}
-
-/// Percent-encodes a path segment or query value (everything but unreserved characters).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Parses a book id: a positive integer that fits in `u32`, digits only.
-pub fn parse_id(s: &str) -> Result<u32, Error> {
-    let bad = || Error::BadRequest(format!("book id {s:?} is not a positive integer"));
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    match s.parse::<u32>() {
-        Ok(0) | Err(_) => Err(bad()),
-        Ok(id) => Ok(id),
-    }
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
-pub fn check_token(request: &Request, token: Option<&str>) -> Result<(), Error> {
-    let Some(token) = token else { return Ok(()) };
-    let given = request.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    // Every byte is compared whatever the others are; only the length leaks.
-    let diff = a.iter().zip(b).fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
-    if diff == 0 {
-        Ok(())
-    } else {
-        Err(Error::Unauthorized)
-    }
-}
-
-/// Decodes a JSON request body into `T`, with a 400 that says what is wrong.
-pub fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Error> {
-    serde_json::from_slice(&request.body).map_err(|e| Error::BadRequest(format!("bad JSON body: {e}")))
 }
 
 /// A counting semaphore: the worker pool's bound.
@@ -751,67 +455,6 @@ mod tests {
         assert_eq!((slots.free, slots.waiting), (2, 0));
     }
 
-    fn head(text: &str) -> Result<Request, Error> {
-        let bytes = text.as_bytes();
-        let mut lines = Vec::new();
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if b == b'\n' {
-                lines.push((start, i + 1));
-                start = i + 1;
-            }
-        }
-        parse_head(bytes, &lines)
-    }
-
-    #[test]
-    fn parses_heads() {
-        let r = head("GET /search/distributed%20systems?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n").unwrap();
-        assert_eq!(
-            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
-            ("GET", "/search/distributed%20systems", Some("x=1"))
-        );
-        assert_eq!(r.segments().unwrap(), ["search", "distributed systems"]);
-        assert_eq!(body_length(&r).unwrap(), BodyLength::Fixed(3));
-        let bad = [
-            "GARBAGE\r\n\r\n",
-            "GET / HTTP/1.1 extra\r\n\r\n",
-            "get / HTTP/1.1\r\n\r\n",
-            "GET nope HTTP/1.1\r\n\r\n",
-            "GET / HTTP/2\r\n\r\n",
-            "GET / HTTP/1.1\r\nno colon\r\n\r\n",
-            "GET / HTTP/1.1\r\n: empty\r\n\r\n",
-        ];
-        for text in bad {
-            assert_eq!(head(text).unwrap_err().status(), 400, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn body_lengths() {
-        use BodyLength::*;
-        let cases = [
-            ("5", Ok(Fixed(5))),
-            ("65536", Ok(Fixed(65536))),
-            ("65537", Err(413)),
-            ("100000000000000", Err(413)),
-            ("99999999999999999999999", Err(413)),
-            ("-1", Err(400)),
-            ("1.5", Err(400)),
-            ("", Err(400)),
-        ];
-        for (value, want) in cases {
-            let r = head(&format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n")).unwrap();
-            assert_eq!(body_length(&r).map_err(|e| e.status()), want, "{value:?}");
-        }
-        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
-        assert_eq!(body_length(&chunked).unwrap(), Chunked);
-        for framing in ["Transfer-Encoding: gzip", "Transfer-Encoding: chunked\r\nContent-Length: 3"] {
-            let r = head(&format!("POST / HTTP/1.1\r\n{framing}\r\n\r\n")).unwrap();
-            assert_eq!(body_length(&r).unwrap_err().status(), 411, "{framing}");
-        }
-    }
-
     #[test]
     fn chunked_bodies() {
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -829,42 +472,6 @@ mod tests {
         assert_eq!(read("3\r\nab"), Err(0));
         let big = format!("{:x}\r\n{}\r\n", MAX_BODY, "a".repeat(MAX_BODY)) + "1\r\na\r\n0\r\n\r\n";
         assert_eq!(read(&big), Err(413));
-    }
-
-    #[test]
-    fn percent_coding() {
-        assert_eq!(percent_decode("a%20b+c", true).unwrap(), "a b c");
-        assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
-        for bad in ["%", "%2", "%zz", "%ff", "%C3"] {
-            assert_eq!(percent_decode(bad, false).unwrap_err().status(), 400, "{bad}");
-        }
-        let s = "undergraduate school/ü?&=";
-        assert_eq!(percent_decode(&percent_encode(s), true).unwrap(), s);
-    }
-
-    #[test]
-    fn ids_and_tokens() {
-        let cases = [
-            ("1", Ok(1)),
-            ("4294967295", Ok(u32::MAX)),
-            ("0", Err(400)),
-            ("-1", Err(400)),
-            ("+1", Err(400)),
-            ("1.5", Err(400)),
-            ("4294967296", Err(400)),
-            ("", Err(400)),
-            ("x", Err(400)),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_id(text).map_err(|e| e.status()), want, "{text:?}");
-        }
-        let mut r = Request::new("PATCH", "/books/1");
-        assert!(check_token(&r, None).is_ok());
-        assert_eq!(check_token(&r, Some("s3cret")).unwrap_err().status(), 401);
-        r.headers.push(("authorization".into(), "Bearer s3cre".into()));
-        assert!(check_token(&r, Some("s3cret")).is_err());
-        r.headers[0].1 = "Bearer s3cret".into();
-        assert!(check_token(&r, Some("s3cret")).is_ok());
     }
 
     /// xorshift64*: a small deterministic generator for the property tests.
@@ -937,24 +544,6 @@ mod tests {
                 ),
                 Err(ReadError::Closed) => {}
             }
-        }
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        let cases = [
-            ("HTTP/1.1", None, true),
-            ("HTTP/1.1", Some("close"), false),
-            ("HTTP/1.0", None, false),
-            ("HTTP/1.0", Some("keep-alive"), true),
-        ];
-        for (version, connection, want) in cases {
-            let mut r = Request::new("GET", "/");
-            r.headers.push((":version".into(), version.into()));
-            if let Some(c) = connection {
-                r.headers.push(("connection".into(), c.into()));
-            }
-            assert_eq!(wants_keep_alive(&r), want, "{version} {connection:?}");
         }
     }
 }
