@@ -8,6 +8,15 @@
 
 use crate::error::Error;
 
+/// The HTTP versions the server speaks (any other is a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `HTTP/1.0`: the connection closes after the answer unless the client asks to keep it.
+    Http10,
+    /// `HTTP/1.1`: the connection stays open unless a side says `Connection: close`.
+    Http11,
+}
+
 /// A complete request, as handlers see it.
 #[derive(Debug)]
 pub struct Request {
@@ -17,6 +26,8 @@ pub struct Request {
     pub path: String,
     /// The query string after `?`, if any, still encoded.
     pub query: Option<String>,
+    /// The protocol version of the request line.
+    pub version: Version,
     /// Headers with lower-case names.
     pub headers: Vec<(String, String)>,
     /// The body (at most [`MAX_BODY`](super::MAX_BODY) bytes).
@@ -27,7 +38,7 @@ impl Request {
     /// A request built in code (tests, the bench's limit server).
     pub fn new(method: &str, target: &str) -> Request {
         let (path, query) = split_target(target);
-        Request { method: method.into(), path, query, headers: Vec::new(), body: Vec::new() }
+        Request { method: method.into(), path, query, version: Version::Http11, headers: Vec::new(), body: Vec::new() }
     }
 
     /// The first header of that (lower-case) name.

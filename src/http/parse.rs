@@ -5,7 +5,7 @@
 //! parsed [`Request`] and gives a value or the [`Error`] to answer with, so it is tested on
 //! buffers.
 
-use super::message::{split_target, Request};
+use super::message::{split_target, Request, Version};
 use super::MAX_BODY;
 use crate::error::Error;
 
@@ -28,11 +28,12 @@ pub(super) fn parse_head(head: &[u8], lines: &[(usize, usize)]) -> Result<Reques
     if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::BadRequest(format!("malformed request target {target:?}")));
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(Error::BadRequest(format!("unsupported protocol {version:?}")));
-    }
+    let version = match version {
+        "HTTP/1.1" => Version::Http11,
+        "HTTP/1.0" => Version::Http10,
+        _ => return Err(Error::BadRequest(format!("unsupported protocol {version:?}"))),
+    };
     let mut headers = Vec::with_capacity(lines.len());
-    headers.push((":version".to_string(), version.to_string()));
     for &line in &lines[1..lines.len() - 1] {
         let line = text(line)?;
         let (name, value) =
@@ -43,7 +44,7 @@ pub(super) fn parse_head(head: &[u8], lines: &[(usize, usize)]) -> Result<Reques
         headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
     }
     let (path, query) = split_target(target);
-    Ok(Request { method: method.to_string(), path, query, headers, body: Vec::new() })
+    Ok(Request { method: method.to_string(), path, query, version, headers, body: Vec::new() })
 }
 
 /// How the body's end is known.
@@ -82,9 +83,9 @@ pub(super) fn body_length(request: &Request) -> Result<BodyLength, Error> {
 /// Whether the connection stays open after this request (RFC 9112 9.3).
 pub(super) fn wants_keep_alive(request: &Request) -> bool {
     let connection = request.header("connection").map(str::to_ascii_lowercase);
-    match request.header(":version") {
-        Some("HTTP/1.0") => connection.as_deref() == Some("keep-alive"),
-        _ => !connection.is_some_and(|c| c.split(',').any(|t| t.trim() == "close")),
+    match request.version {
+        Version::Http10 => connection.as_deref() == Some("keep-alive"),
+        Version::Http11 => !connection.is_some_and(|c| c.split(',').any(|t| t.trim() == "close")),
     }
 }
 
@@ -156,18 +157,18 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         let cases = [
-            ("HTTP/1.1", None, true),
-            ("HTTP/1.1", Some("close"), false),
-            ("HTTP/1.0", None, false),
-            ("HTTP/1.0", Some("keep-alive"), true),
+            (Version::Http11, None, true),
+            (Version::Http11, Some("close"), false),
+            (Version::Http10, None, false),
+            (Version::Http10, Some("keep-alive"), true),
         ];
         for (version, connection, want) in cases {
             let mut r = Request::new("GET", "/");
-            r.headers.push((":version".into(), version.into()));
+            r.version = version;
             if let Some(c) = connection {
                 r.headers.push(("connection".into(), c.into()));
             }
-            assert_eq!(wants_keep_alive(&r), want, "{version} {connection:?}");
+            assert_eq!(wants_keep_alive(&r), want, "{version:?} {connection:?}");
         }
     }
 }
