@@ -18,10 +18,8 @@
 //! never takes the process down.
 
 use super::message::{Request, Response};
-use super::parse::{body_length, parse_head, wants_keep_alive, BodyLength};
-use super::{
-    BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
-};
+use super::parse::{blank_lines, body_length, parse_head, wants_keep_alive, BodyLength};
+use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -167,61 +165,64 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
 
 /// Reads one request, with the head and body limits and deadlines.
 fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
-    let mut head: Vec<u8> = Vec::new();
-    let mut lines: Vec<(usize, usize)> = Vec::new();
-    let idle_since = Instant::now();
-    let mut first_byte: Option<Instant> = None;
-    loop {
-        let start = head.len();
-        let limit = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
-        let got = reader.by_ref().take(limit).read_until(b'\n', &mut head);
-        if head.len() > start && first_byte.is_none() {
-            first_byte = Some(Instant::now());
-        }
-        match got {
-            Ok(0) if head.len() == start => return Err(ReadError::Closed),
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {
-                match first_byte {
-                    None if shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => return Err(ReadError::Closed),
-                    Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
-                    _ => {}
-                }
-                // A partial line stays in `head`; the next read_until continues it.
-                continue;
-            }
-            Err(_) => return Err(ReadError::Closed),
-        }
-        if head.len() > MAX_HEAD {
-            return Err(ReadError::Answer(Error::HeadersTooLarge));
-        }
-        if head.last() != Some(&b'\n') {
-            // EOF in the middle of a line.
-            return Err(ReadError::Closed);
-        }
-        let line_start = lines.last().map_or(0, |&(_, end)| end);
-        let line = &head[line_start..];
-        let blank = line == b"\n" || line == b"\r\n";
-        if blank && lines.is_empty() {
-            // Robustness (RFC 9112 2.2): ignore empty lines before the request line.
-            head.clear();
-            continue;
-        }
-        lines.push((line_start, head.len()));
-        if blank {
-            break;
-        }
-        if lines.len() > MAX_HEADERS + 1 {
-            return Err(ReadError::Answer(Error::HeadersTooLarge));
-        }
-    }
-    let mut request = parse_head(&head, &lines).map_err(ReadError::Answer)?;
+    let mut request = read_head(reader, shutdown)?;
     let deadline = Instant::now() + BODY_TIMEOUT;
     request.body = match body_length(&request).map_err(ReadError::Answer)? {
         BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
         BodyLength::Chunked => read_chunked(reader, deadline)?,
     };
     Ok(request)
+}
+
+/// Reads until the bytes hold a whole head, as [`parse_head`] decides, and takes exactly
+/// the head out of `reader`: the body and any pipelined request stay there.
+///
+/// `head` holds at most `MAX_HEAD + 1` bytes, which is enough for the parser to answer 431.
+/// The parser runs when a read brought a line feed (a head can only end with one), on the
+/// first bytes (to refuse garbage at once) and at the limit, so a client that sends one
+/// byte at a time costs one parse per line, not one per byte.
+fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
+    let mut head: Vec<u8> = Vec::new();
+    let idle_since = Instant::now();
+    let mut first_byte: Option<Instant> = None;
+    loop {
+        let bytes = match reader.fill_buf() {
+            // Closed, before a request or within one.
+            Ok([]) => return Err(ReadError::Closed),
+            Ok(bytes) => bytes,
+            Err(e) if is_timeout(&e) => {
+                match first_byte {
+                    None if shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => return Err(ReadError::Closed),
+                    Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
+                    _ => {}
+                }
+                continue;
+            }
+            Err(_) => return Err(ReadError::Closed),
+        };
+        first_byte.get_or_insert_with(Instant::now);
+        if head.is_empty() {
+            // Robustness (RFC 9112 2.2): empty lines before the request line are dropped.
+            let blank = blank_lines(bytes);
+            if blank > 0 {
+                reader.consume(blank);
+                continue;
+            }
+        }
+        let old = head.len();
+        let new = &bytes[..bytes.len().min(MAX_HEAD + 1 - old)];
+        let (taken, line_end) = (new.len(), new.contains(&b'\n'));
+        head.extend_from_slice(new);
+        if old == 0 || line_end || head.len() > MAX_HEAD {
+            if let Some((request, len)) = parse_head(&head).map_err(ReadError::Answer)? {
+                // `len > old`: the head ends with a line feed, and had one come before this
+                // read, the parse after it would have found the head whole.
+                reader.consume(len - old);
+                return Ok(request);
+            }
+        }
+        reader.consume(taken);
+    }
 }
 
 /// Closes after an error answer without resetting the connection: stops writing, then
@@ -453,6 +454,59 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 2);
         let slots = sem.lock();
         assert_eq!((slots.free, slots.waiting), (2, 0));
+    }
+
+    /// A reader that hands out at most `step` bytes per read, as a slow network would.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.fill_buf()?.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Trickle<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            Ok(&self.data[..self.step.min(self.data.len())])
+        }
+
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    /// Pipelined requests whatever the bytes per read: each head is taken whole and no more,
+    /// bodies and the next request stay in the reader.
+    #[test]
+    fn pipelined_requests_in_pieces() {
+        let bytes: &[u8] = b"\r\n\nGET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+            POST /b HTTP/1.1\nTransfer-Encoding: chunked\n\n1\r\nx\r\n0\r\n\r\n\
+            \r\nGET /c?d HTTP/1.0\r\n\r\n";
+        let shutdown = Shutdown::new();
+        for step in [1, 2, 3, 7, 8192] {
+            let mut reader = Trickle { data: bytes, step };
+            let mut got = Vec::new();
+            loop {
+                match read_request(&mut reader, &shutdown) {
+                    Ok(r) => got.push(format!(
+                        "{} {} {:?} {}",
+                        r.method,
+                        r.path,
+                        r.version,
+                        String::from_utf8_lossy(&r.body)
+                    )),
+                    Err(ReadError::Closed) => break,
+                    Err(ReadError::Answer(e)) => panic!("step {step}: {e:?}"),
+                }
+            }
+            assert_eq!(got, ["GET /a Http11 abc", "POST /b Http11 x", "GET /c Http10 "], "step {step}");
+        }
     }
 
     #[test]
