@@ -100,6 +100,19 @@ pub(super) fn body_length(request: &Request) -> Result<BodyLength, Error> {
     }
 }
 
+/// The size in a chunk's size line (RFC 9112 7.1: hex digits, then extensions after `;`,
+/// which are ignored), with its line end. At most 8 hex digits: any size that fits there
+/// is then checked against [`MAX_BODY`] by the reader, a longer one is a 400.
+pub(super) fn chunk_size(line: &[u8]) -> Result<usize, Error> {
+    let bad = |m: &str| Error::BadRequest(format!("bad chunked body: {m}"));
+    let text = std::str::from_utf8(line).map_err(|_| bad("size line is not text"))?;
+    let size_text = text.trim_end().split(';').next().unwrap_or("").trim();
+    if size_text.is_empty() || size_text.len() > 8 || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("bad chunk size"));
+    }
+    usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))
+}
+
 /// Whether the connection stays open after this request (RFC 9112 9.3).
 pub(super) fn wants_keep_alive(request: &Request) -> bool {
     let connection = request.header("connection").map(str::to_ascii_lowercase);
@@ -285,6 +298,26 @@ mod tests {
         for framing in ["Transfer-Encoding: gzip", "Transfer-Encoding: chunked\r\nContent-Length: 3"] {
             let r = head(&format!("POST / HTTP/1.1\r\n{framing}\r\n\r\n")).unwrap();
             assert_eq!(body_length(&r).unwrap_err().status(), 411, "{framing}");
+        }
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        let cases: &[(&[u8], Result<usize, u16>)] = &[
+            (b"0\r\n", Ok(0)),
+            (b"1a\r\n", Ok(26)),
+            (b"FF\n", Ok(255)),
+            (b"3;name=value\r\n", Ok(3)),
+            (b"ffffffff\r\n", Ok(0xffff_ffff)),
+            (b"100000000\r\n", Err(400)),
+            (b"\r\n", Err(400)),
+            (b"zz\r\n", Err(400)),
+            (b"-1\r\n", Err(400)),
+            (b"0x1\r\n", Err(400)),
+            (b"\xff\r\n", Err(400)),
+        ];
+        for &(line, want) in cases {
+            assert_eq!(chunk_size(line).map_err(|e| e.status()), want, "{:?}", String::from_utf8_lossy(line));
         }
     }
 

@@ -18,7 +18,7 @@
 //! never takes the process down.
 
 use super::message::{Request, Response};
-use super::parse::{blank_lines, body_length, parse_head, wants_keep_alive, BodyLength};
+use super::parse::{blank_lines, body_length, chunk_size, parse_head, wants_keep_alive, BodyLength};
 use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -288,16 +288,9 @@ fn read_line(reader: &mut impl BufRead, max: usize, deadline: Instant) -> Result
 /// Reads a chunked body (RFC 9112 7.1), at most [`MAX_BODY`] bytes in all.
 fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>, ReadError> {
     const MAX_LINE: usize = 1024;
-    let bad = |m: &str| ReadError::Answer(Error::BadRequest(format!("bad chunked body: {m}")));
     let mut body = Vec::new();
     loop {
-        let line = read_line(reader, MAX_LINE, deadline)?;
-        let text = std::str::from_utf8(&line).map_err(|_| bad("size line is not text"))?;
-        let size_text = text.trim_end().split(';').next().unwrap_or("").trim();
-        if size_text.is_empty() || size_text.len() > 8 || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("bad chunk size"));
-        }
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+        let size = chunk_size(&read_line(reader, MAX_LINE, deadline)?).map_err(ReadError::Answer)?;
         if size == 0 {
             // Trailer fields up to the blank line; their total is bounded like a head.
             let mut trailer = 0;
@@ -318,7 +311,7 @@ fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>,
         body.extend(read_exact(reader, size, deadline)?);
         let end = read_line(reader, 2, deadline)?;
         if end != b"\r\n" && end != b"\n" {
-            return Err(bad("chunk not followed by CRLF"));
+            return Err(ReadError::Answer(Error::BadRequest("bad chunked body: chunk not followed by CRLF".into())));
         }
     }
 }
