@@ -7,6 +7,7 @@
 //! a panic or a lossy guess. Nothing here does I/O.
 
 use crate::error::Error;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// The HTTP versions the server speaks (any other is a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,45 +150,29 @@ pub(super) fn split_target(target: &str) -> (String, Option<String>) {
     }
 }
 
+/// What [`percent_encode`] escapes: every byte but RFC 3986's unreserved characters.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-decodes `s` into UTF-8; `+` means a space when `plus_is_space` (query strings).
+/// A `%` not followed by two hex digits is a 400, and so are bytes that are not UTF-8.
 pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
+    // The crate passes a malformed escape through as it stands; we refuse it.
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| Error::BadRequest(format!("bad percent escape in {s:?}")))?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let well_formed = |i: usize| bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+    if (0..bytes.len()).any(|i| bytes[i] == b'%' && !well_formed(i)) {
+        return Err(Error::BadRequest(format!("bad percent escape in {s:?}")));
     }
-    String::from_utf8(out).map_err(|_| Error::BadRequest(format!("{s:?} does not decode to UTF-8")))
+    // A literal `+` is a space; an escaped one (`%2B`) stays a plus, so replace before decoding.
+    let spaced = if plus_is_space { s.replace('+', " ") } else { s.to_string() };
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => Ok(decoded.into_owned()),
+        Err(_) => Err(Error::BadRequest(format!("{s:?} does not decode to UTF-8"))),
+    }
 }
 
 /// Percent-encodes a path segment or query value (everything but unreserved characters).
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, ESCAPED).to_string()
 }
 
 /// Parses a book id: a positive integer that fits in `u32`, digits only.
@@ -229,7 +214,10 @@ mod tests {
     fn percent_coding() {
         assert_eq!(percent_decode("a%20b+c", true).unwrap(), "a b c");
         assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
-        for bad in ["%", "%2", "%zz", "%ff", "%C3"] {
+        assert_eq!(percent_decode("%2B+%2b", true).unwrap(), "+ +");
+        assert_eq!(percent_decode("%C3%BC%e2%82%AC", false).unwrap(), "\u{fc}\u{20ac}");
+        assert_eq!(percent_encode("a b+\u{fc}~"), "a%20b%2B%C3%BC~");
+        for bad in ["%", "%2", "%zz", "%ff", "%C3", "%+1", "a%2", "%%41", "\u{fc}%"] {
             assert_eq!(percent_decode(bad, false).unwrap_err().status(), 400, "{bad}");
         }
         let s = "undergraduate school/ü?&=";
