@@ -8,16 +8,16 @@
 //! drop, so the abort cannot be avoided from outside. This module is the replacement.
 //!
 //! # Parts
-//! - `parse.rs`: the protocol without I/O. A request head is parsed from a byte buffer
-//!   (request line, headers, the [`MAX_HEAD`] and [`MAX_HEADERS`] limits), and the framing
-//!   and keep-alive rules are read off the parsed head. It never sees a socket, so it is
-//!   tested on buffers.
+//! - `parse.rs`: the protocol without I/O. A request head is parsed from a byte buffer by
+//!   httparse plus our rules (the [`MAX_HEAD`] and [`MAX_HEADERS`] limits among them); the
+//!   body's framing, a chunk's size line and the keep-alive rule are read off bytes or the
+//!   parsed head. It never sees a socket, so it is tested on buffers.
 //! - `server.rs`: the sockets. The accept loop, one thread per connection (up to
 //!   [`MAX_CONNECTIONS`]), the deadlines ([`HEAD_TIMEOUT`], [`BODY_TIMEOUT`],
-//!   [`IDLE_TIMEOUT`]), reading bodies (at most [`MAX_BODY`]), keep-alive, the semaphore that
-//!   bounds running handlers to `threads`, and the graceful stop: once `shutdown` is set the
-//!   accept loop stops, requests in flight finish and idle connections close, then [`serve`]
-//!   returns.
+//!   [`IDLE_TIMEOUT`]), reading bodies (at most [`MAX_BODY`]), keep-alive, writing answers,
+//!   and the graceful stop: once `shutdown` is set the accept loop stops, requests in
+//!   flight finish and idle connections close, then [`serve`] returns.
+//! - `semaphore.rs`: the counting semaphore that bounds running handlers to `threads`.
 //! - `message.rs`: what handlers see and give back. [`Request`] and [`Response`], the
 //!   routing helpers [`route`] and [`respond`], [`parse_id`], [`check_token`], [`json_body`]
 //!   and percent-coding.
@@ -26,9 +26,14 @@
 //! `MAX_HEAD + MAX_BODY` per connection, or answer 500; the handler sees only complete,
 //! bounded requests. A body's declared length is checked before any of it is read; a slow
 //! client holds only its own connection thread, never a handler slot.
+//!
+//! Architecture invariant: `parse.rs` sees bytes, never a socket or a clock, and
+//! `server.rs` moves bytes and keeps time but judges no syntax; every public name lives at
+//! `crate::http::...`, whichever file defines it.
 
 mod message;
 mod parse;
+mod semaphore;
 mod server;
 
 use std::time::Duration;

@@ -1,14 +1,13 @@
 //! The sockets: the accept loop, one thread per connection, reading requests within their
-//! limits and deadlines, keep-alive, writing answers, the graceful stop, and the semaphore
-//! that bounds running handlers.
+//! limits and deadlines, keep-alive, writing answers and the graceful stop.
 //!
 //! - the request head is read with a bound ([`MAX_HEAD`], else 431) and a deadline
 //!   ([`HEAD_TIMEOUT`], else 408), and parsed by `parse.rs`; the body is read only when its
 //!   declared length is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
 //! - each connection has its own thread (small stack), up to [`MAX_CONNECTIONS`]; a slow
 //!   client holds only its own thread, never a worker another client needs;
-//! - at most `threads` handlers run at once (a counting semaphore): the service's worker
-//!   pool, sized by `BAZAR_THREADS`;
+//! - at most `threads` handlers run at once (a counting semaphore, `semaphore.rs`): the
+//!   service's worker pool, sized by `BAZAR_THREADS`;
 //! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`];
 //! - shutdown is an input: once set, the accept loop stops, requests in flight finish
 //!   and idle connections are closed (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
@@ -19,6 +18,7 @@
 
 use super::message::{Request, Response};
 use super::parse::{blank_lines, body_length, chunk_size, parse_head, wants_keep_alive, BodyLength};
+use super::semaphore::Semaphore;
 use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -27,7 +27,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Granularity at which blocked reads and the accept loop notice a shutdown.
@@ -368,54 +368,6 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
     n > 0
 }
 
-/// A counting semaphore: the worker pool's bound.
-struct Semaphore {
-    state: Mutex<Slots>,
-    freed: Condvar,
-}
-
-/// Free slots, and handlers waiting for one (a release wakes one only when one waits:
-/// a futex wake is a system call, and most releases have nobody to wake).
-struct Slots {
-    free: usize,
-    waiting: usize,
-}
-
-struct Permit<'a>(&'a Semaphore);
-
-impl Semaphore {
-    fn new(n: usize) -> Semaphore {
-        Semaphore { state: Mutex::new(Slots { free: n, waiting: 0 }), freed: Condvar::new() }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn acquire(&self) -> Permit<'_> {
-        let mut slots = self.lock();
-        while slots.free == 0 {
-            slots.waiting += 1;
-            slots = self.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
-            slots.waiting -= 1;
-        }
-        slots.free -= 1;
-        Permit(self)
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        let mut slots = self.0.lock();
-        slots.free += 1;
-        let wake = slots.waiting > 0;
-        drop(slots);
-        if wake {
-            self.0.freed.notify_one();
-        }
-    }
-}
-
 /// Binds `addr`, with a clear error naming it.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
@@ -424,30 +376,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn semaphore_admits_at_most_its_slots_and_wakes_every_waiter() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let sem = Semaphore::new(2);
-        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    for _ in 0..500 {
-                        let _permit = sem.acquire();
-                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::yield_now();
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        // Every thread finished (no lost wakeup), never more than two inside at once.
-        assert_eq!(most.load(Ordering::SeqCst), 2);
-        let slots = sem.lock();
-        assert_eq!((slots.free, slots.waiting), (2, 0));
-    }
 
     /// A reader that hands out at most `step` bytes per read, as a slow network would.
     struct Trickle<'a> {
