@@ -1,10 +1,10 @@
 //! What handlers see and give back: [`Request`], [`Response`], and the helpers every router
 //! uses ([`route`], [`respond`], [`parse_id`], [`check_token`], [`json_body`], percent-coding).
 //!
-//! Invariants: a [`Request`] holds only what the server let through its limits (a head
-//! within `MAX_HEAD`, a body within [`MAX_BODY`](super::MAX_BODY)); its path and query stay percent-encoded
-//! until a handler asks for them, and anything that does not decode to UTF-8 is a 400, never
-//! a panic or a lossy guess. Nothing here does I/O.
+//! Invariants: a [`Request`] from the server holds only what its limits let through (a
+//! head within `MAX_HEAD`, a body within `MAX_BODY`); its path and query stay
+//! percent-encoded until a handler asks for them, and a malformed escape or anything that
+//! does not decode to UTF-8 is a 400, never a panic or a lossy guess. Nothing here does I/O.
 
 use crate::error::Error;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -14,7 +14,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 pub enum Version {
     /// `HTTP/1.0`: the connection closes after the answer unless the client asks to keep it.
     Http10,
-    /// `HTTP/1.1`: the connection stays open unless a side says `Connection: close`.
+    /// `HTTP/1.1`: the connection stays open unless the client sends `Connection: close`.
     Http11,
 }
 
@@ -29,14 +29,14 @@ pub struct Request {
     pub query: Option<String>,
     /// The protocol version of the request line.
     pub version: Version,
-    /// Headers with lower-case names.
+    /// Headers in the order sent, with lower-case names and trimmed values.
     pub headers: Vec<(String, String)>,
     /// The body (at most [`MAX_BODY`](super::MAX_BODY) bytes).
     pub body: Vec<u8>,
 }
 
 impl Request {
-    /// A request built in code (tests, the bench's limit server).
+    /// A request built in code (tests, the bench's limit server): HTTP/1.1, no headers, no body.
     pub fn new(method: &str, target: &str) -> Request {
         let (path, query) = split_target(target);
         Request { method: method.into(), path, query, version: Version::Http11, headers: Vec::new(), body: Vec::new() }
