@@ -27,7 +27,9 @@ pub enum Error {
     Gone(String),
     /// 409: the book is out of stock (or another conflict with the current state).
     Conflict(String),
-    /// 411: a body without `Content-Length` (chunked bodies are not accepted).
+    /// 411: the body's length cannot be known: a `Transfer-Encoding` other than `chunked`, or
+    /// `Transfer-Encoding` together with `Content-Length` (a request smuggling vector).
+    /// Chunked bodies are accepted; a request with neither header has an empty body.
     LengthRequired,
     /// 413: the body is larger than [`crate::http::MAX_BODY`].
     PayloadTooLarge,

@@ -63,6 +63,8 @@ fn hostile_input_gets_a_clear_4xx_and_breaks_nothing() {
             ("garbage request line".into(), b"GARBAGE\r\n\r\n".to_vec(), 400),
             ("binary noise".into(), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
             ("200 KB header".into(), head("GET", "/health", &big_header), 431),
+            ("control byte in a header value".into(), head("GET", "/health", "X-A: a\x01b\r\n"), 400),
+            ("control byte in a header name".into(), head("GET", "/health", "X\x01A: b\r\n"), 400),
             ("invalid UTF-8 in the path".into(), b"GET /health/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
             ("percent escape of invalid UTF-8".into(), head("GET", "/search/%ff%fe", ""), 400),
             ("bad percent escape".into(), head("GET", "/x/%zz", ""), 400),

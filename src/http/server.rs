@@ -1,0 +1,524 @@
+//! The sockets: the accept loop, one thread per connection, reading requests within their
+//! limits and deadlines, keep-alive, writing answers and the graceful stop.
+//!
+//! - the request head is read with a bound ([`MAX_HEAD`], else 431) and a deadline
+//!   ([`HEAD_TIMEOUT`], else 408), and parsed by `parse.rs`; the body is read only when its
+//!   declared length is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
+//! - each connection has its own thread (small stack), up to [`MAX_CONNECTIONS`]; a slow
+//!   client holds only its own thread, never a worker another client needs;
+//! - at most `threads` handlers run at once (a counting semaphore, `semaphore.rs`): the
+//!   service's worker pool, sized by `BAZAR_THREADS`;
+//! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`];
+//! - shutdown is an input: once set, the accept loop stops, requests in flight finish
+//!   and idle connections are closed (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
+//!
+//! Invariant: a connection thread holds at most `MAX_HEAD` bytes of head and `MAX_BODY`
+//! bytes of body (plus its read buffer); a handler panic is answered 500 and logged, and
+//! never takes the process down.
+
+use super::message::{Request, Response};
+use super::parse::{blank_lines, body_length, chunk_size, parse_head, wants_keep_alive, BodyLength};
+use super::semaphore::Semaphore;
+use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Granularity at which blocked reads and the accept loop notice a shutdown.
+const TICK: Duration = Duration::from_millis(100);
+/// Stack of a connection thread: parsing and handlers need little.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Settings of one server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Most handlers running at once.
+    pub threads: usize,
+    /// Name used in log lines.
+    pub name: &'static str,
+}
+
+/// Serves `listener` until `shutdown` is set, then drains and returns.
+pub fn serve<H>(
+    listener: TcpListener,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    handler: H,
+) -> io::Result<()>
+where
+    H: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    let shared = Arc::new(Shared {
+        handler,
+        metrics,
+        shutdown: shutdown.clone(),
+        permits: Semaphore::new(config.threads.max(1)),
+        open: AtomicUsize::new(0),
+    });
+    log::info!("{} listening on {}", config.name, listener.local_addr()?);
+    while !shutdown.is_set() {
+        if !wait_readable(&listener, TICK) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(TICK);
+                continue;
+            }
+        };
+        if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_response(
+                &mut &stream,
+                &Response::error(&Error::Unavailable("too many connections".into())),
+                false,
+                false,
+            );
+            continue;
+        }
+        let conn = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
+            conn.connection(stream);
+            conn.open.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("cannot start a connection thread: {e}");
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while shared.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log::info!("{} stopped", config.name);
+    Ok(())
+}
+
+/// What every connection thread shares.
+struct Shared<H> {
+    handler: H,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    /// Bounds the handlers running at once to the worker count.
+    permits: Semaphore,
+    /// Open connections, for the limit and for draining.
+    open: AtomicUsize,
+}
+
+/// Why reading a request stopped.
+enum ReadError {
+    /// The connection closed, timed out while idle, or the server is stopping: close quietly.
+    Closed,
+    /// The client sent something we answer with an error, then close.
+    Answer(Error),
+}
+
+impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
+    fn connection(&self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        if stream.set_read_timeout(Some(TICK)).is_err() {
+            return;
+        }
+        let mut reader = BufReader::with_capacity(8 * 1024, &stream);
+        loop {
+            let request = match read_request(&mut reader, &self.shutdown) {
+                Ok(r) => r,
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Answer(e)) => {
+                    let r = Response::error(&e).at("invalid");
+                    self.metrics.record(r.route, r.status, Duration::ZERO);
+                    let _ = write_response(&mut &stream, &r, false, false);
+                    linger(&stream);
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let response = {
+                let _permit = self.permits.acquire();
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        log::error!("handler panicked on {} {}", request.method, request.path);
+                        Response::error(&Error::Internal("internal error".into()))
+                    }
+                }
+            };
+            self.metrics.record(response.route, response.status, started.elapsed());
+            let keep = wants_keep_alive(&request) && !self.shutdown.is_set();
+            if write_response(&mut &stream, &response, keep, request.method == "HEAD").is_err() || !keep {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request, with the head and body limits and deadlines.
+fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
+    let mut request = read_head(reader, shutdown)?;
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    request.body = match body_length(&request).map_err(ReadError::Answer)? {
+        BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
+        BodyLength::Chunked => read_chunked(reader, deadline)?,
+    };
+    Ok(request)
+}
+
+/// Reads until the bytes hold a whole head, as [`parse_head`] decides, and takes exactly
+/// the head out of `reader`: the body and any pipelined request stay there.
+///
+/// `head` holds at most `MAX_HEAD + 1` bytes, which is enough for the parser to answer 431.
+/// The parser runs when a read brought a line feed (a head can only end with one), on the
+/// first bytes (to refuse garbage at once) and at the limit, so a client that sends one
+/// byte at a time costs one parse per line, not one per byte.
+fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
+    let mut head: Vec<u8> = Vec::new();
+    let idle_since = Instant::now();
+    let mut first_byte: Option<Instant> = None;
+    loop {
+        let bytes = match reader.fill_buf() {
+            // Closed, before a request or within one.
+            Ok([]) => return Err(ReadError::Closed),
+            Ok(bytes) => bytes,
+            Err(e) if is_timeout(&e) => {
+                match first_byte {
+                    None if shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => return Err(ReadError::Closed),
+                    Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
+                    _ => {}
+                }
+                continue;
+            }
+            Err(_) => return Err(ReadError::Closed),
+        };
+        first_byte.get_or_insert_with(Instant::now);
+        if head.is_empty() {
+            // Robustness (RFC 9112 2.2): empty lines before the request line are dropped.
+            let blank = blank_lines(bytes);
+            if blank > 0 {
+                reader.consume(blank);
+                continue;
+            }
+        }
+        let old = head.len();
+        let new = &bytes[..bytes.len().min(MAX_HEAD + 1 - old)];
+        let (taken, line_end) = (new.len(), new.contains(&b'\n'));
+        head.extend_from_slice(new);
+        if old == 0 || line_end || head.len() > MAX_HEAD {
+            if let Some((request, len)) = parse_head(&head).map_err(ReadError::Answer)? {
+                // `len > old`: the head ends with a line feed, and had one come before this
+                // read, the parse after it would have found the head whole.
+                reader.consume(len - old);
+                return Ok(request);
+            }
+        }
+        reader.consume(taken);
+    }
+}
+
+/// Closes after an error answer without resetting the connection: stops writing, then
+/// reads and drops what the client still sends, bounded in bytes and time, so the client
+/// reads the answer instead of a reset.
+fn linger(stream: &TcpStream) {
+    const MAX_DRAIN: usize = 1024 * 1024;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 8192];
+    let mut drained = 0;
+    while drained < MAX_DRAIN && Instant::now() < deadline {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads exactly `n` (at most [`MAX_BODY`]) bytes before `deadline`.
+fn read_exact(reader: &mut impl BufRead, n: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    let mut body = vec![0; n];
+    let mut filled = 0;
+    while filled < n {
+        match reader.read(&mut body[filled..]) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(k) => filled += k,
+            Err(e) if is_timeout(&e) => {
+                if Instant::now() > deadline {
+                    return Err(ReadError::Answer(Error::RequestTimeout));
+                }
+            }
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+    Ok(body)
+}
+
+/// Reads one line (at most `max` bytes) before `deadline`.
+fn read_line(reader: &mut impl BufRead, max: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    let mut line = Vec::new();
+    loop {
+        let limit = (max + 1).saturating_sub(line.len()) as u64;
+        match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(_) if line.last() == Some(&b'\n') => return Ok(line),
+            Ok(_) if line.len() > max => {
+                return Err(ReadError::Answer(Error::BadRequest("chunk framing line too long".into())))
+            }
+            Ok(_) => return Err(ReadError::Closed),
+            Err(e) if is_timeout(&e) => {
+                if Instant::now() > deadline {
+                    return Err(ReadError::Answer(Error::RequestTimeout));
+                }
+            }
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+}
+
+/// Reads a chunked body (RFC 9112 7.1), at most [`MAX_BODY`] bytes in all.
+fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    const MAX_LINE: usize = 1024;
+    let mut body = Vec::new();
+    loop {
+        let size = chunk_size(&read_line(reader, MAX_LINE, deadline)?).map_err(ReadError::Answer)?;
+        if size == 0 {
+            // Trailer fields up to the blank line; their total is bounded like a head.
+            let mut trailer = 0;
+            loop {
+                let line = read_line(reader, MAX_LINE, deadline)?;
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(body);
+                }
+                trailer += line.len();
+                if trailer > MAX_HEAD {
+                    return Err(ReadError::Answer(Error::HeadersTooLarge));
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(ReadError::Answer(Error::PayloadTooLarge));
+        }
+        body.extend(read_exact(reader, size, deadline)?);
+        let end = read_line(reader, 2, deadline)?;
+        if end != b"\r\n" && end != b"\n" {
+            return Err(ReadError::Answer(Error::BadRequest("bad chunked body: chunk not followed by CRLF".into())));
+        }
+    }
+}
+
+fn write_response(out: &mut impl Write, r: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(160 + r.body.len());
+    write!(
+        buf,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len()
+    )?;
+    for (name, value) in &r.headers {
+        write!(buf, "{name}: {value}\r\n")?;
+    }
+    buf.extend_from_slice(if keep_alive { b"\r\n" } else { b"Connection: close\r\n\r\n" });
+    if !head_only {
+        buf.extend_from_slice(&r.body);
+    }
+    out.write_all(&buf)?;
+    out.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Whether a socket call failed only because its timeout passed (or a signal cut it short).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+/// Waits until the listener has a connection to accept, or `timeout` passes.
+fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd that lives across the call.
+    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0
+}
+
+/// Binds `addr`, with a clear error naming it.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes per read, as a slow network would.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.fill_buf()?.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Trickle<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            Ok(&self.data[..self.step.min(self.data.len())])
+        }
+
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    /// Pipelined requests whatever the bytes per read: each head is taken whole and no more,
+    /// bodies and the next request stay in the reader.
+    #[test]
+    fn pipelined_requests_in_pieces() {
+        let bytes: &[u8] = b"\r\n\nGET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+            POST /b HTTP/1.1\nTransfer-Encoding: chunked\n\n1\r\nx\r\n0\r\n\r\n\
+            \r\nGET /c?d HTTP/1.0\r\n\r\n";
+        let shutdown = Shutdown::new();
+        for step in [1, 2, 3, 7, 8192] {
+            let mut reader = Trickle { data: bytes, step };
+            let mut got = Vec::new();
+            loop {
+                match read_request(&mut reader, &shutdown) {
+                    Ok(r) => got.push(format!(
+                        "{} {} {:?} {}",
+                        r.method,
+                        r.path,
+                        r.version,
+                        String::from_utf8_lossy(&r.body)
+                    )),
+                    Err(ReadError::Closed) => break,
+                    Err(ReadError::Answer(e)) => panic!("step {step}: {e:?}"),
+                }
+            }
+            assert_eq!(got, ["GET /a Http11 abc", "POST /b Http11 x", "GET /c Http10 "], "step {step}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let read = |text: &str| {
+            read_chunked(&mut text.as_bytes(), deadline).map_err(|e| match e {
+                ReadError::Answer(e) => e.status(),
+                ReadError::Closed => 0,
+            })
+        };
+        assert_eq!(read("3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(read("0\r\n\r\n").unwrap(), b"");
+        assert_eq!(read("zz\r\n"), Err(400));
+        assert_eq!(read("3\r\nabcX\r\n"), Err(400));
+        assert_eq!(read("ffffffff\r\n"), Err(413));
+        assert_eq!(read("3\r\nab"), Err(0));
+        let big = format!("{:x}\r\n{}\r\n", MAX_BODY, "a".repeat(MAX_BODY)) + "1\r\na\r\n0\r\n\r\n";
+        assert_eq!(read(&big), Err(413));
+    }
+
+    /// xorshift64*: a small deterministic generator for the property tests.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Property: whatever the bytes, reading a request gives a complete request, a 4xx
+    /// answer, or a closed connection; never a panic, never an answer of 5xx.
+    #[test]
+    fn any_bytes_give_a_request_or_a_4xx() {
+        let seeds: &[&[u8]] = &[
+            b"GET /info/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /purchase/2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"PATCH /books/3 HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"quantity\": 20}",
+            b"POST /books/1/purchase HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n0\r\n\r\n",
+            b"GET /search/distributed%20systems?topic=a+b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ];
+        let pieces: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b":",
+            b" ",
+            b"%",
+            b"%ff",
+            b"\xff\xfe",
+            b"\0",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"ffffffff\r\n",
+            b"/",
+            b"?",
+            b"=",
+            b"-1",
+        ];
+        let shutdown = Shutdown::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for case in 0..20_000 {
+            let mut bytes = seeds[rng.below(seeds.len())].to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(bytes.len() + 1);
+                match rng.below(5) {
+                    0 => bytes.insert(at, rng.next() as u8),
+                    1 if at < bytes.len() => bytes[at] = rng.next() as u8,
+                    2 => bytes.truncate(at),
+                    3 => bytes.splice(at..at, pieces[rng.below(pieces.len())].iter().copied()).for_each(drop),
+                    _ => bytes.splice(at..at, std::iter::repeat_n(b'a', rng.below(3) * MAX_HEAD / 2)).for_each(drop),
+                }
+            }
+            match read_request(&mut bytes.as_slice(), &shutdown) {
+                Ok(r) => {
+                    let _ = (r.segments(), r.query_param("topic"), wants_keep_alive(&r));
+                    assert!(r.body.len() <= MAX_BODY);
+                }
+                Err(ReadError::Answer(e)) => assert!(
+                    (400..500).contains(&e.status()),
+                    "case {case}: {e:?} for {:?}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+                Err(ReadError::Closed) => {}
+            }
+        }
+    }
+}
