@@ -233,45 +233,10 @@ impl OrderLog {
     }
 }
 
-/// Validates an order that came from a peer.
-pub fn check(order: &Order) -> Result<()> {
-    let ok_id = !order.order_id.is_empty()
-        && order.order_id.len() <= 64
-        && order.order_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let ok_at = order.at.len() == 24 && order.at.ends_with('Z');
-    if ok_id && ok_at && order.id > 0 && order.title.len() <= 1024 {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!("malformed order {:?}", order.order_id)))
-    }
-}
-
-/// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-24T13:55:06.123Z` (sorts as text).
-pub fn timestamp_now() -> String {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    timestamp(since.as_millis() as u64)
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC.
-pub fn timestamp(ms: u64) -> String {
-    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::timestamp_now;
 
     fn order(id: &str, at: &str) -> Order {
         Order {
@@ -284,12 +249,10 @@ mod tests {
     }
 
     #[test]
-    fn timestamps() {
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(timestamp(1_795_874_106_123), "2026-11-28T13:55:06.123Z");
-        assert!(check(&order("ab12-1", &timestamp_now())).is_ok());
-        assert!(check(&order("x y", &timestamp_now())).is_err());
+    fn orders_are_checked() {
+        assert!(order("ab12-1", &timestamp_now()).check().is_ok());
+        assert!(order("x y", &timestamp_now()).check().is_err());
+        assert!(order("ab12-1", "2026-13-45T99:99:99.999Z").check().is_err());
     }
 
     /// Concurrent appends share fsyncs, and every order is durable and visible when its

@@ -6,7 +6,7 @@
 //! that when it is acknowledged every reachable peer already has it. A peer that was down,
 //! cut off or restarted converges at its next pull, whoever crashed in between.
 
-use super::log::{self as orderlog, OrderLog};
+use super::log::OrderLog;
 use crate::balance::Pool;
 use crate::client::{CatalogClient, Http, OrderClient};
 use crate::config::{self, Common, ConfigError, Source};
@@ -16,7 +16,6 @@ use crate::metrics::{push_metric, Metrics};
 use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -124,7 +123,7 @@ impl OrderNode {
         let token = config.common.token.clone();
         Ok(Arc::new(OrderNode {
             log,
-            prefix: random_prefix()?,
+            prefix: crate::ids::random_hex()?,
             counter: AtomicU64::new(0),
             catalogs: Pool::new(config.catalogs.clone()),
             catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
@@ -167,7 +166,7 @@ impl OrderNode {
         loop {
             let from = self.cursors[i].load(Ordering::SeqCst);
             let page: OrderPage = self.peers.pull(url, from)?;
-            let valid: Vec<Order> = page.orders.iter().filter(|o| orderlog::check(o).is_ok()).cloned().collect();
+            let valid: Vec<Order> = page.orders.iter().filter(|o| o.check().is_ok()).cloned().collect();
             let added = self.log.add(&valid)?;
             if added > 0 {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
@@ -193,7 +192,7 @@ impl OrderNode {
                 let known = self.log.get(&p.order.order_id).is_some();
                 if !known {
                     let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
-                    if since.elapsed() < GRACE || orderlog::check(&p.order).is_err() {
+                    if since.elapsed() < GRACE || p.order.check().is_err() {
                         waiting = true;
                         continue;
                     }
@@ -247,7 +246,7 @@ impl OrderNode {
     /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
     pub fn purchase(&self, id: u32) -> Result<Order> {
         let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
-        let at = orderlog::timestamp_now();
+        let at = crate::ids::timestamp_now();
         let book = match self.take_copy(id, &order_id, &at) {
             Ok(b) => b,
             Err(e) => {
@@ -329,7 +328,7 @@ impl OrderNode {
             ["internal", "orders"] if method == "POST" => http::respond(
                 check_token(request, token).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
-                    orders.iter().try_for_each(orderlog::check)?;
+                    orders.iter().try_for_each(Order::check).map_err(Error::BadRequest)?;
                     let added = self.log.add(&orders)?;
                     Ok(Response::json(&serde_json::json!({ "added": added })))
                 }),
@@ -391,18 +390,6 @@ impl OrderNode {
         );
         out
     }
-}
-
-/// 12 hex digits from the kernel's random source: this incarnation's order-id prefix.
-fn random_prefix() -> Result<String> {
-    random_hex()
-}
-
-/// 12 hex digits from the kernel's random source (identities that change at each start).
-pub fn random_hex() -> Result<String> {
-    let mut bytes = [0u8; 6];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl crate::service::Service for OrderNode {
