@@ -297,9 +297,19 @@ impl OrderClient {
         self.http.call(Method::POST, base, &format!("/purchase/{id}"), None)?.json()
     }
 
-    /// All orders, oldest first.
+    /// All orders, oldest first: every page of `GET /orders`, following each `Link` to the
+    /// next (a page of [`crate::page::MAX_LIMIT`] at a time).
     pub fn orders(&self, base: &str) -> Result<Vec<Order>> {
-        self.http.get(base, "/orders")
+        let mut target = format!("/orders?limit={}", crate::page::MAX_LIMIT);
+        let mut orders = Vec::new();
+        loop {
+            let answer = self.http.call(Method::GET, base, &target, None)?;
+            orders.extend(answer.json::<Vec<Order>>()?);
+            match answer.link.as_deref().and_then(crate::page::next_target) {
+                Some(next) => target = next.to_string(),
+                None => return Ok(orders),
+            }
+        }
     }
 
     /// A page of the peer's log from position `from` (order sync).

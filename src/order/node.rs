@@ -6,13 +6,14 @@
 //! that when it is acknowledged every reachable peer already has it. A peer that was down,
 //! cut off or restarted converges at its next pull, whoever crashed in between.
 
-use super::log::OrderLog;
+use super::log::{Cursor, OrderLog};
 use crate::balance::Pool;
 use crate::client::{CatalogClient, Http, OrderClient};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
+use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
@@ -189,7 +190,7 @@ impl OrderNode {
             let page = self.journal_after(after)?;
             let (mut cursor, mut waiting) = (after, false);
             for p in &page.purchases {
-                let known = self.log.get(&p.order.order_id).is_some();
+                let known = self.log.contains(&p.order.order_id);
                 if !known {
                     let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
                     if since.elapsed() < GRACE || p.order.check().is_err() {
@@ -309,9 +310,11 @@ impl OrderNode {
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
-            ["orders"] if get => http::respond(Ok(Response::json(&self.log.all())), "/orders"),
+            ["orders"] if get => http::respond(self.orders(request), "/orders"),
             ["orders", id] if get => http::respond(
-                self.log.get(id).map(|o| Response::json(&o)).ok_or_else(|| Error::NotFound(format!("no order {id:?}"))),
+                self.log.get(id).and_then(|o| {
+                    o.map(|o| Response::json(&o)).ok_or_else(|| Error::NotFound(format!("no order {id:?}")))
+                }),
                 "/orders/{order_id}",
             ),
             ["internal", "orders"] if get => http::respond(
@@ -320,7 +323,7 @@ impl OrderNode {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
-                    let (orders, next) = self.log.since(from, PAGE);
+                    let (orders, next) = self.log.since(from, PAGE)?;
                     Ok(Response::json(&OrderPage { orders, next }))
                 }),
                 "/internal/orders",
@@ -341,6 +344,17 @@ impl OrderNode {
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
+    }
+
+    /// `GET /orders`: one page, oldest first, with a `Link` to the next when more follow.
+    fn orders(&self, request: &Request) -> Result<Response> {
+        let wanted = PageRequest::from_query(request, page::MAX_LIMIT, |a| a.parse::<Cursor>())?;
+        let page = self.log.page(wanted.after.as_ref(), wanted.limit)?;
+        let mut response = Response::json(&page.orders);
+        if let Some(next) = page.next {
+            response = response.with_header("Link", page::next_link("/orders", &[], wanted.limit, &next.to_string()));
+        }
+        Ok(response)
     }
 
     fn metrics_text(&self) -> String {
