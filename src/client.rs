@@ -258,6 +258,20 @@ impl CatalogClient {
         self.http.send(Method::POST, base, &format!("/books/{id}/purchase"), &body)
     }
 
+    /// Whether a catalog can do its job now: `GET /ready` answers 200 or, from a catalog
+    /// without that route (404), `GET /health` answers 200.
+    pub fn ready(&self, base: &str) -> Result<()> {
+        let ready = self.http.call(Method::GET, base, "/ready", None)?;
+        let answer = match ready.status {
+            404 => self.http.call(Method::GET, base, "/health", None)?,
+            _ => ready,
+        };
+        match answer.status {
+            200 => Ok(()),
+            _ => Err(answer.error()),
+        }
+    }
+
     /// The purchases journaled after write `after` (order reconciliation).
     pub fn purchases(&self, base: &str, after: u64) -> Result<PurchasePage> {
         self.http.get(base, &format!("/internal/purchases?after={after}"))

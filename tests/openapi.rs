@@ -150,6 +150,7 @@ fn the_openapi_document_matches_the_store() {
             case("/orders", "GET", &o, "/orders?limit=1&after=2026-11-24T13:55:06.123Z~a-1", false, None, 200),
             case("/orders", "GET", &o, "/orders?limit=1001", false, None, 400),
             case("/orders", "GET", &o, "/orders?after=a-1", false, None, 400),
+            case("/ready", "GET", &o, "/ready", false, None, 200),
             case("/orders/{order_id}", "GET", &o, &order_path, false, None, 200),
             case("/orders/{order_id}", "GET", &o, "/orders/none-1", false, None, 404),
             case("/internal/orders", "GET", &o, "/internal/orders?from=0", true, None, 200),
@@ -189,6 +190,7 @@ fn the_openapi_document_matches_the_store() {
         &[
             case("/search/{topic}", "GET", &fe, "/search/x", false, None, 503),
             case("/info/{id}", "GET", &fe, "/info/1", false, None, 503),
+            case("/ready", "GET", &o, "/ready", false, None, 503),
         ],
         &mut tested,
     );

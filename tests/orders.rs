@@ -1,10 +1,12 @@
-//! The order servers' list: `GET /orders` paged while purchases go on.
+//! The order servers' list and readiness: `GET /orders` paged while purchases go on, and
+//! `GET /ready` with and without a catalog.
 
 mod common;
 
 use bazar::ids::{cmp_order_ids, parse_timestamp};
 use common::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -87,4 +89,63 @@ fn paging_sees_every_order_once_while_purchases_go_on() {
     }
     // Both servers end up with the same set, listed the same way.
     eventually(Duration::from_secs(10), "both servers hold the same orders", || s.orders_on(&o1) == s.orders_on(&o2));
+}
+
+/// A lone process of `program` with `env` (and its address), killed on drop.
+fn start(dir: &TempDir, name: &str, program: &str, env: &[(&str, String)]) -> (Proc, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut vars = vec![("BAZAR_LISTEN".to_string(), listen.clone())];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    vars.push(("BAZAR_DATA_DIR".into(), dir.0.join(name).display().to_string()));
+    let spec = Spec {
+        name: name.into(),
+        program: PathBuf::from(program),
+        args: vec![],
+        env: vars,
+        log: dir.0.join(format!("{name}.log")),
+    };
+    let p = Proc::start(spec);
+    let base = format!("http://{listen}");
+    wait_healthy(&base);
+    (p, base)
+}
+
+#[test]
+fn ready_when_a_catalog_is() {
+    let dir = TempDir::new("ready");
+    let (mut catalog, cat) =
+        start(&dir, "catalog", env!("CARGO_BIN_EXE_bazar-catalog"), &[("BAZAR_ROLE", "primary".into())]);
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (_order, o) =
+        start(&dir, "order", env!("CARGO_BIN_EXE_bazar-order"), &[("BAZAR_CATALOG", format!("{nobody},{cat}"))]);
+    let a = get(&o, "/ready");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(json(&a)["status"], "ready");
+    assert_eq!(json(&a)["catalog"], cat.as_str());
+    let a = call("POST", &o, "/ready", None);
+    assert_eq!((a.status, a.body.is_empty()), (405, false));
+
+    catalog.kill9();
+    let a = get(&o, "/ready");
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(json(&a)["status"], "no-catalog");
+    let why = json(&a)["error"].as_str().unwrap().to_string();
+    assert!(why.contains(&cat) && why.contains(&nobody), "{why}");
+    // Still alive, just not ready.
+    assert_eq!(get(&o, "/health").status, 200);
+
+    // No catalog reachable at all from the start, and the answer comes within the probe's
+    // timeout even from an address that swallows packets.
+    let (_lonely, lonely) = start(
+        &dir,
+        "lonely",
+        env!("CARGO_BIN_EXE_bazar-order"),
+        &[("BAZAR_CATALOG", format!("{nobody},http://10.255.255.1:9000"))],
+    );
+    let started = std::time::Instant::now();
+    let a = get(&lonely, "/ready");
+    assert_eq!((a.status, json(&a)["status"].as_str()), (503, Some("no-catalog")));
+    assert!(started.elapsed() < Duration::from_secs(2), "probes in parallel, each short: {:?}", started.elapsed());
+    let ids: HashSet<&str> = ["status", "error"].into();
+    assert!(json(&a).as_object().unwrap().keys().all(|k| ids.contains(k.as_str())));
 }

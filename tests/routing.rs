@@ -41,6 +41,7 @@ fn random_request(rng: &mut Rng) -> Request {
         "replicate",
         "purchases",
         "health",
+        "ready",
         "metrics",
         "1",
         "7",

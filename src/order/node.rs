@@ -30,6 +30,8 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders in one page of a pull.
 pub const PAGE: usize = 200;
+/// Longest wait for a catalog's answer to a readiness probe (`GET /ready`).
+pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the catalog's purchase journal is checked for copies without an order.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a journaled purchase may stay without its order before it is adopted: far
@@ -107,6 +109,8 @@ pub struct OrderNode {
     counter: AtomicU64,
     catalogs: Pool,
     catalog: CatalogClient,
+    /// The catalog client of readiness probes (short timeout).
+    probe: CatalogClient,
     peers: OrderClient,
     /// Per peer: the position in its log read so far.
     cursors: Vec<AtomicUsize>,
@@ -128,6 +132,7 @@ impl OrderNode {
             counter: AtomicU64::new(0),
             catalogs: Pool::new(config.catalogs.clone()),
             catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
+            probe: CatalogClient { http: Http::new(READY_TIMEOUT, pool, token.clone()) },
             peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
             cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
             reconciled: AtomicU64::new(0),
@@ -310,6 +315,7 @@ impl OrderNode {
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
+            ["ready"] if get => self.ready().at("/ready"),
             ["orders"] if get => http::respond(self.orders(request), "/orders"),
             ["orders", id] if get => http::respond(
                 self.log.get(id).and_then(|o| {
@@ -337,7 +343,7 @@ impl OrderNode {
                 }),
                 "/internal/orders",
             ),
-            ["health"] | ["metrics"] | ["orders"] | ["orders", _] => {
+            ["health"] | ["ready"] | ["metrics"] | ["orders"] | ["orders", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
@@ -355,6 +361,30 @@ impl OrderNode {
             response = response.with_header("Link", page::next_link("/orders", &[], wanted.limit, &next.to_string()));
         }
         Ok(response)
+    }
+
+    /// `GET /ready`: 200 when at least one catalog is ready (probed in parallel, each for at
+    /// most [`READY_TIMEOUT`]), else 503 `no-catalog`: without a catalog no purchase can go
+    /// through.
+    fn ready(&self) -> Response {
+        let urls = self.catalogs.urls();
+        let probes: Vec<Result<()>> = std::thread::scope(|s| {
+            let running: Vec<_> = urls.iter().map(|url| s.spawn(move || self.probe.ready(url))).collect();
+            running
+                .into_iter()
+                .map(|p| p.join().unwrap_or_else(|_| Err(Error::Internal("the probe panicked".into()))))
+                .collect()
+        });
+        if let Some(i) = probes.iter().position(Result::is_ok) {
+            let body =
+                serde_json::json!({"status": "ready", "role": "order", "catalog": urls[i], "orders": self.log.len()});
+            return Response::json(&body);
+        }
+        let why: Vec<String> =
+            urls.iter().zip(probes).filter_map(|(url, p)| p.err().map(|e| format!("{url}: {e}"))).collect();
+        let body =
+            serde_json::json!({"status": "no-catalog", "error": format!("no catalog is ready ({})", why.join("; "))});
+        Response::raw_json(503, serde_json::to_vec(&body).expect("JSON values serialize"))
     }
 
     fn metrics_text(&self) -> String {
