@@ -3,7 +3,7 @@
 //! index in memory.
 //!
 //! A server holds every order ever taken (its own and its peers'), so the orders themselves
-//! stay on disk and memory holds about 45 bytes an order: per order an [`Entry`] (where its
+//! stay on disk and memory holds under 50 bytes an order: per order an `Entry` (where its
 //! row starts, its time in milliseconds, its id as an interned prefix and a counter: 32
 //! bytes), a slot in a hash table from id to position (4 bytes a slot, the keys live in the
 //! entries) and a slot in the time-ordered index (4 bytes). Rows are read back with
@@ -42,8 +42,6 @@ const HEADER: &[u8] = b"order_id,id,title,price,at\n";
 const COLUMNS: [&str; 5] = ["order_id", "id", "title", "price", "at"];
 /// Bytes read from the file at once while loading.
 const LOAD_BUFFER: usize = 1 << 20;
-/// Most bytes read back in one positioned read when rows are contiguous.
-const MAX_SPAN: u64 = 1 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct Row {
@@ -236,7 +234,17 @@ impl Index {
     }
 
     fn find_key(&self, id: IdKey) -> Option<u32> {
-        self.by_id.find(self.hash(id), |p| self.id_of(&self.entries[p as usize]) == id)
+        self.by_id.find(self.hash(id), |p| self.is(&self.entries[p as usize], id))
+    }
+
+    /// Whether `e` has id `id`; compares the counter first, which rules most entries out
+    /// without looking at a prefix.
+    fn is(&self, e: &Entry, id: IdKey) -> bool {
+        if e.prefix == OTHER {
+            ids::split_order_id(&self.others[e.counter as usize]) == id
+        } else {
+            id.1 == Some(e.counter) && *self.prefixes[e.prefix as usize] == *id.0
+        }
     }
 
     /// An entry for a new order's id and time at `offset`, its prefix interned.
@@ -418,7 +426,7 @@ struct Pending {
 impl Inner {
     fn known(&self, order_id: &str) -> bool {
         let id = ids::split_order_id(order_id);
-        self.index.find_key(id).is_some() || self.pending.iter().any(|p| self.index.id_of(&p.entry) == id)
+        self.index.find_key(id).is_some() || self.pending.iter().any(|p| self.index.is(&p.entry, id))
     }
 }
 
@@ -530,22 +538,40 @@ impl OrderLog {
         Ok(())
     }
 
-    /// Reads durable rows back, given where each is; contiguous rows in one read.
+    /// Reads durable rows back, given where each is: contiguous rows in one read, and all
+    /// of them parsed by one CSV reader (building a reader costs more than parsing a row).
     fn read(&self, spans: &[(u64, u64)]) -> Result<Vec<Order>> {
-        let mut orders = Vec::with_capacity(spans.len());
-        let mut i = 0;
+        let total: u64 = spans.iter().map(|(from, to)| to - from).sum();
+        let mut bytes = vec![0; total as usize];
+        // Where each wanted row starts in `bytes`. A span may hold, after its row, rows
+        // that are not indexed (duplicates skipped at start): they are parsed and dropped.
+        let mut starts = Vec::with_capacity(spans.len());
+        let (mut i, mut filled) = (0, 0);
         while i < spans.len() {
-            let start = spans[i].0;
             let mut j = i + 1;
-            while j < spans.len() && spans[j].0 == spans[j - 1].1 && spans[j].1 - start <= MAX_SPAN {
+            while j < spans.len() && spans[j].0 == spans[j - 1].1 {
                 j += 1;
             }
-            let mut bytes = vec![0; (spans[j - 1].1 - start) as usize];
-            self.reader.read_exact_at(&mut bytes, start)?;
-            for &(from, to) in &spans[i..j] {
-                orders.push(parse_row(&bytes[(from - start) as usize..(to - start) as usize])?);
-            }
+            let len = (spans[j - 1].1 - spans[i].0) as usize;
+            self.reader.read_exact_at(&mut bytes[filled..filled + len], spans[i].0)?;
+            starts.extend(spans[i..j].iter().map(|(from, _)| filled as u64 + from - spans[i].0));
+            filled += len;
             i = j;
+        }
+        let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes.as_slice());
+        let (mut record, mut orders) = (csv::StringRecord::new(), Vec::with_capacity(spans.len()));
+        let mut wanted = starts.into_iter().peekable();
+        while let Some(&start) = wanted.peek() {
+            if !reader.read_record(&mut record)? {
+                break;
+            }
+            if record.position().map(|p| p.byte()) == Some(start) {
+                orders.push(order_of(&record)?);
+                wanted.next();
+            }
+        }
+        if orders.len() != spans.len() {
+            return Err(Error::Internal("orders.csv: a row is not where the index says".into()));
         }
         Ok(orders)
     }
@@ -614,14 +640,9 @@ impl OrderLog {
     }
 }
 
-/// The first row in `bytes` as an order.
-fn parse_row(bytes: &[u8]) -> Result<Order> {
-    let mut reader =
-        csv::ReaderBuilder::new().has_headers(false).buffer_capacity(bytes.len().max(64)).from_reader(bytes);
-    let row: Row = match reader.deserialize().next() {
-        Some(row) => row?,
-        None => return Err(Error::Internal("orders.csv: an empty row".into())),
-    };
+/// A row of `orders.csv` as an order.
+fn order_of(record: &csv::StringRecord) -> Result<Order> {
+    let row: Row = record.deserialize(None)?;
     let price: Money = row.price.parse().map_err(|e: String| Error::Internal(format!("orders.csv: {e}")))?;
     Ok(Order { order_id: row.order_id, id: row.id, title: row.title, price, at: row.at })
 }
