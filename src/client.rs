@@ -258,6 +258,20 @@ impl CatalogClient {
         self.http.send(Method::POST, base, &format!("/books/{id}/purchase"), &body)
     }
 
+    /// Whether a catalog can do its job now: `GET /ready` answers 200 or, from a catalog
+    /// without that route (404), `GET /health` answers 200.
+    pub fn ready(&self, base: &str) -> Result<()> {
+        let ready = self.http.call(Method::GET, base, "/ready", None)?;
+        let answer = match ready.status {
+            404 => self.http.call(Method::GET, base, "/health", None)?,
+            _ => ready,
+        };
+        match answer.status {
+            200 => Ok(()),
+            _ => Err(answer.error()),
+        }
+    }
+
     /// The purchases journaled after write `after` (order reconciliation).
     pub fn purchases(&self, base: &str, after: u64) -> Result<PurchasePage> {
         self.http.get(base, &format!("/internal/purchases?after={after}"))
@@ -313,9 +327,19 @@ impl OrderClient {
         self.http.call(Method::POST, base, &format!("/purchase/{id}"), None)?.json()
     }
 
-    /// All orders, oldest first.
+    /// All orders, oldest first: every page of `GET /orders`, following each `Link` to the
+    /// next (a page of [`crate::page::MAX_LIMIT`] at a time).
     pub fn orders(&self, base: &str) -> Result<Vec<Order>> {
-        self.http.get(base, "/orders")
+        let mut target = format!("/orders?limit={}", crate::page::MAX_LIMIT);
+        let mut orders = Vec::new();
+        loop {
+            let answer = self.http.call(Method::GET, base, &target, None)?;
+            orders.extend(answer.json::<Vec<Order>>()?);
+            match answer.link.as_deref().and_then(crate::page::next_target) {
+                Some(next) => target = next.to_string(),
+                None => return Ok(orders),
+            }
+        }
     }
 
     /// A page of the peer's log from position `from` (order sync).

@@ -12,7 +12,8 @@
 //! - [`client`]: typed clients for calls between services (one configured ureq agent).
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`balance`]: round robin with a passive health check.
-//! - [`wire`]: every JSON body on the wire; [`money`]: exact prices.
+//! - [`wire`]: every JSON body on the wire; [`money`]: exact prices; [`ids`]: random
+//!   identities, order ids and their order, order times.
 //! - [`storage`]: atomic file replacement and durable appends.
 //! - [`config`], [`error`], [`metrics`], [`shutdown`], [`service`]: the plumbing.
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod frontend;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod money;
 pub mod order;

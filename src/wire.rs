@@ -133,29 +133,32 @@ impl From<Order> for PurchaseReceipt {
 }
 
 impl Order {
-    /// Checks an order id: 1 to 64 ASCII letters, digits or `-`.
-    pub fn check_id(id: &str) -> Result<(), String> {
-        if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            Ok(())
-        } else {
-            Err(format!("order id {id:?} must be 1 to 64 letters, digits or '-'"))
+    /// Longest title an order may carry (a catalog's titles are at most 300 characters).
+    pub const MAX_TITLE: usize = 1024;
+
+    /// Checks a whole order, as a server does before it logs one it did not make (from a
+    /// peer or the catalog's journal): its id, its time, the book and the title's length.
+    pub fn check(&self) -> Result<(), String> {
+        Order::check_id(&self.order_id)?;
+        Order::check_at(&self.at)?;
+        if self.id == 0 {
+            return Err(format!("order {:?}: book id 0", self.order_id));
         }
+        if self.title.len() > Order::MAX_TITLE {
+            return Err(format!("order {:?}: title over {} bytes", self.order_id, Order::MAX_TITLE));
+        }
+        Ok(())
     }
 
-    /// Checks an order time: RFC 3339 UTC with milliseconds, `2026-11-24T13:55:06.123Z`.
+    /// Checks an order id: 1 to 64 ASCII letters, digits or `-` ([`crate::ids::check_order_id`]).
+    pub fn check_id(id: &str) -> Result<(), String> {
+        crate::ids::check_order_id(id)
+    }
+
+    /// Checks an order time: a real UTC time like `2026-11-24T13:55:06.123Z`
+    /// ([`crate::ids::parse_timestamp`]).
     pub fn check_at(at: &str) -> Result<(), String> {
-        let b = at.as_bytes();
-        let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22];
-        let shape = b.len() == 24
-            && digits.iter().all(|&i| b[i].is_ascii_digit())
-            && [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')]
-                .iter()
-                .all(|&(i, c)| b[i] == c);
-        if shape {
-            Ok(())
-        } else {
-            Err(format!("time {at:?} must look like 2026-11-24T13:55:06.123Z"))
-        }
+        crate::ids::parse_timestamp(at).map(|_| ())
     }
 }
 

@@ -173,6 +173,10 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/purchases", "GET", &p, "/internal/purchases?after=x", true, None, 400),
             case("/internal/purchases", "GET", &p, "/internal/purchases", false, None, 401),
             case("/orders", "GET", &o, "/orders", false, None, 200),
+            case("/orders", "GET", &o, "/orders?limit=1&after=2026-11-24T13:55:06.123Z~a-1", false, None, 200),
+            case("/orders", "GET", &o, "/orders?limit=1001", false, None, 400),
+            case("/orders", "GET", &o, "/orders?after=a-1", false, None, 400),
+            case("/ready", "GET", &o, "/ready", false, None, 200),
             case("/orders/{order_id}", "GET", &o, &order_path, false, None, 200),
             case("/orders/{order_id}", "GET", &o, "/orders/none-1", false, None, 404),
             case("/internal/orders", "GET", &o, "/internal/orders?from=0", true, None, 200),
@@ -214,6 +218,7 @@ fn the_openapi_document_matches_the_store() {
         &[
             case("/search/{topic}", "GET", &fe, "/search/x", false, None, 503),
             case("/info/{id}", "GET", &fe, "/info/1", false, None, 503),
+            case("/ready", "GET", &o, "/ready", false, None, 503),
         ],
         &mut tested,
     );

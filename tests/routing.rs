@@ -41,6 +41,7 @@ fn random_request(rng: &mut Rng) -> Request {
         "replicate",
         "purchases",
         "health",
+        "ready",
         "metrics",
         "1",
         "7",
@@ -65,6 +66,9 @@ fn random_request(rng: &mut Rng) -> Request {
         "?after=5",
         "?from=x",
         "?from=3",
+        "?limit=2&after=2026-11-24T13:55:06.123Z~x-1",
+        "?limit=0",
+        "?after=2026-02-30T00:00:00.000Z~x-1",
         "?topic",
         "?=&&=",
     ];

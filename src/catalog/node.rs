@@ -217,7 +217,7 @@ impl CatalogNode {
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
             catch_up_wanted: AtomicBool::new(false),
-            replica_id: crate::order::node::random_hex()?,
+            replica_id: crate::ids::random_hex()?,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
             writes_open: AtomicBool::new(config.lease.is_zero() || config.replicas.is_empty()),
@@ -321,7 +321,7 @@ impl CatalogNode {
             (None, None) => None,
             (Some(order_id), at) => {
                 Order::check_id(&order_id).map_err(Error::BadRequest)?;
-                let at = at.unwrap_or_else(crate::order::log::timestamp_now);
+                let at = at.unwrap_or_else(crate::ids::timestamp_now);
                 Order::check_at(&at).map_err(Error::BadRequest)?;
                 Some((order_id, at))
             }

@@ -348,7 +348,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
 
 /// A new history id.
 pub fn new_history_id() -> Result<String> {
-    crate::order::node::random_hex()
+    Ok(crate::ids::random_hex()?)
 }
 
 fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {

@@ -1,7 +1,8 @@
 //! The order service: takes purchases and keeps the order log, shared with its peers.
 //!
-//! - [`log`]: the set of orders and its file `orders.csv`.
-//! - [`node`]: one order process: routes, purchases through the catalog, peer sync.
+//! - [`log`]: the set of orders: its file `orders.csv` and a compact index in memory.
+//! - [`node`]: one order process: routes, purchases through the catalog, peer sync,
+//!   readiness.
 //!
 //! A purchase takes one copy from the catalog (the write reaches the primary and is
 //! acknowledged there), appends the order to `orders.csv` and fsyncs it, hands it to the

@@ -6,17 +6,17 @@
 //! that when it is acknowledged every reachable peer already has it. A peer that was down,
 //! cut off or restarted converges at its next pull, whoever crashed in between.
 
-use super::log::{self as orderlog, OrderLog};
+use super::log::{Cursor, OrderLog};
 use crate::balance::Pool;
 use crate::client::{CatalogClient, Http, OrderClient};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
+use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders in one page of a pull.
 pub const PAGE: usize = 200;
+/// Longest wait for a catalog's answer to a readiness probe (`GET /ready`).
+pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the catalog's purchase journal is checked for copies without an order.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a journaled purchase may stay without its order before it is adopted: far
@@ -107,6 +109,8 @@ pub struct OrderNode {
     counter: AtomicU64,
     catalogs: Pool,
     catalog: CatalogClient,
+    /// The catalog client of readiness probes (short timeout).
+    probe: CatalogClient,
     peers: OrderClient,
     /// Per peer: the position in its log read so far.
     cursors: Vec<AtomicUsize>,
@@ -124,10 +128,11 @@ impl OrderNode {
         let token = config.common.token.clone();
         Ok(Arc::new(OrderNode {
             log,
-            prefix: random_prefix()?,
+            prefix: crate::ids::random_hex()?,
             counter: AtomicU64::new(0),
             catalogs: Pool::new(config.catalogs.clone()),
             catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
+            probe: CatalogClient { http: Http::new(READY_TIMEOUT, pool, token.clone()) },
             peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
             cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
             reconciled: AtomicU64::new(0),
@@ -167,7 +172,7 @@ impl OrderNode {
         loop {
             let from = self.cursors[i].load(Ordering::SeqCst);
             let page: OrderPage = self.peers.pull(url, from)?;
-            let valid: Vec<Order> = page.orders.iter().filter(|o| orderlog::check(o).is_ok()).cloned().collect();
+            let valid: Vec<Order> = page.orders.iter().filter(|o| o.check().is_ok()).cloned().collect();
             let added = self.log.add(&valid)?;
             if added > 0 {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
@@ -190,10 +195,10 @@ impl OrderNode {
             let page = self.journal_after(after)?;
             let (mut cursor, mut waiting) = (after, false);
             for p in &page.purchases {
-                let known = self.log.get(&p.order.order_id).is_some();
+                let known = self.log.contains(&p.order.order_id);
                 if !known {
                     let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
-                    if since.elapsed() < GRACE || orderlog::check(&p.order).is_err() {
+                    if since.elapsed() < GRACE || p.order.check().is_err() {
                         waiting = true;
                         continue;
                     }
@@ -247,7 +252,7 @@ impl OrderNode {
     /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
     pub fn purchase(&self, id: u32) -> Result<Order> {
         let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
-        let at = orderlog::timestamp_now();
+        let at = crate::ids::timestamp_now();
         let book = match self.take_copy(id, &order_id, &at) {
             Ok(b) => b,
             Err(e) => {
@@ -310,9 +315,12 @@ impl OrderNode {
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
-            ["orders"] if get => http::respond(Ok(Response::json(&self.log.all())), "/orders"),
+            ["ready"] if get => self.ready().at("/ready"),
+            ["orders"] if get => http::respond(self.orders(request), "/orders"),
             ["orders", id] if get => http::respond(
-                self.log.get(id).map(|o| Response::json(&o)).ok_or_else(|| Error::NotFound(format!("no order {id:?}"))),
+                self.log.get(id).and_then(|o| {
+                    o.map(|o| Response::json(&o)).ok_or_else(|| Error::NotFound(format!("no order {id:?}")))
+                }),
                 "/orders/{order_id}",
             ),
             ["internal", "orders"] if get => http::respond(
@@ -321,7 +329,7 @@ impl OrderNode {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
-                    let (orders, next) = self.log.since(from, PAGE);
+                    let (orders, next) = self.log.since(from, PAGE)?;
                     Ok(Response::json(&OrderPage { orders, next }))
                 }),
                 "/internal/orders",
@@ -329,19 +337,54 @@ impl OrderNode {
             ["internal", "orders"] if method == "POST" => http::respond(
                 check_token(request, token).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
-                    orders.iter().try_for_each(orderlog::check)?;
+                    orders.iter().try_for_each(Order::check).map_err(Error::BadRequest)?;
                     let added = self.log.add(&orders)?;
                     Ok(Response::json(&serde_json::json!({ "added": added })))
                 }),
                 "/internal/orders",
             ),
-            ["health"] | ["metrics"] | ["orders"] | ["orders", _] => {
+            ["health"] | ["ready"] | ["metrics"] | ["orders"] | ["orders", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
+    }
+
+    /// `GET /orders`: one page, oldest first, with a `Link` to the next when more follow.
+    fn orders(&self, request: &Request) -> Result<Response> {
+        let wanted = PageRequest::from_query(request, page::MAX_LIMIT, |a| a.parse::<Cursor>())?;
+        let page = self.log.page(wanted.after.as_ref(), wanted.limit)?;
+        let mut response = Response::json(&page.orders);
+        if let Some(next) = page.next {
+            response = response.with_header("Link", page::next_link("/orders", &[], wanted.limit, &next.to_string()));
+        }
+        Ok(response)
+    }
+
+    /// `GET /ready`: 200 when at least one catalog is ready (probed in parallel, each for at
+    /// most [`READY_TIMEOUT`]), else 503 `no-catalog`: without a catalog no purchase can go
+    /// through.
+    fn ready(&self) -> Response {
+        let urls = self.catalogs.urls();
+        let probes: Vec<Result<()>> = std::thread::scope(|s| {
+            let running: Vec<_> = urls.iter().map(|url| s.spawn(move || self.probe.ready(url))).collect();
+            running
+                .into_iter()
+                .map(|p| p.join().unwrap_or_else(|_| Err(Error::Internal("the probe panicked".into()))))
+                .collect()
+        });
+        if let Some(i) = probes.iter().position(Result::is_ok) {
+            let body =
+                serde_json::json!({"status": "ready", "role": "order", "catalog": urls[i], "orders": self.log.len()});
+            return Response::json(&body);
+        }
+        let why: Vec<String> =
+            urls.iter().zip(probes).filter_map(|(url, p)| p.err().map(|e| format!("{url}: {e}"))).collect();
+        let body =
+            serde_json::json!({"status": "no-catalog", "error": format!("no catalog is ready ({})", why.join("; "))});
+        Response::raw_json(503, serde_json::to_vec(&body).expect("JSON values serialize"))
     }
 
     fn metrics_text(&self) -> String {
@@ -391,18 +434,6 @@ impl OrderNode {
         );
         out
     }
-}
-
-/// 12 hex digits from the kernel's random source: this incarnation's order-id prefix.
-fn random_prefix() -> Result<String> {
-    random_hex()
-}
-
-/// 12 hex digits from the kernel's random source (identities that change at each start).
-pub fn random_hex() -> Result<String> {
-    let mut bytes = [0u8; 6];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl crate::service::Service for OrderNode {

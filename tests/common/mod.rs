@@ -383,10 +383,17 @@ impl Store {
         json(&a)
     }
 
-    /// All orders on one order server.
+    /// All orders on one order server: every page of `GET /orders`, following the `Link`s.
     pub fn orders_on(&self, base: &str) -> Vec<serde_json::Value> {
-        let a = get(base, "/orders");
-        assert_eq!(a.status, 200);
-        json(&a).as_array().unwrap().clone()
+        let (mut orders, mut target) = (Vec::new(), "/orders?limit=1000".to_string());
+        loop {
+            let a = get(base, &target);
+            assert_eq!(a.status, 200, "{base}{target}: {}", String::from_utf8_lossy(&a.body));
+            orders.extend(json(&a).as_array().unwrap().iter().cloned());
+            match a.link.as_deref().and_then(bazar::page::next_target) {
+                Some(next) => target = next.to_string(),
+                None => return orders,
+            }
+        }
     }
 }
