@@ -1,5 +1,5 @@
 //! One catalog process: its settings, its routes and its reads. The primary's side of
-//! replication is in [`super::primary`], the replica's in [`super::replica`].
+//! replication is in `primary.rs`, the replica's in `replica.rs`.
 //!
 //! Locks: `writer` serialises everything that changes the catalog on this node (a whole
 //! primary write from decision to acknowledgement, or a replica's apply) and owns the
