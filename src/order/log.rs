@@ -275,26 +275,40 @@ impl Index {
         self.cmp_key(&self.entries[a as usize], b.at, self.id_of(b))
     }
 
-    /// Adds a durable entry whose id is not in the index yet; `sorted`: also put it in
-    /// `by_time` now (loading sorts once at the end instead).
-    fn push(&mut self, entry: Entry, sorted: bool) {
+    /// Adds a durable entry whose id is not in the index yet, leaving `by_time` to the
+    /// caller ([`Index::merge_from`] or [`Index::sort`]).
+    fn push(&mut self, entry: Entry) {
         let pos = u32::try_from(self.entries.len()).ok().filter(|&p| p != EMPTY).expect("fewer than 2^32 orders");
         push_lean(&mut self.entries, entry);
         let hash = self.hash(self.id_of(&entry));
         let Index { by_id, entries, prefixes, others, hasher, .. } = self;
         by_id.insert(hash, pos, |p| hasher.hash_one(id_of(prefixes, others, &entries[p as usize])));
-        if sorted {
-            // Most orders are the newest so far; a peer's late ones go a little before the end.
-            let (at, id) = (entry.at, self.id_of(&entry));
-            let at_end = self.by_time.last().is_none_or(|&p| self.cmp_key(&self.entries[p as usize], at, id).is_lt());
-            let place = if at_end {
-                self.by_time.len()
-            } else {
-                self.by_time.partition_point(|&p| self.cmp_key(&self.entries[p as usize], at, id).is_lt())
-            };
-            reserve_lean(&mut self.by_time);
-            self.by_time.insert(place, pos);
+    }
+
+    /// Puts the entries from position `first` on into `by_time`: sorted, then merged from
+    /// the back. Most are the newest so far and only land at the end; a peer's late ones go
+    /// before, and a batch of them (a server catching up) costs one pass, not one shift of
+    /// the index each.
+    fn merge_from(&mut self, first: usize) {
+        let mut fresh: Vec<u32> = (first as u32..self.entries.len() as u32).collect();
+        fresh.sort_by(|&a, &b| self.cmp_positions(a, b));
+        let mut by_time = std::mem::take(&mut self.by_time);
+        let (mut old, mut new) = (by_time.len(), fresh.len());
+        if by_time.capacity() < old + new {
+            by_time.reserve_exact(new.max(old / 8 + 64));
         }
+        by_time.resize(old + new, 0);
+        while new > 0 {
+            let write = old + new - 1;
+            if old > 0 && self.cmp_positions(by_time[old - 1], fresh[new - 1]).is_gt() {
+                by_time[write] = by_time[old - 1];
+                old -= 1;
+            } else {
+                by_time[write] = fresh[new - 1];
+                new -= 1;
+            }
+        }
+        self.by_time = by_time;
     }
 
     /// Sorts `by_time` after loading.
@@ -369,7 +383,7 @@ impl Index {
                         continue;
                     }
                     let entry = index.entry(order_id, at, offset);
-                    index.push(entry, false);
+                    index.push(entry);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     skipped += 1;
@@ -531,10 +545,12 @@ impl OrderLog {
         inner.synced = target;
         let done = inner.pending.partition_point(|p| p.row <= target);
         let durable: Vec<Pending> = inner.pending.drain(..done).collect();
+        let first = inner.index.entries.len();
         for p in durable {
             inner.index.end = p.end;
-            inner.index.push(p.entry, true);
+            inner.index.push(p.entry);
         }
+        inner.index.merge_from(first);
         Ok(())
     }
 
@@ -803,6 +819,23 @@ mod tests {
         let log = OrderLog::open(&dir.0).unwrap();
         check(&log);
         assert_eq!(all(&log, 7), listed);
+    }
+
+    /// A batch of a peer's orders, older than many already held (a server catching up), is
+    /// merged into the time order in one pass.
+    #[test]
+    fn a_late_batch_is_merged_in_time_order() {
+        let dir = Dir::new("late");
+        let log = OrderLog::open(&dir.0).unwrap();
+        let ours: Vec<Order> = (1..=1000).map(|i| order(&format!("aaaaaaaaaaaa-{i}"), &at(i * 2))).collect();
+        log.add(&ours).unwrap();
+        let late: Vec<Order> =
+            (1..=500).rev().map(|i| order(&format!("bbbbbbbbbbbb-{i}"), &at(i * 5 % 2100))).collect();
+        log.add(&late).unwrap();
+        let mut want: Vec<Order> = ours.iter().chain(&late).cloned().collect();
+        want.sort_by(|a, b| key(a).cmp(&key(b)));
+        assert_eq!(all(&log, 333), want);
+        assert_eq!(log.since(1000, 10).unwrap().0, late[..10]);
     }
 
     /// Concurrent appends share fsyncs, and every order is durable and visible when its
