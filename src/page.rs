@@ -67,11 +67,16 @@ pub fn next_target(link: &str) -> Option<&str> {
 
 /// The value of query parameter `name` in a target such as [`next_target`] returns.
 pub fn target_param(target: &str, name: &str) -> Option<String> {
-    let query = target.split_once('?')?.1;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| crate::http::percent_decode(v, true).ok()).flatten()
-    })
+    Request::new("GET", target).query_param(name).ok().flatten()
+}
+
+/// A book cursor (books are paged by id): the id of the last book of the previous page,
+/// digits only (0: from the start).
+pub fn parse_book_cursor(a: &str) -> std::result::Result<u32, String> {
+    if a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a cursor is the id of the last book of the previous page".into());
+    }
+    a.parse().map_err(|_| "too large for a book id".into())
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ pub struct Purchase {
 pub struct PurchasePage {
     /// Up to a page of purchases.
     pub purchases: Vec<Purchase>,
+    /// Whether more purchases follow this page.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// An order as the order servers log, replicate and answer it.

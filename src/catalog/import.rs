@@ -10,7 +10,6 @@ use super::store::{new_history_id, Store};
 use crate::config::{self, Env};
 use crate::money::Money;
 use crate::wire::Book;
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -38,7 +37,7 @@ impl std::fmt::Display for ImportError {
 
 /// Reads and checks every row of a catalog file (header `id,title,topic,price,quantity`)
 /// before anything is changed: the first bad row is named by its line.
-pub fn read_import(file: &Path) -> std::result::Result<Vec<Book>, ImportError> {
+pub fn read_import(file: &Path) -> std::result::Result<Catalog, ImportError> {
     let whole = |reason: String| ImportError { line: 0, reason };
     let text = std::fs::read(file).map_err(|e| whole(format!("cannot read {}: {e}", file.display())))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_slice());
@@ -51,8 +50,7 @@ pub fn read_import(file: &Path) -> std::result::Result<Vec<Book>, ImportError> {
         let blank = text[p.byte() as usize..].iter().take_while(|&&b| b == b'\n' || b == b'\r');
         p.line() + blank.filter(|&&b| b == b'\n').count() as u64
     };
-    let mut books = Vec::new();
-    let mut lines: HashMap<u32, u64> = HashMap::new();
+    let mut catalog = Catalog::default();
     let mut record = csv::StringRecord::new();
     loop {
         let line = reader.position().line();
@@ -78,22 +76,29 @@ pub fn read_import(file: &Path) -> std::result::Result<Vec<Book>, ImportError> {
         let price: Money = record[3].parse().map_err(bad)?;
         let quantity: u32 =
             record[4].parse().map_err(|_| bad(format!("quantity {:?} is not a whole number", &record[4])))?;
-        if let Some(first) = lines.insert(id, line) {
+        if catalog.book(id).is_ok() {
+            // Rare: look for the first one again rather than keep every id's line.
+            let mut again = csv::Reader::from_reader(text.as_slice());
+            let first = again
+                .records()
+                .flatten()
+                .find(|r| crate::http::parse_id(&r[0]).is_ok_and(|i| i == id))
+                .and_then(|r| r.position().map(line_of))
+                .unwrap_or(0);
             return Err(bad(format!("book id {id} appears twice (first on line {first})")));
         }
-        books.push(Book { id, title, topic, price, quantity });
+        catalog.insert_new(Book { id, title, topic, price, quantity }).map_err(bad)?;
     }
-    Ok(books)
+    Ok(catalog)
 }
 
 /// `bazar-catalog import FILE`: replaces the catalog in `dir` with the books of `file` as
 /// one durable write (numbered after the catalog's last), or changes nothing.
 pub fn import(dir: &Path, file: &Path) -> std::result::Result<(usize, u64), ImportError> {
     let whole = |reason: String| ImportError { line: 0, reason };
-    let books = read_import(file)?;
-    let (mut store, old) = Store::open(dir).map_err(|e| whole(e.to_string()))?;
-    let catalog = Catalog::new(books, old.seq() + 1).map_err(whole)?;
-    drop(old);
+    let mut catalog = read_import(file)?;
+    let (mut store, old) = Store::open_for_import(dir).map_err(|e| whole(e.to_string()))?;
+    catalog.raise_seq(old.seq() + 1);
     let history = new_history_id().map_err(|e| whole(e.to_string()))?;
     store.replace(&catalog, &history).map_err(|e| whole(e.to_string()))?;
     Ok((catalog.len(), catalog.seq()))

@@ -1,5 +1,6 @@
 //! The catalog service: books, prices and stock; one primary and any number of replicas.
 //!
+//! - [`config`]: the settings of a catalog process.
 //! - [`state`]: the books and their operations, no I/O.
 //! - [`store`]: the CSV files in the data directory.
 //! - [`import`]: `bazar-catalog import FILE`.
@@ -13,6 +14,7 @@
 //! to the primary and relays the answer, applies pushes strictly in sequence, and after a
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
+pub mod config;
 pub mod import;
 pub mod lease;
 pub mod node;
@@ -21,4 +23,5 @@ mod replica;
 pub mod state;
 pub mod store;
 
-pub use node::{CatalogConfig, CatalogNode, Role};
+pub use config::{CatalogConfig, Role};
+pub use node::CatalogNode;

@@ -6,19 +6,18 @@
 //! files; `state` is held only to read the in-memory catalog or to apply decided writes to
 //! it, never across I/O. Order: `writer` before `state`.
 
+use super::config::{CatalogConfig, Role};
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
 use super::state::{Catalog, Write};
 use super::store::Store;
 use crate::cache::Cache;
 use crate::client::{CatalogClient, Http};
-use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::{Book, BookPage, BookUpdate, NewBook, Order, PurchasePage, PurchaseRequest, Replicate};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -32,10 +31,6 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_BATCH: usize = 256;
 /// Most writes waiting for the writer thread; more wait to be queued.
 const QUEUE: usize = 4096;
-/// Default length of a replica's read lease.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
-/// Shortest lease accepted: renewals go every quarter of it.
-pub const MIN_LEASE: Duration = Duration::from_millis(200);
 /// Most purchases in one answer of `GET /internal/purchases`.
 pub const PURCHASES_PAGE: usize = 500;
 /// Most books in one page of a replica's full copy (`GET /internal/books`).
@@ -44,87 +39,6 @@ pub const COPY_PAGE: usize = 10_000;
 pub const LOG_PAGE: usize = 10_000;
 /// Pause between attempts to bring a replica up to date (primary) or to catch up (replica).
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
-
-/// A catalog's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Decides every write.
-    Primary,
-    /// Serves reads, forwards writes to the primary.
-    Replica,
-}
-
-/// Settings of a catalog process.
-#[derive(Clone, Debug)]
-pub struct CatalogConfig {
-    /// Listen address, workers, token.
-    pub common: Common,
-    /// Where `books.csv` lives.
-    pub data_dir: PathBuf,
-    /// Primary or replica.
-    pub role: Role,
-    /// The primary's base URL (replicas only).
-    pub primary: Option<String>,
-    /// The replicas' base URLs (primary only).
-    pub replicas: Vec<String>,
-    /// memcached servers whose entries the primary invalidates.
-    pub memcached: Vec<String>,
-    /// Length of a replica's read lease; zero turns read leases off.
-    pub lease: Duration,
-}
-
-impl CatalogConfig {
-    /// Reads the settings.
-    pub fn from_source(src: &dyn Source) -> std::result::Result<CatalogConfig, ConfigError> {
-        let common = Common::from_source(src, Self::DEFAULT_LISTEN)?;
-        let role = match config::opt(src, "BAZAR_ROLE").as_deref() {
-            Some("primary") => Role::Primary,
-            Some("replica") => Role::Replica,
-            other => {
-                return Err(ConfigError { var: "BAZAR_ROLE", problem: format!("{other:?} must be primary or replica") })
-            }
-        };
-        let primary = match role {
-            Role::Replica => Some(config::urls(src, "BAZAR_PRIMARY", true)?.swap_remove(0)),
-            Role::Primary => None,
-        };
-        let replicas = if role == Role::Primary { config::urls(src, "BAZAR_REPLICAS", false)? } else { Vec::new() };
-        let lease = config::millis(src, "BAZAR_LEASE_MS", DEFAULT_LEASE, 0..=60_000)?;
-        if !lease.is_zero() && lease < MIN_LEASE {
-            let problem = format!("must be 0 (off) or at least {} ms", MIN_LEASE.as_millis());
-            return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
-        }
-        Ok(CatalogConfig {
-            common,
-            data_dir: config::data_dir(src, "./data-catalog"),
-            role,
-            primary,
-            replicas,
-            memcached: config::memcached(src)?,
-            lease,
-        })
-    }
-
-    /// Where it listens unless `BAZAR_LISTEN` says otherwise.
-    pub const DEFAULT_LISTEN: &'static str = "0.0.0.0:9000";
-
-    /// `--help` text.
-    pub const HELP: &'static str = "\
-bazar-catalog: the catalog server (books, prices, stock), primary or replica.
-
-Environment:
-  BAZAR_ROLE      primary or replica (required)
-  BAZAR_PRIMARY   replica: base URL of the primary, e.g. http://127.0.0.1:9000
-  BAZAR_REPLICAS  primary: comma-separated base URLs of the replicas
-  BAZAR_DATA_DIR  directory of books.csv (default ./data-catalog; seeded on first start)
-  BAZAR_MEMCACHED primary: memcached host:port list whose entries writes invalidate
-  BAZAR_LEASE_MS  length of a replica's read lease (default 2000; 0 turns leases off)
-
-Commands:
-  bazar-catalog import FILE   replace the catalog in BAZAR_DATA_DIR (catalog stopped)
-                              with the books of FILE (header id,title,topic,price,quantity)
-";
-}
 
 /// The primary's view of one replica.
 pub(super) struct ReplicaLink {
@@ -352,8 +266,8 @@ impl CatalogNode {
             None => 0,
             Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
         };
-        let (purchases, _) = self.lock_writer().journal.after(after, PURCHASES_PAGE);
-        Ok(Response::json(&PurchasePage { purchases }))
+        let (purchases, more) = self.lock_writer().journal.after(after, PURCHASES_PAGE);
+        Ok(Response::json(&PurchasePage { purchases, more }))
     }
 
     /// Answers one request.
@@ -444,7 +358,7 @@ impl CatalogNode {
     fn list(&self, request: &Request) -> Result<Response> {
         self.readable()?;
         let topic = request.query_param("topic")?;
-        let page = PageRequest::from_query(request, page::MAX_LIMIT, parse_cursor)?;
+        let page = PageRequest::from_query(request, page::MAX_LIMIT, page::parse_book_cursor)?;
         let state = self.state();
         let (books, more) = state.page(topic.as_deref(), page.after.unwrap_or(0), page.limit);
         let mut response = Response::json(&books).with_header("X-Seq", state.seq().to_string());
@@ -458,7 +372,7 @@ impl CatalogNode {
 
     /// `GET /internal/books`: a page of a replica's full copy (any node that has the data).
     fn copy_page(&self, request: &Request) -> Result<Response> {
-        let page = PageRequest::from_query(request, COPY_PAGE, parse_cursor)?;
+        let page = PageRequest::from_query(request, COPY_PAGE, page::parse_book_cursor)?;
         let history = self.lock_writer().history_id().to_string();
         let state = self.state();
         let (books, more) = state.page(None, page.after.unwrap_or(0), page.limit);
@@ -611,14 +525,6 @@ impl CatalogNode {
         }
         out
     }
-}
-
-/// A book cursor: the id of the last book of the previous page (0: from the start).
-fn parse_cursor(a: &str) -> std::result::Result<u32, String> {
-    if a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("a cursor is the id of the last book of the previous page".into());
-    }
-    a.parse().map_err(|_| "too large for a book id".into())
 }
 
 impl crate::service::Service for CatalogNode {

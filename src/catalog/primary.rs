@@ -8,7 +8,7 @@
 //! writes it lacks are always sent under the writer lock, so that no write slips in between
 //! and the replica is in sync once they are taken.
 
-use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH};
+use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::state::{Draft, Write};
 use super::store::Store;
 use crate::cache;
@@ -21,8 +21,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
-/// Pause between attempts to bring a replica back in sync.
-pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
 /// Most bytes of writes in one push: a push is a request, held to the replica's body limit.
 const PUSH_BYTES: usize = 48 * 1024;
 /// A replica this many writes behind (or fewer) is sent the rest under the writer lock.

@@ -50,7 +50,7 @@ impl CatalogNode {
                     Err(e) => log::warn!("catching up with the primary {primary}: {e}"),
                 }
             }
-            if shutdown.sleep(super::primary::RETRY_INTERVAL) {
+            if shutdown.sleep(super::node::RETRY_INTERVAL) {
                 return;
             }
         }
@@ -75,20 +75,22 @@ impl CatalogNode {
         // Reads are refused from now on: drop this replica's copy before taking the new one.
         *self.state_mut() = Catalog::default();
         let started = Instant::now();
+        // Each page goes into the catalog as it comes: the copy is never held twice.
         let first = client.copy_page(primary, 0, COPY_PAGE)?;
-        let (history, from) = (first.history.clone(), first.seq);
-        let mut books = first.books;
-        let mut more = first.more;
+        let (history, mut more) = (first.history, first.more);
+        let mut after = first.books.last().map_or(0, |b| b.id);
+        let mut catalog = Catalog::new(first.books, first.seq).map_err(Error::Internal)?;
         while more {
-            let after = books.last().map_or(0, |b| b.id);
             let page = client.copy_page(primary, after, COPY_PAGE)?;
             if page.history != history {
                 return Err(Error::Unavailable("the primary's history changed during the copy".into()));
             }
-            books.extend(page.books);
+            after = page.books.last().map_or(after, |b| b.id);
+            for book in page.books {
+                catalog.insert_new(book).map_err(Error::Internal)?;
+            }
             more = page.more;
         }
-        let mut catalog = Catalog::new(books, from).map_err(Error::Internal)?;
         loop {
             let page = client.log(primary, catalog.seq(), &history)?.ok_or_else(|| {
                 Error::Unavailable("the primary no longer has the writes made during the copy".into())

@@ -76,15 +76,22 @@ impl Catalog {
     pub fn new(books: Vec<Book>, seq: u64) -> std::result::Result<Catalog, String> {
         let mut catalog = Catalog { seq, ..Catalog::default() };
         for b in books {
-            if b.id == 0 {
-                return Err("book id 0 is not allowed".into());
-            }
-            if catalog.books.contains_key(&b.id) {
-                return Err(format!("book id {} appears twice", b.id));
-            }
-            catalog.put(b);
+            catalog.insert_new(b)?;
         }
         Ok(catalog)
+    }
+
+    /// Adds a book while a catalog is built (from a file or pages), refusing id 0 and an id
+    /// it already has.
+    pub fn insert_new(&mut self, book: Book) -> std::result::Result<(), String> {
+        if book.id == 0 {
+            return Err("book id 0 is not allowed".into());
+        }
+        if self.books.contains_key(&book.id) {
+            return Err(format!("book id {} appears twice", book.id));
+        }
+        self.put(book);
+        Ok(())
     }
 
     /// Sequence number of the last write applied.
@@ -183,13 +190,12 @@ pub struct Draft<'a> {
     changed: HashMap<u32, Book>,
     next_id: u32,
     seq: u64,
-    writes: Vec<Replicate>,
 }
 
 impl<'a> Draft<'a> {
     /// An empty batch over `base`.
     pub fn new(base: &'a Catalog) -> Draft<'a> {
-        Draft { base, changed: HashMap::new(), next_id: base.next_id(), seq: base.seq, writes: Vec::new() }
+        Draft { base, changed: HashMap::new(), next_id: base.next_id(), seq: base.seq }
     }
 
     /// One book as the batch has left it so far.
@@ -209,9 +215,7 @@ impl<'a> Draft<'a> {
         }
         self.seq += 1;
         self.changed.insert(book.id, book.clone());
-        let push = Replicate { seq: self.seq, book };
-        self.writes.push(push.clone());
-        Ok(push)
+        Ok(Replicate { seq: self.seq, book })
     }
 
     fn decide(&self, id: u32, write: &Write) -> Result<Book> {
@@ -261,11 +265,6 @@ impl<'a> Draft<'a> {
             }
         }
         Ok(book)
-    }
-
-    /// The numbered writes, in order.
-    pub fn into_writes(self) -> Vec<Replicate> {
-        self.writes
     }
 }
 
@@ -334,13 +333,12 @@ mod tests {
     fn a_batch_sees_its_own_writes_and_numbers_them() {
         let mut c = catalog();
         let mut draft = Draft::new(&c);
-        assert_eq!(draft.write(1, &Write::Purchase).unwrap().seq, 1);
-        assert_eq!(draft.write(1, &Write::Purchase).unwrap().seq, 2);
+        let mut writes = vec![draft.write(1, &Write::Purchase).unwrap(), draft.write(1, &Write::Purchase).unwrap()];
         assert_eq!(draft.write(1, &Write::Purchase).unwrap_err().status(), 409);
-        assert_eq!(draft.write(0, &add("A", "t")).unwrap().book.id, 3);
-        assert_eq!(draft.write(0, &add("B", "t")).unwrap().book.id, 4);
-        let writes = draft.into_writes();
-        assert_eq!(writes.iter().map(|w| w.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        writes.push(draft.write(0, &add("A", "t")).unwrap());
+        writes.push(draft.write(0, &add("B", "t")).unwrap());
+        assert_eq!(writes.iter().map(|w| (w.seq, w.book.id)).collect::<Vec<_>>(), [(1, 1), (2, 1), (3, 3), (4, 4)]);
+        drop(draft);
         // The catalog did not change until the writes are committed.
         assert_eq!(c, catalog());
         for w in writes {

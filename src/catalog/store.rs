@@ -124,7 +124,7 @@ impl History {
 
     fn push(&mut self, write: Replicate) {
         if write.seq != self.last + 1 {
-            // Not contiguous (rows of a bulk load): start again from here.
+            // Writes always come in order; were one missing, `after` must not pretend.
             self.writes.clear();
         }
         self.last = write.seq;
@@ -166,6 +166,16 @@ pub struct Store {
 impl Store {
     /// Opens (creating and seeding if needed) the data directory and loads the catalog.
     pub fn open(dir: &Path) -> Result<(Store, Catalog)> {
+        Store::open_with(dir, Books::Load)
+    }
+
+    /// Opens the data directory for an import: everything but the books (the catalog
+    /// returned is empty, at the last write's number).
+    pub fn open_for_import(dir: &Path) -> Result<(Store, Catalog)> {
+        Store::open_with(dir, Books::Skip)
+    }
+
+    fn open_with(dir: &Path, want: Books) -> Result<(Store, Catalog)> {
         storage::ensure_dir(dir)
             .map_err(|e| Error::Internal(format!("cannot create data directory {}: {e}", dir.display())))?;
         let lock = lock_dir(dir)?;
@@ -187,7 +197,7 @@ impl Store {
             }
         }
         let log = storage::open_append(&log_path, LOG_HEADER)?;
-        let loaded = load(&books, &log_path)?;
+        let loaded = load(&books, &log_path, want)?;
         let legacy = loaded.history_id.is_empty();
         let mut store = Store {
             books,
@@ -199,7 +209,7 @@ impl Store {
             journal: loaded.journal,
             history: loaded.history,
         };
-        if legacy {
+        if legacy && want == Books::Load {
             // A log from before histories: this catalog starts one (its replicas copy it).
             store.history_id = new_history_id()?;
             store.checkpoint(&loaded.catalog)?;
@@ -277,25 +287,24 @@ struct Loaded {
     rows: usize,
 }
 
-fn load(books: &Path, log_path: &Path) -> Result<Loaded> {
+/// What to load: the whole catalog, or only what an import keeps (the journal, the last
+/// write's number), so that an import never holds the old catalog beside the new one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Books {
+    Load,
+    Skip,
+}
+
+fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
     let ctx = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", log_path.display()));
     let mut reader = csv::Reader::from_path(log_path).map_err(|e| ctx(&e))?;
     let mut rows = reader.deserialize::<LogRow>().peekable();
     let starts_with_reset = matches!(rows.peek(), Some(Ok(r)) if r.id == 0 && r.title == RESET);
-    let mut catalog = if starts_with_reset || !books.exists() {
-        Catalog::default()
-    } else {
-        let view = fs::read(books)?;
-        Catalog::new(parse(&view).map_err(|e| Error::Internal(format!("{}: {e}", books.display())))?, 0)
-            .map_err(|e| Error::Internal(format!("{}: {e}", books.display())))?
-    };
-    let mut loaded = Loaded {
-        catalog: Catalog::default(),
-        journal: Journal::default(),
-        history: History::new(0),
-        history_id: String::new(),
-        rows: 0,
-    };
+    let mut catalog = Catalog::default();
+    if want == Books::Load && !starts_with_reset && books.exists() {
+        read_view(books, &mut catalog)?;
+    }
+    let (mut journal, mut history, mut history_id, mut count) = (Journal::default(), History::new(0), String::new(), 0);
     // Rows numbered up to `base` are journal records only, but for the rows of a reset's
     // catalog (at `bulk`, without an order).
     let (mut base, mut bulk) = (0, None);
@@ -310,8 +319,8 @@ fn load(books: &Path, log_path: &Path) -> Result<Loaded> {
                 }
                 other => return Err(ctx(&format!("unknown marker row {other:?}"))),
             }
-            loaded.history_id = r.topic;
-            loaded.history = History::new(r.seq);
+            history_id = r.topic;
+            history = History::new(r.seq);
             catalog.raise_seq(r.seq);
             continue;
         }
@@ -320,18 +329,36 @@ fn load(books: &Path, log_path: &Path) -> Result<Loaded> {
         let journaled = !r.order_id.is_empty();
         if journaled {
             let order = Order { order_id: r.order_id, id: book.id, title: book.title.clone(), price, at: r.at };
-            loaded.journal.push(Purchase { seq: r.seq, order });
+            journal.push(Purchase { seq: r.seq, order });
         }
+        let apply = r.seq > base || (bulk == Some(r.seq) && !journaled);
         if r.seq > base {
-            loaded.history.push(Replicate { seq: r.seq, book: book.clone() });
-            loaded.rows += 1;
-            catalog.commit(book, r.seq);
-        } else if bulk == Some(r.seq) && !journaled {
-            catalog.commit(book, r.seq);
+            count += 1;
+            if want == Books::Load {
+                history.push(Replicate { seq: r.seq, book: book.clone() });
+            }
+        }
+        match (apply, want) {
+            (true, Books::Load) => catalog.commit(book, r.seq),
+            (true, Books::Skip) => catalog.raise_seq(r.seq),
+            (false, _) => {}
         }
     }
-    loaded.catalog = catalog;
-    Ok(loaded)
+    Ok(Loaded { catalog, journal, history, history_id, rows: count })
+}
+
+/// Reads the view into `catalog`, a row at a time.
+fn read_view(path: &Path, catalog: &mut Catalog) -> Result<()> {
+    let ctx = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", path.display()));
+    let mut reader = csv::Reader::from_path(path).map_err(|e| ctx(&e))?;
+    for row in reader.deserialize::<BookRow>() {
+        let r = row.map_err(|e| ctx(&e))?;
+        let price: Money = r.price.parse().map_err(|e: String| ctx(&e))?;
+        catalog
+            .insert_new(Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity })
+            .map_err(|e| ctx(&e))?;
+    }
+    Ok(())
 }
 
 /// Locks `catalog.lock` in `dir` for this process, or says who holds it.

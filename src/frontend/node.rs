@@ -140,7 +140,7 @@ impl Frontend {
     /// so a page can only grow at the end of a topic. A last page of another size or cursor
     /// is read from the catalog every time.
     fn search(&self, request: &Request, topic: &str) -> Response {
-        let page = match PageRequest::from_query(request, page::MAX_LIMIT, parse_cursor) {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, page::parse_book_cursor) {
             Ok(p) => p,
             Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
         };
@@ -153,10 +153,10 @@ impl Frontend {
             true => k,
             false => format!("{k}:{}:{}", page.limit, page.after.unwrap_or(0)),
         });
-        let here = format!("/search/{}", http::percent_encode(topic));
         let shape = |a: &Answer| {
             let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
-            Ok((search_hits(&a.body)?, next.map(|after| page::next_link(&here, &[], page.limit, &after))))
+            let here = || format!("/search/{}", http::percent_encode(topic));
+            Ok((search_hits(&a.body)?, next.map(|after| page::next_link(&here(), &[], page.limit, &after))))
         };
         self.cached_read(key, &path, &shape, &|link| first || link.is_some())
     }
@@ -297,14 +297,6 @@ fn cached_answer(mut body: Vec<u8>) -> Response {
         }
     }
     Response::raw_json(200, body)
-}
-
-/// A search cursor: the id of the last hit of the previous page.
-fn parse_cursor(a: &str) -> std::result::Result<u32, String> {
-    match a.parse::<u32>() {
-        Ok(id) if a.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
-        _ => Err("a cursor is the id of the last hit of the previous page".into()),
-    }
 }
 
 impl crate::service::Service for Frontend {

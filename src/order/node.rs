@@ -217,7 +217,7 @@ impl OrderNode {
                 }
             }
             self.reconciled.store(cursor, Ordering::SeqCst);
-            if waiting || page.purchases.len() < crate::catalog::node::PURCHASES_PAGE {
+            if waiting || !page.more {
                 return Ok(());
             }
         }
