@@ -1,6 +1,9 @@
 //! The order service: takes purchases and keeps the order log, shared with its peers.
 //!
-//! - [`log`]: the set of orders: its file `orders.csv` and a compact index in memory.
+//! - [`log`]: the set of orders: its file `orders.csv` (loading, group-committed appends,
+//!   reads), with its index in memory.
+//! - `index`: that index, no I/O: orders by id, by position and by [`log::Cursor`] key
+//!   (time, then id), under 50 bytes an order.
 //! - [`node`]: one order process: routes, purchases through the catalog, peer sync,
 //!   readiness.
 //!
@@ -10,6 +13,7 @@
 //! in the background (both directions), as is every peer when a server starts, so every
 //! order server ends up answering the same set.
 
+mod index;
 pub mod log;
 pub mod node;
 
