@@ -339,12 +339,13 @@ pub fn terminate(child: &Child) {
     }
 }
 
-/// Waits until the front end answers a read, or `within` passes.
+/// Waits until the front end is ready (`GET /ready`: a catalog and an order server are),
+/// or `within` passes.
 pub fn wait_ready(frontend: &str, within: Duration, shutdown: &Shutdown) -> bool {
     let http = Http::new(Duration::from_secs(1), 1, None);
     let deadline = Instant::now() + within;
     while Instant::now() < deadline && !shutdown.is_set() {
-        if http.call(ureq::http::Method::GET, frontend, "/info/1", None).is_ok_and(|a| a.status == 200) {
+        if http.call(ureq::http::Method::GET, frontend, "/ready", None).is_ok_and(|a| a.status == 200) {
             return true;
         }
         shutdown.sleep(Duration::from_millis(100));

@@ -51,7 +51,7 @@ fn catalog(dir: &Path, name: &str, port: u16, role: (&str, &str, String)) -> Pro
     })
 }
 
-fn wait_ready(base: &str, within: Duration) -> Duration {
+fn time_to_ready(base: &str, within: Duration) -> Duration {
     let started = Instant::now();
     eventually(within, &format!("{base} ready"), || {
         client().call(ureq::http::Method::GET, base, "/ready", None).is_ok_and(|a| a.status == 200)
@@ -88,8 +88,8 @@ fn a_replica_joins_a_large_catalog_and_catches_up_after_missing_writes() {
     assert_eq!(get(&r, "/ready").status, 503);
     assert_eq!(get(&r, "/books/1").status, 503);
     let _primary = catalog(&dir.0, "primary", pp, ("primary", "BAZAR_REPLICAS", r.clone()));
-    wait_ready(&p, START_DEADLINE);
-    let joined = wait_ready(&r, START_DEADLINE);
+    time_to_ready(&p, START_DEADLINE);
+    let joined = time_to_ready(&r, START_DEADLINE);
     eprintln!("a replica joined a catalog of {BOOKS} books in {joined:?}");
     let log = std::fs::read_to_string(dir.0.join("replica.log")).unwrap();
     assert!(log.contains(&format!("copied {BOOKS} books")), "{log}");
@@ -101,7 +101,7 @@ fn a_replica_joins_a_large_catalog_and_catches_up_after_missing_writes() {
         assert_eq!(call("PATCH", &p, &format!("/books/{id}"), Some("{\"quantity\": 7}")).status, 200);
     }
     replica.restart();
-    wait_ready(&r, START_DEADLINE);
+    time_to_ready(&r, START_DEADLINE);
     let log = std::fs::read_to_string(dir.0.join("replica.log")).unwrap();
     assert_eq!(log.matches("copied").count(), 1, "{log}");
     for id in [1, 20] {
@@ -128,7 +128,7 @@ fn paging_visits_every_book_once_while_writes_go_on() {
     let pp = free_port();
     let p = format!("http://127.0.0.1:{pp}");
     let _primary = catalog(&dir.0, "primary", pp, ("primary", "BAZAR_REPLICAS", String::new()));
-    wait_ready(&p, START_DEADLINE);
+    time_to_ready(&p, START_DEADLINE);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (all, topic) = std::thread::scope(|s| {
         let writer = s.spawn(|| {
@@ -178,8 +178,60 @@ fn an_import_with_a_bad_row_names_its_line_and_changes_nothing() {
     // A running catalog's directory is refused.
     let port = free_port();
     let _c = catalog(&dir.0, "data", port, ("primary", "BAZAR_REPLICAS", String::new()));
-    wait_ready(&format!("http://127.0.0.1:{port}"), START_DEADLINE);
+    time_to_ready(&format!("http://127.0.0.1:{port}"), START_DEADLINE);
     let out = import(&data, &catalog_file(&dir.0, 3));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running catalog"));
+}
+
+#[test]
+fn the_front_end_skips_a_catalog_that_is_not_ready() {
+    let s = Store::start(Opts::default()).unwrap();
+    let dir = TempDir::new("not-ready");
+    // A replica of a primary that does not exist: alive, never ready.
+    let lonely_port = free_port();
+    let lonely = format!("http://127.0.0.1:{lonely_port}");
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let _lonely = catalog(&dir.0, "lonely", lonely_port, ("replica", "BAZAR_PRIMARY", nowhere));
+    eventually(START_DEADLINE, "lonely replica listening", || {
+        client().call(ureq::http::Method::GET, &lonely, "/health", None).is_ok()
+    });
+    let fe_port = free_port();
+    let fe = format!("http://127.0.0.1:{fe_port}");
+    let _frontend = Proc::start(Spec {
+        name: "frontend".into(),
+        program: env!("CARGO_BIN_EXE_bazar-frontend").into(),
+        args: vec![],
+        env: vec![
+            ("BAZAR_LISTEN".into(), format!("127.0.0.1:{fe_port}")),
+            ("BAZAR_CATALOG".into(), format!("{lonely},{}", s.primary())),
+            ("BAZAR_ORDER".into(), s.order(0)),
+        ],
+        log: dir.0.join("frontend.log"),
+    });
+    wait_ready(&fe);
+    for id in 1..=20 {
+        let a = get(&fe, &format!("/info/{}", 1 + id % 7));
+        assert_eq!(a.status, 200);
+        assert_eq!(a.backend.as_deref(), Some(s.primary().as_str()));
+    }
+    let metrics = String::from_utf8(get(&lonely, "/metrics").body).unwrap();
+    assert!(!metrics.contains("route=\"/books/{id}\""), "the not-ready replica was asked: {metrics}");
+    // With no ready order server, the front end is not ready, and says why.
+    let _fe2 = Proc::start(Spec {
+        name: "frontend-2".into(),
+        program: env!("CARGO_BIN_EXE_bazar-frontend").into(),
+        args: vec![],
+        env: vec![
+            ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
+            ("BAZAR_CATALOG".into(), s.primary()),
+            ("BAZAR_ORDER".into(), format!("http://127.0.0.1:{}", free_port())),
+        ],
+        log: dir.0.join("frontend-2.log"),
+    });
+    let fe2 = format!("http://{}", _fe2.spec.env[0].1);
+    eventually(START_DEADLINE, "front end 2 probed", || {
+        client().call(ureq::http::Method::GET, &fe2, "/ready", None).is_ok_and(|a| a.status == 503)
+    });
+    assert_eq!(json(&get(&fe2, "/ready"))["status"], "no-order-server");
 }

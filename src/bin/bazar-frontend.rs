@@ -10,6 +10,10 @@ fn main() -> ExitCode {
         FrontendConfig::DEFAULT_LISTEN,
         |env| FrontendConfig::from_source(env),
         |c| &c.common,
-        |cfg, metrics, _| Ok(std::sync::Arc::new(Frontend::new(cfg, metrics))),
+        |cfg, metrics, shutdown| {
+            let frontend = std::sync::Arc::new(Frontend::new(cfg, metrics));
+            frontend.start_background(shutdown);
+            Ok(frontend)
+        },
     )
 }

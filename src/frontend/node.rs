@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::http::{self, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
+use crate::shutdown::Shutdown;
 use crate::wire::{Book, Order, PurchaseReceipt, SearchHit};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use ureq::http::Method;
@@ -17,6 +19,8 @@ use ureq::http::Method;
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a back end's `/ready`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the back ends' readiness is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Settings of the front end.
 #[derive(Clone, Debug)]
@@ -64,6 +68,9 @@ pub struct Frontend {
     http: Http,
     /// Readiness probes of the back ends (short timeout).
     probe: Http,
+    /// Per catalog, per order server: ready at the last probe.
+    catalog_ready: Vec<AtomicBool>,
+    order_ready: Vec<AtomicBool>,
     cache: Option<Cache>,
     metrics: Arc<Metrics>,
 }
@@ -84,6 +91,8 @@ impl Frontend {
             orders: Pool::new(config.orders.clone()),
             http: Http::new(BACKEND_TIMEOUT, pool, config.common.token.clone()),
             probe: Http::new(PROBE_TIMEOUT, pool, None),
+            catalog_ready: config.catalogs.iter().map(|_| AtomicBool::new(false)).collect(),
+            order_ready: config.orders.iter().map(|_| AtomicBool::new(false)).collect(),
             cache,
             metrics,
             config,
@@ -161,16 +170,41 @@ impl Frontend {
         self.cached_read(key, &path, &shape, &|link| first || link.is_some())
     }
 
-    /// `GET /ready`: a ready catalog and a ready order server answer (probed in parallel).
+    /// Starts the readiness prober: every [`PROBE_INTERVAL`] each back end's `/ready` is
+    /// asked (in parallel, [`PROBE_TIMEOUT`] each); one that is not ready is skipped by the
+    /// round robin until it is again.
+    pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        let (fe, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || loop {
+            fe.probe_back_ends();
+            if stop.sleep(PROBE_INTERVAL) {
+                return;
+            }
+        });
+    }
+
+    fn probe_back_ends(&self) {
+        std::thread::scope(|s| {
+            for (pool, ready) in [(&self.catalogs, &self.catalog_ready), (&self.orders, &self.order_ready)] {
+                for (i, url) in pool.urls().iter().enumerate() {
+                    s.spawn(move || {
+                        let up = self.probe.call(Method::GET, url, "/ready", None).is_ok_and(|a| a.status == 200);
+                        ready[i].store(up, Ordering::Relaxed);
+                        if up {
+                            pool.mark_up(i);
+                        } else {
+                            pool.mark_down(i);
+                        }
+                    });
+                }
+            }
+        });
+    }
+
+    /// `GET /ready`: a catalog and an order server were ready at the last probe.
     fn ready(&self) -> Result<Response> {
-        let probe = |urls: &[String]| {
-            std::thread::scope(|s| {
-                let probes: Vec<_> =
-                    urls.iter().map(|url| s.spawn(move || self.probe.call(Method::GET, url, "/ready", None))).collect();
-                probes.into_iter().any(|p| matches!(p.join(), Ok(Ok(a)) if a.status == 200))
-            })
-        };
-        let (catalog, order) = (probe(self.catalogs.urls()), probe(self.orders.urls()));
+        let any = |flags: &[AtomicBool]| flags.iter().any(|f| f.load(Ordering::Relaxed));
+        let (catalog, order) = (any(&self.catalog_ready), any(&self.order_ready));
         let body = |status: &str| serde_json::json!({"status": status, "role": "frontend", "catalog": catalog, "order": order});
         if catalog && order {
             Ok(Response::json(&body("ready")))

@@ -234,6 +234,16 @@ pub fn wait_healthy(base: &str) {
     }
 }
 
+/// Waits until `/ready` answers 200: the service can do its job.
+pub fn wait_ready(base: &str) {
+    let http = Http::new(Duration::from_secs(1), 1, None);
+    let deadline = Instant::now() + START_DEADLINE;
+    while !http.call(Method::GET, base, "/ready", None).is_ok_and(|a| a.status == 200) {
+        assert!(Instant::now() < deadline, "{base} did not become ready in {START_DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Polls `check` until it returns true or `within` passes.
 pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -338,9 +348,9 @@ impl Store {
         ));
         let mut store = Store { frontend, orders, catalogs: vec![primary, replica], memcached, dir };
         for p in store.all() {
-            wait_healthy(&url(p));
+            wait_ready(&url(p));
         }
-        // A service that could not bind its port exits; the health answer was then another's.
+        // A service that could not bind its port exits; the answer was then another's.
         for p in store.catalogs.iter_mut().chain(store.orders.iter_mut()).chain([&mut store.frontend]) {
             assert!(p.running(), "{} exited at start (its log: {})", p.spec.name, p.spec.log.display());
         }
