@@ -16,6 +16,13 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       and coming back under an open loop. --url aims at a running front end instead
       (experiment 1 only; --primary lets it raise stock for purchases). --csv writes every
       sample, --svg a chart of the query latencies with and without the cache.
+  bazar-bench scale [--stores 7x0,10000x0,...] [--samples N] [--svg FILE]
+      How each cost grows with the data: for each store (BOOKSxORDERS; default
+      7x0,10000x0,100000x0,1000000x0,7x100000,7x1000000) builds it in a temporary directory
+      (bazar-catalog import, an order log) and prints import and start-up times, a new
+      replica's join time, PATCH, purchase, search, info and order-page latencies (p50/p99,
+      with and without the cache), every process's memory and the files' sizes.
+      --svg writes a chart of the p50 latencies.
   bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
       One closed loop (N clients) or open loop (R requests per second) against URL.
   bazar-bench limit [--clients N] [--threads N] [--duration S] [--listen HOST:PORT]
@@ -75,6 +82,7 @@ fn go(args: &Args) -> Result<(), String> {
             &["--url", "--primary", "--csv", "--svg", "--duration", "--clients", "--threads", "--experiments"]
         }
         Some("load") => &["--url", "--kind", "--clients", "--rate", "--duration"],
+        Some("scale") => &["--stores", "--samples", "--svg"],
         Some("limit") => &["--clients", "--threads", "--duration", "--listen"],
         _ => &[],
     };
@@ -106,6 +114,15 @@ fn go(args: &Args) -> Result<(), String> {
             };
             let report = bench::lab(&cfg).map_err(|e| e.to_string())?;
             println!("{report}");
+            Ok(())
+        }
+        Some("scale") => {
+            let cfg = bench::scale::ScaleConfig {
+                stores: bench::scale::parse_stores(args.value("--stores").unwrap_or(bench::scale::DEFAULT_STORES))?,
+                samples: args.number("--samples", 500)?,
+                svg: args.value("--svg").map(Into::into),
+            };
+            println!("{}", bench::scale::scale(&cfg).map_err(|e| e.to_string())?);
             Ok(())
         }
         Some("load") => {
