@@ -56,6 +56,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The key under which memcached records the catalog history its answers belong to.
+pub const HISTORY_KEY: &str = "bazar:history";
 /// Backstop expiry of a data entry (seconds).
 pub const ENTRY_TTL: u32 = 600;
 /// Life of an invalidation marker (seconds): far longer than any fill window.
@@ -304,6 +306,31 @@ impl Cache {
         }
     }
 
+    /// Makes the cache belong to catalog history `history` (see
+    /// [`crate::catalog::store`]): when memcached holds answers of another history (the
+    /// catalog was imported, or this is a new store), every server is flushed and the
+    /// history recorded under [`HISTORY_KEY`]; `force` flushes whatever it holds. Returns
+    /// whether it flushed.
+    pub fn adopt_history(&self, history: &str, force: bool) -> Result<bool, String> {
+        let get = MetaCommand::new(MetaOp::Get, HISTORY_KEY).flag("v");
+        let held = self.exchange(HISTORY_KEY, &get).map_err(|e| e.to_string())?.value;
+        if held.as_deref() == Some(history.as_bytes()) && !force {
+            return Ok(false);
+        }
+        for server in &self.servers {
+            let mut conn = Conn::dial(server, 0).map_err(|e| format!("{server}: {e}"))?;
+            let answer = conn.line(b"flush_all\r\n").map_err(|e| format!("{server}: {e}"))?;
+            if answer != b"OK" {
+                return Err(format!("{server} answered {:?} to flush_all", String::from_utf8_lossy(&answer)));
+            }
+        }
+        let set = MetaCommand::new(MetaOp::Set, HISTORY_KEY).value(history.as_bytes().to_vec());
+        match self.exchange(HISTORY_KEY, &set).map_err(|e| e.to_string())?.code {
+            ReturnCode::Hd => Ok(true),
+            other => Err(format!("memcached did not store the history ({other:?})")),
+        }
+    }
+
     /// Delivers undelivered invalidations (called periodically by the catalog primary).
     pub fn retry_pending(&self) {
         if !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
@@ -425,6 +452,18 @@ impl Conn {
             }
         }
         Err(last.into())
+    }
+
+    /// Sends one text-protocol command line and reads its one-line answer (without CRLF).
+    fn line(&mut self, command: &[u8]) -> Result<Vec<u8>, McError> {
+        self.stream.get_mut().write_all(command)?;
+        let mut line = Vec::new();
+        self.stream.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+        if !line.ends_with(b"\r\n") {
+            return Err(McError::Protocol("response line cut short or too long".into()));
+        }
+        line.truncate(line.len() - 2);
+        Ok(line)
     }
 
     /// Sends one command (encoded by the memcache crate) and reads its answer (whose

@@ -240,3 +240,45 @@ fn memcached_stat(server: &str, name: &str) -> u64 {
     }
     panic!("stats cut short")
 }
+
+/// An import replaces the catalog while the store's memcached holds answers of the old one:
+/// once the primary acknowledges a write again, no read shows the old catalog.
+#[test]
+fn after_an_import_the_cache_shows_the_new_catalog() {
+    let Some(mut s) = cached_store() else { return };
+    let fe = s.fe();
+    for _ in 0..2 {
+        info(&fe, 1);
+        get(&fe, "/search/distributed%20systems");
+    }
+    assert_eq!(info(&fe, 1).0, "hit");
+    let data = s.catalogs[0].spec.env.iter().find(|(k, _)| k == "BAZAR_DATA_DIR").unwrap().1.clone();
+    let file = s.dir.0.join("new.csv");
+    std::fs::write(
+        &file,
+        "id,title,topic,price,quantity\n1,The New First Book,distributed systems,9.99,3\n2,Another,cooking,1.00,1\n",
+    )
+    .unwrap();
+    s.catalogs[0].terminate(Duration::from_secs(5));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bazar-catalog"))
+        .arg("import")
+        .arg(&file)
+        .env("BAZAR_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.catalogs[0].restart();
+    wait_healthy(&s.primary());
+    // The first write after the import is acknowledged only once the cache is clean.
+    let a = call("PATCH", &s.primary(), "/books/2", Some("{\"quantity\": 5}"));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    for _ in 0..3 {
+        let (_, book) = info(&fe, 1);
+        assert_eq!(book["title"], "The New First Book");
+        let hits = json(&get(&fe, "/search/distributed%20systems"));
+        assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+        assert_eq!(get(&fe, "/info/7").status, 404, "book 7 is gone");
+    }
+    let log = std::fs::read_to_string(&s.catalogs[0].spec.log).unwrap();
+    assert!(log.contains("another catalog history: flushed"), "{log}");
+}

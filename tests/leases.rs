@@ -110,3 +110,16 @@ fn a_restarted_primary_waits_out_the_leases_before_writing() {
         wait_healthy(&r);
     }
 }
+
+/// A replica restarted while no write flows gets a new identity; the primary, asked for a
+/// lease by a replica it does not know, brings its replicas in sync again, so the new one
+/// is granted leases and serves.
+#[test]
+fn a_replica_restarted_with_no_writes_serves_again() {
+    let mut s = Store::start(Opts { lease_ms: Some(600), ..Opts::default() }).unwrap();
+    let r = s.replica();
+    s.catalogs[1].terminate(Duration::from_secs(5));
+    s.catalogs[1].restart();
+    wait_ready(&r);
+    assert_eq!(get(&r, "/books/1").status, 200);
+}

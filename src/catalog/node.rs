@@ -45,6 +45,9 @@ pub(super) struct ReplicaLink {
     pub(super) url: String,
     /// In sync or not, its identity, its lease. Held briefly; never across a call.
     pub(super) grant: Mutex<Grant>,
+    /// A replica the primary does not know asked for a lease: this one may have restarted
+    /// (a new identity) while no write was pushed to it, so it is brought in sync again.
+    pub(super) recheck: AtomicBool,
 }
 
 impl ReplicaLink {
@@ -97,7 +100,8 @@ pub struct CatalogNode {
     /// Primary: no write is acknowledged before this (the farewell grace after start)
     /// unless every replica has been brought in sync first.
     pub(super) writes_from: Instant,
-    /// Primary: writes are open (the grace passed or every replica was in sync).
+    /// Primary: writes are open (the grace passed or every replica was in sync, and the
+    /// cache holds no answer of another history).
     pub(super) writes_open: AtomicBool,
     /// Primary: the queue of the writer thread (group commit).
     pub(super) writes: mpsc::SyncSender<Pending>,
@@ -122,8 +126,11 @@ impl CatalogNode {
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
-        let links =
-            config.replicas.iter().map(|url| ReplicaLink { url: url.clone(), grant: Mutex::default() }).collect();
+        let links = config
+            .replicas
+            .iter()
+            .map(|url| ReplicaLink { url: url.clone(), grant: Mutex::default(), recheck: AtomicBool::new(false) })
+            .collect();
         let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
         let (writes, queue) = mpsc::sync_channel(QUEUE);
         Ok(Arc::new(CatalogNode {
@@ -134,7 +141,7 @@ impl CatalogNode {
             replica_id: crate::ids::random_hex()?,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
-            writes_open: AtomicBool::new(config.lease.is_zero() || config.replicas.is_empty()),
+            writes_open: AtomicBool::new(false),
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),

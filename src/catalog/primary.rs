@@ -49,6 +49,8 @@ impl CatalogNode {
             let (node, stop) = (Arc::clone(self), shutdown.clone());
             std::thread::spawn(move || node.keep_replica_in_sync(i, &stop));
         }
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || node.open_writes(&stop));
     }
 
     /// The primary's write: queued for the writer thread, which decides, persists, pushes
@@ -160,16 +162,55 @@ impl CatalogNode {
         }
     }
 
-    /// A primary that starts waits before its first write until every replica is in sync
-    /// (which ends any lease a replica extended while no primary ran) or the farewell grace
-    /// has passed.
+    /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
     fn wait_until_writable(&self) {
         while !self.writes_open.load(Ordering::SeqCst) {
-            if Instant::now() >= self.writes_from || self.links.iter().all(|l| l.grant().in_sync) {
-                self.writes_open.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Background, at start: opens writes once every replica is in sync (which ends any
+    /// lease a replica extended while no primary ran) or the farewell grace has passed,
+    /// and once the cache holds no answer of another history.
+    ///
+    /// After an import memcached holds answers of the old catalog, which no marker of the
+    /// new one would replace: they are flushed before the first write, and once more when
+    /// every read that began before the replicas held the new catalog has passed its fill
+    /// window (such a read may still store an old answer in between).
+    fn open_writes(&self, shutdown: &Shutdown) {
+        let wait = self.leases() && !self.links.is_empty();
+        while wait && Instant::now() < self.writes_from && !self.links.iter().all(|l| l.grant().in_sync) {
+            if shutdown.sleep(Duration::from_millis(20)) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+        }
+        let Some(cache) = &self.cache else {
+            self.writes_open.store(true, Ordering::SeqCst);
+            return;
+        };
+        let history = self.lock_writer().history_id().to_string();
+        let mut flushed: Option<Instant> = None;
+        loop {
+            match flushed {
+                None => match cache.adopt_history(&history, false) {
+                    Ok(false) => return self.writes_open.store(true, Ordering::SeqCst),
+                    Ok(true) => {
+                        log::info!("memcached held answers of another catalog history: flushed");
+                        flushed = Some(Instant::now());
+                    }
+                    Err(e) => log::warn!("cannot check memcached's catalog history ({e}); trying again"),
+                },
+                Some(at) if at.elapsed() >= cache::FILL_WINDOW => match cache.adopt_history(&history, true) {
+                    Ok(_) => return log::info!("flushed memcached again: no fill of the old catalog is left"),
+                    Err(e) => log::warn!("cannot flush memcached again ({e}); trying again"),
+                },
+                Some(_) => {}
+            }
+            // Writes wait for one attempt only: a memcached that does not answer is asked again.
+            self.writes_open.store(true, Ordering::SeqCst);
+            if shutdown.sleep(cache::BACKOFF) {
+                return;
+            }
         }
     }
 
@@ -269,7 +310,7 @@ impl CatalogNode {
     fn keep_replica_in_sync(&self, i: usize, shutdown: &Shutdown) {
         let link = &self.links[i];
         loop {
-            if !link.grant().in_sync {
+            if !link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst) {
                 match self.bring_in_sync(link) {
                     Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
                     Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
@@ -361,6 +402,9 @@ impl CatalogNode {
                     }
                 };
             }
+        }
+        for link in &self.links {
+            link.recheck.store(true, Ordering::SeqCst);
         }
         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
         Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
