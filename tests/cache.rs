@@ -282,3 +282,42 @@ fn after_an_import_the_cache_shows_the_new_catalog() {
     let log = std::fs::read_to_string(&s.catalogs[0].spec.log).unwrap();
     assert!(log.contains("another catalog history: flushed"), "{log}");
 }
+
+/// Paging through the front end's search, served from the cache where it can be: every
+/// book of the topic once, in id order, while books are added to it; a second pass (full
+/// pages now cached) sees every book the first saw and every book added meanwhile.
+#[test]
+fn cached_search_pages_see_every_book_once_while_books_are_added() {
+    let Some(s) = cached_store() else { return };
+    let (fe, p) = (s.fe(), s.primary());
+    let topic = "undergraduate%20school";
+    let add = |n: u32| {
+        let body = format!(r#"{{"title": "Added {n}", "topic": "Undergraduate School", "price": 1, "quantity": 1}}"#);
+        let a = call("POST", &p, "/books", Some(&body));
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+        json(&a)["id"].as_u64().unwrap() as u32
+    };
+    let pass = |added: &mut Vec<u32>, n0: u32| {
+        let (mut ids, mut hits, mut target) = (Vec::new(), 0, Some(format!("/search/{topic}?limit=2")));
+        while let Some(t) = target {
+            let a = get(&fe, &t);
+            assert_eq!(a.status, 200, "{t}: {}", String::from_utf8_lossy(&a.body));
+            hits += usize::from(a.cache.as_deref() == Some("hit"));
+            ids.extend(json(&a).as_array().unwrap().iter().map(|b| b["id"].as_u64().unwrap() as u32));
+            target = a.link.as_deref().and_then(bazar::page::next_target).map(str::to_string);
+            added.push(add(n0 + added.len() as u32));
+        }
+        (ids, hits)
+    };
+    let mut added = Vec::new();
+    let (first, _) = pass(&mut added, 0);
+    let seen_before = added.len();
+    let (second, hits) = pass(&mut added, 100);
+    for ids in [&first, &second] {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "once each, by id: {ids:?}");
+        assert!((3..=7).all(|id| ids.contains(&id)), "the seeded books: {ids:?}");
+    }
+    // The second pass began after the first pass's additions were acknowledged.
+    assert!(added[..seen_before].iter().all(|id| second.contains(id)), "{second:?} lacks one of {added:?}");
+    assert!(hits > 0, "full pages came from the cache");
+}
