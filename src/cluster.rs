@@ -82,6 +82,25 @@ pub fn memcached_args(port: u16) -> Vec<String> {
     args
 }
 
+/// The arguments that run a one-member etcd on loopback (clients on `port`, its peer port
+/// on `peer_port`), keeping its data in `data`, in the foreground.
+pub fn etcd_args(port: u16, peer_port: u16, data: &Path) -> Vec<String> {
+    let (client, peer) = (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{peer_port}"));
+    [
+        ("--name", "bazar".to_string()),
+        ("--data-dir", data.display().to_string()),
+        ("--listen-client-urls", client.clone()),
+        ("--advertise-client-urls", client),
+        ("--listen-peer-urls", peer.clone()),
+        ("--initial-advertise-peer-urls", peer.clone()),
+        ("--initial-cluster", format!("bazar={peer}")),
+        ("--log-level", "warn".to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
 /// Where a store runs: ports, data, and what is passed to every service.
 #[derive(Clone, Debug)]
 pub struct Layout {

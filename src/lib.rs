@@ -6,6 +6,7 @@
 //! - [`order`]: the order service: purchases and the order log shared between servers.
 //! - [`frontend`]: the public API, round-robin load balancing, the memcached read cache.
 //! - [`cache`]: memcached lookups, fills and the push invalidation protocol.
+//! - [`etcd`]: etcd v3 through its JSON gateway, the configuration manager of failover.
 //! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.
 //! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
@@ -28,6 +29,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod frontend;
 pub mod http;
 pub mod ids;

@@ -158,18 +158,7 @@ impl Drop for Proc {
 /// A memcached on a free port, or None (with a note) when it is not installed.
 /// Fails instead when `BAZAR_REQUIRE_MEMCACHED=1`.
 pub fn memcached(dir: &Path) -> Option<Proc> {
-    let Some(program) = bazar::cluster::find_program("memcached") else {
-        if std::env::var("BAZAR_REQUIRE_MEMCACHED").as_deref() == Ok("1") {
-            panic!("memcached is required (BAZAR_REQUIRE_MEMCACHED=1) but not installed");
-        }
-        // Straight to stderr, past the test harness's capture, so the skip is seen.
-        let note = format!(
-            "SKIPPED {}: memcached is not installed (apt-get install memcached)\n",
-            std::thread::current().name().unwrap_or("test")
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
-        return None;
-    };
+    let program = installed("memcached", "memcached", "BAZAR_REQUIRE_MEMCACHED")?;
     let port = free_port();
     let spec = Spec {
         name: "memcached".into(),
@@ -185,6 +174,53 @@ pub fn memcached(dir: &Path) -> Option<Proc> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some(p)
+}
+
+/// Whether `program` is installed; prints a skip note (or panics where the variable
+/// `require` is 1, as in CI) when it is not.
+pub fn installed(program: &str, package: &str, require: &str) -> Option<PathBuf> {
+    let found = bazar::cluster::find_program(program);
+    if found.is_none() {
+        if std::env::var(require).as_deref() == Ok("1") {
+            panic!("{program} is required ({require}=1) but not installed");
+        }
+        // Straight to stderr, past the test harness's capture, so the skip is seen.
+        let note = format!(
+            "SKIPPED {}: {program} is not installed (apt-get install {package})\n",
+            std::thread::current().name().unwrap_or("test")
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
+    }
+    found
+}
+
+/// A one-member etcd on free loopback ports with its data under `dir`, or None (with a
+/// note) when it is not installed. Fails instead when `BAZAR_REQUIRE_ETCD=1`.
+pub fn etcd(dir: &Path) -> Option<Proc> {
+    let program = installed("etcd", "etcd-server", "BAZAR_REQUIRE_ETCD")?;
+    let (port, peer_port) = (free_port(), free_port());
+    let data = dir.join(format!("etcd-{port}"));
+    let spec = Spec {
+        name: "etcd".into(),
+        program,
+        args: bazar::cluster::etcd_args(port, peer_port, &data),
+        env: vec![],
+        log: dir.join(format!("etcd-{port}.log")),
+    };
+    let p = Proc::start(spec);
+    let url = etcd_url(&p);
+    let deadline = Instant::now() + START_DEADLINE;
+    while !client().call(Method::GET, &url, "/health", None).is_ok_and(|a| a.status == 200) {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(p)
+}
+
+/// The client URL of an etcd started by [`etcd`].
+pub fn etcd_url(p: &Proc) -> String {
+    let i = p.spec.args.iter().position(|a| a == "--listen-client-urls").expect("etcd args");
+    p.spec.args[i + 1].clone()
 }
 
 /// The memcached `host:port` a Proc started by [`memcached`] listens on.
