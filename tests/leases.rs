@@ -123,3 +123,36 @@ fn a_replica_restarted_with_no_writes_serves_again() {
     wait_ready(&r);
     assert_eq!(get(&r, "/books/1").status, 200);
 }
+
+/// A write in flight is not readable on the primary before every replica in sync has it:
+/// with the replica frozen, the primary shows the old price until it has given the replica
+/// up (it logs "missed write") and waited out its lease; then it shows the new one.
+#[test]
+fn the_primary_shows_no_write_a_replica_in_sync_lacks() {
+    let s = Store::start(Opts { lease_ms: Some(LEASE_MS), ..Opts::default() }).unwrap();
+    let p = s.primary();
+    let price = |a: &bazar::client::Answer| json(a)["price"].as_f64().unwrap();
+    let before = price(&get(&p, "/books/2"));
+    let log = s.catalogs[0].spec.log.clone();
+    let given_up = || std::fs::read_to_string(&log).unwrap().contains("missed write");
+    s.catalogs[1].signal(libc::SIGSTOP);
+    let (early_reads, acked) = std::thread::scope(|sc| {
+        let write = sc.spawn(|| call("PATCH", &p, "/books/2", Some("{\"price\": 77.5}")));
+        let mut early_reads = 0;
+        while !write.is_finished() {
+            let read = get(&p, "/books/2");
+            assert_eq!(read.status, 200);
+            // Checked after the read: when the replica was not yet given up, the write
+            // could not be readable when this read was answered.
+            if !given_up() {
+                assert_eq!(price(&read), before, "a write the replica lacks was readable on the primary");
+                early_reads += 1;
+            }
+        }
+        (early_reads, write.join().unwrap())
+    });
+    s.catalogs[1].signal(libc::SIGCONT);
+    assert_eq!(acked.status, 200, "{}", String::from_utf8_lossy(&acked.body));
+    assert!(early_reads > 0, "no read happened while the push was in flight");
+    assert_eq!(price(&get(&p, "/books/2")), 77.5);
+}

@@ -88,8 +88,9 @@ impl CatalogNode {
     }
 
     /// Group commit: decides each write in order over the current catalog (no copy of it),
-    /// makes them all durable with one fsync, applies them to the catalog, pushes them to
-    /// each replica, invalidates their cache entries, and only then answers each. A write
+    /// makes them all durable with one fsync, pushes them to each replica, applies them to
+    /// the catalog the primary reads from, invalidates their cache entries, and only then
+    /// answers each. A write
     /// that is refused (out of stock, bad update) is answered with its error and takes no
     /// sequence number.
     fn commit(&self, batch: Vec<Pending>) {
@@ -135,16 +136,18 @@ impl CatalogNode {
                 }
                 return;
             }
-            {
-                let mut state = self.state_mut();
-                for (w, _) in &writes {
-                    state.commit(w.book.clone(), w.seq);
-                }
-            }
             self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
             self.replicate(&store, &pushes);
+            // Readable here only once every replica in sync has it (or is out of sync and
+            // its lease has run out): the primary never shows a write a replica lacks.
+            {
+                let mut state = self.state_mut();
+                for w in &pushes {
+                    state.commit(w.book.clone(), w.seq);
+                }
+            }
             if let Some(cache) = &self.cache {
                 keys.sort_unstable();
                 keys.dedup();
