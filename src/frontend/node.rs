@@ -201,11 +201,16 @@ impl Frontend {
         });
     }
 
-    /// `GET /ready`: a catalog and an order server were ready at the last probe.
+    /// `GET /ready`: a catalog and an order server were ready at the last probe; the body
+    /// also counts the back ends of each kind that were.
     fn ready(&self) -> Result<Response> {
-        let any = |flags: &[AtomicBool]| flags.iter().any(|f| f.load(Ordering::Relaxed));
-        let (catalog, order) = (any(&self.catalog_ready), any(&self.order_ready));
-        let body = |status: &str| serde_json::json!({"status": status, "role": "frontend", "catalog": catalog, "order": order});
+        let count = |flags: &[AtomicBool]| flags.iter().filter(|f| f.load(Ordering::Relaxed)).count();
+        let (catalogs, orders) = (count(&self.catalog_ready), count(&self.order_ready));
+        let (catalog, order) = (catalogs > 0, orders > 0);
+        let body = |status: &str| {
+            serde_json::json!({"status": status, "role": "frontend", "catalog": catalog, "order": order,
+                               "catalogs_ready": catalogs, "orders_ready": orders})
+        };
         if catalog && order {
             Ok(Response::json(&body("ready")))
         } else {

@@ -386,6 +386,13 @@ impl Store {
         for p in store.all() {
             wait_ready(&url(p));
         }
+        // The front end probes its back ends twice a second: wait until it has seen them all
+        // ready, so that the first requests are spread over all of them.
+        let fe = store.fe();
+        eventually(START_DEADLINE, "the front end to see every back end ready", || {
+            let a = json(&get(&fe, "/ready"));
+            a["catalogs_ready"] == 2 && a["orders_ready"] == 2
+        });
         // A service that could not bind its port exits; the answer was then another's.
         for p in store.catalogs.iter_mut().chain(store.orders.iter_mut()).chain([&mut store.frontend]) {
             assert!(p.running(), "{} exited at start (its log: {})", p.spec.name, p.spec.log.display());
