@@ -5,12 +5,91 @@
 //! [`DOWN_FOR`]; when every replica is marked down they are all tried anyway, so a pool
 //! never refuses by itself. Retries walk the pool from the chosen start without moving
 //! the counter. No I/O here: the caller reports failures.
+//!
+//! [`Pool::try_each`] is the one "try each back end in turn" loop of the store. Whether a
+//! failure may move on to the next back end is a pure decision ([`Failure::verdict`]): a
+//! [`Call::Read`] may always move on; a [`Call::Write`] only when the request surely never
+//! left ([`Failure::NotSent`]), so a purchase that may have been received is never made a
+//! second time elsewhere. A back end that gave no answer, or (for a read) answered that it
+//! cannot serve now, is skipped for [`DOWN_FOR`]; one that answered is marked up.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a replica that failed is skipped before it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// What a request does to a back end, which decides whether it may go to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// It changes nothing: it may be sent to every back end in turn.
+    Read,
+    /// It changes something (a purchase): it goes to another back end only when it surely
+    /// never reached the one that failed.
+    Write,
+}
+
+/// How an attempt on one back end failed (the caller classifies its error, see
+/// [`crate::client::PeerError::failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer, and the request surely never left (connection refused or never made).
+    NotSent,
+    /// No answer, and the request may have reached the back end (a timeout, a cut
+    /// connection).
+    MaybeSent,
+    /// The back end answered that it cannot serve now (503: catching up, not ready, its
+    /// primary unreachable).
+    Unavailable,
+    /// The back end answered, refusing the request or with an answer that makes no sense:
+    /// its answer is the request's.
+    Answered,
+}
+
+/// What [`Pool::try_each`] does after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Skip the back end for [`DOWN_FOR`]; else it answered and is marked up.
+    pub down: bool,
+    /// Send the request to the next back end; else stop with this failure.
+    pub next: bool,
+}
+
+impl Failure {
+    /// What a failure of a `call` means for the back end and for the request.
+    pub fn verdict(self, call: Call) -> Verdict {
+        let down = match self {
+            Failure::NotSent | Failure::MaybeSent => true,
+            // A read goes where it can be served; a write's 503 is the write's answer.
+            Failure::Unavailable => call == Call::Read,
+            Failure::Answered => false,
+        };
+        let next = call == Call::Read || self == Failure::NotSent;
+        Verdict { down, next }
+    }
+}
+
+/// How a request that no back end served ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failed<E> {
+    /// Every back end was tried: the last one and its error.
+    Exhausted {
+        /// The base URL of the last back end tried.
+        url: String,
+        /// Its error.
+        error: E,
+    },
+    /// One back end's failure stopped the walk: it answered (its answer is the request's),
+    /// or it may have received a write.
+    Stopped {
+        /// Its base URL.
+        url: String,
+        /// Its error.
+        error: E,
+        /// How it failed.
+        failure: Failure,
+    },
+}
 
 /// A pool of replicas of one service.
 #[derive(Debug)]
@@ -63,6 +142,42 @@ impl Pool {
             self.down_until[i].store(0, Ordering::Relaxed);
         }
     }
+
+    /// Sends one request to the back ends in [`Pool::plan`]'s order until one serves it:
+    /// `attempt` sends it to one base URL, `failure` classifies its error, and
+    /// [`Failure::verdict`] decides, for a `call`, whether to mark the back end down and
+    /// whether to try the next. Returns what the serving back end gave and its URL.
+    pub fn try_each<T, E>(
+        &self,
+        call: Call,
+        mut attempt: impl FnMut(&str) -> Result<T, E>,
+        failure: impl Fn(&E) -> Failure,
+    ) -> Result<(T, &str), Failed<E>> {
+        let mut last = None;
+        for i in self.plan() {
+            let url = self.urls[i].as_str();
+            let error = match attempt(url) {
+                Ok(served) => {
+                    self.mark_up(i);
+                    return Ok((served, url));
+                }
+                Err(e) => e,
+            };
+            let how = failure(&error);
+            let verdict = how.verdict(call);
+            if verdict.down {
+                self.mark_down(i);
+            } else {
+                self.mark_up(i);
+            }
+            if !verdict.next {
+                return Err(Failed::Stopped { url: url.to_string(), error, failure: how });
+            }
+            last = Some((url, error));
+        }
+        let (url, error) = last.expect("a pool has at least one replica");
+        Err(Failed::Exhausted { url: url.to_string(), error })
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +208,68 @@ mod tests {
         p.mark_up(1);
         let firsts: Vec<usize> = (0..3).map(|_| p.plan()[0]).collect();
         assert!(firsts.contains(&1));
+    }
+
+    #[test]
+    fn verdicts() {
+        use Call::{Read, Write};
+        use Failure::*;
+        let v = |down, next| Verdict { down, next };
+        // (failure, call, verdict)
+        let cases = [
+            (NotSent, Read, v(true, true)),
+            (NotSent, Write, v(true, true)),
+            (MaybeSent, Read, v(true, true)),
+            (MaybeSent, Write, v(true, false)),
+            (Unavailable, Read, v(true, true)),
+            (Unavailable, Write, v(false, false)),
+            (Answered, Read, v(false, true)),
+            (Answered, Write, v(false, false)),
+        ];
+        for (failure, call, want) in cases {
+            assert_eq!(failure.verdict(call), want, "{failure:?} {call:?}");
+        }
+    }
+
+    /// Runs one request over a pool of three whose back ends fail as `script` says (None:
+    /// it serves), starting at replica 0: what it ended with, which replicas were tried,
+    /// which are marked down after.
+    fn walk(call: Call, script: [Option<Failure>; 3]) -> (Result<usize, Failed<usize>>, Vec<usize>, Vec<bool>) {
+        let p = pool(3);
+        let index = |url: &str| p.urls().iter().position(|u| u == url).unwrap();
+        let mut tried = Vec::new();
+        let attempt = |url: &str| {
+            let i = index(url);
+            tried.push(i);
+            script[i].map_or(Ok(i), |_| Err(i))
+        };
+        let got = p.try_each(call, attempt, |&i| script[i].unwrap()).map(|(served, _)| served);
+        let marked = (0..3).map(|i| p.down_until[i].load(Ordering::Relaxed) > 0).collect();
+        (got, tried, marked)
+    }
+
+    #[test]
+    fn each_back_end_in_turn() {
+        use Call::{Read, Write};
+        use Failure::*;
+        let url = |i: usize| format!("http://r{i}:1");
+        // A read moves on past anything; the first that serves answers.
+        let (got, tried, down) = walk(Read, [Some(MaybeSent), Some(Unavailable), None]);
+        assert_eq!((got, tried, down), (Ok(2), vec![0, 1, 2], vec![true, true, false]));
+        // A read that nobody serves ends with the last failure; one that answered is up.
+        let (got, tried, down) = walk(Read, [Some(NotSent), Some(Answered), Some(NotSent)]);
+        assert_eq!(got, Err(Failed::Exhausted { url: url(2), error: 2 }));
+        assert_eq!((tried, down), (vec![0, 1, 2], vec![true, false, true]));
+        // A write moves on only past a back end it never reached.
+        let (got, tried, _) = walk(Write, [Some(NotSent), None, None]);
+        assert_eq!((got, tried), (Ok(1), vec![0, 1]));
+        // A write that may have been received is not sent again.
+        let (got, tried, down) = walk(Write, [Some(NotSent), Some(MaybeSent), None]);
+        assert_eq!(got, Err(Failed::Stopped { url: url(1), error: 1, failure: MaybeSent }));
+        assert_eq!((tried, down), (vec![0, 1], vec![true, true, false]));
+        // A write's refusal (a 409, a 503) is its answer; the back end is up.
+        let (got, tried, down) = walk(Write, [Some(Unavailable), None, None]);
+        assert_eq!(got, Err(Failed::Stopped { url: url(0), error: 0, failure: Unavailable }));
+        assert_eq!((tried, down), (vec![0], vec![false, false, false]));
     }
 }

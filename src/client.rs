@@ -3,11 +3,13 @@
 //! One [`Http`] wraps one `ureq::Agent`, configured once: statuses are answers, not errors
 //! (`http_status_as_error(false)`), every call has a connect timeout and an overall
 //! timeout, idle connections are pooled and reused, and the bearer token is sent when set.
-//! A failed call becomes [`Error::Unreachable`] with `sent: false` only when the request
-//! surely never left (refused or never connected), which is what makes a retry of a
-//! purchase elsewhere safe.
+//! A failed call is a [`PeerError`]: [`PeerError::Unreachable`] with `sent: false` only
+//! when the request surely never left (refused or never connected), which is what makes a
+//! retry of a purchase elsewhere safe; a peer's error answer is [`PeerError::Answered`]
+//! with the peer's own status and message, so a front end relays a back end's 404 or 409
+//! as the same 404 or 409 ([`crate::error::Error::status`]).
 
-use crate::error::{Error, Result};
+use crate::balance::Failure;
 use crate::http::percent_encode;
 use crate::wire::{
     Book, BookPage, BookUpdate, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
@@ -16,6 +18,7 @@ use crate::wire::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -42,6 +45,84 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
 /// Lookups stay rare: at most ten a second per name, and none for IP addresses.
 const NAME_TTL: Duration = Duration::from_millis(100);
 
+/// Results of calls to peers.
+pub type Result<T, E = PeerError> = std::result::Result<T, E>;
+
+/// Why a call to another service failed.
+#[derive(Debug)]
+pub enum PeerError {
+    /// No answer: the call failed before or after it was sent.
+    ///
+    /// `sent` is false only when the request surely never reached the peer (the
+    /// connection was refused or never made), so that the call may be retried elsewhere
+    /// even when it is not idempotent.
+    Unreachable {
+        /// Base URL of the peer.
+        url: String,
+        /// Whether the request may have reached the peer.
+        sent: bool,
+        /// Whether the connection was refused: no process listens on the peer's port.
+        refused: bool,
+        /// What ureq said.
+        source: ureq::Error,
+    },
+    /// The peer answered with an error status (its `error` message, or its body).
+    Answered {
+        /// The peer's status.
+        status: u16,
+        /// The peer's message.
+        message: String,
+    },
+    /// The peer answered 2xx with a body that is not what its API says.
+    BadAnswer {
+        /// Base URL of the peer.
+        url: String,
+        /// What the JSON decoder said.
+        source: serde_json::Error,
+    },
+    /// The request could not be built: a base URL that is not one.
+    BadUrl {
+        /// The base URL.
+        url: String,
+        /// What the request builder said.
+        source: ureq::http::Error,
+    },
+}
+
+impl PeerError {
+    /// The failure as the choice of the next back end sees it ([`crate::balance::Pool::try_each`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            PeerError::Unreachable { sent: false, .. } | PeerError::BadUrl { .. } => Failure::NotSent,
+            PeerError::Unreachable { sent: true, .. } => Failure::MaybeSent,
+            PeerError::Answered { status: 503, .. } => Failure::Unavailable,
+            PeerError::Answered { .. } | PeerError::BadAnswer { .. } => Failure::Answered,
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Unreachable { url, source, .. } => write!(f, "back end {url} unreachable: {source}"),
+            PeerError::Answered { message, .. } => f.write_str(message),
+            PeerError::BadAnswer { source, .. } => write!(f, "peer sent bad JSON: {source}"),
+            PeerError::BadUrl { url, source } => write!(f, "bad URL {url}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PeerError::Unreachable { source, .. } => Some(source),
+            PeerError::BadAnswer { source, .. } => Some(source),
+            PeerError::BadUrl { source, .. } => Some(source),
+            PeerError::Answered { .. } => None,
+        }
+    }
+}
+
 /// An answer from a peer: status, body, and the `X-Cache`/`X-Backend` headers if any.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -57,24 +138,26 @@ pub struct Answer {
     pub seq: Option<u64>,
     /// `Link` (paged lists): where the next page is, see [`crate::page::next_target`].
     pub link: Option<String>,
+    /// The peer's base URL.
+    pub url: String,
 }
 
 impl Answer {
-    /// The body as `T` if the status is 2xx, else the peer's error as an [`Error`].
+    /// The body as `T` if the status is 2xx, else the peer's error.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         if (200..300).contains(&self.status) {
-            serde_json::from_slice(&self.body).map_err(|e| Error::Internal(format!("peer sent bad JSON: {e}")))
+            serde_json::from_slice(&self.body).map_err(|source| PeerError::BadAnswer { url: self.url.clone(), source })
         } else {
             Err(self.error())
         }
     }
 
-    /// The peer's error answer as an [`Error`] of the same status.
-    pub fn error(&self) -> Error {
-        let msg = serde_json::from_slice::<ErrorBody>(&self.body)
+    /// The peer's error answer: its status and its message.
+    pub fn error(&self) -> PeerError {
+        let message = serde_json::from_slice::<ErrorBody>(&self.body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned());
-        Error::from_status(self.status, msg)
+        PeerError::Answered { status: self.status, message }
     }
 }
 
@@ -128,7 +211,7 @@ impl Http {
         let link = header("link");
         let status = resp.status().as_u16();
         let body = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().map_err(|e| unreachable(base, e))?;
-        Ok(Answer { status, body, cache, backend, seq, link })
+        Ok(Answer { status, body, cache, backend, seq, link, url: base.to_string() })
     }
 
     /// GET, decoded.
@@ -193,8 +276,8 @@ fn method_of(req: &ureq::http::request::Builder) -> Option<Method> {
     req.method_ref().cloned()
 }
 
-fn bad_uri(base: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("bad URL {base}: {e}"))
+fn bad_uri(base: &str, source: ureq::http::Error) -> PeerError {
+    PeerError::BadUrl { url: base.to_string(), source }
 }
 
 /// A name that did not resolve (a stopped container's name, say): nothing was sent.
@@ -204,7 +287,7 @@ fn is_lookup_failure(e: &io::Error) -> bool {
 }
 
 /// Classifies a failed call: `sent` is false only when the request surely never left.
-fn unreachable(base: &str, e: ureq::Error) -> Error {
+fn unreachable(base: &str, e: ureq::Error) -> PeerError {
     use ureq::Timeout;
     let sent = match &e {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => false,
@@ -223,7 +306,7 @@ fn unreachable(base: &str, e: ureq::Error) -> Error {
     };
     let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
     log::debug!("{base}: {e} (sent: {sent})");
-    Error::Unreachable { url: base.to_string(), sent, refused, reason: e.to_string() }
+    PeerError::Unreachable { url: base.to_string(), sent, refused, source: e }
 }
 
 /// A catalog server's API.
@@ -362,7 +445,7 @@ mod tests {
         let http = Http::new(Duration::from_secs(5), 1, None);
         for url in ["http://no-such-host.invalid:9000", "http://127.0.0.1:1"] {
             match http.call(Method::POST, url, "/purchase/1", None) {
-                Err(Error::Unreachable { sent: false, .. }) => {}
+                Err(PeerError::Unreachable { sent: false, .. }) => {}
                 other => panic!("{url}: {other:?}"),
             }
         }

@@ -1,19 +1,30 @@
-//! The one error type of the store, and the one place where errors become HTTP statuses.
+//! The error of a request, and the one place where errors become HTTP statuses.
 //!
-//! Every fallible operation in the library returns [`Result`]. The HTTP layer turns an
-//! [`Error`] into `{"error": "<message>"}` with [`Error::status`]; the typed clients turn
-//! a peer's error answer back into the same variant, so a front end relays a back end's
-//! 404 or 409 as the same 404 or 409.
+//! Each layer has the error it means: the catalog's core refuses a write with a
+//! [`Refusal`] of its rules, the files fail with a [`StorageError`] that keeps its
+//! `io::Error` or `csv::Error` as its source and names the file, and a call to another
+//! service fails with a [`PeerError`] that says whether the request may have been sent and
+//! keeps a peer's refusal with its status. [`Error`] is what a request handler returns: the
+//! refusals the HTTP glue decides itself, and those three, each carried whole (so
+//! [`std::error::Error::source`] reaches the cause). [`Error::status`] is the only mapping
+//! to an HTTP status; the HTTP layer answers `{"error": "<message>"}` with it.
+//!
+//! Every message is whole (it names the file and says what the system said), because it is
+//! what a client reads; `source()` is for code that needs the cause itself (an
+//! `io::ErrorKind`, a `ureq` timeout).
 
+use crate::catalog::state::Refusal;
+use crate::client::PeerError;
+use crate::storage::StorageError;
 use std::fmt;
 
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong, each variant with the HTTP status it maps to.
+/// Why a request failed, as its answer will say.
 #[derive(Debug)]
 pub enum Error {
-    /// 400: the request is malformed (bad id, bad JSON, an update that makes stock negative).
+    /// 400: the request is malformed (a bad id, bad JSON, a bad query parameter).
     BadRequest(String),
     /// 401: a token is required and was missing or wrong.
     Unauthorized,
@@ -23,10 +34,10 @@ pub enum Error {
     MethodNotAllowed(&'static str),
     /// 408: the client did not send a whole request in time.
     RequestTimeout,
+    /// 409: a conflict with the current state that is not the catalog's (see [`Refusal`]).
+    Conflict(String),
     /// 410: what was asked for is no longer kept (a replica's log request from too long ago).
     Gone(String),
-    /// 409: the book is out of stock (or another conflict with the current state).
-    Conflict(String),
     /// 411: the body's length cannot be known: a `Transfer-Encoding` other than `chunked`, or
     /// `Transfer-Encoding` together with `Content-Length` (a request smuggling vector).
     /// Chunked bodies are accepted; a request with neither header has an empty body.
@@ -35,29 +46,26 @@ pub enum Error {
     PayloadTooLarge,
     /// 431: the request line and headers are larger than [`crate::http::MAX_HEAD`].
     HeadersTooLarge,
-    /// 503: a back end is needed and could not be used.
+    /// 503: this server cannot do it now (a replica catching up, no back end reachable, a
+    /// purchase whose outcome is unknown).
     Unavailable(String),
-    /// 503: a call to another service failed before or after it was sent.
-    ///
-    /// `sent` is false only when the request surely never reached the peer (the
-    /// connection was refused or never made), so that the call may be retried elsewhere
-    /// even when it is not idempotent.
-    Unreachable {
-        /// Base URL of the peer.
-        url: String,
-        /// Whether the request may have reached the peer.
-        sent: bool,
-        /// Whether the connection was refused: no process listens on the peer's port.
-        refused: bool,
-        /// What went wrong.
-        reason: String,
-    },
-    /// 500: a local failure (disk, a bug); never used for input the server could judge.
+    /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
+    /// refusal's, see [`Error::status`]).
+    Rule(Refusal),
+    /// 500, or 503 for a data directory another process holds: a file could not be read or
+    /// written.
+    Storage(StorageError),
+    /// A call to another service failed: 503 when it got no answer, the peer's own status
+    /// when it refused the request (a 404, 409, 410, 431 relayed stays what it was), 500
+    /// when the peer failed or its answer made no sense.
+    Peer(PeerError),
+    /// 500: a bug (a thread that panicked, an answer that cannot be built); never used for
+    /// input the server could judge.
     Internal(String),
 }
 
 impl Error {
-    /// The HTTP status this error is answered with.
+    /// The HTTP status this error is answered with: the only place errors become statuses.
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) => 400,
@@ -70,29 +78,20 @@ impl Error {
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
             Error::HeadersTooLarge => 431,
-            Error::Unavailable(_) | Error::Unreachable { .. } => 503,
+            Error::Unavailable(_) => 503,
+            Error::Rule(Refusal::NoSuchBook(_)) => 404,
+            Error::Rule(Refusal::OutOfStock { .. } | Refusal::NoIdsLeft) => 409,
+            Error::Rule(Refusal::Invalid(_)) => 400,
+            Error::Storage(StorageError::InUse { .. }) => 503,
+            Error::Storage(_) => 500,
+            Error::Peer(PeerError::Unreachable { .. }) => 503,
+            Error::Peer(PeerError::Answered { status, .. }) => match status {
+                400..=499 | 503 => *status,
+                _ => 500,
+            },
+            Error::Peer(PeerError::BadAnswer { .. } | PeerError::BadUrl { .. }) => 500,
             Error::Internal(_) => 500,
         }
-    }
-
-    /// Rebuilds an error from a peer's answer (status and `error` message).
-    pub fn from_status(status: u16, message: String) -> Error {
-        match status {
-            400 => Error::BadRequest(message),
-            401 => Error::Unauthorized,
-            404 => Error::NotFound(message),
-            409 => Error::Conflict(message),
-            413 => Error::PayloadTooLarge,
-            // Any other refusal of the request stays a refusal.
-            402..=499 => Error::BadRequest(message),
-            503 => Error::Unavailable(message),
-            _ => Error::Internal(format!("peer answered {status}: {message}")),
-        }
-    }
-
-    /// True when a read may be retried on another replica.
-    pub fn is_retryable_read(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Unreachable { .. })
     }
 }
 
@@ -107,21 +106,79 @@ impl fmt::Display for Error {
             Error::LengthRequired => f.write_str("a body needs Content-Length or Transfer-Encoding: chunked"),
             Error::PayloadTooLarge => f.write_str("body larger than 64 KiB"),
             Error::HeadersTooLarge => f.write_str("request line and headers too large"),
-            Error::Unreachable { url, reason, .. } => write!(f, "back end {url} unreachable: {reason}"),
+            Error::Rule(r) => r.fmt(f),
+            Error::Storage(e) => e.fmt(f),
+            // A peer that failed (not one that refused) is named as such.
+            Error::Peer(PeerError::Answered { status, message }) if self.status() == 500 => {
+                write!(f, "peer answered {status}: {message}")
+            }
+            Error::Peer(e) => e.fmt(f),
         }
     }
 }
 
-impl std::error::Error for Error {}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Internal(format!("I/O error: {e}"))
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Rule(e) => Some(e),
+            Error::Storage(e) => Some(e),
+            Error::Peer(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
-impl From<csv::Error> for Error {
-    fn from(e: csv::Error) -> Self {
-        Error::Internal(format!("CSV error: {e}"))
+impl From<Refusal> for Error {
+    fn from(e: Refusal) -> Self {
+        Error::Rule(e)
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Storage(e)
+    }
+}
+
+impl From<PeerError> for Error {
+    fn from(e: PeerError) -> Self {
+        Error::Peer(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// A peer's refusal keeps its status and message; a peer's failure is a 500 that says so.
+    #[test]
+    fn peers_answers_are_relayed() {
+        let cases = [
+            (400, "bad id", 400, "bad id"),
+            (401, "missing or wrong bearer token", 401, "missing or wrong bearer token"),
+            (404, "no book with id 9", 404, "no book with id 9"),
+            (409, "out of stock", 409, "out of stock"),
+            (410, "gone", 410, "gone"),
+            (431, "too large", 431, "too large"),
+            (503, "catching up", 503, "catching up"),
+            (500, "disk", 500, "peer answered 500: disk"),
+            (302, "moved", 500, "peer answered 302: moved"),
+        ];
+        for (status, message, want, text) in cases {
+            let e = Error::from(PeerError::Answered { status, message: message.into() });
+            assert_eq!((e.status(), e.to_string().as_str()), (want, text), "{status}");
+        }
+    }
+
+    #[test]
+    fn storage_errors_keep_their_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = Error::from(StorageError::Io { path: "data/books.csv".into(), source: io });
+        assert_eq!(e.status(), 500);
+        assert_eq!(e.to_string(), "data/books.csv: denied");
+        let storage = e.source().expect("the storage error");
+        let io = storage.source().expect("the io::Error").downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
     }
 }

@@ -16,9 +16,10 @@ use std::cmp::Ordering;
 use std::io::Read;
 
 /// 12 hex digits from the kernel's random source (identities that change at each start).
-pub fn random_hex() -> std::io::Result<String> {
-    let mut bytes = [0u8; 6];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+pub fn random_hex() -> Result<String, crate::storage::StorageError> {
+    use crate::storage::At;
+    let (mut bytes, path) = ([0u8; 6], std::path::Path::new("/dev/urandom"));
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut bytes)).at(path)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -10,13 +10,17 @@
 //! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.
 //! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
-//! - [`client`]: typed clients for calls between services (one configured ureq agent).
+//! - [`client`]: typed clients for calls between services (one configured ureq agent),
+//!   failing with a [`client::PeerError`] that says whether the request may have been sent.
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
-//! - [`balance`]: round robin with a passive health check.
+//! - [`balance`]: round robin with a passive health check, and the one loop that tries
+//!   each back end in turn.
 //! - [`wire`]: every JSON body on the wire; [`money`]: exact prices; [`ids`]: random
 //!   identities, order ids and their order, order times.
-//! - [`storage`]: atomic file replacement and durable appends.
-//! - [`config`], [`error`], [`metrics`], [`shutdown`], [`service`]: the plumbing.
+//! - [`storage`]: atomic file replacement and durable appends; [`storage::StorageError`].
+//! - [`error`]: the error of a request, and the one mapping of every layer's error to an
+//!   HTTP status.
+//! - [`config`], [`metrics`], [`shutdown`], [`service`]: the plumbing.
 //!
 //! Binaries in `src/bin/` are thin: they read their config, start logging, bind, install
 //! the signal handler and call [`service::run`].

@@ -4,10 +4,107 @@
 //! fsyncing it, renaming it over the old one and fsyncing the directory, so a crash at any
 //! instant leaves either the old or the new file, never a torn one. Appends are fsynced
 //! before the caller acknowledges anything that depends on them.
+//!
+//! A failure is a [`StorageError`]: which file, and the `io::Error` or `csv::Error` behind
+//! it as its [`source`](std::error::Error::source) (or what the file holds that the store
+//! never writes). [`At::at`] names the file of an `io` or `csv` result.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A file could not be read or written, or holds what the store never writes.
+#[derive(Debug)]
+pub enum StorageError {
+    /// A system call on `path` failed.
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A CSV row of `path` could not be read or written.
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// What the CSV reader or writer said (its line, its field).
+        source: csv::Error,
+    },
+    /// `path` holds a row the store never writes (a bad price, a book id twice, a row not
+    /// where the index says): the file was changed by hand or damaged.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The data directory `dir` is held by another running process (`what` names its kind).
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The kind of process that holds it ("catalog").
+        what: &'static str,
+    },
+}
+
+impl StorageError {
+    /// A file that holds what the store never writes.
+    pub fn corrupt(path: &Path, reason: impl fmt::Display) -> StorageError {
+        StorageError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::Csv { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::Corrupt { path, reason } => write!(f, "{}: {reason}", path.display()),
+            StorageError::InUse { dir, what } => {
+                write!(f, "{} is in use by a running {what}; stop it first", dir.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            StorageError::Csv { source, .. } => Some(source),
+            StorageError::Corrupt { .. } | StorageError::InUse { .. } => None,
+        }
+    }
+}
+
+/// Names the file of a failed `io` or `csv` call: `File::open(&p).at(&p)?`.
+pub trait At<T> {
+    /// The result, its error a [`StorageError`] about `path`.
+    fn at(self, path: &Path) -> Result<T, StorageError>;
+}
+
+impl<T> At<T> for io::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Io { path: path.to_path_buf(), source })
+    }
+}
+
+impl<T> At<T> for csv::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Csv { path: path.to_path_buf(), source })
+    }
+}
+
+/// Takes the writer out of a CSV writer (flushing it), naming `path` if that fails.
+pub fn csv_inner<W: Write>(w: csv::Writer<W>, path: &Path) -> Result<W, StorageError> {
+    w.into_inner().map_err(|e| e.into_error()).at(path)
+}
+
+/// Takes the file out of a buffered writer (flushing it), naming `path` if that fails.
+pub fn buffer_inner<W: Write>(w: io::BufWriter<W>, path: &Path) -> Result<W, StorageError> {
+    w.into_inner().map_err(|e| e.into_error()).at(path)
+}
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {

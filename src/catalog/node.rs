@@ -11,7 +11,7 @@ use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
 use super::state::{Catalog, Write};
 use super::store::Store;
 use crate::cache::Cache;
-use crate::client::{CatalogClient, Http};
+use crate::client::{CatalogClient, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
@@ -225,10 +225,10 @@ impl CatalogNode {
             None => request.path.clone(),
         };
         let answer = self.forward.call(method, primary, &target, body).map_err(|e| match e {
-            Error::Unreachable { url, reason, .. } => {
-                Error::Unavailable(format!("primary {url} unreachable: {reason}"))
+            PeerError::Unreachable { url, source, .. } => {
+                Error::Unavailable(format!("primary {url} unreachable: {source}"))
             }
-            other => other,
+            other => other.into(),
         })?;
         Ok(Response::raw_json(answer.status, answer.body))
     }

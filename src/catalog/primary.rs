@@ -161,7 +161,7 @@ impl CatalogNode {
         }
         drop(store);
         for (reply, answer) in answers {
-            let _ = reply.send(answer);
+            let _ = reply.send(answer.map_err(Error::from));
         }
     }
 

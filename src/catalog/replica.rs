@@ -15,7 +15,7 @@
 
 use super::node::{CatalogNode, COPY_PAGE};
 use super::state::Catalog;
-use crate::client::CatalogClient;
+use crate::client::{CatalogClient, PeerError};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::wire::{LeaseRequest, ReplicaAck, Replicate};
@@ -162,10 +162,10 @@ impl CatalogNode {
                     lease.granted(asked);
                     self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Error::Unreachable { refused: false, .. }) | Err(Error::Unavailable(_)) => {
+                Err(PeerError::Unreachable { refused: false, .. } | PeerError::Answered { status: 503, .. }) => {
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Error::Unreachable { refused: true, .. }) => {
+                Err(PeerError::Unreachable { refused: true, .. }) => {
                     let was_down = lease.primary_down();
                     if lease.refused(asked, Instant::now()) && !was_down {
                         log::warn!("the primary {primary} is not running: serving reads on the lease it granted (no write can be acknowledged meanwhile)");

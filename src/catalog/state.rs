@@ -11,10 +11,48 @@
 //!
 //! Invariant: every state with sequence number `n` is the same on every node: the
 //! primary's state after its n-th write.
+//!
+//! What the rules refuse is a [`Refusal`]; its HTTP status is decided at the boundary
+//! ([`crate::error::Error::status`]), not here.
 
-use crate::error::{Error, Result};
 use crate::wire::{Book, BookUpdate, NewBook, Replicate};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// Results whose error is a [`Refusal`].
+pub type Result<T, E = Refusal> = std::result::Result<T, E>;
+
+/// Why the catalog's rules refuse a write or a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No book has this id.
+    NoSuchBook(u32),
+    /// The book has no copy left to take.
+    OutOfStock {
+        /// The book's id.
+        id: u32,
+        /// Its title, for the message.
+        title: String,
+    },
+    /// Every book id has been given: no book can be added.
+    NoIdsLeft,
+    /// The write breaks a rule: a bad title or topic, an empty or contradictory update, a
+    /// stock out of range, a book id 0 or given twice. The message says which.
+    Invalid(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoSuchBook(id) => write!(f, "no book with id {id}"),
+            Refusal::OutOfStock { id, title } => write!(f, "book {id} ({title}) is out of stock"),
+            Refusal::NoIdsLeft => f.write_str("no book ids left"),
+            Refusal::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// Longest title or topic, in characters.
 pub const MAX_TEXT: usize = 300;
@@ -111,7 +149,7 @@ impl Catalog {
 
     /// One book.
     pub fn book(&self, id: u32) -> Result<&Book> {
-        self.books.get(&id).ok_or_else(|| Error::NotFound(format!("no book with id {id}")))
+        self.books.get(&id).ok_or(Refusal::NoSuchBook(id))
     }
 
     /// Every book, by id.
@@ -211,7 +249,7 @@ impl<'a> Draft<'a> {
     pub fn write(&mut self, id: u32, write: &Write) -> Result<Replicate> {
         let book = self.decide(id, write)?;
         if let Write::Add(_) = write {
-            self.next_id = self.next_id.checked_add(1).ok_or_else(|| Error::Conflict("no book ids left".into()))?;
+            self.next_id = self.next_id.checked_add(1).ok_or(Refusal::NoIdsLeft)?;
         }
         self.seq += 1;
         self.changed.insert(book.id, book.clone());
@@ -220,7 +258,7 @@ impl<'a> Draft<'a> {
 
     fn decide(&self, id: u32, write: &Write) -> Result<Book> {
         if let Write::Add(new) = write {
-            return new.check().map_err(Error::BadRequest).map(|()| Book {
+            return new.check().map_err(Refusal::Invalid).map(|()| Book {
                 id: self.next_id,
                 title: new.title.clone(),
                 topic: new.topic.clone(),
@@ -233,16 +271,16 @@ impl<'a> Draft<'a> {
             Write::Add(_) => unreachable!("handled above"),
             Write::Purchase => {
                 if book.quantity == 0 {
-                    return Err(Error::Conflict(format!("book {id} ({}) is out of stock", book.title)));
+                    return Err(Refusal::OutOfStock { id, title: book.title });
                 }
                 book.quantity -= 1;
             }
             Write::Update(u) => {
                 if u.price.is_none() && u.quantity.is_none() && u.quantity_delta.is_none() {
-                    return Err(Error::BadRequest("nothing to update: give price, quantity or quantity_delta".into()));
+                    return Err(Refusal::Invalid("nothing to update: give price, quantity or quantity_delta".into()));
                 }
                 if u.quantity.is_some() && u.quantity_delta.is_some() {
-                    return Err(Error::BadRequest("give quantity or quantity_delta, not both".into()));
+                    return Err(Refusal::Invalid("give quantity or quantity_delta, not both".into()));
                 }
                 if let Some(p) = u.price {
                     book.price = p;
@@ -253,14 +291,14 @@ impl<'a> Draft<'a> {
                 if let Some(d) = u.quantity_delta {
                     let q = i64::from(book.quantity)
                         .checked_add(d)
-                        .ok_or_else(|| Error::BadRequest(format!("quantity_delta {d} is too large")))?;
+                        .ok_or_else(|| Refusal::Invalid(format!("quantity_delta {d} is too large")))?;
                     if q < 0 {
-                        return Err(Error::BadRequest(format!(
+                        return Err(Refusal::Invalid(format!(
                             "quantity_delta {d} would make the stock of book {id} negative ({q})"
                         )));
                     }
                     book.quantity =
-                        u32::try_from(q).map_err(|_| Error::BadRequest(format!("quantity {q} is too large")))?;
+                        u32::try_from(q).map_err(|_| Refusal::Invalid(format!("quantity {q} is too large")))?;
                 }
             }
         }
@@ -280,6 +318,7 @@ impl NewBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::money::Money;
 
     fn book(id: u32, topic: &str, quantity: u32) -> Book {
@@ -325,7 +364,7 @@ mod tests {
         for (id, write, want) in cases {
             let mut draft = Draft::new(&c);
             let got = draft.write(id, &write).map(|r| (r.book.id, r.book.quantity, r.book.price.cents()));
-            assert_eq!(got.map_err(|e| e.status()), want, "{id} {write:?}");
+            assert_eq!(got.map_err(|e| Error::from(e).status()), want, "{id} {write:?}");
         }
     }
 
@@ -334,7 +373,7 @@ mod tests {
         let mut c = catalog();
         let mut draft = Draft::new(&c);
         let mut writes = vec![draft.write(1, &Write::Purchase).unwrap(), draft.write(1, &Write::Purchase).unwrap()];
-        assert_eq!(draft.write(1, &Write::Purchase).unwrap_err().status(), 409);
+        assert_eq!(Error::from(draft.write(1, &Write::Purchase).unwrap_err()).status(), 409);
         writes.push(draft.write(0, &add("A", "t")).unwrap());
         writes.push(draft.write(0, &add("B", "t")).unwrap());
         assert_eq!(writes.iter().map(|w| (w.seq, w.book.id)).collect::<Vec<_>>(), [(1, 1), (2, 1), (3, 3), (4, 4)]);

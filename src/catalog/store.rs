@@ -30,15 +30,17 @@
 //! replacement, the view by atomic replacement.
 
 use super::state::Catalog;
-use crate::error::{Error, Result};
 use crate::money::Money;
-use crate::storage;
+use crate::storage::{self, At, StorageError};
 use crate::wire::{Book, Order, Purchase, Replicate};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+/// Results of the store: its errors are the files'.
+type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// The built-in catalog a new data directory is seeded with.
 pub const SEED: &str = include_str!("../../data/books.csv");
@@ -176,19 +178,19 @@ impl Store {
     }
 
     fn open_with(dir: &Path, want: Books) -> Result<(Store, Catalog)> {
-        storage::ensure_dir(dir)
-            .map_err(|e| Error::Internal(format!("cannot create data directory {}: {e}", dir.display())))?;
+        storage::ensure_dir(dir).at(dir)?;
         let lock = lock_dir(dir)?;
         let books = dir.join("books.csv");
         let log_path = dir.join("catalog.log");
         if !log_path.exists() && !books.exists() {
-            let seed = Catalog::new(parse(SEED.as_bytes())?, 0).map_err(Error::Internal)?;
-            storage::replace_file(&books, SEED.as_bytes())?;
+            let seed = parse(SEED.as_bytes()).and_then(|books| Catalog::new(books, 0));
+            let seed = seed.expect("the built-in catalog is valid (a unit test reads it)");
+            storage::replace_file(&books, SEED.as_bytes()).at(&books)?;
             write_log(&log_path, RESET, &seed, &new_history_id()?, &Journal::default())?;
             log::info!("seeded {} with the built-in catalog", dir.display());
         }
         if log_path.exists() {
-            let cut = storage::cut_torn_tail(&log_path)?;
+            let cut = storage::cut_torn_tail(&log_path).at(&log_path)?;
             if cut > 0 {
                 log::warn!(
                     "cut a torn last row ({cut} bytes) off {}: a write that was never acknowledged",
@@ -196,7 +198,7 @@ impl Store {
                 );
             }
         }
-        let log = storage::open_append(&log_path, LOG_HEADER)?;
+        let log = storage::open_append(&log_path, LOG_HEADER).at(&log_path)?;
         let loaded = load(&books, &log_path, want)?;
         let legacy = loaded.history_id.is_empty();
         let mut store = Store {
@@ -227,11 +229,11 @@ impl Store {
     pub fn append(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
         for &(r, order) in writes {
-            w.serialize(log_row(r.seq, &r.book, order))?;
+            w.serialize(log_row(r.seq, &r.book, order)).at(&self.log_path)?;
         }
-        let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
-        self.log.write_all(&bytes)?;
-        self.log.sync_data()?;
+        let bytes = storage::csv_inner(w, &self.log_path)?;
+        self.log.write_all(&bytes).at(&self.log_path)?;
+        self.log.sync_data().at(&self.log_path)?;
         self.rows += writes.len();
         for &(r, order) in writes {
             if let Some(o) = order {
@@ -256,10 +258,10 @@ impl Store {
     pub fn checkpoint(&mut self, catalog: &Catalog) -> Result<()> {
         write_view(&self.books, catalog)?;
         let mut w = log_writer(&self.log_path)?;
-        w.serialize(marker(CHECKPOINT, catalog.seq(), &self.history_id))?;
-        write_journal(&mut w, &self.journal)?;
+        w.serialize(marker(CHECKPOINT, catalog.seq(), &self.history_id)).at(&self.log_path)?;
+        write_journal(&mut w, &self.journal, &self.log_path)?;
         finish_log(w, &self.log_path)?;
-        self.log = storage::open_append(&self.log_path, LOG_HEADER)?;
+        self.log = storage::open_append(&self.log_path, LOG_HEADER).at(&self.log_path)?;
         self.rows = 0;
         log::info!("checkpoint at write {} ({} books)", catalog.seq(), catalog.len());
         Ok(())
@@ -269,7 +271,7 @@ impl Store {
     /// the log first, in reset form, then the view.
     pub fn replace(&mut self, catalog: &Catalog, history_id: &str) -> Result<()> {
         write_log(&self.log_path, RESET, catalog, history_id, &self.journal)?;
-        self.log = storage::open_append(&self.log_path, LOG_HEADER)?;
+        self.log = storage::open_append(&self.log_path, LOG_HEADER).at(&self.log_path)?;
         self.rows = 0;
         self.history_id = history_id.to_string();
         self.history = History::new(catalog.seq());
@@ -296,8 +298,7 @@ enum Books {
 }
 
 fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
-    let ctx = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", log_path.display()));
-    let mut reader = csv::Reader::from_path(log_path).map_err(|e| ctx(&e))?;
+    let mut reader = csv::Reader::from_path(log_path).at(log_path)?;
     let mut rows = reader.deserialize::<LogRow>().peekable();
     let starts_with_reset = matches!(rows.peek(), Some(Ok(r)) if r.id == 0 && r.title == RESET);
     let mut catalog = Catalog::default();
@@ -309,7 +310,7 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
     // catalog (at `bulk`, without an order).
     let (mut base, mut bulk) = (0, None);
     for row in rows {
-        let r = row.map_err(|e| ctx(&e))?;
+        let r = row.at(log_path)?;
         if r.id == 0 {
             match r.title.as_str() {
                 CHECKPOINT => base = r.seq,
@@ -317,14 +318,14 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
                     catalog = Catalog::default();
                     (base, bulk) = (r.seq, Some(r.seq));
                 }
-                other => return Err(ctx(&format!("unknown marker row {other:?}"))),
+                other => return Err(StorageError::corrupt(log_path, format!("unknown marker row {other:?}"))),
             }
             history_id = r.topic;
             history = History::new(r.seq);
             catalog.raise_seq(r.seq);
             continue;
         }
-        let price: Money = r.price.parse().map_err(|e: String| ctx(&e))?;
+        let price: Money = r.price.parse().map_err(|e: String| StorageError::corrupt(log_path, e))?;
         let book = Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity };
         let journaled = !r.order_id.is_empty();
         if journaled {
@@ -349,14 +350,13 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
 
 /// Reads the view into `catalog`, a row at a time.
 fn read_view(path: &Path, catalog: &mut Catalog) -> Result<()> {
-    let ctx = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", path.display()));
-    let mut reader = csv::Reader::from_path(path).map_err(|e| ctx(&e))?;
+    let mut reader = csv::Reader::from_path(path).at(path)?;
     for row in reader.deserialize::<BookRow>() {
-        let r = row.map_err(|e| ctx(&e))?;
-        let price: Money = r.price.parse().map_err(|e: String| ctx(&e))?;
+        let r = row.at(path)?;
+        let price: Money = r.price.parse().map_err(|e: String| StorageError::corrupt(path, e))?;
         catalog
             .insert_new(Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity })
-            .map_err(|e| ctx(&e))?;
+            .map_err(|e| StorageError::corrupt(path, e))?;
     }
     Ok(())
 }
@@ -365,17 +365,17 @@ fn read_view(path: &Path, catalog: &mut Catalog) -> Result<()> {
 fn lock_dir(dir: &Path) -> Result<File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("catalog.lock");
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Unavailable(format!("{} is in use by a running catalog; stop it first", dir.display())));
+        return Err(StorageError::InUse { dir: dir.to_path_buf(), what: "catalog" });
     }
     Ok(file)
 }
 
 /// A new history id.
 pub fn new_history_id() -> Result<String> {
-    Ok(crate::ids::random_hex()?)
+    crate::ids::random_hex()
 }
 
 fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {
@@ -392,21 +392,22 @@ fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {
 }
 
 fn log_writer(path: &Path) -> Result<csv::Writer<BufWriter<File>>> {
-    let mut f = BufWriter::with_capacity(1 << 20, File::create(path.with_extension("tmp"))?);
-    f.write_all(LOG_HEADER)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
+    f.write_all(LOG_HEADER).at(&tmp)?;
     Ok(csv::WriterBuilder::new().has_headers(false).from_writer(f))
 }
 
 fn finish_log(w: csv::Writer<BufWriter<File>>, path: &Path) -> Result<()> {
-    let f = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
-    let f = f.into_inner().map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
-    f.sync_all()?;
-    fs::rename(path.with_extension("tmp"), path)?;
-    storage::sync_dir(path)?;
+    let tmp = path.with_extension("tmp");
+    let f = storage::buffer_inner(storage::csv_inner(w, &tmp)?, &tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    storage::sync_dir(path).at(path)?;
     Ok(())
 }
 
-fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal) -> Result<()> {
+fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal, path: &Path) -> Result<()> {
     for p in &journal.records {
         let book = Book {
             id: p.order.id,
@@ -415,7 +416,7 @@ fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal) -> Res
             price: p.order.price,
             quantity: 0,
         };
-        w.serialize(log_row(p.seq, &book, Some(&p.order)))?;
+        w.serialize(log_row(p.seq, &book, Some(&p.order))).at(path)?;
     }
     Ok(())
 }
@@ -424,25 +425,24 @@ fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal) -> Res
 /// catalog's sequence number.
 fn write_log(path: &Path, kind: &str, catalog: &Catalog, history_id: &str, journal: &Journal) -> Result<()> {
     let mut w = log_writer(path)?;
-    w.serialize(marker(kind, catalog.seq(), history_id))?;
-    write_journal(&mut w, journal)?;
+    w.serialize(marker(kind, catalog.seq(), history_id)).at(path)?;
+    write_journal(&mut w, journal, path)?;
     for book in catalog.iter() {
-        w.serialize(log_row(catalog.seq(), book, None))?;
+        w.serialize(log_row(catalog.seq(), book, None)).at(path)?;
     }
     finish_log(w, path)
 }
 
 fn write_view(path: &Path, catalog: &Catalog) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, File::create(&tmp)?));
+    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?));
     for b in catalog.iter() {
-        w.serialize(book_row(b))?;
+        w.serialize(book_row(b)).at(&tmp)?;
     }
-    let f = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
-    let f = f.into_inner().map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    storage::sync_dir(path)?;
+    let f = storage::buffer_inner(storage::csv_inner(w, &tmp)?, &tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    storage::sync_dir(path).at(path)?;
     Ok(())
 }
 
@@ -470,23 +470,23 @@ fn log_row(seq: u64, b: &Book, order: Option<&Order>) -> LogRow {
 }
 
 /// Parses `books.csv`.
-pub fn parse(text: &[u8]) -> Result<Vec<Book>> {
+pub fn parse(text: &[u8]) -> Result<Vec<Book>, String> {
     let mut books = Vec::new();
     for row in csv::Reader::from_reader(text).deserialize::<BookRow>() {
-        let r = row?;
-        let price: Money = r.price.parse().map_err(Error::Internal)?;
+        let r = row.map_err(|e| e.to_string())?;
+        let price: Money = r.price.parse()?;
         books.push(Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity });
     }
     Ok(books)
 }
 
 /// Renders books as `books.csv`.
-pub fn render<'a>(books: impl IntoIterator<Item = &'a Book>) -> Result<Vec<u8>> {
+pub fn render<'a>(books: impl IntoIterator<Item = &'a Book>) -> csv::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for b in books {
         w.serialize(book_row(b))?;
     }
-    w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))
+    w.into_inner().map_err(|e| e.into_error().into())
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! One front-end process: routes, load balancing and caching.
 
-use crate::balance::Pool;
+use crate::balance::{Call, Failed, Pool};
 use crate::cache::{self, Cache, Lookup};
-use crate::client::{Answer, Http};
+use crate::client::{Answer, Http, PeerError};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, parse_id, Request, Response};
@@ -259,62 +259,48 @@ impl Frontend {
                 Err(e) => Response::error(&e),
             }
         } else {
-            Response::error(&answer.error())
+            Response::error(&answer.error().into())
         };
         response.with_header("X-Cache", state).with_header("X-Backend", backend)
     }
 
-    /// GET from the catalog pool: the next replica in turn, then the others.
+    /// GET from the catalog pool: the next replica in turn, then the others. A replica
+    /// that answers 503 (catching up) counts as one that failed: the next may answer.
     fn read(&self, path: &str) -> Result<(Answer, String)> {
-        let mut last = String::new();
-        for i in self.catalogs.plan() {
-            let url = &self.catalogs.urls()[i];
-            match self.http.call(Method::GET, url, path, None) {
-                Ok(a) if a.status == 503 => {
-                    // Catching up: another replica can answer.
-                    self.catalogs.mark_down(i);
-                    last = a.error().to_string();
-                }
-                Ok(a) => {
-                    self.catalogs.mark_up(i);
-                    return Ok((a, url.clone()));
-                }
-                Err(e) => {
-                    self.catalogs.mark_down(i);
-                    last = e.to_string();
-                }
+        let get = |url: &str| match self.http.call(Method::GET, url, path, None)? {
+            a if a.status == 503 => Err(a.error()),
+            a => Ok(a),
+        };
+        match self.catalogs.try_each(Call::Read, get, PeerError::failure) {
+            Ok((answer, url)) => Ok((answer, url.to_string())),
+            Err(Failed::Exhausted { error, .. } | Failed::Stopped { error, .. }) => {
+                Err(Error::Unavailable(format!("no catalog server could answer: {error}")))
             }
         }
-        Err(Error::Unavailable(format!("no catalog server could answer: {last}")))
     }
 
     /// POST a purchase to the order pool; retried elsewhere only if surely not received.
     fn purchase(&self, id: u32) -> Result<Response> {
-        let mut last = String::new();
-        for i in self.orders.plan() {
-            let url = &self.orders.urls()[i];
-            match self.http.call(Method::POST, url, &format!("/purchase/{id}"), None) {
-                Ok(a) => {
-                    self.orders.mark_up(i);
-                    let response = match a.json::<Order>() {
-                        Ok(order) => Response::json(&PurchaseReceipt::from(order)),
-                        Err(e) => Response::error(&e),
-                    };
-                    return Ok(response.with_header("X-Backend", url.clone()));
-                }
-                Err(Error::Unreachable { sent: false, reason, .. }) => {
-                    self.orders.mark_down(i);
-                    last = format!("{url}: {reason}");
-                }
-                Err(e) => {
-                    self.orders.mark_down(i);
-                    return Err(Error::Unavailable(format!(
-                        "order server {url} failed during the purchase (it may or may not have happened): {e}"
-                    )));
-                }
+        let post = |url: &str| self.http.call(Method::POST, url, &format!("/purchase/{id}"), None);
+        match self.orders.try_each(Call::Write, post, PeerError::failure) {
+            Ok((answer, url)) => {
+                let response = match answer.json::<Order>() {
+                    Ok(order) => Response::json(&PurchaseReceipt::from(order)),
+                    Err(e) => Response::error(&e.into()),
+                };
+                Ok(response.with_header("X-Backend", url.to_string()))
             }
+            Err(Failed::Exhausted { url, error }) => {
+                let reason = match &error {
+                    PeerError::Unreachable { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                Err(Error::Unavailable(format!("no order server reachable: {url}: {reason}")))
+            }
+            Err(Failed::Stopped { url, error, .. }) => Err(Error::Unavailable(format!(
+                "order server {url} failed during the purchase (it may or may not have happened): {error}"
+            ))),
         }
-        Err(Error::Unavailable(format!("no order server reachable: {last}")))
     }
 }
 

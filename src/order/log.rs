@@ -18,13 +18,13 @@ use super::index::{Entry, Index};
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::money::Money;
-use crate::storage;
+use crate::storage::{self, At, StorageError};
 use crate::wire::Order;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 const HEADER: &[u8] = b"order_id,id,title,price,at\n";
@@ -46,22 +46,22 @@ impl Index {
     /// when the last row is torn (a quoted title cut after one of its newlines), where the
     /// file must be cut. Rows that cannot be indexed (a malformed id or time) are skipped
     /// with a warning; a row whose id is already indexed is a duplicate and skipped.
-    fn load(path: &Path) -> Result<(Index, Option<u64>)> {
-        let bad = |e: String| Error::Internal(format!("{}: {e}", path.display()));
+    fn load(path: &Path) -> Result<(Index, Option<u64>), StorageError> {
+        let bad = |e: String| StorageError::corrupt(path, e);
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(LOAD_BUFFER)
-            .from_reader(File::open(path)?);
+            .from_reader(File::open(path).at(path)?);
         let mut record = csv::ByteRecord::new();
-        if !reader.read_byte_record(&mut record)? || record.iter().ne(COLUMNS.iter().map(|c| c.as_bytes())) {
+        if !reader.read_byte_record(&mut record).at(path)? || record.iter().ne(COLUMNS.iter().map(|c| c.as_bytes())) {
             return Err(bad(format!("the first line is not the header {:?}", String::from_utf8_lossy(HEADER))));
         }
         let mut index = Index::new(0);
         let (mut duplicates, mut skipped) = (0u64, 0u64);
         loop {
             let offset = reader.position().byte();
-            if !reader.read_byte_record(&mut record)? {
+            if !reader.read_byte_record(&mut record).at(path)? {
                 index.end = offset;
                 break;
             }
@@ -70,7 +70,7 @@ impl Index {
             let (order_id, at) = match fields {
                 Some((Ok(order_id), Ok(at))) => (order_id, at),
                 _ => {
-                    if !reader.read_byte_record(&mut record)? {
+                    if !reader.read_byte_record(&mut record).at(path)? {
                         // The last row, and not a whole one: torn by a crash mid-append.
                         index.end = offset;
                         index.sort();
@@ -118,6 +118,8 @@ pub struct OrderLog {
     syncer: Mutex<File>,
     /// For positioned reads of durable rows, which never change.
     reader: File,
+    /// `orders.csv`, for error messages.
+    path: PathBuf,
 }
 
 struct Inner {
@@ -153,28 +155,28 @@ impl Inner {
 impl OrderLog {
     /// Opens (creating if needed) `orders.csv` in `dir` and indexes it.
     pub fn open(dir: &Path) -> Result<OrderLog> {
-        storage::ensure_dir(dir)
-            .map_err(|e| Error::Internal(format!("cannot create data directory {}: {e}", dir.display())))?;
+        storage::ensure_dir(dir).at(dir)?;
         let path = dir.join("orders.csv");
         if path.exists() {
-            let cut = storage::cut_torn_tail(&path)?;
+            let cut = storage::cut_torn_tail(&path).at(&path)?;
             if cut > 0 {
                 log::warn!("cut a torn last line ({cut} bytes) off {}", path.display());
             }
         }
-        let file = storage::open_append(&path, HEADER)?;
+        let file = storage::open_append(&path, HEADER).at(&path)?;
         let (index, cut) = Index::load(&path)?;
         if let Some(at) = cut {
-            let len = file.metadata()?.len();
+            let len = file.metadata().at(&path)?.len();
             log::warn!("cut a torn last row ({} bytes) off {}", len - at, path.display());
-            file.set_len(at)?;
-            file.sync_all()?;
+            file.set_len(at).at(&path)?;
+            file.sync_all().at(&path)?;
         }
         let len = index.end;
         Ok(OrderLog {
-            syncer: Mutex::new(file.try_clone()?),
-            reader: File::open(&path)?,
+            syncer: Mutex::new(file.try_clone().at(&path)?),
+            reader: File::open(&path).at(&path)?,
             inner: Mutex::new(Inner { file, index, pending: Vec::new(), written: 0, synced: 0, len }),
+            path,
         })
     }
 
@@ -210,16 +212,17 @@ impl OrderLog {
                         title: o.title.clone(),
                         price: o.price.to_string(),
                         at: o.at.clone(),
-                    })?;
-                    w.flush()?;
+                    })
+                    .at(&self.path)?;
+                    w.flush().at(&self.path)?;
                     ends.push(w.get_ref().len() as u64);
                 }
-                let bytes = w.into_inner().map_err(|e| Error::Internal(format!("CSV error: {e}")))?;
+                let bytes = storage::csv_inner(w, &self.path)?;
                 if let Err(e) = inner.file.write_all(&bytes) {
                     // Leave no partial row for the next append to follow.
                     let len = inner.len;
                     let _ = inner.file.set_len(len);
-                    return Err(e.into());
+                    return Err(StorageError::Io { path: self.path.clone(), source: e }.into());
                 }
                 let mut offset = inner.len;
                 for ((o, at), end) in fresh.iter().zip(ends) {
@@ -240,13 +243,13 @@ impl OrderLog {
     }
 
     /// Makes rows up to `upto` durable: one fsync covers every row written before it.
-    fn sync_to(&self, upto: u64) -> Result<()> {
+    fn sync_to(&self, upto: u64) -> Result<(), StorageError> {
         let syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
         if self.inner().synced >= upto {
             return Ok(());
         }
         let target = self.inner().written;
-        syncer.sync_data()?;
+        syncer.sync_data().at(&self.path)?;
         let mut inner = self.inner();
         inner.synced = target;
         let done = inner.pending.partition_point(|p| p.row <= target);
@@ -262,7 +265,7 @@ impl OrderLog {
 
     /// Reads durable rows back, given where each is: contiguous rows in one read, and all
     /// of them parsed by one CSV reader (building a reader costs more than parsing a row).
-    fn read(&self, spans: &[(u64, u64)]) -> Result<Vec<Order>> {
+    fn read(&self, spans: &[(u64, u64)]) -> Result<Vec<Order>, StorageError> {
         let total: u64 = spans.iter().map(|(from, to)| to - from).sum();
         let mut bytes = vec![0; total as usize];
         // Where each wanted row starts in `bytes`. A span may hold, after its row, rows
@@ -275,7 +278,7 @@ impl OrderLog {
                 j += 1;
             }
             let len = (spans[j - 1].1 - spans[i].0) as usize;
-            self.reader.read_exact_at(&mut bytes[filled..filled + len], spans[i].0)?;
+            self.reader.read_exact_at(&mut bytes[filled..filled + len], spans[i].0).at(&self.path)?;
             starts.extend(spans[i..j].iter().map(|(from, _)| filled as u64 + from - spans[i].0));
             filled += len;
             i = j;
@@ -284,16 +287,16 @@ impl OrderLog {
         let (mut record, mut orders) = (csv::StringRecord::new(), Vec::with_capacity(spans.len()));
         let mut wanted = starts.into_iter().peekable();
         while let Some(&start) = wanted.peek() {
-            if !reader.read_record(&mut record)? {
+            if !reader.read_record(&mut record).at(&self.path)? {
                 break;
             }
             if record.position().map(|p| p.byte()) == Some(start) {
-                orders.push(order_of(&record)?);
+                orders.push(order_of(&record, &self.path)?);
                 wanted.next();
             }
         }
         if orders.len() != spans.len() {
-            return Err(Error::Internal("orders.csv: a row is not where the index says".into()));
+            return Err(StorageError::corrupt(&self.path, "a row is not where the index says"));
         }
         Ok(orders)
     }
@@ -309,7 +312,8 @@ impl OrderLog {
         };
         let order = self.read(&[span])?.pop().expect("one span, one order");
         if order.order_id != order_id {
-            return Err(Error::Internal(format!("orders.csv holds {:?} where {order_id:?} was", order.order_id)));
+            let reason = format!("holds {:?} where {order_id:?} was", order.order_id);
+            return Err(StorageError::corrupt(&self.path, reason).into());
         }
         Ok(Some(order))
     }
@@ -363,9 +367,9 @@ impl OrderLog {
 }
 
 /// A row of `orders.csv` as an order.
-fn order_of(record: &csv::StringRecord) -> Result<Order> {
-    let row: Row = record.deserialize(None)?;
-    let price: Money = row.price.parse().map_err(|e: String| Error::Internal(format!("orders.csv: {e}")))?;
+fn order_of(record: &csv::StringRecord, path: &Path) -> Result<Order, StorageError> {
+    let row: Row = record.deserialize(None).at(path)?;
+    let price: Money = row.price.parse().map_err(|e: String| StorageError::corrupt(path, e))?;
     Ok(Order { order_id: row.order_id, id: row.id, title: row.title, price, at: row.at })
 }
 

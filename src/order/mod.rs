@@ -9,9 +9,9 @@
 //!
 //! A purchase takes one copy from the catalog (the write reaches the primary and is
 //! acknowledged there), appends the order to `orders.csv` and fsyncs it, hands it to the
-//! peers, and only then answers. A peer that did not take it is marked dirty and synced
-//! in the background (both directions), as is every peer when a server starts, so every
-//! order server ends up answering the same set.
+//! peers, and only then answers. A peer that did not take it then gets it by pulling:
+//! every server reads each peer's log by position in the background, from the start when
+//! it starts, so every order server ends up answering the same set.
 
 mod index;
 pub mod log;

@@ -7,8 +7,8 @@
 //! cut off or restarted converges at its next pull, whoever crashed in between.
 
 use super::log::{Cursor, OrderLog};
-use crate::balance::Pool;
-use crate::client::{CatalogClient, Http, OrderClient};
+use crate::balance::{Call, Failed, Failure, Pool};
+use crate::client::{CatalogClient, Http, OrderClient, PeerError};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
@@ -225,14 +225,11 @@ impl OrderNode {
 
     /// The catalog's purchase journal after write `after`, from the first catalog that answers.
     fn journal_after(&self, after: u64) -> Result<crate::wire::PurchasePage> {
-        let mut last = None;
-        for i in self.catalogs.plan() {
-            match self.catalog.purchases(&self.catalogs.urls()[i], after) {
-                Ok(page) => return Ok(page),
-                Err(e) => last = Some(e),
-            }
+        let journal = |url: &str| self.catalog.purchases(url, after);
+        match self.catalogs.try_each(Call::Read, journal, PeerError::failure) {
+            Ok((page, _)) => Ok(page),
+            Err(Failed::Exhausted { error, .. } | Failed::Stopped { error, .. }) => Err(error.into()),
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no catalog".into())))
     }
 
     /// Hands an order to every peer now; a peer that misses it pulls it later.
@@ -272,31 +269,20 @@ impl OrderNode {
     }
 
     /// Takes one copy through the catalog pool; tries the next catalog only when the
-    /// request surely never reached the one that failed.
+    /// request surely never reached the one that failed. A catalog's refusal (no such book,
+    /// out of stock, its own 503) is the purchase's answer.
     fn take_copy(&self, id: u32, order_id: &str, at: &str) -> Result<crate::wire::Book> {
-        let mut last = None;
-        for i in self.catalogs.plan() {
-            let url = &self.catalogs.urls()[i];
-            match self.catalog.purchase(url, id, Some((order_id, at))) {
-                Ok(book) => {
-                    self.catalogs.mark_up(i);
-                    return Ok(book);
-                }
-                Err(e @ Error::Unreachable { sent: false, .. }) => {
-                    self.catalogs.mark_down(i);
-                    last = Some(e);
-                }
-                Err(e @ Error::Unreachable { .. }) => {
-                    self.catalogs.mark_down(i);
-                    return Err(Error::Unavailable(e.to_string()));
-                }
-                Err(e) => return Err(e),
+        let take = |url: &str| self.catalog.purchase(url, id, Some((order_id, at)));
+        match self.catalogs.try_each(Call::Write, take, PeerError::failure) {
+            Ok((book, _)) => Ok(book),
+            Err(Failed::Stopped { error, failure: Failure::MaybeSent, .. }) => {
+                Err(Error::Unavailable(error.to_string()))
+            }
+            Err(Failed::Stopped { error, .. }) => Err(error.into()),
+            Err(Failed::Exhausted { error, .. }) => {
+                Err(Error::Unavailable(format!("no catalog server reachable: {error}")))
             }
         }
-        Err(Error::Unavailable(format!(
-            "no catalog server reachable: {}",
-            last.map_or_else(String::new, |e| e.to_string())
-        )))
     }
 
     /// Answers one request.
@@ -370,10 +356,8 @@ impl OrderNode {
         let urls = self.catalogs.urls();
         let probes: Vec<Result<()>> = std::thread::scope(|s| {
             let running: Vec<_> = urls.iter().map(|url| s.spawn(move || self.probe.ready(url))).collect();
-            running
-                .into_iter()
-                .map(|p| p.join().unwrap_or_else(|_| Err(Error::Internal("the probe panicked".into()))))
-                .collect()
+            let panicked = |_| Error::Internal("the probe panicked".into());
+            running.into_iter().map(|p| p.join().map_err(panicked)?.map_err(Error::from)).collect()
         });
         if let Some(i) = probes.iter().position(Result::is_ok) {
             let body =
