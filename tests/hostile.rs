@@ -167,3 +167,16 @@ fn hostile_input_gets_a_clear_4xx_and_breaks_nothing() {
         assert!(rows.iter().all(|r| r.len() == 5 && bazar::wire::Order::check_at(&r[4]).is_ok()), "{name}");
     }
 }
+
+/// A search topic longer than any topic can be (6,000 `!`, 18 KB once re-encoded for the
+/// catalog) is an unknown topic: `[]`, and the catalogs stay in the round robin.
+#[test]
+fn an_impossibly_long_topic_is_unknown_and_marks_no_catalog_down() {
+    let s = Store::start(Opts::default()).unwrap();
+    let fe = s.fe();
+    let a = get(&fe, &format!("/search/{}", "!".repeat(6000)));
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"[]"[..]), "{}", String::from_utf8_lossy(&a.body));
+    let backends: std::collections::HashSet<String> =
+        (0..4).map(|_| get(&fe, "/info/1").backend.expect("X-Backend")).collect();
+    assert_eq!(backends.len(), 2, "both catalogs still answer reads: {backends:?}");
+}

@@ -94,6 +94,13 @@ pub fn topic_key(topic: &str) -> String {
     topic.trim().to_lowercase()
 }
 
+/// Whether some book could have this topic: a topic's key is at most twice [`MAX_TEXT`]
+/// characters long (lowercasing turns one character into two at most, `İ` into `i̇`), so a
+/// longer one names no topic and needs no lookup.
+pub fn can_be_topic(topic: &str) -> bool {
+    topic_key(topic).chars().count() <= 2 * MAX_TEXT
+}
+
 /// Checks a title or a topic: 1 to [`MAX_TEXT`] characters, not only spaces, no control
 /// characters (a CSV row and a page stay one line of text).
 pub fn check_text(what: &str, s: &str) -> std::result::Result<(), String> {
@@ -384,6 +391,16 @@ mod tests {
             c.commit(w.book, w.seq);
         }
         assert_eq!((c.seq(), c.book(1).unwrap().quantity, c.len()), (4, 0, 4));
+    }
+
+    #[test]
+    fn lowercasing_at_most_doubles_a_topic_so_longer_ones_name_none() {
+        assert!((0..=u32::from(char::MAX)).filter_map(char::from_u32).all(|c| c.to_lowercase().count() <= 2));
+        let longest = "İ".repeat(MAX_TEXT);
+        assert!(can_be_topic(&longest) && can_be_topic(&topic_key(&longest)));
+        assert!(can_be_topic(&format!("  {}  ", "a".repeat(MAX_TEXT))));
+        assert!(!can_be_topic(&"a".repeat(2 * MAX_TEXT + 1)));
+        assert!(!can_be_topic(&"!".repeat(6000)));
     }
 
     #[test]
