@@ -226,9 +226,10 @@ fn paging_sees_each_order_once_while_orders_arrive() {
     let before: Vec<Order> = (0..600).map(|i| order(&format!("0a0a0a0a0a0a-{i}"), &at(i / 3 * 2))).collect();
     log.add(&before).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
-    let seen = std::thread::scope(|s| {
+    let added = std::sync::atomic::AtomicUsize::new(0);
+    let (seen, pages) = std::thread::scope(|s| {
         for t in 0..3u64 {
-            let (log, done) = (&log, &done);
+            let (log, done, added) = (&log, &done, &added);
             s.spawn(move || {
                 let mut i = 0;
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -237,25 +238,30 @@ fn paging_sees_each_order_once_while_orders_arrive() {
                     let ms = if t == 0 { 10_000 + i } else { (i * 7 + t) % 400 };
                     let o = order(&format!("{t:012}-{i}"), &at(ms));
                     log.add(std::slice::from_ref(&o)).unwrap();
+                    added.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     i += 1;
                 }
             });
         }
-        let mut seen = Vec::new();
-        let mut after = None;
+        let (mut seen, mut pages, mut after) = (Vec::new(), 0, None);
         loop {
             let page = log.page(after.as_ref(), 7).unwrap();
             seen.extend(page.orders);
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            pages += 1;
+            // At least one order arrives between two pages, however busy the machine.
+            let target = added.load(std::sync::atomic::Ordering::SeqCst) + 1;
+            while added.load(std::sync::atomic::Ordering::SeqCst) < target {
+                std::thread::yield_now();
+            }
             match page.next {
                 None => break,
                 next => after = next,
             }
         }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        seen
+        (seen, pages)
     });
-    assert!(log.len() > before.len() + 50, "orders were added while paging: {}", log.len());
+    assert!(log.len() >= before.len() + pages, "orders were added while paging: {}", log.len());
     let mut count: HashMap<&str, usize> = HashMap::new();
     for o in &seen {
         *count.entry(o.order_id.as_str()).or_default() += 1;
