@@ -252,7 +252,8 @@ fn same_url(a: &str, b: &str) -> bool {
 /// The figures the dashboard needs from one Prometheus text.
 #[derive(Debug, Default, PartialEq)]
 pub struct Figures {
-    /// Requests answered on routes other than [`PROBE_ROUTES`].
+    /// Requests answered on routes other than the probes and scrapes (`/health`, `/ready`,
+    /// `/metrics`, `/cluster`).
     pub requests: u64,
     /// Their latency histogram: cumulative count at each upper bound (`None`: `+Inf`).
     pub buckets: Vec<(Option<f64>, u64)>,
