@@ -14,7 +14,6 @@
   const $ = (id) => document.getElementById(id);
   let previous = null; // the last answer
   const states = new Map(); // service key -> { state, role }
-  const events = [];
   let answering = true;
 
   function el(tag, className, ...children) {
@@ -68,16 +67,11 @@
     return list;
   }
 
+  // Adds an event on top of the timeline (a live region: only the new one is read out).
   function addEvent(at, kind, text) {
-    events.unshift({ at, kind, text });
-    events.length = Math.min(events.length, MAX_EVENTS);
     const list = $("timeline");
-    list.replaceChildren(
-      ...events.map((e) => {
-        const li = el("li", "event " + e.kind, el("time", null, clock(e.at)), " ", el("span", null, e.text));
-        return li;
-      })
-    );
+    list.prepend(el("li", "event " + kind, el("time", null, clock(at)), " ", el("span", null, text)));
+    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
   }
 
   // Compares with the states seen before and records what changed.
