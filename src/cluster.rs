@@ -26,7 +26,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 const HELP: &str = "\
 bazar-cluster: starts the whole store on this machine and stops it on Ctrl-C.
 
-  front end        http://127.0.0.1:4200
+  front end        http://127.0.0.1:4200 (in a browser: / the storefront, /dashboard)
   catalog primary  http://127.0.0.1:9000    catalog replica  http://127.0.0.1:9001
   order servers    http://127.0.0.1:9002, http://127.0.0.1:9003
   memcached        127.0.0.1:11211 (when memcached is installed; else no cache)
@@ -439,7 +439,8 @@ pub fn main() -> ExitCode {
     let fe = layout.frontend_url();
     if wait_ready(&fe, START_TIMEOUT, &shutdown) {
         eprintln!(
-            "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); Ctrl-C stops it"
+            "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); \
+             in a browser: the storefront at {fe}/, the dashboard at {fe}/dashboard; Ctrl-C stops it"
         );
     } else if !shutdown.is_set() {
         eprintln!("bazar-cluster: the store did not answer within {START_TIMEOUT:?}; see the logs above");

@@ -4,7 +4,8 @@
 //! - [`catalog`]: the catalog service (books, prices, stock): primary and replicas, the
 //!   remote-write protocol, replication pushes and catch-up.
 //! - [`order`]: the order service: purchases and the order log shared between servers.
-//! - [`frontend`]: the public API, round-robin load balancing, the memcached read cache.
+//! - [`frontend`]: the public API, round-robin load balancing, the memcached read cache,
+//!   the storefront and dashboard pages and `GET /cluster` behind the dashboard.
 //! - [`cache`]: memcached lookups, fills and the push invalidation protocol.
 //! - [`etcd`]: etcd v3 through its JSON gateway, the configuration manager of failover.
 //! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.

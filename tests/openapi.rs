@@ -98,6 +98,11 @@ fn the_openapi_document_matches_the_store() {
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
     run(
         &[
+            case("/", "GET", &fe, "/", false, None, 200),
+            case("/dashboard", "GET", &fe, "/dashboard", false, None, 200),
+            case("/assets/{file}", "GET", &fe, "/assets/store.js", false, None, 200),
+            case("/assets/{file}", "GET", &fe, "/assets/nothing.js", false, None, 404),
+            case("/cluster", "GET", &fe, "/cluster", false, None, 200),
             case("/search/{topic}", "GET", &fe, "/search/distributed%20systems", false, None, 200),
             case("/search/{topic}", "GET", &fe, "/search/%zz", false, None, 400),
             case("/search/{topic}", "GET", &fe, "/search/undergraduate%20school?limit=2&after=3", false, None, 200),

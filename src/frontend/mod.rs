@@ -4,7 +4,12 @@
 //! memcached when cached, see [`crate::cache`]); `POST /purchase/{id}` goes to the order
 //! pool. Reads are retried on the next replica when one fails or is catching up; a
 //! purchase is retried only when it surely never reached the server that failed.
+//!
+//! It also serves two pages from the binary ([`pages`]): the storefront at `/` and the
+//! operator's dashboard at `/dashboard`, whose data is `GET /cluster` ([`cluster`]).
 
+pub mod cluster;
 pub mod node;
+pub mod pages;
 
 pub use node::{Frontend, FrontendConfig};

@@ -1,5 +1,7 @@
 //! One front-end process: routes, load balancing and caching.
 
+use super::cluster::{Board, Local};
+use super::pages;
 use crate::balance::{Call, Failed, Pool};
 use crate::cache::{self, Cache, Lookup};
 use crate::client::{Answer, Http, PeerError};
@@ -73,6 +75,8 @@ pub struct Frontend {
     order_ready: Vec<AtomicBool>,
     cache: Option<Cache>,
     metrics: Arc<Metrics>,
+    /// `GET /cluster`: the dashboard's data (its own client, without the token).
+    board: Board,
 }
 
 /// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
@@ -95,6 +99,7 @@ impl Frontend {
             order_ready: config.orders.iter().map(|_| AtomicBool::new(false)).collect(),
             cache,
             metrics,
+            board: Board::new(),
             config,
         }
     }
@@ -133,8 +138,36 @@ impl Frontend {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            ["cluster"] if get => self.cluster().at("/cluster"),
+            [] | ["dashboard"] | ["assets", _] if get => match pages::answer(segs) {
+                Some(page) => page,
+                None => http::respond(Err(Error::NotFound(format!("no file {}", request.path))), "unknown"),
+            },
+            [] | ["dashboard"] | ["cluster"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
+    }
+
+    /// `GET /cluster`: every back end's state, gathered now (see [`super::cluster`]).
+    fn cluster(&self) -> Response {
+        let own = self.metrics.render(&self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default());
+        self.board.answer(&Local {
+            catalogs: &self.config.catalogs,
+            orders: &self.config.orders,
+            memcached: &self.config.memcached,
+            metrics: own,
+            ready: self.ready().is_ok_and(|r| r.status == 200),
+            cache: self.cache_state(),
+        })
+    }
+
+    /// The cache as `/health` and `/cluster` say it: `off`, `on` or `down`.
+    fn cache_state(&self) -> &'static str {
+        match &self.cache {
+            None => "off",
+            Some(c) if c.is_on() => "on",
+            Some(_) => "down",
+        }
     }
 
     fn with_cache_header(&self, r: Response, state: &str) -> Response {

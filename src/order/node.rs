@@ -19,7 +19,7 @@ use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest wait for the catalog to take a copy (it persists and replicates first).
@@ -114,6 +114,8 @@ pub struct OrderNode {
     peers: OrderClient,
     /// Per peer: the position in its log read so far.
     cursors: Vec<AtomicUsize>,
+    /// Per peer: when a pull from it last succeeded (shown by `/health`, for the dashboard).
+    pulled_at: Vec<Mutex<Option<Instant>>>,
     /// The catalog write up to which every journaled purchase has its order.
     reconciled: AtomicU64,
     counters: Counters,
@@ -135,6 +137,7 @@ impl OrderNode {
             probe: CatalogClient { http: Http::new(READY_TIMEOUT, pool, token.clone()) },
             peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
             cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
+            pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             reconciled: AtomicU64::new(0),
             counters: Counters::default(),
             metrics,
@@ -180,6 +183,7 @@ impl OrderNode {
             }
             self.cursors[i].store(page.next, Ordering::SeqCst);
             if page.orders.len() < PAGE || page.next <= from {
+                *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 return Ok(());
             }
         }
@@ -291,7 +295,8 @@ impl OrderNode {
         let method = request.method.as_str();
         http::route(request, |segs, get| match segs {
             ["health"] if get => {
-                let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log.len(), "prefix": self.prefix});
+                let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log.len(), "prefix": self.prefix,
+                    "peers": self.peer_health()});
                 http::respond(Ok(Response::json(&body)), "/health")
             }
             ["metrics"] if get => {
@@ -347,6 +352,18 @@ impl OrderNode {
             response = response.with_header("Link", page::next_link("/orders", &[], wanted.limit, &next.to_string()));
         }
         Ok(response)
+    }
+
+    /// Per peer for `/health`: its URL and the milliseconds since a pull from it last
+    /// succeeded (null: none yet since this server started).
+    fn peer_health(&self) -> Vec<serde_json::Value> {
+        let peers = self.config.peers.iter().zip(&self.pulled_at);
+        peers
+            .map(|(url, at)| {
+                let ago = at.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed().as_millis() as u64);
+                serde_json::json!({"url": url, "last_pull_ms_ago": ago})
+            })
+            .collect()
     }
 
     /// `GET /ready`: 200 when at least one catalog is ready (probed in parallel, each for at

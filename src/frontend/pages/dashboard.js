@@ -1,0 +1,277 @@
+// Bazar's operator dashboard: asks GET /cluster about every second and shows each
+// service's state, a drawing of the topology, and the changes seen between answers.
+// Rates and p99 are computed here from two successive answers' counters and histograms.
+//
+// Rule: no data is ever code. Server text goes on the page with textContent only.
+"use strict";
+
+(function () {
+  const INTERVAL_MS = 1000;
+  const TIMEOUT_MS = 3000;
+  const MAX_EVENTS = 14;
+  const SVG = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+  let previous = null; // the last answer
+  const states = new Map(); // service key -> { state, role }
+  let answering = true;
+
+  function el(tag, className, ...children) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    for (const c of children) e.append(c);
+    return e;
+  }
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
+  const port = (url) => {
+    try {
+      const u = new URL(url);
+      return u.hostname === "127.0.0.1" || u.hostname === "localhost" ? ":" + u.port : u.host;
+    } catch (_) {
+      return String(url);
+    }
+  };
+
+  function stateOf(s) {
+    if (!s.up) return "down";
+    return s.ready ? "ready" : "notready";
+  }
+
+  // A service's role now, or the last one seen while it was up.
+  function roleOf(key, s) {
+    const seen = states.get(key);
+    return s.role || (seen && seen.role) || "?";
+  }
+
+  function stateText(s) {
+    const st = stateOf(s);
+    if (st === "down") return "down";
+    if (st === "notready") return "not ready" + (s.ready_status ? " (" + s.ready_status + ")" : "");
+    return "ready";
+  }
+
+  // Every service in an answer, with a stable key and a name people read.
+  function services(c) {
+    const list = [{ key: "frontend", name: "front end", s: c.frontend }];
+    for (const m of c.memcached) list.push({ key: "memcached " + m.address, name: "memcached " + m.address, s: m });
+    for (const s of c.catalogs) list.push({ key: "catalog " + s.url, name: "catalog " + s.url, s: s });
+    for (const s of c.orders) list.push({ key: "order " + s.url, name: "order server " + s.url, s: s });
+    return list;
+  }
+
+  // Adds an event on top of the timeline (a live region: only the new one is read out).
+  function addEvent(at, kind, text) {
+    const list = $("timeline");
+    list.prepend(el("li", "event " + kind, el("time", null, clock(at)), " ", el("span", null, text)));
+    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+  }
+
+  // Compares with the states seen before and records what changed.
+  function noteChanges(c) {
+    const now = c.at_ms;
+    if (states.size === 0) addEvent(now, "info", "Watching " + services(c).length + " services.");
+    for (const { key, name, s } of services(c)) {
+      const st = stateOf(s);
+      const role = s.role || null;
+      const before = states.get(key);
+      if (!before) {
+        if (st !== "ready") addEvent(now, st === "down" ? "down" : "warn", name + " is " + stateText(s) + ".");
+      } else {
+        if (before.state !== st) {
+          if (st === "down") addEvent(now, "down", name + " is down" + (s.error ? " (" + s.error + ")" : "") + ".");
+          else if (st === "notready") addEvent(now, "warn", name + " is up but " + stateText(s) + ".");
+          else addEvent(now, "back", name + (before.state === "down" ? " is back and ready." : " is ready again."));
+        }
+        if (role && before.role && role !== before.role) addEvent(now, "warn", name + " is now " + role + ".");
+      }
+      states.set(key, { state: st, role: role || (before && before.role) || null });
+    }
+  }
+
+  // Requests per second between two answers, or null.
+  function rate(now, before, dt) {
+    if (!before || typeof now.requests !== "number" || typeof before.requests !== "number" || dt <= 0) return null;
+    const d = now.requests - before.requests;
+    return d < 0 ? null : d / dt;
+  }
+
+  // The 99th percentile's bucket bound (seconds; Infinity past the last) between two answers.
+  function p99(now, before) {
+    if (!before || !Array.isArray(now.buckets) || now.buckets.length === 0 || !Array.isArray(before.buckets)) return null;
+    const old = new Map(before.buckets.map(([le, n]) => [String(le), n]));
+    const deltas = now.buckets.map(([le, n]) => [le, n - (old.get(String(le)) || 0)]);
+    const total = deltas[deltas.length - 1][1];
+    if (!(total > 0)) return null;
+    for (const [le, n] of deltas) if (n >= 0.99 * total) return le === null ? Infinity : le;
+    return null;
+  }
+
+  const fmtRate = (r) => (r === null ? "\u2014" : r < 10 ? r.toFixed(1) : Math.round(r).toString());
+  function fmtLatency(le) {
+    if (le === null) return "\u2014";
+    if (le === Infinity) return "> 2.5 s";
+    return le < 1 ? "\u2264 " + +(le * 1000).toFixed(1) + " ms" : "\u2264 " + le + " s";
+  }
+  const fmtMs = (ms) => (ms === null || ms === undefined ? "\u2014" : (ms / 1000).toFixed(1) + " s");
+  const ratio = (hits, misses) => (hits + misses > 0 ? Math.round((100 * hits) / (hits + misses)) + "%" : "\u2014");
+
+  function find(list, key, value) {
+    return (list || []).find((x) => x[key] === value) || null;
+  }
+
+  function stateCell(s) {
+    const st = stateOf(s);
+    const td = el("td", "state " + st, el("span", "dot " + st), " " + stateText(s));
+    return td;
+  }
+
+  function row(url, cells) {
+    const tr = el("tr");
+    tr.setAttribute("data-url", url);
+    for (const c of cells) tr.append(c instanceof Node ? c : el("td", null, String(c)));
+    return tr;
+  }
+
+  function renderTables(c, p, dt) {
+    const primary = c.catalogs.find((s) => s.up && s.role === "primary");
+    $("catalogs").tBodies[0].replaceChildren(
+      ...c.catalogs.map((s) => {
+        const b = p && find(p.catalogs, "url", s.url);
+        let seq = s.seq === undefined ? "\u2014" : String(s.seq);
+        if (primary && s.role === "replica" && typeof s.seq === "number" && primary.seq > s.seq) seq += " (" + (primary.seq - s.seq) + " behind)";
+        let lease = "\u2014";
+        if (s.role === "replica") lease = s.primary_down ? fmtMs(s.lease_ms_left) + ", extended: primary down" : fmtMs(s.lease_ms_left);
+        const sync = s.in_sync === true ? "yes" : s.in_sync === false ? "no" : "\u2014";
+        return row(s.url, [
+          el("td", "url", s.url),
+          stateCell(s),
+          s.role || "\u2014",
+          seq,
+          lease,
+          el("td", s.in_sync === false ? "bad" : null, sync),
+          s.books === undefined ? "\u2014" : String(s.books),
+          fmtRate(rate(s, b, dt)),
+          fmtLatency(p99(s, b)),
+        ]);
+      })
+    );
+    $("orders").tBodies[0].replaceChildren(
+      ...c.orders.map((s) => {
+        const b = p && find(p.orders, "url", s.url);
+        const pulls = (s.peers || []).map((peer) => port(peer.url) + ": " + (peer.last_pull_ms_ago === null ? "never" : fmtMs(peer.last_pull_ms_ago) + " ago"));
+        return row(s.url, [
+          el("td", "url", s.url),
+          stateCell(s),
+          s.orders === undefined ? "\u2014" : String(s.orders),
+          s.taken === null || s.taken === undefined ? "\u2014" : String(s.taken),
+          pulls.length ? pulls.join(", ") : "no peers",
+          fmtRate(rate(s, b, dt)),
+          fmtLatency(p99(s, b)),
+        ]);
+      })
+    );
+    const fe = c.frontend;
+    const pf = p && p.frontend;
+    let hit = "\u2014";
+    if (typeof fe.cache_hits === "number") {
+      const dh = pf && typeof pf.cache_hits === "number" ? fe.cache_hits - pf.cache_hits : 0;
+      const dm = pf && typeof pf.cache_misses === "number" ? fe.cache_misses - pf.cache_misses : 0;
+      hit = dh + dm > 0 ? ratio(dh, dm) + " now" : ratio(fe.cache_hits, fe.cache_misses) + " overall";
+    }
+    const rows = [
+      row("frontend", [el("td", "url", "this front end"), stateCell(fe), hit, "cache " + fe.cache, fmtRate(rate(fe, pf, dt)), fmtLatency(p99(fe, pf))]),
+    ];
+    for (const m of c.memcached) {
+      const details = m.up ? m.items + " items, up " + Math.round(m.uptime_s / 60) + " min" : m.error || "no answer";
+      rows.push(row(m.address, [el("td", "url", "memcached " + m.address), stateCell(m), m.up ? ratio(m.hits, m.misses) + " overall" : "\u2014", details, "\u2014", "\u2014"]));
+    }
+    $("edge").tBodies[0].replaceChildren(...rows);
+  }
+
+  // The topology: the front end on top, memcached beside it, catalogs and order servers below.
+  function renderTopology(c) {
+    const W = 760, H = 300, BW = 150, BH = 54;
+    const box = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-labelledby": "topo-title topo-desc" });
+    box.append(svg("desc", { id: "topo-desc" }, "The front end sends reads to the catalogs and purchases to the order servers; the primary pushes writes to the replicas."));
+    const spread = (n, from, to) => Array.from({ length: n }, (_, i) => from + ((to - from) * (i + 0.5)) / n);
+    const nodes = [];
+    const fe = { x: W / 2, y: 44, s: c.frontend, name: "front end", sub: "round robin" };
+    nodes.push(fe);
+    const mcs = c.memcached.map((m, i) => ({ x: W - 100, y: 44 + i * 62, s: m, name: "memcached", sub: port("http://" + m.address) }));
+    const cats = spread(c.catalogs.length, 0, W / 2).map((x, i) => ({ x, y: 200, s: c.catalogs[i], name: "catalog " + port(c.catalogs[i].url), sub: roleOf("catalog " + c.catalogs[i].url, c.catalogs[i]) }));
+    const ords = spread(c.orders.length, W / 2, W).map((x, i) => ({ x, y: 200, s: c.orders[i], name: "order " + port(c.orders[i].url), sub: c.orders[i].up ? (c.orders[i].orders || 0) + " orders" : "" }));
+    const line = (a, b, cls) => box.append(svg("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, class: "edge " + cls + (a.s.up && b.s.up ? "" : " cut") }));
+    for (const m of mcs) line(fe, m, "cache");
+    for (const n of cats.concat(ords)) line(fe, n, "call");
+    const primary = cats.find((n) => n.s.role === "primary");
+    for (const n of cats) {
+      if (primary && n !== primary) {
+        const midX = (primary.x + n.x) / 2;
+        box.append(svg("path", { d: "M" + primary.x + " " + (primary.y + BH / 2) + " Q" + midX + " " + (H - 4) + " " + n.x + " " + (n.y + BH / 2), class: "edge push" + (n.s.up && primary.s.up ? "" : " cut") }));
+        box.append(svg("text", { x: midX, y: H - 24, class: "edge-label" }, "push"));
+      }
+    }
+    for (let i = 0; i + 1 < ords.length; i++) {
+      const a = ords[i], b = ords[i + 1];
+      box.append(svg("path", { d: "M" + a.x + " " + (a.y + BH / 2) + " Q" + (a.x + b.x) / 2 + " " + (H - 4) + " " + b.x + " " + (b.y + BH / 2), class: "edge peer" + (a.s.up && b.s.up ? "" : " cut") }));
+      box.append(svg("text", { x: (a.x + b.x) / 2, y: H - 24, class: "edge-label" }, "sync"));
+    }
+    for (const n of nodes.concat(mcs, cats, ords)) {
+      const g = svg("g", { class: "node " + stateOf(n.s) + (n.s.role === "primary" ? " primary" : "") });
+      g.append(svg("rect", { x: n.x - BW / 2, y: n.y - BH / 2, width: BW, height: BH, rx: 10 }));
+      g.append(svg("text", { x: n.x, y: n.y - 5, class: "name" }, n.name));
+      g.append(svg("text", { x: n.x, y: n.y + 14, class: "sub" }, n.sub + (n.sub ? " \u00b7 " : "") + stateText(n.s)));
+      box.append(g);
+    }
+    $("topology").replaceChildren(box);
+  }
+
+  function renderSummary(c) {
+    const list = services(c);
+    const ready = list.filter(({ s }) => stateOf(s) === "ready").length;
+    const down = list.filter(({ s }) => stateOf(s) === "down").length;
+    const sum = $("summary");
+    sum.className = "summary " + (down > 0 ? "down" : ready < list.length ? "notready" : "ready");
+    sum.textContent = ready + " of " + list.length + " services ready" + (down ? ", " + down + " down" : "") + " \u00b7 updated " + clock(c.at_ms) + " (" + c.gathered_ms + " ms)";
+  }
+
+  async function tick() {
+    const started = Date.now();
+    if (!$("pause").checked) {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+      try {
+        const response = await fetch("/cluster", { cache: "no-store", signal: abort.signal });
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        const c = await response.json();
+        if (!answering) addEvent(Date.now(), "back", "The front end answers again.");
+        answering = true;
+        const dt = previous ? (c.at_ms - previous.at_ms) / 1000 : 0;
+        noteChanges(c);
+        renderSummary(c);
+        renderTopology(c);
+        renderTables(c, previous, dt);
+        previous = c;
+      } catch (e) {
+        if (answering) addEvent(Date.now(), "down", "The front end does not answer (" + (e && e.name === "AbortError" ? "timed out" : "unreachable") + ").");
+        answering = false;
+        const sum = $("summary");
+        sum.className = "summary down";
+        sum.textContent = "The front end does not answer; retrying\u2026";
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    setTimeout(tick, Math.max(100, INTERVAL_MS - (Date.now() - started)));
+  }
+
+  tick();
+})();
