@@ -97,6 +97,7 @@ fn the_openapi_document_matches_the_store() {
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
     let too_large = "x".repeat(70_000);
+    let book_zero = r#"[{"seq": 0, "book": {"id": 0, "title": "t", "topic": "t", "price": 1, "quantity": 1}}]"#;
     run(
         &[
             case("/search/{topic}", "GET", &fe, "/search/distributed%20systems", false, None, 200),
@@ -183,6 +184,7 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/resync", "POST", &p, "/internal/resync", true, None, 409),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(&push), 200),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some("{}"), 400),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(book_zero), 400),
             case("/internal/replicate", "POST", &r, "/internal/replicate", false, Some(&push), 401),
             case("/internal/replicate", "POST", &p, "/internal/replicate", true, Some(&push), 409),
             case("/internal/purchases", "GET", &r, "/internal/purchases?after=0", true, None, 200),
