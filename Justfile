@@ -37,3 +37,7 @@ install-systemd:
 # The units under a real systemd in a container (debootstrap + docker import), checked end to end.
 systemd-e2e:
     bash systemd/container-test.sh
+
+# schemathesis against a live store, one service at a time (needs `pip install schemathesis==4.32.5`).
+contract:
+    bash docs/contract.sh

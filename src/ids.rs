@@ -5,9 +5,12 @@
 //! refusing anything [`timestamp`] would not have written (an impossible date such as
 //! `2026-02-30`, an hour 24, a year before 1970). So `timestamp(parse_timestamp(t)?) == t`.
 //!
-//! An order id is `<12 hex digits>-<counter>` when an order server draws it (the prefix is
-//! random per start, so ids never repeat across servers or restarts), but any id of 1 to 64
-//! ASCII letters, digits or `-` is valid (see [`check_order_id`]). Ids are ordered by
+//! An order id is `<12 lower-case hex digits>-<counter>` when an order server draws it (the
+//! prefix is random per start, so ids never repeat across servers or restarts; the counter
+//! starts at 1). Only such ids enter the store anew ([`check_new_order_id`]: a copy taken
+//! for an order, an order from a peer or from the catalog's journal); an `orders.csv`
+//! written before that rule may hold any id of 1 to 64 ASCII letters, digits or `-`, which
+//! is still read, found and paged ([`check_order_id`]). Ids are ordered by
 //! [`cmp_order_ids`]: the part before the last `-` as text, then the counter after it as a
 //! number (`ab-9` before `ab-10`); an id without such a counter comes first among those of
 //! its prefix. This is the tie-break of orders taken in the same millisecond.
@@ -25,8 +28,7 @@ pub fn random_hex() -> Result<String, crate::storage::StorageError> {
 
 /// Now as an order time, e.g. `2026-11-24T13:55:06.123Z`.
 pub fn timestamp_now() -> String {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    timestamp(since.as_millis() as u64)
+    timestamp(now_ms())
 }
 
 /// Milliseconds since the epoch as an order time (RFC 3339 UTC with milliseconds).
@@ -94,6 +96,51 @@ pub fn check_order_id(id: &str) -> Result<(), String> {
     } else {
         Err(format!("order id {id:?} must be 1 to 64 letters, digits or '-'"))
     }
+}
+
+/// Checks the id of an order that enters the store anew: exactly the shape an order server
+/// draws, `<12 lower-case hex digits>-<counter>`, the counter a decimal number from 1 with
+/// no leading zero and at most 19 digits (so it fits 64 bits).
+pub fn check_new_order_id(id: &str) -> Result<(), String> {
+    let shaped = match id.split_once('-') {
+        Some((prefix, counter)) => {
+            is_server_prefix(prefix)
+                && (1..=19).contains(&counter.len())
+                && counter.bytes().all(|b| b.is_ascii_digit())
+                && !counter.starts_with('0')
+        }
+        None => false,
+    };
+    if shaped {
+        Ok(())
+    } else {
+        Err(format!("order id {id:?} is not one an order server issues (<12 lower-case hex digits>-<counter from 1>)"))
+    }
+}
+
+/// How far an order's time may be from the clock of the catalog that takes its copy:
+/// an order server stamps the order just before it asks, so its time is off only by the
+/// two servers' clock skew and a request's delay; a time further off is not an order's.
+pub const ORDER_TIME_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Checks the time of an order whose copy is being taken now (`now_ms`, milliseconds since
+/// the epoch): a real order time ([`parse_timestamp`]) within [`ORDER_TIME_SKEW_MS`] of now.
+pub fn check_order_time_near(at: &str, now_ms: u64) -> Result<(), String> {
+    let ms = parse_timestamp(at)?;
+    if ms.abs_diff(now_ms) > ORDER_TIME_SKEW_MS {
+        return Err(format!(
+            "order time {at:?} is more than {} minutes from this server's clock ({})",
+            ORDER_TIME_SKEW_MS / 60_000,
+            timestamp(now_ms)
+        ));
+    }
+    Ok(())
+}
+
+/// Now in milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    since.as_millis() as u64
 }
 
 /// An order id split for ordering: the prefix before the last `-`, and the counter after it
@@ -202,5 +249,45 @@ mod tests {
         assert!(!is_server_prefix("0A1B2C3D4E5F"));
         assert!(!is_server_prefix("0a1b2c3d4e5"));
         random_hex().map(|h| assert!(is_server_prefix(&h))).unwrap();
+    }
+
+    #[test]
+    fn new_order_ids_are_server_shaped() {
+        for good in ["0a1b2c3d4e5f-1", "0a1b2c3d4e5f-17", "ffffffffffff-9999999999999999999"] {
+            assert!(check_new_order_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "0",
+            "",
+            "a-1",
+            "0a1b2c3d4e5f",
+            "0a1b2c3d4e5f-",
+            "0a1b2c3d4e5f-0",
+            "0a1b2c3d4e5f-01",
+            "0A1B2C3D4E5F-1",
+            "0a1b2c3d4e5g-1",
+            "0a1b2c3d4e5f-1-2",
+            "0a1b2c3d4e5f-+1",
+            "0a1b2c3d4e5f-10000000000000000000",
+            "00a1b2c3d4e5f-1",
+        ] {
+            assert!(check_new_order_id(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check_order_id("0a1b2c3d4e5f-9999999999999999999").is_ok());
+        let id = format!("{}-1", random_hex().unwrap());
+        assert!(check_new_order_id(&id).is_ok());
+    }
+
+    #[test]
+    fn order_times_near_the_clock() {
+        let now = 1_795_874_106_123;
+        assert!(check_order_time_near(&timestamp(now), now).is_ok());
+        assert!(check_order_time_near(&timestamp(now - ORDER_TIME_SKEW_MS), now).is_ok());
+        assert!(check_order_time_near(&timestamp(now + ORDER_TIME_SKEW_MS), now).is_ok());
+        assert!(check_order_time_near(&timestamp(now - ORDER_TIME_SKEW_MS - 1), now).is_err());
+        assert!(check_order_time_near(&timestamp(now + ORDER_TIME_SKEW_MS + 1), now).is_err());
+        assert!(check_order_time_near("1970-01-01T00:00:00.000Z", now).is_err());
+        assert!(check_order_time_near("2026-11-28T13:55:06Z", now).is_err());
+        assert!(check_order_time_near(&timestamp_now(), now_ms()).is_ok());
     }
 }

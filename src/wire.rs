@@ -3,7 +3,14 @@
 //! so both ends of a protocol read the same definition.
 
 use crate::money::Money;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// An optional field that may be left out but not be `null`: a `null` is refused (400)
+/// rather than read as "not given", so a body means one thing and the description
+/// (`docs/openapi.yaml`, where no field is nullable) says exactly what is accepted.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
 
 /// A book: the catalog's record, `GET /books/{id}` and the front end's `GET /info/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,13 +41,13 @@ pub struct SearchHit {
 #[serde(deny_unknown_fields)]
 pub struct BookUpdate {
     /// New price.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub price: Option<Money>,
     /// New absolute stock.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,
     /// Change of stock (negative to take copies away).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub quantity_delta: Option<i64>,
 }
 
@@ -62,16 +69,43 @@ pub struct NewBook {
 ///
 /// An order server sends the order's id and time; the primary journals them with the
 /// write, so a copy taken for an order whose server died before logging it can be
-/// reconciled, and a repeated request for the same order takes no second copy.
+/// reconciled, and a repeated request for the same order takes no second copy. A copy
+/// taken for an order is an internal act (the catalog asks for the token when one is set)
+/// and [`PurchaseRequest::order`] judges its fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     /// The order id the copy is taken for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     /// The order's time (RFC 3339 UTC with milliseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
+}
+
+impl PurchaseRequest {
+    /// Whether the body names an order (either field given): then the copy is taken for an
+    /// order, an internal act.
+    pub fn for_order(&self) -> bool {
+        self.order_id.is_some() || self.at.is_some()
+    }
+
+    /// The order a copy is taken for, judged at `now_ms` (milliseconds since the epoch):
+    /// none for a plain purchase; else an id of the shape order servers issue
+    /// ([`crate::ids::check_new_order_id`]) and a real order time within
+    /// [`crate::ids::ORDER_TIME_SKEW_MS`] of now, or now when `at` is left out.
+    pub fn order(self, now_ms: u64) -> Result<Option<(String, String)>, String> {
+        match (self.order_id, self.at) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("`at` needs an `order_id`".into()),
+            (Some(order_id), at) => {
+                crate::ids::check_new_order_id(&order_id)?;
+                let at = at.unwrap_or_else(|| crate::ids::timestamp(now_ms));
+                crate::ids::check_order_time_near(&at, now_ms)?;
+                Ok(Some((order_id, at)))
+            }
+        }
+    }
 }
 
 /// A copy the catalog took for an order: the order as its server logs it, and the write.
@@ -140,22 +174,26 @@ impl Order {
     pub const MAX_TITLE: usize = 1024;
 
     /// Checks a whole order, as a server does before it logs one it did not make (from a
-    /// peer or the catalog's journal): its id, its time, the book and the title's length.
+    /// peer or the catalog's journal): an id of the shape order servers issue
+    /// ([`crate::ids::check_new_order_id`]), and what [`Order::check_stored`] checks.
     pub fn check(&self) -> Result<(), String> {
-        Order::check_id(&self.order_id)?;
+        crate::ids::check_new_order_id(&self.order_id)?;
+        self.check_stored()
+    }
+
+    /// Checks what any order in an order log must be (one logged before ids were held to
+    /// the servers' shape too): a well-formed id ([`crate::ids::check_order_id`]), a real
+    /// time, a book id and a title of at most [`Order::MAX_TITLE`] characters.
+    pub fn check_stored(&self) -> Result<(), String> {
+        crate::ids::check_order_id(&self.order_id)?;
         Order::check_at(&self.at)?;
         if self.id == 0 {
             return Err(format!("order {:?}: book id 0", self.order_id));
         }
-        if self.title.len() > Order::MAX_TITLE {
-            return Err(format!("order {:?}: title over {} bytes", self.order_id, Order::MAX_TITLE));
+        if self.title.chars().count() > Order::MAX_TITLE {
+            return Err(format!("order {:?}: title over {} characters", self.order_id, Order::MAX_TITLE));
         }
         Ok(())
-    }
-
-    /// Checks an order id: 1 to 64 ASCII letters, digits or `-` ([`crate::ids::check_order_id`]).
-    pub fn check_id(id: &str) -> Result<(), String> {
-        crate::ids::check_order_id(id)
     }
 
     /// Checks an order time: a real UTC time like `2026-11-24T13:55:06.123Z`
@@ -238,4 +276,70 @@ pub struct OrderPage {
     pub orders: Vec<Order>,
     /// The position to ask from next time.
     pub next: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{timestamp, ORDER_TIME_SKEW_MS};
+
+    fn body(text: &str) -> Result<PurchaseRequest, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_purchase_body_names_an_order_or_none() {
+        let now = 1_795_874_106_123;
+        let order = |text: &str| body(text)?.order(now);
+        assert_eq!(order("{}"), Ok(None));
+        assert_eq!(
+            order(r#"{"order_id": "0a1b2c3d4e5f-3"}"#),
+            Ok(Some(("0a1b2c3d4e5f-3".into(), timestamp(now)))),
+            "the catalog stamps its own time"
+        );
+        let near = timestamp(now - ORDER_TIME_SKEW_MS);
+        assert_eq!(
+            order(&format!(r#"{{"order_id": "0a1b2c3d4e5f-3", "at": "{near}"}}"#)),
+            Ok(Some(("0a1b2c3d4e5f-3".into(), near.clone())))
+        );
+        let far = timestamp(now + ORDER_TIME_SKEW_MS + 1);
+        for refused in [
+            r#"{"at": null, "order_id": "0"}"#.to_string(),
+            r#"{"order_id": "0"}"#.into(),
+            r#"{"order_id": null}"#.into(),
+            r#"{"order_id": "0a1b2c3d4e5f-3", "at": null}"#.into(),
+            r#"{"order_id": "0a1b2c3d4e5f-3", "at": "yesterday"}"#.into(),
+            format!(r#"{{"order_id": "0a1b2c3d4e5f-3", "at": "{far}"}}"#),
+            format!(r#"{{"at": "{near}"}}"#),
+            r#"{"order_id": "0a1b2c3d4e5f-3", "colour": 1}"#.into(),
+        ] {
+            assert!(order(&refused).is_err(), "{refused} was accepted");
+        }
+        assert!(body(r#"{"at": "x"}"#).unwrap().for_order());
+        assert!(!body("{}").unwrap().for_order());
+    }
+
+    #[test]
+    fn no_field_is_null() {
+        assert!(serde_json::from_str::<BookUpdate>(r#"{"price": 1, "quantity": null}"#).is_err());
+        assert!(serde_json::from_str::<BookUpdate>(r#"{"quantity_delta": null}"#).is_err());
+        let u: BookUpdate = serde_json::from_str(r#"{"price": 1}"#).unwrap();
+        assert_eq!((u.quantity, u.quantity_delta), (None, None));
+    }
+
+    #[test]
+    fn orders_entering_the_store_have_a_servers_id() {
+        let order = |id: &str, title: String| Order {
+            order_id: id.into(),
+            id: 1,
+            title,
+            price: Money::from_cents(100),
+            at: "2026-11-24T13:55:06.123Z".into(),
+        };
+        assert!(order("0a1b2c3d4e5f-1", "t".into()).check().is_ok());
+        assert!(order("0", "t".into()).check().is_err());
+        assert!(order("0", "t".into()).check_stored().is_ok(), "an old log's id is still read");
+        assert!(order("0a1b2c3d4e5f-1", "é".repeat(Order::MAX_TITLE)).check().is_ok(), "characters, not bytes");
+        assert!(order("0a1b2c3d4e5f-1", "é".repeat(Order::MAX_TITLE + 1)).check().is_err());
+    }
 }

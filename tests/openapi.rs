@@ -96,6 +96,8 @@ fn the_openapi_document_matches_the_store() {
     let new_book = r#"{"title": "New", "topic": "cooking", "price": 9.99, "quantity": 3}"#;
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
+    let too_large = "x".repeat(70_000);
+    let book_zero = r#"[{"seq": 0, "book": {"id": 0, "title": "t", "topic": "t", "price": 1, "quantity": 1}}]"#;
     run(
         &[
             case("/", "GET", &fe, "/", false, None, 200),
@@ -138,10 +140,24 @@ fn the_openapi_document_matches_the_store() {
                 "POST",
                 &p,
                 "/books/2/purchase",
-                false,
+                true,
                 Some("{\"order_id\": \"no spaces allowed\"}"),
                 400,
             ),
+            case(
+                "/books/{id}/purchase",
+                "POST",
+                &p,
+                "/books/2/purchase",
+                false,
+                Some("{\"order_id\": \"0a1b2c3d4e5f-1\"}"),
+                401,
+            ),
+            case("/books/{id}/purchase", "POST", &p, "/books/2/purchase", true, Some(&too_large), 413),
+            case("/books/{id}", "PATCH", &p, "/books/3", true, Some(&too_large), 413),
+            case("/books", "POST", &p, "/books", true, Some(&too_large), 413),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(&too_large), 413),
+            case("/internal/orders", "POST", &o, "/internal/orders", true, Some(&too_large), 413),
             case("/books/{id}/purchase", "POST", &p, "/books/99/purchase", false, None, 404),
             case("/books/{id}/purchase", "POST", &p, "/books/4/purchase", false, None, 409),
             case("/books", "GET", &p, "/books?limit=2&after=3", false, None, 200),
@@ -165,6 +181,7 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/books", "GET", &p, "/internal/books", false, None, 401),
             case("/internal/log", "GET", &p, &log, true, None, 200),
             case("/internal/log", "GET", &p, "/internal/log?after=x", true, None, 400),
+            case("/internal/log", "GET", &p, "/internal/log?after=0", true, None, 400),
             case("/internal/log", "GET", &p, "/internal/log?after=0&history=other", true, None, 410),
             case("/internal/log", "GET", &p, &log, false, None, 401),
             case("/internal/resync", "POST", &r, "/internal/resync", true, None, 200),
@@ -172,6 +189,7 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/resync", "POST", &p, "/internal/resync", true, None, 409),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(&push), 200),
             case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some("{}"), 400),
+            case("/internal/replicate", "POST", &r, "/internal/replicate", true, Some(book_zero), 400),
             case("/internal/replicate", "POST", &r, "/internal/replicate", false, Some(&push), 401),
             case("/internal/replicate", "POST", &p, "/internal/replicate", true, Some(&push), 409),
             case("/internal/purchases", "GET", &r, "/internal/purchases?after=0", true, None, 200),
@@ -200,6 +218,7 @@ fn the_openapi_document_matches_the_store() {
             case("/books/{id}", "PATCH", &r, "/books/3", true, Some("{\"quantity\": 1}"), 503),
             case("/books", "POST", &r, "/books", true, Some(new_book), 503),
             case("/books/{id}/purchase", "POST", &r, "/books/3/purchase", false, None, 503),
+            case("/internal/purchases", "GET", &r, "/internal/purchases", true, None, 503),
             case("/purchase/{id}", "POST", &fe, "/purchase/3", false, None, 503),
         ],
         &mut tested,

@@ -17,7 +17,7 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, BookPage, BookUpdate, NewBook, Order, PurchasePage, PurchaseRequest, Replicate};
+use crate::wire::{Book, BookPage, BookUpdate, NewBook, PurchasePage, PurchaseRequest, Replicate};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -233,21 +233,18 @@ impl CatalogNode {
         Ok(Response::raw_json(answer.status, answer.body))
     }
 
-    /// `POST /books/{id}/purchase` with its optional order (id, time).
+    /// `POST /books/{id}/purchase` with its optional order (id, time). A copy taken for an
+    /// order is an internal act: it needs the token when one is set, and the order must be
+    /// one an order server could have made now ([`PurchaseRequest::order`]). A replica
+    /// judges it before it forwards it.
     fn purchase(&self, request: &Request, id: &str) -> Result<Response> {
         let id = parse_id(id)?;
         let body: PurchaseRequest =
             if request.body.is_empty() { PurchaseRequest::default() } else { json_body(request)? };
-        let order = match (body.order_id, body.at) {
-            (None, None) => None,
-            (Some(order_id), at) => {
-                Order::check_id(&order_id).map_err(Error::BadRequest)?;
-                let at = at.unwrap_or_else(crate::ids::timestamp_now);
-                Order::check_at(&at).map_err(Error::BadRequest)?;
-                Some((order_id, at))
-            }
-            (None, Some(_)) => return Err(Error::BadRequest("`at` needs an `order_id`".into())),
-        };
+        if body.for_order() {
+            check_token(request, self.config.common.token.as_deref())?;
+        }
+        let order = body.order(crate::ids::now_ms()).map_err(Error::BadRequest)?;
         self.client_write(request, id, Write::Purchase, order)
     }
 

@@ -373,7 +373,7 @@ impl CatalogNode {
             Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
             None => return Err(Error::BadRequest("give after=N".into())),
         };
-        let asked = request.query_param("history")?.unwrap_or_default();
+        let asked = request.query_param("history")?.ok_or_else(|| Error::BadRequest("give history=H".into()))?;
         let store = self.lock_writer();
         let history = store.history_id().to_string();
         let gone = |why: String| Err(Error::Gone(why));

@@ -116,7 +116,11 @@ impl CatalogNode {
     }
 
     /// Applies a batch of pushed writes, in order, with one fsync; answers where it stands.
+    /// A batch with a book of id 0 (no write makes one) is refused whole.
     pub fn apply(&self, pushes: &[Replicate]) -> Result<ReplicaAck> {
+        if let Some(p) = pushes.iter().find(|p| p.book.id == 0) {
+            return Err(Error::BadRequest(format!("write {}: a book has no id 0", p.seq)));
+        }
         let mut store = self.lock_writer();
         // A push comes from a running primary: any lease extended while none ran ends, and
         // leases come from grants again.

@@ -186,12 +186,13 @@ impl OrderLog {
 
     /// Appends the orders not yet known and returns once they are durable (with those that
     /// other threads wrote meanwhile: one fsync for all); returns how many were new. An
-    /// order that fails [`Order::check`] refuses the whole batch (400) before anything is
-    /// written.
+    /// order that fails [`Order::check_stored`] (what any row of the file must be) refuses
+    /// the whole batch (400) before anything is written; the node holds orders that enter
+    /// the store anew to [`Order::check`] first.
     pub fn add(&self, orders: &[Order]) -> Result<usize> {
         let mut ats = Vec::with_capacity(orders.len());
         for o in orders {
-            o.check().map_err(Error::BadRequest)?;
+            o.check_stored().map_err(Error::BadRequest)?;
             ats.push(ids::parse_timestamp(&o.at).map_err(Error::BadRequest)?);
         }
         let (fresh, upto) = {

@@ -175,7 +175,15 @@ impl OrderNode {
         loop {
             let from = self.cursors[i].load(Ordering::SeqCst);
             let page: OrderPage = self.peers.pull(url, from)?;
-            let valid: Vec<Order> = page.orders.iter().filter(|o| o.check().is_ok()).cloned().collect();
+            let (valid, refused): (Vec<Order>, Vec<Order>) =
+                page.orders.iter().cloned().partition(|o| o.check().is_ok());
+            if let Some(o) = refused.first() {
+                let why = o.check().err().unwrap_or_default();
+                log::warn!(
+                    "{url} handed {} orders no order server could have made ({why}); not taking them",
+                    refused.len()
+                );
+            }
             let added = self.log.add(&valid)?;
             if added > 0 {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
@@ -192,7 +200,10 @@ impl OrderNode {
     /// Adopts the orders of copies the catalog journaled but no order server logged (its
     /// server died in between), once they have been missing for [`GRACE`]. Every server
     /// does this; an adopted order is the same wherever it is adopted, so copies merge.
-    /// `missing` remembers since when each order has been missing.
+    /// A journaled order that fails [`Order::check`] (one a catalog took before it held
+    /// orders to the servers' shape) is never adopted: it is reported once and passed over,
+    /// so it holds up no later one. `missing` remembers since when each order has been
+    /// missing (or that it was reported).
     fn reconcile(&self, missing: &mut HashMap<String, Instant>) -> Result<()> {
         loop {
             let after = self.reconciled.load(Ordering::SeqCst);
@@ -201,8 +212,20 @@ impl OrderNode {
             for p in &page.purchases {
                 let known = self.log.contains(&p.order.order_id);
                 if !known {
+                    if let Err(why) = p.order.check() {
+                        if missing.insert(p.order.order_id.clone(), Instant::now()).is_none() {
+                            log::warn!(
+                                "the catalog's journal holds a copy of book {} taken for an order no order server could have made ({why}); not adopting it",
+                                p.order.id
+                            );
+                        }
+                        if !waiting {
+                            cursor = p.seq;
+                        }
+                        continue;
+                    }
                     let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
-                    if since.elapsed() < GRACE || p.order.check().is_err() {
+                    if since.elapsed() < GRACE {
                         waiting = true;
                         continue;
                     }

@@ -63,9 +63,11 @@ fn key(o: &Order) -> (u64, (&str, Option<u64>)) {
 
 #[test]
 fn orders_are_checked() {
-    assert!(order("ab12-1", &timestamp_now()).check().is_ok());
-    assert!(order("x y", &timestamp_now()).check().is_err());
-    assert!(order("ab12-1", "2026-13-45T99:99:99.999Z").check().is_err());
+    assert!(order("0a1b2c3d4e5f-1", &timestamp_now()).check().is_ok());
+    assert!(order("ab12-1", &timestamp_now()).check().is_err(), "a new order has a server's id");
+    assert!(order("ab12-1", &timestamp_now()).check_stored().is_ok(), "an old one is still read");
+    assert!(order("x y", &timestamp_now()).check_stored().is_err());
+    assert!(order("0a1b2c3d4e5f-1", "2026-13-45T99:99:99.999Z").check().is_err());
     let dir = Dir::new("checked");
     let log = OrderLog::open(&dir.0).unwrap();
     let bad = [order("a-1", &at(0)), order("b-1", "2026-02-30T00:00:00.000Z")];
