@@ -411,6 +411,24 @@ impl Store {
         url(&self.frontend)
     }
 
+    /// Another front end over the same back ends and memcached, started and ready (as users
+    /// run several behind one address).
+    pub fn another_frontend(&self, name: &str) -> Proc {
+        let mut spec = self.frontend.spec.clone();
+        spec.name = name.to_string();
+        spec.log = self.dir.0.join(format!("{name}.log"));
+        let listen = spec.env.iter_mut().find(|(k, _)| k == "BAZAR_LISTEN").expect("has BAZAR_LISTEN");
+        listen.1 = format!("127.0.0.1:{}", free_port());
+        let p = Proc::start(spec);
+        let fe = url(&p);
+        wait_ready(&fe);
+        eventually(START_DEADLINE, "the new front end to see every back end ready", || {
+            let a = json(&get(&fe, "/ready"));
+            a["catalogs_ready"] == 2 && a["orders_ready"] == 2
+        });
+        p
+    }
+
     pub fn primary(&self) -> String {
         url(&self.catalogs[0])
     }
