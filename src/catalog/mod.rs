@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the settings of a catalog process.
 //! - [`state`]: the books and their operations, no I/O.
+//! - [`failover`]: the role under failover through etcd, as states; no I/O.
 //! - [`store`]: the CSV files in the data directory.
 //! - [`import`]: `bazar-catalog import FILE`.
 //! - [`node`]: one catalog process: settings, HTTP routes and reads; `primary.rs` its
@@ -15,6 +16,7 @@
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
 pub mod config;
+pub mod failover;
 pub mod import;
 pub mod lease;
 pub mod node;
