@@ -16,13 +16,16 @@
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
 pub mod config;
+mod elect;
 pub mod failover;
 pub mod import;
 pub mod lease;
 pub mod node;
 mod primary;
+mod recent;
 mod replica;
 pub mod state;
+mod status;
 pub mod store;
 
 pub use config::{CatalogConfig, Role};

@@ -15,8 +15,10 @@
 //!   read lease, only while `now < valid_until`, where `valid_until = s + 0.9 T` for `s` the
 //!   moment the last successful keepalive of its etcd lease was *sent*: etcd cannot expire
 //!   its leader key before `s + T`, and no other catalog can be elected before the key is
-//!   gone. Past it, or when etcd says the lease is gone, or when it sees another leader or a
-//!   newer epoch, it steps down.
+//!   gone. Past it, it holds the role but acknowledges and grants nothing until a keepalive
+//!   of the same lease is answered again (etcd was down: no one else can have been
+//!   elected); when etcd says the lease is gone, or it sees another leader or a newer
+//!   epoch, it steps down.
 //! - **Only an in-sync catalog is elected.** A follower campaigns only when no leader key
 //!   exists and it is named in `sync`; the campaign is one etcd transaction that compares
 //!   the revisions of `sync` and `epoch` it read, so two campaigns cannot both win.
@@ -94,6 +96,12 @@ pub enum Input {
     /// This primary's compare-and-swap of `sync` failed its comparison: someone else
     /// changed it, which only a newer primary does.
     SyncConflict,
+    /// This primary could not make a write safe (the in-sync record could not be changed
+    /// in etcd): it holds a write it cannot acknowledge, so it steps down.
+    GiveUp {
+        /// Why, for the log.
+        why: String,
+    },
     /// Time passed.
     Tick,
 }
@@ -121,7 +129,9 @@ pub enum Effect {
         epoch: u64,
     },
     /// This catalog is no longer the primary: stop the writer, grant no lease, answer
-    /// waiting writes 503, and catch up from the next leader as a replica.
+    /// waiting writes 503, revoke its etcd lease (its leader key goes with it: the others
+    /// elect at once) and catch up from the next leader as a replica. The core never takes
+    /// that lease as its own again.
     StepDown {
         /// Why, for the log.
         why: String,
@@ -183,6 +193,9 @@ pub struct Core {
     epoch: u64,
     /// This catalog's etcd lease, and when its last successful keepalive was sent.
     lease: Option<(i64, Instant)>,
+    /// The lease it gave up when it last stepped down: a late keepalive answer for it is
+    /// ignored, and a leader key bound to it is not this catalog's any more.
+    resigned: Option<i64>,
     /// The last `sync` key seen or written.
     sync: Option<SyncSet>,
     tally: Tally,
@@ -198,6 +211,7 @@ impl Core {
             role: Role::Follower { leader: None },
             epoch: 0,
             lease: None,
+            resigned: None,
             sync: None,
             tally: Tally::default(),
         }
@@ -264,6 +278,14 @@ impl Core {
         }
     }
 
+    /// Whether this primary may answer reads at `now`: a while after its leadership lapsed,
+    /// as no other primary acknowledges a write before its key expired (`T` after the last
+    /// keepalive) and one lease `L` passed.
+    pub fn may_read(&self, now: Instant) -> bool {
+        let margin = self.lease_length.mul_f64(LEADER_SHARE);
+        matches!(self.role, Role::Primary { .. }) && self.valid_until().is_some_and(|v| now < v + margin)
+    }
+
     /// Whether a read lease may be granted at `now`: only while leading validly (a lease
     /// granted later could outlive the leadership).
     pub fn may_grant(&self, now: Instant) -> bool {
@@ -315,22 +337,35 @@ impl Core {
 
     fn step_down(&mut self, why: String) -> Vec<Effect> {
         self.role = Role::Follower { leader: None };
+        self.resigned = self.lease.take().map(|(id, _)| id).or(self.resigned);
         vec![Effect::StepDown { why }]
+    }
+
+    /// The etcd lease it gave up when it last stepped down (to revoke).
+    pub fn resigned(&self) -> Option<i64> {
+        self.resigned
+    }
+
+    /// This catalog's etcd lease, if it holds one.
+    pub fn lease(&self) -> Option<i64> {
+        self.lease.map(|(id, _)| id)
     }
 
     /// Takes one input at `now`; returns what to do.
     pub fn step(&mut self, input: Input, now: Instant) -> Vec<Effect> {
         match input {
             Input::Observed(seen) => self.observed(seen, now),
-            Input::KeptAlive { lease, sent } => {
+            Input::KeptAlive { lease, sent } if self.resigned != Some(lease) => {
                 let newer = self.lease.is_none_or(|(l, s)| l != lease || sent > s);
                 if newer {
                     self.lease = Some((lease, sent));
                 }
                 Vec::new()
             }
+            Input::KeptAlive { .. } => Vec::new(),
             Input::LeaseGone => {
-                self.lease = None;
+                // Gone at etcd: never this catalog's again (nor a key bound to it).
+                self.resigned = self.lease.take().map(|(id, _)| id).or(self.resigned);
                 match self.role {
                     Role::Primary { .. } => self.step_down("this catalog's etcd lease is gone".into()),
                     _ => Vec::new(),
@@ -351,8 +386,7 @@ impl Core {
                     Some(_) => {
                         // Won, but this catalog's lease may have lapsed meanwhile: the key may
                         // be gone already. Step down at once; the next poll decides.
-                        self.role = Role::Follower { leader: None };
-                        vec![Effect::StepDown { why: "elected on a lease that may have lapsed".into() }]
+                        self.step_down("elected on a lease that may have lapsed".into())
                     }
                     None => {
                         self.role = Role::Follower { leader: None };
@@ -368,14 +402,19 @@ impl Core {
                 }
                 Vec::new()
             }
+            Input::GiveUp { why } => match self.role {
+                Role::Primary { .. } => self.step_down(why),
+                _ => Vec::new(),
+            },
             Input::SyncConflict => match self.role {
                 Role::Primary { .. } => self.step_down("another catalog changed the in-sync record".into()),
                 _ => Vec::new(),
             },
+            // A primary whose leadership lapsed (etcd did not answer its keepalives) holds
+            // the role but acknowledges and grants nothing: if its lease still lives when
+            // etcd answers again, no one else can have been elected, and it goes on; if it
+            // is gone, it steps down then.
             Input::Tick => match self.role {
-                Role::Primary { .. } if !self.alive(now) => {
-                    self.step_down("could not renew its leadership in etcd in time".into())
-                }
                 // A campaign that got no answer within T is over (its outcome is read back).
                 Role::Candidate { since } if now >= since + self.ttl => {
                     self.role = Role::Follower { leader: None };

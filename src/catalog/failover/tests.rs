@@ -144,7 +144,7 @@ fn a_won_campaign_on_a_lapsed_lease_steps_down_at_once() {
 /// The primary's leadership: keepalives extend it; when they stop it ends before its key
 /// can expire at etcd, and the primary steps down.
 #[test]
-fn the_primary_steps_down_before_its_key_can_expire() {
+fn the_primary_acknowledges_nothing_once_its_key_could_expire() {
     let t0 = Instant::now();
     let mut c = primary(t0);
     c.step(Input::KeptAlive { lease: 7, sent: at(t0, 600) }, at(t0, 610));
@@ -153,11 +153,23 @@ fn the_primary_steps_down_before_its_key_can_expire() {
     // etcd is unreachable: no keepalive answered since 600 ms.
     assert!(c.may_acknowledge(at(t0, 2400)).is_err(), "0.9 T after the last keepalive sent");
     assert!(!c.may_grant(at(t0, 2400)));
-    assert!(matches!(c.step(Input::Tick, at(t0, 2400))[..], [Effect::StepDown { .. }]));
+    assert_eq!(c.step(Input::Tick, at(t0, 2400)), [], "it holds the role, acknowledging nothing");
+    assert!(c.may_read(at(t0, 3299)) && !c.may_read(at(t0, 3300)), "reads a lease longer: no one acks before");
+    // etcd answers again and its lease lives: no one else can have been elected.
+    c.step(Input::KeptAlive { lease: 7, sent: at(t0, 4000) }, at(t0, 4010));
+    assert!(c.may_acknowledge(at(t0, 4010)).is_ok());
+    // Now it is gone: it steps down.
+    assert!(matches!(c.step(Input::LeaseGone, at(t0, 4100))[..], [Effect::StepDown { .. }]));
     assert_eq!(c.role(), &Role::Follower { leader: None });
-    // An older keepalive answered late changes nothing.
-    c.step(Input::KeptAlive { lease: 7, sent: at(t0, 500) }, at(t0, 2500));
-    assert!(!c.may_grant(at(t0, 2500)));
+    // It gave its etcd lease up; a keepalive of it answered late changes nothing, and a
+    // leader key still bound to it is not its own any more.
+    assert_eq!(c.lease(), None);
+    c.step(Input::KeptAlive { lease: 7, sent: at(t0, 2300) }, at(t0, 2500));
+    assert_eq!(c.lease(), None);
+    c.step(Input::KeptAlive { lease: 8, sent: at(t0, 2500) }, at(t0, 2500));
+    let stale = Observed { leader: Some(leader(ME, 3, 7)), epoch: Some((3, 12)), sync: Some(sync(3, &[ME], 12)) };
+    assert_eq!(c.step(Input::Observed(stale), at(t0, 2600)), [], "its old key: wait for it to expire");
+    assert_eq!(c.role(), &Role::Follower { leader: None });
 }
 
 #[test]
@@ -245,6 +257,17 @@ fn the_in_sync_record_changes_before_acknowledging_without_a_replica() {
     c.step(Input::SyncWritten(sync(2, &[ME], 16)), t0);
     assert_eq!(c.sync().unwrap().revision, 15);
     assert!(matches!(c.step(Input::SyncConflict, t0)[..], [Effect::StepDown { .. }]));
+}
+
+/// A write that cannot be made safe (etcd unreachable for the in-sync record): the
+/// primary gives up the role and its lease.
+#[test]
+fn a_primary_that_cannot_record_a_lost_replica_gives_up() {
+    let t0 = Instant::now();
+    let mut c = primary(t0);
+    assert!(matches!(c.step(Input::GiveUp { why: "etcd down".into() }, t0)[..], [Effect::StepDown { .. }]));
+    assert_eq!((c.role(), c.lease()), (&Role::Follower { leader: None }, None));
+    assert_eq!(c.step(Input::GiveUp { why: "again".into() }, t0), [], "a follower has nothing to give up");
 }
 
 #[test]
