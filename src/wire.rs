@@ -186,6 +186,10 @@ pub struct Replicate {
     /// (seq, epoch) agree up to N.
     #[serde(default)]
     pub epoch: u64,
+    /// For a purchase made for an order: the order, journaled with the write on every
+    /// catalog (so that a replica that becomes the primary can reconcile it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
 }
 
 /// Primary to replica: the writes after a sequence number (`GET /internal/log?after=N`),

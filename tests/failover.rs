@@ -343,3 +343,62 @@ fn without_etcd_reads_go_on_a_while_writes_fail_cleanly_and_all_resumes() {
         writes.iter().filter(|w| **w == 503).count(),
     );
 }
+
+#[test]
+fn a_switchover_under_load_loses_nothing_and_pauses_writes_briefly() {
+    let Some(s) = EtcdStore::start("failover-switchover") else { return };
+    let p = s.wait_primary();
+    let (old, new) = (s.catalog(p), s.catalog(1 - p));
+    let (book, initial) = (4, 1_000_000);
+    assert_eq!(set_quantity(&new, book, initial), 200);
+    // Not a replica in sync: refused, nothing changes.
+    let a = call("POST", &new, "/admin/switchover", Some(r#"{"to": "http://127.0.0.1:1"}"#));
+    assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(call("POST", &new, "/admin/switchover", Some(r#"{"to": 7}"#)).status, 400);
+    eventually(Duration::from_secs(20), "the replica in sync", || {
+        health(&old).is_some_and(|h| h["replicas_out_of_sync"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    let load = Load::start(&s.fe(), book, 4);
+    load.first_success_after(Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    // Asked of the replica: it forwards to the primary, which hands over to it.
+    let asked = Instant::now();
+    let a = call("POST", &new, "/admin/switchover", Some("{}"));
+    let took = asked.elapsed();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let answer = json(&a);
+    assert_eq!(answer["primary"], new.as_str());
+    std::thread::sleep(Duration::from_millis(500));
+    let longest = {
+        let acked = load.acked.lock().unwrap();
+        acked
+            .iter()
+            .filter(|(t, _, _)| *t >= asked - Duration::from_secs(1))
+            .map(|(t, d, _)| d.duration_since(*t))
+            .max()
+    };
+    let (acked, failed) = load.finish();
+    eprintln!(
+        "switchover under load: writes paused {} ms (the call took {took:?}); longest purchase meanwhile {longest:?}; \
+         {} acknowledged, {failed} failed",
+        answer["paused_ms"],
+        acked.len()
+    );
+    assert_eq!(s.primary(), Some(1 - p));
+    eventually(Duration::from_secs(20), "the old primary follows", || {
+        health(&old).is_some_and(|h| h["role"] == "replica" && h["primary"] == new.as_str())
+    });
+    eventually(Duration::from_secs(20), "both catalogs agree", || {
+        let (a, b) = (get(&old, "/books"), get(&new, "/books"));
+        a.status == 200 && b.status == 200 && json(&a) == json(&b)
+    });
+    let left = stock(&new, book);
+    for o in &s.orders {
+        let base = url(o);
+        eventually(Duration::from_secs(30), "the order servers reconcile", || {
+            orders_for(&base, book).len() as u64 == initial - left
+        });
+        let held = orders_for(&base, book);
+        assert!(acked.iter().all(|id| held.contains(id)), "{base} lacks acknowledged orders");
+    }
+}

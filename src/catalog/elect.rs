@@ -16,21 +16,25 @@ use super::config::{EtcdSettings, Role};
 use super::failover::{Core, Effect, Input, Leader, Observed, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
-use crate::client::Http;
+use crate::client::{Answer, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Etcd, EtcdError, Op};
 use crate::shutdown::Shutdown;
 use serde_json::json;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use ureq::http::Method;
 
 /// Longest wait for etcd: well under the TTL, so a hung etcd cannot stall a keepalive
 /// past the leadership it would renew.
 pub const ETCD_TIMEOUT: Duration = Duration::from_millis(700);
 /// The election thread's step.
 const STEP: Duration = Duration::from_millis(50);
+/// A forwarded write whose primary was replaced is answered 503 once it has waited this
+/// long (a frozen primary); a quicker one is a switchover's, which the old primary passes on.
+const WATCH_GRACE: Duration = Duration::from_secs(1);
 /// Longest wait of a write for a new primary's first writable moment.
 const LEAD_WAIT: Duration = Duration::from_secs(5);
 
@@ -133,6 +137,10 @@ impl Failover {
 
 fn put(key: &str, value: serde_json::Value, lease: Option<i64>) -> Op {
     Op::Put { key: key.into(), value: value.to_string().into_bytes(), lease }
+}
+
+fn lead_body(epoch: u64, wait_ms: u64, go: bool) -> Vec<u8> {
+    json!({ "epoch": epoch, "wait_ms": wait_ms, "go": go }).to_string().into_bytes()
 }
 
 fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
@@ -333,7 +341,7 @@ impl CatalogNode {
             let (now, core) = (Instant::now(), f.core());
             match core.may_acknowledge(now) {
                 Ok(()) => return Ok(()),
-                Err(_) if core.writes_from().is_some_and(|at| now < at) && now < deadline => {}
+                Err(_) if core.writes_from(now).is_some_and(|at| now < at) && now < deadline => {}
                 Err(why) => return Err(Error::Unavailable(why)),
             }
             drop(core);
@@ -388,6 +396,166 @@ impl CatalogNode {
             true => Err(Error::Unavailable("another primary changed the in-sync record".into())),
             false => Ok(()),
         }
+    }
+
+    /// With etcd: forwards while watching the role; when another primary is elected
+    /// meanwhile (the one asked hangs, frozen or cut off), answers 503 at once instead of
+    /// waiting out the timeout (the write's outcome is unknown; the old one cannot
+    /// acknowledge it any more).
+    pub(super) fn forward_watched(
+        &self,
+        method: Method,
+        primary: &str,
+        target: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<std::result::Result<Answer, PeerError>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (http, url) = (self.forward.clone(), primary.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(http.call(method, &url, &target, body));
+        });
+        let started = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(answer) => return Ok(answer),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("the forwarding thread ended without an answer".into()))
+                }
+                // A quick change is a switchover: the old primary passes the write on.
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if self.primary_url().as_deref() != Some(primary) && started.elapsed() >= WATCH_GRACE =>
+                {
+                    return Err(Error::Unavailable(format!(
+                        "the primary changed while {primary} had the write; its outcome is unknown"
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// `POST /admin/switchover` on the primary: pauses writes (holds the writer lock) and
+    /// grants, picks an in-sync replica (`to`, or the first), tells it when the old
+    /// primary's last read lease ends, hands it the leader key (one transaction: the key
+    /// still mine, `sync` unchanged -> `leader` on the target's own lease, `epoch + 1`,
+    /// `sync` = the target), follows it, and answers once it accepts writes. Writes that
+    /// came meanwhile go on to it: paused, not refused.
+    pub(super) fn switchover(&self, to: Option<String>) -> Result<serde_json::Value> {
+        let Some(f) = &self.failover else {
+            return Err(Error::Conflict("static roles: a switchover needs BAZAR_ETCD".into()));
+        };
+        let started = Instant::now();
+        let writer = self.lock_writer();
+        self.feed(Input::Pause(true));
+        let handed = self.hand_over(f, to);
+        if handed.is_err() {
+            self.feed(Input::Pause(false));
+        }
+        drop(writer);
+        let (target, epoch) = handed?;
+        // The target leads once it has read the key (asked to at once).
+        let answer = self.forward.call(Method::POST, &target, "/internal/lead", Some(lead_body(epoch, 0, true)));
+        let writable_in = match answer {
+            Ok(a) if a.status == 200 => serde_json::from_slice::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|v| v["writable_in_ms"].as_u64())
+                .unwrap_or(0),
+            _ => self.config.lease.as_millis() as u64,
+        };
+        std::thread::sleep(Duration::from_millis(writable_in));
+        let paused_ms = started.elapsed().as_millis() as u64;
+        log::warn!("switched over to {target} (epoch {epoch}); writes paused {paused_ms} ms");
+        Ok(json!({ "primary": target, "epoch": epoch, "paused_ms": paused_ms }))
+    }
+
+    /// The switchover's decisions and its transaction, under the writer lock.
+    fn hand_over(&self, f: &Failover, to: Option<String>) -> Result<(String, u64)> {
+        let (sync, epoch) = {
+            let core = f.core();
+            (core.sync().cloned(), core.epoch())
+        };
+        let Some(sync) = sync.filter(|_| self.role() == Role::Primary) else {
+            return Err(Error::Unavailable(super::failover::NOT_PRIMARY.into()));
+        };
+        let links = self.links();
+        let eligible: Vec<&Arc<ReplicaLink>> =
+            links.iter().filter(|l| l.grant().in_sync && sync.members.contains(&l.url)).collect();
+        let target = match &to {
+            Some(url) => eligible.iter().find(|l| l.url == *url),
+            None => eligible.first(),
+        };
+        let Some(target) = target.map(|l| l.url.clone()) else {
+            let why = match to {
+                Some(url) => format!("{url} is not a replica in sync"),
+                None => "no replica is in sync".into(),
+            };
+            return Err(Error::Conflict(why));
+        };
+        // Read leases this primary granted to the other replicas end by then (the target
+        // holds one too, but it will not read on it: it leads).
+        let now = Instant::now();
+        let wait = links
+            .iter()
+            .filter(|l| l.url != target)
+            .filter_map(|l| l.grant().until)
+            .max()
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let member = f.etcd.get(&member_key(&target)).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let Some(lease) = member.map(|kv| kv.lease).filter(|l| *l != 0) else {
+            return Err(Error::Conflict(format!("{target} is not a live member in etcd")));
+        };
+        let next = epoch + 1;
+        let told = self.push.http.call(
+            Method::POST,
+            &target,
+            "/internal/lead",
+            Some(lead_body(next, wait.as_millis() as u64, false)),
+        );
+        match told {
+            Ok(a) if a.status == 200 => {}
+            Ok(a) => return Err(Error::Unavailable(format!("{target} did not take the handover: {}", a.error()))),
+            Err(e) => return Err(Error::Unavailable(format!("{target} did not take the handover: {e}"))),
+        }
+        let mine = json!({ "url": f.me, "epoch": epoch }).to_string().into_bytes();
+        let when = [Compare::Value(LEADER.into(), mine), Compare::ModRevision(SYNC.into(), sync.revision)];
+        let ops = [
+            put(EPOCH, json!(next), None),
+            put(LEADER, json!({ "url": target, "epoch": next }), Some(lease)),
+            put(SYNC, json!({ "epoch": next, "members": [target] }), None),
+        ];
+        match f.etcd.txn(&when, &ops, &[]) {
+            Ok(o) if o.succeeded => {
+                self.feed(Input::HandedOver { url: target.clone(), epoch: next });
+                Ok((target, next))
+            }
+            Ok(_) => Err(Error::Conflict("the leader key or the in-sync record changed meanwhile".into())),
+            Err(e) => Err(Error::Unavailable(format!("etcd: {e} (the handover's outcome is unknown)"))),
+        }
+    }
+
+    /// `POST /internal/lead` on a switchover's target: the epoch it is handed and, with
+    /// `go`, a request to read etcd now and answer once it leads.
+    pub(super) fn expect_leadership(&self, body: &serde_json::Value) -> Result<serde_json::Value> {
+        if self.failover.is_none() {
+            return Err(Error::Conflict("static roles: no handover".into()));
+        }
+        let epoch = body["epoch"].as_u64().ok_or_else(|| Error::BadRequest("give epoch".into()))?;
+        let wait = Duration::from_millis(body["wait_ms"].as_u64().unwrap_or(0).min(60_000));
+        if !body["go"].as_bool().unwrap_or(false) {
+            self.feed(Input::Expect { epoch, writable_from: Instant::now() + wait });
+            return Ok(json!({ "expecting": epoch }));
+        }
+        let deadline = Instant::now() + LEAD_WAIT;
+        while Instant::now() < deadline {
+            self.kick_election();
+            let writes_from = (self.term() == epoch).then(|| self.etcd_side().core().writes_from(Instant::now()));
+            if let Some(Some(at)) = writes_from {
+                let left = at.saturating_duration_since(Instant::now());
+                return Ok(json!({ "writable_in_ms": left.as_millis() as u64 }));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(Error::Unavailable(format!("not leading epoch {epoch} yet")))
     }
 
     /// A write could not be made safe: this primary steps down.

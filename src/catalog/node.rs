@@ -327,10 +327,37 @@ impl CatalogNode {
         order: Option<(String, String)>,
     ) -> Result<Response> {
         if self.role() == Role::Primary {
-            return Ok(Response::json(&self.write(id, write, order)?));
+            match self.write(id, write, order) {
+                // With etcd: the role moved on (a switchover) before anything was decided:
+                // the write goes on to the new primary.
+                Err(Error::Unavailable(why)) if why == super::failover::NOT_PRIMARY && self.failover.is_some() => {}
+                answer => return Ok(Response::json(&answer?)),
+            }
         }
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         self.forward_to(request)
+    }
+
+    /// `POST /admin/switchover` (body `{"to": url}` optional): done by the primary, forwarded
+    /// by a replica.
+    fn switchover_route(&self, request: &Request) -> Result<Response> {
+        if self.role() == Role::Replica && self.failover.is_some() {
+            return self.forward_to(request);
+        }
+        let to = match request.body.is_empty() {
+            true => None,
+            false => {
+                let body: serde_json::Value = json_body(request)?;
+                match &body["to"] {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(url) => {
+                        Some(crate::config::base_url("to", url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
+                    }
+                    other => return Err(Error::BadRequest(format!("`to` must be a base URL, not {other}"))),
+                }
+            }
+        };
+        Ok(Response::json(&self.switchover(to)?))
     }
 
     /// The primary to forward to, or 503 while none is known (with etcd: an election).
@@ -363,38 +390,6 @@ impl CatalogNode {
             other => other.into(),
         })?;
         Ok(Response::raw_json(answer.status, answer.body))
-    }
-
-    /// With etcd: forwards while watching the role; when another primary is elected
-    /// meanwhile (the one asked hangs, frozen or cut off), answers 503 at once instead of
-    /// waiting out the timeout (the write's outcome is unknown; the old one cannot
-    /// acknowledge it any more).
-    fn forward_watched(
-        &self,
-        method: Method,
-        primary: &str,
-        target: String,
-        body: Option<Vec<u8>>,
-    ) -> Result<std::result::Result<crate::client::Answer, PeerError>> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (http, url) = (self.forward.clone(), primary.to_string());
-        std::thread::spawn(move || {
-            let _ = tx.send(http.call(method, &url, &target, body));
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(answer) => return Ok(answer),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal("the forwarding thread ended without an answer".into()))
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if self.primary_url().as_deref() != Some(primary) => {
-                    return Err(Error::Unavailable(format!(
-                        "the primary changed while {primary} had the write; its outcome is unknown"
-                    )));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
     }
 
     /// `POST /books/{id}/purchase` with its optional order (id, time).
@@ -488,6 +483,13 @@ impl CatalogNode {
             }
             ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
             ["internal", "log"] if get => http::respond(admin(&|| self.log_after(request)), "/internal/log"),
+            ["admin", "switchover"] if method == "POST" => {
+                http::respond(admin(&|| self.switchover_route(request)), "/admin/switchover")
+            }
+            ["internal", "lead"] if method == "POST" => http::respond(
+                admin(&|| Ok(Response::json(&self.expect_leadership(&json_body(request)?)?))),
+                "/internal/lead",
+            ),
             ["internal", "resync"] if method == "POST" => http::respond(
                 admin(&|| {
                     self.replica_only()?;
@@ -510,7 +512,9 @@ impl CatalogNode {
             ["health"] | ["ready"] | ["metrics"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
-            ["books", _, "purchase"] | ["internal", "replicate" | "resync" | "lease" | "farewell"] => {
+            ["books", _, "purchase"]
+            | ["admin", "switchover"]
+            | ["internal", "replicate" | "resync" | "lease" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "purchases" | "books" | "log"] => {

@@ -104,7 +104,7 @@ impl CatalogNode {
         }
         let epoch = self.term();
         let mut answers = Vec::with_capacity(batch.len());
-        let mut writes: Vec<(Replicate, Option<Order>)> = Vec::new();
+        let mut writes: Vec<Replicate> = Vec::new();
         let mut keys = Vec::new();
         {
             let state = self.state();
@@ -129,7 +129,7 @@ impl CatalogNode {
                             at,
                         });
                         let book = w.book.clone();
-                        writes.push((w, order));
+                        writes.push(Replicate { order, ..w });
                         book
                     })
                 };
@@ -137,7 +137,7 @@ impl CatalogNode {
             }
         }
         if !writes.is_empty() {
-            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|(r, o)| (r, o.as_ref())).collect();
+            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
             if let Err(e) = store.append(&rows) {
                 log::error!("cannot persist {} writes: {e}", writes.len());
                 for (reply, _) in answers {
@@ -147,7 +147,7 @@ impl CatalogNode {
             }
             self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
+            let pushes = writes;
             let lost = self.replicate(&store, &pushes);
             // With etcd: the replicas lost leave the in-sync record first, and the
             // leadership must still hold right now. Otherwise the writes stay unacknowledged
@@ -318,7 +318,7 @@ impl CatalogNode {
             let n = rest
                 .iter()
                 .take_while(|w| {
-                    size += 128 + w.book.title.len() + w.book.topic.len();
+                    size += 192 + 2 * w.book.title.len() + w.book.topic.len();
                     size <= PUSH_BYTES
                 })
                 .count()

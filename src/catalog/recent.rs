@@ -124,7 +124,7 @@ mod tests {
 
     fn write(seq: u64, epoch: u64) -> Replicate {
         let book = Book { id: 1, title: "t".into(), topic: "x".into(), price: Default::default(), quantity: 1 };
-        Replicate { seq, book, epoch }
+        Replicate { seq, book, epoch, order: None }
     }
 
     #[test]

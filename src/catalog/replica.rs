@@ -160,7 +160,7 @@ impl CatalogNode {
                 next += u64::from(take);
                 take
             })
-            .map(|p| (p, None))
+            .map(|p| (p, p.order.as_ref()))
             .collect();
         if !fresh.is_empty() {
             store.append(&fresh)?;

@@ -286,16 +286,15 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
         let price: Money = r.price.parse().map_err(|e: String| StorageError::corrupt(log_path, e))?;
         let book = Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity };
         let journaled = !r.order_id.is_empty();
-        if journaled {
-            let order = Order { order_id: r.order_id, id: book.id, title: book.title.clone(), price, at: r.at };
-            journal.push(Purchase { seq: r.seq, order });
-        }
+        let order =
+            journaled.then(|| Order { order_id: r.order_id, id: r.id, title: book.title.clone(), price, at: r.at });
+        order.iter().for_each(|o| journal.push(Purchase { seq: r.seq, order: o.clone() }));
         let apply = r.seq > base || (bulk == Some(r.seq) && !journaled);
         if r.seq > base {
             count += 1;
             last_epoch = r.epoch;
             if want == Books::Load {
-                history.push(Replicate { seq: r.seq, book: book.clone(), epoch: r.epoch });
+                history.push(Replicate { seq: r.seq, book: book.clone(), epoch: r.epoch, order });
             }
         }
         match (apply, want) {

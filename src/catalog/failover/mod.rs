@@ -102,9 +102,29 @@ pub enum Input {
         /// Why, for the log.
         why: String,
     },
+    /// Switchover, on the primary: writes and grants pause (or resume, when it failed).
+    Pause(bool),
+    /// Switchover, on the primary: the leader key now names `url` at `epoch`.
+    HandedOver {
+        /// The new primary.
+        url: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// Switchover, on the target: the old primary's last read lease ends at `writable_from`;
+    /// it hands over `epoch`.
+    Expect {
+        /// The epoch handed over.
+        epoch: u64,
+        /// When the target may acknowledge its first write.
+        writable_from: Instant,
+    },
     /// Time passed.
     Tick,
 }
+
+/// Why a write was refused before anything was decided: not (or no longer) the primary.
+pub const NOT_PRIMARY: &str = "this catalog is not the primary (nothing was decided)";
 
 /// What the node must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,8 +182,11 @@ pub enum Role {
     Primary {
         /// Its epoch.
         epoch: u64,
-        /// When the election was answered: no write is acknowledged before `elected_at + L`.
-        elected_at: Instant,
+        /// No write is acknowledged before this: the election's answer plus `L` (or, after a
+        /// switchover, the moment the old primary's last lease ends).
+        writes_from: Instant,
+        /// A switchover is under way: nothing is decided, acknowledged or granted.
+        paused: bool,
     },
 }
 
@@ -198,6 +221,8 @@ pub struct Core {
     resigned: Option<i64>,
     /// The last `sync` key seen or written.
     sync: Option<SyncSet>,
+    /// Switchover target: the epoch handed over and when its first write may be acknowledged.
+    handover: Option<(u64, Instant)>,
     tally: Tally,
 }
 
@@ -213,6 +238,7 @@ impl Core {
             lease: None,
             resigned: None,
             sync: None,
+            handover: None,
             tally: Tally::default(),
         }
     }
@@ -257,23 +283,26 @@ impl Core {
 
     /// Whether a write may be acknowledged at `now` (checked right before answering).
     pub fn may_acknowledge(&self, now: Instant) -> Result<(), String> {
-        let Role::Primary { elected_at, .. } = self.role else {
-            return Err("this catalog is no longer the primary".into());
+        let Role::Primary { writes_from: open, paused, .. } = self.role else {
+            return Err(NOT_PRIMARY.into());
         };
         if !self.alive(now) {
             return Err("the primary's leadership in etcd may have lapsed".into());
         }
-        let open = elected_at + self.lease_length;
+        if paused {
+            return Err("a switchover is under way".into());
+        }
         if now < open {
             return Err(format!("a new primary waits {:?} for the old one's read leases to end", open - now));
         }
         Ok(())
     }
 
-    /// When a new primary may acknowledge its first write.
-    pub fn writes_from(&self) -> Option<Instant> {
+    /// When a new primary may acknowledge its first write (while paused: not yet known).
+    pub fn writes_from(&self, now: Instant) -> Option<Instant> {
         match self.role {
-            Role::Primary { elected_at, .. } => Some(elected_at + self.lease_length),
+            Role::Primary { paused: true, .. } => Some(now + self.ttl),
+            Role::Primary { writes_from, .. } => Some(writes_from),
             _ => None,
         }
     }
@@ -289,7 +318,7 @@ impl Core {
     /// Whether a read lease may be granted at `now`: only while leading validly (a lease
     /// granted later could outlive the leadership).
     pub fn may_grant(&self, now: Instant) -> bool {
-        matches!(self.role, Role::Primary { .. }) && self.alive(now)
+        matches!(self.role, Role::Primary { paused: false, .. }) && self.alive(now)
     }
 
     /// The members of `sync` among the replicas that missed a write: each must be removed
@@ -379,7 +408,8 @@ impl Core {
                     Some(sync) if self.alive(now) => {
                         self.epoch = self.epoch.max(sync.epoch);
                         self.sync = Some(sync);
-                        self.role = Role::Primary { epoch: self.epoch, elected_at: now };
+                        let writes_from = now + self.lease_length;
+                        self.role = Role::Primary { epoch: self.epoch, writes_from, paused: false };
                         self.tally.promotions += 1;
                         vec![Effect::Lead { epoch: self.epoch }]
                     }
@@ -406,6 +436,31 @@ impl Core {
                 Role::Primary { .. } => self.step_down(why),
                 _ => Vec::new(),
             },
+            Input::Pause(pause) => {
+                if let Role::Primary { paused, .. } = &mut self.role {
+                    *paused = pause;
+                }
+                Vec::new()
+            }
+            Input::HandedOver { url, epoch } => {
+                if !matches!(self.role, Role::Primary { .. }) {
+                    return Vec::new();
+                }
+                // Its lease stays its own (the leader key is bound to the target's now).
+                self.epoch = self.epoch.max(epoch);
+                self.role = Role::Follower { leader: Some(url.clone()) };
+                self.tally.failovers += 1;
+                vec![
+                    Effect::StepDown { why: format!("handed over to {url} (epoch {epoch})") },
+                    Effect::Follow { url, epoch },
+                ]
+            }
+            Input::Expect { epoch, writable_from } => {
+                if epoch > self.epoch {
+                    self.handover = Some((epoch, writable_from));
+                }
+                Vec::new()
+            }
             Input::SyncConflict => match self.role {
                 Role::Primary { .. } => self.step_down("another catalog changed the in-sync record".into()),
                 _ => Vec::new(),
@@ -462,7 +517,12 @@ impl Core {
             (Role::Follower { .. }, Some(l)) if mine(l) => {
                 // A switchover named this catalog: it leads, once old leases are over.
                 self.sync = seen.sync;
-                self.role = Role::Primary { epoch: l.epoch, elected_at: now };
+                // The old primary said when its last read lease ends; else wait one out.
+                let writes_from = match self.handover.take() {
+                    Some((epoch, from)) if epoch == l.epoch => from.max(now),
+                    _ => now + self.lease_length,
+                };
+                self.role = Role::Primary { epoch: l.epoch, writes_from, paused: false };
                 self.tally.promotions += 1;
                 vec![Effect::Lead { epoch: l.epoch }]
             }

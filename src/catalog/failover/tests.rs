@@ -96,7 +96,7 @@ fn no_campaign_without_a_live_etcd_lease() {
 fn a_won_campaign_leads_but_acknowledges_only_after_old_leases_ended() {
     let t0 = Instant::now();
     let c = primary(t0);
-    assert_eq!(c.role(), &Role::Primary { epoch: 3, elected_at: t0 });
+    assert_eq!(c.role(), &Role::Primary { epoch: 3, writes_from: t0 + L, paused: false });
     assert_eq!(c.epoch(), 3);
     assert_eq!(c.primary(), Some(ME));
     assert!(c.may_acknowledge(at(t0, 999)).is_err(), "old read leases may still run");
@@ -268,6 +268,32 @@ fn a_primary_that_cannot_record_a_lost_replica_gives_up() {
     assert!(matches!(c.step(Input::GiveUp { why: "etcd down".into() }, t0)[..], [Effect::StepDown { .. }]));
     assert_eq!((c.role(), c.lease()), (&Role::Follower { leader: None }, None));
     assert_eq!(c.step(Input::GiveUp { why: "again".into() }, t0), [], "a follower has nothing to give up");
+}
+
+/// A planned switchover: the primary pauses (nothing decided, acknowledged or granted),
+/// hands the leader key over and follows the target, which may write as soon as the old
+/// primary's last lease has ended.
+#[test]
+fn a_switchover_pauses_then_hands_over() {
+    let t0 = Instant::now();
+    let mut c = primary(t0);
+    c.step(Input::Pause(true), at(t0, 1100));
+    assert!(c.may_acknowledge(at(t0, 1100)).is_err() && !c.may_grant(at(t0, 1100)));
+    assert!(c.writes_from(at(t0, 1100)).unwrap() > at(t0, 1100), "writes wait");
+    c.step(Input::Pause(false), at(t0, 1150));
+    assert!(c.may_acknowledge(at(t0, 1150)).is_ok(), "a switchover that failed resumes");
+    c.step(Input::Pause(true), at(t0, 1200));
+    let effects = c.step(Input::HandedOver { url: B.into(), epoch: 4 }, at(t0, 1250));
+    assert!(matches!(&effects[..], [Effect::StepDown { .. }, Effect::Follow { url, epoch: 4 }] if url == B));
+    assert_eq!((c.primary(), c.epoch(), c.lease()), (Some(B), 4, Some(7)), "it keeps its own lease");
+    assert_eq!(c.may_acknowledge(at(t0, 1300)), Err(NOT_PRIMARY.to_string()));
+
+    let mut target = core(t0);
+    target.step(Input::Expect { epoch: 4, writable_from: at(t0, 1300) }, at(t0, 1200));
+    let seen = Observed { leader: Some(leader(ME, 4, 7)), epoch: Some((4, 30)), sync: Some(sync(4, &[ME], 31)) };
+    assert_eq!(target.step(Input::Observed(seen), at(t0, 1260)), [Effect::Lead { epoch: 4 }]);
+    assert!(target.may_acknowledge(at(t0, 1299)).is_err());
+    assert!(target.may_acknowledge(at(t0, 1300)).is_ok(), "no wait of a whole lease");
 }
 
 #[test]
