@@ -265,15 +265,21 @@ impl Running {
         out
     }
 
-    /// Stops every child: SIGTERM in reverse order of start, SIGKILL after [`STOP_TIMEOUT`].
+    /// Stops every child: SIGTERM in reverse order of start, SIGKILL after [`STOP_TIMEOUT`];
+    /// etcd last, so that a stopping primary can still give up its role there.
     pub fn stop(&mut self) {
-        for n in self.children.iter().rev() {
+        self.stop_where(|name| name != "etcd");
+        self.stop_where(|_| true);
+    }
+
+    fn stop_where(&mut self, which: impl Fn(&str) -> bool) {
+        for n in self.children.iter().rev().filter(|n| which(n.spec.name)) {
             if let Some(c) = &n.child {
                 terminate(c);
             }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for n in self.children.iter_mut().rev() {
+        for n in self.children.iter_mut().rev().filter(|n| which(n.spec.name)) {
             let Some(mut c) = n.child.take() else { continue };
             while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
