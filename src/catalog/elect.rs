@@ -30,25 +30,27 @@ use ureq::http::Method;
 /// Longest wait for etcd: well under the TTL, so a hung etcd cannot stall a keepalive
 /// past the leadership it would renew.
 pub const ETCD_TIMEOUT: Duration = Duration::from_millis(700);
+/// Pause before a grant or keepalive that failed is tried again.
+const ETCD_RETRY: Duration = Duration::from_millis(200);
 /// The election thread's step.
 const STEP: Duration = Duration::from_millis(50);
 /// A forwarded write whose primary was replaced is answered 503 once it has waited this
 /// long (a frozen primary); a quicker one is a switchover's, which the old primary passes on.
 const WATCH_GRACE: Duration = Duration::from_secs(1);
 /// Longest wait of a write for a new primary's first writable moment.
-const LEAD_WAIT: Duration = Duration::from_secs(5);
+pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
 
-const LEADER: &str = "leader";
-const EPOCH: &str = "epoch";
-const SYNC: &str = "sync";
+pub(super) const LEADER: &str = "leader";
+pub(super) const EPOCH: &str = "epoch";
+pub(super) const SYNC: &str = "sync";
 const MEMBERS: &str = "members/";
 
 /// A catalog's failover state: the role core and the etcd client.
 pub struct Failover {
-    etcd: Etcd,
+    pub(super) etcd: Etcd,
     core: Mutex<Core>,
     /// This catalog's advertise URL.
-    me: String,
+    pub(super) me: String,
     ttl: Duration,
     /// Read etcd now (a call to the primary failed).
     kick: AtomicBool,
@@ -135,12 +137,17 @@ impl Failover {
     }
 }
 
-fn put(key: &str, value: serde_json::Value, lease: Option<i64>) -> Op {
+pub(super) fn put(key: &str, value: serde_json::Value, lease: Option<i64>) -> Op {
     Op::Put { key: key.into(), value: value.to_string().into_bytes(), lease }
 }
 
-fn lead_body(epoch: u64, wait_ms: u64, go: bool) -> Vec<u8> {
-    json!({ "epoch": epoch, "wait_ms": wait_ms, "go": go }).to_string().into_bytes()
+/// Says once that etcd fails (then only at debug level, until it answers again).
+fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
+    match failing {
+        false => log::warn!("{what}: {e} (trying again every {ETCD_RETRY:?})"),
+        true => log::debug!("{what}: {e}"),
+    }
+    *failing = true;
 }
 
 fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
@@ -149,13 +156,13 @@ fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
 }
 
 /// A member's key: its URL in hex (any URL makes a plain key).
-fn member_key(url: &str) -> String {
+pub(super) fn member_key(url: &str) -> String {
     let hex: String = url.bytes().map(|b| format!("{b:02x}")).collect();
     format!("{MEMBERS}{hex}")
 }
 
 impl CatalogNode {
-    fn etcd_side(&self) -> &Failover {
+    pub(super) fn etcd_side(&self) -> &Failover {
         self.failover.as_ref().expect("called with etcd only")
     }
 
@@ -180,29 +187,50 @@ impl CatalogNode {
     fn elect(self: &Arc<Self>, shutdown: &Shutdown) {
         let f = self.etcd_side();
         let (mut kept, mut seen, mut registered): (Option<Instant>, Option<Instant>, Option<i64>) = (None, None, None);
+        // The last grant or keepalive tried, and whether etcd is failing (said once).
+        let (mut tried, mut failing): (Option<Instant>, bool) = (None, false);
         while !shutdown.is_set() {
             let lease = f.core().lease();
             let now = Instant::now();
-            match lease {
-                None => match f.etcd.grant(f.ttl) {
-                    Ok(id) => {
-                        self.feed(Input::KeptAlive { lease: id, sent: now });
-                        kept = Some(now);
+            let due = tried.is_none_or(|t| now >= t + ETCD_RETRY);
+            let answered = match lease {
+                None if due => {
+                    tried = Some(now);
+                    match f.etcd.grant(f.ttl) {
+                        Ok(id) => {
+                            self.feed(Input::KeptAlive { lease: id, sent: now });
+                            kept = Some(now);
+                            true
+                        }
+                        Err(e) => {
+                            etcd_failed(&mut failing, "cannot get an etcd lease", e);
+                            false
+                        }
                     }
-                    Err(e) => log::warn!("cannot get an etcd lease: {e}"),
-                },
-                Some(id) if kept.is_none_or(|k| now >= k + f.ttl / 3) => match f.etcd.keep_alive(id) {
-                    Ok(Some(_)) => {
-                        self.feed(Input::KeptAlive { lease: id, sent: now });
-                        kept = Some(now);
+                }
+                Some(id) if due && kept.is_none_or(|k| now >= k + f.ttl / 3) => {
+                    tried = Some(now);
+                    match f.etcd.keep_alive(id) {
+                        Ok(Some(_)) => {
+                            self.feed(Input::KeptAlive { lease: id, sent: now });
+                            kept = Some(now);
+                            true
+                        }
+                        Ok(None) => {
+                            log::warn!("this catalog's etcd lease is gone");
+                            self.feed(Input::LeaseGone);
+                            true
+                        }
+                        Err(e) => {
+                            etcd_failed(&mut failing, "cannot renew the etcd lease", e);
+                            false
+                        }
                     }
-                    Ok(None) => {
-                        log::warn!("this catalog's etcd lease is gone");
-                        self.feed(Input::LeaseGone);
-                    }
-                    Err(e) => log::warn!("cannot renew the etcd lease: {e}"),
-                },
-                Some(_) => {}
+                }
+                _ => false,
+            };
+            if answered && std::mem::take(&mut failing) {
+                log::info!("etcd answers again");
             }
             if let Some(id) = f.core().lease().filter(|id| registered != Some(*id)) {
                 match f.etcd.put(&member_key(&f.me), f.me.as_bytes(), Some(id)) {
@@ -228,7 +256,7 @@ impl CatalogNode {
     }
 
     /// One input to the core, and its effects performed.
-    fn feed(&self, input: Input) {
+    pub(super) fn feed(&self, input: Input) {
         let effects = self.etcd_side().core().step(input, Instant::now());
         self.perform(effects);
     }
@@ -432,130 +460,6 @@ impl CatalogNode {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
-    }
-
-    /// `POST /admin/switchover` on the primary: pauses writes (holds the writer lock) and
-    /// grants, picks an in-sync replica (`to`, or the first), tells it when the old
-    /// primary's last read lease ends, hands it the leader key (one transaction: the key
-    /// still mine, `sync` unchanged -> `leader` on the target's own lease, `epoch + 1`,
-    /// `sync` = the target), follows it, and answers once it accepts writes. Writes that
-    /// came meanwhile go on to it: paused, not refused.
-    pub(super) fn switchover(&self, to: Option<String>) -> Result<serde_json::Value> {
-        let Some(f) = &self.failover else {
-            return Err(Error::Conflict("static roles: a switchover needs BAZAR_ETCD".into()));
-        };
-        let started = Instant::now();
-        let writer = self.lock_writer();
-        self.feed(Input::Pause(true));
-        let handed = self.hand_over(f, to);
-        if handed.is_err() {
-            self.feed(Input::Pause(false));
-        }
-        drop(writer);
-        let (target, epoch) = handed?;
-        // The target leads once it has read the key (asked to at once).
-        let answer = self.forward.call(Method::POST, &target, "/internal/lead", Some(lead_body(epoch, 0, true)));
-        let writable_in = match answer {
-            Ok(a) if a.status == 200 => serde_json::from_slice::<serde_json::Value>(&a.body)
-                .ok()
-                .and_then(|v| v["writable_in_ms"].as_u64())
-                .unwrap_or(0),
-            _ => self.config.lease.as_millis() as u64,
-        };
-        std::thread::sleep(Duration::from_millis(writable_in));
-        let paused_ms = started.elapsed().as_millis() as u64;
-        log::warn!("switched over to {target} (epoch {epoch}); writes paused {paused_ms} ms");
-        Ok(json!({ "primary": target, "epoch": epoch, "paused_ms": paused_ms }))
-    }
-
-    /// The switchover's decisions and its transaction, under the writer lock.
-    fn hand_over(&self, f: &Failover, to: Option<String>) -> Result<(String, u64)> {
-        let (sync, epoch) = {
-            let core = f.core();
-            (core.sync().cloned(), core.epoch())
-        };
-        let Some(sync) = sync.filter(|_| self.role() == Role::Primary) else {
-            return Err(Error::Unavailable(super::failover::NOT_PRIMARY.into()));
-        };
-        let links = self.links();
-        let eligible: Vec<&Arc<ReplicaLink>> =
-            links.iter().filter(|l| l.grant().in_sync && sync.members.contains(&l.url)).collect();
-        let target = match &to {
-            Some(url) => eligible.iter().find(|l| l.url == *url),
-            None => eligible.first(),
-        };
-        let Some(target) = target.map(|l| l.url.clone()) else {
-            let why = match to {
-                Some(url) => format!("{url} is not a replica in sync"),
-                None => "no replica is in sync".into(),
-            };
-            return Err(Error::Conflict(why));
-        };
-        // Read leases this primary granted to the other replicas end by then (the target
-        // holds one too, but it will not read on it: it leads).
-        let now = Instant::now();
-        let wait = links
-            .iter()
-            .filter(|l| l.url != target)
-            .filter_map(|l| l.grant().until)
-            .max()
-            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
-        let member = f.etcd.get(&member_key(&target)).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let Some(lease) = member.map(|kv| kv.lease).filter(|l| *l != 0) else {
-            return Err(Error::Conflict(format!("{target} is not a live member in etcd")));
-        };
-        let next = epoch + 1;
-        let told = self.push.http.call(
-            Method::POST,
-            &target,
-            "/internal/lead",
-            Some(lead_body(next, wait.as_millis() as u64, false)),
-        );
-        match told {
-            Ok(a) if a.status == 200 => {}
-            Ok(a) => return Err(Error::Unavailable(format!("{target} did not take the handover: {}", a.error()))),
-            Err(e) => return Err(Error::Unavailable(format!("{target} did not take the handover: {e}"))),
-        }
-        let mine = json!({ "url": f.me, "epoch": epoch }).to_string().into_bytes();
-        let when = [Compare::Value(LEADER.into(), mine), Compare::ModRevision(SYNC.into(), sync.revision)];
-        let ops = [
-            put(EPOCH, json!(next), None),
-            put(LEADER, json!({ "url": target, "epoch": next }), Some(lease)),
-            put(SYNC, json!({ "epoch": next, "members": [target] }), None),
-        ];
-        match f.etcd.txn(&when, &ops, &[]) {
-            Ok(o) if o.succeeded => {
-                self.feed(Input::HandedOver { url: target.clone(), epoch: next });
-                Ok((target, next))
-            }
-            Ok(_) => Err(Error::Conflict("the leader key or the in-sync record changed meanwhile".into())),
-            Err(e) => Err(Error::Unavailable(format!("etcd: {e} (the handover's outcome is unknown)"))),
-        }
-    }
-
-    /// `POST /internal/lead` on a switchover's target: the epoch it is handed and, with
-    /// `go`, a request to read etcd now and answer once it leads.
-    pub(super) fn expect_leadership(&self, body: &serde_json::Value) -> Result<serde_json::Value> {
-        if self.failover.is_none() {
-            return Err(Error::Conflict("static roles: no handover".into()));
-        }
-        let epoch = body["epoch"].as_u64().ok_or_else(|| Error::BadRequest("give epoch".into()))?;
-        let wait = Duration::from_millis(body["wait_ms"].as_u64().unwrap_or(0).min(60_000));
-        if !body["go"].as_bool().unwrap_or(false) {
-            self.feed(Input::Expect { epoch, writable_from: Instant::now() + wait });
-            return Ok(json!({ "expecting": epoch }));
-        }
-        let deadline = Instant::now() + LEAD_WAIT;
-        while Instant::now() < deadline {
-            self.kick_election();
-            let writes_from = (self.term() == epoch).then(|| self.etcd_side().core().writes_from(Instant::now()));
-            if let Some(Some(at)) = writes_from {
-                let left = at.saturating_duration_since(Instant::now());
-                return Ok(json!({ "writable_in_ms": left.as_millis() as u64 }));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err(Error::Unavailable(format!("not leading epoch {epoch} yet")))
     }
 
     /// A write could not be made safe: this primary steps down.

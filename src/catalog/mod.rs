@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: the settings of a catalog process.
 //! - [`state`]: the books and their operations, no I/O.
-//! - [`failover`]: the role under failover through etcd, as states; no I/O.
+//! - [`failover`]: the role under failover through etcd, as states; no I/O; `elect.rs`
+//!   performs its effects (etcd lease, members, election, in-sync record), `switchover.rs`
+//!   the planned handover, `status.rs` `/health`, `/ready` and `/metrics`.
 //! - [`store`]: the CSV files in the data directory.
 //! - [`import`]: `bazar-catalog import FILE`.
 //! - [`node`]: one catalog process: settings, HTTP routes and reads; `primary.rs` its
@@ -27,6 +29,7 @@ mod replica;
 pub mod state;
 mod status;
 pub mod store;
+mod switchover;
 
 pub use config::{CatalogConfig, Role};
 pub use node::CatalogNode;

@@ -341,7 +341,9 @@ impl CatalogNode {
     /// catalog is the primary, and until the replica leaves).
     fn keep_replica_in_sync(&self, link: &ReplicaLink, shutdown: &Shutdown) {
         while !link.gone.load(Ordering::SeqCst) {
-            let primary = self.role() == super::config::Role::Primary;
+            // With etcd only while leading validly: a primary that was replaced sends nothing.
+            let valid = self.failover.as_ref().is_none_or(|f| f.core().may_grant(Instant::now()));
+            let primary = self.role() == super::config::Role::Primary && valid;
             if primary && (!link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst)) {
                 match self.bring_in_sync(link) {
                     Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
