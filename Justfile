@@ -18,7 +18,7 @@ check:
 build:
     cargo build --release
 
-# Build the container images (static binaries FROM scratch, and memcached).
+# Build the container images (static binaries FROM scratch, memcached and etcd).
 images:
     bash containers/build-images.sh
 

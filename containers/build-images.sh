@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the store's images from this repo: static binaries (glibc, crt-static) and
-# FROM scratch, plus memcached from Debian's package. No image is pulled.
+# FROM scratch, plus memcached and etcd from Debian's packages. No image is pulled.
 #   bazar-catalog:local  bazar-order:local  bazar-frontend:local  bazar-memcached:local
+#   bazar-etcd:local
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
@@ -20,20 +21,29 @@ for role in catalog:9000 order:9002 frontend:4200; do
     docker build -q -t "bazar-$name:local" --build-arg "BIN=bazar-$name" --build-arg "PORT=$port" "$ctx" >/dev/null
     echo "built bazar-$name:local"
 done
-if ! command -v memcached >/dev/null; then
-    echo "memcached is not installed (apt-get install memcached); no memcached image" >&2
-    exit 1
-fi
-ctx="$work/memcached"
-mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc"
-cp "$(command -v memcached)" "$ctx/rootfs/usr/bin/memcached"
-# The binary's shared libraries and the dynamic loader, at the paths it looks for them.
-for lib in $(ldd "$(command -v memcached)" | grep -o '/[^ ]*'); do
-    mkdir -p "$ctx/rootfs$(dirname "$lib")"
-    cp -L "$lib" "$ctx/rootfs$lib"
+# A Debian program, its shared libraries and the dynamic loader (at the paths it looks for
+# them) and a passwd line for the user it runs as, in build context $2.
+debian_rootfs() { # program context user:uid
+    local program ctx=$2
+    program=$(command -v "$1")
+    mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc" "$ctx/data"
+    cp "$program" "$ctx/rootfs/usr/bin/$1"
+    for lib in $(ldd "$program" | grep -o '/[^ ]*'); do
+        mkdir -p "$ctx/rootfs$(dirname "$lib")"
+        cp -L "$lib" "$ctx/rootfs$lib"
+    done
+    echo "${3%%:*}:x:${3##*:}:${3##*:}::/:/usr/sbin/nologin" > "$ctx/rootfs/etc/passwd"
+}
+for dep in memcached:memcached:memcache:11211 etcd:etcd-server:etcd:2379; do
+    IFS=: read -r program package user uid <<<"$dep"
+    if ! command -v "$program" >/dev/null; then
+        echo "$program is not installed (apt-get install $package); no $program image" >&2
+        exit 1
+    fi
+    ctx="$work/$program"
+    debian_rootfs "$program" "$ctx" "$user:$uid"
+    cp "containers/Dockerfile.$program" "$ctx/Dockerfile"
+    docker build -q -t "bazar-$program:local" "$ctx" >/dev/null
+    echo "built bazar-$program:local"
 done
-echo "memcache:x:11211:11211::/:/usr/sbin/nologin" > "$ctx/rootfs/etc/passwd"
-cp containers/Dockerfile.memcached "$ctx/Dockerfile"
-docker build -q -t bazar-memcached:local "$ctx" >/dev/null
-echo "built bazar-memcached:local"
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^bazar-' | sort

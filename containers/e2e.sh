@@ -2,7 +2,9 @@
 # The whole store as containers on private networks this script creates, checked through
 # the front end's published port: search, info, purchase; a stopped replica; a replica
 # cut off by `docker network disconnect` (read leases) and reconnected; a stopped primary
-# and its restart. Removes only what it created, by name, even when it fails.
+# and its restart; then a second store whose catalogs elect their primary through etcd:
+# the primary cut off by a partition is replaced, acknowledges nothing meanwhile, and
+# rejoins as a replica. Removes only what it created, by name, even when it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,17 +12,18 @@ P=bazar-e2e                       # every container and network name starts with
 NET=$P-net                        # the store's network
 PROBE=$P-probe                    # a second network through which the test reads the replica
 LEASE_MS=1000
+FAILOVER="ffrontend forder-1 forder-2 fcatalog-1 fcatalog-2"   # the etcd store's containers
 started=$(date +%s)
 
 cleanup() {
     local rc=$?
     if [ "$rc" != 0 ]; then
         echo "== FAILED; last log lines:"
-        for c in catalog-instance1 catalog-instance2 order-instance1 order-instance2 frontend; do
+        for c in catalog-instance1 catalog-instance2 order-instance1 order-instance2 frontend $FAILOVER; do
             echo "-- $P-$c"; docker logs --tail 15 "$P-$c" 2>&1 || true
         done
     fi
-    for c in frontend order-instance1 order-instance2 catalog-instance1 catalog-instance2 memcached; do
+    for c in frontend order-instance1 order-instance2 catalog-instance1 catalog-instance2 memcached $FAILOVER etcd; do
         docker rm -f "$P-$c" >/dev/null 2>&1 || true
     done
     docker network rm "$NET" "$PROBE" >/dev/null 2>&1 || true
@@ -128,5 +131,47 @@ wait_for 30 "primary back" healthy catalog-instance1
 [ "$(quantity "$FE/info/4")" = 96 ] || fail "acknowledged purchases lost"
 wait_for 30 "writes work again" sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -X POST $FE/purchase/5)\" = 200 ]"
 ok "after its restart nothing acknowledged was lost and writes work"
+
+echo "== failover through etcd: a store whose primary is cut off by a partition"
+docker run -d --name "$P-etcd" --network "$NET" bazar-etcd:local >/dev/null
+for i in 1 2; do
+    docker run -d --name "$P-fcatalog-$i" --network "$NET" -e BAZAR_LOG=info -e BAZAR_ETCD=http://$P-etcd:2379 \
+        -e BAZAR_ADVERTISE=http://$P-fcatalog-$i:9000 bazar-catalog:local >/dev/null
+    docker network connect "$PROBE" "$P-fcatalog-$i"
+done
+FCATALOGS=http://$P-fcatalog-1:9000,http://$P-fcatalog-2:9000
+for i in 1 2; do
+    docker run -d --name "$P-forder-$i" --network "$NET" -e BAZAR_CATALOG=$FCATALOGS \
+        -e BAZAR_PEERS=http://$P-forder-$(( 3 - i )):9002 bazar-order:local >/dev/null
+done
+fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+FFE=http://127.0.0.1:$fport
+docker run -d --name "$P-ffrontend" --network "$NET" --publish "127.0.0.1:$fport:4200" -e BAZAR_CATALOG=$FCATALOGS \
+    -e BAZAR_ORDER=http://$P-forder-1:9002,http://$P-forder-2:9002 bazar-frontend:local >/dev/null
+for c in $FAILOVER; do wait_for 60 "$c healthy (HEALTHCHECK)" healthy "$c"; done
+# "role primary" of a catalog's /health, empty when it does not answer
+role() { curl -s -m 3 "$1/health" | python3 -c 'import json,sys; h=json.load(sys.stdin); print(h["role"], h["primary"])' 2>/dev/null || true; }
+C1=http://$(ip_on fcatalog-1 "$PROBE"):9000
+C2=http://$(ip_on fcatalog-2 "$PROBE"):9000
+elected() { role "$C1" | grep -q '^primary' || role "$C2" | grep -q '^primary'; }
+sells() { [ "$(curl -s -o /dev/null -m 10 -w '%{http_code}' -X POST "$FFE/purchase/1")" = 200 ]; }
+rejoined() { role "$OLD" | grep -q "^replica http://$P-fcatalog"; }
+agree() { [ "$(curl -s -m 3 "$OLD/books")" = "$(curl -s -m 3 "$NEW/books")" ]; }
+wait_for 30 "a primary elected" elected
+if role "$C1" | grep -q '^primary'; then old=fcatalog-1 OLD=$C1 NEW=$C2; else old=fcatalog-2 OLD=$C2 NEW=$C1; fi
+wait_for 30 "the etcd store sells" sells
+ok "the etcd store elected $P-$old and sells"
+docker network disconnect "$NET" "$P-$old"
+t0=$(date +%s%N)
+wait_for 30 "purchases to succeed again" sells
+t1=$(date +%s%N)
+echo "partition of the primary: purchases back after $(( (t1 - t0) / 1000000 )) ms"
+code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' -X PATCH -H 'Content-Type: application/json' -d '{"quantity": 5}' "$OLD/books/2")
+[ "$code" = 503 ] || fail "the cut-off old primary answered a write with $code"
+ok "the cut-off old primary acknowledges nothing (503)"
+docker network connect "$NET" "$P-$old"
+wait_for 30 "the old primary to rejoin as a replica" rejoined
+wait_for 30 "both catalogs to agree" agree
+ok "reconnected, it follows the new primary and holds the same books"
 
 echo "== e2e passed in $(( $(date +%s) - started )) s"

@@ -365,10 +365,11 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))
     }
 
-    /// The writes after `after` in history `history` (a replica that missed some), or
-    /// None when the primary no longer has them or has another history (410).
-    pub fn log(&self, base: &str, after: u64, history: &str) -> Result<Option<LogPage>> {
-        let path = format!("/internal/log?after={after}&history={}", percent_encode(history));
+    /// The writes after `after` (a write of `epoch`) in history `history` (a replica that
+    /// missed some), or None when the primary no longer has them, has another history, or
+    /// holds a write of another epoch at `after` (410: the logs diverged).
+    pub fn log(&self, base: &str, after: u64, history: &str, epoch: u64) -> Result<Option<LogPage>> {
+        let path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(history));
         let answer = self.http.call(Method::GET, base, &path, None)?;
         match answer.status {
             410 => Ok(None),
@@ -381,9 +382,9 @@ impl CatalogClient {
         self.http.call(Method::POST, base, "/internal/resync", None)?.json()
     }
 
-    /// Pushes a batch of writes to a replica, in order.
-    pub fn replicate(&self, base: &str, pushes: &[Replicate]) -> Result<ReplicaAck> {
-        self.http.send(Method::POST, base, "/internal/replicate", &pushes)
+    /// Pushes a batch of writes to a replica, in order, from a primary at `epoch`.
+    pub fn replicate(&self, base: &str, epoch: u64, pushes: &[Replicate]) -> Result<ReplicaAck> {
+        self.http.send(Method::POST, base, &format!("/internal/replicate?epoch={epoch}"), &pushes)
     }
 
     /// Asks the primary for a read lease (replicas).

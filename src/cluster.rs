@@ -1,8 +1,9 @@
 //! `bazar-cluster`: the whole store on one machine, for trying it out and for the lab.
 //!
-//! It starts memcached (when it is installed), the catalog primary and replica, two order
-//! servers and the front end on the local ports of API.md, with their data under one
-//! directory (`BAZAR_DATA_DIR`, default `./run`). Each child's log lines are printed with
+//! It starts memcached (when it is installed), a one-member etcd on loopback (when it is
+//! installed: the catalogs then elect their primary and fail over by themselves; else
+//! static roles, catalog-1 primary), the two catalogs, two order servers and the front end
+//! on the local ports of API.md, with their data under one directory (`BAZAR_DATA_DIR`, default `./run`). Each child's log lines are printed with
 //! its name in front. On Ctrl-C (SIGINT) or SIGTERM it stops every child (SIGTERM, then
 //! SIGKILL after [`STOP_TIMEOUT`]) and exits 0.
 //!
@@ -27,13 +28,17 @@ const HELP: &str = "\
 bazar-cluster: starts the whole store on this machine and stops it on Ctrl-C.
 
   front end        http://127.0.0.1:4200 (in a browser: / the storefront, /dashboard)
-  catalog primary  http://127.0.0.1:9000    catalog replica  http://127.0.0.1:9001
+  catalogs         http://127.0.0.1:9000, http://127.0.0.1:9001 (with etcd they elect their
+                   primary and fail over; without, 9000 is the primary, 9001 a replica)
   order servers    http://127.0.0.1:9002, http://127.0.0.1:9003
   memcached        127.0.0.1:11211 (when memcached is installed; else no cache)
+  etcd             http://127.0.0.1:2479 (when etcd is installed; peers on 2480)
 
 Environment:
   BAZAR_DATA_DIR  where the services keep their CSV files (default ./run)
   BAZAR_MEMCACHED set and empty: run without memcached even where it is installed
+  BAZAR_ETCD      etcd client URLs to use instead of starting one; set and empty: static
+                  roles even where etcd is installed
   BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
 ";
 
@@ -101,6 +106,25 @@ pub fn etcd_args(port: u16, peer_port: u16, data: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The etcd a store's catalogs elect their primary through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcdPlan {
+    /// Start a one-member etcd on loopback: its client and peer ports.
+    Start(u16, u16),
+    /// Use these client URLs (comma-separated).
+    Use(String),
+}
+
+impl EtcdPlan {
+    /// The catalogs' `BAZAR_ETCD`.
+    pub fn endpoints(&self) -> String {
+        match self {
+            EtcdPlan::Start(port, _) => url(*port),
+            EtcdPlan::Use(urls) => urls.clone(),
+        }
+    }
+}
+
 /// Where a store runs: ports, data, and what is passed to every service.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -116,6 +140,8 @@ pub struct Layout {
     pub orders: [u16; 2],
     /// memcached port, or None for a store without cache.
     pub memcached: Option<u16>,
+    /// How the catalogs find their primary: through etcd, or static roles (None).
+    pub etcd: Option<EtcdPlan>,
     /// Settings given to every service (BAZAR_LEASE_MS, BAZAR_THREADS, ...).
     pub env: Vec<(String, String)>,
     /// Children's output discarded (the bench) instead of printed with their names.
@@ -128,7 +154,13 @@ impl Layout {
     pub fn standard(dir: PathBuf, bin_dir: PathBuf) -> Layout {
         let no_cache = std::env::var("BAZAR_MEMCACHED").is_ok_and(|v| v.trim().is_empty());
         let memcached = find_program("memcached").filter(|_| !no_cache).map(|_| 11211);
+        let etcd = match std::env::var("BAZAR_ETCD").ok().map(|v| v.trim().to_string()) {
+            Some(urls) if urls.is_empty() => None,
+            Some(urls) => Some(EtcdPlan::Use(urls)),
+            None => find_program("etcd").map(|_| EtcdPlan::Start(2479, 2480)),
+        };
         Layout {
+            etcd,
             dir,
             bin_dir,
             frontend: 4200,
@@ -233,15 +265,21 @@ impl Running {
         out
     }
 
-    /// Stops every child: SIGTERM in reverse order of start, SIGKILL after [`STOP_TIMEOUT`].
+    /// Stops every child: SIGTERM in reverse order of start, SIGKILL after [`STOP_TIMEOUT`];
+    /// etcd last, so that a stopping primary can still give up its role there.
     pub fn stop(&mut self) {
-        for n in self.children.iter().rev() {
+        self.stop_where(|name| name != "etcd");
+        self.stop_where(|_| true);
+    }
+
+    fn stop_where(&mut self, which: impl Fn(&str) -> bool) {
+        for n in self.children.iter().rev().filter(|n| which(n.spec.name)) {
             if let Some(c) = &n.child {
                 terminate(c);
             }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for n in self.children.iter_mut().rev() {
+        for n in self.children.iter_mut().rev().filter(|n| which(n.spec.name)) {
             let Some(mut c) = n.child.take() else { continue };
             while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -273,6 +311,14 @@ fn specs(layout: &Layout) -> Vec<Spec> {
         }
         _ => String::new(),
     };
+    if let (Some(EtcdPlan::Start(port, peer)), Some(program)) = (&layout.etcd, find_program("etcd")) {
+        specs.push(Spec {
+            name: "etcd",
+            program,
+            args: etcd_args(*port, *peer, &layout.dir.join("etcd")),
+            env: Vec::new(),
+        });
+    }
     let catalogs = layout.catalog_urls().join(",");
     let service = |name: &'static str, program: &str, port: u16, own: Vec<(&str, String)>| {
         let mut env = layout.env.clone();
@@ -281,28 +327,19 @@ fn specs(layout: &Layout) -> Vec<Spec> {
         Spec { name, program: bin(program), args: Vec::new(), env }
     };
     let [p, r] = layout.catalogs;
-    specs.push(service(
-        "catalog-1",
-        "bazar-catalog",
-        p,
-        vec![
-            ("BAZAR_ROLE", "primary".into()),
-            ("BAZAR_REPLICAS", url(r)),
-            ("BAZAR_DATA_DIR", data("catalog-1")),
-            ("BAZAR_MEMCACHED", memcached.clone()),
-        ],
-    ));
-    specs.push(service(
-        "catalog-2",
-        "bazar-catalog",
-        r,
-        vec![
-            ("BAZAR_ROLE", "replica".into()),
-            ("BAZAR_PRIMARY", url(p)),
-            ("BAZAR_DATA_DIR", data("catalog-2")),
-            ("BAZAR_MEMCACHED", memcached.clone()),
-        ],
-    ));
+    let roles = |role: &str, peer: (&'static str, String)| -> Vec<(&'static str, String)> {
+        match &layout.etcd {
+            Some(plan) => vec![("BAZAR_ETCD", plan.endpoints())],
+            None => vec![("BAZAR_ROLE", role.to_string()), peer],
+        }
+    };
+    for (name, port, mut own) in [
+        ("catalog-1", p, roles("primary", ("BAZAR_REPLICAS", url(r)))),
+        ("catalog-2", r, roles("replica", ("BAZAR_PRIMARY", url(p)))),
+    ] {
+        own.extend([("BAZAR_DATA_DIR", data(name)), ("BAZAR_MEMCACHED", memcached.clone())]);
+        specs.push(service(name, "bazar-catalog", port, own));
+    }
     let [o1, o2] = layout.orders;
     for (name, port, peer) in [("order-1", o1, o2), ("order-2", o2, o1)] {
         specs.push(service(
@@ -428,6 +465,13 @@ pub fn main() -> ExitCode {
     match layout.memcached {
         Some(port) => eprintln!("bazar-cluster: memcached on 127.0.0.1:{port}"),
         None => eprintln!("bazar-cluster: no memcached (not installed, or BAZAR_MEMCACHED empty): the store runs without a cache (X-Cache: off)"),
+    }
+    match &layout.etcd {
+        Some(plan) => eprintln!(
+            "bazar-cluster: the catalogs elect their primary through etcd at {} and fail over by themselves",
+            plan.endpoints()
+        ),
+        None => eprintln!("bazar-cluster: static roles, catalog-1 primary and catalog-2 replica (etcd not installed, or BAZAR_ETCD empty): a dead primary stops writes until restarted"),
     }
     let mut store = match Running::start(&layout) {
         Ok(s) => s,

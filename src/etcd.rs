@@ -172,6 +172,16 @@ impl Etcd {
         Ok(self.kvs(&answer)?.into_iter().next())
     }
 
+    /// Every key under `dir` (`members/` lists `members/a`, `members/b`, ...), in key order.
+    pub fn list(&self, dir: &str) -> Result<Vec<Kv>> {
+        let start = format!("{}/{dir}", self.prefix).into_bytes();
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({ "key": BASE64_STANDARD.encode(&start), "range_end": BASE64_STANDARD.encode(range_end(&start)) }),
+        )?;
+        self.kvs(&answer)
+    }
+
     /// Sets a key, bound to `lease` when given.
     pub fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<()> {
         self.call("/v3/kv/put", &self.put_body(key, value, lease)).map(drop)
@@ -312,6 +322,19 @@ impl Etcd {
     }
 }
 
+/// The end of the range of every key that begins with `prefix`: the prefix with its last
+/// byte below 0xff raised by one (etcd's own `clientv3.GetPrefixRangeEnd`).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// A 64-bit number as the gateway writes it: a string, a number, or left out (0).
 fn number(v: &Value) -> i64 {
     match v {
@@ -384,6 +407,13 @@ mod tests {
         for (v, n) in [(json!("42"), 42), (json!(42), 42), (Value::Null, 0), (json!("x"), 0)] {
             assert_eq!(number(&v), n, "{v}");
         }
+    }
+
+    #[test]
+    fn a_prefix_range_ends_past_every_key_under_it() {
+        assert_eq!(range_end(b"/bazar/members/"), b"/bazar/members0");
+        assert_eq!(range_end(b"a\xff"), b"b");
+        assert_eq!(range_end(b"\xff"), b"\0");
     }
 
     #[test]

@@ -144,6 +144,20 @@ pub fn open_append(path: &Path, header: &[u8]) -> io::Result<File> {
     Ok(f)
 }
 
+/// Whether the file at `path` begins with `prefix`.
+pub fn starts_with(path: &Path, prefix: &[u8]) -> io::Result<bool> {
+    use std::io::Read;
+    let mut head = vec![0; prefix.len()];
+    match File::open(path) {
+        Ok(f) => {
+            let n = f.take(prefix.len() as u64).read(&mut head)?;
+            Ok(n == prefix.len() && head == prefix)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates the data directory (and its parents) if it is missing.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)

@@ -219,6 +219,15 @@ pub struct Replicate {
     pub seq: u64,
     /// The book after the write.
     pub book: Book,
+    /// The epoch of the primary that decided it (0 with static roles, and in logs written
+    /// before epochs). One primary per epoch: two logs whose writes at N have the same
+    /// (seq, epoch) agree up to N.
+    #[serde(default)]
+    pub epoch: u64,
+    /// For a purchase made for an order: the order, journaled with the write on every
+    /// catalog (so that a replica that becomes the primary can reconcile it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
 }
 
 /// Primary to replica: the writes after a sequence number (`GET /internal/log?after=N`),
@@ -232,6 +241,9 @@ pub struct LogPage {
     pub seq: u64,
     /// Up to a page of writes after N, in order.
     pub writes: Vec<Replicate>,
+    /// The epoch of the primary that answered.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// A replica's answer to a push: the sequence number it now holds, and who it is.
@@ -244,6 +256,10 @@ pub struct ReplicaAck {
     /// The replica's catalog history (see [`LogPage::history`]).
     #[serde(default)]
     pub history: String,
+    /// The epoch of the replica's last write: with `seq`, where its log stands (a log that
+    /// holds another write at `seq` has diverged, and is copied whole).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Primary to replica: a page of the whole catalog (`GET /internal/books`), for a replica
@@ -255,6 +271,9 @@ pub struct BookPage {
     pub history: String,
     /// The sequence number the page was read at.
     pub seq: u64,
+    /// The epoch of write `seq`.
+    #[serde(default)]
+    pub epoch: u64,
     /// Books by id, after the cursor.
     pub books: Vec<Book>,
     /// Whether more books follow.

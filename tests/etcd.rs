@@ -111,3 +111,16 @@ fn etcd_killed_is_unreachable_and_restarted_keeps_its_keys() {
     eventually(START_DEADLINE, "etcd back", || etcd.get("epoch").is_ok());
     assert_eq!(etcd.get("epoch").unwrap().unwrap().value, b"3");
 }
+
+#[test]
+fn a_prefix_lists_its_keys_only() {
+    let dir = TempDir::new("etcd-list");
+    let Some(server) = etcd(&dir.0) else { return };
+    let etcd = etcd_client(&[etcd_url(&server)], "/bazar-list");
+    for key in ["members/b", "members/a", "membersx", "leader"] {
+        etcd.put(key, key.as_bytes(), None).unwrap();
+    }
+    let keys: Vec<String> = etcd.list("members/").unwrap().into_iter().map(|kv| kv.key).collect();
+    assert_eq!(keys, ["members/a", "members/b"]);
+    assert!(etcd.list("nothing/").unwrap().is_empty());
+}

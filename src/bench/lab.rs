@@ -109,6 +109,7 @@ fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::R
             None
         },
         env,
+        etcd: None,
         quiet: true,
     };
     let running = Running::start(&layout)?;

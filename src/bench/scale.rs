@@ -137,6 +137,7 @@ fn measure(books: u32, orders: u64, samples: usize) -> std::io::Result<Measured>
         orders: [cluster::free_port()?, cluster::free_port()?],
         memcached: cluster::find_program("memcached").map(|_| cluster::free_port()).transpose()?,
         env: vec![("BAZAR_LOG".into(), "warn".into())],
+        etcd: None,
         quiet: true,
     };
     let [primary, replica] = layout.catalog_urls();

@@ -100,7 +100,8 @@ pub fn import(dir: &Path, file: &Path) -> std::result::Result<(usize, u64), Impo
     let (mut store, old) = Store::open_for_import(dir).map_err(|e| whole(e.to_string()))?;
     catalog.raise_seq(old.seq() + 1);
     let history = new_history_id().map_err(|e| whole(e.to_string()))?;
-    store.replace(&catalog, &history).map_err(|e| whole(e.to_string()))?;
+    let epoch = store.last_epoch();
+    store.replace(&catalog, &history, epoch).map_err(|e| whole(e.to_string()))?;
     Ok((catalog.len(), catalog.seq()))
 }
 

@@ -2,6 +2,9 @@
 //!
 //! - [`config`]: the settings of a catalog process.
 //! - [`state`]: the books and their operations, no I/O.
+//! - [`failover`]: the role under failover through etcd, as states; no I/O; `elect.rs`
+//!   performs its effects (etcd lease, members, election, in-sync record), `switchover.rs`
+//!   the planned handover, `status.rs` `/health`, `/ready` and `/metrics`.
 //! - [`store`]: the CSV files in the data directory.
 //! - [`import`]: `bazar-catalog import FILE`.
 //! - [`node`]: one catalog process: settings, HTTP routes and reads; `primary.rs` its
@@ -15,13 +18,18 @@
 //! start or a gap installs a snapshot from the primary before it answers reads again.
 
 pub mod config;
+mod elect;
+pub mod failover;
 pub mod import;
 pub mod lease;
 pub mod node;
 mod primary;
+mod recent;
 mod replica;
 pub mod state;
+mod status;
 pub mod store;
+mod switchover;
 
 pub use config::{CatalogConfig, Role};
 pub use node::CatalogNode;

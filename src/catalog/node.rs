@@ -1,5 +1,11 @@
 //! One catalog process: its settings, its routes and its reads. The primary's side of
-//! replication is in `primary.rs`, the replica's in `replica.rs`.
+//! replication is in `primary.rs`, the replica's in `replica.rs`, the etcd side of
+//! failover (performing the role core's effects) in `elect.rs`, `/health`, `/ready` and
+//! `/metrics` in `status.rs`.
+//!
+//! With static roles the role and the peers are fixed at start. With etcd they change at
+//! run time: every background thread of both roles runs, and each checks the role now
+//! (`current`) before it acts; the role core (`failover.rs`) decides the changes.
 //!
 //! Locks: `writer` serialises everything that changes the catalog on this node (a whole
 //! primary write from decision to acknowledgement, or a replica's apply) and owns the
@@ -14,7 +20,7 @@ use crate::cache::Cache;
 use crate::client::{CatalogClient, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, json_body, parse_id, Request, Response};
-use crate::metrics::{push_metric, Metrics};
+use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::{Book, BookPage, BookUpdate, NewBook, PurchasePage, PurchaseRequest, Replicate};
@@ -43,6 +49,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(300);
 /// The primary's view of one replica.
 pub(super) struct ReplicaLink {
     pub(super) url: String,
+    /// With etcd: the replica left the members; its background thread ends.
+    pub(super) gone: AtomicBool,
     /// In sync or not, its identity, its lease. Held briefly; never across a call.
     pub(super) grant: Mutex<Grant>,
     /// A replica the primary does not know asked for a lease: this one may have restarted
@@ -51,6 +59,15 @@ pub(super) struct ReplicaLink {
 }
 
 impl ReplicaLink {
+    pub(super) fn new(url: &str) -> ReplicaLink {
+        ReplicaLink {
+            url: url.to_string(),
+            gone: AtomicBool::new(false),
+            grant: Mutex::default(),
+            recheck: AtomicBool::new(false),
+        }
+    }
+
     pub(super) fn grant(&self) -> std::sync::MutexGuard<'_, Grant> {
         self.grant.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -80,6 +97,17 @@ pub(super) struct Counters {
     pub(super) lease_wait_micros: AtomicU64,
     pub(super) lease_renewals: AtomicU64,
     pub(super) lease_renewal_failures: AtomicU64,
+    pub(super) stale_refused: AtomicU64,
+}
+
+/// The role now, and the primary writes go to.
+#[derive(Clone, Debug)]
+pub(super) struct Current {
+    pub(super) role: Role,
+    /// A replica's primary (None: none known now, an election is under way).
+    pub(super) primary: Option<String>,
+    /// A primary's epoch: its writes, pushes and answers carry it (0 with static roles).
+    pub(super) term: u64,
 }
 
 /// One catalog process.
@@ -93,6 +121,10 @@ pub struct CatalogNode {
     pub(super) serving: AtomicBool,
     /// Replica: a catch-up is wanted (at start, or the primary asked for one).
     pub(super) catch_up_wanted: AtomicBool,
+    /// Replica: a whole copy is under way (the catalog in memory is partial).
+    pub(super) copying: AtomicBool,
+    /// This node, for the threads it starts from a borrowed `self`.
+    pub(super) me: std::sync::Weak<CatalogNode>,
     /// Replica: its identity for this run.
     pub(super) replica_id: String,
     /// Replica: its read lease. Held briefly.
@@ -109,7 +141,16 @@ pub struct CatalogNode {
     pub(super) queue: Mutex<Option<mpsc::Receiver<Pending>>>,
     /// Replica: when it last heard from the primary.
     pub(super) last_push: Mutex<Option<Instant>>,
-    pub(super) links: Vec<ReplicaLink>,
+    /// Primary: its replicas (fixed with static roles; with etcd, the members of the
+    /// store and of the in-sync record). Held briefly.
+    pub(super) links: RwLock<Vec<Arc<ReplicaLink>>>,
+    /// The role now. Held briefly.
+    pub(super) current: RwLock<Current>,
+    /// With etcd: the role core and the etcd client.
+    pub(super) failover: Option<super::elect::Failover>,
+    /// The newest epoch known: a primary's own, which its writes carry; always 0 with
+    /// static roles. Pushes, lease grants and log answers of an older one are refused.
+    pub(super) epoch: AtomicU64,
     /// Pushes and lease requests (short timeout).
     pub(super) push: CatalogClient,
     /// Remote writes and catch-up (longer timeout).
@@ -126,26 +167,30 @@ impl CatalogNode {
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
-        let links = config
-            .replicas
-            .iter()
-            .map(|url| ReplicaLink { url: url.clone(), grant: Mutex::default(), recheck: AtomicBool::new(false) })
-            .collect();
+        let links = config.replicas.iter().map(|url| Arc::new(ReplicaLink::new(url))).collect();
+        let current = Current { role: config.role, primary: config.primary.clone(), term: 0 };
+        let failover = config.etcd.as_ref().map(|e| super::elect::Failover::new(e, config.lease, pool));
         let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
         let (writes, queue) = mpsc::sync_channel(QUEUE);
-        Ok(Arc::new(CatalogNode {
+        let replica_id = crate::ids::random_hex()?;
+        Ok(Arc::new_cyclic(|me| CatalogNode {
+            me: me.clone(),
+            copying: AtomicBool::new(false),
             writes,
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
             catch_up_wanted: AtomicBool::new(false),
-            replica_id: crate::ids::random_hex()?,
+            replica_id,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
             writes_open: AtomicBool::new(false),
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),
-            links,
+            links: RwLock::new(links),
+            current: RwLock::new(current),
+            failover,
+            epoch: AtomicU64::new(0),
             push: CatalogClient { http: Http::new(PUSH_TIMEOUT, pool, token.clone()) },
             forward: Http::new(FORWARD_TIMEOUT, pool, token),
             cache,
@@ -160,12 +205,42 @@ impl CatalogNode {
     }
 
     /// Starts the background work: a primary keeps replicas in sync, a replica catches up
-    /// and renews its lease.
+    /// and renews its lease; with etcd, both (each acts only in its role) and the election.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        if self.failover.is_some() {
+            self.start_primary(shutdown);
+            self.start_replica(shutdown);
+            return self.start_election(shutdown);
+        }
         match self.config.role {
             Role::Primary => self.start_primary(shutdown),
             Role::Replica => self.start_replica(shutdown),
         }
+    }
+
+    /// The role now.
+    pub(super) fn role(&self) -> Role {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).role
+    }
+
+    /// The primary writes go to, for a replica (None: unknown now, or this is the primary).
+    pub(super) fn primary_url(&self) -> Option<String> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.primary.clone().filter(|_| current.role == Role::Replica)
+    }
+
+    /// A primary's epoch (its writes carry it).
+    pub(super) fn term(&self) -> u64 {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).term
+    }
+
+    pub(super) fn set_current(&self, role: Role, primary: Option<String>, term: u64) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current { role, primary, term };
+    }
+
+    /// The primary's replicas now.
+    pub(super) fn links(&self) -> Vec<Arc<ReplicaLink>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(super) fn state(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -184,13 +259,58 @@ impl CatalogNode {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The newest epoch known here.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A push, lease grant or log answer of a primary at `epoch`: refused (and counted)
+    /// when older than the newest epoch known; a newer one is adopted.
+    pub(super) fn check_epoch(&self, epoch: u64) -> Result<()> {
+        if let Some(f) = &self.failover {
+            // The core decides (a primary that hears of a newer epoch steps down).
+            let answer = f.core().message(epoch);
+            return match answer {
+                Ok(effects) => {
+                    self.epoch.fetch_max(epoch, Ordering::SeqCst);
+                    self.perform(effects);
+                    Ok(())
+                }
+                Err(why) => {
+                    self.counters.stale_refused.fetch_add(1, Ordering::Relaxed);
+                    Err(Error::Conflict(why))
+                }
+            };
+        }
+        let known = self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        if epoch < known {
+            self.counters.stale_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Conflict(format!("a message of epoch {epoch}, older than epoch {known}")));
+        }
+        Ok(())
+    }
+
+    /// The `epoch` parameter of a request (0 when absent: a peer without epochs).
+    pub(super) fn epoch_param(request: &Request) -> Result<u64> {
+        match request.query_param("epoch")? {
+            None => Ok(0),
+            Some(e) => e.parse().map_err(|_| Error::BadRequest(format!("epoch={e:?} is not an epoch"))),
+        }
+    }
+
     /// Reads answer only from a node that is up to date: the primary, or a replica that has
     /// caught up and holds a read lease.
-    fn readable(&self) -> Result<()> {
+    pub(super) fn readable(&self) -> Result<()> {
         if !self.serving.load(Ordering::SeqCst) {
             return Err(Error::Unavailable("replica is catching up with the primary".into()));
         }
-        if self.config.role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
+        let role = self.role();
+        if let (Role::Primary, Some(f)) = (role, &self.failover) {
+            if !f.core().may_read(Instant::now()) {
+                return Err(Error::Unavailable("the primary's leadership in etcd may have lapsed".into()));
+            }
+        }
+        if role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
             return Err(Error::Unavailable(
                 "replica holds no read lease from the primary; it may have missed writes".into(),
             ));
@@ -206,17 +326,51 @@ impl CatalogNode {
         write: Write,
         order: Option<(String, String)>,
     ) -> Result<Response> {
-        match &self.config.primary {
-            None => Ok(Response::json(&self.write(id, write, order)?)),
-            Some(primary) => {
-                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                self.forward_to(primary, request)
+        if self.role() == Role::Primary {
+            match self.write(id, write, order) {
+                // With etcd: the role moved on (a switchover) before anything was decided:
+                // the write goes on to the new primary.
+                Err(Error::Unavailable(why)) if why == super::failover::NOT_PRIMARY && self.failover.is_some() => {}
+                answer => return Ok(Response::json(&answer?)),
             }
         }
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        self.forward_to(request)
+    }
+
+    /// `POST /admin/switchover` (body `{"to": url}` optional): done by the primary, forwarded
+    /// by a replica.
+    fn switchover_route(&self, request: &Request) -> Result<Response> {
+        if self.role() == Role::Replica && self.failover.is_some() {
+            return self.forward_to(request);
+        }
+        let to = match request.body.is_empty() {
+            true => None,
+            false => {
+                let body: serde_json::Value = json_body(request)?;
+                match &body["to"] {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(url) => {
+                        Some(crate::config::base_url("to", url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
+                    }
+                    other => return Err(Error::BadRequest(format!("`to` must be a base URL, not {other}"))),
+                }
+            }
+        };
+        Ok(Response::json(&self.switchover(to)?))
+    }
+
+    /// The primary to forward to, or 503 while none is known (with etcd: an election).
+    fn forward_target(&self) -> Result<String> {
+        self.primary_url().ok_or_else(|| {
+            self.kick_election();
+            Error::Unavailable("no primary is known now (an election is under way)".into())
+        })
     }
 
     /// Replica: relays a request to the primary (remote write) and its answer back.
-    fn forward_to(&self, primary: &str, request: &Request) -> Result<Response> {
+    fn forward_to(&self, request: &Request) -> Result<Response> {
+        let primary = &self.forward_target()?;
         let body = (!request.body.is_empty()).then(|| request.body.clone());
         let method =
             Method::from_bytes(request.method.as_bytes()).map_err(|_| Error::BadRequest("bad method".into()))?;
@@ -224,8 +378,13 @@ impl CatalogNode {
             Some(q) => format!("{}?{q}", request.path),
             None => request.path.clone(),
         };
-        let answer = self.forward.call(method, primary, &target, body).map_err(|e| match e {
+        let answer = match &self.failover {
+            None => self.forward.call(method, primary, &target, body),
+            Some(_) => self.forward_watched(method, primary, target, body)?,
+        };
+        let answer = answer.map_err(|e| match e {
             PeerError::Unreachable { url, source, .. } => {
+                self.kick_election();
                 Error::Unavailable(format!("primary {url} unreachable: {source}"))
             }
             other => other.into(),
@@ -263,8 +422,8 @@ impl CatalogNode {
 
     /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica.
     fn purchases(&self, request: &Request) -> Result<Response> {
-        if let Some(primary) = &self.config.primary {
-            return self.forward_to(primary, request);
+        if self.role() == Role::Replica {
+            return self.forward_to(request);
         }
         let after = match request.query_param("after")? {
             None => 0,
@@ -303,7 +462,8 @@ impl CatalogNode {
             ["internal", "farewell"] if method == "POST" => http::respond(
                 admin(&|| {
                     self.replica_only()?;
-                    let extended = self.lease().farewell(Instant::now());
+                    // With etcd another primary may follow at once: no grace.
+                    let extended = self.failover.is_none() && self.lease().farewell(Instant::now());
                     log::warn!(
                         "the primary is stopping; {}",
                         if extended { "serving reads for the farewell grace" } else { "no valid lease to extend" }
@@ -320,6 +480,13 @@ impl CatalogNode {
             }
             ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
             ["internal", "log"] if get => http::respond(admin(&|| self.log_after(request)), "/internal/log"),
+            ["admin", "switchover"] if method == "POST" => {
+                http::respond(admin(&|| self.switchover_route(request)), "/admin/switchover")
+            }
+            ["internal", "lead"] if method == "POST" => http::respond(
+                admin(&|| Ok(Response::json(&self.expect_leadership(&json_body(request)?)?))),
+                "/internal/lead",
+            ),
             ["internal", "resync"] if method == "POST" => http::respond(
                 admin(&|| {
                     self.replica_only()?;
@@ -333,6 +500,7 @@ impl CatalogNode {
             ),
             ["internal", "replicate"] if method == "POST" => http::respond(
                 admin(&|| {
+                    self.check_epoch(Self::epoch_param(request)?)?;
                     self.replica_only()?;
                     Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?)?))
                 }),
@@ -341,7 +509,9 @@ impl CatalogNode {
             ["health"] | ["ready"] | ["metrics"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
-            ["books", _, "purchase"] | ["internal", "replicate" | "resync" | "lease" | "farewell"] => {
+            ["books", _, "purchase"]
+            | ["admin", "switchover"]
+            | ["internal", "replicate" | "resync" | "lease" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "purchases" | "books" | "log"] => {
@@ -352,7 +522,7 @@ impl CatalogNode {
     }
 
     pub(super) fn replica_only(&self) -> Result<()> {
-        match self.config.role {
+        match self.role() {
             Role::Replica => Ok(()),
             Role::Primary => Err(Error::Conflict("this catalog is the primary; it takes no pushes".into())),
         }
@@ -377,11 +547,13 @@ impl CatalogNode {
     /// `GET /internal/books`: a page of a replica's full copy (any node that has the data).
     fn copy_page(&self, request: &Request) -> Result<Response> {
         let page = PageRequest::from_query(request, COPY_PAGE, page::parse_book_cursor)?;
-        let history = self.lock_writer().history_id().to_string();
+        // Under the writer lock: the page, its sequence number and that write's epoch agree.
+        let store = self.lock_writer();
+        let (history, epoch) = (store.history_id().to_string(), store.last_epoch());
         let state = self.state();
         let (books, more) = state.page(None, page.after.unwrap_or(0), page.limit);
         let books = books.into_iter().cloned().collect();
-        Ok(Response::json(&BookPage { history, seq: state.seq(), books, more }))
+        Ok(Response::json(&BookPage { history, seq: state.seq(), epoch, books, more }))
     }
 
     /// `GET /books/{id}`, with the sequence number it was read at.
@@ -391,144 +563,6 @@ impl CatalogNode {
         let state = self.state();
         Ok(Response::json(state.book(id)?).with_header("X-Seq", state.seq().to_string()))
     }
-
-    fn role(&self) -> &'static str {
-        match self.config.role {
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-        }
-    }
-
-    /// `GET /ready`: the primary always; a replica while it can serve reads.
-    fn ready(&self) -> Response {
-        let seq = self.state().seq();
-        match self.readable() {
-            Ok(()) => Response::json(&serde_json::json!({"status": "ready", "role": self.role(), "seq": seq})),
-            Err(e) => {
-                let status = if self.serving.load(Ordering::SeqCst) { "no-lease" } else { "catching-up" };
-                let body =
-                    serde_json::json!({"status": status, "role": self.role(), "seq": seq, "error": e.to_string()});
-                Response::raw_json(503, serde_json::to_vec(&body).expect("serializes"))
-            }
-        }
-    }
-
-    fn health(&self) -> serde_json::Value {
-        let out_of_sync: Vec<&str> = self.links.iter().filter(|l| !l.grant().in_sync).map(|l| l.url.as_str()).collect();
-        let readable = self.readable().is_ok();
-        let lease = self.lease().clone();
-        let state = self.state();
-        serde_json::json!({
-            "status": if readable { "ok" } else { "catching-up" },
-            "role": self.role(),
-            "seq": state.seq(),
-            "books": state.len(),
-            "replicas_out_of_sync": out_of_sync,
-            "lease_ms_left": lease.remaining(Instant::now()).as_millis() as u64,
-            "primary_down": lease.primary_down(),
-        })
-    }
-
-    fn metrics_text(&self) -> String {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let out_of_sync = self.links.iter().filter(|l| !l.grant().in_sync).count() as f64;
-        let lag = self.last_push.lock().unwrap_or_else(|e| e.into_inner()).map_or(-1.0, |t| t.elapsed().as_secs_f64());
-        let lease = self.lease().remaining(Instant::now()).as_secs_f64();
-        let (seq, books) = {
-            let state = self.state();
-            (state.seq() as f64, state.len() as f64)
-        };
-        let rows: [(&str, &str, &str, f64); 19] = [
-            ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
-            ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
-            ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
-            (
-                "bazar_catalog_write_batches_total",
-                "counter",
-                "Group commits (one fsync and one push each).",
-                get(&c.batches),
-            ),
-            (
-                "bazar_catalog_forwarded_total",
-                "counter",
-                "Writes this replica forwarded to the primary.",
-                get(&c.forwarded),
-            ),
-            (
-                "bazar_replication_push_failures_total",
-                "counter",
-                "Pushes a replica did not take.",
-                get(&c.pushes_failed),
-            ),
-            (
-                "bazar_replication_tail_writes_sent_total",
-                "counter",
-                "Writes sent again to replicas that missed them.",
-                get(&c.tail_writes_sent),
-            ),
-            (
-                "bazar_replication_copies_asked_total",
-                "counter",
-                "Primary: replicas asked to copy the whole catalog (too far behind).",
-                get(&c.copies_asked),
-            ),
-            ("bazar_replication_copies_total", "counter", "Replica: whole-catalog copies installed.", get(&c.copies)),
-            (
-                "bazar_replication_replicas_out_of_sync",
-                "gauge",
-                "Replicas that missed a write and are not in sync yet.",
-                out_of_sync,
-            ),
-            (
-                "bazar_replication_seconds_since_primary",
-                "gauge",
-                "Replica: seconds since the primary last pushed (-1: never).",
-                lag,
-            ),
-            ("bazar_lease_grants_total", "counter", "Primary: read leases granted or renewed.", get(&c.lease_grants)),
-            (
-                "bazar_lease_refusals_total",
-                "counter",
-                "Primary: lease requests refused (replica not in sync).",
-                get(&c.lease_refusals),
-            ),
-            (
-                "bazar_lease_waits_total",
-                "counter",
-                "Primary: writes that waited for a lost replica's lease to expire.",
-                get(&c.lease_waits),
-            ),
-            (
-                "bazar_lease_wait_seconds_total",
-                "counter",
-                "Primary: time writes spent waiting for leases to expire.",
-                get(&c.lease_wait_micros) / 1e6,
-            ),
-            ("bazar_lease_renewals_total", "counter", "Replica: leases granted to it.", get(&c.lease_renewals)),
-            (
-                "bazar_lease_renewal_failures_total",
-                "counter",
-                "Replica: renewals not granted.",
-                get(&c.lease_renewal_failures),
-            ),
-            ("bazar_lease_seconds_left", "gauge", "Replica: time left on its read lease.", lease),
-            (
-                "bazar_lease_primary_down",
-                "gauge",
-                "Replica: 1 while it serves on a lease extended because the primary is not running.",
-                f64::from(u8::from(self.lease().primary_down())),
-            ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            push_metric(&mut out, name, kind, help, value);
-        }
-        if let Some(cache) = &self.cache {
-            out.push_str(&cache.metrics_text());
-        }
-        out
-    }
 }
 
 impl crate::service::Service for CatalogNode {
@@ -537,7 +571,9 @@ impl crate::service::Service for CatalogNode {
     }
 
     fn stopped(&self) {
-        if self.config.role == Role::Primary && self.leases() {
+        if self.failover.is_some() {
+            self.resign();
+        } else if self.config.role == Role::Primary && self.leases() {
             self.farewell();
         }
     }

@@ -45,9 +45,8 @@ impl CatalogNode {
                 }
             });
         }
-        for i in 0..self.links.len() {
-            let (node, stop) = (Arc::clone(self), shutdown.clone());
-            std::thread::spawn(move || node.keep_replica_in_sync(i, &stop));
+        for link in self.links() {
+            self.spawn_keeper(link, shutdown);
         }
         let (node, stop) = (Arc::clone(self), shutdown.clone());
         std::thread::spawn(move || node.open_writes(&stop));
@@ -60,6 +59,7 @@ impl CatalogNode {
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
         self.wait_until_writable();
+        self.wait_for_leadership()?;
         let (reply, answer) = mpsc::sync_channel(1);
         self.writes
             .send(Pending { id, write, order, reply })
@@ -95,8 +95,16 @@ impl CatalogNode {
     /// sequence number.
     fn commit(&self, batch: Vec<Pending>) {
         let mut store = self.lock_writer();
+        if let Err(e) = self.may_acknowledge() {
+            // With etcd: no longer (or not yet) the primary; nothing is decided.
+            for p in batch {
+                let _ = p.reply.send(Err(Error::Unavailable(e.clone())));
+            }
+            return;
+        }
+        let epoch = self.term();
         let mut answers = Vec::with_capacity(batch.len());
-        let mut writes: Vec<(Replicate, Option<Order>)> = Vec::new();
+        let mut writes: Vec<Replicate> = Vec::new();
         let mut keys = Vec::new();
         {
             let state = self.state();
@@ -110,7 +118,8 @@ impl CatalogNode {
                     draft.book(p.id).cloned()
                 } else {
                     let old = draft.book(p.id).ok().cloned();
-                    draft.write(p.id, &p.write).map(|w| {
+                    draft.write(p.id, &p.write).map(|mut w| {
+                        w.epoch = epoch;
                         keys.extend(cache::keys_for(old.as_ref().unwrap_or(&w.book), &w.book));
                         let order = p.order.map(|(order_id, at)| Order {
                             order_id,
@@ -120,15 +129,15 @@ impl CatalogNode {
                             at,
                         });
                         let book = w.book.clone();
-                        writes.push((w, order));
+                        writes.push(Replicate { order, ..w });
                         book
                     })
                 };
-                answers.push((p.reply, decided));
+                answers.push((p.reply, decided.map_err(Error::from)));
             }
         }
         if !writes.is_empty() {
-            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|(r, o)| (r, o.as_ref())).collect();
+            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
             if let Err(e) = store.append(&rows) {
                 log::error!("cannot persist {} writes: {e}", writes.len());
                 for (reply, _) in answers {
@@ -138,8 +147,19 @@ impl CatalogNode {
             }
             self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            let pushes: Vec<Replicate> = writes.into_iter().map(|(r, _)| r).collect();
-            self.replicate(&store, &pushes);
+            let pushes = writes;
+            let lost = self.replicate(&store, &pushes);
+            // With etcd: the replicas lost leave the in-sync record first, and the
+            // leadership must still hold right now. Otherwise the writes stay unacknowledged
+            // and unseen: this catalog steps down (it reads nothing until it caught up with
+            // the next primary, which drops them unless it has them).
+            if let Err(e) = self.make_safe(&lost).and_then(|()| self.may_acknowledge()) {
+                self.give_up(&e);
+                let why = format!("the write's outcome is unknown: {e}");
+                for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
+                    answer.1 = Err(Error::Unavailable(why.clone()));
+                }
+            }
             // Readable here only once every replica in sync has it (or is out of sync and
             // its lease has run out): the primary never shows a write a replica lacks.
             {
@@ -161,7 +181,7 @@ impl CatalogNode {
         }
         drop(store);
         for (reply, answer) in answers {
-            let _ = reply.send(answer.map_err(Error::from));
+            let _ = reply.send(answer);
         }
     }
 
@@ -181,8 +201,8 @@ impl CatalogNode {
     /// every read that began before the replicas held the new catalog has passed its fill
     /// window (such a read may still store an old answer in between).
     fn open_writes(&self, shutdown: &Shutdown) {
-        let wait = self.leases() && !self.links.is_empty();
-        while wait && Instant::now() < self.writes_from && !self.links.iter().all(|l| l.grant().in_sync) {
+        let wait = self.leases() && !self.links().is_empty();
+        while wait && Instant::now() < self.writes_from && !self.links().iter().all(|l| l.grant().in_sync) {
             if shutdown.sleep(Duration::from_millis(20)) {
                 return;
             }
@@ -223,7 +243,7 @@ impl CatalogNode {
     pub(super) fn farewell(&self) {
         let writer = self.lock_writer();
         std::thread::scope(|s| {
-            for link in self.links.iter().filter(|l| l.grant().in_sync) {
+            for link in self.links().into_iter().filter(|l| l.grant().in_sync) {
                 s.spawn(move || {
                     match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(b"{}".to_vec())) {
                         Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
@@ -238,31 +258,32 @@ impl CatalogNode {
 
     /// Pushes writes to every replica in sync (in parallel). A replica that misses them is
     /// out of sync from then on (no lease renewals, no pushes) until the background brings
-    /// it back; the writes wait until that replica's lease has surely expired.
-    fn replicate(&self, store: &Store, pushes: &[Replicate]) {
-        let waits: Vec<Option<Instant>> = std::thread::scope(|s| {
-            let pushes: Vec<_> = self
-                .links
+    /// it back; the writes wait until that replica's lease has surely expired. Returns the
+    /// replicas lost.
+    fn replicate(&self, store: &Store, pushes: &[Replicate]) -> Vec<String> {
+        let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
+        let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
+            let pushes: Vec<_> = links
                 .iter()
-                .filter(|link| link.grant().in_sync)
                 .map(|link| {
                     s.spawn(move || match self.push_to(store, link, pushes) {
                         Ok(ack) => {
                             link.grant().synced(ack.replica_id);
-                            None
+                            Ok(())
                         }
                         Err(e) => {
                             self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
                             let seq = pushes.last().map_or(0, |p| p.seq);
                             log::warn!("replica {} missed write {seq}: {e}; out of sync until it catches up", link.url);
-                            link.grant().lost()
+                            Err(link.grant().lost())
                         }
                     })
                 })
                 .collect();
-            pushes.into_iter().map(|p| p.join().unwrap_or(None)).collect()
+            pushes.into_iter().map(|p| p.join().unwrap_or(Err(None))).collect()
         });
-        if let Some(until) = waits.into_iter().flatten().max().filter(|_| self.leases()) {
+        let lost = links.iter().zip(&waits).filter(|(_, w)| w.is_err()).map(|(l, _)| l.url.clone()).collect();
+        if let Some(until) = waits.into_iter().filter_map(Result::err).flatten().max().filter(|_| self.leases()) {
             let wait = until.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
                 self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +292,7 @@ impl CatalogNode {
                 std::thread::sleep(wait);
             }
         }
+        lost
     }
 
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
@@ -282,7 +304,7 @@ impl CatalogNode {
             return Ok(ack);
         }
         match store.history.after(ack.seq, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last)) {
-            Some(tail) if ack.history == store.history_id() => self.send_writes(&link.url, &tail),
+            Some(tail) if Self::same_log(store, &ack) => self.send_writes(&link.url, &tail),
             _ => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
         }
     }
@@ -296,12 +318,12 @@ impl CatalogNode {
             let n = rest
                 .iter()
                 .take_while(|w| {
-                    size += 128 + w.book.title.len() + w.book.topic.len();
+                    size += 192 + 2 * w.book.title.len() + w.book.topic.len();
                     size <= PUSH_BYTES
                 })
                 .count()
                 .max(rest.len().min(1));
-            let ack = self.push.replicate(url, &rest[..n])?;
+            let ack = self.push.replicate(url, self.term(), &rest[..n])?;
             rest = &rest[n..];
             if rest.is_empty() {
                 return Ok(ack);
@@ -309,11 +331,20 @@ impl CatalogNode {
         }
     }
 
-    /// Background: brings replica `i` back in sync whenever it is not.
-    fn keep_replica_in_sync(&self, i: usize, shutdown: &Shutdown) {
-        let link = &self.links[i];
-        loop {
-            if !link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst) {
+    /// Starts the background thread that keeps `link` in sync.
+    pub(super) fn spawn_keeper(self: &Arc<Self>, link: Arc<ReplicaLink>, shutdown: &Shutdown) {
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || node.keep_replica_in_sync(&link, &stop));
+    }
+
+    /// Background: brings replica `link` back in sync whenever it is not (while this
+    /// catalog is the primary, and until the replica leaves).
+    fn keep_replica_in_sync(&self, link: &ReplicaLink, shutdown: &Shutdown) {
+        while !link.gone.load(Ordering::SeqCst) {
+            // With etcd only while leading validly: a primary that was replaced sends nothing.
+            let valid = self.failover.as_ref().is_none_or(|f| f.core().may_grant(Instant::now()));
+            let primary = self.role() == super::config::Role::Primary && valid;
+            if primary && (!link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst)) {
                 match self.bring_in_sync(link) {
                     Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
                     Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
@@ -334,7 +365,7 @@ impl CatalogNode {
         loop {
             let (tail, last, history) = {
                 let store = self.lock_writer();
-                let tail = store.history.after(ack.seq, LOG_PAGE).filter(|_| ack.history == store.history_id());
+                let tail = store.history.after(ack.seq, LOG_PAGE).filter(|_| Self::same_log(&store, &ack));
                 (tail, self.state().seq(), store.history_id().to_string())
             };
             let Some(tail) = tail else {
@@ -359,29 +390,52 @@ impl CatalogNode {
             .ok_or_else(|| Error::Unavailable("the replica fell behind the history".into()))?;
         self.counters.tail_writes_sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
         let ack = self.send_writes(&link.url, &tail)?;
-        if ack.seq != last || ack.history != store.history_id() {
+        if ack.seq != last || !Self::same_log(&store, &ack) {
             return Err(Error::Unavailable(format!("replica stayed at write {} of {last}", ack.seq)));
         }
+        // With etcd: recorded in sync (in etcd) before it counts as such here.
+        self.record_in_sync(&link.url)?;
         link.grant().synced(ack.replica_id);
         Ok(last)
     }
 
-    /// `GET /internal/log?after=N&history=H`: the writes after N, or 410 when they are no
-    /// longer kept or the asker has another history.
+    /// Whether a replica's log, standing at `ack`, is a prefix of this one: the same
+    /// history and the same epoch at its last write (one primary per epoch, pushes in
+    /// order: logs that agree on (seq, epoch) agree up to there).
+    fn same_log(store: &Store, ack: &ReplicaAck) -> bool {
+        ack.history == store.history_id() && store.history.epoch_at(ack.seq) == Some(ack.epoch)
+    }
+
+    /// `GET /internal/log?after=N&history=H&epoch=E`: the writes after N, or 410 when they
+    /// are no longer kept, the asker has another history, or this catalog's write N is of
+    /// another epoch than E (the asker's tail past where the logs agree is dropped by the
+    /// whole copy that follows).
     pub(super) fn log_after(&self, request: &Request) -> Result<Response> {
         let after: u64 = match request.query_param("after")? {
             Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
             None => return Err(Error::BadRequest("give after=N".into())),
         };
         let asked = request.query_param("history")?.ok_or_else(|| Error::BadRequest("give history=H".into()))?;
+        if self.failover.is_some() && self.role() != super::config::Role::Primary {
+            return Err(Error::Unavailable("this catalog is not the primary now".into()));
+        }
         let store = self.lock_writer();
         let history = store.history_id().to_string();
         let gone = |why: String| Err(Error::Gone(why));
         if asked != history {
             return gone(format!("this catalog's history is {history:?}, not {asked:?}"));
         }
+        let epoch = Self::epoch_param(request)?;
+        match store.history.epoch_at(after) {
+            Some(e) if e == epoch => {}
+            Some(e) => return gone(format!("write {after} here is of epoch {e}, not {epoch}")),
+            None => return gone(format!("the writes after {after} are no longer kept; copy the catalog")),
+        }
         match store.history.after(after, LOG_PAGE) {
-            Some(writes) => Ok(Response::json(&LogPage { history, seq: self.state().seq(), writes })),
+            Some(writes) => {
+                let seq = self.state().seq();
+                Ok(Response::json(&LogPage { history, seq, writes, epoch: self.term() }))
+            }
             None => gone(format!("the writes after {after} are no longer kept; copy the catalog")),
         }
     }
@@ -391,13 +445,19 @@ impl CatalogNode {
         if self.replica_only().is_ok() {
             return Err(Error::Conflict("only the primary grants leases".into()));
         }
-        for link in &self.links {
+        if self.failover.as_ref().is_some_and(|f| !f.core().may_grant(Instant::now())) {
+            // A lease granted now could outlive this primary's leadership.
+            return Err(Error::Unavailable("the primary's leadership may have lapsed".into()));
+        }
+        let links = self.links();
+        for link in &links {
             let mut grant = link.grant();
             if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
                 return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
                     Ok(()) => {
                         self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
-                        Ok(Response::json(&serde_json::json!({ "lease_ms": self.config.lease.as_millis() as u64 })))
+                        let lease_ms = self.config.lease.as_millis() as u64;
+                        Ok(Response::json(&serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term() })))
                     }
                     Err(why) => {
                         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +466,7 @@ impl CatalogNode {
                 };
             }
         }
-        for link in &self.links {
+        for link in &links {
             link.recheck.store(true, Ordering::SeqCst);
         }
         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);

@@ -37,17 +37,21 @@ impl CatalogNode {
     /// Background: catches up whenever asked to (at start, or by the primary), from the
     /// primary's log, or with a whole copy when the log cannot serve.
     fn catch_up(&self, shutdown: &Shutdown) {
-        let primary = self.config.primary.clone().expect("a replica has a primary");
         let client = CatalogClient { http: self.forward.clone() };
         loop {
-            if self.catch_up_wanted.load(Ordering::SeqCst) {
+            // With etcd the primary changes; none while an election is under way.
+            let primary = self.primary_url();
+            if let (true, Some(primary)) = (self.catch_up_wanted.load(Ordering::SeqCst), primary) {
                 match self.catch_up_once(&client, &primary) {
                     Ok(()) => {
                         log::info!("caught up with the primary at write {}", self.state().seq());
                         self.catch_up_wanted.store(false, Ordering::SeqCst);
                         self.serving.store(true, Ordering::SeqCst);
                     }
-                    Err(e) => log::warn!("catching up with the primary {primary}: {e}"),
+                    Err(e) => {
+                        self.kick_election();
+                        log::warn!("catching up with the primary {primary}: {e}")
+                    }
                 }
             }
             if shutdown.sleep(super::node::RETRY_INTERVAL) {
@@ -58,10 +62,17 @@ impl CatalogNode {
 
     fn catch_up_once(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         loop {
-            let (seq, history) = (self.state().seq(), self.lock_writer().history_id().to_string());
-            match client.log(primary, seq, &history)? {
-                Some(page) if page.writes.is_empty() && page.seq <= seq => return Ok(()),
+            let (seq, history, epoch) = {
+                let store = self.lock_writer();
+                (self.state().seq(), store.history_id().to_string(), store.last_epoch())
+            };
+            // The primary answers 410 when its write `seq` is of another epoch: this log
+            // holds writes past where the two agree (never acknowledged), and the whole
+            // copy drops them.
+            match client.log(primary, seq, &history, epoch)? {
+                Some(page) if page.writes.is_empty() && page.seq <= seq => return self.check_epoch(page.epoch),
                 Some(page) => {
+                    self.check_epoch(page.epoch)?;
                     self.apply(&page.writes)?;
                 }
                 None => return self.copy_catalog(client, primary),
@@ -71,6 +82,22 @@ impl CatalogNode {
 
     /// Copies the whole catalog from the primary: pages, then the writes made meanwhile.
     fn copy_catalog(&self, client: &CatalogClient, primary: &str) -> Result<()> {
+        self.copying.store(true, Ordering::SeqCst);
+        let copied = self.copy_whole(client, primary);
+        if copied.is_err() && self.failover.is_some() {
+            // Never lead with half a copy (with etcd this catalog may be elected): the log
+            // on disk is whole; reload it.
+            let mut store = self.lock_writer();
+            match super::store::Store::reload(&mut store) {
+                Ok(catalog) => *self.state_mut() = catalog,
+                Err(e) => log::error!("cannot reload the catalog after a failed copy: {e}"),
+            }
+        }
+        self.copying.store(false, Ordering::SeqCst);
+        copied
+    }
+
+    fn copy_whole(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         self.serving.store(false, Ordering::SeqCst);
         // Reads are refused from now on: drop this replica's copy before taking the new one.
         *self.state_mut() = Catalog::default();
@@ -79,6 +106,7 @@ impl CatalogNode {
         let first = client.copy_page(primary, 0, COPY_PAGE)?;
         let (history, mut more) = (first.history, first.more);
         let mut after = first.books.last().map_or(0, |b| b.id);
+        let mut epoch = first.epoch;
         let mut catalog = Catalog::new(first.books, first.seq).map_err(Error::Internal)?;
         while more {
             let page = client.copy_page(primary, after, COPY_PAGE)?;
@@ -92,18 +120,20 @@ impl CatalogNode {
             more = page.more;
         }
         loop {
-            let page = client.log(primary, catalog.seq(), &history)?.ok_or_else(|| {
+            let page = client.log(primary, catalog.seq(), &history, epoch)?.ok_or_else(|| {
                 Error::Unavailable("the primary no longer has the writes made during the copy".into())
             })?;
             if page.writes.is_empty() {
                 break;
             }
+            self.check_epoch(page.epoch)?;
             for w in &page.writes {
                 catalog.commit(w.book.clone(), w.seq);
+                epoch = w.epoch;
             }
         }
         let mut store = self.lock_writer();
-        store.replace(&catalog, &history)?;
+        store.replace(&catalog, &history, epoch)?;
         log::info!(
             "copied {} books from the primary at write {} in {:?}",
             catalog.len(),
@@ -134,7 +164,7 @@ impl CatalogNode {
                 next += u64::from(take);
                 take
             })
-            .map(|p| (p, None))
+            .map(|p| (p, p.order.as_ref()))
             .collect();
         if !fresh.is_empty() {
             store.append(&fresh)?;
@@ -150,24 +180,44 @@ impl CatalogNode {
             seq: self.state().seq(),
             replica_id: self.replica_id.clone(),
             history: store.history_id().to_string(),
+            epoch: store.last_epoch(),
         })
     }
 
     /// Background: asks for a read lease every quarter of its length.
     fn renew_lease(&self, shutdown: &Shutdown) {
-        let primary = self.config.primary.clone().expect("a replica has a primary");
         let request = LeaseRequest { replica_id: self.replica_id.clone() };
         loop {
+            let Some(primary) = self.primary_url() else {
+                // The primary itself, or none known now (an election).
+                if shutdown.sleep(self.config.lease / 4) {
+                    return;
+                }
+                continue;
+            };
             let asked = Instant::now();
             let answer = self.push.lease(&primary, &request);
             let mut lease = self.lease();
             match answer {
-                Ok(_) => {
-                    lease.granted(asked);
-                    self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(grant) => match self.check_epoch(grant["epoch"].as_u64().unwrap_or(0)) {
+                    Ok(()) => {
+                        lease.granted(asked);
+                        self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // A grant of a primary that was replaced vouches for nothing.
+                        self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("lease not taken: {e}");
+                    }
+                },
                 Err(PeerError::Unreachable { refused: false, .. } | PeerError::Answered { status: 503, .. }) => {
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(PeerError::Unreachable { .. }) if self.failover.is_some() => {
+                    // With etcd a new primary may take over at once: a dead primary extends
+                    // nothing.
+                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                    self.kick_election();
                 }
                 Err(PeerError::Unreachable { refused: true, .. }) => {
                     let was_down = lease.primary_down();

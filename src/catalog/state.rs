@@ -260,7 +260,7 @@ impl<'a> Draft<'a> {
         }
         self.seq += 1;
         self.changed.insert(book.id, book.clone());
-        Ok(Replicate { seq: self.seq, book })
+        Ok(Replicate { seq: self.seq, book, epoch: 0, order: None })
     }
 
     fn decide(&self, id: u32, write: &Write) -> Result<Book> {

@@ -1,9 +1,12 @@
 //! The catalog's files: the write-ahead log `catalog.log` and the view `books.csv`.
 //!
-//! `catalog.log` (header `seq,id,title,topic,price,quantity,order_id,at`) is the truth.
-//! Each write appends one row, the book's whole state after write `seq` (and for a purchase
-//! made by an order server, its order id and time: the purchase journal that order servers
-//! reconcile from), and fsyncs it: that is the commit point. Two kinds of row have id 0:
+//! `catalog.log` (header `seq,id,title,topic,price,quantity,order_id,at,epoch`) is the
+//! truth. Each write appends one row, the book's whole state after write `seq` (and for a
+//! purchase made by an order server, its order id and time: the purchase journal that order
+//! servers reconcile from; and the epoch of the primary that decided it), and fsyncs it:
+//! that is the commit point. A log from before epochs (no `epoch` column) reads as epoch 0
+//! and is rewritten in today's form when opened. Two kinds of row have id 0 (their `epoch`
+//! is that of write `seq`):
 //! - `checkpoint` (at `seq`, history in `topic`): `books.csv` holds the catalog as of
 //!   `seq`; the rows that follow with a number up to `seq` are journal records only.
 //! - `reset` (at `seq`, history in `topic`): forget every book; the rows at `seq` that
@@ -29,12 +32,12 @@
 //! files (it holds a lock on `catalog.lock`): the log by fsynced appends or atomic
 //! replacement, the view by atomic replacement.
 
+pub use super::recent::{History, Journal, HISTORY, KEEP_PURCHASES};
 use super::state::Catalog;
 use crate::money::Money;
 use crate::storage::{self, At, StorageError};
 use crate::wire::{Book, Order, Purchase, Replicate};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -47,12 +50,10 @@ pub const SEED: &str = include_str!("../../data/books.csv");
 /// Fewest log rows after which the log is checkpointed (more in a large catalog: as many
 /// as it has books, so that a checkpoint costs O(1) per write on average).
 pub const COMPACT_AFTER: usize = 20_000;
-/// Purchase records kept across checkpoints, for order servers to reconcile from.
-pub const KEEP_PURCHASES: usize = 10_000;
-/// Recent writes kept in memory, for replicas that missed a few.
-pub const HISTORY: usize = 100_000;
 
-const LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at\n";
+const LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at,epoch\n";
+/// The header of logs written before epochs (their rows read as epoch 0).
+const OLD_LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at\n";
 const CHECKPOINT: &str = "checkpoint";
 const RESET: &str = "reset";
 
@@ -77,74 +78,9 @@ struct LogRow {
     quantity: u32,
     order_id: String,
     at: String,
-}
-
-/// The purchase journal: recent purchases made for orders, by write and by order id.
-#[derive(Debug, Default)]
-pub struct Journal {
-    records: VecDeque<Purchase>,
-    by_order: HashMap<String, u64>,
-}
-
-impl Journal {
-    fn push(&mut self, p: Purchase) {
-        self.by_order.insert(p.order.order_id.clone(), p.seq);
-        self.records.push_back(p);
-        while self.records.len() > KEEP_PURCHASES {
-            if let Some(old) = self.records.pop_front() {
-                self.by_order.remove(&old.order.order_id);
-            }
-        }
-    }
-
-    /// Whether a copy was already taken for this order.
-    pub fn contains(&self, order_id: &str) -> bool {
-        self.by_order.contains_key(order_id)
-    }
-
-    /// Up to `max` purchases made after write `after`, and whether more follow.
-    pub fn after(&self, after: u64, max: usize) -> (Vec<Purchase>, bool) {
-        let start = self.records.partition_point(|p| p.seq <= after);
-        let page: Vec<Purchase> = self.records.iter().skip(start).take(max).cloned().collect();
-        let more = self.records.len() - start > page.len();
-        (page, more)
-    }
-}
-
-/// The last [`HISTORY`] writes, contiguous, ending at the catalog's sequence number.
-#[derive(Debug)]
-pub struct History {
-    writes: VecDeque<Replicate>,
-    /// The sequence number of the last write (the catalog's).
-    last: u64,
-}
-
-impl History {
-    fn new(last: u64) -> History {
-        History { writes: VecDeque::new(), last }
-    }
-
-    fn push(&mut self, write: Replicate) {
-        if write.seq != self.last + 1 {
-            // Writes always come in order; were one missing, `after` must not pretend.
-            self.writes.clear();
-        }
-        self.last = write.seq;
-        self.writes.push_back(write);
-        if self.writes.len() > HISTORY {
-            self.writes.pop_front();
-        }
-    }
-
-    /// Up to `max` writes after `seq`, or None when they are no longer kept (or `seq` is
-    /// past the last write: a replica of another history).
-    pub fn after(&self, seq: u64, max: usize) -> Option<Vec<Replicate>> {
-        let first = self.writes.front().map_or(self.last + 1, |w| w.seq);
-        if seq > self.last || seq + 1 < first {
-            return None;
-        }
-        Some(self.writes.iter().skip((seq + 1 - first) as usize).take(max).cloned().collect())
-    }
+    /// The write's epoch (marker rows: the epoch of write `seq`); absent in old logs.
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// The catalog's data directory.
@@ -186,7 +122,7 @@ impl Store {
             let seed = parse(SEED.as_bytes()).and_then(|books| Catalog::new(books, 0));
             let seed = seed.expect("the built-in catalog is valid (a unit test reads it)");
             storage::replace_file(&books, SEED.as_bytes()).at(&books)?;
-            write_log(&log_path, RESET, &seed, &new_history_id()?, &Journal::default())?;
+            write_log(&log_path, RESET, &seed, &new_history_id()?, 0, &Journal::default())?;
             log::info!("seeded {} with the built-in catalog", dir.display());
         }
         if log_path.exists() {
@@ -198,6 +134,7 @@ impl Store {
                 );
             }
         }
+        let old_format = storage::starts_with(&log_path, OLD_LOG_HEADER).at(&log_path)?;
         let log = storage::open_append(&log_path, LOG_HEADER).at(&log_path)?;
         let loaded = load(&books, &log_path, want)?;
         let legacy = loaded.history_id.is_empty();
@@ -214,9 +151,21 @@ impl Store {
         if legacy && want == Books::Load {
             // A log from before histories: this catalog starts one (its replicas copy it).
             store.history_id = new_history_id()?;
+        }
+        if (legacy || old_format) && want == Books::Load {
+            // Rewritten in today's form (a log from before epochs reads as epoch 0): no
+            // row of another form is ever appended to it. An import rewrites it anyway.
             store.checkpoint(&loaded.catalog)?;
         }
         Ok((store, loaded.catalog))
+    }
+
+    /// Loads the catalog again from the files (after a copy that failed half-way).
+    pub fn reload(&mut self) -> Result<Catalog> {
+        let loaded = load(&self.books, &self.log_path, Books::Load)?;
+        (self.journal, self.history, self.rows) = (loaded.journal, loaded.history, loaded.rows);
+        self.history_id = loaded.history_id;
+        Ok(loaded.catalog)
     }
 
     /// This catalog's history id.
@@ -224,12 +173,17 @@ impl Store {
         &self.history_id
     }
 
+    /// The epoch of the last write.
+    pub fn last_epoch(&self) -> u64 {
+        self.history.last().1
+    }
+
     /// Makes writes durable (group commit): appends each book's new state after write `seq`
     /// (and the order it was taken for) to the log, and fsyncs once for all of them.
     pub fn append(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
         for &(r, order) in writes {
-            w.serialize(log_row(r.seq, &r.book, order)).at(&self.log_path)?;
+            w.serialize(LogRow { epoch: r.epoch, ..log_row(r.seq, &r.book, order) }).at(&self.log_path)?;
         }
         let bytes = storage::csv_inner(w, &self.log_path)?;
         self.log.write_all(&bytes).at(&self.log_path)?;
@@ -258,7 +212,8 @@ impl Store {
     pub fn checkpoint(&mut self, catalog: &Catalog) -> Result<()> {
         write_view(&self.books, catalog)?;
         let mut w = log_writer(&self.log_path)?;
-        w.serialize(marker(CHECKPOINT, catalog.seq(), &self.history_id)).at(&self.log_path)?;
+        let epoch = self.last_epoch();
+        w.serialize(marker(CHECKPOINT, catalog.seq(), &self.history_id, epoch)).at(&self.log_path)?;
         write_journal(&mut w, &self.journal, &self.log_path)?;
         finish_log(w, &self.log_path)?;
         self.log = storage::open_append(&self.log_path, LOG_HEADER).at(&self.log_path)?;
@@ -267,14 +222,14 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the whole catalog (an import, or a replica's full copy of its primary):
-    /// the log first, in reset form, then the view.
-    pub fn replace(&mut self, catalog: &Catalog, history_id: &str) -> Result<()> {
-        write_log(&self.log_path, RESET, catalog, history_id, &self.journal)?;
+    /// Replaces the whole catalog (an import, or a replica's full copy of its primary),
+    /// whose last write is of `epoch`: the log first, in reset form, then the view.
+    pub fn replace(&mut self, catalog: &Catalog, history_id: &str, epoch: u64) -> Result<()> {
+        write_log(&self.log_path, RESET, catalog, history_id, epoch, &self.journal)?;
         self.log = storage::open_append(&self.log_path, LOG_HEADER).at(&self.log_path)?;
         self.rows = 0;
         self.history_id = history_id.to_string();
-        self.history = History::new(catalog.seq());
+        self.history = History::new(catalog.seq(), epoch);
         write_view(&self.books, catalog)?;
         Ok(())
     }
@@ -305,7 +260,9 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
     if want == Books::Load && !starts_with_reset && books.exists() {
         read_view(books, &mut catalog)?;
     }
-    let (mut journal, mut history, mut history_id, mut count) = (Journal::default(), History::new(0), String::new(), 0);
+    let (mut journal, mut history, mut history_id, mut count) =
+        (Journal::default(), History::new(0, 0), String::new(), 0);
+    let mut last_epoch = 0;
     // Rows numbered up to `base` are journal records only, but for the rows of a reset's
     // catalog (at `bulk`, without an order).
     let (mut base, mut bulk) = (0, None);
@@ -321,22 +278,23 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
                 other => return Err(StorageError::corrupt(log_path, format!("unknown marker row {other:?}"))),
             }
             history_id = r.topic;
-            history = History::new(r.seq);
+            history = History::new(r.seq, r.epoch);
+            last_epoch = r.epoch;
             catalog.raise_seq(r.seq);
             continue;
         }
         let price: Money = r.price.parse().map_err(|e: String| StorageError::corrupt(log_path, e))?;
         let book = Book { id: r.id, title: r.title, topic: r.topic, price, quantity: r.quantity };
         let journaled = !r.order_id.is_empty();
-        if journaled {
-            let order = Order { order_id: r.order_id, id: book.id, title: book.title.clone(), price, at: r.at };
-            journal.push(Purchase { seq: r.seq, order });
-        }
+        let order =
+            journaled.then(|| Order { order_id: r.order_id, id: r.id, title: book.title.clone(), price, at: r.at });
+        order.iter().for_each(|o| journal.push(Purchase { seq: r.seq, order: o.clone() }));
         let apply = r.seq > base || (bulk == Some(r.seq) && !journaled);
         if r.seq > base {
             count += 1;
+            last_epoch = r.epoch;
             if want == Books::Load {
-                history.push(Replicate { seq: r.seq, book: book.clone() });
+                history.push(Replicate { seq: r.seq, book: book.clone(), epoch: r.epoch, order });
             }
         }
         match (apply, want) {
@@ -344,6 +302,9 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
             (true, Books::Skip) => catalog.raise_seq(r.seq),
             (false, _) => {}
         }
+    }
+    if want == Books::Skip {
+        history = History::new(catalog.seq(), last_epoch);
     }
     Ok(Loaded { catalog, journal, history, history_id, rows: count })
 }
@@ -378,7 +339,7 @@ pub fn new_history_id() -> Result<String> {
     crate::ids::random_hex()
 }
 
-fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {
+fn marker(kind: &str, seq: u64, history_id: &str, epoch: u64) -> LogRow {
     LogRow {
         seq,
         id: 0,
@@ -388,6 +349,7 @@ fn marker(kind: &str, seq: u64, history_id: &str) -> LogRow {
         quantity: 0,
         order_id: String::new(),
         at: String::new(),
+        epoch,
     }
 }
 
@@ -408,7 +370,7 @@ fn finish_log(w: csv::Writer<BufWriter<File>>, path: &Path) -> Result<()> {
 }
 
 fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal, path: &Path) -> Result<()> {
-    for p in &journal.records {
+    for p in journal.records() {
         let book = Book {
             id: p.order.id,
             title: p.order.title.clone(),
@@ -423,9 +385,16 @@ fn write_journal(w: &mut csv::Writer<BufWriter<File>>, journal: &Journal, path: 
 
 /// Writes a self-sufficient log: a reset row, the journal, and every book at the
 /// catalog's sequence number.
-fn write_log(path: &Path, kind: &str, catalog: &Catalog, history_id: &str, journal: &Journal) -> Result<()> {
+fn write_log(
+    path: &Path,
+    kind: &str,
+    catalog: &Catalog,
+    history_id: &str,
+    epoch: u64,
+    journal: &Journal,
+) -> Result<()> {
     let mut w = log_writer(path)?;
-    w.serialize(marker(kind, catalog.seq(), history_id)).at(path)?;
+    w.serialize(marker(kind, catalog.seq(), history_id, epoch)).at(path)?;
     write_journal(&mut w, journal, path)?;
     for book in catalog.iter() {
         w.serialize(log_row(catalog.seq(), book, None)).at(path)?;
@@ -466,6 +435,7 @@ fn log_row(seq: u64, b: &Book, order: Option<&Order>) -> LogRow {
         quantity: b.quantity,
         order_id: order.map(|o| o.order_id.clone()).unwrap_or_default(),
         at: order.map(|o| o.at.clone()).unwrap_or_default(),
+        epoch: 0,
     }
 }
 
@@ -579,6 +549,40 @@ mod tests {
         drop(store);
         let (_, again) = Store::open(&dir).unwrap();
         assert_eq!(again, catalog);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Each write's epoch survives a restart, a checkpoint and a copy; a log from before
+    /// epochs reads as epoch 0 and is rewritten in today's form.
+    #[test]
+    fn epochs_are_logged_and_old_logs_read_as_epoch_0() {
+        let dir = temp("epoch");
+        let old = "seq,id,title,topic,price,quantity,order_id,at\n0,0,reset,0123456789ab,0.00,0,,\n\
+                   0,3,A,x,1.00,5,,\n1,3,A,x,1.00,4,o-1,2026-11-24T00:00:00.000Z\n";
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("catalog.log"), old).unwrap();
+        let (mut store, mut catalog) = Store::open(&dir).unwrap();
+        assert_eq!((catalog.seq(), catalog.book(3).unwrap().quantity), (1, 4));
+        assert_eq!(store.last_epoch(), 0);
+        assert!(fs::read(dir.join("catalog.log")).unwrap().starts_with(LOG_HEADER), "rewritten");
+        assert!(store.journal.contains("o-1"));
+        let mut w = Draft::new(&catalog).write(3, &W::Purchase).unwrap();
+        w.epoch = 4;
+        store.append(&[(&w, None)]).unwrap();
+        catalog.commit(w.book.clone(), w.seq);
+        drop(store);
+        let (mut store, again) = Store::open(&dir).unwrap();
+        assert_eq!(again, catalog);
+        assert_eq!((store.history.epoch_at(2), store.last_epoch()), (Some(4), 4));
+        store.checkpoint(&catalog).unwrap();
+        drop(store);
+        let (mut store, _) = Store::open(&dir).unwrap();
+        assert_eq!(store.history.epoch_at(2), Some(4), "a checkpoint keeps the last write's epoch");
+        store.replace(&catalog, "fedcba987654", 6).unwrap();
+        drop(store);
+        let (store, _) = Store::open(&dir).unwrap();
+        assert_eq!((store.history_id(), store.last_epoch()), ("fedcba987654", 6));
+        drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
 

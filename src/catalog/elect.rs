@@ -1,0 +1,483 @@
+//! The etcd side of failover: the catalog's election thread and the effects of the role
+//! core (`failover.rs`) performed. The core decides; this file only talks to etcd and
+//! changes the node's role, links and flags as told.
+//!
+//! The election thread keeps this catalog's etcd lease alive (every `T/3`) with its
+//! `members/<hex of its URL>` key bound to it, reads `leader`, `epoch` and `sync` (every
+//! `T/4`, and at once when a peer call failed), feeds what it saw to the core, and ticks
+//! it. A primary also derives its replicas from the members (and the in-sync record).
+//!
+//! Invariant: every write to `leader`, `epoch` or `sync` is one etcd transaction that
+//! compares what it read (a campaign: `leader` absent, `sync` and `epoch` unchanged; a
+//! change of `sync` by the primary: `sync` unchanged since its last write), so a primary
+//! that was replaced can change nothing in etcd.
+
+use super::config::{EtcdSettings, Role};
+use super::failover::{Core, Effect, Input, Leader, Observed, SyncSet};
+use super::lease::Grant;
+use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
+use crate::client::{Answer, Http, PeerError};
+use crate::error::{Error, Result};
+use crate::etcd::{Compare, Etcd, EtcdError, Op};
+use crate::shutdown::Shutdown;
+use serde_json::json;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use ureq::http::Method;
+
+/// Longest wait for etcd: well under the TTL, so a hung etcd cannot stall a keepalive
+/// past the leadership it would renew.
+pub const ETCD_TIMEOUT: Duration = Duration::from_millis(700);
+/// Pause before a grant or keepalive that failed is tried again.
+const ETCD_RETRY: Duration = Duration::from_millis(200);
+/// The election thread's step.
+const STEP: Duration = Duration::from_millis(50);
+/// A forwarded write whose primary was replaced is answered 503 once it has waited this
+/// long (a frozen primary); a quicker one is a switchover's, which the old primary passes on.
+const WATCH_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait of a write for a new primary's first writable moment.
+pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
+
+pub(super) const LEADER: &str = "leader";
+pub(super) const EPOCH: &str = "epoch";
+pub(super) const SYNC: &str = "sync";
+const MEMBERS: &str = "members/";
+
+/// A catalog's failover state: the role core and the etcd client.
+pub struct Failover {
+    pub(super) etcd: Etcd,
+    core: Mutex<Core>,
+    /// This catalog's advertise URL.
+    pub(super) me: String,
+    ttl: Duration,
+    /// Read etcd now (a call to the primary failed).
+    kick: AtomicBool,
+    /// For the threads of links added later.
+    shutdown: Mutex<Option<Shutdown>>,
+}
+
+impl Failover {
+    /// The state of a catalog with `settings`, read leases of `lease`, `pool` connections.
+    pub fn new(settings: &EtcdSettings, lease: Duration, pool: usize) -> Failover {
+        let http = Http::new(ETCD_TIMEOUT, pool.min(8), None);
+        Failover {
+            etcd: Etcd::new(http, settings.endpoints.clone(), &settings.prefix),
+            core: Mutex::new(Core::new(&settings.advertise, settings.ttl, lease)),
+            me: settings.advertise.clone(),
+            ttl: settings.ttl,
+            kick: AtomicBool::new(false),
+            shutdown: Mutex::new(None),
+        }
+    }
+
+    /// The role core. Held briefly, never across I/O.
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `leader`, `epoch` and `sync` in one transaction.
+    fn observe(&self) -> std::result::Result<Observed, EtcdError> {
+        let outcome =
+            self.etcd.txn(&[], &[Op::Get(LEADER.into()), Op::Get(EPOCH.into()), Op::Get(SYNC.into())], &[])?;
+        let mut seen = Observed::default();
+        for kv in outcome.kvs {
+            let value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+            match kv.key.as_str() {
+                LEADER => {
+                    let (url, epoch) = (value["url"].as_str().unwrap_or_default(), value["epoch"].as_u64());
+                    seen.leader = epoch.map(|epoch| Leader { url: url.into(), epoch, lease: kv.lease });
+                }
+                EPOCH => seen.epoch = value.as_u64().map(|e| (e, kv.mod_revision)),
+                SYNC => seen.sync = sync_record(&value, kv.mod_revision),
+                _ => {}
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The campaign (or, without revisions, the bootstrap) for `epoch`: the `sync` key it
+    /// wrote when it won.
+    fn campaign(&self, epoch: u64, revisions: Option<(i64, i64)>) -> Option<SyncSet> {
+        let lease = self.core().lease()?;
+        let mut when = vec![Compare::Absent(LEADER.into())];
+        match revisions {
+            None => when.extend([Compare::Absent(SYNC.into()), Compare::Absent(EPOCH.into())]),
+            Some((sync, e)) => {
+                when.extend([Compare::ModRevision(SYNC.into(), sync), Compare::ModRevision(EPOCH.into(), e)])
+            }
+        }
+        let members = vec![self.me.clone()];
+        let ops = [
+            put(EPOCH, json!(epoch), None),
+            put(LEADER, json!({ "url": self.me, "epoch": epoch }), Some(lease)),
+            put(SYNC, json!({ "epoch": epoch, "members": members }), None),
+        ];
+        match self.etcd.txn(&when, &ops, &[]) {
+            Ok(o) if o.succeeded => Some(SyncSet { epoch, members, revision: o.revision }),
+            Ok(_) => None,
+            Err(e) => {
+                // The outcome is unknown: the next read of the keys tells.
+                log::warn!("campaign for epoch {epoch}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes `sync` if it is unchanged since `new.revision`: the input for the core.
+    fn write_sync(&self, new: &SyncSet) -> std::result::Result<Input, EtcdError> {
+        let value = json!({ "epoch": new.epoch, "members": new.members });
+        let outcome =
+            self.etcd.txn(&[Compare::ModRevision(SYNC.into(), new.revision)], &[put(SYNC, value, None)], &[])?;
+        Ok(match outcome.succeeded {
+            true => Input::SyncWritten(SyncSet { revision: outcome.revision, ..new.clone() }),
+            false => Input::SyncConflict,
+        })
+    }
+}
+
+pub(super) fn put(key: &str, value: serde_json::Value, lease: Option<i64>) -> Op {
+    Op::Put { key: key.into(), value: value.to_string().into_bytes(), lease }
+}
+
+/// Says once that etcd fails (then only at debug level, until it answers again).
+fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
+    match failing {
+        false => log::warn!("{what}: {e} (trying again every {ETCD_RETRY:?})"),
+        true => log::debug!("{what}: {e}"),
+    }
+    *failing = true;
+}
+
+fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
+    let members = value["members"].as_array()?.iter().filter_map(|m| m.as_str().map(String::from)).collect();
+    Some(SyncSet { epoch: value["epoch"].as_u64()?, members, revision })
+}
+
+/// A member's key: its URL in hex (any URL makes a plain key).
+pub(super) fn member_key(url: &str) -> String {
+    let hex: String = url.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{MEMBERS}{hex}")
+}
+
+impl CatalogNode {
+    pub(super) fn etcd_side(&self) -> &Failover {
+        self.failover.as_ref().expect("called with etcd only")
+    }
+
+    /// Starts the election thread.
+    pub(super) fn start_election(self: &Arc<Self>, shutdown: &Shutdown) {
+        *self.etcd_side().shutdown.lock().unwrap_or_else(|e| e.into_inner()) = Some(shutdown.clone());
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::Builder::new()
+            .name("election".into())
+            .spawn(move || node.elect(&stop))
+            .expect("a thread can start");
+    }
+
+    /// Asks the election thread to read etcd now (a primary did not answer).
+    pub(super) fn kick_election(&self) {
+        if let Some(f) = &self.failover {
+            f.kick.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The election thread: lease, observation, tick, effects.
+    fn elect(self: &Arc<Self>, shutdown: &Shutdown) {
+        let f = self.etcd_side();
+        let (mut kept, mut seen, mut registered): (Option<Instant>, Option<Instant>, Option<i64>) = (None, None, None);
+        // The last grant or keepalive tried, and whether etcd is failing (said once).
+        let (mut tried, mut failing): (Option<Instant>, bool) = (None, false);
+        while !shutdown.is_set() {
+            let lease = f.core().lease();
+            let now = Instant::now();
+            let due = tried.is_none_or(|t| now >= t + ETCD_RETRY);
+            let answered = match lease {
+                None if due => {
+                    tried = Some(now);
+                    match f.etcd.grant(f.ttl) {
+                        Ok(id) => {
+                            self.feed(Input::KeptAlive { lease: id, sent: now });
+                            kept = Some(now);
+                            true
+                        }
+                        Err(e) => {
+                            etcd_failed(&mut failing, "cannot get an etcd lease", e);
+                            false
+                        }
+                    }
+                }
+                Some(id) if due && kept.is_none_or(|k| now >= k + f.ttl / 3) => {
+                    tried = Some(now);
+                    match f.etcd.keep_alive(id) {
+                        Ok(Some(_)) => {
+                            self.feed(Input::KeptAlive { lease: id, sent: now });
+                            kept = Some(now);
+                            true
+                        }
+                        Ok(None) => {
+                            log::warn!("this catalog's etcd lease is gone");
+                            self.feed(Input::LeaseGone);
+                            true
+                        }
+                        Err(e) => {
+                            etcd_failed(&mut failing, "cannot renew the etcd lease", e);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            if answered && std::mem::take(&mut failing) {
+                log::info!("etcd answers again");
+            }
+            if let Some(id) = f.core().lease().filter(|id| registered != Some(*id)) {
+                match f.etcd.put(&member_key(&f.me), f.me.as_bytes(), Some(id)) {
+                    Ok(()) => registered = Some(id),
+                    Err(e) => log::warn!("cannot register as a member: {e}"),
+                }
+            }
+            if f.kick.swap(false, Ordering::SeqCst) || seen.is_none_or(|s| now >= s + f.ttl / 4) {
+                seen = Some(now);
+                match f.observe() {
+                    Ok(observed) => {
+                        self.feed(Input::Observed(observed));
+                        if self.role() == Role::Primary {
+                            self.refresh_links();
+                        }
+                    }
+                    Err(e) => log::debug!("cannot read etcd: {e}"),
+                }
+            }
+            self.feed(Input::Tick);
+            shutdown.sleep(STEP);
+        }
+    }
+
+    /// One input to the core, and its effects performed.
+    pub(super) fn feed(&self, input: Input) {
+        let effects = self.etcd_side().core().step(input, Instant::now());
+        self.perform(effects);
+    }
+
+    /// Performs the core's effects (and those of the inputs they lead to).
+    pub(super) fn perform(&self, effects: Vec<Effect>) {
+        let Some(f) = &self.failover else { return };
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Bootstrap | Effect::Campaign { .. } if self.copying.load(Ordering::SeqCst) => {
+                    // Half a copy in memory: never lead with it.
+                    queue.extend(f.core().step(Input::Campaigned { won: None }, Instant::now()));
+                }
+                Effect::Bootstrap => {
+                    let won = f.campaign(1, None);
+                    queue.extend(f.core().step(Input::Campaigned { won }, Instant::now()));
+                }
+                Effect::Campaign { epoch, sync_revision, epoch_revision } => {
+                    log::info!("no primary: campaigning for epoch {epoch}");
+                    let won = f.campaign(epoch, Some((sync_revision, epoch_revision)));
+                    queue.extend(f.core().step(Input::Campaigned { won }, Instant::now()));
+                }
+                Effect::Lead { epoch } => self.lead(epoch),
+                Effect::StepDown { why } => self.step_down(&why),
+                Effect::Follow { url, epoch } => {
+                    log::info!("following the primary {url} (epoch {epoch})");
+                    self.epoch.fetch_max(epoch, Ordering::SeqCst);
+                    self.set_current(Role::Replica, Some(url), 0);
+                    self.catch_up_wanted.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Becomes the primary of `epoch`: no replica counts as in sync until brought in sync
+    /// (and recorded so in etcd) by this primary.
+    fn lead(&self, epoch: u64) {
+        log::warn!("this catalog is now the primary (epoch {epoch})");
+        self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        for link in self.links() {
+            *link.grant() = Grant::default();
+        }
+        self.catch_up_wanted.store(false, Ordering::SeqCst);
+        self.set_current(Role::Primary, None, epoch);
+        self.serving.store(true, Ordering::SeqCst);
+        self.refresh_links();
+    }
+
+    /// No longer the primary: writes are refused from now on, reads until this catalog
+    /// has caught up with the next primary; its etcd lease is given up.
+    fn step_down(&self, why: &str) {
+        let f = self.etcd_side();
+        let was = self.role() == Role::Primary;
+        self.set_current(Role::Replica, None, 0);
+        if was {
+            log::warn!("stepping down: {why}");
+            self.serving.store(false, Ordering::SeqCst);
+            self.catch_up_wanted.store(true, Ordering::SeqCst);
+            for link in self.links() {
+                link.grant().lost();
+            }
+        }
+        let resigned = f.core().resigned();
+        if let Some(lease) = resigned {
+            if let Err(e) = f.etcd.revoke(lease) {
+                log::warn!("cannot revoke the etcd lease (it expires by itself): {e}");
+            }
+        }
+        f.kick.store(true, Ordering::SeqCst);
+    }
+
+    /// Primary: its replicas are the members of the store and of the in-sync record.
+    fn refresh_links(&self) {
+        let f = self.etcd_side();
+        let members = match f.etcd.list(MEMBERS) {
+            Ok(kvs) => kvs.into_iter().filter_map(|kv| String::from_utf8(kv.value).ok()),
+            Err(e) => return log::debug!("cannot list the members: {e}"),
+        };
+        let in_sync = f.core().sync().map(|s| s.members.clone()).unwrap_or_default();
+        let wanted: BTreeSet<String> = members.chain(in_sync).filter(|u| *u != f.me).collect();
+        let Some(shutdown) = f.shutdown.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        links.retain(|l| {
+            let keep = wanted.contains(&l.url);
+            if !keep {
+                log::info!("replica {} left", l.url);
+                l.gone.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+        for url in wanted {
+            if !links.iter().any(|l| l.url == url) {
+                log::info!("replica {url} joined");
+                let link = Arc::new(ReplicaLink::new(&url));
+                links.push(Arc::clone(&link));
+                if let Some(me) = self.me.upgrade() {
+                    me.spawn_keeper(link, &shutdown);
+                }
+            }
+        }
+    }
+
+    /// Waits (a little) for a new primary's first writable moment: 503 when this catalog
+    /// is not, or no longer, the primary.
+    pub(super) fn wait_for_leadership(&self) -> Result<()> {
+        let Some(f) = &self.failover else { return Ok(()) };
+        let deadline = Instant::now() + LEAD_WAIT.min(FORWARD_TIMEOUT);
+        loop {
+            let (now, core) = (Instant::now(), f.core());
+            match core.may_acknowledge(now) {
+                Ok(()) => return Ok(()),
+                Err(_) if core.writes_from(now).is_some_and(|at| now < at) && now < deadline => {}
+                Err(why) => return Err(Error::Unavailable(why)),
+            }
+            drop(core);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a write may be acknowledged now (always with static roles).
+    pub(super) fn may_acknowledge(&self) -> std::result::Result<(), String> {
+        match &self.failover {
+            None => Ok(()),
+            Some(f) => f.core().may_acknowledge(Instant::now()),
+        }
+    }
+
+    /// With etcd: removes the replicas `lost` (that missed a write) from the in-sync
+    /// record before the write is acknowledged. Called under the writer lock.
+    pub(super) fn make_safe(&self, lost: &[String]) -> std::result::Result<(), String> {
+        let Some(f) = &self.failover else { return Ok(()) };
+        let lost: Vec<&str> = lost.iter().map(String::as_str).collect();
+        let remove = f.core().to_remove(&lost);
+        for url in remove {
+            self.change_sync(&url, false).map_err(|e| e.to_string())?;
+            log::warn!("replica {url} is no longer recorded in sync");
+        }
+        Ok(())
+    }
+
+    /// With etcd: records `url` in sync (a replica brought in sync, under the writer lock).
+    pub(super) fn record_in_sync(&self, url: &str) -> Result<()> {
+        if self.failover.is_none() {
+            return Ok(());
+        }
+        self.change_sync(url, true)
+    }
+
+    fn change_sync(&self, url: &str, add: bool) -> Result<()> {
+        let f = self.etcd_side();
+        let change = f.core().sync_change(url, add);
+        let Some(new) = change.filter(|_| self.role() == Role::Primary) else {
+            return match self.role() {
+                Role::Primary => Ok(()),
+                Role::Replica => Err(Error::Unavailable("no longer the primary".into())),
+            };
+        };
+        let input = f
+            .write_sync(&new)
+            .map_err(|e| Error::Unavailable(format!("cannot change the in-sync record in etcd: {e}")))?;
+        let conflict = input == Input::SyncConflict;
+        self.feed(input);
+        match conflict {
+            true => Err(Error::Unavailable("another primary changed the in-sync record".into())),
+            false => Ok(()),
+        }
+    }
+
+    /// With etcd: forwards while watching the role; when another primary is elected
+    /// meanwhile (the one asked hangs, frozen or cut off), answers 503 at once instead of
+    /// waiting out the timeout (the write's outcome is unknown; the old one cannot
+    /// acknowledge it any more).
+    pub(super) fn forward_watched(
+        &self,
+        method: Method,
+        primary: &str,
+        target: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<std::result::Result<Answer, PeerError>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (http, url) = (self.forward.clone(), primary.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(http.call(method, &url, &target, body));
+        });
+        let started = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(answer) => return Ok(answer),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("the forwarding thread ended without an answer".into()))
+                }
+                // A quick change is a switchover: the old primary passes the write on.
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if self.primary_url().as_deref() != Some(primary) && started.elapsed() >= WATCH_GRACE =>
+                {
+                    return Err(Error::Unavailable(format!(
+                        "the primary changed while {primary} had the write; its outcome is unknown"
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// A write could not be made safe: this primary steps down.
+    pub(super) fn give_up(&self, why: &str) {
+        if self.failover.is_some() {
+            self.feed(Input::GiveUp { why: why.to_string() });
+        }
+    }
+
+    /// On a graceful stop with etcd: nothing more is acknowledged, and the etcd lease goes
+    /// (with the leader key: the others elect at once).
+    pub(super) fn resign(&self) {
+        let _writer = self.lock_writer();
+        self.give_up("stopping");
+        let f = self.etcd_side();
+        let lease = f.core().lease();
+        if let Some(lease) = lease {
+            let _ = f.etcd.revoke(lease);
+        }
+    }
+}
