@@ -136,6 +136,25 @@ impl Pool {
         self.down_until[i].store(until, Ordering::Relaxed);
     }
 
+    /// Asks every replica `ready(url)` at once, each on a thread of its own (so one that
+    /// hangs delays none of the others beyond the caller's timeout), and marks each up or
+    /// down by its answer; returns the answers in the pool's order. The caller does the
+    /// I/O in `ready`.
+    pub fn probe(&self, ready: impl Fn(&str) -> bool + Sync) -> Vec<bool> {
+        let answers: Vec<bool> = std::thread::scope(|s| {
+            let asks: Vec<_> = self.urls.iter().map(|url| s.spawn(|| ready(url))).collect();
+            asks.into_iter().map(|a| a.join().unwrap_or(false)).collect()
+        });
+        for (i, &up) in answers.iter().enumerate() {
+            if up {
+                self.mark_up(i);
+            } else {
+                self.mark_down(i);
+            }
+        }
+        answers
+    }
+
     /// Records that replica `i` answered.
     pub fn mark_up(&self, i: usize) {
         if self.down_until[i].load(Ordering::Relaxed) != 0 {
@@ -194,6 +213,17 @@ mod tests {
         let firsts: Vec<usize> = (0..6).map(|_| p.plan()[0]).collect();
         assert_eq!(firsts, [0, 1, 0, 1, 0, 1]);
         assert_eq!(p.plan(), [0, 1]);
+    }
+
+    #[test]
+    fn a_probe_marks_each_by_its_answer() {
+        let p = pool(3);
+        assert_eq!(p.probe(|url| !url.contains("r1:")), vec![true, false, true]);
+        for _ in 0..6 {
+            assert_eq!(p.plan().last(), Some(&1), "the one not ready goes last");
+        }
+        p.probe(|_| true);
+        assert!((0..6).map(|_| p.plan()[0]).collect::<std::collections::HashSet<_>>().contains(&1));
     }
 
     #[test]

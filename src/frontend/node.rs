@@ -222,19 +222,14 @@ impl Frontend {
     }
 
     fn probe_back_ends(&self) {
+        let ready = |url: &str| self.probe.call(Method::GET, url, "/ready", None).is_ok_and(|a| a.status == 200);
         std::thread::scope(|s| {
-            for (pool, ready) in [(&self.catalogs, &self.catalog_ready), (&self.orders, &self.order_ready)] {
-                for (i, url) in pool.urls().iter().enumerate() {
-                    s.spawn(move || {
-                        let up = self.probe.call(Method::GET, url, "/ready", None).is_ok_and(|a| a.status == 200);
-                        ready[i].store(up, Ordering::Relaxed);
-                        if up {
-                            pool.mark_up(i);
-                        } else {
-                            pool.mark_down(i);
-                        }
-                    });
-                }
+            for (pool, flags) in [(&self.catalogs, &self.catalog_ready), (&self.orders, &self.order_ready)] {
+                s.spawn(move || {
+                    for (flag, up) in flags.iter().zip(pool.probe(ready)) {
+                        flag.store(up, Ordering::Relaxed);
+                    }
+                });
             }
         });
     }

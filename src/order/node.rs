@@ -32,6 +32,8 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 pub const PAGE: usize = 200;
 /// Longest wait for a catalog's answer to a readiness probe (`GET /ready`).
 pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the catalogs' readiness is probed (as the front end does its back ends').
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the catalog's purchase journal is checked for copies without an order.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a journaled purchase may stay without its order before it is adopted: far
@@ -145,8 +147,20 @@ impl OrderNode {
         }))
     }
 
-    /// Starts one sync thread per peer, and the reconciler.
+    /// Starts one sync thread per peer, the reconciler, and the catalogs' readiness
+    /// prober: every [`PROBE_INTERVAL`] each catalog's `/ready` is asked (at most
+    /// [`READY_TIMEOUT`] each), and one that is not ready (catching up, without a lease,
+    /// frozen) is skipped by the round robin until it is again. A purchase sent to a
+    /// catalog cannot be retried elsewhere once it may have arrived, so not sending it to
+    /// one that would hang it matters.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || loop {
+            node.catalogs.probe(|url| node.probe.ready(url).is_ok());
+            if stop.sleep(PROBE_INTERVAL) {
+                return;
+            }
+        });
         let (node, stop) = (Arc::clone(self), shutdown.clone());
         std::thread::spawn(move || {
             let mut missing = HashMap::new();
