@@ -207,7 +207,7 @@ impl Probe {
     fn catalog(&self, out_of_sync: Option<&[String]>) -> Value {
         let mut v = self.common("catalog");
         if let Some(h) = self.health_json() {
-            for key in ["role", "seq", "books", "lease_ms_left", "primary_down"] {
+            for key in ["role", "primary", "epoch", "seq", "books", "lease_ms_left", "primary_down"] {
                 v[key] = h[key].clone();
             }
             v["in_sync"] = match (h["role"].as_str(), out_of_sync) {

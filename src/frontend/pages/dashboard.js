@@ -14,6 +14,7 @@
   const $ = (id) => document.getElementById(id);
   let previous = null; // the last answer
   const states = new Map(); // service key -> { state, role }
+  let lastEpoch = null; // the newest epoch a primary showed (with etcd), once seen
   let answering = true;
 
   function el(tag, className, ...children) {
@@ -78,6 +79,13 @@
   function noteChanges(c) {
     const now = c.at_ms;
     if (states.size === 0) addEvent(now, "info", "Watching " + services(c).length + " services.");
+    // A new epoch is a change of primary (failover or switchover, with etcd).
+    const led = c.catalogs.filter((s) => s.up && s.role === "primary" && typeof s.epoch === "number");
+    const newest = led.reduce((a, s) => (a && a.epoch >= s.epoch ? a : s), null);
+    if (newest && newest.epoch > 0) {
+      if (lastEpoch !== null && newest.epoch > lastEpoch) addEvent(now, "warn", "New primary " + newest.url + " at epoch " + newest.epoch + ".");
+      lastEpoch = Math.max(lastEpoch || 0, newest.epoch);
+    }
     for (const { key, name, s } of services(c)) {
       const st = stateOf(s);
       const role = s.role || null;
@@ -154,6 +162,7 @@
           el("td", "url", s.url),
           stateCell(s),
           s.role || "\u2014",
+          typeof s.epoch === "number" && s.epoch > 0 ? String(s.epoch) : "\u2014",
           seq,
           lease,
           el("td", s.in_sync === false ? "bad" : null, sync),
