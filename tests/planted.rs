@@ -122,11 +122,12 @@ fn a_planted_order_left_in_an_old_journal_is_never_adopted() {
     let book = json(&get(&p, "/books/1"));
     let seq = json(&get(&p, "/health"))["seq"].as_u64().unwrap();
     s.catalogs[0].kill9();
-    // Two copies taken for orders, as an older catalog journaled them: the planted one
+    // Two copies taken for orders, as an older catalog journaled them (today's rows, the
+    // last column the epoch of static roles): the planted one
     // first, then one of an order server that died before it logged its order.
     let row = |seq: u64, quantity: u64, order_id: &str| {
         format!(
-            "{seq},1,{},{},{},{quantity},{order_id},{}\n",
+            "{seq},1,{},{},{},{quantity},{order_id},{},0\n",
             book["title"].as_str().unwrap(),
             book["topic"].as_str().unwrap(),
             book["price"],
