@@ -8,15 +8,6 @@ use common::*;
 use std::io::Write;
 use std::time::Duration;
 
-fn metric(base: &str, name: &str) -> f64 {
-    let text = String::from_utf8(get(base, "/metrics").body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn pushes_and_log_reads_of_another_epoch_are_refused() {
     let s = Store::start(Opts::default()).unwrap();

@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 const LEASE_MS: u64 = 600;
 
-fn metric(base: &str, name: &str) -> f64 {
-    let text = String::from_utf8(get(base, "/metrics").body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Pauses the replica, writes through the primary, resumes the replica and reads from it
 /// at once; returns (stale reads, 503s, fresh reads, slowest write).
 fn pause_rounds(s: &Store, rounds: u64) -> (u64, u64, u64, Duration) {

@@ -78,11 +78,7 @@ impl CatalogConfig {
             Role::Primary => None,
         };
         let replicas = if role == Role::Primary { config::urls(src, "BAZAR_REPLICAS", false)? } else { Vec::new() };
-        let lease = config::millis(src, "BAZAR_LEASE_MS", DEFAULT_LEASE, 0..=60_000)?;
-        if !lease.is_zero() && lease < MIN_LEASE {
-            let problem = format!("must be 0 (off) or at least {} ms", MIN_LEASE.as_millis());
-            return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
-        }
+        let lease = read_lease(src, DEFAULT_LEASE)?;
         Ok(CatalogConfig {
             common,
             data_dir: config::data_dir(src, "./data-catalog"),
@@ -127,11 +123,7 @@ impl CatalogConfig {
                 }
             },
         };
-        let lease = config::millis(src, "BAZAR_LEASE_MS", DEFAULT_ETCD_LEASE, 0..=60_000)?;
-        if !lease.is_zero() && lease < MIN_LEASE {
-            let problem = format!("must be 0 (off) or at least {} ms", MIN_LEASE.as_millis());
-            return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
-        }
+        let lease = read_lease(src, DEFAULT_ETCD_LEASE)?;
         Ok(CatalogConfig {
             common,
             data_dir: config::data_dir(src, "./data-catalog"),
@@ -169,6 +161,17 @@ Commands:
   bazar-catalog import FILE   replace the catalog in BAZAR_DATA_DIR (catalog stopped)
                               with the books of FILE (header id,title,topic,price,quantity)
 ";
+}
+
+/// `BAZAR_LEASE_MS` (`default` when unset): 0 turns leases off, else at least
+/// [`MIN_LEASE`].
+fn read_lease(src: &dyn Source, default: Duration) -> Result<Duration, ConfigError> {
+    let lease = config::millis(src, "BAZAR_LEASE_MS", default, 0..=60_000)?;
+    if !lease.is_zero() && lease < MIN_LEASE {
+        let problem = format!("must be 0 (off) or at least {} ms", MIN_LEASE.as_millis());
+        return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
+    }
+    Ok(lease)
 }
 
 #[cfg(test)]

@@ -228,6 +228,16 @@ pub fn memcached_addr(p: &Proc) -> String {
     format!("127.0.0.1:{}", p.spec.args[3])
 }
 
+/// The value of metric `name` (a line `name value`) in `base`'s `/metrics`.
+pub fn metric(base: &str, name: &str) -> f64 {
+    let text = String::from_utf8(get(base, "/metrics").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 /// A client for tests: short timeouts, a pool per host.
 pub fn client() -> Http {
     Http::new(Duration::from_secs(15), 64, None)
