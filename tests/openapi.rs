@@ -183,6 +183,7 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/log", "GET", &p, "/internal/log?after=x", true, None, 400),
             case("/internal/log", "GET", &p, "/internal/log?after=0", true, None, 400),
             case("/internal/log", "GET", &p, "/internal/log?after=0&history=other", true, None, 410),
+            case("/internal/log", "GET", &p, "/internal/log?after=0&history=other&epoch=4.4e-44", true, None, 400),
             case("/internal/log", "GET", &p, &log, false, None, 401),
             case("/internal/resync", "POST", &r, "/internal/resync", true, None, 200),
             case("/internal/resync", "POST", &r, "/internal/resync", false, None, 401),

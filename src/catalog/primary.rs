@@ -416,6 +416,8 @@ impl CatalogNode {
             None => return Err(Error::BadRequest("give after=N".into())),
         };
         let asked = request.query_param("history")?.ok_or_else(|| Error::BadRequest("give history=H".into()))?;
+        // Every parameter is judged before the request is: a malformed one is a 400.
+        let epoch = Self::epoch_param(request)?;
         if self.failover.is_some() && self.role() != super::config::Role::Primary {
             return Err(Error::Unavailable("this catalog is not the primary now".into()));
         }
@@ -425,7 +427,6 @@ impl CatalogNode {
         if asked != history {
             return gone(format!("this catalog's history is {history:?}, not {asked:?}"));
         }
-        let epoch = Self::epoch_param(request)?;
         match store.history.epoch_at(after) {
             Some(e) if e == epoch => {}
             Some(e) => return gone(format!("write {after} here is of epoch {e}, not {epoch}")),
