@@ -99,6 +99,8 @@ pub fn etcd_args(port: u16, peer_port: u16, data: &Path) -> Vec<String> {
         ("--listen-peer-urls", peer.clone()),
         ("--initial-advertise-peer-urls", peer.clone()),
         ("--initial-cluster", format!("bazar={peer}")),
+        // etcd 3.4's default logger ignores the level and prints every raft step.
+        ("--logger", "zap".to_string()),
         ("--log-level", "warn".to_string()),
     ]
     .into_iter()
