@@ -32,6 +32,8 @@
 //!   from an epoch older than the newest known is refused ([`Core::message`]), a newer one
 //!   is adopted (a primary that sees one steps down).
 
+pub mod commit;
+
 use std::time::{Duration, Instant};
 
 /// The part of the etcd lease TTL a primary counts on: the margin covers clock-rate drift.
