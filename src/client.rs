@@ -382,9 +382,21 @@ impl CatalogClient {
         self.http.call(Method::POST, base, "/internal/resync", None)?.json()
     }
 
-    /// Pushes a batch of writes to a replica, in order, from a primary at `epoch`.
-    pub fn replicate(&self, base: &str, epoch: u64, pushes: &[Replicate]) -> Result<ReplicaAck> {
-        self.http.send(Method::POST, base, &format!("/internal/replicate?epoch={epoch}"), &pushes)
+    /// Pushes a batch of writes to a replica, in order, from a primary at `epoch`; with
+    /// etcd, `committed` is the primary's commit point (the replica shows writes up to it,
+    /// no further: an empty push with it is the commit notice).
+    pub fn replicate(
+        &self,
+        base: &str,
+        epoch: u64,
+        committed: Option<u64>,
+        pushes: &[Replicate],
+    ) -> Result<ReplicaAck> {
+        let path = match committed {
+            Some(c) => format!("/internal/replicate?epoch={epoch}&committed={c}"),
+            None => format!("/internal/replicate?epoch={epoch}"),
+        };
+        self.http.send(Method::POST, base, &path, &pushes)
     }
 
     /// Asks the primary for a read lease (replicas).

@@ -237,7 +237,8 @@ pub struct LogPage {
     /// The catalog's history: changes when a catalog is imported or rebuilt, so that a
     /// replica never takes writes of another history as the continuation of its own.
     pub history: String,
-    /// The primary's sequence number when it answered.
+    /// The primary's sequence number when it answered: the last write it shows, committed
+    /// (a replica shows its writes up to there with etcd).
     pub seq: u64,
     /// Up to a page of writes after N, in order.
     pub writes: Vec<Replicate>,
@@ -249,7 +250,8 @@ pub struct LogPage {
 /// A replica's answer to a push: the sequence number it now holds, and who it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaAck {
-    /// The replica's sequence number after the push.
+    /// The number of the last write the replica logged after the push (with etcd, writes
+    /// past its commit point included: logged, not yet shown).
     pub seq: u64,
     /// The replica's identity, drawn at each start (read leases are granted to it).
     pub replica_id: String,

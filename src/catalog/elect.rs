@@ -13,9 +13,10 @@
 //! that was replaced can change nothing in etcd.
 
 use super::config::{EtcdSettings, Role};
-use super::failover::{Core, Effect, Input, Leader, Observed, SyncSet};
+use super::failover::{commit, Core, Effect, Input, Leader, Observed, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
+use super::store::Store;
 use crate::client::{Answer, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Etcd, EtcdError, Op};
@@ -301,6 +302,20 @@ impl CatalogNode {
             *link.grant() = Grant::default();
         }
         self.catch_up_wanted.store(false, Ordering::SeqCst);
+        {
+            // Its in-sync record is itself alone: every write it logged is on every in-sync
+            // catalog, so its pending writes are readable now (before any read, log answer
+            // or write of this primary).
+            let mut store = self.lock_writer();
+            let upto = commit::readable_when_elected(store.history.last().0);
+            if let Err(e) = self.show_committed(&store, upto) {
+                log::warn!("{e}: loading the catalog again from its files");
+                match Store::reload(&mut store) {
+                    Ok(catalog) => *self.state_mut() = catalog,
+                    Err(e) => log::error!("cannot load the catalog again: {e}"),
+                }
+            }
+        }
         self.set_current(Role::Primary, None, epoch);
         self.serving.store(true, Ordering::SeqCst);
         self.refresh_links();

@@ -500,9 +500,17 @@ impl CatalogNode {
             ),
             ["internal", "replicate"] if method == "POST" => http::respond(
                 admin(&|| {
-                    self.check_epoch(Self::epoch_param(request)?)?;
+                    let epoch = Self::epoch_param(request)?;
+                    let committed = match request.query_param("committed")? {
+                        None => None,
+                        Some(c) => Some(
+                            c.parse()
+                                .map_err(|_| Error::BadRequest(format!("committed={c:?} is not a write number")))?,
+                        ),
+                    };
+                    self.check_epoch(epoch)?;
                     self.replica_only()?;
-                    Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?)?))
+                    Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?, committed)?))
                 }),
                 "/internal/replicate",
             ),

@@ -148,12 +148,22 @@ impl CatalogNode {
             self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             let pushes = writes;
-            let lost = self.replicate(&store, &pushes);
+            let last = pushes.last().map_or(0, |p| p.seq);
+            let lost = self.replicate(&store, &pushes, self.state().seq());
             // With etcd: the replicas lost leave the in-sync record first, and the
             // leadership must still hold right now. Otherwise the writes stay unacknowledged
             // and unseen: this catalog steps down (it reads nothing until it caught up with
             // the next primary, which drops them unless it has them).
-            if let Err(e) = self.make_safe(&lost).and_then(|()| self.may_acknowledge()) {
+            let mut safe = self.make_safe(&lost).and_then(|()| self.may_acknowledge());
+            if safe.is_ok() && self.failover.is_some() {
+                // The commit notice (an empty push with the commit point), only now that
+                // every catalog in the in-sync record has the batch: the replicas show it
+                // before it is acknowledged. One that does not take it is out of sync like
+                // one that missed a push: out of the record, its lease waited out.
+                let missed = self.replicate(&store, &[], last);
+                safe = self.make_safe(&missed).and_then(|()| self.may_acknowledge());
+            }
+            if let Err(e) = safe {
                 self.give_up(&e);
                 let why = format!("the write's outcome is unknown: {e}");
                 for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
@@ -172,7 +182,7 @@ impl CatalogNode {
                 keys.sort_unstable();
                 keys.dedup();
                 // One marker per key, at the batch's last write: no older entry survives it.
-                cache.invalidate(&keys, pushes.last().map_or(0, |p| p.seq));
+                cache.invalidate(&keys, last);
             }
             if let Err(e) = store.after_write(&self.state()) {
                 // The log holds every write; the next checkpoint tries again.
@@ -256,25 +266,30 @@ impl CatalogNode {
         std::mem::forget(writer);
     }
 
-    /// Pushes writes to every replica in sync (in parallel). A replica that misses them is
-    /// out of sync from then on (no lease renewals, no pushes) until the background brings
-    /// it back; the writes wait until that replica's lease has surely expired. Returns the
-    /// replicas lost.
-    fn replicate(&self, store: &Store, pushes: &[Replicate]) -> Vec<String> {
+    /// Pushes writes to every replica in sync (in parallel), with the commit point
+    /// `committed` (etcd only; an empty push with it is the commit notice). A replica that
+    /// misses them is out of sync from then on (no lease renewals, no pushes) until the
+    /// background brings it back; the writes wait until that replica's lease has surely
+    /// expired. Returns the replicas lost.
+    fn replicate(&self, store: &Store, pushes: &[Replicate], committed: u64) -> Vec<String> {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
         let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
             let pushes: Vec<_> = links
                 .iter()
                 .map(|link| {
-                    s.spawn(move || match self.push_to(store, link, pushes) {
+                    s.spawn(move || match self.push_to(store, link, pushes, committed) {
                         Ok(ack) => {
                             link.grant().synced(ack.replica_id);
                             Ok(())
                         }
                         Err(e) => {
                             self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                            let seq = pushes.last().map_or(0, |p| p.seq);
-                            log::warn!("replica {} missed write {seq}: {e}; out of sync until it catches up", link.url);
+                            let seq = pushes.last().map_or(committed, |p| p.seq);
+                            let what = if pushes.is_empty() { "the commit of write" } else { "write" };
+                            log::warn!(
+                                "replica {} missed {what} {seq}: {e}; out of sync until it catches up",
+                                link.url
+                            );
                             Err(link.grant().lost())
                         }
                     })
@@ -296,22 +311,33 @@ impl CatalogNode {
     }
 
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
-    /// from the history, when they are few. Called under the writer lock.
-    fn push_to(&self, store: &Store, link: &ReplicaLink, pushes: &[Replicate]) -> Result<ReplicaAck> {
+    /// from the history, when they are few. Called under the writer lock, to a replica in
+    /// sync (its log a prefix of this one's: the commit point means the same writes there).
+    fn push_to(&self, store: &Store, link: &ReplicaLink, pushes: &[Replicate], committed: u64) -> Result<ReplicaAck> {
         let last = pushes.last().map_or(0, |p| p.seq);
-        let ack = self.send_writes(&link.url, pushes)?;
+        let committed = self.commit_point(committed);
+        let ack = self.send_writes(&link.url, pushes, committed)?;
         if ack.seq >= last {
             return Ok(ack);
         }
         match store.history.after(ack.seq, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last)) {
-            Some(tail) if Self::same_log(store, &ack) => self.send_writes(&link.url, &tail),
+            Some(tail) if Self::same_log(store, &ack) => self.send_writes(&link.url, &tail, committed),
             _ => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
         }
     }
 
-    /// Sends writes in pushes of at most [`PUSH_BYTES`], in order; an empty list is one
-    /// empty push (where is the replica?). Returns the last answer.
-    fn send_writes(&self, url: &str, writes: &[Replicate]) -> Result<ReplicaAck> {
+    /// The commit point to send with a push: with etcd only (static roles show a write once
+    /// applied, and send none).
+    fn commit_point(&self, committed: u64) -> Option<u64> {
+        self.failover.as_ref().map(|_| committed)
+    }
+
+    /// Sends writes in pushes of at most [`PUSH_BYTES`], in order, each with the commit
+    /// point `committed`; an empty list is one empty push (where is the replica? or, with a
+    /// commit point, the commit notice). Returns the last answer. Only a replica whose log
+    /// is known to be a prefix of this one's may be sent a commit point: it shows its own
+    /// writes up to there.
+    fn send_writes(&self, url: &str, writes: &[Replicate], committed: Option<u64>) -> Result<ReplicaAck> {
         let mut rest = writes;
         loop {
             let mut size = 0;
@@ -323,7 +349,7 @@ impl CatalogNode {
                 })
                 .count()
                 .max(rest.len().min(1));
-            let ack = self.push.replicate(url, self.term(), &rest[..n])?;
+            let ack = self.push.replicate(url, self.term(), committed, &rest[..n])?;
             rest = &rest[n..];
             if rest.is_empty() {
                 return Ok(ack);
@@ -361,13 +387,17 @@ impl CatalogNode {
     /// sync. A replica too far behind, or of another history, is asked to copy the whole
     /// catalog first.
     fn bring_in_sync(&self, link: &ReplicaLink) -> Result<u64> {
-        let mut ack = self.send_writes(&link.url, &[])?;
+        // The first push asks where the replica stands, with no commit point: its log may
+        // hold writes this primary lacks (an old primary's, never acknowledged).
+        let mut ack = self.send_writes(&link.url, &[], None)?;
         loop {
             let (tail, last, history) = {
                 let store = self.lock_writer();
                 let tail = store.history.after(ack.seq, LOG_PAGE).filter(|_| Self::same_log(&store, &ack));
                 (tail, self.state().seq(), store.history_id().to_string())
             };
+            // Past the (seq, epoch) check its log is a prefix of this one's: `last` is committed.
+            let committed = self.commit_point(last);
             let Some(tail) = tail else {
                 self.counters.copies_asked.fetch_add(1, Ordering::Relaxed);
                 self.push.resync(&link.url)?;
@@ -380,7 +410,7 @@ impl CatalogNode {
                 break;
             }
             self.counters.tail_writes_sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
-            ack = self.send_writes(&link.url, &tail)?;
+            ack = self.send_writes(&link.url, &tail, committed)?;
         }
         let store = self.lock_writer();
         let last = self.state().seq();
@@ -389,7 +419,10 @@ impl CatalogNode {
             .after(ack.seq, CLOSE_ENOUGH as usize + 1)
             .ok_or_else(|| Error::Unavailable("the replica fell behind the history".into()))?;
         self.counters.tail_writes_sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
-        let ack = self.send_writes(&link.url, &tail)?;
+        if !Self::same_log(&store, &ack) {
+            return Err(Error::Unavailable("the replica's log is not a prefix of this one's".into()));
+        }
+        let ack = self.send_writes(&link.url, &tail, self.commit_point(last))?;
         if ack.seq != last || !Self::same_log(&store, &ack) {
             return Err(Error::Unavailable(format!("replica stayed at write {} of {last}", ack.seq)));
         }

@@ -13,8 +13,10 @@
 //! It serves reads once caught up; with read leases on, only while the primary, which
 //! brings it in sync under its writer lock, grants it a lease.
 
+use super::failover::commit;
 use super::node::{CatalogNode, COPY_PAGE};
 use super::state::Catalog;
+use super::store::Store;
 use crate::client::{CatalogClient, PeerError};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -64,16 +66,25 @@ impl CatalogNode {
         loop {
             let (seq, history, epoch) = {
                 let store = self.lock_writer();
-                (self.state().seq(), store.history_id().to_string(), store.last_epoch())
+                (self.logged(&store), store.history_id().to_string(), store.last_epoch())
             };
             // The primary answers 410 when its write `seq` is of another epoch: this log
             // holds writes past where the two agree (never acknowledged), and the whole
             // copy drops them.
             match client.log(primary, seq, &history, epoch)? {
-                Some(page) if page.writes.is_empty() && page.seq <= seq => return self.check_epoch(page.epoch),
+                // A page's number is the primary's readable one (taken under its writer
+                // lock): committed, so this replica shows its writes up to there.
+                Some(page) if page.writes.is_empty() && page.seq <= seq => {
+                    self.check_epoch(page.epoch)?;
+                    if self.failover.is_some() {
+                        let store = self.lock_writer();
+                        self.show_committed(&store, page.seq)?;
+                    }
+                    return Ok(());
+                }
                 Some(page) => {
                     self.check_epoch(page.epoch)?;
-                    self.apply(&page.writes)?;
+                    self.apply(&page.writes, Some(page.seq))?;
                 }
                 None => return self.copy_catalog(client, primary),
             }
@@ -145,9 +156,14 @@ impl CatalogNode {
         Ok(())
     }
 
-    /// Applies a batch of pushed writes, in order, with one fsync; answers where it stands.
-    /// A batch with a book of id 0 (no write makes one) is refused whole.
-    pub fn apply(&self, pushes: &[Replicate]) -> Result<ReplicaAck> {
+    /// Applies a batch of pushed writes, in order, with one fsync; answers where it stands
+    /// (the last write it logged). A batch with a book of id 0 (no write makes one) is
+    /// refused whole.
+    ///
+    /// With static roles a write is readable once applied. With etcd it stays pending (on
+    /// disk, not readable) until the commit point `committed` reaches it (see
+    /// [`super::failover::commit`]); `None` there commits nothing new.
+    pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>) -> Result<ReplicaAck> {
         if let Some(p) = pushes.iter().find(|p| p.book.id == 0) {
             return Err(Error::BadRequest(format!("write {}: a book has no id 0", p.seq)));
         }
@@ -156,7 +172,7 @@ impl CatalogNode {
         // leases come from grants again.
         self.lease().reset_if_extended();
         // Only the next writes, in order; nothing is applied in memory before it is on disk.
-        let mut next = self.state().seq();
+        let mut next = self.logged(&store);
         let fresh: Vec<(&Replicate, Option<&crate::wire::Order>)> = pushes
             .iter()
             .filter(|p| {
@@ -168,20 +184,55 @@ impl CatalogNode {
             .collect();
         if !fresh.is_empty() {
             store.append(&fresh)?;
-            let mut state = self.state_mut();
-            for (p, _) in &fresh {
-                state.commit(p.book.clone(), p.seq);
+            if self.failover.is_none() {
+                let mut state = self.state_mut();
+                for (p, _) in &fresh {
+                    state.commit(p.book.clone(), p.seq);
+                }
             }
-            drop(state);
+        }
+        if self.failover.is_some() {
+            self.show_committed(&store, committed.unwrap_or(0))?;
+        }
+        if self.state().seq() == self.logged(&store) {
+            // A checkpoint holds the readable catalog: never one with writes pending (it
+            // checkpoints only when the log has grown enough).
             store.after_write(&self.state())?;
         }
         *self.last_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(ReplicaAck {
-            seq: self.state().seq(),
+            seq: self.logged(&store),
             replica_id: self.replica_id.clone(),
             history: store.history_id().to_string(),
             epoch: store.last_epoch(),
         })
+    }
+
+    /// The number of the last write logged here (with etcd, pending ones included; with
+    /// static roles, the readable one, which is the same).
+    pub(super) fn logged(&self, store: &Store) -> u64 {
+        match self.failover {
+            Some(_) => store.history.last().0,
+            None => self.state().seq(),
+        }
+    }
+
+    /// With etcd: makes the writes logged here readable up to the commit point `committed`
+    /// (never past what is logged, never back). Called under the writer lock.
+    pub(super) fn show_committed(&self, store: &Store, committed: u64) -> Result<()> {
+        let readable = self.state().seq();
+        let upto = commit::readable_upto(readable, store.history.last().0, committed);
+        if upto <= readable {
+            return Ok(());
+        }
+        let writes = store.history.after(readable, (upto - readable) as usize).ok_or_else(|| {
+            Error::Internal(format!("the writes pending after {readable} are no longer kept in memory"))
+        })?;
+        let mut state = self.state_mut();
+        for w in writes.into_iter().take_while(|w| w.seq <= upto) {
+            state.commit(w.book, w.seq);
+        }
+        Ok(())
     }
 
     /// Background: asks for a read lease every quarter of its length.

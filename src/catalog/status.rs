@@ -48,8 +48,19 @@ impl CatalogNode {
         let readable = self.readable().is_ok();
         let lease = self.lease().clone();
         let (role, primary, epoch) = (self.role_name(), self.primary_shown(), self.epoch());
+        // The last write logged here: with etcd a replica's writes past `seq` are pending
+        // (logged, not yet known committed, not readable). Null while a write holds the
+        // log (health never waits for a push).
+        let logged = match self.writer.try_lock() {
+            Ok(store) => Some(store.history.last().0),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().history.last().0),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let in_sync_record = self.failover.as_ref().map(|f| f.core().sync().map(|s| s.members.clone()));
         let state = self.state();
         serde_json::json!({
+            "logged": logged,
+            "in_sync_record": in_sync_record,
             "status": if readable { "ok" } else { "catching-up" },
             "role": role,
             "primary": primary,

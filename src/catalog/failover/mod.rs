@@ -31,6 +31,10 @@
 //! - **Epochs fence.** A push, lease grant or log answer carries its primary's epoch; one
 //!   from an epoch older than the newest known is refused ([`Core::message`]), a newer one
 //!   is adopted (a primary that sees one steps down).
+//! - **Nothing unacknowledged is ever visible.** A catalog shows a write only once it is
+//!   committed (on every member of `sync`): [`commit`] decides up to where.
+
+pub mod commit;
 
 use std::time::{Duration, Instant};
 
