@@ -88,6 +88,7 @@ cleanup() {
         docker network rm "${STACK}_store" >/dev/null 2>&1 || sleep 0.5
     done
     if [ "$made_swarm" = yes ]; then
+        sleep 2   # the tasks' network endpoints are released a moment after their containers
         docker swarm leave --force >/dev/null && echo "== left the swarm this test made"
         if [ "$made_gwbridge" = yes ]; then docker network rm docker_gwbridge >/dev/null 2>&1; fi
     fi
@@ -149,19 +150,22 @@ echo "== a rolling update of every service in turn while purchases go on"
 # Purchases over books 1-7 in turn, a few a second (the stock, 700 copies, lasts the run).
 # Acknowledged order ids go to acked; every other answer is counted by its status.
 cat > "$work/load.py" <<'PY'
-import json, sys, time, urllib.request, urllib.error, collections
+import collections, json, os, sys, time, urllib.error, urllib.request
 fe, work = sys.argv[1], sys.argv[2]
-acked, other, i = open(f"{work}/acked", "w"), collections.Counter(), 0
-import os
+acked, other, i, placed = open(f"{work}/acked", "w"), collections.Counter(), 0, 0
 while not os.path.exists(f"{work}/stop"):
     i += 1
     try:
         with urllib.request.urlopen(urllib.request.Request(f"{fe}/purchase/{i % 7 + 1}", method="POST"), timeout=10) as r:
             acked.write(json.load(r)["order_id"] + "\n"); acked.flush()
+            placed += 1
     except urllib.error.HTTPError as e:
         other[str(e.code)] += 1
     except Exception as e:
         other[type(e).__name__] += 1
+    with open(f"{work}/counts.new", "w") as f:
+        f.write(f"{placed} {sum(other.values())}\n")
+    os.replace(f"{work}/counts.new", f"{work}/counts")
     time.sleep(0.2)
 json.dump(other, open(f"{work}/other", "w"))
 PY
@@ -169,14 +173,17 @@ rm -f "$work/stop"
 python3 "$work/load.py" "$FE" "$work" &
 load=$!
 t0=$(date +%s%N)
+counts() { cat "$work/counts" 2>/dev/null || echo "0 0"; }
 for s in $SERVICES; do
     t1=$(date +%s%N)
+    read -r placed0 failed0 <<<"$(counts)"
     docker service update --force --quiet "${STACK}_$s" >/dev/null 2>"$work/update.err" || { cat "$work/update.err"; fail "update of $s"; }
     wait_for 120 "every service running and healthy after the update of $s" converged
     # A catalog has no health check (stack.yaml says why): the next update waits until the
     # store is whole again, one primary and one replica in sync, as an operator would.
     wait_for 60 "the store whole again after the update of $s" healed
-    echo "updated $s in $(ms "$t1") ms"
+    read -r placed1 failed1 <<<"$(counts)"
+    echo "updated $s in $(ms "$t1") ms: $(( placed1 - placed0 )) orders placed, $(( failed1 - failed0 )) failed meanwhile"
 done
 update_ms=$(ms "$t0")
 wait_for 30 "the store to sell again" sells
