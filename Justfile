@@ -41,3 +41,9 @@ systemd-e2e:
 # schemathesis against a live store, one service at a time (needs `pip install schemathesis==4.32.5`).
 contract:
     bash docs/contract.sh
+
+# The store as a Docker Swarm stack (containers/stack.yaml), checked end to end through port
+# 4200 (BAZAR_PORT): scaling, rolling updates under load, a killed catalog; cleans up after
+# itself and leaves the swarm only if it made it.
+swarm-e2e:
+    bash containers/swarm-e2e.sh

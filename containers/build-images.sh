@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the store's images from this repo: static binaries (glibc, crt-static) and
-# FROM scratch, plus memcached and etcd from Debian's packages. No image is pulled.
+# FROM scratch, plus memcached, etcd and HAProxy from Debian's packages. No image is pulled.
 #   bazar-catalog:local  bazar-order:local  bazar-frontend:local  bazar-memcached:local
-#   bazar-etcd:local
+#   bazar-etcd:local  bazar-haproxy:local (the Swarm stack's load balancer; built only where
+#   haproxy is installed, as only containers/stack.yaml needs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
@@ -46,4 +47,14 @@ for dep in memcached:memcached:memcache:11211 etcd:etcd-server:etcd:2379; do
     docker build -q -t "bazar-$program:local" "$ctx" >/dev/null
     echo "built bazar-$program:local"
 done
+if command -v haproxy >/dev/null; then
+    ctx="$work/haproxy"
+    debian_rootfs haproxy "$ctx" haproxy:4200
+    cp containers/Dockerfile.haproxy "$ctx/Dockerfile"
+    cp containers/haproxy.cfg "$ctx/"
+    docker build -q -t bazar-haproxy:local "$ctx" >/dev/null
+    echo "built bazar-haproxy:local"
+else
+    echo "haproxy is not installed (apt-get install haproxy); no bazar-haproxy image (only the Swarm stack needs it)"
+fi
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^bazar-' | sort

@@ -246,6 +246,35 @@ fn round_robin_is_even_and_survives_a_dead_replica() {
     assert_eq!(buys.len(), 2, "{buys:?}");
 }
 
+/// Two front ends over the same back ends, their reads interleaved: each keeps its own
+/// round robin, so each spreads its uncached reads evenly over both catalogs (and its
+/// purchases over both order servers) whatever the other one does.
+#[test]
+fn round_robin_stays_even_per_front_end() {
+    let s = store();
+    let two = s.another_frontend("frontend-2");
+    let fes = [s.fe(), url(&two)];
+    let mut reads = [HashMap::new(), HashMap::new()];
+    let mut buys = [HashMap::new(), HashMap::new()];
+    // Uneven interleaving: the first front end gets two requests for each of the second's.
+    for i in 0..60 {
+        let which = usize::from(i % 3 == 2);
+        for (seen, purchase) in [(&mut reads[which], false), (&mut buys[which], true)] {
+            for (backend, n) in backends(&fes[which], 1, purchase) {
+                *seen.entry(backend).or_insert(0) += n;
+            }
+        }
+    }
+    for which in 0..2 {
+        let (r, b) = (&reads[which], &buys[which]);
+        let share = if which == 0 { 20 } else { 10 };
+        assert_eq!(r.get(&s.primary()), Some(&share), "front end {which}: {r:?}");
+        assert_eq!(r.get(&s.replica()), Some(&share), "front end {which}: {r:?}");
+        assert_eq!(b.get(&s.order(0)), Some(&share), "front end {which}: {b:?}");
+        assert_eq!(b.get(&s.order(1)), Some(&share), "front end {which}: {b:?}");
+    }
+}
+
 #[test]
 fn a_restarted_replica_catches_up() {
     let mut s = store();
