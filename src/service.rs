@@ -50,7 +50,8 @@ pub fn handle_args(name: &str, help: &str, default_listen: Option<&str>) -> Opti
 }
 
 /// `<binary> health` or `<binary> ready`: GET /health or /ready on the local listener;
-/// exit 0 when it says ok (ready).
+/// exit 0 when it answers 200 (liveness: a catalog replica that is catching up is alive)
+/// or, for `ready`, when it says it is ready.
 fn probe(name: &str, check: &str, default_listen: &str) -> ExitCode {
     let listen = match config::listen(&Env, default_listen) {
         Ok(a) => a,
@@ -61,7 +62,7 @@ fn probe(name: &str, check: &str, default_listen: &str) -> ExitCode {
     let base = if host.contains(':') { format!("http://[{host}]:{port}") } else { format!("http://{host}:{port}") };
     let http = crate::client::Http::new(std::time::Duration::from_secs(2), 1, None);
     match http.get::<serde_json::Value>(&base, &format!("/{check}")) {
-        Ok(v) if v["status"] == "ok" || v["status"] == "ready" => ExitCode::SUCCESS,
+        Ok(v) if check == "health" || v["status"] == "ready" => ExitCode::SUCCESS,
         Ok(v) => {
             eprintln!("{name}: {base} is up but says {}", v["status"]);
             ExitCode::FAILURE
