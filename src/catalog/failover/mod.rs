@@ -24,7 +24,9 @@
 //!   the revisions of `sync` and `epoch` it read, so two campaigns cannot both win.
 //! - **No acknowledged write lost.** Before a primary acknowledges a write that a member of
 //!   `sync` did not take, it removes that member from `sync` (a compare-and-swap in etcd):
-//!   [`Core::to_remove`] names them. So every member of `sync` has every acknowledged write.
+//!   [`Core::to_remove`] names them, and a read of `sync` older (by etcd's revision) than
+//!   the primary's own last change is not adopted. So every member of `sync` has every
+//!   acknowledged write.
 //! - **Old leases are waited out.** A new primary acknowledges nothing before
 //!   `elected_at + L` (the read lease length): the old primary granted leases only while
 //!   its key lived, and the key was gone before this election was answered.
@@ -497,8 +499,10 @@ impl Core {
                 Vec::new()
             }
             (Role::Primary { epoch, .. }, Some(l)) if mine(l) && l.epoch == *epoch => {
-                // Its own key: sync as this primary wrote it stays (it is the only writer).
-                if let Some(sync) = seen.sync.filter(|s| s.epoch == *epoch) {
+                // Its own key: sync as this primary wrote it stays (it is the only writer);
+                // a read taken before its own last compare-and-swap is older, not adopted.
+                let newer = |s: &SyncSet| self.sync.as_ref().is_none_or(|h| s.revision > h.revision);
+                if let Some(sync) = seen.sync.filter(|s| s.epoch == *epoch && newer(s)) {
                     self.sync = Some(sync);
                 }
                 if self.epoch > *epoch {

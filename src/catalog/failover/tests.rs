@@ -259,6 +259,22 @@ fn the_in_sync_record_changes_before_acknowledging_without_a_replica() {
     assert!(matches!(c.step(Input::SyncConflict, t0)[..], [Effect::StepDown { .. }]));
 }
 
+/// A read of etcd taken before the primary's own compare-and-swap of `sync` (an older
+/// revision) does not put back the record without the replica just added.
+#[test]
+fn a_stale_read_of_sync_does_not_undo_the_primarys_own_change() {
+    let t0 = Instant::now();
+    let mut c = primary(t0);
+    c.step(Input::SyncWritten(sync(3, &[ME, B], 15)), t0);
+    let stale = Observed { leader: Some(leader(ME, 3, 7)), epoch: Some((3, 10)), sync: Some(sync(3, &[ME], 12)) };
+    assert_eq!(c.step(Input::Observed(stale), at(t0, 10)), []);
+    assert_eq!(c.sync().unwrap(), &sync(3, &[ME, B], 15));
+    assert_eq!(c.to_remove(&[B]), vec![B.to_string()], "B missed a write: it leaves sync first");
+    let newer = Observed { leader: Some(leader(ME, 3, 7)), epoch: Some((3, 10)), sync: Some(sync(3, &[ME], 16)) };
+    c.step(Input::Observed(newer), at(t0, 20));
+    assert_eq!(c.sync().unwrap().revision, 16, "a newer revision is adopted");
+}
+
 /// A write that cannot be made safe (etcd unreachable for the in-sync record): the
 /// primary gives up the role and its lease.
 #[test]
