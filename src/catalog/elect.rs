@@ -400,12 +400,13 @@ impl CatalogNode {
         }
     }
 
-    /// With etcd: removes the replicas `lost` (that missed a write) from the in-sync
-    /// record before the write is acknowledged. Called under the writer lock.
-    pub(super) fn make_safe(&self, lost: &[String]) -> std::result::Result<(), String> {
+    /// With etcd: removes every replica of the in-sync record that did not take a batch
+    /// (not in `took`) from it before the batch is acknowledged, also one added by a change
+    /// whose answer was lost (in the record, not in sync here). Under the writer lock.
+    pub(super) fn make_safe(&self, took: &[String]) -> std::result::Result<(), String> {
         let Some(f) = &self.failover else { return Ok(()) };
-        let lost: Vec<&str> = lost.iter().map(String::as_str).collect();
-        let remove = f.core().to_remove(&lost);
+        let took: Vec<&str> = took.iter().map(String::as_str).collect();
+        let remove = f.core().not_taken(&took);
         for url in remove {
             self.change_sync(&url, false).map_err(|e| e.to_string())?;
             log::warn!("replica {url} is no longer recorded in sync");

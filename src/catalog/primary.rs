@@ -149,19 +149,20 @@ impl CatalogNode {
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             let pushes = writes;
             let last = pushes.last().map_or(0, |p| p.seq);
-            let lost = self.replicate(&store, &pushes, self.state().seq());
-            // With etcd: the replicas lost leave the in-sync record first, and the
+            let took = self.replicate(&store, &pushes, self.state().seq());
+            // With etcd: the members of the in-sync record that did not take the batch
+            // (lost, or recorded by a change whose answer was lost) leave it first, and the
             // leadership must still hold right now. Otherwise the writes stay unacknowledged
             // and unseen: this catalog steps down (it reads nothing until it caught up with
             // the next primary, which drops them unless it has them).
-            let mut safe = self.make_safe(&lost).and_then(|()| self.may_acknowledge());
+            let mut safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
             if safe.is_ok() && self.failover.is_some() {
                 // The commit notice (an empty push with the commit point), only now that
                 // every catalog in the in-sync record has the batch: the replicas show it
                 // before it is acknowledged. One that does not take it is out of sync like
                 // one that missed a push: out of the record, its lease waited out.
-                let missed = self.replicate(&store, &[], last);
-                safe = self.make_safe(&missed).and_then(|()| self.may_acknowledge());
+                let took = self.replicate(&store, &[], last);
+                safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
             }
             if let Err(e) = safe {
                 self.give_up(&e);
@@ -270,7 +271,7 @@ impl CatalogNode {
     /// `committed` (etcd only; an empty push with it is the commit notice). A replica that
     /// misses them is out of sync from then on (no lease renewals, no pushes) until the
     /// background brings it back; the writes wait until that replica's lease has surely
-    /// expired. Returns the replicas lost.
+    /// expired. Returns the replicas that took them.
     fn replicate(&self, store: &Store, pushes: &[Replicate], committed: u64) -> Vec<String> {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
         let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
@@ -297,7 +298,7 @@ impl CatalogNode {
                 .collect();
             pushes.into_iter().map(|p| p.join().unwrap_or(Err(None))).collect()
         });
-        let lost = links.iter().zip(&waits).filter(|(_, w)| w.is_err()).map(|(l, _)| l.url.clone()).collect();
+        let took = links.iter().zip(&waits).filter(|(_, w)| w.is_ok()).map(|(l, _)| l.url.clone()).collect();
         if let Some(until) = waits.into_iter().filter_map(Result::err).flatten().max().filter(|_| self.leases()) {
             let wait = until.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
@@ -307,7 +308,7 @@ impl CatalogNode {
                 std::thread::sleep(wait);
             }
         }
-        lost
+        took
     }
 
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,

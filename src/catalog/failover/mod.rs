@@ -24,9 +24,10 @@
 //!   the revisions of `sync` and `epoch` it read, so two campaigns cannot both win.
 //! - **No acknowledged write lost.** Before a primary acknowledges a write that a member of
 //!   `sync` did not take, it removes that member from `sync` (a compare-and-swap in etcd):
-//!   [`Core::to_remove`] names them, and a read of `sync` older (by etcd's revision) than
-//!   the primary's own last change is not adopted. So every member of `sync` has every
-//!   acknowledged write.
+//!   [`Core::not_taken`] names every member but the primary that did not acknowledge the
+//!   batch (also one added by a change whose answer was lost), and a read of `sync` older
+//!   (by etcd's revision) than the primary's own last change is not adopted. So every
+//!   member of `sync` has every acknowledged write.
 //! - **Old leases are waited out.** A new primary acknowledges nothing before
 //!   `elected_at + L` (the read lease length): the old primary granted leases only while
 //!   its key lived, and the key was gone before this election was answered.
@@ -332,6 +333,15 @@ impl Core {
     pub fn to_remove(&self, missed: &[&str]) -> Vec<String> {
         let Some(sync) = &self.sync else { return Vec::new() };
         missed.iter().filter(|m| sync.members.iter().any(|s| s == *m)).map(|m| m.to_string()).collect()
+    }
+
+    /// The members of `sync` other than this primary that did not take a batch (`took`:
+    /// the replicas that acknowledged it): each must be removed from `sync` in etcd before
+    /// the batch is acknowledged. Unlike [`Core::to_remove`] it also names a member this
+    /// primary does not count in sync (one a change recorded whose answer was lost).
+    pub fn not_taken(&self, took: &[&str]) -> Vec<String> {
+        let Some(sync) = &self.sync else { return Vec::new() };
+        sync.members.iter().filter(|m| **m != self.me && !took.contains(&m.as_str())).cloned().collect()
     }
 
     /// `sync` with `url` added or removed, for a compare-and-swap (None: nothing to do).

@@ -275,6 +275,21 @@ fn a_stale_read_of_sync_does_not_undo_the_primarys_own_change() {
     assert_eq!(c.sync().unwrap().revision, 16, "a newer revision is adopted");
 }
 
+/// A replica the record names but this primary does not count in sync (the change that
+/// added it timed out, yet etcd applied it) did not take a batch: it leaves `sync` before
+/// the batch is acknowledged, while the primary and the replicas that took it stay.
+#[test]
+fn a_member_of_sync_that_did_not_take_a_batch_leaves_it_even_if_not_counted_in_sync() {
+    let t0 = Instant::now();
+    let mut c = primary(t0);
+    let applied = Observed { leader: Some(leader(ME, 3, 7)), epoch: Some((3, 10)), sync: Some(sync(3, &[ME, B], 13)) };
+    c.step(Input::Observed(applied), at(t0, 10));
+    assert_eq!(c.not_taken(&[]), vec![B.to_string()], "pushed nothing to B: it leaves sync");
+    assert_eq!(c.not_taken(&[B]), Vec::<String>::new(), "B took the batch: it stays");
+    c.step(Input::SyncWritten(sync(3, &[ME, B, "http://c"], 14)), t0);
+    assert_eq!(c.not_taken(&["http://c"]), vec![B.to_string()]);
+}
+
 /// A write that cannot be made safe (etcd unreachable for the in-sync record): the
 /// primary gives up the role and its lease.
 #[test]
