@@ -62,3 +62,31 @@ fn a_tail_of_another_epoch_is_dropped_by_a_whole_copy() {
     assert!(metric(&r, "bazar_replication_copies_total") >= 1.0);
     assert_ne!(json(&get(&r, "/books/2"))["title"], "never acknowledged");
 }
+
+/// Under its writer lock a replica refuses a write of an epoch older than the last one it
+/// logged: a deposed primary's late push would take the number the newer primary's write
+/// needs (and that one would be dropped as already taken).
+#[test]
+fn a_write_older_than_the_last_one_logged_is_refused() {
+    let s = Store::start(Opts::default()).unwrap();
+    let r = s.replica();
+    s.set_stock(1, 40);
+    eventually(Duration::from_secs(10), "the replica has the write", || {
+        let a = get(&r, "/books/1");
+        a.status == 200 && json(&a)["quantity"] == 40
+    });
+    let book = json(&get(&r, "/books/1"));
+    let at = json(&call("POST", &r, "/internal/replicate?epoch=5", Some("[]")))["seq"].as_u64().unwrap();
+    let push = |seq: u64, epoch: u64| {
+        let body = serde_json::json!([{ "seq": seq, "book": book, "epoch": epoch }]).to_string();
+        call("POST", &r, "/internal/replicate?epoch=5", Some(&body))
+    };
+    let newer = push(at + 1, 5);
+    assert_eq!(newer.status, 200, "{}", String::from_utf8_lossy(&newer.body));
+    assert_eq!(json(&newer)["seq"], at + 1);
+    assert_eq!(json(&newer)["epoch"], 5);
+    let older = push(at + 2, 4);
+    assert_eq!(older.status, 409, "{}", String::from_utf8_lossy(&older.body));
+    assert!(String::from_utf8_lossy(&older.body).contains("older than the last logged"));
+    assert_eq!(json(&call("POST", &r, "/internal/replicate?epoch=5", Some("[]")))["seq"], at + 1);
+}

@@ -318,7 +318,9 @@ impl CatalogNode {
         let last = pushes.last().map_or(0, |p| p.seq);
         let committed = self.commit_point(committed);
         let ack = self.send_writes(&link.url, pushes, committed)?;
-        if ack.seq >= last {
+        // An ack counts only where the replica's log is this one's: a deposed primary's
+        // write at this number would leave another write there.
+        if ack.seq >= last && (self.failover.is_none() || Self::same_log(store, &ack)) {
             return Ok(ack);
         }
         match store.history.after(ack.seq, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last)) {

@@ -84,7 +84,7 @@ impl CatalogNode {
                 }
                 Some(page) => {
                     self.check_epoch(page.epoch)?;
-                    self.apply(&page.writes, Some(page.seq))?;
+                    self.apply(&page.writes, Some(page.seq), page.epoch)?;
                 }
                 None => return self.copy_catalog(client, primary),
             }
@@ -163,11 +163,17 @@ impl CatalogNode {
     /// With static roles a write is readable once applied. With etcd it stays pending (on
     /// disk, not readable) until the commit point `committed` reaches it (see
     /// [`super::failover::commit`]); `None` there commits nothing new.
-    pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>) -> Result<ReplicaAck> {
+    ///
+    /// `epoch` is the sender's: checked again under the writer lock (a push that passed
+    /// the first check may have waited while a newer primary's came in), and no write is
+    /// logged after one of a newer epoch (a deposed primary's write would take the number
+    /// the new primary's needs): both are refused (409) and counted as stale.
+    pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>, epoch: u64) -> Result<ReplicaAck> {
         if let Some(p) = pushes.iter().find(|p| p.book.id == 0) {
             return Err(Error::BadRequest(format!("write {}: a book has no id 0", p.seq)));
         }
         let mut store = self.lock_writer();
+        self.refuse_stale(&store, epoch, pushes)?;
         // A push comes from a running primary: any lease extended while none ran ends, and
         // leases come from grants again.
         self.lease().reset_if_extended();
@@ -206,6 +212,21 @@ impl CatalogNode {
             history: store.history_id().to_string(),
             epoch: store.last_epoch(),
         })
+    }
+
+    /// Refuses (409, counted as stale) a push of an epoch older than the newest this
+    /// catalog knows, or a write to log of an epoch older than the last write logged here.
+    /// Called under the writer lock.
+    fn refuse_stale(&self, store: &Store, epoch: u64, pushes: &[Replicate]) -> Result<()> {
+        let newest = self.epoch.load(Ordering::SeqCst).max(self.failover.as_ref().map_or(0, |f| f.core().epoch()));
+        let (logged, last_epoch) = (self.logged(store), store.last_epoch());
+        let why = match pushes.iter().find(|p| p.seq > logged && p.epoch < last_epoch) {
+            _ if epoch < newest => format!("a push of epoch {epoch}, older than epoch {newest}"),
+            Some(p) => format!("write {} of epoch {}, older than the last logged (epoch {last_epoch})", p.seq, p.epoch),
+            None => return Ok(()),
+        };
+        self.counters.stale_refused.fetch_add(1, Ordering::Relaxed);
+        Err(Error::Conflict(why))
     }
 
     /// The number of the last write logged here (with etcd, pending ones included; with
