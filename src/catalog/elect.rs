@@ -11,12 +11,16 @@
 //! compares what it read (a campaign: `leader` absent, `sync` and `epoch` unchanged; a
 //! change of `sync` by the primary: `sync` unchanged since its last write), so a primary
 //! that was replaced can change nothing in etcd.
+//!
+//! Invariant: a new primary decides no write before memcached was flushed after its
+//! election (the old primary may have died before invalidating what it acknowledged).
 
 use super::config::{EtcdSettings, Role};
 use super::failover::{commit, Core, Effect, Input, Leader, Observed, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
 use super::store::Store;
+use crate::cache;
 use crate::client::{Answer, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Etcd, EtcdError, Op};
@@ -175,6 +179,53 @@ impl CatalogNode {
             .name("election".into())
             .spawn(move || node.elect(&stop))
             .expect("a thread can start");
+        if self.cache.is_some() {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || node.flush_after_election(&stop));
+        }
+    }
+
+    /// Background, with a cache: once this catalog is elected, flushes memcached (writes
+    /// wait for it, see [`CatalogNode::cache_flushed`]): the old primary may have died
+    /// before invalidating writes it acknowledged, or with markers still pending in its
+    /// memory, and their old entries would be served after the acknowledgement. Flushes
+    /// once more after [`cache::FILL_WINDOW`], as after an import: a read that began before
+    /// may still store an old answer in between. Reads meanwhile fill from this primary's
+    /// committed state, which is right.
+    fn flush_after_election(&self, shutdown: &Shutdown) {
+        let Some(cache) = &self.cache else { return };
+        let mut again: Option<Instant> = None;
+        while !shutdown.sleep(STEP) {
+            let epoch = self.term();
+            let elected = self.role() == Role::Primary && self.cache_flushed.load(Ordering::SeqCst) != epoch;
+            let due = again.filter(|at| Instant::now() >= *at).is_some();
+            if !elected && !due {
+                continue;
+            }
+            let history = self.lock_writer().history_id().to_string();
+            match cache.adopt_history(&history, true) {
+                Ok(_) if elected => {
+                    log::info!("flushed memcached after the election of epoch {epoch}");
+                    self.cache_flushed.store(epoch, Ordering::SeqCst);
+                    again = Some(Instant::now() + cache::FILL_WINDOW);
+                }
+                Ok(_) => again = None,
+                Err(e) => {
+                    log::warn!("cannot flush memcached after an election ({e}); trying again");
+                    shutdown.sleep(cache::BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// With etcd and a cache: whether memcached was flushed since this catalog's election
+    /// (always with static roles or no cache). Writes are decided only then.
+    pub(super) fn cache_flushed(&self) -> std::result::Result<(), String> {
+        let Some(f) = self.failover.as_ref().filter(|_| self.cache.is_some()) else { return Ok(()) };
+        match self.cache_flushed.load(Ordering::SeqCst) == f.core().epoch() {
+            true => Ok(()),
+            false => Err("a new primary flushes memcached before its first write".into()),
+        }
     }
 
     /// Asks the election thread to read etcd now (a primary did not answer).
@@ -381,9 +432,12 @@ impl CatalogNode {
         let Some(f) = &self.failover else { return Ok(()) };
         let deadline = Instant::now() + LEAD_WAIT.min(FORWARD_TIMEOUT);
         loop {
+            // Asked before the core is locked (it locks it too).
+            let flushed = self.cache_flushed().is_ok();
             let (now, core) = (Instant::now(), f.core());
             match core.may_acknowledge(now) {
-                Ok(()) => return Ok(()),
+                Ok(()) if flushed || now >= deadline => return Ok(()),
+                Ok(()) => {}
                 Err(_) if core.writes_from(now).is_some_and(|at| now < at) && now < deadline => {}
                 Err(why) => return Err(Error::Unavailable(why)),
             }

@@ -135,6 +135,9 @@ pub struct CatalogNode {
     /// Primary: writes are open (the grace passed or every replica was in sync, and the
     /// cache holds no answer of another history).
     pub(super) writes_open: AtomicBool,
+    /// With etcd and a cache: the epoch whose election flushed memcached (this primary
+    /// acknowledges no write before, see `CatalogNode::flush_after_election`).
+    pub(super) cache_flushed: AtomicU64,
     /// Primary: the queue of the writer thread (group commit).
     pub(super) writes: mpsc::SyncSender<Pending>,
     /// Primary: the writer thread's end of it, taken when the thread starts.
@@ -184,6 +187,7 @@ impl CatalogNode {
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
             writes_open: AtomicBool::new(false),
+            cache_flushed: AtomicU64::new(0),
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),

@@ -95,7 +95,7 @@ impl CatalogNode {
     /// sequence number.
     fn commit(&self, batch: Vec<Pending>) {
         let mut store = self.lock_writer();
-        if let Err(e) = self.may_acknowledge() {
+        if let Err(e) = self.may_acknowledge().and_then(|()| self.cache_flushed()) {
             // With etcd: no longer (or not yet) the primary; nothing is decided.
             for p in batch {
                 let _ = p.reply.send(Err(Error::Unavailable(e.clone())));
