@@ -23,11 +23,10 @@
 //!   exists and it is named in `sync`; the campaign is one etcd transaction that compares
 //!   the revisions of `sync` and `epoch` it read, so two campaigns cannot both win.
 //! - **No acknowledged write lost.** Before a primary acknowledges a write that a member of
-//!   `sync` did not take, it removes that member from `sync` (a compare-and-swap in etcd):
-//!   [`Core::not_taken`] names every member but the primary that did not acknowledge the
-//!   batch (also one added by a change whose answer was lost), and a read of `sync` older
-//!   (by etcd's revision) than the primary's own last change is not adopted. So every
-//!   member of `sync` has every acknowledged write.
+//!   `sync` did not take, it removes it from `sync` (compare-and-swap): [`Core::not_taken`]
+//!   names every member but the primary that did not acknowledge the batch (also one added
+//!   by a change whose answer was lost); a read of `sync` older (by revision) than its own
+//!   last change is not adopted. So every member of `sync` has every acknowledged write.
 //! - **Old leases are waited out.** A new primary acknowledges nothing before
 //!   `elected_at + L` (the read lease length): the old primary granted leases only while
 //!   its key lived, and the key was gone before this election was answered.
@@ -335,10 +334,8 @@ impl Core {
         missed.iter().filter(|m| sync.members.iter().any(|s| s == *m)).map(|m| m.to_string()).collect()
     }
 
-    /// The members of `sync` other than this primary that did not take a batch (`took`:
-    /// the replicas that acknowledged it): each must be removed from `sync` in etcd before
-    /// the batch is acknowledged. Unlike [`Core::to_remove`] it also names a member this
-    /// primary does not count in sync (one a change recorded whose answer was lost).
+    /// The members of `sync` but this primary not in `took` (those that acknowledged a batch):
+    /// each leaves `sync` before it is acknowledged (also one not counted in sync here).
     pub fn not_taken(&self, took: &[&str]) -> Vec<String> {
         let Some(sync) = &self.sync else { return Vec::new() };
         sync.members.iter().filter(|m| **m != self.me && !took.contains(&m.as_str())).cloned().collect()
@@ -509,10 +506,9 @@ impl Core {
                 Vec::new()
             }
             (Role::Primary { epoch, .. }, Some(l)) if mine(l) && l.epoch == *epoch => {
-                // Its own key: sync as this primary wrote it stays (it is the only writer);
-                // a read taken before its own last compare-and-swap is older, not adopted.
-                let newer = |s: &SyncSet| self.sync.as_ref().is_none_or(|h| s.revision > h.revision);
-                if let Some(sync) = seen.sync.filter(|s| s.epoch == *epoch && newer(s)) {
+                // Its own key: sync as it wrote it stays; an older read (revision) is not adopted.
+                let held = self.sync.as_ref().map_or(i64::MIN, |h| h.revision);
+                if let Some(sync) = seen.sync.filter(|s| s.epoch == *epoch && s.revision > held) {
                     self.sync = Some(sync);
                 }
                 if self.epoch > *epoch {
