@@ -11,7 +11,6 @@ mod common;
 
 use bazar::client::Http;
 use common::*;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,24 +48,8 @@ fn a_write_on_one_replica_of_two_is_shown_nowhere_before_it_is_committed_and_not
     let dir = TempDir::new("commitpoint");
     let Some(etcd) = etcd(&dir.0) else { return };
     let endpoint = etcd_url(&etcd);
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut catalogs: Vec<Proc> = (0..3)
-        .map(|i| {
-            let name = format!("catalog-{i}");
-            Proc::start(Spec {
-                program: PathBuf::from(env!("CARGO_BIN_EXE_bazar-catalog")),
-                args: vec![],
-                env: vec![
-                    ("BAZAR_THREADS".into(), "16".into()),
-                    ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])),
-                    ("BAZAR_DATA_DIR".into(), dir.0.join(&name).display().to_string()),
-                    ("BAZAR_ETCD".into(), endpoint.clone()),
-                ],
-                log: dir.0.join(format!("{name}.log")),
-                name,
-            })
-        })
-        .collect();
+    let mut catalogs = etcd_catalogs(&dir.0, 3, &endpoint, &[]);
+    let ports: Vec<u16> = catalogs.iter().map(|c| url(c).rsplit(':').next().unwrap().parse().unwrap()).collect();
     let urls: Vec<String> = catalogs.iter().map(url).collect();
 
     // A primary whose in-sync record names all three, and every catalog readable.

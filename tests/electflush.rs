@@ -39,25 +39,7 @@ fn a_new_primary_flushes_the_cache_before_its_first_write() {
     let Some(etcd) = etcd(&dir.0) else { return };
     let Some(mc) = memcached(&dir.0) else { return };
     let (endpoint, server) = (etcd_url(&etcd), memcached_addr(&mc));
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let mut catalogs: Vec<Proc> = (0..2)
-        .map(|i| {
-            let name = format!("catalog-{i}");
-            Proc::start(Spec {
-                program: PathBuf::from(env!("CARGO_BIN_EXE_bazar-catalog")),
-                args: vec![],
-                env: vec![
-                    ("BAZAR_THREADS".into(), "16".into()),
-                    ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])),
-                    ("BAZAR_DATA_DIR".into(), dir.0.join(&name).display().to_string()),
-                    ("BAZAR_ETCD".into(), endpoint.clone()),
-                    ("BAZAR_MEMCACHED".into(), server.clone()),
-                ],
-                log: dir.0.join(format!("{name}.log")),
-                name,
-            })
-        })
-        .collect();
+    let mut catalogs = etcd_catalogs(&dir.0, 2, &endpoint, &[("BAZAR_MEMCACHED", server.clone())]);
     let urls: Vec<String> = catalogs.iter().map(url).collect();
     let mut primary = 0;
     eventually(DEADLINE, "a primary and a replica in sync", || {

@@ -217,6 +217,30 @@ pub fn etcd(dir: &Path) -> Option<Proc> {
     Some(p)
 }
 
+/// `n` catalogs on free ports with data under `dir` (`catalog-0`, ...), electing their
+/// primary through the etcd at `endpoint`, with `extra` settings for each.
+pub fn etcd_catalogs(dir: &Path, n: usize, endpoint: &str, extra: &[(&str, String)]) -> Vec<Proc> {
+    (0..n)
+        .map(|i| {
+            let name = format!("catalog-{i}");
+            let mut env = vec![
+                ("BAZAR_THREADS".to_string(), "16".to_string()),
+                ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", free_port())),
+                ("BAZAR_DATA_DIR".into(), dir.join(&name).display().to_string()),
+                ("BAZAR_ETCD".into(), endpoint.to_string()),
+            ];
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            Proc::start(Spec {
+                program: PathBuf::from(env!("CARGO_BIN_EXE_bazar-catalog")),
+                args: vec![],
+                env,
+                log: dir.join(format!("{name}.log")),
+                name,
+            })
+        })
+        .collect()
+}
+
 /// The client URL of an etcd started by [`etcd`].
 pub fn etcd_url(p: &Proc) -> String {
     let i = p.spec.args.iter().position(|a| a == "--listen-client-urls").expect("etcd args");
