@@ -124,6 +124,11 @@ impl CatalogConfig {
             },
         };
         let lease = read_lease(src, DEFAULT_ETCD_LEASE)?;
+        if lease.is_zero() {
+            // Without leases a replica cut off from a new primary would go on serving reads.
+            let problem = "is 0 (read leases off), which BAZAR_ETCD forbids: a replica cut off from a new primary would serve stale reads".into();
+            return Err(ConfigError { var: "BAZAR_LEASE_MS", problem });
+        }
         Ok(CatalogConfig {
             common,
             data_dir: config::data_dir(src, "./data-catalog"),
@@ -149,7 +154,8 @@ Environment:
   BAZAR_REPLICAS  primary: comma-separated base URLs of the replicas
   BAZAR_DATA_DIR  directory of books.csv (default ./data-catalog; seeded on first start)
   BAZAR_MEMCACHED primary: memcached host:port list whose entries writes invalidate
-  BAZAR_LEASE_MS  length of a replica's read lease (default 2000, 1000 with etcd; 0: off)
+  BAZAR_LEASE_MS  length of a replica's read lease (default 2000, 1000 with etcd; 0: off,
+                  without etcd only)
 
 With etcd (automatic failover; BAZAR_ROLE, BAZAR_PRIMARY, BAZAR_REPLICAS then unset):
   BAZAR_ETCD         comma-separated etcd client URLs, e.g. http://127.0.0.1:2379
@@ -187,7 +193,8 @@ mod tests {
         let settings = ok.etcd.unwrap();
         assert_eq!((settings.advertise.as_str(), settings.prefix.as_str()), ("http://127.0.0.1:9000", "/bazar"));
         assert_eq!((ok.role, ok.lease, settings.ttl), (Role::Replica, DEFAULT_ETCD_LEASE, DEFAULT_ETCD_TTL));
-        let bad: [(&[(&str, &str)], &str); 7] = [
+        let bad: [(&[(&str, &str)], &str); 8] = [
+            (&[etcd, listen, ("BAZAR_LEASE_MS", "0")], "BAZAR_LEASE_MS"),
             (&[etcd, listen, ("BAZAR_ROLE", "primary")], "BAZAR_ETCD"),
             (&[etcd, listen, ("BAZAR_PRIMARY", "http://a:1")], "BAZAR_ETCD"),
             (&[etcd, listen, ("BAZAR_REPLICAS", "http://a:1")], "BAZAR_ETCD"),
