@@ -90,10 +90,7 @@ impl Failover {
         for kv in outcome.kvs {
             let value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             match kv.key.as_str() {
-                LEADER => {
-                    let (url, epoch) = (value["url"].as_str().unwrap_or_default(), value["epoch"].as_u64());
-                    seen.leader = epoch.map(|epoch| Leader { url: url.into(), epoch, lease: kv.lease });
-                }
+                LEADER => seen.leader = leader_record(&value, kv.lease),
                 EPOCH => seen.epoch = value.as_u64().map(|e| (e, kv.mod_revision)),
                 SYNC => seen.sync = sync_record(&value, kv.mod_revision),
                 _ => {}
@@ -153,6 +150,11 @@ fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
         true => log::debug!("{what}: {e}"),
     }
     *failing = true;
+}
+
+pub(super) fn leader_record(value: &serde_json::Value, lease: i64) -> Option<Leader> {
+    let url = value["url"].as_str().unwrap_or_default();
+    value["epoch"].as_u64().map(|epoch| Leader { url: url.into(), epoch, lease })
 }
 
 fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
@@ -366,8 +368,10 @@ impl CatalogNode {
                     Err(e) => log::error!("cannot load the catalog again: {e}"),
                 }
             }
+            // Under the writer lock: a write is decided under it too, only once the node
+            // carries the core's epoch (`may_acknowledge`), so none takes the old one.
+            self.set_current(Role::Primary, None, epoch);
         }
-        self.set_current(Role::Primary, None, epoch);
         self.serving.store(true, Ordering::SeqCst);
         self.refresh_links();
     }
@@ -446,11 +450,14 @@ impl CatalogNode {
         }
     }
 
-    /// Whether a write may be acknowledged now (always with static roles).
+    /// Whether a write may be decided and acknowledged now (always with static roles): with
+    /// etcd, also only once this node carries the epoch the core leads (set by `lead`
+    /// under the writer lock, which the caller holds).
     pub(super) fn may_acknowledge(&self) -> std::result::Result<(), String> {
+        let term = self.term();
         match &self.failover {
             None => Ok(()),
-            Some(f) => f.core().may_acknowledge(Instant::now()),
+            Some(f) => f.core().may_decide(Instant::now(), term),
         }
     }
 

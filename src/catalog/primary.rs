@@ -482,14 +482,16 @@ impl CatalogNode {
         if self.replica_only().is_ok() {
             return Err(Error::Conflict("only the primary grants leases".into()));
         }
-        if self.failover.as_ref().is_some_and(|f| !f.core().may_grant(Instant::now())) {
-            // A lease granted now could outlive this primary's leadership.
-            return Err(Error::Unavailable("the primary's leadership may have lapsed".into()));
-        }
         let links = self.links();
         for link in &links {
             let mut grant = link.grant();
             if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
+                // Checked under the grant lock, which a switchover's pause also takes to read
+                // the leases granted: a lease is granted before the pause (and counted) or
+                // not at all. A lease granted now could outlive this primary's leadership.
+                if self.failover.as_ref().is_some_and(|f| !f.core().may_grant(Instant::now())) {
+                    return Err(Error::Unavailable("the primary's leadership may have lapsed".into()));
+                }
                 return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
                     Ok(()) => {
                         self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);

@@ -4,14 +4,20 @@
 //! Invariant: the handover is one etcd transaction that compares the leader key's value
 //! (still this primary's) and the revision of `sync`, so it cannot race an election; the
 //! target acknowledges nothing before the last read lease the old primary granted to
-//! another replica has ended.
+//! another replica has ended (grants re-check the pause under each replica's grant lock,
+//! which the pause's reading of the leases takes too, so none is granted after it unseen).
+//!
+//! Invariant: a handover whose outcome is unknown (etcd did not answer) leaves the primary
+//! paused, granting nothing, until a read-back that fences settles it (`Settle`): it
+//! resumes only if `leader` is surely still its own and the handover can no longer apply,
+//! follows the target if that took effect, and steps down otherwise.
 
 use super::config::Role;
-use super::elect::{member_key, put, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
-use super::failover::Input;
+use super::elect::{leader_record, member_key, put, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
+use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
 use crate::error::{Error, Result};
-use crate::etcd::Compare;
+use crate::etcd::{Compare, Op};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +39,7 @@ impl CatalogNode {
         self.feed(Input::Pause(true));
         let handed = self.hand_over(f, to);
         if handed.is_err() {
+            // A no-op unless it surely failed and this catalog still leads, paused.
             self.feed(Input::Pause(false));
         }
         drop(writer);
@@ -101,19 +108,51 @@ impl CatalogNode {
             Err(e) => return Err(Error::Unavailable(format!("{target} did not take the handover: {e}"))),
         }
         let mine = json!({ "url": f.me, "epoch": epoch }).to_string().into_bytes();
-        let when = [Compare::Value(LEADER.into(), mine), Compare::ModRevision(SYNC.into(), sync.revision)];
+        let when = [Compare::Value(LEADER.into(), mine.clone()), Compare::ModRevision(SYNC.into(), sync.revision)];
         let ops = [
             put(EPOCH, json!(next), None),
             put(LEADER, json!({ "url": target, "epoch": next }), Some(lease)),
             put(SYNC, json!({ "epoch": next, "members": [target] }), None),
         ];
-        match f.etcd.txn(&when, &ops, &[]) {
+        let unknown = match f.etcd.txn(&when, &ops, &[]) {
             Ok(o) if o.succeeded => {
                 self.feed(Input::HandedOver { url: target.clone(), epoch: next });
-                Ok((target, next))
+                return Ok((target, next));
             }
-            Ok(_) => Err(Error::Conflict("the leader key or the in-sync record changed meanwhile".into())),
-            Err(e) => Err(Error::Unavailable(format!("etcd: {e} (the handover's outcome is unknown)"))),
+            Ok(_) => {
+                // Only another primary changes these: this one steps down.
+                self.feed(Input::SyncConflict);
+                return Err(Error::Conflict("the leader key or the in-sync record changed meanwhile".into()));
+            }
+            Err(e) => e,
+        };
+        // The outcome is unknown: still paused, settle it by a read-back that also fences.
+        let settle = Self::settle(f, &mine, &sync);
+        log::warn!("the handover to {target} got no answer ({unknown}); read back: {settle:?}");
+        let handed = matches!(&settle, Settle::Leader(Some(l)) if l.url == target && l.epoch == next);
+        self.feed(Input::Settled(settle));
+        match handed {
+            true => Ok((target, next)),
+            false => Err(Error::Unavailable(format!("etcd: {unknown} (the handover did not take effect)"))),
+        }
+    }
+
+    /// After a handover transaction without an answer: while `leader` is still `mine` and
+    /// `sync` unchanged, rewrites `sync` as it is (a handover still on its way to etcd then
+    /// fails its comparison), else reads `leader`. Never resumes on a plain read, which a
+    /// delayed handover could still overtake.
+    fn settle(f: &Failover, mine: &[u8], sync: &SyncSet) -> Settle {
+        let when = [Compare::Value(LEADER.into(), mine.to_vec()), Compare::ModRevision(SYNC.into(), sync.revision)];
+        let value = json!({ "epoch": sync.epoch, "members": sync.members });
+        match f.etcd.txn(&when, &[put(SYNC, value, None)], &[Op::Get(LEADER.into())]) {
+            Ok(o) if o.succeeded => Settle::Kept(SyncSet { revision: o.revision, ..sync.clone() }),
+            Ok(o) => Settle::Leader(
+                o.kvs
+                    .iter()
+                    .find(|kv| kv.key == LEADER)
+                    .and_then(|kv| leader_record(&serde_json::from_slice(&kv.value).unwrap_or_default(), kv.lease)),
+            ),
+            Err(_) => Settle::Unknown,
         }
     }
 
@@ -145,4 +184,62 @@ impl CatalogNode {
 
 fn lead_body(epoch: u64, wait_ms: u64, go: bool) -> Vec<u8> {
     json!({ "epoch": epoch, "wait_ms": wait_ms, "go": go }).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::CatalogConfig;
+    use super::super::failover::{Leader, Observed};
+    use super::*;
+    use crate::config::Vars;
+    use crate::wire::LeaseRequest;
+
+    /// A lease request that passed its first checks while a switchover pauses is refused,
+    /// not granted after the pause read the leases it tells the target to wait out: the
+    /// grant checks the pause under the replica's grant lock, which the pause's reading of
+    /// the leases takes too.
+    #[test]
+    fn a_grant_that_waited_for_the_pause_is_refused() {
+        let dir = std::env::temp_dir().join(format!("bazar-switchover-grant-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let me = "http://127.0.0.1:9";
+        let vars = [
+            ("BAZAR_ETCD", "http://127.0.0.1:9"),
+            ("BAZAR_LISTEN", "127.0.0.1:9"),
+            ("BAZAR_DATA_DIR", dir.to_str().unwrap()),
+        ];
+        let config = CatalogConfig::from_source(&Vars(&vars)).unwrap();
+        let node = CatalogNode::open(config, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        // The core leads epoch 1 on lease 7, and the node has taken the role (no etcd needed).
+        let t0 = Instant::now();
+        {
+            let mut core = node.etcd_side().core();
+            core.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
+            let sync = super::super::failover::SyncSet { epoch: 1, members: vec![me.into()], revision: 3 };
+            let leader = Some(Leader { url: me.into(), epoch: 1, lease: 7 });
+            core.step(Input::Observed(Observed { leader, epoch: Some((1, 2)), sync: Some(sync) }), t0);
+        }
+        node.set_current(Role::Primary, None, 1);
+        let link = Arc::new(ReplicaLink::new("http://127.0.0.1:8"));
+        link.grant().synced("r1".into());
+        node.links.write().unwrap().push(Arc::clone(&link));
+        let request = LeaseRequest { replica_id: "r1".into() };
+        assert_eq!(node.grant_lease(&request).map(|r| r.status).unwrap_or(0), 200, "granted while leading");
+        link.grant().until = None;
+
+        let answered = std::thread::scope(|s| {
+            let held = link.grant();
+            let asked = s.spawn(|| node.grant_lease(&request));
+            // The request waits for the grant lock; the switchover pauses meanwhile, then
+            // reads the leases (under that lock).
+            std::thread::sleep(Duration::from_millis(200));
+            node.etcd_side().core().step(Input::Pause(true), Instant::now());
+            drop(held);
+            asked.join().unwrap()
+        });
+        let granted = answered.as_ref().map(|r| r.status).ok();
+        assert!(matches!(answered, Err(Error::Unavailable(_))), "granted after the pause: {granted:?}");
+        assert_eq!(link.grant().until, None, "no lease the target would not wait out");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

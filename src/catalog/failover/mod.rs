@@ -37,6 +37,9 @@
 //!   committed (on every member of `sync`): [`commit`] decides up to where.
 
 pub mod commit;
+mod handover;
+
+pub use handover::{Handover, Settle};
 
 use std::time::{Duration, Instant};
 
@@ -108,8 +111,10 @@ pub enum Input {
         /// Why, for the log.
         why: String,
     },
-    /// Switchover, on the primary: writes and grants pause (or resume, when it failed).
+    /// Switchover, on the primary: writes and grants pause (or resume, when it surely failed).
     Pause(bool),
+    /// Switchover, on the paused primary: its handover's outcome was unknown; the read-back.
+    Settled(Settle),
     /// Switchover, on the primary: the leader key now names `url` at `epoch`.
     HandedOver {
         /// The new primary.
@@ -227,8 +232,8 @@ pub struct Core {
     resigned: Option<i64>,
     /// The last `sync` key seen or written.
     sync: Option<SyncSet>,
-    /// Switchover target: the epoch handed over and when its first write may be acknowledged.
-    handover: Option<(u64, Instant)>,
+    /// Switchover target: the handover expected (see `handover.rs`).
+    handover: Option<Handover>,
     tally: Tally,
 }
 
@@ -469,19 +474,16 @@ impl Core {
                 ]
             }
             Input::Expect { epoch, writable_from } => {
-                if epoch > self.epoch {
-                    self.handover = Some((epoch, writable_from));
-                }
+                self.expect(epoch, writable_from, now);
                 Vec::new()
             }
+            Input::Settled(settle) => self.settle(settle),
             Input::SyncConflict => match self.role {
                 Role::Primary { .. } => self.step_down("another catalog changed the in-sync record".into()),
                 _ => Vec::new(),
             },
-            // A primary whose leadership lapsed (etcd did not answer its keepalives) holds
-            // the role but acknowledges and grants nothing: if its lease still lives when
-            // etcd answers again, no one else can have been elected, and it goes on; if it
-            // is gone, it steps down then.
+            // A primary whose leadership lapsed holds the role, acknowledging and granting
+            // nothing, until etcd answers again (see the invariants above).
             Input::Tick => match self.role {
                 // A campaign that got no answer within T is over (its outcome is read back).
                 Role::Candidate { since } if now >= since + self.ttl => {
@@ -497,6 +499,7 @@ impl Core {
         let issued = seen.epoch.map_or(0, |(e, _)| e);
         let led = seen.leader.as_ref().map_or(0, |l| l.epoch);
         self.epoch = self.epoch.max(issued).max(led);
+        self.forget_stale_handover(seen.leader.as_ref());
         let mine = |l: &Leader| l.url == self.me && self.lease.is_some_and(|(id, _)| id == l.lease);
         match (&self.role, &seen.leader) {
             (Role::Candidate { .. }, _) => {
@@ -532,10 +535,7 @@ impl Core {
                 // A switchover named this catalog: it leads, once old leases are over.
                 self.sync = seen.sync;
                 // The old primary said when its last read lease ends; else wait one out.
-                let writes_from = match self.handover.take() {
-                    Some((epoch, from)) if epoch == l.epoch => from.max(now),
-                    _ => now + self.lease_length,
-                };
+                let writes_from = self.handed_writes_from(l.epoch, now);
                 self.role = Role::Primary { epoch: l.epoch, writes_from, paused: false };
                 self.tally.promotions += 1;
                 vec![Effect::Lead { epoch: l.epoch }]

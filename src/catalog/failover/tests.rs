@@ -336,3 +336,94 @@ fn a_switchover_target_leads_on_its_own_lease() {
     assert!(c.may_acknowledge(at(t0, 1099)).is_err());
     assert!(c.may_acknowledge(at(t0, 1100)).is_ok());
 }
+
+/// A switchover whose transaction got no answer: the primary stays paused (grants nothing)
+/// until the read-back settles it; it resumes only when that read-back fenced the key as
+/// still its own, follows the target when the handover took effect, and else steps down.
+#[test]
+fn a_handover_of_unknown_outcome_grants_nothing_until_settled() {
+    let t0 = Instant::now();
+    let follow_b = vec![
+        Effect::StepDown { why: "handed over to http://b (epoch 4), as read back".into() },
+        Effect::Follow { url: B.into(), epoch: 4 },
+    ];
+    let unknown = vec![Effect::StepDown { why: "a switchover's outcome is unknown".into() }];
+    let cases: Vec<(&str, Settle, Vec<Effect>, bool)> = vec![
+        ("fenced: still its own key, resumes", Settle::Kept(sync(3, &[ME], 40)), vec![], true),
+        ("the handover took effect: follows the target", Settle::Leader(Some(leader(B, 4, 9))), follow_b, false),
+        ("its own key, but sync changed: steps down", Settle::Leader(Some(leader(ME, 3, 7))), unknown.clone(), false),
+        ("no leader key: steps down", Settle::Leader(None), unknown.clone(), false),
+        ("no answer again: steps down, never grants in doubt", Settle::Unknown, unknown, false),
+    ];
+    for (name, settle, effects, resumed) in cases {
+        let mut c = primary(t0);
+        c.step(Input::Pause(true), at(t0, 1100));
+        // The transaction's answer is lost: nothing granted while it is read back.
+        assert!(!c.may_grant(at(t0, 1200)) && c.may_acknowledge(at(t0, 1200)).is_err(), "{name}");
+        assert_eq!(c.step(Input::Settled(settle), at(t0, 1300)), effects, "{name}");
+        assert_eq!(c.may_grant(at(t0, 1300)), resumed, "{name}");
+        assert_eq!(c.may_acknowledge(at(t0, 1300)).is_ok(), resumed, "{name}");
+    }
+    let mut c = primary(t0);
+    c.step(Input::Pause(true), at(t0, 1100));
+    c.step(Input::Settled(Settle::Kept(sync(3, &[ME], 40))), at(t0, 1300));
+    assert_eq!(c.sync().map(|s| s.revision), Some(40), "the fence's revision is the one compared next");
+    assert_eq!(c.step(Input::Settled(Settle::Unknown), at(t0, 1400)), [], "not paused: nothing to settle");
+}
+
+/// A handover the target was told of but that did not happen is forgotten: when this
+/// catalog is later named leader at that epoch some other way (its own campaign whose
+/// answer was lost, read back), or too late, it waits the full `elected + L`.
+#[test]
+fn a_stale_handover_never_shortens_a_later_elections_wait() {
+    let t0 = Instant::now();
+    let mine = |epoch| Observed {
+        leader: Some(leader(ME, epoch, 7)),
+        epoch: Some((epoch, 30)),
+        sync: Some(sync(epoch, &[ME], 31)),
+    };
+    let gone = Observed { leader: None, epoch: Some((3, 20)), sync: Some(sync(3, &[B, ME], 21)) };
+    let expect = Input::Expect { epoch: 4, writable_from: at(t0, 100) };
+    // (name, inputs before with their times, when it is named leader, when it may write)
+    type Case = (&'static str, Vec<(Input, u64)>, u64, u64);
+    let cases: Vec<Case> = vec![
+        ("the handover as told: the old primary's last lease", vec![(expect.clone(), 100)], 200, 200),
+        (
+            "the old key went, its own campaign's answer was lost: a full lease",
+            vec![(expect.clone(), 100), (Input::Observed(gone), 300), (Input::Campaigned { won: None }, 400)],
+            500,
+            1500,
+        ),
+        ("named after the handover's deadline: a full lease", vec![(expect.clone(), 100)], 2200, 3200),
+        (
+            "another catalog led at that epoch meanwhile: a full lease",
+            vec![(expect, 100), (Input::Observed(Observed { leader: Some(leader(B, 4, 9)), ..mine(4) }), 300)],
+            500,
+            1500,
+        ),
+    ];
+    for (name, inputs, named, writable) in cases {
+        let mut c = core(t0);
+        for (input, ms) in inputs {
+            c.step(input, at(t0, ms));
+        }
+        c.step(Input::KeptAlive { lease: 7, sent: at(t0, named) }, at(t0, named));
+        assert_eq!(c.step(Input::Observed(mine(4)), at(t0, named)), [Effect::Lead { epoch: 4 }], "{name}");
+        assert_eq!(c.writes_from(at(t0, named)), Some(at(t0, writable)), "{name}");
+    }
+}
+
+/// Right after the core leads, the node still carries its old epoch until it has taken
+/// the role (under the writer lock): no write is decided meanwhile, or it would carry it.
+#[test]
+fn a_new_primary_decides_nothing_before_its_node_carries_the_epoch() {
+    let t0 = Instant::now();
+    let c = primary(t0);
+    let now = at(t0, 1100);
+    assert!(c.may_acknowledge(now).is_ok());
+    for old in [0, 2] {
+        assert!(c.may_decide(now, old).is_err(), "the node carries epoch {old}");
+    }
+    assert!(c.may_decide(now, 3).is_ok());
+    assert!(core(t0).may_decide(now, 0).is_err(), "a follower decides nothing");
+}
