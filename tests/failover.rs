@@ -413,3 +413,62 @@ fn a_switchover_under_load_loses_nothing_and_pauses_writes_briefly() {
         assert!(acked.iter().all(|id| held.contains(id)), "{base} lacks acknowledged orders");
     }
 }
+
+/// `POST /books/1/purchase` for `order` on catalog `base`, or None while it cannot answer.
+fn buy_for(base: &str, order: &str) -> Option<u16> {
+    let body = format!(r#"{{"order_id": "{order}"}}"#);
+    let a = client().call(ureq::http::Method::POST, base, "/books/1/purchase", Some(body.into_bytes()));
+    a.ok().map(|a| a.status)
+}
+
+/// A catalog that copies the whole catalog (another history) takes the primary's purchase
+/// journal with it, not its own: elected later (a switchover), it serves the same
+/// `/internal/purchases` as the old primary did, no order missing and none of its own.
+#[test]
+fn a_whole_copy_takes_the_primarys_purchase_journal_and_serves_it_once_elected() {
+    let dir = TempDir::new("failover-journal");
+    let Some(etcd) = etcd(&dir.0) else { return };
+    let endpoint = etcd_url(&etcd);
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+    }
+    // Catalog b first runs in a store of its own (another prefix) and journals an order there.
+    let mut b = etcd_catalogs(&dir.0.join("b"), 1, &endpoint, &[("BAZAR_ETCD_PREFIX", "/other".into())]).remove(0);
+    let bu = url(&b);
+    eventually(FAILOVER_DEADLINE, "b takes a purchase in its own store", || {
+        buy_for(&bu, "0b0b0b0b0b0b-1") == Some(200)
+    });
+    b.terminate(Duration::from_secs(10));
+    // The store: a leads, journals orders; b joins it with its own data and history.
+    let a = etcd_catalogs(&dir.0.join("a"), 1, &endpoint, &[]).remove(0);
+    let au = url(&a);
+    eventually(FAILOVER_DEADLINE, "a takes purchases", || buy_for(&au, "0a0a0a0a0a0a-1") == Some(200));
+    for i in 2..=5 {
+        assert_eq!(buy_for(&au, &format!("0a0a0a0a0a0a-{i}")), Some(200));
+    }
+    let mut spec = b.spec.clone();
+    spec.env.retain(|(k, _)| k != "BAZAR_ETCD_PREFIX");
+    let _b = Proc::start(spec);
+    eventually(FAILOVER_DEADLINE, "b copied the catalog and is in sync", || {
+        health(&au).is_some_and(|h| {
+            h["replicas_out_of_sync"].as_array().is_some_and(|r| r.is_empty())
+                && h["in_sync_record"].as_array().is_some_and(|m| m.len() == 2)
+        })
+    });
+    assert!(metric(&bu, "bazar_replication_copies_total") >= 1.0, "b copied the whole catalog");
+    // One more purchase after the copy: pushed, journaled as it comes.
+    assert_eq!(buy_for(&au, "0a0a0a0a0a0a-6"), Some(200));
+    let journal = |base: &str| json(&get(base, "/internal/purchases?after=0"));
+    let before = journal(&au);
+    let orders: Vec<&str> =
+        before["purchases"].as_array().unwrap().iter().filter_map(|p| p["order"]["order_id"].as_str()).collect();
+    assert_eq!(orders.len(), 6, "{before}");
+    let a = call("POST", &au, "/admin/switchover", Some(&format!(r#"{{"to": "{bu}"}}"#)));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    eventually(FAILOVER_DEADLINE, "b leads", || health(&bu).is_some_and(|h| h["role"] == "primary"));
+    assert_eq!(journal(&bu), before, "the elected copy serves the old primary's journal");
+    // A repeated order takes no second copy on the new primary either.
+    let stock = json(&get(&bu, "/books/1"))["quantity"].clone();
+    assert_eq!(buy_for(&bu, "0a0a0a0a0a0a-3"), Some(200));
+    assert_eq!(json(&get(&bu, "/books/1"))["quantity"], stock, "a journaled order bought again");
+}

@@ -5,7 +5,8 @@
 //! (`GET /internal/log`), and when the primary no longer has them, or has another history,
 //! it copies the whole catalog page by page (`GET /internal/books`, each page read at its
 //! own moment) and then applies the primary's writes after the first page's sequence
-//! number. Every log row and push carries a book's whole state, so replaying writes over a
+//! number, and takes the primary's purchase journal up to its last write in place of its
+//! own (`GET /internal/purchases`). Every log row and push carries a book's whole state, so replaying writes over a
 //! copy that already reflects some of them ends in exactly the primary's state. Nothing is
 //! bounded by the public body limit (pages are answers, not requests) and nothing holds the
 //! catalog twice: the replica's own copy is dropped before a full copy starts.
@@ -15,6 +16,7 @@
 
 use super::failover::commit;
 use super::node::{CatalogNode, COPY_PAGE};
+use super::recent::Journal;
 use super::state::Catalog;
 use super::store::Store;
 use crate::client::{CatalogClient, PeerError};
@@ -143,8 +145,13 @@ impl CatalogNode {
                 epoch = w.epoch;
             }
         }
+        let journal = Self::copy_journal(client, primary, catalog.seq())?;
         let mut store = self.lock_writer();
-        store.replace(&catalog, &history, epoch)?;
+        let own = std::mem::replace(&mut store.journal, journal);
+        if let Err(e) = store.replace(&catalog, &history, epoch) {
+            store.journal = own;
+            return Err(e.into());
+        }
         log::info!(
             "copied {} books from the primary at write {} in {:?}",
             catalog.len(),
@@ -154,6 +161,22 @@ impl CatalogNode {
         *self.state_mut() = catalog;
         self.counters.copies.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The primary's purchase journal up to write `upto` (the copy's last), page by page
+    /// (`GET /internal/purchases`): a whole copy takes it in place of its own, so that the
+    /// orders journaled here are exactly those journaled there (pushes journal the rest).
+    fn copy_journal(client: &CatalogClient, primary: &str, upto: u64) -> Result<Journal> {
+        let (mut journal, mut after) = (Journal::default(), 0);
+        loop {
+            let page = client.purchases(primary, after)?;
+            let last = page.purchases.last().map(|p| p.seq);
+            page.purchases.into_iter().filter(|p| p.seq <= upto).for_each(|p| journal.push(p));
+            match last {
+                Some(seq) if page.more && seq < upto => after = seq,
+                _ => return Ok(journal),
+            }
+        }
     }
 
     /// Applies a batch of pushed writes, in order, with one fsync; answers where it stands
