@@ -32,19 +32,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
-# status URL -> HTTP status (000 when no answer)
-status() { curl -s -o /dev/null -m "${2:-5}" -w '%{http_code}' "$1" || true; }
+# fail, ok, status, wait_for
+source containers/lib.sh
 body() { curl -s -m 5 "$1"; }
 ip_on() { docker inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$P-$1"; }
-wait_for() { # seconds description command...
-    local until=$(( $(date +%s) + $1 )) what=$2; shift 2
-    until "$@"; do
-        [ "$(date +%s)" -lt "$until" ] || fail "timed out waiting for: $what"
-        sleep 0.2
-    done
-}
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$P-$1" 2>/dev/null)" = healthy ]; }
 serves() { [ "$(status "$1")" = 200 ]; }
 quantity() { body "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantity"])'; }

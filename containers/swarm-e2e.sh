@@ -19,18 +19,11 @@ work=$(mktemp -d)
 made_swarm=no made_gwbridge=no
 started=$(date +%s)
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
+# fail, ok, status, wait_for (polling every WAIT_STEP seconds)
+source containers/lib.sh
+WAIT_STEP=0.3
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
-status() { curl -s -o /dev/null -m "${2:-5}" -w '%{http_code}' "$1" || true; }
 buy() { curl -s -o /dev/null -m 10 -w '%{http_code}' -X POST "$FE/purchase/$1" || true; }
-wait_for() { # seconds description command...
-    local until=$(( $(date +%s) + $1 )) what=$2; shift 2
-    until "$@"; do
-        [ "$(date +%s)" -lt "$until" ] || fail "timed out waiting for: $what"
-        sleep 0.3
-    done
-}
 # The running containers of a service of the stack.
 containers() { docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" --filter status=running; }
 healthy_count() {
