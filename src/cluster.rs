@@ -5,7 +5,8 @@
 //! static roles, catalog-1 primary), the two catalogs, two order servers and the front end
 //! on the local ports of API.md, with their data under one directory (`BAZAR_DATA_DIR`, default `./run`). Each child's log lines are printed with
 //! its name in front. On Ctrl-C (SIGINT) or SIGTERM it stops every child (SIGTERM, then
-//! SIGKILL after [`STOP_TIMEOUT`]) and exits 0.
+//! SIGKILL after [`STOP_TIMEOUT`]), the catalogs before etcd (waiting for them to exit:
+//! they give up their etcd leases as they stop), and exits 0.
 //!
 //! [`Layout`] and [`Running`] are also how `bazar-bench lab` starts its own stores.
 
@@ -371,12 +372,32 @@ fn spawn(spec: &Spec, quiet: bool) -> std::io::Result<Child> {
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    if spec.name == "etcd" {
+        keep_from_terminal_signals(&mut cmd);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", spec.program.display())))?;
     prefix_lines(spec.name, child.stdout.take());
     prefix_lines(spec.name, child.stderr.take());
     Ok(child)
+}
+
+/// etcd runs in a process group of its own: a Ctrl-C in the terminal reaches the whole
+/// foreground group at once, and etcd must outlive the catalogs, which give up their
+/// leases there as they stop ([`Running::stop`] stops it last, once they have exited). On
+/// Linux it still never outlives the launcher (SIGTERM when the launcher dies).
+fn keep_from_terminal_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
 }
 
 fn prefix_lines(name: &'static str, stream: Option<impl Read + Send + 'static>) {
