@@ -77,7 +77,8 @@ impl Failover {
         }
     }
 
-    /// The role core. Held briefly, never across I/O.
+    /// The role core. Held briefly, never across I/O; may be taken under a replica link's
+    /// grant lock (a grant checks the switchover's pause), never the other way round.
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }

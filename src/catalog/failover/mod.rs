@@ -31,8 +31,8 @@
 //!   `elected_at + L` (the read lease length): the old primary granted leases only while
 //!   its key lived, and the key was gone before this election was answered.
 //! - **Epochs fence.** A push, lease grant or log answer carries its primary's epoch; one
-//!   from an epoch older than the newest known is refused ([`Core::message`]), a newer one
-//!   is adopted (a primary that sees one steps down).
+//!   older than the newest known is refused ([`Core::message`]), a newer one adopted (a
+//!   primary that sees one steps down; a handover expected at or below it is forgotten).
 //! - **Nothing unacknowledged is ever visible.** A catalog shows a write only once it is
 //!   committed (on every member of `sync`): [`commit`] decides up to where.
 
@@ -218,9 +218,8 @@ pub struct Tally {
 #[derive(Clone, Debug)]
 pub struct Core {
     me: String,
-    /// `T`, the TTL of this catalog's etcd lease.
+    /// `T` (the TTL of this catalog's etcd lease) and `L` (the read lease length).
     ttl: Duration,
-    /// `L`, the read lease length.
     lease_length: Duration,
     role: Role,
     /// The newest epoch known.
@@ -371,6 +370,7 @@ impl Core {
         }
         if epoch > self.epoch {
             self.epoch = epoch;
+            self.handover = self.handover.take().filter(|h| h.epoch > epoch);
             if let Role::Primary { .. } = self.role {
                 return Ok(self.step_down(format!("a primary of the newer epoch {epoch} spoke")));
             }

@@ -411,6 +411,12 @@ fn a_stale_handover_never_shortens_a_later_elections_wait() {
         assert_eq!(c.step(Input::Observed(mine(4)), at(t0, named)), [Effect::Lead { epoch: 4 }], "{name}");
         assert_eq!(c.writes_from(at(t0, named)), Some(at(t0, writable)), "{name}");
     }
+    // A push of that epoch came from another primary: forgotten too.
+    let mut c = core(t0);
+    c.step(Input::Expect { epoch: 4, writable_from: at(t0, 100) }, at(t0, 100));
+    assert_eq!(c.message(4), Ok(vec![]));
+    assert_eq!(c.step(Input::Observed(mine(4)), at(t0, 500)), [Effect::Lead { epoch: 4 }]);
+    assert_eq!(c.writes_from(at(t0, 500)), Some(at(t0, 1500)), "a push of epoch 4 came from another primary");
 }
 
 /// Right after the core leads, the node still carries its old epoch until it has taken
