@@ -41,6 +41,7 @@ Environment:
   BAZAR_ETCD      etcd client URLs to use instead of starting one; set and empty: static
                   roles even where etcd is installed
   BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
+                  (BAZAR_LEASE_MS=0, leases off, only with static roles)
 ";
 
 /// A free loopback port for a service this process is about to start (the lab's stores,
@@ -481,6 +482,12 @@ pub fn main() -> ExitCode {
         }
     };
     let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    let leases_off = std::env::var("BAZAR_LEASE_MS").is_ok_and(|v| v.trim().parse() == Ok(0u64));
+    if leases_off && layout.etcd.is_some() {
+        // The catalogs would refuse it one by one: say so once, with the way out.
+        eprintln!("bazar-cluster: bad setting BAZAR_LEASE_MS: 0 (read leases off) needs static roles; set BAZAR_ETCD= (empty) too");
+        return ExitCode::from(2);
+    }
     if let Err(e) = build_missing_programs(&layout) {
         eprintln!("bazar-cluster: {e}");
         return ExitCode::FAILURE;
