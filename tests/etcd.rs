@@ -81,6 +81,34 @@ fn compare_and_swap_refuses_a_stale_revision() {
     assert!(swap(0, b"c").succeeded, "mod revision 0: the key does not exist");
 }
 
+/// What a switchover whose handover got no answer stands on: rewriting a record with the
+/// same value still moves its revision, so a handover that compared the old revision and
+/// reaches etcd only after that rewrite fails.
+#[test]
+fn rewriting_the_same_value_fences_a_late_compare_and_swap() {
+    let dir = TempDir::new("etcd-fence");
+    let Some(server) = etcd(&dir.0) else { return };
+    let etcd = etcd_client(&[etcd_url(&server)], "/bazar-test");
+    etcd.put("leader", b"me", None).unwrap();
+    etcd.put("sync", b"me,b", None).unwrap();
+    let read = etcd.get("sync").unwrap().unwrap().mod_revision;
+    let when = |revision: i64| {
+        [Compare::Value("leader".into(), b"me".to_vec()), Compare::ModRevision("sync".into(), revision)]
+    };
+    let put = |key: &str, value: &[u8]| Op::Put { key: key.into(), value: value.to_vec(), lease: None };
+    let fence = etcd.txn(&when(read), &[put("sync", b"me,b")], &[Op::Get("leader".into())]).unwrap();
+    assert!(fence.succeeded && fence.revision > read);
+    assert_eq!(etcd.get("sync").unwrap().unwrap().value, b"me,b", "the same record");
+    let late = etcd.txn(&when(read), &[put("leader", b"b"), put("sync", b"b")], &[]).unwrap();
+    assert!(!late.succeeded, "the handover that arrives after the fence fails");
+    assert_eq!(etcd.get("leader").unwrap().unwrap().value, b"me");
+    // Once the handover applied, the fence fails and reads who leads.
+    assert!(etcd.txn(&when(fence.revision), &[put("leader", b"b"), put("sync", b"b")], &[]).unwrap().succeeded);
+    let after = etcd.txn(&when(fence.revision), &[put("sync", b"me,b")], &[Op::Get("leader".into())]).unwrap();
+    assert!(!after.succeeded);
+    assert_eq!((after.kvs[0].key.as_str(), after.kvs[0].value.as_slice()), ("leader", &b"b"[..]));
+}
+
 #[test]
 fn prefixes_keep_stores_apart_and_a_dead_endpoint_is_passed_over() {
     let dir = TempDir::new("etcd-endpoints");
