@@ -12,7 +12,7 @@
 use crate::balance::Failure;
 use crate::http::percent_encode;
 use crate::wire::{
-    Book, BookPage, BookUpdate, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
+    Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
     PurchaseRequest, ReplicaAck, Replicate,
 };
 use serde::de::DeserializeOwned;
@@ -397,6 +397,12 @@ impl CatalogClient {
             None => format!("/internal/replicate?epoch={epoch}"),
         };
         self.http.send(Method::POST, base, &path, &pushes)
+    }
+
+    /// Asks the primary which writes are committed (a replica whose read meets a write
+    /// pending there).
+    pub fn committed(&self, base: &str) -> Result<Committed> {
+        self.http.call(Method::GET, base, "/internal/committed", None)?.json()
     }
 
     /// Asks the primary for a read lease (replicas).

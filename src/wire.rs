@@ -230,6 +230,16 @@ pub struct Replicate {
     pub order: Option<Order>,
 }
 
+/// Primary to replica: the last write it shows, committed (`GET /internal/committed`),
+/// asked by a replica whose read meets a write still pending there (CRAQ's version query).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The primary's readable write: every write up to it is committed.
+    pub seq: u64,
+    /// The epoch of the primary that answered.
+    pub epoch: u64,
+}
+
 /// Primary to replica: the writes after a sequence number (`GET /internal/log?after=N`),
 /// for a replica that missed some.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

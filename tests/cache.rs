@@ -244,6 +244,31 @@ fn keys_spread_over_several_servers_and_invalidations_follow_them() {
     }
 }
 
+/// memcached restarted between a reader's lookup and its fill: a write made while it was
+/// down could not leave its marker, so an `add` into the empty new memcached would store
+/// the reader's older answer for good. The fill goes over the lookup's own connection,
+/// which died with the old memcached: nothing is stored.
+#[test]
+fn a_fill_never_lands_in_a_memcached_restarted_after_its_lookup() {
+    use bazar::cache::{Cache, Lookup};
+    let dir = TempDir::new("restart-fill");
+    let Some(mut mc) = memcached(&dir.0) else { return };
+    let servers = [memcached_addr(&mc)];
+    let reader = Cache::new(&servers, 4);
+    let key = bazar::cache::info_key(1);
+    let Lookup::Miss(slot) = reader.lookup(&key) else { panic!("a miss first") };
+    mc.restart();
+    eventually(Duration::from_secs(10), "memcached listens", || std::net::TcpStream::connect(&servers[0]).is_ok());
+    reader.fill(slot, 1, b"{\"old\": true}");
+    let fresh = Cache::new(&servers, 4);
+    assert!(matches!(fresh.lookup(&key), Lookup::Miss(_)), "the old answer landed in the new memcached");
+    // A lookup on the new memcached fills as usual (the reader itself backs off a moment
+    // after the failed fill).
+    let Lookup::Miss(slot) = fresh.lookup(&key) else { panic!("a miss") };
+    fresh.fill(slot, 2, b"{}");
+    assert!(matches!(fresh.lookup(&key), Lookup::Hit(_)));
+}
+
 /// One figure of memcached's `stats`.
 fn memcached_stat(server: &str, name: &str) -> u64 {
     use std::io::{BufRead, BufReader, Write};

@@ -22,6 +22,16 @@
 //! on, the failure is logged and counted, the marker is kept and retried by
 //! [`Cache::retry_pending`] until delivered, and [`ENTRY_TTL`] bounds the staleness.
 //!
+//! The primary sets the markers *before* the write becomes readable anywhere (it is
+//! committed, not yet shown), so no reader can fetch the new data and find an older entry
+//! still served, and none can store data older than a write that someone has seen.
+//!
+//! A fill goes over the connection its lookup used. A write made while memcached was down
+//! (restarting) leaves no marker in the memcached that comes back empty, so an `add` there
+//! of data read before the write would stand; but a connection dies with the process it
+//! reached, so a fill whose lookup met the old memcached fails, and a lookup that meets
+//! the new one started after the write (memcached was down when the write tried it).
+//!
 //! # Failure
 //! Every memcached call has a short timeout ([`OP_TIMEOUT`]). After a failure the cache is
 //! off for [`BACKOFF`] (requests go to the back ends, `X-Cache: off`, no timeouts paid),
@@ -98,12 +108,51 @@ pub enum Lookup {
 }
 
 /// What stood in the key at lookup time; decides how a fill may store.
-#[derive(Debug)]
 pub struct Slot {
     key: String,
     /// `None`: absent. `Some((m, cas))`: a marker (or unreadable value) with its CAS token.
     marker: Option<(u64, u64)>,
     at: Instant,
+    /// The server and the connection the lookup used; the fill uses them too.
+    conn: Option<(usize, Conn)>,
+    pool: std::sync::Arc<Pool>,
+}
+
+impl Drop for Slot {
+    /// A slot not filled (an error, an answer not cached) gives its connection back.
+    fn drop(&mut self) {
+        if let Some((server, conn)) = self.conn.take() {
+            self.pool.give_back(server, conn);
+        }
+    }
+}
+
+/// Each server's idle connections (same order as the servers). Held only to push or pop
+/// one.
+struct Pool {
+    idle: Vec<Mutex<Vec<Conn>>>,
+    /// Most idle connections kept per server: one per worker.
+    size: usize,
+    /// Bumped by every failure: connections dialed before it are closed, not pooled.
+    epoch: AtomicU64,
+}
+
+impl Pool {
+    /// Puts a connection that answered back in its server's idle stack.
+    fn give_back(&self, server: usize, conn: Conn) {
+        if conn.epoch == self.epoch.load(Ordering::Acquire) {
+            let mut idle = self.idle[server].lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.size {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("key", &self.key).field("marker", &self.marker).finish()
+    }
 }
 
 #[derive(Default)]
@@ -120,13 +169,9 @@ struct Counters {
 pub struct Cache {
     /// The servers as configured (`host:port`), also what the router hashes.
     servers: Vec<String>,
-    /// Each server's idle connections (same order). Held only to push or pop one.
-    idle: Vec<Mutex<Vec<Conn>>>,
+    /// Each server's idle connections, shared with the slots that hold one.
+    pool: std::sync::Arc<Pool>,
     router: Rendezvous,
-    /// Most idle connections kept per server: one per worker.
-    pool_size: usize,
-    /// Bumped by every failure: connections dialed before it are closed, not pooled.
-    epoch: AtomicU64,
     /// While backing off: milliseconds since `born` until which readers skip the cache; 0 when on.
     off_until: AtomicU64,
     born: Instant,
@@ -140,10 +185,12 @@ impl Cache {
     pub fn new(servers: &[String], workers: usize) -> Cache {
         Cache {
             servers: servers.to_vec(),
-            idle: servers.iter().map(|_| Mutex::default()).collect(),
+            pool: std::sync::Arc::new(Pool {
+                idle: servers.iter().map(|_| Mutex::default()).collect(),
+                size: workers.clamp(1, 256),
+                epoch: AtomicU64::new(0),
+            }),
             router: Rendezvous::new(),
-            pool_size: workers.clamp(1, 256),
-            epoch: AtomicU64::new(0),
             off_until: AtomicU64::new(0),
             born: Instant::now(),
             pending: Mutex::default(),
@@ -158,13 +205,19 @@ impl Cache {
     /// cache sends may run twice: a lookup reads again, a repeated `add` or `cas` fails
     /// harmlessly (the key is no longer as it saw it), a repeated marker is the same marker.
     fn exchange(&self, key: &str, command: &MetaCommand) -> Result<Reply, McError> {
+        let (server, conn, reply) = self.exchange_keeping(key, command)?;
+        self.give_back(server, conn);
+        Ok(reply)
+    }
+
+    /// As [`Cache::exchange`], but the connection is the caller's until it gives it back.
+    fn exchange_keeping(&self, key: &str, command: &MetaCommand) -> Result<(usize, Conn, Reply), McError> {
         let server = match self.servers.len() {
             1 => 0,
             _ => self.router.route(key.as_bytes(), &self.servers),
         };
-        let idle = || self.idle[server].lock().unwrap_or_else(|e| e.into_inner());
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let pooled = idle().pop();
+        let epoch = self.pool.epoch.load(Ordering::Acquire);
+        let pooled = self.pool.idle[server].lock().unwrap_or_else(|e| e.into_inner()).pop();
         let tried = pooled.map(|mut conn| {
             let reply = conn.exchange(command);
             (conn, reply)
@@ -179,16 +232,14 @@ impl Cache {
                 (conn, reply)
             }
         };
-        if conn.epoch == self.epoch.load(Ordering::Acquire) {
-            let mut idle = idle();
-            if idle.len() < self.pool_size {
-                idle.push(conn);
-            }
-        }
         if self.off_until.load(Ordering::Relaxed) != 0 && self.off_until.swap(0, Ordering::Relaxed) != 0 {
             log::info!("memcached {:?} answers again; caching on", self.servers);
         }
-        Ok(reply)
+        Ok((server, conn, reply))
+    }
+
+    fn give_back(&self, server: usize, conn: Conn) {
+        self.pool.give_back(server, conn);
     }
 
     /// Whether readers skip the cache now (backing off after a failure).
@@ -200,8 +251,8 @@ impl Cache {
     /// Records a failure: counted, logged once per outage, cache off for [`BACKOFF`].
     fn failed(&self, what: &str, e: &McError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        for idle in &self.idle {
+        self.pool.epoch.fetch_add(1, Ordering::AcqRel);
+        for idle in &self.pool.idle {
             idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
         let until = (self.born.elapsed() + BACKOFF).as_millis() as u64;
@@ -220,17 +271,19 @@ impl Cache {
         if self.backing_off() {
             return Lookup::Off;
         }
-        let found = match self.exchange(key, &MetaCommand::new(MetaOp::Get, key).flag("v").flag("c")) {
-            Ok(found) => found,
-            Err(e) => {
-                self.failed("get", &e);
-                return Lookup::Off;
-            }
-        };
+        let (server, conn, found) =
+            match self.exchange_keeping(key, &MetaCommand::new(MetaOp::Get, key).flag("v").flag("c")) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.failed("get", &e);
+                    return Lookup::Off;
+                }
+            };
         let marker = match found.value {
             None => None,
             Some(mut value) => match decode(&value) {
                 Value::Data(json) => {
+                    self.give_back(server, conn);
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
                     let header = value.len() - json.len();
                     value.drain(..header);
@@ -241,11 +294,23 @@ impl Cache {
             },
         };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        Lookup::Miss(Slot { key: key.to_string(), marker, at: Instant::now() })
+        Lookup::Miss(Slot {
+            key: key.to_string(),
+            marker,
+            at: Instant::now(),
+            conn: Some((server, conn)),
+            pool: std::sync::Arc::clone(&self.pool),
+        })
     }
 
     /// Stores an answer read from a back end at sequence number `seq`, if still allowed.
-    pub fn fill(&self, slot: Slot, seq: u64, json: &[u8]) {
+    ///
+    /// The fill goes over the connection its lookup used, never a new one: a connection
+    /// does not outlive the memcached process it reached, so a fill cannot land in a
+    /// memcached that restarted after the lookup (empty, without the markers of the writes
+    /// made while it was down, which an `add` would then not meet).
+    pub fn fill(&self, mut slot: Slot, seq: u64, json: &[u8]) {
+        let Some((server, mut conn)) = slot.conn.take() else { return };
         if slot.at.elapsed() > FILL_WINDOW || self.backing_off() {
             return;
         }
@@ -254,20 +319,22 @@ impl Cache {
         if value.len() + slot.key.len() + ITEM_OVERHEAD > MAX_VALUE {
             // memcached would refuse it: not attempted.
             self.counters.too_large.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.give_back(server, conn);
         }
         let fill = MetaCommand::new(MetaOp::Set, slot.key.as_str()).value(value).flag(format!("T{ENTRY_TTL}"));
         let fill = match slot.marker {
             None => fill.flag("ME"),
             Some((m, cas)) if seq >= m => fill.flag(format!("C{cas}")),
-            Some(_) => return,
+            Some(_) => return self.give_back(server, conn),
         };
-        match self.exchange(&slot.key, &fill) {
-            Ok(r) if r.code == ReturnCode::Hd => {
-                self.counters.fills.fetch_add(1, Ordering::Relaxed);
+        match conn.exchange(&fill) {
+            Ok(r) => {
+                // Lost to a marker or another fill (NS, EX, NF): not stored, as the protocol wants.
+                if r.code == ReturnCode::Hd {
+                    self.counters.fills.fetch_add(1, Ordering::Relaxed);
+                }
+                self.give_back(server, conn);
             }
-            // Lost to a marker or another fill (NS, EX, NF): not stored, as the protocol wants.
-            Ok(_) => {}
             Err(e) => self.failed("fill", &e),
         }
     }

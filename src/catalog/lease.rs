@@ -51,12 +51,14 @@ pub struct ReplicaLease {
     primary_down: bool,
     /// When the replica sent its last renewal that the primary answered (grant or not).
     last_answered: Option<Instant>,
+    /// The epoch of the primary that granted the last renewal.
+    epoch: u64,
 }
 
 impl ReplicaLease {
     /// No lease yet; leases of `length`.
     pub fn new(length: Duration) -> ReplicaLease {
-        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None }
+        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None, epoch: 0 }
     }
 
     fn extend(&mut self, asked: Instant, length: Duration) {
@@ -64,11 +66,18 @@ impl ReplicaLease {
         self.expiry = Some(self.expiry.map_or(end, |e| e.max(end)));
     }
 
-    /// The primary granted the renewal asked for at `asked`.
-    pub fn granted(&mut self, asked: Instant) {
+    /// The primary of `epoch` granted the renewal asked for at `asked`.
+    pub fn granted(&mut self, asked: Instant, epoch: u64) {
+        self.epoch = epoch;
         self.primary_down = false;
         self.last_answered = Some(asked);
         self.extend(asked, self.length);
+    }
+
+    /// The epoch of the primary that granted the last renewal: the one whose log this
+    /// replica's is a prefix of (it grants only to a replica in sync).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The primary answered the renewal asked for at `asked`, without a grant.
@@ -180,7 +189,7 @@ mod tests {
         // Asked at t0, granted 30 ms later (network), answer back at 60 ms.
         let granted = t0 + Duration::from_millis(30);
         primary.request("r1", granted, L).unwrap();
-        replica.granted(t0);
+        replica.granted(t0, 0);
         assert!(replica.valid(t0 + Duration::from_millis(899)));
         assert!(!replica.valid(t0 + Duration::from_millis(900)));
         // A failed push: the write waits until the primary's view ends, after the replica's.
@@ -197,7 +206,7 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut r = ReplicaLease::new(L);
         assert!(!r.refused(t0, t0), "no lease, no extension");
-        r.granted(t0);
+        r.granted(t0, 0);
         assert!(r.refused(ms(500), ms(501)));
         assert!(r.primary_down());
         assert!(r.valid(ms(1399)) && !r.valid(ms(1400)));
@@ -213,14 +222,14 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut r = ReplicaLease::new(L);
         assert!(!r.farewell(t0), "no lease, no grace");
-        r.granted(t0);
+        r.granted(t0, 0);
         r.answered(ms(250));
         assert!(r.farewell(ms(300)));
         assert!(r.valid(ms(250 + 13_499)) && !r.valid(ms(250 + 13_500)), "0.9 x 15 leases from the last answer");
         r.reset_if_extended();
         assert!(!r.valid(ms(301)), "a new primary grants anew");
         let mut expired = ReplicaLease::new(L);
-        expired.granted(t0);
+        expired.granted(t0, 0);
         assert!(!expired.farewell(ms(2000)), "an expired lease gets no grace");
     }
 }

@@ -98,6 +98,7 @@ pub(super) struct Counters {
     pub(super) lease_renewals: AtomicU64,
     pub(super) lease_renewal_failures: AtomicU64,
     pub(super) stale_refused: AtomicU64,
+    pub(super) version_queries: AtomicU64,
 }
 
 /// The role now, and the primary writes go to.
@@ -484,6 +485,9 @@ impl CatalogNode {
             }
             ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
             ["internal", "log"] if get => http::respond(admin(&|| self.log_after(request)), "/internal/log"),
+            ["internal", "committed"] if get => {
+                http::respond(admin(&|| self.committed_answer()), "/internal/committed")
+            }
             ["admin", "switchover"] if method == "POST" => {
                 http::respond(admin(&|| self.switchover_route(request)), "/admin/switchover")
             }
@@ -526,7 +530,7 @@ impl CatalogNode {
             | ["internal", "replicate" | "resync" | "lease" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
-            ["internal", "purchases" | "books" | "log"] => {
+            ["internal", "purchases" | "books" | "log" | "committed"] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
@@ -545,7 +549,7 @@ impl CatalogNode {
         self.readable()?;
         let topic = request.query_param("topic")?;
         let page = PageRequest::from_query(request, page::MAX_LIMIT, page::parse_book_cursor)?;
-        let state = self.state();
+        let state = self.clean(|state| state.list_dirty(topic.as_deref()))?;
         let (books, more) = state.page(topic.as_deref(), page.after.unwrap_or(0), page.limit);
         let mut response = Response::json(&books).with_header("X-Seq", state.seq().to_string());
         if let (true, Some(last)) = (more, books.last()) {
@@ -572,8 +576,30 @@ impl CatalogNode {
     fn read_one(&self, id: &str) -> Result<Response> {
         let id = parse_id(id)?;
         self.readable()?;
-        let state = self.state();
+        let state = self.clean(|state| state.is_dirty(id))?;
         Ok(Response::json(state.book(id)?).with_header("X-Seq", state.seq().to_string()))
+    }
+
+    /// The catalog to read from: as it is, unless the read meets a write pending here
+    /// (`dirty`), in which case the primary is asked which writes are committed first (see
+    /// [`CatalogNode::ask_committed`]): a read never shows a write before the primary does,
+    /// nor an older state than one the primary showed before the read began.
+    fn clean(&self, dirty: impl Fn(&Catalog) -> bool) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
+        if self.role() == Role::Primary || !dirty(&self.state()) {
+            return Ok(self.state());
+        }
+        self.ask_committed()?;
+        Ok(self.state())
+    }
+
+    /// `GET /internal/committed`: the primary's readable write (every write up to it is
+    /// committed) and its epoch, while it may answer reads.
+    fn committed_answer(&self) -> Result<Response> {
+        if self.role() != Role::Primary {
+            return Err(Error::Unavailable("this catalog is not the primary now".into()));
+        }
+        self.readable()?;
+        Ok(Response::json(&crate::wire::Committed { seq: self.state().seq(), epoch: self.term() }))
     }
 }
 

@@ -156,34 +156,42 @@ impl CatalogNode {
             // and unseen: this catalog steps down (it reads nothing until it caught up with
             // the next primary, which drops them unless it has them).
             let mut safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
-            if safe.is_ok() && self.failover.is_some() {
-                // The commit notice (an empty push with the commit point), only now that
-                // every catalog in the in-sync record has the batch: the replicas show it
-                // before it is acknowledged. One that does not take it is out of sync like
-                // one that missed a push: out of the record, its lease waited out.
-                let took = self.replicate(&store, &[], last);
-                safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
+            if let Err(e) = &safe {
+                // Before the writes are readable here: they stay unseen.
+                self.give_up(e);
+            } else if let Some(cache) = &self.cache {
+                // Committed: on every replica in sync (those that missed it are out of sync
+                // and their leases have run out). The cache is fenced first (no entry older
+                // than the batch survives, and none can be filled from before it): one
+                // marker per key, at the batch's last write.
+                keys.sort_unstable();
+                keys.dedup();
+                cache.invalidate(&keys, last);
             }
-            if let Err(e) = safe {
-                self.give_up(&e);
-                let why = format!("the write's outcome is unknown: {e}");
-                for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
-                    answer.1 = Err(Error::Unavailable(why.clone()));
-                }
-            }
-            // Readable here only once every replica in sync has it (or is out of sync and
-            // its lease has run out): the primary never shows a write a replica lacks.
+            // Readable here: the moment the batch takes effect. No read anywhere shows it
+            // earlier (a replica's read of a book with a pending write asks here).
             {
                 let mut state = self.state_mut();
                 for w in &pushes {
                     state.commit(w.book.clone(), w.seq);
                 }
             }
-            if let Some(cache) = &self.cache {
-                keys.sort_unstable();
-                keys.dedup();
-                // One marker per key, at the batch's last write: no older entry survives it.
-                cache.invalidate(&keys, last);
+            if safe.is_ok() {
+                // The commit notice (an empty push with the commit point): the replicas show
+                // the batch without asking before it is acknowledged. With etcd, one that
+                // does not take it is out of sync like one that missed a push: out of the
+                // record, its lease waited out.
+                let took = self.replicate(&store, &[], last);
+                safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
+                if let Err(e) = &safe {
+                    self.give_up(e);
+                }
+            }
+            if let Err(e) = safe {
+                let why = format!("the write's outcome is unknown: {e}");
+                for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
+                    answer.1 = Err(Error::Unavailable(why.clone()));
+                }
             }
             if let Err(e) = store.after_write(&self.state()) {
                 // The log holds every write; the next checkpoint tries again.
@@ -329,10 +337,10 @@ impl CatalogNode {
         }
     }
 
-    /// The commit point to send with a push: with etcd only (static roles show a write once
-    /// applied, and send none).
+    /// The commit point to send with a push to a replica whose log is a prefix of this
+    /// one's.
     fn commit_point(&self, committed: u64) -> Option<u64> {
-        self.failover.as_ref().map(|_| committed)
+        Some(committed)
     }
 
     /// Sends writes in pushes of at most [`PUSH_BYTES`], in order, each with the commit

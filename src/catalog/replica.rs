@@ -78,10 +78,8 @@ impl CatalogNode {
                 // lock): committed, so this replica shows its writes up to there.
                 Some(page) if page.writes.is_empty() && page.seq <= seq => {
                     self.check_epoch(page.epoch)?;
-                    if self.failover.is_some() {
-                        let store = self.lock_writer();
-                        self.show_committed(&store, page.seq)?;
-                    }
+                    let store = self.lock_writer();
+                    self.show_committed(&store, page.seq)?;
                     return Ok(());
                 }
                 Some(page) => {
@@ -183,9 +181,10 @@ impl CatalogNode {
     /// (the last write it logged). A batch with a book of id 0 (no write makes one) is
     /// refused whole.
     ///
-    /// With static roles a write is readable once applied. With etcd it stays pending (on
-    /// disk, not readable) until the commit point `committed` reaches it (see
-    /// [`super::failover::commit`]); `None` there commits nothing new.
+    /// A write stays pending (on disk, *dirty*, not readable) until the commit point
+    /// `committed` reaches it (see [`super::failover::commit`]); `None` there commits
+    /// nothing new. A read that meets a dirty book asks the primary what is committed
+    /// ([`CatalogNode::ask_committed`]), so no read shows a write before the primary does.
     ///
     /// `epoch` is the sender's: checked again under the writer lock (a push that passed
     /// the first check may have waited while a newer primary's came in), and no write is
@@ -213,16 +212,13 @@ impl CatalogNode {
             .collect();
         if !fresh.is_empty() {
             store.append(&fresh)?;
-            if self.failover.is_none() {
-                let mut state = self.state_mut();
-                for (p, _) in &fresh {
-                    state.commit(p.book.clone(), p.seq);
-                }
+            // Dirty until committed: a read that meets one of these books asks the primary.
+            let mut state = self.state_mut();
+            for (p, _) in &fresh {
+                state.mark_dirty(&p.book, p.seq);
             }
         }
-        if self.failover.is_some() {
-            self.show_committed(&store, committed.unwrap_or(0))?;
-        }
+        self.show_committed(&store, committed.unwrap_or(0))?;
         if self.state().seq() == self.logged(&store) {
             // A checkpoint holds the readable catalog: never one with writes pending (it
             // checkpoints only when the log has grown enough).
@@ -252,17 +248,13 @@ impl CatalogNode {
         Err(Error::Conflict(why))
     }
 
-    /// The number of the last write logged here (with etcd, pending ones included; with
-    /// static roles, the readable one, which is the same).
+    /// The number of the last write logged here, pending ones included.
     pub(super) fn logged(&self, store: &Store) -> u64 {
-        match self.failover {
-            Some(_) => store.history.last().0,
-            None => self.state().seq(),
-        }
+        store.history.last().0
     }
 
-    /// With etcd: makes the writes logged here readable up to the commit point `committed`
-    /// (never past what is logged, never back). Called under the writer lock.
+    /// Makes the writes logged here readable up to the commit point `committed` (never past
+    /// what is logged, never back). Called under the writer lock.
     pub(super) fn show_committed(&self, store: &Store, committed: u64) -> Result<()> {
         let readable = self.state().seq();
         let upto = commit::readable_upto(readable, store.history.last().0, committed);
@@ -277,6 +269,33 @@ impl CatalogNode {
             state.commit(w.book, w.seq);
         }
         Ok(())
+    }
+
+    /// CRAQ's version query: a read that meets a write pending here asks the primary up to
+    /// which write is committed, and shows the writes logged here up to there before it
+    /// answers. The primary's answer counts only from the primary whose lease this replica
+    /// holds (its log is a prefix of that primary's) and only if this replica has every
+    /// write it names; otherwise the read is refused (503) and asked elsewhere.
+    pub(super) fn ask_committed(&self) -> Result<()> {
+        let primary = self.primary_url().ok_or_else(|| Error::Unavailable("no primary known now".into()))?;
+        self.counters.version_queries.fetch_add(1, Ordering::Relaxed);
+        let committed = self.push.committed(&primary)?;
+        let leased = self.lease().epoch();
+        if self.leases() && committed.epoch != leased {
+            return Err(Error::Unavailable(format!(
+                "the primary is of epoch {}, this replica's lease of epoch {leased}",
+                committed.epoch
+            )));
+        }
+        let store = self.lock_writer();
+        if committed.seq > self.logged(&store) {
+            return Err(Error::Unavailable(format!(
+                "the primary shows write {} and this replica has only {}",
+                committed.seq,
+                self.logged(&store)
+            )));
+        }
+        self.show_committed(&store, committed.seq)
     }
 
     /// Background: asks for a read lease every quarter of its length.
@@ -296,7 +315,7 @@ impl CatalogNode {
             match answer {
                 Ok(grant) => match self.check_epoch(grant["epoch"].as_u64().unwrap_or(0)) {
                     Ok(()) => {
-                        lease.granted(asked);
+                        lease.granted(asked, grant["epoch"].as_u64().unwrap_or(0));
                         self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {

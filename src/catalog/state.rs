@@ -86,6 +86,19 @@ pub struct Catalog {
     /// Lower-cased, trimmed topic -> ids of its books.
     topics: HashMap<String, BTreeSet<u32>>,
     seq: u64,
+    /// Writes logged here but not readable yet (a replica's *dirty* versions, as in CRAQ):
+    /// book id -> its last such write, topic key -> the last such write to one of its
+    /// books, and the last such write of all.
+    dirty: Dirty,
+}
+
+/// What a replica holds pending (logged, not committed): reads that meet it ask the primary
+/// which write is committed before they answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Dirty {
+    books: HashMap<u32, u64>,
+    topics: HashMap<String, u64>,
+    last: u64,
 }
 
 /// The index key of a topic: search matches topics case-insensitively, ignoring the
@@ -186,10 +199,39 @@ impl Catalog {
         self.books.last_key_value().map_or(1, |(id, _)| id.saturating_add(1))
     }
 
-    /// Stores a decided (or replicated) book as write `seq`.
+    /// Stores a decided (or replicated) book as write `seq`; it is no longer dirty once its
+    /// last pending write is readable.
     pub fn commit(&mut self, book: Book, seq: u64) {
+        if self.dirty.books.get(&book.id).is_some_and(|&d| d <= seq) {
+            self.dirty.books.remove(&book.id);
+        }
+        let key = topic_key(&book.topic);
+        if self.dirty.topics.get(&key).is_some_and(|&d| d <= seq) {
+            self.dirty.topics.remove(&key);
+        }
         self.put(book);
         self.seq = self.seq.max(seq);
+    }
+
+    /// Records that write `seq` (to `book`) is logged here but not readable yet.
+    pub fn mark_dirty(&mut self, book: &Book, seq: u64) {
+        self.dirty.books.insert(book.id, seq);
+        self.dirty.topics.insert(topic_key(&book.topic), seq);
+        self.dirty.last = self.dirty.last.max(seq);
+    }
+
+    /// Whether a write to book `id` is logged here and not readable yet.
+    pub fn is_dirty(&self, id: u32) -> bool {
+        self.dirty.books.contains_key(&id)
+    }
+
+    /// Whether a write that could change a list of `topic` (or, for `None`, of every book)
+    /// is logged here and not readable yet: a changed book of the topic, or a new one.
+    pub fn list_dirty(&self, topic: Option<&str>) -> bool {
+        match topic {
+            None => self.dirty.last > self.seq,
+            Some(t) => self.dirty.topics.contains_key(&topic_key(t)),
+        }
     }
 
     /// Raises the sequence number to `seq` (a write that left every book as it was).
@@ -444,5 +486,29 @@ mod tests {
     fn refuses_bad_catalogs() {
         assert!(Catalog::new(vec![book(0, "t", 1)], 0).is_err());
         assert!(Catalog::new(vec![book(1, "t", 1), book(1, "u", 1)], 0).is_err());
+    }
+
+    #[test]
+    fn a_book_is_dirty_from_its_pending_write_until_that_write_is_committed() {
+        let book = |id: u32, topic: &str, price: i64| Book {
+            id,
+            title: format!("t{id}"),
+            topic: topic.into(),
+            price: Money::from_cents(price),
+            quantity: 1,
+        };
+        let mut c = Catalog::new(vec![book(1, "A", 100), book(2, "B", 100)], 4).unwrap();
+        assert!(!c.is_dirty(1) && !c.list_dirty(None) && !c.list_dirty(Some("a")));
+        c.mark_dirty(&book(1, "A", 101), 5);
+        c.mark_dirty(&book(1, "A", 102), 6);
+        c.mark_dirty(&book(3, "C", 100), 7); // a new book
+        assert!(c.is_dirty(1) && c.is_dirty(3) && !c.is_dirty(2));
+        assert!(c.list_dirty(None) && c.list_dirty(Some(" a ")) && c.list_dirty(Some("c")) && !c.list_dirty(Some("b")));
+        c.commit(book(1, "A", 101), 5); // its next write is still pending
+        assert!(c.is_dirty(1) && c.list_dirty(Some("A")));
+        c.commit(book(1, "A", 102), 6);
+        assert!(!c.is_dirty(1) && !c.list_dirty(Some("A")) && c.list_dirty(None));
+        c.commit(book(3, "C", 100), 7);
+        assert!(!c.is_dirty(3) && !c.list_dirty(None) && !c.list_dirty(Some("c")));
     }
 }

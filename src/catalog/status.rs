@@ -84,7 +84,7 @@ impl CatalogNode {
             let state = self.state();
             (state.seq() as f64, state.len() as f64)
         };
-        let rows: [(&str, &str, &str, f64); 24] = [
+        let rows: [(&str, &str, &str, f64); 25] = [
             ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
             ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
             ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
@@ -151,6 +151,12 @@ impl CatalogNode {
                 get(&c.lease_wait_micros) / 1e6,
             ),
             ("bazar_lease_renewals_total", "counter", "Replica: leases granted to it.", get(&c.lease_renewals)),
+            (
+                "bazar_catalog_version_queries_total",
+                "counter",
+                "Replica: reads that met a pending write and asked the primary what is committed.",
+                get(&c.version_queries),
+            ),
             (
                 "bazar_lease_renewal_failures_total",
                 "counter",
