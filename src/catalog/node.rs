@@ -579,28 +579,6 @@ impl CatalogNode {
         let state = self.clean(|state| state.is_dirty(id))?;
         Ok(Response::json(state.book(id)?).with_header("X-Seq", state.seq().to_string()))
     }
-
-    /// The catalog to read from: as it is, unless the read meets a write pending here
-    /// (`dirty`), in which case the primary is asked which writes are committed first (see
-    /// [`CatalogNode::ask_committed`]): a read never shows a write before the primary does,
-    /// nor an older state than one the primary showed before the read began.
-    fn clean(&self, dirty: impl Fn(&Catalog) -> bool) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
-        if self.role() == Role::Primary || !dirty(&self.state()) {
-            return Ok(self.state());
-        }
-        self.ask_committed()?;
-        Ok(self.state())
-    }
-
-    /// `GET /internal/committed`: the primary's readable write (every write up to it is
-    /// committed) and its epoch, while it may answer reads.
-    fn committed_answer(&self) -> Result<Response> {
-        if self.role() != Role::Primary {
-            return Err(Error::Unavailable("this catalog is not the primary now".into()));
-        }
-        self.readable()?;
-        Ok(Response::json(&crate::wire::Committed { seq: self.state().seq(), epoch: self.term() }))
-    }
 }
 
 impl crate::service::Service for CatalogNode {

@@ -485,6 +485,16 @@ impl CatalogNode {
         }
     }
 
+    /// `GET /internal/committed`: the primary's readable write (every write up to it is
+    /// committed) and its epoch, while it may answer reads.
+    pub(super) fn committed_answer(&self) -> Result<Response> {
+        if self.role() != super::config::Role::Primary {
+            return Err(Error::Unavailable("this catalog is not the primary now".into()));
+        }
+        self.readable()?;
+        Ok(Response::json(&crate::wire::Committed { seq: self.state().seq(), epoch: self.term() }))
+    }
+
     /// A replica's lease request.
     pub(super) fn grant_lease(&self, request: &LeaseRequest) -> Result<Response> {
         if self.replica_only().is_ok() {

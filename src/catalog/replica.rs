@@ -271,6 +271,18 @@ impl CatalogNode {
         Ok(())
     }
 
+    /// The catalog to read from: as it is, unless the read meets a write pending here
+    /// (`dirty`), in which case the primary is asked which writes are committed first (see
+    /// [`CatalogNode::ask_committed`]): a read never shows a write before the primary does,
+    /// nor an older state than one the primary showed before the read began.
+    pub(super) fn clean(&self, dirty: impl Fn(&Catalog) -> bool) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
+        if self.role() == super::config::Role::Primary || !dirty(&self.state()) {
+            return Ok(self.state());
+        }
+        self.ask_committed()?;
+        Ok(self.state())
+    }
+
     /// CRAQ's version query: a read that meets a write pending here asks the primary up to
     /// which write is committed, and shows the writes logged here up to there before it
     /// answers. The primary's answer counts only from the primary whose lease this replica
