@@ -131,8 +131,9 @@ pub struct CatalogNode {
     /// Replica: its read lease. Held briefly.
     pub(super) lease: Mutex<ReplicaLease>,
     /// Primary: no write is acknowledged before this (the farewell grace after start)
-    /// unless every replica has been brought in sync first.
+    /// unless every replica has been brought in sync first; no read before `reads_from`.
     pub(super) writes_from: Instant,
+    pub(super) reads_from: Instant,
     /// Primary: writes are open (the grace passed or every replica was in sync, and the
     /// cache holds no answer of another history).
     pub(super) writes_open: AtomicBool,
@@ -187,6 +188,7 @@ impl CatalogNode {
             replica_id,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
             writes_from: Instant::now() + config.lease * FAREWELL_LEASES,
+            reads_from: Instant::now() + config.lease,
             writes_open: AtomicBool::new(false),
             cache_flushed: AtomicU64::new(0),
             writer: Mutex::new(store),
@@ -312,8 +314,10 @@ impl CatalogNode {
         let role = self.role();
         if let (Role::Primary, Some(f)) = (role, &self.failover) {
             if !f.core().may_read(Instant::now()) {
-                return Err(Error::Unavailable("the primary's leadership in etcd may have lapsed".into()));
+                return Err(Error::Unavailable("the primary's leadership in etcd may have lapsed, or is new".into()));
             }
+        } else if role == Role::Primary && !self.reads_open() {
+            return Err(Error::Unavailable("a primary that starts reads once no replica's old lease lives".into()));
         }
         if role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
             return Err(Error::Unavailable(

@@ -204,6 +204,15 @@ impl CatalogNode {
         }
     }
 
+    /// With static roles, whether a primary that started may answer reads: once every
+    /// replica is in sync, or one lease after it started. A replica that kept serving while
+    /// it was down (on a lease extended by refused connections, all before this process
+    /// bound its port) may lack writes this primary logged before it died and shows now;
+    /// that lease has run out by then.
+    pub(super) fn reads_open(&self) -> bool {
+        !self.leases() || Instant::now() >= self.reads_from || self.links().iter().all(|l| l.grant().in_sync)
+    }
+
     /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
     fn wait_until_writable(&self) {
         while !self.writes_open.load(Ordering::SeqCst) {
@@ -506,9 +515,15 @@ impl CatalogNode {
             if grant.replica_id.as_deref() == Some(request.replica_id.as_str()) {
                 // Checked under the grant lock, which a switchover's pause also takes to read
                 // the leases granted: a lease is granted before the pause (and counted) or
-                // not at all. A lease granted now could outlive this primary's leadership.
-                if self.failover.as_ref().is_some_and(|f| !f.core().may_grant(Instant::now())) {
-                    return Err(Error::Unavailable("the primary's leadership may have lapsed".into()));
+                // not at all. A lease granted now could outlive this primary's leadership;
+                // and none before this primary reads (a replica would show what the old
+                // primary's lease holders still lack).
+                let valid = |f: &super::elect::Failover| {
+                    let (core, now) = (f.core(), Instant::now());
+                    core.may_grant(now) && core.may_read(now)
+                };
+                if self.failover.as_ref().is_some_and(|f| !valid(f)) {
+                    return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
                 }
                 return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
                     Ok(()) => {

@@ -215,6 +215,8 @@ mod tests {
         {
             let mut core = node.etcd_side().core();
             core.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
+            // Handed over with no lease to wait out: it may read and grant at once.
+            core.step(Input::Expect { epoch: 1, writable_from: t0 }, t0);
             let sync = super::super::failover::SyncSet { epoch: 1, members: vec![me.into()], revision: 3 };
             let leader = Some(Leader { url: me.into(), epoch: 1, lease: 7 });
             core.step(Input::Observed(Observed { leader, epoch: Some((1, 2)), sync: Some(sync) }), t0);

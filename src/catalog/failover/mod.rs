@@ -317,12 +317,13 @@ impl Core {
         }
     }
 
-    /// Whether this primary may answer reads at `now`: a while after its leadership lapsed,
-    /// as no other primary acknowledges a write before its key expired (`T` after the last
-    /// keepalive) and one lease `L` passed.
+    /// Whether this primary may answer reads at `now`: once it may write (no old lease
+    /// lives), not while paused, and until `L` after its leadership lapsed (no other
+    /// primary acknowledges a write before its key expired and `L` passed).
     pub fn may_read(&self, now: Instant) -> bool {
         let margin = self.lease_length.mul_f64(LEADER_SHARE);
-        matches!(self.role, Role::Primary { .. }) && self.valid_until().is_some_and(|v| now < v + margin)
+        matches!(self.role, Role::Primary { paused: false, writes_from, .. } if now >= writes_from)
+            && self.valid_until().is_some_and(|v| now < v + margin)
     }
 
     /// Whether a read lease may be granted at `now`: only while leading validly (a lease

@@ -308,11 +308,14 @@ fn a_primary_that_cannot_record_a_lost_replica_gives_up() {
 fn a_switchover_pauses_then_hands_over() {
     let t0 = Instant::now();
     let mut c = primary(t0);
+    assert!(!c.may_read(at(t0, 999)) && c.may_read(at(t0, 1000)), "reads once no old lease lives (L)");
     c.step(Input::Pause(true), at(t0, 1100));
     assert!(c.may_acknowledge(at(t0, 1100)).is_err() && !c.may_grant(at(t0, 1100)));
+    assert!(!c.may_read(at(t0, 1100)), "paused: the target may already write");
     assert!(c.writes_from(at(t0, 1100)).unwrap() > at(t0, 1100), "writes wait");
     c.step(Input::Pause(false), at(t0, 1150));
     assert!(c.may_acknowledge(at(t0, 1150)).is_ok(), "a switchover that failed resumes");
+    assert!(c.may_read(at(t0, 1150)));
     c.step(Input::Pause(true), at(t0, 1200));
     let effects = c.step(Input::HandedOver { url: B.into(), epoch: 4 }, at(t0, 1250));
     assert!(matches!(&effects[..], [Effect::StepDown { .. }, Effect::Follow { url, epoch: 4 }] if url == B));
@@ -323,8 +326,9 @@ fn a_switchover_pauses_then_hands_over() {
     target.step(Input::Expect { epoch: 4, writable_from: at(t0, 1300) }, at(t0, 1200));
     let seen = Observed { leader: Some(leader(ME, 4, 7)), epoch: Some((4, 30)), sync: Some(sync(4, &[ME], 31)) };
     assert_eq!(target.step(Input::Observed(seen), at(t0, 1260)), [Effect::Lead { epoch: 4 }]);
-    assert!(target.may_acknowledge(at(t0, 1299)).is_err());
+    assert!(target.may_acknowledge(at(t0, 1299)).is_err() && !target.may_read(at(t0, 1299)));
     assert!(target.may_acknowledge(at(t0, 1300)).is_ok(), "no wait of a whole lease");
+    assert!(target.may_read(at(t0, 1300)));
 }
 
 #[test]
