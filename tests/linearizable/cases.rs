@@ -220,7 +220,7 @@ fn a_failing_book_is_named_and_explained_by_the_operations_involved() {
     assert!(w.text.contains("book 2") && w.text.contains("set price 15.00"), "{}", w.text);
     // Deterministic: the same answer every time.
     assert_eq!(checker::check(&h), verdicts);
-    assert_eq!(shrink(START, &book_ops), w.ops);
+    assert_eq!(shrink(START, &book_ops, Some(stuck.blocked)), w.ops);
 }
 
 #[test]

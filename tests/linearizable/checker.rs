@@ -202,8 +202,9 @@ impl Bits {
     }
 }
 
-/// Which unknown operations the search may place, and when. Both rules drop only choices
-/// that another choice can stand for, so they keep every verdict:
+/// Which unknown operations the search may place, and when. These rules (and placing none
+/// that would leave the state as it is) drop only choices that another choice can stand
+/// for, so they keep every verdict:
 /// - an unknown price write whose price no answer shows is never placed: if it happened,
 ///   nothing saw its price before another price write replaced it, so a linearization
 ///   without it is one too;
@@ -330,8 +331,13 @@ pub fn check_book(initial: State, ops: &[Op]) -> Verdict {
 
 /// [`check_book`] with an explicit step budget.
 pub fn check_book_within(initial: State, ops: &[Op], budget: u64) -> Verdict {
+    search(initial, ops, budget).0
+}
+
+/// The search itself: the verdict, and the steps it took.
+pub fn search(initial: State, ops: &[Op], budget: u64) -> (Verdict, u64) {
     if ops.len() > MAX_OPS {
-        return Verdict::Unknown(format!("{} operations on one book, over the bound of {MAX_OPS}", ops.len()));
+        return (Verdict::Unknown(format!("{} operations on one book, over the bound of {MAX_OPS}", ops.len())), 0);
     }
     let mut list = List::new(ops);
     let mut remaining = ops.iter().filter(|o| o.resp.is_some()).count();
@@ -359,7 +365,7 @@ pub fn check_book_within(initial: State, ops: &[Op], budget: u64) -> Verdict {
     while remaining > 0 {
         steps += 1;
         if steps > budget {
-            return Verdict::Unknown(format!("search over its budget of {budget} steps"));
+            return (Verdict::Unknown(format!("search over its budget of {budget} steps")), budget);
         }
         if cur != NIL && cur % 2 == 0 {
             let i = cur / 2;
@@ -369,7 +375,9 @@ pub fn check_book_within(initial: State, ops: &[Op], budget: u64) -> Verdict {
                 Gate::Never => false,
                 Gate::After(j) => linearized.get(j),
             };
-            if let Some(next) = step(state, ops[i].call, ops[i].ret).filter(|_| open) {
+            // An unknown operation that would change nothing now is better left for later.
+            let useful = |next: &State| ops[i].resp.is_some() || *next != state;
+            if let Some(next) = step(state, ops[i].call, ops[i].ret).filter(|n| open && useful(n)) {
                 let mut bits = linearized.clone();
                 bits.set(i);
                 if remember(&mut cache, &bits, &unknown, next) {
@@ -398,7 +406,7 @@ pub fn check_book_within(initial: State, ops: &[Op], budget: u64) -> Verdict {
             deepest = Stuck { prefix: calls.iter().map(|&(i, _)| i).collect(), state, blocked: cur / 2 };
         }
         let Some((i, before)) = calls.pop() else {
-            return Verdict::NotLinearizable(deepest);
+            return (Verdict::NotLinearizable(deepest), steps);
         };
         state = before;
         linearized.clear(i);
@@ -409,7 +417,7 @@ pub fn check_book_within(initial: State, ops: &[Op], budget: u64) -> Verdict {
         list.restore(2 * i);
         (cur, second) = (list.next[2 * i], ops[i].resp.is_none());
     }
-    Verdict::Linearizable
+    (Verdict::Linearizable, steps)
 }
 
 /// One book's part of a history: its initial state and its operations in history order.

@@ -20,15 +20,24 @@
 //! count of checks and a step budget per check, so it is deterministic too.
 #![allow(dead_code)]
 
-use crate::checker::{check_book_within, describe, Call, Op, Ret, State, Stuck, Verdict};
+use crate::checker::{describe, search, Call, Op, Ret, State, Stuck, Verdict};
 
 /// Most checks one shrinking may run.
 const SHRINK_CHECKS: usize = 600;
-/// Step budget of each check while shrinking (an inconclusive check keeps the operation).
-const SHRINK_STEPS: u64 = 200_000;
+/// Search steps one shrinking may take in all (an inconclusive check keeps the operation;
+/// when they are spent, the shrinking stops where it is).
+const SHRINK_STEPS: u64 = 8_000_000;
+
+/// What is left of a shrinking's bounds.
+struct Budget {
+    checks: usize,
+    steps: u64,
+}
 
 /// Most operations of a witness shown in an explanation.
 const SHOWN: usize = 8;
+/// Unknown writes are in flight forever; those invoked longer ago (µs) are not shown.
+const PENDING_SHOWN: u64 = 1_000_000;
 
 /// A write whose answer the witness forgot (it took effect within its interval).
 fn is_blind(o: &Op) -> bool {
@@ -42,8 +51,14 @@ pub struct Witness {
     pub text: String,
 }
 
-fn still_bad(initial: State, ops: &[Op]) -> bool {
-    matches!(check_book_within(initial, ops, SHRINK_STEPS), Verdict::NotLinearizable(_))
+fn still_bad(initial: State, ops: &[Op], budget: &mut Budget) -> bool {
+    if budget.checks == 0 || budget.steps == 0 {
+        return false;
+    }
+    budget.checks -= 1;
+    let (verdict, steps) = search(initial, ops, budget.steps);
+    budget.steps -= steps;
+    matches!(verdict, Verdict::NotLinearizable(_))
 }
 
 /// The history as it stood at time `t`: operations invoked after it gone, those answered
@@ -79,26 +94,25 @@ fn relaxed(ops: &[Op], drop: &[bool]) -> Vec<Op> {
 
 /// Delta debugging over `candidates` (indices into `ops`): drops chunks that halve in size
 /// while the history stays not linearizable; at most `checks` checks.
-fn ddmin(initial: State, ops: &[Op], mut candidates: Vec<usize>, checks: &mut usize) -> Vec<Op> {
+fn ddmin(initial: State, ops: &[Op], mut candidates: Vec<usize>, budget: &mut Budget) -> Vec<Op> {
     let mut drop = vec![false; ops.len()];
     let mut chunk = candidates.len().div_ceil(2).max(1);
     loop {
         let mut at = 0;
-        while at < candidates.len() && *checks < SHRINK_CHECKS {
+        while at < candidates.len() && budget.checks > 0 && budget.steps > 0 {
             let end = (at + chunk).min(candidates.len());
             let mut trial = drop.clone();
             for &i in &candidates[at..end] {
                 trial[i] = true;
             }
-            *checks += 1;
-            if still_bad(initial, &relaxed(ops, &trial)) {
+            if still_bad(initial, &relaxed(ops, &trial), budget) {
                 drop = trial;
                 candidates.drain(at..end);
             } else {
                 at = end;
             }
         }
-        if chunk == 1 || *checks >= SHRINK_CHECKS {
+        if chunk == 1 || budget.checks == 0 || budget.steps == 0 {
             break;
         }
         chunk = chunk.div_ceil(2);
@@ -109,27 +123,33 @@ fn ddmin(initial: State, ops: &[Op], mut candidates: Vec<usize>, checks: &mut us
 /// Shrinks a book's failing history (the caller knows it is not linearizable): first to
 /// its shortest failing prefix, then deleting reads and refusals, then forgetting the
 /// answers of writes.
-pub fn shrink(initial: State, ops: &[Op]) -> Vec<Op> {
+pub fn shrink(initial: State, ops: &[Op], blocked: Option<usize>) -> Vec<Op> {
+    let budget = &mut Budget { checks: SHRINK_CHECKS, steps: SHRINK_STEPS };
     let mut times: Vec<u64> = ops.iter().filter_map(|o| o.resp).collect();
     times.sort();
     times.dedup();
-    // The first failing prefix: the predicate is monotone in time.
+    // The first failing prefix (the predicate is monotone in time), looked for first before
+    // the answer of the operation the search got stuck on, where it usually is.
     let (mut lo, mut hi) = (0, times.len());
+    if let Some(at) = blocked.and_then(|b| ops[b].resp).and_then(|r| times.binary_search(&r).ok()) {
+        if still_bad(initial, &prefix(ops, times[at]), budget) {
+            hi = at;
+        }
+    }
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if still_bad(initial, &prefix(ops, times[mid])) {
+        if still_bad(initial, &prefix(ops, times[mid]), budget) {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
     let mut ops = if lo < times.len() { prefix(ops, times[lo]) } else { ops.to_vec() };
-    let mut checks = 0;
     let passive = |o: &Op| o.resp.is_some() && (o.call == Call::Read || o.ret == Ret::Refused);
     let reads: Vec<usize> = (0..ops.len()).filter(|&i| passive(&ops[i])).collect();
-    ops = ddmin(initial, &ops, reads, &mut checks);
+    ops = ddmin(initial, &ops, reads, budget);
     let writes: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].resp.is_some() && !passive(&ops[i])).collect();
-    ddmin(initial, &ops, writes, &mut checks)
+    ddmin(initial, &ops, writes, budget)
 }
 
 /// The explanation of a failing book: where the search got stuck, then the shrunk witness.
@@ -154,7 +174,7 @@ pub fn explain(book: u32, initial: State, ops: &[Op], stuck: &Stuck) -> Witness 
         "  and then this one can be placed in no state reachable before it answered:\n    {}\n",
         describe(&ops[stuck.blocked])
     );
-    let witness = shrink(initial, ops);
+    let witness = shrink(initial, ops, Some(stuck.blocked));
     let mut checked: Vec<&Op> = witness.iter().filter(|o| o.ret != Ret::Unknown && !is_blind(o)).collect();
     checked.sort_by_key(|o| (o.resp, o.inv));
     let unknown = witness.iter().filter(|o| o.ret == Ret::Unknown).count();
@@ -175,6 +195,7 @@ pub fn explain(book: u32, initial: State, ops: &[Op], stuck: &Stuck) -> Witness 
     let around: Vec<&Op> = ops
         .iter()
         .filter(|o| o.call != Call::Read && o.inv <= to && o.resp.is_none_or(|r| r >= from))
+        .filter(|o| o.resp.is_some() || o.inv + PENDING_SHOWN >= from)
         .filter(|o| !last.iter().any(|l| l.client == o.client && l.inv == o.inv))
         .collect();
     if !around.is_empty() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The hot books, the clients and their bounds (the search stays fast at these sizes).
 pub const BOOKS: [u32; 3] = [1, 2, 3];
 pub const CLIENTS: usize = 8;
-pub const PER_BOOK: usize = 350;
+pub const PER_BOOK: usize = 400;
 pub const DURATION: Duration = Duration::from_secs(8);
 
 /// Where whole histories go: `target/histories/` (next to the build's `tmp`).

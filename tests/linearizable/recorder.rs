@@ -23,10 +23,13 @@ use ureq::http::Method;
 /// How long a client waits for an answer before calling the outcome unknown.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The clients work in rounds: all at once during the active part of each round, mostly on
-/// the round's hot book, idle for the rest. Contention is what finds violations; the idle
-/// parts spread the bounded number of operations over the whole fault schedule.
+/// the round's hot book, idle for the rest (unless behind the pace that spends the budget
+/// of operations by the end). Contention is what finds violations; the idle parts spread
+/// the bounded number of operations over the whole fault schedule.
 const ROUND: Duration = Duration::from_millis(400);
 const ACTIVE: Duration = Duration::from_millis(60);
+/// A client's pause after a write of unknown outcome (a fault is going on).
+const BACK_OFF: Duration = Duration::from_millis(500);
 
 /// Where the clients send their requests.
 #[derive(Clone, Debug)]
@@ -238,6 +241,7 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
     let next_price = AtomicU64::new(1001);
     let ops = Mutex::new(Vec::new());
     let counts = Mutex::new(Counts::default());
+    let total = plan.books.len() * plan.per_book;
     std::thread::scope(|scope| {
         for c in 0..plan.clients {
             let (used, next_price, ops, counts) = (&used, &next_price, &ops, &counts);
@@ -246,17 +250,20 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
                 let mut rng = Rng(plan.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(c as u64 * 7919 + 1) | 1);
                 // A read is often followed at once by another of the same book elsewhere (as
                 // in the inversions of issue 18: the primary, then the replica).
-                let mut burst: Option<usize> = None;
+                let (mut burst, mut streak): (Option<usize>, usize) = (None, 0);
                 while elapsed() < plan.duration {
                     let open: Vec<usize> =
                         (0..plan.books.len()).filter(|&b| used[b].load(Ordering::SeqCst) < plan.per_book).collect();
                     if open.is_empty() {
                         break;
                     }
-                    // Outside a round's active part, wait for the next round.
+                    // Outside a round's active part, wait for the next round, unless the
+                    // operations are behind their schedule (a slow or loaded machine).
                     let now = elapsed();
                     let phase = Duration::from_nanos((now.as_nanos() % ROUND.as_nanos()) as u64);
-                    if phase >= ACTIVE {
+                    let done: usize = used.iter().map(|u| u.load(Ordering::SeqCst)).sum();
+                    let due = total as u128 * now.as_nanos() / plan.duration.as_nanos();
+                    if phase >= ACTIVE && done as u128 >= due {
                         std::thread::sleep(ROUND - phase);
                         continue;
                     }
@@ -277,6 +284,10 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
                     let resp = micros(elapsed());
                     match outcome(&req, result, counts) {
                         Some((ret, via)) => {
+                            if ret == Ret::Unknown {
+                                // Each one pending multiplies the checker's work: back off.
+                                std::thread::sleep(BACK_OFF);
+                            }
                             let resp = (ret != Ret::Unknown).then_some(resp);
                             let op = Op { client: c, book: plan.books[b], via, call: req.call, ret, inv, resp };
                             ops.lock().unwrap().push(op);
@@ -285,10 +296,12 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
                             used[b].fetch_sub(1, Ordering::SeqCst);
                         }
                     }
-                    let again = burst.is_none() && req.call == Call::Read && rng.below(5) < 3;
+                    streak = if req.call == Call::Read { streak + 1 } else { 0 };
+                    let again = req.call == Call::Read && streak < 3 && rng.below(4) != 0;
                     burst = again.then_some(b);
                     if !again {
-                        std::thread::sleep(Duration::from_micros(rng.below(2000)));
+                        streak = 0;
+                        std::thread::sleep(Duration::from_micros(rng.below(500)));
                     }
                 }
             });
