@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The hot books, the clients and their bounds (the search stays fast at these sizes).
-pub const BOOKS: [u32; 3] = [1, 2, 3];
+pub const BOOKS: [u32; 4] = [1, 2, 3, 4];
 pub const CLIENTS: usize = 8;
 pub const PER_BOOK: usize = 400;
-pub const DURATION: Duration = Duration::from_secs(8);
+pub const DURATION: Duration = Duration::from_secs(10);
 
 /// Where whole histories go: `target/histories/` (next to the build's `tmp`).
 pub fn histories_dir() -> PathBuf {
