@@ -110,6 +110,19 @@ fn static_run(name: &str, faults: impl FnOnce(&mut Store, &dyn Fn() -> Duration)
     live::run(name, &targets, &primary, |elapsed| faults(&mut store, elapsed));
 }
 
+/// The control: with every read and write on the primary alone (purchases through the
+/// front end reach it too: the replica forwards them), a single copy under one lock, the
+/// history must be linearizable today. Its failure would mean the recorder or the model
+/// is wrong, not the replication; so it runs always.
+#[test]
+fn live_control_on_the_primary_alone_is_linearizable() {
+    let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(store) = Store::start(Opts::default()) else { return };
+    let mut targets = live::targets(&store.frontend, &store.catalogs[..1]);
+    targets.frontend_reads = false;
+    live::run("control-primary", &targets, &store.primary(), |_| {});
+}
+
 #[test]
 fn live_without_faults() {
     static_run("no-faults", |_, _| {});

@@ -121,7 +121,11 @@ impl EtcdStore {
 
 /// The targets of a store's clients: its front end and each catalog by name.
 pub fn targets(frontend: &Proc, catalogs: &[Proc]) -> Targets {
-    Targets { frontend: url(frontend), catalogs: catalogs.iter().map(|p| (p.spec.name.clone(), url(p))).collect() }
+    Targets {
+        frontend: url(frontend),
+        catalogs: catalogs.iter().map(|p| (p.spec.name.clone(), url(p))).collect(),
+        frontend_reads: true,
+    }
 }
 
 /// Records a history on `targets` while `faults` runs, saves it, checks it, and panics with

@@ -38,6 +38,8 @@ pub struct Targets {
     pub frontend: String,
     /// Each catalog: a name for the history, and its base URL.
     pub catalogs: Vec<(String, String)>,
+    /// Whether reads go through the front end too (false: only to the catalogs).
+    pub frontend_reads: bool,
 }
 
 /// What to record.
@@ -129,6 +131,7 @@ fn choose(rng: &mut Rng, targets: &Targets, book: u32, next_price: &AtomicU64, r
         body,
     };
     match rng.below(if read_only { 35 } else { 100 }) {
+        0..=11 if !targets.frontend_reads => to_catalog(Call::Read, Method::GET, None),
         0..=11 => Request {
             call: Call::Read,
             via: "frontend".into(),
