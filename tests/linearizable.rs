@@ -98,14 +98,15 @@ fn every_kept_history_gets_its_expected_verdict() {
     }
 }
 
-/// A static store (primary, replica, two order servers, a front end, memcached).
+/// A static store (primary, replica, two order servers, two front ends sharing memcached).
 fn static_run(name: &str, faults: impl FnOnce(&mut Store, &dyn Fn() -> Duration)) {
     if !live_enabled() {
         return;
     }
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut store) = Store::start(Opts { memcached: true, ..Opts::default() }) else { return };
-    let targets = live::targets(&store.frontend, &store.catalogs);
+    let second = store.another_frontend("frontend-2");
+    let targets = live::targets(&[&store.frontend, &second], &store.catalogs);
     let primary = store.primary();
     live::run(name, &targets, &primary, |elapsed| faults(&mut store, elapsed));
 }
@@ -118,7 +119,7 @@ fn static_run(name: &str, faults: impl FnOnce(&mut Store, &dyn Fn() -> Duration)
 fn live_control_on_the_primary_alone_is_linearizable() {
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(store) = Store::start(Opts::default()) else { return };
-    let mut targets = live::targets(&store.frontend, &store.catalogs[..1]);
+    let mut targets = live::targets(&[&store.frontend], &store.catalogs[..1]);
     targets.frontend_reads = false;
     live::run("control-primary", &targets, &store.primary(), |_| {});
 }
@@ -166,7 +167,7 @@ fn live_with_the_primary_killed_and_replaced() {
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut store) = live::EtcdStore::start() else { return };
     let first = store.primary();
-    let targets = live::targets(&store.frontend, &store.catalogs);
+    let targets = live::targets(&[&store.frontend], &store.catalogs);
     let primary = url(&store.catalogs[first]);
     live::run("primary-failover", &targets, &primary, |elapsed| {
         live::until(elapsed, Duration::from_secs(2));

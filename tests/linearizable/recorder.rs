@@ -2,9 +2,9 @@
 //!
 //! Each client (a plain thread) picks a hot book and an operation at random (and after a
 //! read, often reads the same book again at once, elsewhere): a read through
-//! the front end (cached) or straight from either catalog, a `PATCH` of the price, of the
+//! a front end (cached) or straight from either catalog, a `PATCH` of the price, of the
 //! quantity or of a delta through either catalog (a replica forwards it), or a purchase
-//! through the front end. Invocation and response are taken from one monotonic clock
+//! through a front end. Invocation and response are taken from one monotonic clock
 //! (`Instant` since the recording began). What the client learned decides the outcome:
 //! a 2xx answer is seen, a 409 purchase or 400 delta is a refusal that changed nothing, a
 //! failed read is dropped (it constrains nothing), and a write whose outcome is not known
@@ -34,8 +34,8 @@ const BACK_OFF: Duration = Duration::from_millis(500);
 /// Where the clients send their requests.
 #[derive(Clone, Debug)]
 pub struct Targets {
-    /// The front end's base URL.
-    pub frontend: String,
+    /// Each front end (they share memcached): a name for the history, and its base URL.
+    pub frontends: Vec<(String, String)>,
     /// Each catalog: a name for the history, and its base URL.
     pub catalogs: Vec<(String, String)>,
     /// Whether reads go through the front end too (false: only to the catalogs).
@@ -122,6 +122,7 @@ struct Request {
 /// writes 12, deltas 10, purchases 23; `read_only`: one of the reads.
 fn choose(rng: &mut Rng, targets: &Targets, book: u32, next_price: &AtomicU64, read_only: bool) -> Request {
     let catalog = &targets.catalogs[rng.below(targets.catalogs.len() as u64) as usize];
+    let frontend = &targets.frontends[rng.below(targets.frontends.len() as u64) as usize];
     let to_catalog = |call: Call, method: Method, body: Option<String>| Request {
         call,
         via: catalog.0.clone(),
@@ -134,8 +135,8 @@ fn choose(rng: &mut Rng, targets: &Targets, book: u32, next_price: &AtomicU64, r
         0..=11 if !targets.frontend_reads => to_catalog(Call::Read, Method::GET, None),
         0..=11 => Request {
             call: Call::Read,
-            via: "frontend".into(),
-            base: targets.frontend.clone(),
+            via: frontend.0.clone(),
+            base: frontend.1.clone(),
             method: Method::GET,
             path: format!("/info/{book}"),
             body: None,
@@ -156,8 +157,8 @@ fn choose(rng: &mut Rng, targets: &Targets, book: u32, next_price: &AtomicU64, r
         }
         _ => Request {
             call: Call::Purchase,
-            via: "frontend".into(),
-            base: targets.frontend.clone(),
+            via: frontend.0.clone(),
+            base: frontend.1.clone(),
             method: Method::POST,
             path: format!("/purchase/{book}"),
             body: None,
@@ -254,6 +255,7 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
                 // A read is often followed at once by another of the same book elsewhere (as
                 // in the inversions of issue 18: the primary, then the replica).
                 let (mut burst, mut streak): (Option<usize>, usize) = (None, 0);
+                let mut last_base: Option<String> = None;
                 while elapsed() < plan.duration {
                     let open: Vec<usize> =
                         (0..plan.books.len()).filter(|&b| used[b].load(Ordering::SeqCst) < plan.per_book).collect();
@@ -280,7 +282,15 @@ pub fn record(targets: &Targets, plan: &Plan, faults: impl FnOnce(&dyn Fn() -> D
                     if used[b].fetch_add(1, Ordering::SeqCst) >= plan.per_book {
                         continue;
                     }
-                    let req = choose(&mut rng, targets, plan.books[b], next_price, burst.is_some());
+                    let mut req = choose(&mut rng, targets, plan.books[b], next_price, burst.is_some());
+                    // The next read of a burst goes elsewhere (at most a few tries).
+                    for _ in 0..3 {
+                        if burst.is_none() || last_base.as_deref() != Some(req.base.as_str()) {
+                            break;
+                        }
+                        req = choose(&mut rng, targets, plan.books[b], next_price, true);
+                    }
+                    last_base = Some(req.base.clone());
                     let body = req.body.clone().map(String::into_bytes);
                     let inv = micros(elapsed());
                     let result = http.call(req.method.clone(), &req.base, &req.path, body);
