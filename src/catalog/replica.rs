@@ -184,7 +184,7 @@ impl CatalogNode {
     /// A write stays pending (on disk, *dirty*, not readable) until the commit point
     /// `committed` reaches it (see [`super::failover::commit`]); `None` there commits
     /// nothing new. A read that meets a dirty book asks the primary what is committed
-    /// ([`CatalogNode::ask_committed`]), so no read shows a write before the primary does.
+    /// (`CatalogNode::ask_committed`), so no read shows a write before the primary does.
     ///
     /// `epoch` is the sender's: checked again under the writer lock (a push that passed
     /// the first check may have waited while a newer primary's came in), and no write is
