@@ -3,11 +3,10 @@
 //! `tests/histories/`, and live runs that record concurrent histories against a real store
 //! under a fault schedule and check them.
 //!
-//! The live runs need `BAZAR_LINEARIZABLE=1`: today's store is not linearizable yet (a
-//! write is readable on the primary before the replica and the cache have it), so they fail,
-//! finding new-old inversions; they are skipped with a note until the fix lands. They run
-//! one at a time (each under half a minute); memcached and etcd are needed as elsewhere
-//! (`BAZAR_REQUIRE_MEMCACHED=1`, `BAZAR_REQUIRE_ETCD=1` make their absence a failure).
+//! The live runs run one at a time (each under half a minute); memcached and etcd are
+//! needed as elsewhere (`BAZAR_REQUIRE_MEMCACHED=1`, `BAZAR_REQUIRE_ETCD=1` make their
+//! absence a failure). Before issue 18 was fixed they found new-old inversions in every
+//! schedule; the `found-*` histories kept in `tests/histories/` are such witnesses.
 
 #[path = "linearizable/checker.rs"]
 mod checker;
@@ -30,20 +29,6 @@ use std::time::Duration;
 
 /// The live runs take turns: each has the machine's cores to itself.
 static LIVE: Mutex<()> = Mutex::new(());
-
-/// Whether the live runs are asked for; prints why not.
-fn live_enabled() -> bool {
-    if std::env::var("BAZAR_LINEARIZABLE").as_deref() == Ok("1") {
-        return true;
-    }
-    let note = format!(
-        "SKIPPED {}: the store is not linearizable yet (issue 18), so this live check is off until the fix \
-         lands; BAZAR_LINEARIZABLE=1 runs it\n",
-        std::thread::current().name().unwrap_or("test")
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
-    false
-}
 
 /// The verdict of a whole history, with the explanation of each failing book.
 fn verdict_of(h: &History) -> (Option<Expect>, String) {
@@ -100,9 +85,6 @@ fn every_kept_history_gets_its_expected_verdict() {
 
 /// A static store (primary, replica, two order servers, two front ends sharing memcached).
 fn static_run(name: &str, faults: impl FnOnce(&mut Store, &dyn Fn() -> Duration)) {
-    if !live_enabled() {
-        return;
-    }
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut store) = Store::start(Opts { memcached: true, ..Opts::default() }) else { return };
     let second = store.another_frontend("frontend-2");
@@ -161,9 +143,6 @@ fn live_with_memcached_restarted() {
 
 #[test]
 fn live_with_the_primary_killed_and_replaced() {
-    if !live_enabled() {
-        return;
-    }
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut store) = live::EtcdStore::start() else { return };
     let first = store.primary();

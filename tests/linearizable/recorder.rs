@@ -98,8 +98,18 @@ pub fn prepare(primary: &str, books: &[u32]) -> Vec<Initial> {
     books
         .iter()
         .map(|&book| {
+            // An absolute set, so asking again is safe: a store that just started (on a
+            // loaded machine) may take a while to open writes.
             let body = br#"{"price": 10.00, "quantity": 6}"#.to_vec();
-            let a = http.call(Method::PATCH, primary, &format!("/books/{book}"), Some(body)).expect("PATCH");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let patch = || http.call(Method::PATCH, primary, &format!("/books/{book}"), Some(body.clone()));
+            let a = loop {
+                match patch() {
+                    Ok(a) if a.status == 200 => break a,
+                    other if Instant::now() > deadline => panic!("PATCH: {other:?}"),
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
             assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
             let a = http.call(Method::GET, primary, &format!("/books/{book}"), None).expect("GET");
             assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
