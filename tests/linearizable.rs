@@ -155,3 +155,28 @@ fn live_with_the_primary_killed_and_replaced() {
         store.catalogs[first].restart();
     });
 }
+
+#[test]
+fn live_with_a_front_end_frozen() {
+    static_run("frontend-pause", |store, elapsed| {
+        live::until(elapsed, Duration::from_secs(2));
+        store.frontend.signal(libc::SIGSTOP);
+        live::until(elapsed, Duration::from_secs(4));
+        store.frontend.signal(libc::SIGCONT);
+    });
+}
+
+#[test]
+fn live_with_the_primary_frozen_and_replaced() {
+    let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(store) = live::EtcdStore::start() else { return };
+    let first = store.primary();
+    let targets = live::targets(&[&store.frontend], &store.catalogs);
+    let primary = url(&store.catalogs[first]);
+    live::run("primary-freeze", &targets, &primary, |elapsed| {
+        live::until(elapsed, Duration::from_secs(2));
+        store.catalogs[first].signal(libc::SIGSTOP);
+        live::until(elapsed, Duration::from_secs(6));
+        store.catalogs[first].signal(libc::SIGCONT);
+    });
+}
