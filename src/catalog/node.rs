@@ -98,6 +98,7 @@ pub(super) struct Counters {
     pub(super) lease_renewals: AtomicU64,
     pub(super) lease_renewal_failures: AtomicU64,
     pub(super) stale_refused: AtomicU64,
+    pub(super) near_answers: AtomicU64,
 }
 
 /// The role now, and the primary writes go to.
@@ -159,6 +160,8 @@ pub struct CatalogNode {
     /// Remote writes and catch-up (longer timeout).
     pub(super) forward: Http,
     pub(super) cache: Option<Cache>,
+    /// Primary: the front ends' near-cache sessions and leases (`near.rs`).
+    pub(super) near: super::near::Near,
     pub(super) counters: Counters,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -198,6 +201,7 @@ impl CatalogNode {
             push: CatalogClient { http: Http::new(PUSH_TIMEOUT, pool, token.clone()) },
             forward: Http::new(FORWARD_TIMEOUT, pool, token),
             cache,
+            near: super::near::Near::new(config.lease),
             counters: Counters::default(),
             metrics,
             config,
@@ -479,6 +483,9 @@ impl CatalogNode {
             ["internal", "lease"] if method == "POST" => {
                 http::respond(admin(&|| self.grant_lease(&json_body(request)?)), "/internal/lease")
             }
+            ["internal", "near"] if method == "POST" => {
+                http::respond(admin(&|| Ok(Response::json(&self.near_watch(&json_body(request)?)?))), "/internal/near")
+            }
             ["internal", "purchases"] if get => {
                 http::respond(admin(&|| self.purchases(request)), "/internal/purchases")
             }
@@ -523,7 +530,7 @@ impl CatalogNode {
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
             ["books", _, "purchase"]
             | ["admin", "switchover"]
-            | ["internal", "replicate" | "resync" | "lease" | "farewell" | "lead"] => {
+            | ["internal", "replicate" | "resync" | "lease" | "near" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "purchases" | "books" | "log"] => {

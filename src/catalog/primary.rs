@@ -185,6 +185,7 @@ impl CatalogNode {
                 // One marker per key, at the batch's last write: no older entry survives it.
                 cache.invalidate(&keys, last);
             }
+            self.near.invalidate(&keys, last);
             if let Err(e) = store.after_write(&self.state()) {
                 // The log holds every write; the next checkpoint tries again.
                 log::error!("checkpoint failed: {e}");
@@ -205,13 +206,19 @@ impl CatalogNode {
 
     /// Background, at start: opens writes once every replica is in sync (which ends any
     /// lease a replica extended while no primary ran) or the farewell grace has passed,
-    /// and once the cache holds no answer of another history.
+    /// not before one lease from the start (front ends' near-cache leases of an earlier
+    /// run end by then), and once the cache holds no answer of another history.
     ///
     /// After an import memcached holds answers of the old catalog, which no marker of the
     /// new one would replace: they are flushed before the first write, and once more when
     /// every read that began before the replicas held the new catalog has passed its fill
     /// window (such a read may still store an old answer in between).
     fn open_writes(&self, shutdown: &Shutdown) {
+        // A front end's near-cache lease granted by an earlier run of this catalog ends
+        // within L of this start (`near.rs`); this run does not know those front ends.
+        if self.leases() && shutdown.sleep(self.config.lease) {
+            return;
+        }
         let wait = self.leases() && !self.links().is_empty();
         while wait && Instant::now() < self.writes_from && !self.links().iter().all(|l| l.grant().in_sync) {
             if shutdown.sleep(Duration::from_millis(20)) {

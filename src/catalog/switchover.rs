@@ -4,7 +4,7 @@
 //! Invariant: the handover is one etcd transaction that compares the leader key's value
 //! (still this primary's) and the revision of `sync`, so it cannot race an election; the
 //! target acknowledges nothing before the last read lease the old primary granted to
-//! another replica has ended.
+//! another replica, or cache lease to a front end, has ended.
 
 use super::config::Role;
 use super::elect::{member_key, put, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
@@ -75,13 +75,14 @@ impl CatalogNode {
             };
             return Err(Error::Conflict(why));
         };
-        // Read leases this primary granted to the other replicas end by then (the target
-        // holds one too, but it will not read on it: it leads).
+        // Read leases this primary granted to the other replicas and to the front ends' near
+        // caches end by then (the target holds one too, but it will not read on it: it leads).
         let now = Instant::now();
         let wait = links
             .iter()
             .filter(|l| l.url != target)
             .filter_map(|l| l.grant().until)
+            .chain(self.near.latest_lease_end())
             .max()
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
         let member = f.etcd.get(&member_key(&target)).map_err(|e| Error::Unavailable(e.to_string()))?;
