@@ -299,11 +299,13 @@ impl Frontend {
     /// `miss`, `off`); without memcached, `miss` when the near cache was asked, else `off`.
     fn cached_read(&self, key: Option<String>, path: &str, shape: Shape, cacheable: Cacheable) -> Response {
         let near = self.near.as_ref().filter(|_| key.is_some());
-        let asked = near.is_some_and(|n| n.leased());
+        let mut asked = false;
         if let (Some(near), Some(k)) = (near, &key) {
-            if let Some(value) = near.get(k) {
+            let (leased, found) = near.lookup(k);
+            if let Some(value) = found {
                 return cached_answer(value).with_header("X-Cache", "near");
             }
+            asked = leased;
         }
         let lookup = match (&self.cache, &key) {
             (Some(c), Some(k)) => c.lookup(k),

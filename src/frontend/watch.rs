@@ -46,9 +46,14 @@ impl Near {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The answer under `key` while the lease holds (None: a miss, or no lease).
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.lock().get(key, Instant::now())
+    /// Whether a lease is held now, and the answer under `key` if so and if stored.
+    pub fn lookup(&self, key: &str) -> (bool, Option<Vec<u8>>) {
+        let now = Instant::now();
+        let (leased, found) = {
+            let mut cache = self.lock();
+            (cache.leased(now), cache.get(key, now))
+        };
+        (leased, found.map(|v| v.to_vec()))
     }
 
     /// Whether hits are served now (a lease is held).
