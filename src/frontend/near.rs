@@ -171,13 +171,12 @@ impl NearCache {
             if number <= self.floor {
                 continue;
             }
-            let old = self.markers.insert(key.clone(), number);
-            if let Some(old) = old {
+            let marker = self.markers.entry(key.clone()).or_insert(0);
+            let old = std::mem::replace(marker, number.max(*marker));
+            if old != *marker {
                 self.by_number.remove(&(old, key.clone()));
+                self.by_number.insert((*marker, key.clone()));
             }
-            let number = old.map_or(number, |o| o.max(number));
-            self.markers.insert(key.clone(), number);
-            self.by_number.insert((number, key.clone()));
         }
         while self.markers.len() > MAX_MARKERS {
             let Some((n, key)) = self.by_number.pop_first() else { break };
