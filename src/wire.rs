@@ -300,6 +300,31 @@ pub struct LeaseRequest {
     pub replica_id: String,
 }
 
+/// A front end's watch of the primary for its near cache (`POST /internal/near`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearWatch {
+    /// Drawn at random by the front end when it starts (or turns to another primary).
+    pub session: String,
+    /// Every invalidation up to this number is applied.
+    pub seen: u64,
+}
+
+/// The primary's answer to a [`NearWatch`]: invalidations, and a cache lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearAnswer {
+    /// The primary's epoch (0 with static roles).
+    pub epoch: u64,
+    /// The lease length `L`: the front end's lease ends at the moment it sent + 0.9 L.
+    pub lease_ms: u64,
+    /// The invalidations up to this number are in `keys` (or, with `reset`, nothing older counts).
+    pub through: u64,
+    /// The cache keys invalidated after `seen`, up to `through`.
+    pub keys: Vec<String>,
+    /// Forget every entry and marker; store nothing read before `through`.
+    pub reset: bool,
+}
+
 /// A page of an order server's log, in append order (`GET /internal/orders?from=N`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPage {

@@ -411,6 +411,11 @@ fn bad_settings_exit_2_with_one_line_and_sigterm_exits_0() {
             &[("BAZAR_CATALOG", "http://a:1"), ("BAZAR_ORDER", "http://b:2"), ("BAZAR_MEMCACHED", "x")],
             "BAZAR_MEMCACHED",
         ),
+        (
+            env!("CARGO_BIN_EXE_bazar-frontend"),
+            &[("BAZAR_CATALOG", "http://a:1"), ("BAZAR_ORDER", "http://b:2"), ("BAZAR_NEAR_CACHE_MB", "lots")],
+            "BAZAR_NEAR_CACHE_MB",
+        ),
         (env!("CARGO_BIN_EXE_bazar-frontend"), &[("BAZAR_LOG", "chatty")], "BAZAR_LOG"),
     ];
     for (program, env, var) in cases {
@@ -423,6 +428,7 @@ fn bad_settings_exit_2_with_one_line_and_sigterm_exits_0() {
             "BAZAR_LISTEN",
             "BAZAR_THREADS",
             "BAZAR_MEMCACHED",
+            "BAZAR_NEAR_CACHE_MB",
             "BAZAR_LOG",
         ] {
             cmd.env_remove(v);

@@ -1,6 +1,7 @@
-//! The lab's three experiments (`bazar-bench lab`): response times with and without the
-//! cache against the machine's limit, the cost of cache consistency, and a replica failing
-//! and coming back under an open loop. Each starts its own store (or uses `--url`).
+//! The lab's three experiments (`bazar-bench lab`): response times with the near cache,
+//! through memcached only and without cache against the machine's limit, the cost of cache
+//! consistency (writes with a front end's near cache attached and with none), and a
+//! replica failing and coming back under an open loop. Each starts its own store (or uses `--url`).
 
 use super::{chart, ms, rss_mb, run, start_limit_server, summarize, Kind, Load, Sample, Summary, TempDir};
 use crate::client::Http;
@@ -87,7 +88,10 @@ fn purchase_hops(store: &Store) -> String {
     out
 }
 
-fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::Result<Store> {
+/// Starts a store: with memcached or not, with the front end's near cache or not (its
+/// watch of the primary is then the only front end attached to it), read leases of
+/// `lease_ms` (default unless given).
+fn start_store(cache: bool, near: bool, lease_ms: Option<u64>, threads: usize) -> std::io::Result<Store> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir =
         std::env::temp_dir().join(format!("bazar-bench-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
@@ -96,6 +100,9 @@ fn start_store(cache: bool, lease_ms: Option<u64>, threads: usize) -> std::io::R
         vec![("BAZAR_THREADS".to_string(), threads.to_string()), ("BAZAR_LOG".to_string(), "warn".to_string())];
     if let Some(l) = lease_ms {
         env.push(("BAZAR_LEASE_MS".into(), l.to_string()));
+    }
+    if !near {
+        env.push(("BAZAR_NEAR_CACHE_MB".into(), "0".into()));
     }
     let layout = Layout {
         dir: dir.clone(),
@@ -158,12 +165,16 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
     stop_limit.trigger();
     let limit_rps = rows[0].summary.rps;
 
-    // 1. Response times with and without the cache.
+    // 1. Response times with the near cache, through memcached only, and without cache.
     let mut memory = Vec::new();
-    for cache in [true, false].into_iter().filter(|_| cfg.experiments.contains(&1)) {
-        let scenario = if cache { "with cache" } else { "without cache" };
+    let scenarios = [
+        (true, true, "with near cache"),
+        (true, false, "with cache (memcached only, near off)"),
+        (false, false, "without cache"),
+    ];
+    for (cache, near, scenario) in scenarios.into_iter().filter(|_| cfg.experiments.contains(&1)) {
         let mut store = match &cfg.url {
-            Some(url) if cache => Store {
+            Some(url) if cache && near => Store {
                 running: None,
                 frontend: url.clone(),
                 primary: cfg.primary.clone().unwrap_or_default(),
@@ -171,7 +182,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 _dir: None,
             },
             Some(_) => continue,
-            None => start_store(cache, None, cfg.threads)?,
+            None => start_store(cache, near, None, cfg.threads)?,
         };
         if !store.primary.is_empty() {
             restock(&store.primary);
@@ -188,7 +199,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 run(&store.frontend, kind, Load::Closed(cfg.clients), d, &label),
             ));
         }
-        if cache && !store.services.is_empty() {
+        if cache && !near && !store.services.is_empty() {
             let _ = writeln!(notes, "Where a purchase's time goes (experiment 1, with cache; mean per hop, from the services' metrics; hops nest):\n\n{}", purchase_hops(&store));
         }
         if let Some(running) = store.running.as_mut() {
@@ -205,19 +216,22 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
 
     // 2. The cost of cache consistency: writes with invalidation, and the read after one.
     if cfg.url.is_none() && cfg.experiments.contains(&2) {
-        for (cache, lease, scenario) in [
-            (true, None, "with cache (invalidation)"),
-            (false, None, "without cache"),
-            (false, Some(0), "without cache, read leases off"),
+        for (cache, near, lease, scenario) in [
+            (true, true, None, "with cache and near cache (a front end attached)"),
+            (true, false, None, "with cache, near cache off (no front end attached)"),
+            (false, false, None, "without cache"),
+            (false, false, Some(0), "without cache, read leases off"),
         ] {
-            let store = start_store(cache, lease, cfg.threads)?;
+            let store = start_store(cache, near, lease, cfg.threads)?;
+            // Writes open (a primary waits a lease after it starts) before they are timed.
+            restock(&store.primary);
             rows.push(row(
                 "2. consistency",
                 scenario,
                 Kind::Write,
                 run(&store.primary, Kind::Write, Load::Closed(1), d / 2, &format!("2. writes {scenario}")),
             ));
-            if cache {
+            if cache && !near {
                 let (miss, hit) = first_read_after_invalidation(&store, d / 2);
                 rows.push(Row {
                     experiment: "2. consistency",
@@ -240,7 +254,7 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
     // 3. A replica fails and comes back, under an open loop.
     let mut timeline = String::new();
     if cfg.url.is_none() && cfg.experiments.contains(&3) {
-        let mut store = start_store(true, None, cfg.threads)?;
+        let mut store = start_store(true, true, None, cfg.threads)?;
         restock(&store.primary);
         let total = Duration::from_secs(15).max(d * 3);
         let (fe, running) = (store.frontend.clone(), store.running.as_mut().expect("started"));
@@ -355,13 +369,13 @@ fn report(rows: &[Row], limit_rps: f64, cfg: &LabConfig, notes: &str, timeline: 
         cfg.duration.as_secs(),
         cfg.threads
     );
-    let _ = writeln!(out, "| experiment | scenario | kind | req/s | of limit | mean (ms) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | non-2xx |");
+    let _ = writeln!(out, "| experiment | scenario | kind | req/s | × limit | mean (ms) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | non-2xx |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let s = &r.summary;
         let m = s.millis();
         let ratio = if r.experiment.starts_with("1.") || r.experiment == "limit" {
-            format!("{:.0}%", 100.0 * s.rps / limit_rps)
+            format!("{:.2}", s.rps / limit_rps)
         } else {
             "".into()
         };

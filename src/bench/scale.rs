@@ -6,8 +6,8 @@
 //! measures the import, each service's start-up, a new replica joining (its data directory
 //! emptied: a whole copy), and with one client, one request at a time: PATCH on the
 //! primary, purchases, a topic's first page and one book through the front end with the
-//! cache (hits) and through a second front end without it, and the first page of
-//! `GET /orders`; then every process's resident memory and the files' sizes.
+//! caches (hits: the near cache's) and through a second front end without either, and the
+//! first page of `GET /orders`; then every process's resident memory and the files' sizes.
 //!
 //! Figures are measured, never asserted.
 
@@ -163,6 +163,8 @@ fn measure(books: u32, orders: u64, samples: usize) -> std::io::Result<Measured>
             .env("BAZAR_LISTEN", format!("127.0.0.1:{uncached_port}"))
             .env("BAZAR_CATALOG", format!("{primary},{replica}"))
             .env("BAZAR_ORDER", &order)
+            // No near cache either: its reads all go to a catalog.
+            .env("BAZAR_NEAR_CACHE_MB", "0")
             .env("BAZAR_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -10,9 +10,10 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
 
   bazar-bench lab [--url URL --primary URL] [--csv FILE] [--svg FILE] [--duration S] [--clients N] [--threads N]
                   [--experiments 1,2,3]
-      Starts its own stores (with and without memcached), runs the three experiments and
-      prints a Markdown report: response times with and without cache (with the machine's
-      limit measured in the same run), the cost of cache consistency, and a replica failing
+      Starts its own stores (with and without memcached and the near cache), runs the three
+      experiments and prints a Markdown report: response times with the near cache, through
+      memcached only and without cache (with the machine's limit measured in the same run),
+      the cost of cache consistency (writes with a front end attached and none), and a replica failing
       and coming back under an open loop. --url aims at a running front end instead
       (experiment 1 only; --primary lets it raise stock for purchases). --csv writes every
       sample, --svg a chart of the query latencies with and without the cache.

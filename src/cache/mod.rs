@@ -101,8 +101,8 @@ pub fn keys_for(old: &Book, new: &Book) -> Vec<String> {
 pub enum Lookup {
     /// No cache (not configured, or backing off after a failure).
     Off,
-    /// The stored answer, to be sent as it is.
-    Hit(Vec<u8>),
+    /// The stored answer, to be sent as it is, and the write it was read at.
+    Hit(Vec<u8>, u64),
     /// Not cached; fill with [`Cache::fill`] after reading a back end.
     Miss(Slot),
 }
@@ -282,12 +282,12 @@ impl Cache {
         let marker = match found.value {
             None => None,
             Some(mut value) => match decode(&value) {
-                Value::Data(json) => {
+                Value::Data(seq, json) => {
                     self.give_back(server, conn);
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
                     let header = value.len() - json.len();
                     value.drain(..header);
-                    return Lookup::Hit(value);
+                    return Lookup::Hit(value, seq);
                 }
                 // Without a CAS token nothing may be stored over it: use an impossible marker.
                 Value::Marker(m) => Some(found.cas.map_or((u64::MAX, 0), |c| (m, c))),
@@ -474,7 +474,8 @@ impl Cache {
 }
 
 enum Value<'a> {
-    Data(&'a [u8]),
+    /// An answer read at the write it names.
+    Data(u64, &'a [u8]),
     Marker(u64),
 }
 
@@ -483,8 +484,11 @@ enum Value<'a> {
 fn decode(value: &[u8]) -> Value<'_> {
     match value.split_first() {
         Some((b'D', rest)) => match rest.iter().position(|&b| b == b'\n') {
-            Some(i) if parse_u64(&rest[..i]).is_some() => Value::Data(&rest[i + 1..]),
-            _ => Value::Marker(0),
+            Some(i) => match parse_u64(&rest[..i]) {
+                Some(seq) => Value::Data(seq, &rest[i + 1..]),
+                None => Value::Marker(0),
+            },
+            None => Value::Marker(0),
         },
         Some((b'M', rest)) => Value::Marker(parse_u64(rest).unwrap_or(u64::MAX)),
         _ => Value::Marker(0),
@@ -499,7 +503,7 @@ mod tests {
 
     #[test]
     fn decodes_values() {
-        assert!(matches!(decode(b"D7\n{\"a\":1}"), Value::Data(b"{\"a\":1}")));
+        assert!(matches!(decode(b"D7\n{\"a\":1}"), Value::Data(7, b"{\"a\":1}")));
         assert!(matches!(decode(b"M42"), Value::Marker(42)));
         assert!(matches!(decode(b"Mx"), Value::Marker(u64::MAX)));
         assert!(matches!(decode(b"Dx\n{}"), Value::Marker(0)));

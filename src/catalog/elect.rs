@@ -40,7 +40,9 @@ const ETCD_RETRY: Duration = Duration::from_millis(200);
 /// The election thread's step.
 const STEP: Duration = Duration::from_millis(50);
 /// A forwarded write whose primary was replaced is answered 503 once it has waited this
-/// long (a frozen primary); a quicker one is a switchover's, which the old primary passes on.
+/// long plus a lease (a frozen primary); a quicker one is a switchover's, which the old
+/// primary passes on once the target is writable (up to a lease: the front ends'
+/// near-cache leases end first).
 const WATCH_GRACE: Duration = Duration::from_secs(1);
 /// Longest wait of a write for a new primary's first writable moment.
 pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
@@ -529,7 +531,8 @@ impl CatalogNode {
                 }
                 // A quick change is a switchover: the old primary passes the write on.
                 Err(mpsc::RecvTimeoutError::Timeout)
-                    if self.primary_url().as_deref() != Some(primary) && started.elapsed() >= WATCH_GRACE =>
+                    if self.primary_url().as_deref() != Some(primary)
+                        && started.elapsed() >= WATCH_GRACE + self.config.lease =>
                 {
                     return Err(Error::Unavailable(format!(
                         "the primary changed while {primary} had the write; its outcome is unknown"

@@ -22,6 +22,7 @@ mod elect;
 pub mod failover;
 pub mod import;
 pub mod lease;
+pub mod near;
 pub mod node;
 mod primary;
 mod recent;

@@ -99,6 +99,7 @@ pub(super) struct Counters {
     pub(super) lease_renewal_failures: AtomicU64,
     pub(super) stale_refused: AtomicU64,
     pub(super) version_queries: AtomicU64,
+    pub(super) near_answers: AtomicU64,
 }
 
 /// The role now, and the primary writes go to.
@@ -161,6 +162,8 @@ pub struct CatalogNode {
     /// Remote writes and catch-up (longer timeout).
     pub(super) forward: Http,
     pub(super) cache: Option<Cache>,
+    /// Primary: the front ends' near-cache sessions and leases (`near.rs`).
+    pub(super) near: super::near::Near,
     pub(super) counters: Counters,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -201,6 +204,7 @@ impl CatalogNode {
             push: CatalogClient { http: Http::new(PUSH_TIMEOUT, pool, token.clone()) },
             forward: Http::new(FORWARD_TIMEOUT, pool, token),
             cache,
+            near: super::near::Near::new(config.lease),
             counters: Counters::default(),
             metrics,
             config,
@@ -347,28 +351,6 @@ impl CatalogNode {
         self.forward_to(request)
     }
 
-    /// `POST /admin/switchover` (body `{"to": url}` optional): done by the primary, forwarded
-    /// by a replica.
-    fn switchover_route(&self, request: &Request) -> Result<Response> {
-        if self.role() == Role::Replica && self.failover.is_some() {
-            return self.forward_to(request);
-        }
-        let to = match request.body.is_empty() {
-            true => None,
-            false => {
-                let body: serde_json::Value = json_body(request)?;
-                match &body["to"] {
-                    serde_json::Value::Null => None,
-                    serde_json::Value::String(url) => {
-                        Some(crate::config::base_url("to", url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
-                    }
-                    other => return Err(Error::BadRequest(format!("`to` must be a base URL, not {other}"))),
-                }
-            }
-        };
-        Ok(Response::json(&self.switchover(to)?))
-    }
-
     /// The primary to forward to, or 503 while none is known (with etcd: an election).
     fn forward_target(&self) -> Result<String> {
         self.primary_url().ok_or_else(|| {
@@ -378,7 +360,7 @@ impl CatalogNode {
     }
 
     /// Replica: relays a request to the primary (remote write) and its answer back.
-    fn forward_to(&self, request: &Request) -> Result<Response> {
+    pub(super) fn forward_to(&self, request: &Request) -> Result<Response> {
         let primary = &self.forward_target()?;
         let body = (!request.body.is_empty()).then(|| request.body.clone());
         let method =
@@ -484,6 +466,9 @@ impl CatalogNode {
             ["internal", "lease"] if method == "POST" => {
                 http::respond(admin(&|| self.grant_lease(&json_body(request)?)), "/internal/lease")
             }
+            ["internal", "near"] if method == "POST" => {
+                http::respond(admin(&|| Ok(Response::json(&self.near_watch(&json_body(request)?)?))), "/internal/near")
+            }
             ["internal", "purchases"] if get => {
                 http::respond(admin(&|| self.purchases(request)), "/internal/purchases")
             }
@@ -531,7 +516,7 @@ impl CatalogNode {
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
             ["books", _, "purchase"]
             | ["admin", "switchover"]
-            | ["internal", "replicate" | "resync" | "lease" | "farewell" | "lead"] => {
+            | ["internal", "replicate" | "resync" | "lease" | "near" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "purchases" | "books" | "log" | "committed"] => {

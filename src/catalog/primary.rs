@@ -159,14 +159,20 @@ impl CatalogNode {
             if let Err(e) = &safe {
                 // Before the writes are readable here: they stay unseen.
                 self.give_up(e);
-            } else if let Some(cache) = &self.cache {
+            } else {
                 // Committed: on every replica in sync (those that missed it are out of sync
-                // and their leases have run out). The cache is fenced first (no entry older
-                // than the batch survives, and none can be filled from before it): one
-                // marker per key, at the batch's last write.
+                // and their leases have run out). The caches are fenced first (no entry
+                // older than the batch survives, and none can be filled from before it): the
+                // front ends' near caches are told (their watches answered at once), one
+                // memcached marker per key meanwhile, at the batch's last write; then every
+                // front end with a lease has applied it, or its lease has run out.
                 keys.sort_unstable();
                 keys.dedup();
-                cache.invalidate(&keys, last);
+                self.near.publish(&keys, last);
+                if let Some(cache) = &self.cache {
+                    cache.invalidate(&keys, last);
+                }
+                self.near.confirmed(last);
             }
             // Readable here: the moment the batch takes effect. No read anywhere shows it
             // earlier (a replica's read of a book with a pending write asks here).
@@ -222,13 +228,19 @@ impl CatalogNode {
 
     /// Background, at start: opens writes once every replica is in sync (which ends any
     /// lease a replica extended while no primary ran) or the farewell grace has passed,
-    /// and once the cache holds no answer of another history.
+    /// not before one lease from the start (front ends' near-cache leases of an earlier
+    /// run end by then), and once the cache holds no answer of another history.
     ///
     /// After an import memcached holds answers of the old catalog, which no marker of the
     /// new one would replace: they are flushed before the first write, and once more when
     /// every read that began before the replicas held the new catalog has passed its fill
     /// window (such a read may still store an old answer in between).
     fn open_writes(&self, shutdown: &Shutdown) {
+        // A front end's near-cache lease granted by an earlier run of this catalog ends
+        // within L of this start (`near.rs`); this run does not know those front ends.
+        if self.leases() && shutdown.sleep(self.config.lease) {
+            return;
+        }
         let wait = self.leases() && !self.links().is_empty();
         while wait && Instant::now() < self.writes_from && !self.links().iter().all(|l| l.grant().in_sync) {
             if shutdown.sleep(Duration::from_millis(20)) {

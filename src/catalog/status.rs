@@ -195,6 +195,15 @@ impl CatalogNode {
         for (name, kind, help, value) in rows {
             push_metric(&mut out, name, kind, help, value);
         }
+        let (sessions, leased) = self.near.counts();
+        let near = [
+            ("bazar_near_sessions", "gauge", "Primary: front-end near-cache sessions known.", sessions as f64),
+            ("bazar_near_leases", "gauge", "Primary: of them, holding a cache lease now.", leased as f64),
+            ("bazar_near_answers_total", "counter", "Primary: near-cache watches answered.", get(&c.near_answers)),
+        ];
+        for (name, kind, help, value) in near {
+            push_metric(&mut out, name, kind, help, value);
+        }
         if let Some(cache) = &self.cache {
             out.push_str(&cache.metrics_text());
         }

@@ -4,8 +4,9 @@
 //! Invariant: the handover is one etcd transaction that compares the leader key's value
 //! (still this primary's) and the revision of `sync`, so it cannot race an election; the
 //! target acknowledges nothing before the last read lease the old primary granted to
-//! another replica has ended (grants re-check the pause under each replica's grant lock,
-//! which the pause's reading of the leases takes too, so none is granted after it unseen).
+//! another replica, or cache lease to a front end, has ended (grants re-check the pause
+//! under each replica's grant lock, which the pause's reading of the leases takes too, so
+//! none is granted after it unseen).
 //!
 //! Invariant: a handover whose outcome is unknown (etcd did not answer) leaves the primary
 //! paused, granting nothing, until a read-back that fences settles it (`Settle`): it
@@ -18,12 +19,35 @@ use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Op};
+use crate::http::{json_body, Request, Response};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
 impl CatalogNode {
+    /// `POST /admin/switchover` (body `{"to": url}` optional): done by the primary, forwarded
+    /// by a replica.
+    pub(super) fn switchover_route(&self, request: &Request) -> Result<Response> {
+        if self.role() == Role::Replica && self.failover.is_some() {
+            return self.forward_to(request);
+        }
+        let to = match request.body.is_empty() {
+            true => None,
+            false => {
+                let body: serde_json::Value = json_body(request)?;
+                match &body["to"] {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(url) => {
+                        Some(crate::config::base_url("to", url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
+                    }
+                    other => return Err(Error::BadRequest(format!("`to` must be a base URL, not {other}"))),
+                }
+            }
+        };
+        Ok(Response::json(&self.switchover(to)?))
+    }
+
     /// `POST /admin/switchover` on the primary: pauses writes (holds the writer lock) and
     /// grants, picks an in-sync replica (`to`, or the first), tells it when the old
     /// primary's last read lease ends, hands it the leader key (one transaction: the key
@@ -38,6 +62,8 @@ impl CatalogNode {
         let writer = self.lock_writer();
         self.feed(Input::Pause(true));
         let handed = self.hand_over(f, to);
+        // Leases again where this catalog still leads (after a handover it grants none).
+        self.near.resume();
         if handed.is_err() {
             // A no-op unless it surely failed and this catalog still leads, paused.
             self.feed(Input::Pause(false));
@@ -82,13 +108,16 @@ impl CatalogNode {
             };
             return Err(Error::Conflict(why));
         };
-        // Read leases this primary granted to the other replicas end by then (the target
-        // holds one too, but it will not read on it: it leads).
+        // Read leases this primary granted to the other replicas and to the front ends' near
+        // caches end by then (the target holds one too, but it will not read on it: it leads).
+        // The front ends give theirs up at once (a frozen one is waited out).
+        let near = self.near.revoke();
         let now = Instant::now();
         let wait = links
             .iter()
             .filter(|l| l.url != target)
             .filter_map(|l| l.grant().until)
+            .chain(near)
             .max()
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
         let member = f.etcd.get(&member_key(&target)).map_err(|e| Error::Unavailable(e.to_string()))?;

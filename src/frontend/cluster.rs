@@ -51,6 +51,8 @@ pub struct Local<'a> {
     pub ready: bool,
     /// The cache: `on`, `down` (backing off after a failure) or `off` (not configured).
     pub cache: &'static str,
+    /// The near cache: `on` (a lease held), `no-lease` or `off` (sized 0).
+    pub near: &'static str,
 }
 
 /// Gathers and keeps the last answer of `GET /cluster`.
@@ -127,6 +129,14 @@ impl Board {
                 "cache": local.cache,
                 "cache_hits": own.value("bazar_cache_hits_total"),
                 "cache_misses": own.value("bazar_cache_misses_total"),
+                "near": local.near,
+                "near_hits": own.value("bazar_near_hits_total"),
+                "near_misses": own.value("bazar_near_misses_total"),
+                "near_evictions": own.value("bazar_near_evictions_total"),
+                "near_invalidations": own.value("bazar_near_invalidations_total"),
+                "near_resets": own.value("bazar_near_resets_total"),
+                "near_bytes": own.value("bazar_near_bytes"),
+                "near_entries": own.value("bazar_near_entries"),
             },
             "memcached": memcached.iter().map(|(address, stats)| match stats {
                 Ok(s) => json!({"kind": "memcached", "address": address, "up": true, "ready": true,

@@ -1,7 +1,8 @@
 //! The front end: the public API, round robin over the back ends, and the read cache.
 //!
-//! `GET /search/{topic}` and `GET /info/{id}` go to the catalog pool (answered from
-//! memcached when cached, see [`crate::cache`]); `POST /purchase/{id}` goes to the order
+//! `GET /search/{topic}` and `GET /info/{id}` go to the catalog pool (answered from the
+//! near cache in this process, [`near`] and [`watch`], or from memcached when cached, see
+//! [`crate::cache`]); `POST /purchase/{id}` goes to the order
 //! pool. Reads are retried on the next replica when one fails or is catching up; a
 //! purchase is retried only when it surely never reached the server that failed.
 //!
@@ -9,7 +10,9 @@
 //! operator's dashboard at `/dashboard`, whose data is `GET /cluster` ([`cluster`]).
 
 pub mod cluster;
+pub mod near;
 pub mod node;
 pub mod pages;
+pub mod watch;
 
 pub use node::{Frontend, FrontendConfig};

@@ -2,6 +2,7 @@
 
 use super::cluster::{Board, Local};
 use super::pages;
+use super::watch::{Near, DEFAULT_NEAR_MB};
 use crate::balance::{Call, Failed, Pool};
 use crate::cache::{self, Cache, Lookup};
 use crate::client::{Answer, Http, PeerError};
@@ -35,6 +36,8 @@ pub struct FrontendConfig {
     pub orders: Vec<String>,
     /// memcached servers; empty: no cache.
     pub memcached: Vec<String>,
+    /// Size of the near cache in bytes (`BAZAR_NEAR_CACHE_MB`); 0: none.
+    pub near_bytes: usize,
 }
 
 impl FrontendConfig {
@@ -45,6 +48,7 @@ impl FrontendConfig {
             catalogs: config::urls(src, "BAZAR_CATALOG", true)?,
             orders: config::urls(src, "BAZAR_ORDER", true)?,
             memcached: config::memcached(src)?,
+            near_bytes: near_bytes(src)?,
         })
     }
 
@@ -59,6 +63,8 @@ Environment:
   BAZAR_CATALOG   comma-separated base URLs of catalog servers (required)
   BAZAR_ORDER     comma-separated base URLs of order servers (required)
   BAZAR_MEMCACHED memcached host:port list; unset or empty: no cache
+  BAZAR_NEAR_CACHE_MB  size of the near cache in this process's memory, in MiB
+                  (default 64; 0 turns it off); its leases come from the catalog primary
 ";
 }
 
@@ -74,6 +80,8 @@ pub struct Frontend {
     catalog_ready: Vec<AtomicBool>,
     order_ready: Vec<AtomicBool>,
     cache: Option<Cache>,
+    /// The near cache in this process (`near.rs`, `watch.rs`); None when sized 0.
+    near: Option<Near>,
     metrics: Arc<Metrics>,
     /// `GET /cluster`: the dashboard's data (its own client, without the token).
     board: Board,
@@ -98,6 +106,7 @@ impl Frontend {
             catalog_ready: config.catalogs.iter().map(|_| AtomicBool::new(false)).collect(),
             order_ready: config.orders.iter().map(|_| AtomicBool::new(false)).collect(),
             cache,
+            near: (config.near_bytes > 0).then(|| Near::new(config.near_bytes)),
             metrics,
             board: Board::new(),
             config,
@@ -112,13 +121,13 @@ impl Frontend {
                 let body = serde_json::json!({
                     "status": "ok", "role": "frontend",
                     "cache": match &self.cache { None => "off", Some(c) if c.is_on() => "on", Some(_) => "down" },
+                    "near": self.near_state(),
                     "catalogs": self.config.catalogs, "orders": self.config.orders,
                 });
                 http::respond(Ok(Response::json(&body)), "/health")
             }
             ["metrics"] if get => {
-                let extra = self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default();
-                let text = self.metrics.render(&extra);
+                let text = self.metrics.render(&self.cache_metrics());
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["search", topic] if get => self.search(request, topic).at("/search/{topic}"),
@@ -150,7 +159,7 @@ impl Frontend {
 
     /// `GET /cluster`: every back end's state, gathered now (see [`super::cluster`]).
     fn cluster(&self) -> Response {
-        let own = self.metrics.render(&self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default());
+        let own = self.metrics.render(&self.cache_metrics());
         self.board.answer(&Local {
             catalogs: &self.config.catalogs,
             orders: &self.config.orders,
@@ -158,7 +167,25 @@ impl Frontend {
             metrics: own,
             ready: self.ready().is_ok_and(|r| r.status == 200),
             cache: self.cache_state(),
+            near: self.near_state(),
         })
+    }
+
+    /// The caches' figures for `/metrics`: memcached's and the near cache's.
+    fn cache_metrics(&self) -> String {
+        let mut text = self.cache.as_ref().map(Cache::metrics_text).unwrap_or_default();
+        text.push_str(&self.near.as_ref().map(Near::metrics_text).unwrap_or_default());
+        text
+    }
+
+    /// The near cache as `/health` and `/cluster` say it: `off` (sized 0), `on` (a lease
+    /// held) or `no-lease`.
+    fn near_state(&self) -> &'static str {
+        match &self.near {
+            None => "off",
+            Some(n) if n.leased() => "on",
+            Some(_) => "no-lease",
+        }
     }
 
     /// The cache as `/health` and `/cluster` say it: `off`, `on` or `down`.
@@ -212,6 +239,16 @@ impl Frontend {
     /// asked (in parallel, [`PROBE_TIMEOUT`] each); one that is not ready is skipped by the
     /// round robin until it is again.
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
+        if self.near.is_some() {
+            let (fe, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::Builder::new()
+                .name("near-watch".into())
+                .spawn(move || {
+                    let near = fe.near.as_ref().expect("checked");
+                    near.watch(&fe.config.catalogs, fe.config.common.token.clone(), &stop);
+                })
+                .expect("a thread can start");
+        }
         let (fe, stop) = (Arc::clone(self), shutdown.clone());
         std::thread::spawn(move || loop {
             fe.probe_back_ends();
@@ -254,19 +291,41 @@ impl Frontend {
         }
     }
 
-    /// A cacheable read: the cache first, else a catalog replica (then stored when
-    /// `cacheable` says so). A cached search page keeps its `Link` as a first line `L<link>`.
+    /// A cacheable read: the near cache first (while it holds a lease), then memcached,
+    /// else a catalog replica (then stored in both when `cacheable` says so). A cached
+    /// search page keeps its `Link` as a first line `L<link>`.
+    ///
+    /// `X-Cache`: `near` for a near hit; otherwise memcached's state as before (`hit`,
+    /// `miss`, `off`); without memcached, `miss` when the near cache was asked, else `off`.
     fn cached_read(&self, key: Option<String>, path: &str, shape: Shape, cacheable: Cacheable) -> Response {
-        let lookup = match (&self.cache, key) {
-            (Some(c), Some(k)) => c.lookup(&k),
+        let near = self.near.as_ref().filter(|_| key.is_some());
+        let mut asked = false;
+        if let (Some(near), Some(k)) = (near, &key) {
+            let (leased, found) = near.lookup(k);
+            if let Some(value) = found {
+                return cached_answer(value).with_header("X-Cache", "near");
+            }
+            asked = leased;
+        }
+        let lookup = match (&self.cache, &key) {
+            (Some(c), Some(k)) => c.lookup(k),
             _ => Lookup::Off,
         };
         let slot = match lookup {
-            Lookup::Hit(body) => return cached_answer(body).with_header("X-Cache", "hit"),
+            Lookup::Hit(body, seq) => {
+                if let (Some(near), Some(k)) = (near, &key) {
+                    near.fill(k, seq, &body);
+                }
+                return cached_answer(body).with_header("X-Cache", "hit");
+            }
             Lookup::Miss(slot) => Some(slot),
             Lookup::Off => None,
         };
-        let state = if slot.is_some() { "miss" } else { "off" };
+        let state = match (&slot, &self.cache) {
+            (Some(_), _) => "miss",
+            (None, None) if asked => "miss",
+            _ => "off",
+        };
         let (answer, backend) = match self.read(path) {
             Ok(found) => found,
             Err(e) => return Response::error(&e).with_header("X-Cache", state),
@@ -274,12 +333,15 @@ impl Frontend {
         let response = if answer.status == 200 {
             match shape(&answer) {
                 Ok((body, link)) => {
-                    if let (Some(cache), Some(slot), Some(seq)) = (&self.cache, slot, answer.seq) {
-                        if cacheable(link.as_deref()) {
-                            let value = match &link {
-                                Some(l) => [format!("L{l}\n").as_bytes(), &body].concat(),
-                                None => body.clone(),
-                            };
+                    if let (Some(k), Some(seq), true) = (&key, answer.seq, cacheable(link.as_deref())) {
+                        let value = match &link {
+                            Some(l) => [format!("L{l}\n").as_bytes(), &body].concat(),
+                            None => body.clone(),
+                        };
+                        if let Some(near) = near {
+                            near.fill(k, seq, &value);
+                        }
+                        if let (Some(cache), Some(slot)) = (&self.cache, slot) {
                             cache.fill(slot, seq, &value);
                         }
                     }
@@ -360,5 +422,19 @@ fn cached_answer(mut body: Vec<u8>) -> Response {
 impl crate::service::Service for Frontend {
     fn handle(&self, request: &Request) -> Response {
         Frontend::handle(self, request)
+    }
+}
+
+/// `BAZAR_NEAR_CACHE_MB` in bytes (default [`DEFAULT_NEAR_MB`]; 0: no near cache).
+fn near_bytes(src: &dyn Source) -> std::result::Result<usize, ConfigError> {
+    match config::opt(src, "BAZAR_NEAR_CACHE_MB") {
+        None => Ok(DEFAULT_NEAR_MB as usize * 1024 * 1024),
+        Some(v) => match v.parse::<u64>() {
+            Ok(mb) if mb <= 65_536 => Ok(mb as usize * 1024 * 1024),
+            _ => Err(ConfigError {
+                var: "BAZAR_NEAR_CACHE_MB",
+                problem: format!("{v:?} is not a size in MiB from 0 (off) to 65536"),
+            }),
+        },
     }
 }

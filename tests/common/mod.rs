@@ -79,6 +79,7 @@ fn spawn(spec: &Spec) -> Child {
         "BAZAR_TOKEN",
         "BAZAR_THREADS",
         "BAZAR_LEASE_MS",
+        "BAZAR_NEAR_CACHE_MB",
     ] {
         cmd.env_remove(var);
     }
@@ -329,6 +330,8 @@ pub struct Opts {
     pub memcached: bool,
     pub token: Option<String>,
     pub lease_ms: Option<u64>,
+    /// The front ends' near cache in MiB; None: off (the tests of memcached see its states).
+    pub near_mb: Option<u64>,
 }
 
 /// A whole store: catalogs[0] primary, catalogs[1] replica, two order servers, a front end.
@@ -414,6 +417,7 @@ impl Store {
                 ("BAZAR_CATALOG", catalogs.clone()),
                 ("BAZAR_ORDER", format!("{},{}", u(2), u(3))),
                 ("BAZAR_MEMCACHED", mc),
+                ("BAZAR_NEAR_CACHE_MB", opts.near_mb.unwrap_or(0).to_string()),
             ],
         ));
         let mut store = Store { frontend, orders, catalogs: vec![primary, replica], memcached, dir };

@@ -198,6 +198,15 @@
     const rows = [
       row("frontend", [el("td", "url", "this front end"), stateCell(fe), hit, "cache " + fe.cache, fmtRate(rate(fe, pf, dt)), fmtLatency(p99(fe, pf))]),
     ];
+    if (fe.near !== "off" && typeof fe.near_hits === "number") {
+      const dh = pf && typeof pf.near_hits === "number" ? fe.near_hits - pf.near_hits : 0;
+      const dm = pf && typeof pf.near_misses === "number" ? fe.near_misses - pf.near_misses : 0;
+      const nearHit = dh + dm > 0 ? ratio(dh, dm) + " now" : ratio(fe.near_hits, fe.near_misses) + " overall";
+      const mb = ((fe.near_bytes || 0) / 1048576).toFixed(1);
+      const details = "near cache " + (fe.near === "on" ? "leased" : "no lease") + ", " + (fe.near_entries || 0) + " entries, " + mb + " MB, " +
+        (fe.near_invalidations || 0) + " invalidated, " + (fe.near_evictions || 0) + " evicted, " + (fe.near_resets || 0) + " resets";
+      rows.push(row("near", [el("td", "url", "near cache (this front end)"), stateCell({ up: true, ready: fe.near === "on" }), nearHit, details, "\u2014", "\u2014"]));
+    }
     for (const m of c.memcached) {
       const details = m.up ? m.items + " items, up " + Math.round(m.uptime_s / 60) + " min" : m.error || "no answer";
       rows.push(row(m.address, [el("td", "url", "memcached " + m.address), stateCell(m), m.up ? ratio(m.hits, m.misses) + " overall" : "\u2014", details, "\u2014", "\u2014"]));
