@@ -86,7 +86,9 @@ fn every_kept_history_gets_its_expected_verdict() {
 /// A static store (primary, replica, two order servers, two front ends sharing memcached).
 fn static_run(name: &str, faults: impl FnOnce(&mut Store, &dyn Fn() -> Duration)) {
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut store) = Store::start(Opts { memcached: true, ..Opts::default() }) else { return };
+    // The near cache on in both front ends, in front of memcached.
+    let opts = Opts { memcached: true, near_mb: Some(64), ..Opts::default() };
+    let Some(mut store) = Store::start(opts) else { return };
     let second = store.another_frontend("frontend-2");
     let targets = live::targets(&[&store.frontend, &second], &store.catalogs);
     let primary = store.primary();
