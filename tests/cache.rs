@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn cached_store() -> Option<Store> {
@@ -99,43 +99,9 @@ fn no_stale_read_with_several_front_ends() {
     race(&s, &[s.fe(), url(&two), url(&three)]);
 }
 
-/// Six readers of book 7 (two on each of `fes` in turn) while 150 writes are acknowledged,
-/// alternately through the primary and the replica: no read that starts after a write was
-/// acknowledged shows an older quantity.
+/// The race ([`common::race`]) on `fes`, counting memcached hits.
 fn race(s: &Store, fes: &[String]) {
-    s.set_stock(7, 0);
-    let acked = AtomicU64::new(0);
-    let done = AtomicBool::new(false);
-    let (reads, hits, stale) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|scope| {
-        for reader in 0..6 {
-            let (acked, done, reads, hits, stale) = (&acked, &done, &reads, &hits, &stale);
-            let fe = &fes[reader % fes.len()];
-            scope.spawn(move || {
-                while !done.load(Ordering::SeqCst) {
-                    let floor = acked.load(Ordering::SeqCst);
-                    let (state, book) = info(fe, 7);
-                    let q = book["quantity"].as_u64().unwrap();
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if state == "hit" {
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if q < floor {
-                        stale.fetch_add(1, Ordering::SeqCst);
-                        eprintln!("stale read: quantity {q} after write {floor} was acknowledged ({state})");
-                    }
-                }
-            });
-        }
-        for i in 1..=150u64 {
-            let base = if i % 2 == 0 { s.primary() } else { s.replica() };
-            let a = call("PATCH", &base, "/books/7", Some(&format!("{{\"quantity\": {i}}}")));
-            assert_eq!(a.status, 200);
-            acked.store(i, Ordering::SeqCst);
-        }
-        done.store(true, Ordering::SeqCst);
-    });
-    let (reads, hits, stale) = (reads.into_inner(), hits.into_inner(), stale.into_inner());
+    let (reads, hits, stale) = common::race(s, fes, "hit");
     eprintln!("race test over {} front ends: {reads} reads ({hits} hits) during 150 writes, {stale} stale", fes.len());
     assert_eq!(stale, 0);
     assert!(hits > 0, "the cache was used");

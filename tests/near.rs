@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn near_store(memcached: bool, near_mb: u64) -> Option<Store> {
@@ -88,39 +87,7 @@ fn no_stale_read_with_near_caches_on_two_front_ends() {
     for fe in &fes {
         until_near(fe, 7);
     }
-    s.set_stock(7, 0);
-    let acked = AtomicU64::new(0);
-    let done = AtomicBool::new(false);
-    let (reads, near, stale) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|scope| {
-        for reader in 0..6 {
-            let (acked, done, reads, near, stale) = (&acked, &done, &reads, &near, &stale);
-            let fe = &fes[reader % fes.len()];
-            scope.spawn(move || {
-                while !done.load(Ordering::SeqCst) {
-                    let floor = acked.load(Ordering::SeqCst);
-                    let (state, book) = info(fe, 7);
-                    let q = book["quantity"].as_u64().unwrap();
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if state == "near" {
-                        near.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if q < floor {
-                        stale.fetch_add(1, Ordering::SeqCst);
-                        eprintln!("stale read on {fe}: quantity {q} after write {floor} was acknowledged ({state})");
-                    }
-                }
-            });
-        }
-        for i in 1..=150u64 {
-            let base = if i % 2 == 0 { s.primary() } else { s.replica() };
-            let a = call("PATCH", &base, "/books/7", Some(&format!("{{\"quantity\": {i}}}")));
-            assert_eq!(a.status, 200);
-            acked.store(i, Ordering::SeqCst);
-        }
-        done.store(true, Ordering::SeqCst);
-    });
-    let (reads, near, stale) = (reads.into_inner(), near.into_inner(), stale.into_inner());
+    let (reads, near, stale) = race(&s, &fes, "near");
     eprintln!("near race over two front ends: {reads} reads ({near} near hits) during 150 writes, {stale} stale");
     assert_eq!(stale, 0);
     assert!(near > 0, "the near caches were used");

@@ -506,3 +506,46 @@ impl Store {
         }
     }
 }
+
+/// The cache issue's race: six readers of `/info/7` (spread over `fes`) while 150 writes are
+/// acknowledged one after another, alternately through the primary and the replica.
+/// Returns how many reads there were, how many had `X-Cache: <counted>`, and how many were
+/// stale (showed a quantity older than a write acknowledged before they started).
+pub fn race(s: &Store, fes: &[String], counted: &str) -> (usize, usize, usize) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    s.set_stock(7, 0);
+    let acked = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let (reads, hits, stale) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for reader in 0..6 {
+            let (acked, done, reads, hits, stale) = (&acked, &done, &reads, &hits, &stale);
+            let fe = &fes[reader % fes.len()];
+            scope.spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let floor = acked.load(Ordering::SeqCst);
+                    let a = get(fe, "/info/7");
+                    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+                    let q = json(&a)["quantity"].as_u64().unwrap();
+                    let state = a.cache.clone().unwrap_or_default();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if state == counted {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if q < floor {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("stale read on {fe}: quantity {q} after write {floor} was acknowledged ({state})");
+                    }
+                }
+            });
+        }
+        for i in 1..=150u64 {
+            let base = if i % 2 == 0 { s.primary() } else { s.replica() };
+            let a = call("PATCH", &base, "/books/7", Some(&format!("{{\"quantity\": {i}}}")));
+            assert_eq!(a.status, 200);
+            acked.store(i, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    (reads.into_inner(), hits.into_inner(), stale.into_inner())
+}
