@@ -149,7 +149,23 @@ impl CatalogNode {
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             let pushes = writes;
             let last = pushes.last().map_or(0, |p| p.seq);
-            let took = self.replicate(&store, &pushes, self.state().seq());
+            // The caches are fenced while the batch goes to the replicas: the front ends'
+            // near caches are told (their held watches answered at once) and one memcached
+            // marker per key is set, at the batch's last write. A fence ahead of the commit
+            // only makes reads miss meanwhile (no back end shows the batch yet, so no fill
+            // of it or of older data can be stored over the fence); a batch never committed
+            // leaves fences that a new primary's flush and reset clear.
+            keys.sort_unstable();
+            keys.dedup();
+            self.near.publish(&keys, last);
+            let took = std::thread::scope(|s| {
+                let marked = self.cache.as_ref().map(|cache| s.spawn(|| cache.invalidate(&keys, last)));
+                let took = self.replicate(&store, &pushes, self.state().seq());
+                if let Some(marked) = marked {
+                    let _ = marked.join();
+                }
+                took
+            });
             // With etcd: the members of the in-sync record that did not take the batch
             // (lost, or recorded by a change whose answer was lost) leave it first, and the
             // leadership must still hold right now. Otherwise the writes stay unacknowledged
@@ -161,17 +177,8 @@ impl CatalogNode {
                 self.give_up(e);
             } else {
                 // Committed: on every replica in sync (those that missed it are out of sync
-                // and their leases have run out). The caches are fenced first (no entry
-                // older than the batch survives, and none can be filled from before it): the
-                // front ends' near caches are told (their watches answered at once), one
-                // memcached marker per key meanwhile, at the batch's last write; then every
-                // front end with a lease has applied it, or its lease has run out.
-                keys.sort_unstable();
-                keys.dedup();
-                self.near.publish(&keys, last);
-                if let Some(cache) = &self.cache {
-                    cache.invalidate(&keys, last);
-                }
+                // and their leases have run out). The fence is whole once every front end
+                // with a lease has applied it, or its lease has run out.
                 self.near.confirmed(last);
             }
             // Readable here: the moment the batch takes effect. No read anywhere shows it
