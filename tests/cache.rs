@@ -175,6 +175,9 @@ fn memcached_restarted_between_requests_costs_no_back_off() {
     let addr = memcached_addr(mc);
     eventually(Duration::from_secs(10), "memcached listens", || std::net::TcpStream::connect(&addr).is_ok());
     assert_eq!(info(&fe, 6).0, "miss");
+    // Nothing is stored until the primary has set the new memcached's generation key.
+    eventually(Duration::from_secs(5), "the generation key set again", || has_key(&addr, bazar::cache::GEN_KEY));
+    assert_eq!(info(&fe, 6).0, "miss");
     assert_eq!(info(&fe, 6).0, "hit");
     assert_eq!(call("PATCH", &s.primary(), "/books/6", Some("{\"quantity\": 5}")).status, 200);
     let (state, book) = info(&fe, 6);
@@ -194,6 +197,7 @@ fn keys_spread_over_several_servers_and_invalidations_follow_them() {
     let Some(b) = memcached(&dir.0) else { return };
     let servers = [memcached_addr(&a), memcached_addr(&b)];
     let (reader, writer) = (Cache::new(&servers, 4), Cache::new(&servers, 4));
+    writer.ensure_generation().unwrap();
     let keys: Vec<String> = (1..=40).map(bazar::cache::info_key).collect();
     for key in &keys {
         let Lookup::Miss(slot) = reader.lookup(key) else { panic!("{key}: a miss first") };
@@ -221,10 +225,14 @@ fn a_fill_never_lands_in_a_memcached_restarted_after_its_lookup() {
     let Some(mut mc) = memcached(&dir.0) else { return };
     let servers = [memcached_addr(&mc)];
     let reader = Cache::new(&servers, 4);
+    let primary = Cache::new(&servers, 1);
+    primary.ensure_generation().unwrap();
     let key = bazar::cache::info_key(1);
     let Lookup::Miss(slot) = reader.lookup(&key) else { panic!("a miss first") };
     mc.restart();
     eventually(Duration::from_secs(10), "memcached listens", || std::net::TcpStream::connect(&servers[0]).is_ok());
+    // The primary has set the new memcached's generation key (between its batches).
+    primary.ensure_generation().unwrap();
     reader.fill(slot, 1, b"{\"old\": true}");
     let fresh = Cache::new(&servers, 4);
     assert!(matches!(fresh.lookup(&key), Lookup::Miss(_)), "the old answer landed in the new memcached");
@@ -233,6 +241,45 @@ fn a_fill_never_lands_in_a_memcached_restarted_after_its_lookup() {
     let Lookup::Miss(slot) = fresh.lookup(&key) else { panic!("a miss") };
     fresh.fill(slot, 2, b"{}");
     assert!(matches!(fresh.lookup(&key), Lookup::Hit(..)));
+}
+
+/// memcached restarted while the primary was between fencing a write and making it
+/// readable: the new memcached lacks that write's marker, so a reader that looks up there
+/// and reads a catalog before the write is readable could store the old book for good.
+/// The lookup also asks for the generation key, which the primary sets only between
+/// batches: until then nothing is stored.
+#[test]
+fn a_restarted_memcached_takes_no_fill_before_the_primary_sets_its_generation() {
+    use bazar::cache::{Cache, Lookup};
+    let dir = TempDir::new("restart-generation");
+    let Some(mut mc) = memcached(&dir.0) else { return };
+    let servers = [memcached_addr(&mc)];
+    let (reader, primary) = (Cache::new(&servers, 4), Cache::new(&servers, 1));
+    primary.ensure_generation().unwrap();
+    let key = bazar::cache::info_key(1);
+    primary.invalidate(std::slice::from_ref(&key), 10); // write 10 fenced, not yet readable
+    mc.restart();
+    eventually(Duration::from_secs(10), "memcached listens", || std::net::TcpStream::connect(&servers[0]).is_ok());
+    // A reader on the new memcached finds the key absent and reads data at 9.
+    let Lookup::Miss(slot) = reader.lookup(&key) else { panic!("a miss") };
+    reader.fill(slot, 9, b"{\"old\": true}");
+    assert!(matches!(reader.lookup(&key), Lookup::Miss(_)), "the old answer was stored");
+    // Write 10 readable, the primary between batches sets the generation: fills resume.
+    primary.ensure_generation().unwrap();
+    let Lookup::Miss(slot) = reader.lookup(&key) else { panic!("a miss") };
+    reader.fill(slot, 10, b"{}");
+    assert!(matches!(reader.lookup(&key), Lookup::Hit(..)));
+}
+
+/// Whether memcached at `server` holds `key`.
+fn has_key(server: &str, key: &str) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(server) else { return false };
+    if conn.write_all(format!("mg {key}\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).is_ok() && line.starts_with("HD")
 }
 
 /// One figure of memcached's `stats`.

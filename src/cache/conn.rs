@@ -82,6 +82,20 @@ impl Conn {
         self.buffer.clear();
         command.encode_into(&mut self.buffer)?;
         self.stream.get_mut().write_all(&self.buffer)?;
+        self.reply()
+    }
+
+    /// Sends two commands at once (one write) and reads their two answers, in order.
+    pub(super) fn exchange_two(&mut self, a: &MetaCommand, b: &MetaCommand) -> Result<(Reply, Reply), McError> {
+        self.buffer.clear();
+        a.encode_into(&mut self.buffer)?;
+        b.encode_into(&mut self.buffer)?;
+        self.stream.get_mut().write_all(&self.buffer)?;
+        Ok((self.reply()?, self.reply()?))
+    }
+
+    /// Reads one answer.
+    fn reply(&mut self) -> Result<Reply, McError> {
         let mut line = Vec::new();
         let read = self.stream.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
         if read == 0 || !line.ends_with(b"\r\n") {

@@ -26,11 +26,14 @@
 //! committed, not yet shown), so no reader can fetch the new data and find an older entry
 //! still served, and none can store data older than a write that someone has seen.
 //!
-//! A fill goes over the connection its lookup used. A write made while memcached was down
-//! (restarting) leaves no marker in the memcached that comes back empty, so an `add` there
-//! of data read before the write would stand; but a connection dies with the process it
-//! reached, so a fill whose lookup met the old memcached fails, and a lookup that meets
-//! the new one started after the write (memcached was down when the write tried it).
+//! A memcached that restarts comes back empty, without the markers of writes fenced on the
+//! old process and not yet readable, so an `add` there of data read before such a write
+//! would stand. Two rules close it. A fill goes over the connection its lookup used, which
+//! dies with the process it reached: a lookup in the old process fills nothing in the new.
+//! And a lookup also asks for [`GEN_KEY`] (in the same write), which the primary sets on a
+//! server only between batches, under its writer lock: a lookup that finds it began after
+//! every batch fenced on the old process was readable; one that does not may store nothing.
+//! A flush (an import, an election) removes it too, and it is set again the same way.
 //!
 //! # Failure
 //! Every memcached call has a short timeout ([`OP_TIMEOUT`]). After a failure the cache is
@@ -60,6 +63,9 @@ use std::time::{Duration, Instant};
 
 /// The key under which memcached records the catalog history its answers belong to.
 pub const HISTORY_KEY: &str = "bazar:history";
+/// The key the primary sets on every server between batches: a lookup that finds it began
+/// after every batch whose markers went to an earlier process on that port was readable.
+pub const GEN_KEY: &str = "bazar:generation";
 /// Backstop expiry of a data entry (seconds).
 pub const ENTRY_TTL: u32 = 600;
 /// Life of an invalidation marker (seconds): far longer than any fill window.
@@ -212,14 +218,28 @@ impl Cache {
 
     /// As [`Cache::exchange`], but the connection is the caller's until it gives it back.
     fn exchange_keeping(&self, key: &str, command: &MetaCommand) -> Result<(usize, Conn, Reply), McError> {
-        let server = match self.servers.len() {
+        self.on_server(self.server_of(key), |conn| conn.exchange(command))
+    }
+
+    /// The index of the server that holds `key`.
+    fn server_of(&self, key: &str) -> usize {
+        match self.servers.len() {
             1 => 0,
             _ => self.router.route(key.as_bytes(), &self.servers),
-        };
+        }
+    }
+
+    /// Runs `talk` on a pooled connection to `server` (or a new one; a pooled one that
+    /// fails other than by a timeout is replaced and `talk` run again), and keeps it.
+    fn on_server<R>(
+        &self,
+        server: usize,
+        mut talk: impl FnMut(&mut Conn) -> Result<R, McError>,
+    ) -> Result<(usize, Conn, R), McError> {
         let epoch = self.pool.epoch.load(Ordering::Acquire);
         let pooled = self.pool.idle[server].lock().unwrap_or_else(|e| e.into_inner()).pop();
         let tried = pooled.map(|mut conn| {
-            let reply = conn.exchange(command);
+            let reply = talk(&mut conn);
             (conn, reply)
         });
         let (conn, reply) = match tried {
@@ -228,7 +248,7 @@ impl Cache {
             Some((_, Err(McError::Io(e)))) if is_timeout(&e) => return Err(McError::Io(e)),
             _ => {
                 let mut conn = Conn::dial(&self.servers[server], epoch)?;
-                let reply = conn.exchange(command)?;
+                let reply = talk(&mut conn)?;
                 (conn, reply)
             }
         };
@@ -236,6 +256,24 @@ impl Cache {
             log::info!("memcached {:?} answers again; caching on", self.servers);
         }
         Ok((server, conn, reply))
+    }
+
+    /// With the primary's writer lock held (between batches): sets [`GEN_KEY`] on every
+    /// server that lacks it (one that restarted, or was flushed). A fill is stored only
+    /// where a lookup found it (see the module's notes on restarts).
+    pub fn ensure_generation(&self) -> Result<(), String> {
+        for server in 0..self.servers.len() {
+            let held = self.on_server(server, |c| c.exchange(&MetaCommand::new(MetaOp::Get, GEN_KEY)));
+            let (server, conn, held) = held.map_err(|e| e.to_string())?;
+            let mut conn = conn;
+            if held.code != ReturnCode::Hd {
+                let set = MetaCommand::new(MetaOp::Set, GEN_KEY).value(b"1".to_vec()).flag("T0");
+                conn.exchange(&set).map_err(|e| e.to_string())?;
+                log::info!("memcached {} had no generation key (new or restarted): set", self.servers[server]);
+            }
+            self.give_back(server, conn);
+        }
+        Ok(())
     }
 
     fn give_back(&self, server: usize, conn: Conn) {
@@ -271,14 +309,20 @@ impl Cache {
         if self.backing_off() {
             return Lookup::Off;
         }
-        let (server, conn, found) =
-            match self.exchange_keeping(key, &MetaCommand::new(MetaOp::Get, key).flag("v").flag("c")) {
+        // The key with the server's generation key, in one write: the fill's licence.
+        let generation = MetaCommand::new(MetaOp::Get, GEN_KEY);
+        let get = MetaCommand::new(MetaOp::Get, key).flag("v").flag("c");
+        let (server, conn, (generation, found)) =
+            match self.on_server(self.server_of(key), |c| c.exchange_two(&generation, &get)) {
                 Ok(found) => found,
                 Err(e) => {
                     self.failed("get", &e);
                     return Lookup::Off;
                 }
             };
+        // No generation key (a memcached that restarted, before the primary set it again):
+        // nothing may be stored, as over a marker without a CAS token.
+        let licensed = generation.code == ReturnCode::Hd;
         let marker = match found.value {
             None => None,
             Some(mut value) => match decode(&value) {
@@ -293,6 +337,7 @@ impl Cache {
                 Value::Marker(m) => Some(found.cas.map_or((u64::MAX, 0), |c| (m, c))),
             },
         };
+        let marker = if licensed { marker } else { Some((u64::MAX, 0)) };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         Lookup::Miss(Slot {
             key: key.to_string(),
@@ -365,7 +410,8 @@ impl Cache {
     /// [`crate::catalog::store`]): when memcached holds answers of another history (the
     /// catalog was imported, or this is a new store), every server is flushed and the
     /// history recorded under [`HISTORY_KEY`]; `force` flushes whatever it holds. Returns
-    /// whether it flushed.
+    /// whether it flushed. Called under the primary's writer lock (between batches): a
+    /// flush also removes the generation key, set again here ([`Cache::ensure_generation`]).
     pub fn adopt_history(&self, history: &str, force: bool) -> Result<bool, String> {
         let get = MetaCommand::new(MetaOp::Get, HISTORY_KEY).flag("v");
         let held = self.exchange(HISTORY_KEY, &get).map_err(|e| e.to_string())?.value;
@@ -381,7 +427,7 @@ impl Cache {
         }
         let set = MetaCommand::new(MetaOp::Set, HISTORY_KEY).value(history.as_bytes().to_vec());
         match self.exchange(HISTORY_KEY, &set).map_err(|e| e.to_string())?.code {
-            ReturnCode::Hd => Ok(true),
+            ReturnCode::Hd => self.ensure_generation().map(|()| true),
             other => Err(format!("memcached did not store the history ({other:?})")),
         }
     }
@@ -496,98 +542,4 @@ fn decode(value: &[u8]) -> Value<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::money::Money;
-    use std::io::{Read, Write};
-
-    #[test]
-    fn decodes_values() {
-        assert!(matches!(decode(b"D7\n{\"a\":1}"), Value::Data(7, b"{\"a\":1}")));
-        assert!(matches!(decode(b"M42"), Value::Marker(42)));
-        assert!(matches!(decode(b"Mx"), Value::Marker(u64::MAX)));
-        assert!(matches!(decode(b"Dx\n{}"), Value::Marker(0)));
-        assert!(matches!(decode(b""), Value::Marker(0)));
-    }
-
-    #[test]
-    fn keys() {
-        assert_eq!(info_key(7), "bazar:info:7");
-        assert_eq!(search_key(" Distributed Systems").unwrap(), "bazar:search:distributed%20systems");
-        assert!(search_key(&"x".repeat(300)).is_none());
-        let book = Book { id: 1, title: "t".into(), topic: "a".into(), price: Money::from_cents(1), quantity: 1 };
-        let moved = Book { topic: "b".into(), ..book.clone() };
-        assert_eq!(keys_for(&book, &book).len(), 2);
-        assert_eq!(keys_for(&book, &moved).len(), 3);
-    }
-
-    /// A server that answers every command with `answer`: the cases a real memcached
-    /// never shows.
-    fn fake_memcached(answer: &'static [u8]) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut command = [0u8; 512];
-                while matches!(conn.read(&mut command), Ok(n) if n > 0) {
-                    if conn.write_all(answer).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        addr
-    }
-
-    #[test]
-    fn a_malformed_answer_turns_the_cache_off_not_the_request() {
-        for answer in
-            [&b"garbage\r\n"[..], b"VA 536870912 c1\r\nshort", b"VA 2 c1\r\nabcd", b"SERVER_ERROR out of memory\r\n"]
-        {
-            let cache = Cache::new(&[fake_memcached(answer)], 2);
-            assert!(matches!(cache.lookup("bazar:info:1"), Lookup::Off), "{}", String::from_utf8_lossy(answer));
-            assert!(!cache.is_on());
-            assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1);
-            // Invalidations still try, and keep what they could not deliver.
-            cache.invalidate(&["bazar:info:1".to_string()], 3);
-            assert_eq!(cache.pending(), 1);
-        }
-    }
-
-    #[test]
-    fn a_dead_server_costs_one_failed_call_then_nothing_until_the_back_off_ends() {
-        let addr = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        };
-        let cache = Cache::new(&[addr], 2);
-        assert!(matches!(cache.lookup("k"), Lookup::Off));
-        assert!(matches!(cache.lookup("k"), Lookup::Off));
-        assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1, "the second lookup did not call");
-    }
-
-    #[test]
-    fn a_pooled_connection_that_times_out_is_not_retried() {
-        // Answers the first command, then hangs: a memcached stopped (SIGSTOP) or cut off.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = std::sync::Arc::new(AtomicU64::new(0));
-        let count = std::sync::Arc::clone(&accepted);
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                if count.fetch_add(1, Ordering::SeqCst) == 0 {
-                    let _ = conn.read(&mut [0u8; 512]);
-                    let _ = conn.write_all(b"EN\r\n");
-                }
-                held.push(conn);
-            }
-        });
-        let cache = Cache::new(&[addr], 2);
-        assert!(matches!(cache.lookup("k"), Lookup::Miss(_)));
-        assert!(matches!(cache.lookup("k"), Lookup::Off));
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one timeout paid, no second connection");
-    }
-}
+mod tests;

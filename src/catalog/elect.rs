@@ -207,8 +207,10 @@ impl CatalogNode {
             if !elected && !due {
                 continue;
             }
-            let history = self.lock_writer().history_id().to_string();
-            match cache.adopt_history(&history, true) {
+            let writer = self.lock_writer();
+            let flushed = cache.adopt_history(writer.history_id(), true);
+            drop(writer);
+            match flushed {
                 Ok(_) if elected => {
                     log::info!("flushed memcached after the election of epoch {epoch}");
                     self.cache_flushed.store(epoch, Ordering::SeqCst);

@@ -19,10 +19,12 @@
 //! - An invalidation's number is the write seq of its batch's last write. The primary keeps
 //!   the last [`RING`] batches (number, keys); a session whose `seen` fell off them is
 //!   answered `reset`.
-//! - A write is acknowledged only after [`Near::invalidate`]: it publishes the batch, wakes
-//!   the held watches, and waits until every session whose lease is valid (primary's view)
-//!   has confirmed `seen >= number` (its next watch) or its lease has passed; a session
-//!   that lapses so is dropped, and its next watch gets `reset`.
+//! - A batch is readable (and acknowledged) only after [`Near::publish`] (while it is
+//!   pushed: the held watches are woken) and [`Near::confirmed`]: every session whose lease
+//!   is valid (primary's view) has confirmed `seen >= number` (its next watch) or its lease
+//!   has passed; a session that lapses so is dropped, and its next watch gets `reset`.
+//! - A switchover revokes the leases ([`Near::revoke`]): held watches are answered with
+//!   none, and a watch that skipped the leadership check while revoking never carries one.
 //!
 //! So after write `S` is acknowledged, every front end either has applied its keys (before
 //! its next watch) or holds no lease; the fill race (a read before the write stored after
@@ -328,7 +330,10 @@ impl CatalogNode {
             let (core, now) = (f.core(), Instant::now());
             core.may_grant(now) && core.may_read(now)
         };
-        if !self.near.revoking() && self.failover.as_ref().is_some_and(|f| !valid(f)) {
+        // A watch let through while revoking carries no lease whatever happens meanwhile
+        // (the switchover may fail and resume, or succeed): its next one is checked.
+        let gated = !self.near.revoking();
+        if gated && self.failover.as_ref().is_some_and(|f| !valid(f)) {
             return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
         }
         let current = self.state().seq();
@@ -336,7 +341,7 @@ impl CatalogNode {
         self.counters.near_answers.fetch_add(1, Ordering::Relaxed);
         Ok(NearAnswer {
             epoch: self.term(),
-            lease_ms: if reply.revoke { 0 } else { self.config.lease.as_millis() as u64 },
+            lease_ms: if reply.revoke || !gated { 0 } else { self.config.lease.as_millis() as u64 },
             through: reply.through,
             keys: reply.keys,
             reset: reply.reset,

@@ -25,6 +25,9 @@ use ureq::http::Method;
 const PUSH_BYTES: usize = 48 * 1024;
 /// A replica this many writes behind (or fewer) is sent the rest under the writer lock.
 const CLOSE_ENOUGH: u64 = 1000;
+/// How often the primary checks that every memcached holds the generation key (and sends
+/// the markers not delivered yet).
+const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl CatalogNode {
     pub(super) fn start_primary(self: &Arc<Self>, shutdown: &Shutdown) {
@@ -37,11 +40,29 @@ impl CatalogNode {
         }
         if self.cache.is_some() {
             let (node, stop) = (Arc::clone(self), shutdown.clone());
-            std::thread::spawn(move || {
-                while !stop.sleep(cache::BACKOFF) {
-                    // Under the writer lock: markers are set in write order.
-                    let _writer = node.lock_writer();
-                    node.cache.as_ref().expect("checked").retry_pending();
+            std::thread::spawn(move || loop {
+                // Under the writer lock, between batches, and only while it surely leads:
+                // markers are set in write order, and a memcached that restarted gets its
+                // generation key only once every batch marked on the old process is readable.
+                // A memcached that does not answer is asked again only after the back-off
+                // (each try holds writes up to a timeout).
+                let writer = node.lock_writer();
+                let leads = node.role() == super::config::Role::Primary && node.may_acknowledge().is_ok();
+                let mut pause = GENERATION_CHECK;
+                if leads {
+                    let cache = node.cache.as_ref().expect("checked");
+                    cache.retry_pending();
+                    if let Err(e) = cache.ensure_generation() {
+                        log::debug!("memcached's generation key not checked: {e}");
+                        pause = cache::BACKOFF;
+                    }
+                    if cache.pending() > 0 {
+                        pause = cache::BACKOFF;
+                    }
+                }
+                drop(writer);
+                if stop.sleep(pause) {
+                    return;
                 }
             });
         }
@@ -262,7 +283,7 @@ impl CatalogNode {
         let mut flushed: Option<Instant> = None;
         loop {
             match flushed {
-                None => match cache.adopt_history(&history, false) {
+                None => match self.adopt_history(cache, &history, false) {
                     Ok(false) => return self.writes_open.store(true, Ordering::SeqCst),
                     Ok(true) => {
                         log::info!("memcached held answers of another catalog history: flushed");
@@ -270,7 +291,7 @@ impl CatalogNode {
                     }
                     Err(e) => log::warn!("cannot check memcached's catalog history ({e}); trying again"),
                 },
-                Some(at) if at.elapsed() >= cache::FILL_WINDOW => match cache.adopt_history(&history, true) {
+                Some(at) if at.elapsed() >= cache::FILL_WINDOW => match self.adopt_history(cache, &history, true) {
                     Ok(_) => return log::info!("flushed memcached again: no fill of the old catalog is left"),
                     Err(e) => log::warn!("cannot flush memcached again ({e}); trying again"),
                 },
@@ -282,6 +303,12 @@ impl CatalogNode {
                 return;
             }
         }
+    }
+
+    /// [`cache::Cache::adopt_history`] under the writer lock (between batches).
+    fn adopt_history(&self, cache: &cache::Cache, history: &str, force: bool) -> Result<bool, String> {
+        let _writer = self.lock_writer();
+        cache.adopt_history(history, force)
     }
 
     /// On a graceful stop: takes the writer lock for good (nothing more will be

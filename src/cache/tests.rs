@@ -1,0 +1,95 @@
+//! The cache protocol's values and its failure handling, against fake servers.
+use super::*;
+use crate::money::Money;
+use std::io::{Read, Write};
+
+#[test]
+fn decodes_values() {
+    assert!(matches!(decode(b"D7\n{\"a\":1}"), Value::Data(7, b"{\"a\":1}")));
+    assert!(matches!(decode(b"M42"), Value::Marker(42)));
+    assert!(matches!(decode(b"Mx"), Value::Marker(u64::MAX)));
+    assert!(matches!(decode(b"Dx\n{}"), Value::Marker(0)));
+    assert!(matches!(decode(b""), Value::Marker(0)));
+}
+
+#[test]
+fn keys() {
+    assert_eq!(info_key(7), "bazar:info:7");
+    assert_eq!(search_key(" Distributed Systems").unwrap(), "bazar:search:distributed%20systems");
+    assert!(search_key(&"x".repeat(300)).is_none());
+    let book = Book { id: 1, title: "t".into(), topic: "a".into(), price: Money::from_cents(1), quantity: 1 };
+    let moved = Book { topic: "b".into(), ..book.clone() };
+    assert_eq!(keys_for(&book, &book).len(), 2);
+    assert_eq!(keys_for(&book, &moved).len(), 3);
+}
+
+/// A server that answers every command with `answer`: the cases a real memcached
+/// never shows.
+fn fake_memcached(answer: &'static [u8]) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut command = [0u8; 512];
+            while matches!(conn.read(&mut command), Ok(n) if n > 0) {
+                if conn.write_all(answer).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_malformed_answer_turns_the_cache_off_not_the_request() {
+    for answer in
+        [&b"garbage\r\n"[..], b"VA 536870912 c1\r\nshort", b"VA 2 c1\r\nabcd", b"SERVER_ERROR out of memory\r\n"]
+    {
+        let cache = Cache::new(&[fake_memcached(answer)], 2);
+        assert!(matches!(cache.lookup("bazar:info:1"), Lookup::Off), "{}", String::from_utf8_lossy(answer));
+        assert!(!cache.is_on());
+        assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1);
+        // Invalidations still try, and keep what they could not deliver.
+        cache.invalidate(&["bazar:info:1".to_string()], 3);
+        assert_eq!(cache.pending(), 1);
+    }
+}
+
+#[test]
+fn a_dead_server_costs_one_failed_call_then_nothing_until_the_back_off_ends() {
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let cache = Cache::new(&[addr], 2);
+    assert!(matches!(cache.lookup("k"), Lookup::Off));
+    assert!(matches!(cache.lookup("k"), Lookup::Off));
+    assert_eq!(cache.counters.errors.load(Ordering::Relaxed), 1, "the second lookup did not call");
+}
+
+#[test]
+fn a_pooled_connection_that_times_out_is_not_retried() {
+    // Answers the first command, then hangs: a memcached stopped (SIGSTOP) or cut off.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                // One lookup: the generation key and the key, both absent.
+                let _ = conn.read(&mut [0u8; 512]);
+                let _ = conn.write_all(b"EN\r\nEN\r\n");
+            }
+            held.push(conn);
+        }
+    });
+    let cache = Cache::new(&[addr], 2);
+    assert!(matches!(cache.lookup("k"), Lookup::Miss(_)));
+    assert!(matches!(cache.lookup("k"), Lookup::Off));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one timeout paid, no second connection");
+}
