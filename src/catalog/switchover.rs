@@ -227,9 +227,9 @@ mod tests {
     /// not granted after the pause read the leases it tells the target to wait out: the
     /// grant checks the pause under the replica's grant lock, which the pause's reading of
     /// the leases takes too.
-    #[test]
-    fn a_grant_that_waited_for_the_pause_is_refused() {
-        let dir = std::env::temp_dir().join(format!("bazar-switchover-grant-{}", std::process::id()));
+    /// A catalog leading epoch 1 on etcd lease 7 (no etcd needed), free to read and grant.
+    fn leading_node(tag: &str) -> (Arc<CatalogNode>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bazar-switchover-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let me = "http://127.0.0.1:9";
         let vars = [
@@ -239,7 +239,6 @@ mod tests {
         ];
         let config = CatalogConfig::from_source(&Vars(&vars)).unwrap();
         let node = CatalogNode::open(config, Arc::new(crate::metrics::Metrics::new())).unwrap();
-        // The core leads epoch 1 on lease 7, and the node has taken the role (no etcd needed).
         let t0 = Instant::now();
         {
             let mut core = node.etcd_side().core();
@@ -251,6 +250,44 @@ mod tests {
             core.step(Input::Observed(Observed { leader, epoch: Some((1, 2)), sync: Some(sync) }), t0);
         }
         node.set_current(Role::Primary, None, 1);
+        (node, dir)
+    }
+
+    /// A front end's watch let through while a switchover revokes the leases carries no
+    /// lease, even when the switchover fails and leases are granted again before it is
+    /// answered (the primary recorded it as holding none).
+    #[test]
+    fn a_watch_let_through_while_revoking_carries_no_lease() {
+        let (node, dir) = leading_node("near");
+        let watch = |seen| crate::wire::NearWatch { session: "fe".into(), seen };
+        let first = node.near_watch(&watch(0)).unwrap();
+        assert!(first.reset && first.lease_ms > 0, "granted while leading");
+        let node = &node;
+        let answered = std::thread::scope(|s| {
+            let revoked = s.spawn(|| node.near.revoke());
+            std::thread::sleep(Duration::from_millis(50));
+            // Told at once that it holds no lease; its next watch confirms it, and is held.
+            let told = node.near_watch(&watch(first.through)).unwrap();
+            assert_eq!(told.lease_ms, 0);
+            let seen = told.through;
+            let asked = s.spawn(move || node.near_watch(&crate::wire::NearWatch { session: "fe".into(), seen }));
+            assert!(revoked.join().unwrap().is_none_or(|end| end <= Instant::now()), "no lease left");
+            // The switchover failed: leases again, while that watch is held.
+            node.near.resume();
+            asked.join().unwrap().unwrap()
+        });
+        assert_eq!(answered.lease_ms, 0, "it was let through without the leadership check");
+        assert!(node.near_watch(&watch(answered.through)).unwrap().lease_ms > 0, "the next one is checked");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A lease request that passed its first checks while a switchover pauses is refused,
+    /// not granted after the pause read the leases it tells the target to wait out: the
+    /// grant checks the pause under the replica's grant lock, which the pause's reading of
+    /// the leases takes too.
+    #[test]
+    fn a_grant_that_waited_for_the_pause_is_refused() {
+        let (node, dir) = leading_node("grant");
         let link = Arc::new(ReplicaLink::new("http://127.0.0.1:8"));
         link.grant().synced("r1".into());
         node.links.write().unwrap().push(Arc::clone(&link));
