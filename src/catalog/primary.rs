@@ -275,7 +275,9 @@ impl CatalogNode {
                 return;
             }
         }
-        let Some(cache) = &self.cache else {
+        // With etcd every catalog runs this, whatever its role: the elected primary flushes
+        // memcached instead (`flush_after_election`), and no other may touch it.
+        let Some(cache) = self.cache.as_ref().filter(|_| self.failover.is_none()) else {
             self.writes_open.store(true, Ordering::SeqCst);
             return;
         };
