@@ -203,7 +203,8 @@ impl CatalogNode {
         while !shutdown.sleep(STEP) {
             let epoch = self.term();
             let elected = self.role() == Role::Primary && self.cache_flushed.load(Ordering::SeqCst) != epoch;
-            let due = again.filter(|at| Instant::now() >= *at).is_some();
+            // The second flush only while still leading (a new primary flushes twice itself).
+            let due = again.filter(|at| Instant::now() >= *at).is_some() && self.may_acknowledge().is_ok();
             if !elected && !due {
                 continue;
             }
