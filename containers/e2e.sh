@@ -75,10 +75,11 @@ echo "== search, info, purchase through the published port"
 body "$FE/search/distributed%20systems" | grep -q "RPCs for Noobs" || fail "search body"
 cache=$(curl -s -o /dev/null -D - "$FE/info/3" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
 cache2=$(curl -s -o /dev/null -D - "$FE/info/3" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
-[ "$cache/$cache2" = "miss/hit" ] || fail "X-Cache $cache/$cache2, want miss/hit"
+# The second read comes from the front end's near cache (or memcached, before its lease).
+case "$cache/$cache2" in miss/near | miss/hit) ;; *) fail "X-Cache $cache/$cache2, want miss then near (or hit)" ;; esac
 [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$FE/purchase/3")" = 200 ] || fail purchase
 [ "$(quantity "$FE/info/3")" = 99 ] || fail "stock after purchase"
-ok "search, info (miss then hit), purchase"
+ok "search, info (miss then $cache2), purchase"
 
 echo "== a stopped replica: reads and purchases go on"
 docker stop -t 10 "$P-catalog-instance2" >/dev/null
