@@ -317,9 +317,8 @@ impl Core {
         }
     }
 
-    /// Whether this primary may answer reads at `now`: once it may write (no old lease
-    /// lives), not while paused, and until `L` after its leadership lapsed (no other
-    /// primary acknowledges a write before its key expired and `L` passed).
+    /// Whether this primary may answer reads at `now`: once it may write (no old lease lives),
+    /// not paused, and until `L` after its leadership lapsed (no one acknowledges before).
     pub fn may_read(&self, now: Instant) -> bool {
         let margin = self.lease_length.mul_f64(LEADER_SHARE);
         matches!(self.role, Role::Primary { paused: false, writes_from, .. } if now >= writes_from)
