@@ -33,7 +33,8 @@
 //! And a lookup also asks for [`GEN_KEY`] (in the same write), which the primary sets on a
 //! server only between batches, under its writer lock: a lookup that finds it began after
 //! every batch fenced on the old process was readable; one that does not may store nothing.
-//! A flush (an import, an election) removes it too, and it is set again the same way.
+//! A flush (an import, an election) removes it too; the primary sets it again once it may
+//! write and read, between batches.
 //!
 //! # Failure
 //! Every memcached call has a short timeout ([`OP_TIMEOUT`]). After a failure the cache is
@@ -258,22 +259,36 @@ impl Cache {
         Ok((server, conn, reply))
     }
 
-    /// With the primary's writer lock held (between batches): sets [`GEN_KEY`] on every
-    /// server that lacks it (one that restarted, or was flushed). A fill is stored only
-    /// where a lookup found it (see the module's notes on restarts).
-    pub fn ensure_generation(&self) -> Result<(), String> {
+    /// With the primary's writer lock held (between batches), while `leads` says it surely
+    /// leads (asked before each change): sets [`GEN_KEY`] on every server that lacks it (one
+    /// that restarted, or was flushed). A fill is stored only where its lookup found it (see
+    /// the module's notes on restarts). A server that fails does not stop the others.
+    pub fn ensure_generation(&self, leads: impl Fn() -> bool) -> Result<(), String> {
+        let mut failed = Vec::new();
         for server in 0..self.servers.len() {
             let held = self.on_server(server, |c| c.exchange(&MetaCommand::new(MetaOp::Get, GEN_KEY)));
-            let (server, conn, held) = held.map_err(|e| e.to_string())?;
-            let mut conn = conn;
-            if held.code != ReturnCode::Hd {
+            let (server, mut conn, held) = match held {
+                Ok(h) => h,
+                Err(e) => {
+                    failed.push(format!("{}: {e}", self.servers[server]));
+                    continue;
+                }
+            };
+            if held.code != ReturnCode::Hd && leads() {
                 let set = MetaCommand::new(MetaOp::Set, GEN_KEY).value(b"1".to_vec()).flag("T0");
-                conn.exchange(&set).map_err(|e| e.to_string())?;
-                log::info!("memcached {} had no generation key (new or restarted): set", self.servers[server]);
+                if let Err(e) = conn.exchange(&set) {
+                    failed.push(format!("{}: {e}", self.servers[server]));
+                    continue;
+                }
+                log::info!("memcached {} had no generation key (new, restarted or flushed): set", self.servers[server]);
             }
             self.give_back(server, conn);
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 
     fn give_back(&self, server: usize, conn: Conn) {
@@ -410,8 +425,9 @@ impl Cache {
     /// [`crate::catalog::store`]): when memcached holds answers of another history (the
     /// catalog was imported, or this is a new store), every server is flushed and the
     /// history recorded under [`HISTORY_KEY`]; `force` flushes whatever it holds. Returns
-    /// whether it flushed. Called under the primary's writer lock (between batches): a
-    /// flush also removes the generation key, set again here ([`Cache::ensure_generation`]).
+    /// whether it flushed. Called under the primary's writer lock (between batches). A
+    /// flush also removes the generation key: fills stop until the primary sets it again
+    /// ([`Cache::ensure_generation`]) once it may write.
     pub fn adopt_history(&self, history: &str, force: bool) -> Result<bool, String> {
         let get = MetaCommand::new(MetaOp::Get, HISTORY_KEY).flag("v");
         let held = self.exchange(HISTORY_KEY, &get).map_err(|e| e.to_string())?.value;
@@ -427,7 +443,7 @@ impl Cache {
         }
         let set = MetaCommand::new(MetaOp::Set, HISTORY_KEY).value(history.as_bytes().to_vec());
         match self.exchange(HISTORY_KEY, &set).map_err(|e| e.to_string())?.code {
-            ReturnCode::Hd => self.ensure_generation().map(|()| true),
+            ReturnCode::Hd => Ok(true),
             other => Err(format!("memcached did not store the history ({other:?})")),
         }
     }

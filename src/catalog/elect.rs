@@ -201,6 +201,13 @@ impl CatalogNode {
         let Some(cache) = &self.cache else { return };
         let mut again: Option<Instant> = None;
         while !shutdown.sleep(STEP) {
+            let maybe = self.cache_flushed.load(Ordering::SeqCst) != self.term() || again.is_some();
+            if self.role() != Role::Primary || !maybe {
+                continue;
+            }
+            // Decided again under the writer lock, between batches: a primary deposed
+            // meanwhile flushes nothing (its flush could wipe the next primary's markers).
+            let writer = self.lock_writer();
             let epoch = self.term();
             let elected = self.role() == Role::Primary && self.cache_flushed.load(Ordering::SeqCst) != epoch;
             // The second flush only while still leading (a new primary flushes twice itself).
@@ -208,7 +215,6 @@ impl CatalogNode {
             if !elected && !due {
                 continue;
             }
-            let writer = self.lock_writer();
             let flushed = cache.adopt_history(writer.history_id(), true);
             drop(writer);
             match flushed {

@@ -41,18 +41,13 @@ impl CatalogNode {
         if self.cache.is_some() {
             let (node, stop) = (Arc::clone(self), shutdown.clone());
             std::thread::spawn(move || loop {
-                // Under the writer lock, between batches, and only while it surely leads:
-                // markers are set in write order, and a memcached that restarted gets its
-                // generation key only once every batch marked on the old process is readable.
-                // A memcached that does not answer is asked again only after the back-off
-                // (each try holds writes up to a timeout).
+                // Under the writer lock, between batches, only while it surely leads.
                 let writer = node.lock_writer();
-                let leads = node.role() == super::config::Role::Primary && node.may_acknowledge().is_ok();
                 let mut pause = GENERATION_CHECK;
-                if leads {
+                if node.fences_memcached() {
                     let cache = node.cache.as_ref().expect("checked");
                     cache.retry_pending();
-                    if let Err(e) = cache.ensure_generation() {
+                    if let Err(e) = cache.ensure_generation(|| node.fences_memcached()) {
                         log::debug!("memcached's generation key not checked: {e}");
                         pause = cache::BACKOFF;
                     }
@@ -245,6 +240,16 @@ impl CatalogNode {
     /// that lease has run out by then.
     pub(super) fn reads_open(&self) -> bool {
         !self.leases() || Instant::now() >= self.reads_from || self.links().iter().all(|l| l.grant().in_sync)
+    }
+
+    /// Whether this catalog may set memcached's generation key now: the primary, free to
+    /// write (with etcd: leadership valid, old leases over, flushed since its election) and
+    /// to read. Asked under the writer lock, between batches.
+    pub(super) fn fences_memcached(&self) -> bool {
+        self.role() == super::config::Role::Primary
+            && self.may_acknowledge().and_then(|()| self.cache_flushed()).is_ok()
+            && self.writes_open.load(Ordering::SeqCst)
+            && self.reads_open()
     }
 
     /// A write waits until writes are open (see [`CatalogNode::open_writes`]).

@@ -431,6 +431,12 @@ impl Store {
             let a = json(&get(&fe, "/ready"));
             a["catalogs_ready"] == 2 && a["orders_ready"] == 2
         });
+        // memcached takes fills once the primary has set its generation key (within a
+        // quarter second of the primary's first chance to write).
+        if let Some(mc) = &store.memcached {
+            let addr = memcached_addr(mc);
+            eventually(START_DEADLINE, "the generation key in memcached", || has_key(&addr, bazar::cache::GEN_KEY));
+        }
         // A service that could not bind its port exits; the answer was then another's.
         for p in store.catalogs.iter_mut().chain(store.orders.iter_mut()).chain([&mut store.frontend]) {
             assert!(p.running(), "{} exited at start (its log: {})", p.spec.name, p.spec.log.display());
@@ -548,4 +554,15 @@ pub fn race(s: &Store, fes: &[String], counted: &str) -> (usize, usize, usize) {
         done.store(true, Ordering::SeqCst);
     });
     (reads.into_inner(), hits.into_inner(), stale.into_inner())
+}
+
+/// Whether memcached at `server` holds `key`.
+pub fn has_key(server: &str, key: &str) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(server) else { return false };
+    if conn.write_all(format!("mg {key}\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).is_ok() && line.starts_with("HD")
 }
