@@ -8,99 +8,12 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a failover may take before the test calls it broken (not a speed claim).
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
-
-/// A store whose two catalogs elect their primary through etcd.
-struct EtcdStore {
-    frontend: Proc,
-    orders: Vec<Proc>,
-    catalogs: Vec<Proc>,
-    _etcd: Proc,
-    _dir: TempDir,
-}
-
-impl EtcdStore {
-    fn start(tag: &str) -> Option<EtcdStore> {
-        let dir = TempDir::new(tag);
-        let etcd = etcd(&dir.0)?;
-        let endpoint = etcd_url(&etcd);
-        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-        let u = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-        let spec = |name: &str, program: &str, i: usize, extra: Vec<(&str, String)>| {
-            let mut env: Vec<(String, String)> = vec![
-                ("BAZAR_THREADS".into(), "16".into()),
-                ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])),
-                ("BAZAR_DATA_DIR".into(), dir.0.join(name).display().to_string()),
-            ];
-            env.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
-            Spec {
-                name: name.into(),
-                program: PathBuf::from(program),
-                args: vec![],
-                env,
-                log: dir.0.join(format!("{name}.log")),
-            }
-        };
-        let catalog = |name: &str, i: usize| {
-            Proc::start(spec(name, env!("CARGO_BIN_EXE_bazar-catalog"), i, vec![("BAZAR_ETCD", endpoint.clone())]))
-        };
-        let catalogs = vec![catalog("catalog-1", 0), catalog("catalog-2", 1)];
-        let both = format!("{},{}", u(0), u(1));
-        let order = |name: &str, i: usize, peer: usize| {
-            Proc::start(spec(
-                name,
-                env!("CARGO_BIN_EXE_bazar-order"),
-                i,
-                vec![("BAZAR_CATALOG", both.clone()), ("BAZAR_PEERS", u(peer))],
-            ))
-        };
-        let orders = vec![order("order-1", 2, 3), order("order-2", 3, 2)];
-        let frontend = Proc::start(spec(
-            "frontend",
-            env!("CARGO_BIN_EXE_bazar-frontend"),
-            4,
-            vec![("BAZAR_CATALOG", both.clone()), ("BAZAR_ORDER", format!("{},{}", u(2), u(3)))],
-        ));
-        let store = EtcdStore { frontend, orders, catalogs, _etcd: etcd, _dir: dir };
-        for p in store.catalogs.iter().chain(&store.orders).chain([&store.frontend]) {
-            wait_ready(&url(p));
-        }
-        let fe = url(&store.frontend);
-        eventually(Duration::from_secs(20), "the front end to see every back end ready", || {
-            let a = json(&get(&fe, "/ready"));
-            a["catalogs_ready"] == 2 && a["orders_ready"] == 2
-        });
-        Some(store)
-    }
-
-    fn catalog(&self, i: usize) -> String {
-        url(&self.catalogs[i])
-    }
-
-    /// The index of the catalog that says it is the primary (and is writable), if one.
-    fn primary(&self) -> Option<usize> {
-        (0..self.catalogs.len()).find(|&i| health(&self.catalog(i)).is_some_and(|h| h["role"] == "primary"))
-    }
-
-    fn wait_primary(&self) -> usize {
-        let mut found = None;
-        eventually(FAILOVER_DEADLINE, "a primary", || {
-            found = self.primary();
-            found.is_some()
-        });
-        found.unwrap()
-    }
-
-    fn fe(&self) -> String {
-        url(&self.frontend)
-    }
-}
 
 /// Purchases through the front end from `threads` threads until stopped: the order ids
 /// acknowledged, and when each failure and success came.
@@ -187,7 +100,7 @@ fn orders_for(base: &str, book: u32) -> HashSet<String> {
 
 #[test]
 fn a_killed_primary_is_replaced_and_nothing_acknowledged_is_lost() {
-    let Some(mut s) = EtcdStore::start("failover-kill") else { return };
+    let Some(mut s) = EtcdStore::start("failover-kill", false) else { return };
     let first = s.wait_primary();
     let book = 4;
     let initial = 1_000_000;
@@ -246,7 +159,7 @@ fn set_quantity(base: &str, book: u32, quantity: u64) -> u16 {
 
 #[test]
 fn a_frozen_primary_is_replaced_acknowledges_nothing_after_and_steps_down() {
-    let Some(s) = EtcdStore::start("failover-freeze") else { return };
+    let Some(s) = EtcdStore::start("failover-freeze", false) else { return };
     let p = s.wait_primary();
     let (old, new) = (s.catalog(p), s.catalog(1 - p));
     assert_eq!(set_quantity(&new, 5, 100), 200, "forwarded to the primary");
@@ -294,11 +207,11 @@ fn a_frozen_primary_is_replaced_acknowledges_nothing_after_and_steps_down() {
 
 #[test]
 fn without_etcd_reads_go_on_a_while_writes_fail_cleanly_and_all_resumes() {
-    let Some(mut s) = EtcdStore::start("failover-etcd-down") else { return };
+    let Some(mut s) = EtcdStore::start("failover-etcd-down", false) else { return };
     let p = s.wait_primary();
     let (primary, replica) = (s.catalog(p), s.catalog(1 - p));
     assert_eq!(set_quantity(&primary, 2, 50), 200);
-    s._etcd.kill9();
+    s.etcd.kill9();
     let down = Instant::now();
     // Reads go on at once on both catalogs (the leadership and the leases still hold).
     assert_eq!(get(&primary, "/books/2").status, 200);
@@ -337,7 +250,7 @@ fn without_etcd_reads_go_on_a_while_writes_fail_cleanly_and_all_resumes() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    s._etcd.restart();
+    s.etcd.restart();
     let back = Instant::now();
     eventually(FAILOVER_DEADLINE, "writes to work again", || set_quantity(&primary, 2, q + 1) == 200);
     q += 1;
@@ -357,7 +270,7 @@ fn without_etcd_reads_go_on_a_while_writes_fail_cleanly_and_all_resumes() {
 
 #[test]
 fn a_switchover_under_load_loses_nothing_and_pauses_writes_briefly() {
-    let Some(s) = EtcdStore::start("failover-switchover") else { return };
+    let Some(s) = EtcdStore::start("failover-switchover", false) else { return };
     let p = s.wait_primary();
     let (old, new) = (s.catalog(p), s.catalog(1 - p));
     let (book, initial) = (4, 1_000_000);

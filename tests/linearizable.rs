@@ -146,8 +146,8 @@ fn live_with_memcached_restarted() {
 #[test]
 fn live_with_the_primary_killed_and_replaced() {
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut store) = live::EtcdStore::start() else { return };
-    let first = store.primary();
+    let Some(mut store) = EtcdStore::start("linearizable-etcd", true) else { return };
+    let first = store.wait_primary();
     let targets = live::targets(&[&store.frontend], &store.catalogs);
     let primary = url(&store.catalogs[first]);
     live::run("primary-failover", &targets, &primary, |elapsed| {
@@ -171,8 +171,8 @@ fn live_with_a_front_end_frozen() {
 #[test]
 fn live_with_the_primary_frozen_and_replaced() {
     let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(store) = live::EtcdStore::start() else { return };
-    let first = store.primary();
+    let Some(store) = EtcdStore::start("linearizable-etcd", true) else { return };
+    let first = store.wait_primary();
     let targets = live::targets(&[&store.frontend], &store.catalogs);
     let primary = url(&store.catalogs[first]);
     live::run("primary-freeze", &targets, &primary, |elapsed| {

@@ -243,6 +243,90 @@ pub fn etcd_catalogs(dir: &Path, n: usize, endpoint: &str, extra: &[(&str, Strin
 }
 
 /// The client URL of an etcd started by [`etcd`].
+/// A store whose two catalogs elect their primary through etcd, with two order servers and
+/// a front end (and memcached for catalogs and front end when `cached`). None (with a note)
+/// when etcd, or memcached where asked for, is missing.
+pub struct EtcdStore {
+    pub frontend: Proc,
+    pub orders: Vec<Proc>,
+    pub catalogs: Vec<Proc>,
+    pub memcached: Option<Proc>,
+    pub etcd: Proc,
+    pub dir: TempDir,
+}
+
+impl EtcdStore {
+    pub fn start(tag: &str, cached: bool) -> Option<EtcdStore> {
+        let dir = TempDir::new(tag);
+        let etcd = etcd(&dir.0)?;
+        let memcached = if cached { Some(memcached(&dir.0)?) } else { None };
+        let cache: Vec<(&str, String)> = memcached.iter().map(|m| ("BAZAR_MEMCACHED", memcached_addr(m))).collect();
+        let catalogs = etcd_catalogs(&dir.0, 2, &etcd_url(&etcd), &cache);
+        let all = catalogs.iter().map(url).collect::<Vec<_>>().join(",");
+        let ports = [free_port(), free_port(), free_port()];
+        let u = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+        let start = |name: &str, program: &str, i: usize, extra: Vec<(&str, String)>| {
+            let mut env: Vec<(String, String)> = vec![
+                ("BAZAR_THREADS".into(), "16".into()),
+                ("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])),
+                ("BAZAR_DATA_DIR".into(), dir.0.join(name).display().to_string()),
+                ("BAZAR_CATALOG".into(), all.clone()),
+            ];
+            env.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            let log = dir.0.join(format!("{name}.log"));
+            Proc::start(Spec { name: name.into(), program: PathBuf::from(program), args: vec![], env, log })
+        };
+        let order = env!("CARGO_BIN_EXE_bazar-order");
+        let orders = vec![
+            start("order-1", order, 0, vec![("BAZAR_PEERS", u(1))]),
+            start("order-2", order, 1, vec![("BAZAR_PEERS", u(0))]),
+        ];
+        let frontend = start(
+            "frontend",
+            env!("CARGO_BIN_EXE_bazar-frontend"),
+            2,
+            [vec![("BAZAR_ORDER", format!("{},{}", u(0), u(1)))], cache.clone()].concat(),
+        );
+        let store = EtcdStore { frontend, orders, catalogs, memcached, etcd, dir };
+        for p in store.catalogs.iter().chain(&store.orders).chain([&store.frontend]) {
+            wait_ready(&url(p));
+        }
+        let fe = store.fe();
+        eventually(START_DEADLINE, "the front end to see every back end ready", || {
+            let a = json(&get(&fe, "/ready"));
+            a["catalogs_ready"] == 2 && a["orders_ready"] == 2
+        });
+        Some(store)
+    }
+
+    pub fn catalog(&self, i: usize) -> String {
+        url(&self.catalogs[i])
+    }
+
+    pub fn fe(&self) -> String {
+        url(&self.frontend)
+    }
+
+    /// The index of the catalog that says it is the primary now, if one.
+    pub fn primary(&self) -> Option<usize> {
+        (0..self.catalogs.len()).find(|&i| {
+            client()
+                .call(Method::GET, &self.catalog(i), "/health", None)
+                .is_ok_and(|a| a.status == 200 && json(&a)["role"] == "primary")
+        })
+    }
+
+    /// The index of the primary, waiting up to 30 s for one.
+    pub fn wait_primary(&self) -> usize {
+        let mut found = None;
+        eventually(Duration::from_secs(30), "a primary", || {
+            found = self.primary();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+}
+
 pub fn etcd_url(p: &Proc) -> String {
     let i = p.spec.args.iter().position(|a| a == "--listen-client-urls").expect("etcd args");
     p.spec.args[i + 1].clone()
