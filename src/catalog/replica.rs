@@ -276,9 +276,12 @@ impl CatalogNode {
     /// [`CatalogNode::ask_committed`]): a read never shows a write before the primary does,
     /// nor an older state than one the primary showed before the read began.
     pub(super) fn clean(&self, dirty: impl Fn(&Catalog) -> bool) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
-        if self.role() == super::config::Role::Primary || !dirty(&self.state()) {
-            return Ok(self.state());
+        let primary = self.role() == super::config::Role::Primary;
+        let state = self.state();
+        if primary || !dirty(&state) {
+            return Ok(state);
         }
+        drop(state);
         self.ask_committed()?;
         Ok(self.state())
     }
