@@ -158,9 +158,53 @@ pub fn starts_with(path: &Path, prefix: &[u8]) -> io::Result<bool> {
     }
 }
 
-/// Creates the data directory (and its parents) if it is missing.
+/// Creates the data directory (and its parents) if it is missing, durably: each directory
+/// created is fsynced into its parent, so a crash right after start cannot take away a
+/// directory (and the files in it) that the process already relied on.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_dir(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(dir),
+        // Made meanwhile by someone else: there, and made durable by whoever made it.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Locks the file `name` in `dir` (`flock`, exclusive, not waiting) for as long as the
+/// returned file is open, or says which kind of process (`what`) holds it: no two processes
+/// ever write one data directory.
+pub fn lock_dir(dir: &Path, name: &str, what: &'static str) -> Result<File, StorageError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(name);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StorageError::InUse { dir: dir.to_path_buf(), what });
+    }
+    Ok(file)
+}
+
+/// The checksum of a row: CRC-32 (crc32fast) over each field's length (4 bytes, little
+/// endian) and bytes, so that it depends on the fields' values and never on how CSV quoted
+/// them. Stored as [`checksum_text`] in the row's last column.
+pub fn checksum<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for f in fields {
+        h.update(&(f.len() as u32).to_le_bytes());
+        h.update(f);
+    }
+    h.finalize()
+}
+
+/// A checksum as it is written in a file: 8 lower-case hex digits.
+pub fn checksum_text(sum: u32) -> String {
+    format!("{sum:08x}")
 }
 
 /// Cuts a torn last line (a crash in the middle of an append) off a line-oriented file.
@@ -212,6 +256,32 @@ mod tests {
         f.write_all(b"three\nfou").unwrap();
         assert_eq!(cut_torn_tail(&p).unwrap(), 3);
         assert_eq!(fs::read(&p).unwrap(), b"two\nthree\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checksums_see_values_not_quoting() {
+        let a = checksum([&b"1"[..], b"a,b"]);
+        assert_eq!(a, checksum([&b"1"[..], b"a,b"]));
+        // Field boundaries count: "1a" + "" differs from "1" + "a".
+        assert_ne!(checksum([&b"1a"[..], b""]), checksum([&b"1"[..], b"a"]));
+        // One flipped digit changes it.
+        assert_ne!(checksum([&b"12.50"[..]]), checksum([&b"12.51"[..]]));
+        assert_eq!(checksum_text(0xab), "000000ab");
+    }
+
+    #[test]
+    fn directories_are_made_durably_and_locked_once() {
+        let dir = std::env::temp_dir().join(format!("bazar-storage-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let deep = dir.join("a/b");
+        ensure_dir(&deep).unwrap();
+        ensure_dir(&deep).unwrap();
+        assert!(deep.is_dir());
+        let held = lock_dir(&deep, "x.lock", "test").unwrap();
+        assert!(lock_dir(&deep, "x.lock", "test").unwrap_err().to_string().contains("in use by a running test"));
+        drop(held);
+        assert!(lock_dir(&deep, "x.lock", "test").is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

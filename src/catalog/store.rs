@@ -115,7 +115,7 @@ impl Store {
 
     fn open_with(dir: &Path, want: Books) -> Result<(Store, Catalog)> {
         storage::ensure_dir(dir).at(dir)?;
-        let lock = lock_dir(dir)?;
+        let lock = storage::lock_dir(dir, "catalog.lock", "catalog")?;
         let books = dir.join("books.csv");
         let log_path = dir.join("catalog.log");
         if !log_path.exists() && !books.exists() {
@@ -320,18 +320,6 @@ fn read_view(path: &Path, catalog: &mut Catalog) -> Result<()> {
             .map_err(|e| StorageError::corrupt(path, e))?;
     }
     Ok(())
-}
-
-/// Locks `catalog.lock` in `dir` for this process, or says who holds it.
-fn lock_dir(dir: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("catalog.lock");
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(StorageError::InUse { dir: dir.to_path_buf(), what: "catalog" });
-    }
-    Ok(file)
 }
 
 /// A new history id.
