@@ -360,6 +360,17 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/purchases?after={after}"))
     }
 
+    /// The purchases journaled after write `after` in this catalog's own journal, whatever
+    /// its role (a whole copy takes them with the books).
+    pub fn journal(&self, base: &str, after: u64) -> Result<PurchasePage> {
+        self.http.get(base, &format!("/internal/purchases?after={after}&here=1"))
+    }
+
+    /// How far a catalog's data got (`GET /internal/identity`).
+    pub fn identity(&self, base: &str) -> Result<crate::wire::Identity> {
+        self.http.get(base, "/internal/identity")
+    }
+
     /// A page of the whole catalog, books with ids above `after` (a replica's full copy).
     pub fn copy_page(&self, base: &str, after: u32, limit: usize) -> Result<BookPage> {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))

@@ -334,8 +334,155 @@ pub struct OrderPage {
     pub next: usize,
 }
 
+/// How far a catalog's data got (`GET /internal/identity`), and which of two catalogs
+/// may be copied over the other: the rule that keeps data from flowing backwards.
+///
+/// A catalog's data is named by its *history* (an id drawn when a catalog is seeded,
+/// imported or copied whole: a copy takes its source's) and its last logged write (number
+/// and epoch). All three live in `catalog.log`, so they survive restarts. A catalog at
+/// write 0 is *empty*: it holds the built-in seed and has never taken a write (an import
+/// is a write: it is numbered after the catalog's last).
+///
+/// Architecture invariant: **data never flows backwards.** A catalog is never replaced by
+/// a copy of one that [`Identity::holds_more_than`] says is behind it: not by a replica's
+/// copy (`replica.rs` refuses to copy from such a primary), not by a primary that asks a
+/// replica to copy (`primary.rs` refuses), and with etcd never by an election (a catalog
+/// of another history than the store's in-sync record, or below its floor, does not
+/// campaign: [`Identity::eligible`]). With static roles a primary that starts behind a
+/// replica takes that replica's catalog before it serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The catalog's history id.
+    pub history: String,
+    /// The number of its last logged write (0: empty, the seed and no write ever).
+    pub seq: u64,
+    /// The epoch of that write (0 with static roles).
+    pub epoch: u64,
+}
+
+impl Identity {
+    /// Whether the catalog never took a write: it holds the built-in seed only.
+    pub fn is_empty(&self) -> bool {
+        self.seq == 0
+    }
+
+    /// Whether this catalog holds writes that `other` lacks, so that copying `other` over
+    /// it could lose acknowledged writes: `other` is empty and this one is not, or both
+    /// are of one history and this one's last write is later (its epoch, then its number:
+    /// Raft's "more up to date"). Two catalogs of different histories, neither empty, are
+    /// not ordered: each is the result of an explicit act (an import); the primary's wins.
+    pub fn holds_more_than(&self, other: &Identity) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        if other.is_empty() {
+            return true;
+        }
+        self.history == other.history && (self.epoch, self.seq) > (other.epoch, other.seq)
+    }
+
+    /// Whether a catalog holding this may be replaced by a whole copy of `source`. With
+    /// static roles, unless it [holds more](Identity::holds_more_than) than `source` (the
+    /// primary lost writes: its disk came back empty or older). With etcd a replica's log
+    /// may run past the primary's with writes an old primary never acknowledged, which the
+    /// copy rightly drops (the election keeps catalogs that are behind out: see
+    /// [`Identity::eligible`]): there, only an empty source is refused over data.
+    pub fn may_be_replaced_by(&self, source: &Identity, static_roles: bool) -> bool {
+        match static_roles {
+            true => !self.holds_more_than(source),
+            false => self.is_empty() || !source.is_empty(),
+        }
+    }
+
+    /// With etcd: whether this catalog may run for primary under the in-sync record that
+    /// names it. The record carries the store's history and a floor (a write every member
+    /// had logged when it was written); a record without them (from before this rule) only
+    /// keeps an empty catalog out when it has a floor.
+    pub fn eligible(&self, history: Option<&str>, floor: u64) -> Result<(), String> {
+        if let Some(h) = history.filter(|h| *h != self.history) {
+            return Err(format!(
+                "this catalog holds history {:?} at write {}, the store's is {h:?}: it may lack acknowledged writes",
+                self.history, self.seq
+            ));
+        }
+        if self.seq < floor {
+            return Err(format!(
+                "this catalog is at write {}, the store's in-sync record says at least {floor}",
+                self.seq
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.is_empty() {
+            true => write!(f, "empty (history {:?}, no write)", self.history),
+            false => write!(f, "history {:?} at write {} (epoch {})", self.history, self.seq, self.epoch),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn id(history: &str, seq: u64, epoch: u64) -> Identity {
+        Identity { history: history.into(), seq, epoch }
+    }
+
+    /// (this, other, this holds more than other)
+    #[test]
+    fn who_holds_more() {
+        let table = [
+            (id("a", 0, 0), id("b", 0, 0), false),
+            (id("a", 3, 0), id("b", 0, 0), true),
+            (id("a", 0, 0), id("b", 3, 0), false),
+            (id("a", 5, 0), id("a", 3, 0), true),
+            (id("a", 3, 0), id("a", 5, 0), false),
+            (id("a", 3, 0), id("a", 3, 0), false),
+            // A later epoch is more up to date whatever the number (Raft).
+            (id("a", 3, 2), id("a", 5, 1), true),
+            (id("a", 5, 1), id("a", 3, 2), false),
+            // Two imports: not ordered (the primary's wins).
+            (id("a", 9, 0), id("b", 3, 0), false),
+            (id("b", 3, 0), id("a", 9, 0), false),
+        ];
+        for (this, other, expected) in table {
+            assert_eq!(this.holds_more_than(&other), expected, "{this} against {other}");
+        }
+    }
+
+    #[test]
+    fn eligibility_under_the_in_sync_record() {
+        assert!(id("a", 5, 1).eligible(Some("a"), 5).is_ok());
+        assert!(id("a", 5, 1).eligible(None, 0).is_ok());
+        let other = id("b", 0, 0).eligible(Some("a"), 0).unwrap_err();
+        assert!(other.contains("history \"b\""), "{other}");
+        assert!(id("a", 4, 1).eligible(Some("a"), 5).unwrap_err().contains("at least 5"));
+        // A record from before histories, with a floor: an empty catalog stays out.
+        assert!(id("c", 0, 0).eligible(None, 2).is_err());
+    }
+
+    /// (target, source, static roles, may the copy replace the target)
+    #[test]
+    fn which_copies_may_replace_a_catalog() {
+        let table = [
+            (id("a", 0, 0), id("b", 5, 0), true, true),
+            (id("a", 5, 0), id("b", 0, 0), true, false),
+            (id("a", 5, 0), id("b", 0, 0), false, false),
+            (id("a", 7, 0), id("a", 5, 0), true, false),
+            (id("a", 5, 0), id("a", 7, 0), true, true),
+            // An import on the primary (another history) replaces a replica's catalog.
+            (id("a", 9, 0), id("b", 2, 0), true, true),
+            // With etcd a tail the old primary never acknowledged is dropped.
+            (id("a", 10, 2), id("a", 9, 3), false, true),
+            (id("a", 0, 0), id("b", 0, 0), false, true),
+        ];
+        for (target, source, static_roles, expected) in table {
+            assert_eq!(target.may_be_replaced_by(&source, static_roles), expected, "{target} by {source}");
+        }
+    }
     use super::*;
     use crate::ids::{timestamp, ORDER_TIME_SKEW_MS};
 

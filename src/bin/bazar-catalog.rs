@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("import") {
-        return bazar::catalog::import::command(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("import") => return bazar::catalog::import::command(&args[1..]),
+        Some("start-over") => return bazar::catalog::import::start_over_command(&args[1..]),
+        _ => {}
     }
     bazar::service::run(
         "bazar-catalog",

@@ -166,6 +166,8 @@ With etcd (automatic failover; BAZAR_ROLE, BAZAR_PRIMARY, BAZAR_REPLICAS then un
 Commands:
   bazar-catalog import FILE   replace the catalog in BAZAR_DATA_DIR (catalog stopped)
                               with the books of FILE (header id,title,topic,price,quantity)
+  bazar-catalog start-over    replace it with the built-in catalog: start the store over
+                              (its replicas copy it, whatever they held)
 ";
 }
 

@@ -102,9 +102,9 @@ impl Failover {
         Ok(seen)
     }
 
-    /// The campaign (or, without revisions, the bootstrap) for `epoch`: the `sync` key it
-    /// wrote when it won.
-    fn campaign(&self, epoch: u64, revisions: Option<(i64, i64)>) -> Option<SyncSet> {
+    /// The campaign (or, without revisions, the bootstrap) for `epoch`, by a catalog of
+    /// `history` that shows every write up to `floor`: the `sync` key it wrote when it won.
+    fn campaign(&self, epoch: u64, revisions: Option<(i64, i64)>, history: String, floor: u64) -> Option<SyncSet> {
         let lease = self.core().lease()?;
         let mut when = vec![Compare::Absent(LEADER.into())];
         match revisions {
@@ -113,14 +113,14 @@ impl Failover {
                 when.extend([Compare::ModRevision(SYNC.into(), sync), Compare::ModRevision(EPOCH.into(), e)])
             }
         }
-        let members = vec![self.me.clone()];
+        let sync = SyncSet { epoch, members: vec![self.me.clone()], revision: 0, history: Some(history), floor };
         let ops = [
             put(EPOCH, json!(epoch), None),
             put(LEADER, json!({ "url": self.me, "epoch": epoch }), Some(lease)),
-            put(SYNC, json!({ "epoch": epoch, "members": members }), None),
+            put(SYNC, sync_value(&sync), None),
         ];
         match self.etcd.txn(&when, &ops, &[]) {
-            Ok(o) if o.succeeded => Some(SyncSet { epoch, members, revision: o.revision }),
+            Ok(o) if o.succeeded => Some(SyncSet { revision: o.revision, ..sync }),
             Ok(_) => None,
             Err(e) => {
                 // The outcome is unknown: the next read of the keys tells.
@@ -132,9 +132,11 @@ impl Failover {
 
     /// Writes `sync` if it is unchanged since `new.revision`: the input for the core.
     fn write_sync(&self, new: &SyncSet) -> std::result::Result<Input, EtcdError> {
-        let value = json!({ "epoch": new.epoch, "members": new.members });
-        let outcome =
-            self.etcd.txn(&[Compare::ModRevision(SYNC.into(), new.revision)], &[put(SYNC, value, None)], &[])?;
+        let outcome = self.etcd.txn(
+            &[Compare::ModRevision(SYNC.into(), new.revision)],
+            &[put(SYNC, sync_value(new), None)],
+            &[],
+        )?;
         Ok(match outcome.succeeded {
             true => Input::SyncWritten(SyncSet { revision: outcome.revision, ..new.clone() }),
             false => Input::SyncConflict,
@@ -162,7 +164,14 @@ pub(super) fn leader_record(value: &serde_json::Value, lease: i64) -> Option<Lea
 
 fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
     let members = value["members"].as_array()?.iter().filter_map(|m| m.as_str().map(String::from)).collect();
-    Some(SyncSet { epoch: value["epoch"].as_u64()?, members, revision })
+    let history = value["history"].as_str().map(String::from);
+    let floor = value["floor"].as_u64().unwrap_or(0);
+    Some(SyncSet { epoch: value["epoch"].as_u64()?, members, revision, history, floor })
+}
+
+/// The `sync` key's value (what [`sync_record`] reads back).
+pub(super) fn sync_value(sync: &SyncSet) -> serde_json::Value {
+    json!({ "epoch": sync.epoch, "members": sync.members, "history": sync.history, "floor": sync.floor })
 }
 
 /// A member's key: its URL in hex (any URL makes a plain key).
@@ -255,6 +264,8 @@ impl CatalogNode {
         let (mut kept, mut seen, mut registered): (Option<Instant>, Option<Instant>, Option<i64>) = (None, None, None);
         // The last grant or keepalive tried, and whether etcd is failing (said once).
         let (mut tried, mut failing): (Option<Instant>, bool) = (None, false);
+        // Whether it may run for primary, as last said (a change to "not" is logged).
+        let mut eligible: Option<std::result::Result<(), String>> = None;
         while !shutdown.is_set() {
             let lease = f.core().lease();
             let now = Instant::now();
@@ -306,6 +317,11 @@ impl CatalogNode {
             }
             if f.kick.swap(false, Ordering::SeqCst) || seen.is_none_or(|s| now >= s + f.ttl / 4) {
                 seen = Some(now);
+                if self.role() != Role::Primary {
+                    // What its eligibility is judged on (a primary's data does not move back).
+                    let data = self.identity();
+                    self.feed(Input::Data(data));
+                }
                 match f.observe() {
                     Ok(observed) => {
                         self.feed(Input::Observed(observed));
@@ -314,6 +330,16 @@ impl CatalogNode {
                         }
                     }
                     Err(e) => log::debug!("cannot read etcd: {e}"),
+                }
+                let now_eligible = {
+                    let core = f.core();
+                    core.sync().map(|_| core.eligible())
+                };
+                if now_eligible != eligible {
+                    if let Some(Err(why)) = &now_eligible {
+                        log::warn!("not eligible for primary: {why}");
+                    }
+                    eligible = now_eligible;
                 }
             }
             self.feed(Input::Tick);
@@ -338,12 +364,16 @@ impl CatalogNode {
                     queue.extend(f.core().step(Input::Campaigned { won: None }, Instant::now()));
                 }
                 Effect::Bootstrap => {
-                    let won = f.campaign(1, None);
+                    let (history, floor) = (self.identity().history, self.state().seq());
+                    let won = f.campaign(1, None, history, floor);
                     queue.extend(f.core().step(Input::Campaigned { won }, Instant::now()));
                 }
                 Effect::Campaign { epoch, sync_revision, epoch_revision } => {
                     log::info!("no primary: campaigning for epoch {epoch}");
-                    let won = f.campaign(epoch, Some((sync_revision, epoch_revision)));
+                    // The floor: this catalog's readable write, which the old primary had
+                    // committed, so every member of `sync` had logged it.
+                    let (history, floor) = (self.identity().history, self.state().seq());
+                    let won = f.campaign(epoch, Some((sync_revision, epoch_revision)), history, floor);
                     queue.extend(f.core().step(Input::Campaigned { won }, Instant::now()));
                 }
                 Effect::Lead { epoch } => self.lead(epoch),
@@ -497,7 +527,9 @@ impl CatalogNode {
 
     fn change_sync(&self, url: &str, add: bool) -> Result<()> {
         let f = self.etcd_side();
-        let change = f.core().sync_change(url, add);
+        // The floor rises to this primary's commit point: every member had logged it.
+        let floor = self.state().seq();
+        let change = f.core().sync_change(url, add).map(|s| SyncSet { floor: s.floor.max(floor), ..s });
         let Some(new) = change.filter(|_| self.role() == Role::Primary) else {
             return match self.role() {
                 Role::Primary => Ok(()),

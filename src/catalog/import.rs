@@ -40,7 +40,12 @@ impl std::fmt::Display for ImportError {
 pub fn read_import(file: &Path) -> std::result::Result<Catalog, ImportError> {
     let whole = |reason: String| ImportError { line: 0, reason };
     let text = std::fs::read(file).map_err(|e| whole(format!("cannot read {}: {e}", file.display())))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_slice());
+    parse_import(&text)
+}
+
+/// Checks every row of a catalog file's `text` and builds the catalog (at write 0).
+fn parse_import(text: &[u8]) -> std::result::Result<Catalog, ImportError> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
     let header = reader.headers().map_err(|e| ImportError { line: 1, reason: e.to_string() })?.clone();
     if header.iter().collect::<Vec<_>>().join(",") != HEADER {
         return Err(ImportError { line: 1, reason: format!("the header must be {HEADER}") });
@@ -78,7 +83,7 @@ pub fn read_import(file: &Path) -> std::result::Result<Catalog, ImportError> {
             record[4].parse().map_err(|_| bad(format!("quantity {:?} is not a whole number", &record[4])))?;
         if catalog.book(id).is_ok() {
             // Rare: look for the first one again rather than keep every id's line.
-            let mut again = csv::Reader::from_reader(text.as_slice());
+            let mut again = csv::Reader::from_reader(text);
             let first = again
                 .records()
                 .flatten()
@@ -95,14 +100,48 @@ pub fn read_import(file: &Path) -> std::result::Result<Catalog, ImportError> {
 /// `bazar-catalog import FILE`: replaces the catalog in `dir` with the books of `file` as
 /// one durable write (numbered after the catalog's last), or changes nothing.
 pub fn import(dir: &Path, file: &Path) -> std::result::Result<(usize, u64), ImportError> {
+    replace_with(dir, read_import(file)?)
+}
+
+/// `bazar-catalog start-over`: replaces the catalog in `dir` with the built-in one, as an
+/// import of it: the explicit act that starts a store over (its replicas copy it; see
+/// README, "Storage faults").
+pub fn start_over(dir: &Path) -> std::result::Result<(usize, u64), ImportError> {
+    replace_with(dir, parse_import(super::store::SEED.as_bytes())?)
+}
+
+/// Replaces the catalog in `dir` with `catalog` as one durable write, numbered after the
+/// catalog's last, under a new history.
+fn replace_with(dir: &Path, mut catalog: Catalog) -> std::result::Result<(usize, u64), ImportError> {
     let whole = |reason: String| ImportError { line: 0, reason };
-    let mut catalog = read_import(file)?;
     let (mut store, old) = Store::open_for_import(dir).map_err(|e| whole(e.to_string()))?;
     catalog.raise_seq(old.seq() + 1);
     let history = new_history_id().map_err(|e| whole(e.to_string()))?;
     let epoch = store.last_epoch();
     store.replace(&catalog, &history, epoch).map_err(|e| whole(e.to_string()))?;
     Ok((catalog.len(), catalog.seq()))
+}
+
+/// `bazar-catalog start-over` (no argument): prints what it did (exit 0) or why not (exit 1).
+pub fn start_over_command(args: &[String]) -> ExitCode {
+    if !args.is_empty() {
+        eprintln!("usage: bazar-catalog start-over (with BAZAR_DATA_DIR set to the stopped catalog's directory)");
+        return ExitCode::from(crate::service::EXIT_CONFIG);
+    }
+    let dir = config::data_dir(&Env, "./data-catalog");
+    match start_over(&dir) {
+        Ok((books, seq)) => {
+            println!(
+                "{} starts over with the {books} built-in books (write {seq}, a new history): its replicas copy it",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bazar-catalog start-over: {e}; nothing was changed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `bazar-catalog import FILE`: prints how many books it loaded (exit 0), or the bad line

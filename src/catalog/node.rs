@@ -23,6 +23,7 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
+use crate::wire::Identity;
 use crate::wire::{Book, BookPage, BookUpdate, NewBook, PurchasePage, PurchaseRequest, Replicate};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -56,6 +57,8 @@ pub(super) struct ReplicaLink {
     /// A replica the primary does not know asked for a lease: this one may have restarted
     /// (a new identity) while no write was pushed to it, so it is brought in sync again.
     pub(super) recheck: AtomicBool,
+    /// Why it was last refused a copy of this catalog (it holds more): said once.
+    pub(super) refused: Mutex<String>,
 }
 
 impl ReplicaLink {
@@ -65,11 +68,22 @@ impl ReplicaLink {
             gone: AtomicBool::new(false),
             grant: Mutex::default(),
             recheck: AtomicBool::new(false),
+            refused: Mutex::default(),
         }
     }
 
     pub(super) fn grant(&self) -> std::sync::MutexGuard<'_, Grant> {
         self.grant.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Logs `why` as an error unless `last` said it already: a refusal retried every few
+/// hundred milliseconds is said once, and again when it changes.
+pub(super) fn say_once(last: &Mutex<String>, why: &str) {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if *last != why {
+        log::error!("{why}");
+        *last = why.to_string();
     }
 }
 
@@ -121,10 +135,16 @@ pub struct CatalogNode {
     pub(super) state: RwLock<Catalog>,
     /// Replica: caught up with the primary since it started (or since its last full copy).
     pub(super) serving: AtomicBool,
+    /// False only on a static primary that starts, until it has compared its catalog with
+    /// its replicas' (and taken the newest one's if it is behind: `primary.rs`, `settle`):
+    /// it serves no read and decides no write before.
+    pub(super) settled: AtomicBool,
     /// Replica: a catch-up is wanted (at start, or the primary asked for one).
     pub(super) catch_up_wanted: AtomicBool,
     /// Replica: a whole copy is under way (the catalog in memory is partial).
     pub(super) copying: AtomicBool,
+    /// Why the last whole copy was refused (its source held less than this catalog): said once.
+    pub(super) copy_refused: Mutex<String>,
     /// This node, for the threads it starts from a borrowed `self`.
     pub(super) me: std::sync::Weak<CatalogNode>,
     /// Replica: its identity for this run.
@@ -184,9 +204,11 @@ impl CatalogNode {
         Ok(Arc::new_cyclic(|me| CatalogNode {
             me: me.clone(),
             copying: AtomicBool::new(false),
+            copy_refused: Mutex::default(),
             writes,
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
+            settled: AtomicBool::new(config.etcd.is_some() || config.role == Role::Replica),
             catch_up_wanted: AtomicBool::new(false),
             replica_id,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
@@ -270,6 +292,17 @@ impl CatalogNode {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How far this catalog's data got (its log's last write; under the writer lock).
+    pub(super) fn identity(&self) -> Identity {
+        Self::identity_of(&self.lock_writer())
+    }
+
+    /// How far the data of `store` got.
+    pub(super) fn identity_of(store: &Store) -> Identity {
+        let (seq, epoch) = store.history.last();
+        Identity { history: store.history_id().to_string(), seq, epoch }
+    }
+
     /// The newest epoch known here.
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
@@ -314,6 +347,11 @@ impl CatalogNode {
     pub(super) fn readable(&self) -> Result<()> {
         if !self.serving.load(Ordering::SeqCst) {
             return Err(Error::Unavailable("replica is catching up with the primary".into()));
+        }
+        if !self.settled.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
+            ));
         }
         let role = self.role();
         if let (Role::Primary, Some(f)) = (role, &self.failover) {
@@ -411,9 +449,12 @@ impl CatalogNode {
         Ok(Response { status: 201, ..answer }.with_header("Location", format!("/books/{}", book.id)))
     }
 
-    /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica.
+    /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica;
+    /// with `here=1` answered from this catalog's own journal whatever its role (a whole
+    /// copy taken from it).
     fn purchases(&self, request: &Request) -> Result<Response> {
-        if self.role() == Role::Replica {
+        let here = request.query_param("here")?.is_some_and(|h| h == "1");
+        if self.role() == Role::Replica && !here {
             return self.forward_to(request);
         }
         let after = match request.query_param("after")? {
@@ -473,6 +514,9 @@ impl CatalogNode {
                 http::respond(admin(&|| self.purchases(request)), "/internal/purchases")
             }
             ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
+            ["internal", "identity"] if get => {
+                http::respond(admin(&|| Ok(Response::json(&self.identity()))), "/internal/identity")
+            }
             ["internal", "log"] if get => http::respond(admin(&|| self.log_after(request)), "/internal/log"),
             ["internal", "committed"] if get => {
                 http::respond(admin(&|| self.committed_answer()), "/internal/committed")
@@ -519,7 +563,7 @@ impl CatalogNode {
             | ["internal", "replicate" | "resync" | "lease" | "near" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
-            ["internal", "purchases" | "books" | "log" | "committed"] => {
+            ["internal", "purchases" | "books" | "log" | "committed" | "identity"] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),

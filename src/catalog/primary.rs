@@ -12,9 +12,11 @@ use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_
 use super::state::{Draft, Write};
 use super::store::Store;
 use crate::cache;
+use crate::client::CatalogClient;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
+use crate::wire::Identity;
 use crate::wire::{Book, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -23,6 +25,10 @@ use ureq::http::Method;
 
 /// Most bytes of writes in one push: a push is a request, held to the replica's body limit.
 const PUSH_BYTES: usize = 48 * 1024;
+/// How long a static primary with data waits at start for a replica that does not answer
+/// before it serves without comparing their catalogs (a whole store restarted brings its
+/// replicas up within it); one that answers later holding more is refused, not copied over.
+pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
 /// A replica this many writes behind (or fewer) is sent the rest under the writer lock.
 const CLOSE_ENOUGH: u64 = 1000;
 /// How often the primary checks that every memcached holds the generation key (and sends
@@ -65,7 +71,75 @@ impl CatalogNode {
             self.spawn_keeper(link, shutdown);
         }
         let (node, stop) = (Arc::clone(self), shutdown.clone());
-        std::thread::spawn(move || node.open_writes(&stop));
+        std::thread::spawn(move || {
+            if node.settle_with_replicas(&stop) {
+                node.open_writes(&stop)
+            }
+        });
+    }
+
+    /// Static roles, at start: compares this catalog with every replica's
+    /// ([`Identity`]) and, while one holds more (this catalog's disk came back empty or
+    /// older), takes the newest one's catalog whole before it serves anything. It waits
+    /// for a replica that does not answer (it may be starting too, and hold more): an empty
+    /// catalog for as long as it takes (that replica may hold the store's books), one with
+    /// data for [`SILENT_REPLICA_WAIT`]. Returns false when stopped first.
+    fn settle_with_replicas(&self, shutdown: &Shutdown) -> bool {
+        let client = CatalogClient { http: self.forward.clone() };
+        let (started, mut said) = (Instant::now(), None);
+        while !self.settled.load(Ordering::SeqCst) {
+            let me = self.identity();
+            let (mut newest, mut silent): (Option<(String, Identity)>, Vec<String>) = (None, Vec::new());
+            for link in self.links() {
+                match self.push.identity(&link.url) {
+                    Ok(theirs) if theirs.holds_more_than(newest.as_ref().map_or(&me, |(_, n)| n)) => {
+                        newest = Some((link.url.clone(), theirs))
+                    }
+                    Ok(_) => {}
+                    Err(e) => silent.push(format!("{} ({e})", link.url)),
+                }
+            }
+            let why = match newest {
+                Some((url, theirs)) => {
+                    log::warn!(
+                        "this catalog holds {me}, replica {url} holds {theirs}: taking its catalog before serving"
+                    );
+                    let copied = self.copy_catalog(&client, &url);
+                    // The copy stopped reads; this primary serves again once settled.
+                    self.serving.store(true, Ordering::SeqCst);
+                    match copied {
+                        Ok(()) => continue,
+                        Err(e) => format!("cannot take the catalog of replica {url}: {e}"),
+                    }
+                }
+                None if me.is_empty() && !silent.is_empty() => format!(
+                    "this catalog is empty and replicas {} do not answer: one may hold the store's books, so it \
+                     serves nothing until they answer (to start over from the built-in catalog instead, stop it and \
+                     run `bazar-catalog start-over`)",
+                    silent.join(", ")
+                ),
+                None if !silent.is_empty() && started.elapsed() < SILENT_REPLICA_WAIT => format!(
+                    "waiting up to {SILENT_REPLICA_WAIT:?} for replicas {} to answer before serving (one that holds \
+                     more would be copied first)",
+                    silent.join(", ")
+                ),
+                None => {
+                    if said.is_some() {
+                        log::info!("this catalog ({me}) is the newest: serving");
+                    }
+                    self.settled.store(true, Ordering::SeqCst);
+                    break;
+                }
+            };
+            if said.as_ref() != Some(&why) {
+                log::warn!("{why}");
+                said = Some(why);
+            }
+            if shutdown.sleep(RETRY_INTERVAL) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The primary's write: queued for the writer thread, which decides, persists, pushes
@@ -74,6 +148,11 @@ impl CatalogNode {
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
+        if !self.settled.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
+            ));
+        }
         self.wait_until_writable();
         self.wait_for_leadership()?;
         let (reply, answer) = mpsc::sync_channel(1);
@@ -442,7 +521,7 @@ impl CatalogNode {
         while !link.gone.load(Ordering::SeqCst) {
             // With etcd only while leading validly: a primary that was replaced sends nothing.
             let valid = self.failover.as_ref().is_none_or(|f| f.core().may_grant(Instant::now()));
-            let primary = self.role() == super::config::Role::Primary && valid;
+            let primary = self.role() == super::config::Role::Primary && valid && self.settled.load(Ordering::SeqCst);
             if primary && (!link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst)) {
                 match self.bring_in_sync(link) {
                     Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
@@ -463,6 +542,17 @@ impl CatalogNode {
         // The first push asks where the replica stands, with no commit point: its log may
         // hold writes this primary lacks (an old primary's, never acknowledged).
         let mut ack = self.send_writes(&link.url, &[], None)?;
+        let (me, theirs) = (self.identity(), Identity { history: ack.history.clone(), seq: ack.seq, epoch: ack.epoch });
+        if !theirs.may_be_replaced_by(&me, self.failover.is_none()) {
+            // Data never flows backwards: this primary lost writes the replica holds.
+            let why = format!(
+                "replica {} holds {theirs}, more than this primary ({me}): it is not asked to copy this catalog \
+                 and stays out of sync (see README, \"Storage faults\")",
+                link.url
+            );
+            super::node::say_once(&link.refused, &why);
+            return Err(Error::Conflict(why));
+        }
         loop {
             let (tail, last, history) = {
                 let store = self.lock_writer();

@@ -22,7 +22,7 @@ use super::store::Store;
 use crate::client::{CatalogClient, PeerError};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::wire::{LeaseRequest, ReplicaAck, Replicate};
+use crate::wire::{Identity, LeaseRequest, ReplicaAck, Replicate};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +51,11 @@ impl CatalogNode {
                         log::info!("caught up with the primary at write {}", self.state().seq());
                         self.catch_up_wanted.store(false, Ordering::SeqCst);
                         self.serving.store(true, Ordering::SeqCst);
+                    }
+                    Err(Error::Conflict(why))
+                        if *self.copy_refused.lock().unwrap_or_else(|e| e.into_inner()) == why =>
+                    {
+                        // Refused to copy a catalog that holds less: said once already.
                     }
                     Err(e) => {
                         self.kick_election();
@@ -91,13 +96,14 @@ impl CatalogNode {
         }
     }
 
-    /// Copies the whole catalog from the primary: pages, then the writes made meanwhile.
-    fn copy_catalog(&self, client: &CatalogClient, primary: &str) -> Result<()> {
+    /// Copies the whole catalog from `source` (the primary; with static roles, for a primary
+    /// that starts behind, a replica): pages, then the writes made meanwhile.
+    pub(super) fn copy_catalog(&self, client: &CatalogClient, source: &str) -> Result<()> {
         self.copying.store(true, Ordering::SeqCst);
-        let copied = self.copy_whole(client, primary);
-        if copied.is_err() && self.failover.is_some() {
-            // Never lead with half a copy (with etcd this catalog may be elected): the log
-            // on disk is whole; reload it.
+        let copied = self.copy_whole(client, source);
+        if copied.is_err() {
+            // Never serve or lead with half a copy (with etcd this catalog may be elected;
+            // a primary settling may go on with its own): the log on disk is whole; reload it.
             let mut store = self.lock_writer();
             match super::store::Store::reload(&mut store) {
                 Ok(catalog) => *self.state_mut() = catalog,
@@ -109,12 +115,23 @@ impl CatalogNode {
     }
 
     fn copy_whole(&self, client: &CatalogClient, primary: &str) -> Result<()> {
-        self.serving.store(false, Ordering::SeqCst);
-        // Reads are refused from now on: drop this replica's copy before taking the new one.
-        *self.state_mut() = Catalog::default();
         let started = Instant::now();
-        // Each page goes into the catalog as it comes: the copy is never held twice.
         let first = client.copy_page(primary, 0, COPY_PAGE)?;
+        let (own, source) =
+            (self.identity(), Identity { history: first.history.clone(), seq: first.seq, epoch: first.epoch });
+        if !own.may_be_replaced_by(&source, self.failover.is_none()) {
+            // Data never flows backwards: the source lost writes this catalog holds.
+            let why = format!(
+                "{primary} holds {source}, less than this catalog ({own}): not copied over it; this catalog serves \
+                 nothing until an operator decides (see README, \"Storage faults\")"
+            );
+            super::node::say_once(&self.copy_refused, &why);
+            return Err(Error::Conflict(why));
+        }
+        self.serving.store(false, Ordering::SeqCst);
+        // Reads are refused from now on: drop this catalog's copy before taking the new one.
+        *self.state_mut() = Catalog::default();
+        // Each page goes into the catalog as it comes: the copy is never held twice.
         let (history, mut more) = (first.history, first.more);
         let mut after = first.books.last().map_or(0, |b| b.id);
         let mut epoch = first.epoch;
@@ -151,7 +168,7 @@ impl CatalogNode {
             return Err(e.into());
         }
         log::info!(
-            "copied {} books from the primary at write {} in {:?}",
+            "copied {} books from {primary} at write {} in {:?}",
             catalog.len(),
             catalog.seq(),
             started.elapsed()
@@ -167,7 +184,7 @@ impl CatalogNode {
     fn copy_journal(client: &CatalogClient, primary: &str, upto: u64) -> Result<Journal> {
         let (mut journal, mut after) = (Journal::default(), 0);
         loop {
-            let page = client.purchases(primary, after)?;
+            let page = client.journal(primary, after)?;
             let last = page.purchases.last().map(|p| p.seq);
             page.purchases.into_iter().filter(|p| p.seq <= upto).for_each(|p| journal.push(p));
             match last {

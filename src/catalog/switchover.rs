@@ -14,7 +14,7 @@
 //! follows the target if that took effect, and steps down otherwise.
 
 use super::config::Role;
-use super::elect::{leader_record, member_key, put, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
+use super::elect::{leader_record, member_key, put, sync_value, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
 use crate::error::{Error, Result};
@@ -141,7 +141,7 @@ impl CatalogNode {
         let ops = [
             put(EPOCH, json!(next), None),
             put(LEADER, json!({ "url": target, "epoch": next }), Some(lease)),
-            put(SYNC, json!({ "epoch": next, "members": [target] }), None),
+            put(SYNC, sync_value(&SyncSet { epoch: next, members: vec![target.clone()], ..sync.clone() }), None),
         ];
         let unknown = match f.etcd.txn(&when, &ops, &[]) {
             Ok(o) if o.succeeded => {
@@ -172,8 +172,7 @@ impl CatalogNode {
     /// delayed handover could still overtake.
     fn settle(f: &Failover, mine: &[u8], sync: &SyncSet) -> Settle {
         let when = [Compare::Value(LEADER.into(), mine.to_vec()), Compare::ModRevision(SYNC.into(), sync.revision)];
-        let value = json!({ "epoch": sync.epoch, "members": sync.members });
-        match f.etcd.txn(&when, &[put(SYNC, value, None)], &[Op::Get(LEADER.into())]) {
+        match f.etcd.txn(&when, &[put(SYNC, sync_value(sync), None)], &[Op::Get(LEADER.into())]) {
             Ok(o) if o.succeeded => Settle::Kept(SyncSet { revision: o.revision, ..sync.clone() }),
             Ok(o) => Settle::Leader(
                 o.kvs
@@ -245,7 +244,13 @@ mod tests {
             core.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
             // Handed over with no lease to wait out: it may read and grant at once.
             core.step(Input::Expect { epoch: 1, writable_from: t0 }, t0);
-            let sync = super::super::failover::SyncSet { epoch: 1, members: vec![me.into()], revision: 3 };
+            let sync = super::super::failover::SyncSet {
+                epoch: 1,
+                members: vec![me.into()],
+                revision: 3,
+                history: None,
+                floor: 0,
+            };
             let leader = Some(Leader { url: me.into(), epoch: 1, lease: 7 });
             core.step(Input::Observed(Observed { leader, epoch: Some((1, 2)), sync: Some(sync) }), t0);
         }

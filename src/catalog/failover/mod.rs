@@ -8,7 +8,8 @@
 //! # The keys (in etcd, under the store's prefix)
 //! - `leader`: `{"url", "epoch"}`, bound to the leader's own etcd lease (TTL `T`).
 //! - `epoch`: the highest epoch ever issued; grows with every change of primary.
-//! - `sync`: `{"epoch", "members"}`: the catalogs that hold every acknowledged write.
+//! - `sync`: `{"epoch", "members", "history", "floor"}`: the catalogs that hold every
+//!   acknowledged write, the store's catalog history, and a write they all had logged.
 //!
 //! # Invariants
 //! - **One primary acknowledging at a time.** A primary acknowledges a write, and grants a
@@ -20,7 +21,8 @@
 //!   elected); when etcd says the lease is gone, or it sees another leader or a newer
 //!   epoch, it steps down.
 //! - **Only an in-sync catalog is elected.** A follower campaigns only when no leader key
-//!   exists and it is named in `sync`; the campaign is one etcd transaction that compares
+//!   exists, it is named in `sync`, and its data is of the history `sync` names and at
+//!   least at its floor (Raft's election restriction: [`Core::eligible`]); the campaign is one etcd transaction that compares
 //!   the revisions of `sync` and `epoch` it read, so two campaigns cannot both win.
 //! - **No acknowledged write lost.** Before a primary acknowledges a write that a member of
 //!   `sync` did not take, it removes it from `sync` (compare-and-swap): [`Core::not_taken`]
@@ -41,10 +43,13 @@ mod handover;
 
 pub use handover::{Handover, Settle};
 
+use crate::wire::Identity;
 use std::time::{Duration, Instant};
 
 /// The part of the etcd lease TTL a primary counts on: the margin covers clock-rate drift.
 pub const LEADER_SHARE: f64 = 0.9;
+/// TTLs an empty catalog waits before it creates a store in an empty etcd.
+pub const EMPTY_BOOTSTRAP_WAIT: u32 = 2;
 
 /// The `leader` key as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +72,13 @@ pub struct SyncSet {
     pub members: Vec<String>,
     /// etcd's `mod_revision` of the key (what a compare-and-swap compares).
     pub revision: i64,
+    /// The store's catalog history (None in a record from before it was kept): a catalog
+    /// of another history is never elected.
+    pub history: Option<String>,
+    /// A write every member had logged when the record was written (the primary's commit
+    /// point then; 0 in a record from before it was kept): a catalog below it is never
+    /// elected.
+    pub floor: u64,
 }
 
 /// One read of the keys (all in one etcd range or transaction).
@@ -111,6 +123,9 @@ pub enum Input {
         /// Why, for the log.
         why: String,
     },
+    /// How far this catalog's data got now (its log's last write): what eligibility for
+    /// an election is judged on.
+    Data(Identity),
     /// Switchover, on the primary: writes and grants pause (or resume, when it surely failed).
     Pause(bool),
     /// Switchover, on the paused primary: its handover's outcome was unknown; the read-back.
@@ -233,6 +248,10 @@ pub struct Core {
     sync: Option<SyncSet>,
     /// Switchover target: the handover expected (see `handover.rs`).
     handover: Option<Handover>,
+    /// How far this catalog's data got, as last told (None: not yet; it does not campaign).
+    data: Option<Identity>,
+    /// When it was first told (an empty catalog waits before it bootstraps a store).
+    data_since: Option<Instant>,
     tally: Tally,
 }
 
@@ -249,7 +268,19 @@ impl Core {
             resigned: None,
             sync: None,
             handover: None,
+            data: None,
+            data_since: None,
             tally: Tally::default(),
+        }
+    }
+
+    /// Whether this catalog may run for primary under the in-sync record now (the election
+    /// restriction: see [`Identity::eligible`]); the reason when not.
+    pub fn eligible(&self) -> Result<(), String> {
+        let data = self.data.as_ref().ok_or("its data is not known yet")?;
+        match &self.sync {
+            Some(sync) => data.eligible(sync.history.as_deref(), sync.floor),
+            None => Ok(()),
         }
     }
 
@@ -357,7 +388,7 @@ impl Core {
             members.push(url.to_string());
             members.sort();
         }
-        Some(SyncSet { epoch: self.epoch, members, revision: sync.revision })
+        Some(SyncSet { epoch: self.epoch, members, ..sync.clone() })
     }
 
     /// A message (push, lease grant, log answer) from a primary at `epoch`: refused when
@@ -454,6 +485,11 @@ impl Core {
                 Role::Primary { .. } => self.step_down(why),
                 _ => Vec::new(),
             },
+            Input::Data(data) => {
+                self.data_since.get_or_insert(now);
+                self.data = Some(data);
+                Vec::new()
+            }
             Input::Pause(pause) => {
                 if let Role::Primary { paused, .. } = &mut self.role {
                     *paused = pause;
@@ -561,12 +597,14 @@ impl Core {
                     return Vec::new();
                 }
                 match (&seen.sync, seen.epoch) {
-                    (None, None) => {
+                    (None, None) if self.may_bootstrap(now) => {
                         self.role = Role::Candidate { since: now };
                         self.tally.elections += 1;
                         vec![Effect::Bootstrap]
                     }
-                    (Some(sync), Some((e, epoch_revision))) if sync.members.contains(&self.me) => {
+                    (Some(sync), Some((e, epoch_revision)))
+                        if sync.members.contains(&self.me) && self.eligible().is_ok() =>
+                    {
                         self.role = Role::Candidate { since: now };
                         self.tally.elections += 1;
                         vec![Effect::Campaign { epoch: e + 1, sync_revision: sync.revision, epoch_revision }]
@@ -575,6 +613,17 @@ impl Core {
                     _ => Vec::new(),
                 }
             }
+        }
+    }
+
+    /// Whether this catalog may create the store in an empty etcd: once its data is known;
+    /// an empty catalog only after [`EMPTY_BOOTSTRAP_WAIT`] TTLs, so that a catalog with
+    /// data, starting at the same time (a whole store restarted against a new etcd), is
+    /// elected first. (One elected later refuses to copy an empty primary over its data.)
+    fn may_bootstrap(&self, now: Instant) -> bool {
+        match (&self.data, self.data_since) {
+            (Some(d), Some(since)) => !d.is_empty() || now >= since + self.ttl * EMPTY_BOOTSTRAP_WAIT,
+            _ => false,
         }
     }
 

@@ -12,7 +12,12 @@ fn at(t0: Instant, ms: u64) -> Instant {
 }
 
 fn sync(epoch: u64, members: &[&str], revision: i64) -> SyncSet {
-    SyncSet { epoch, members: members.iter().map(|m| m.to_string()).collect(), revision }
+    SyncSet { epoch, members: members.iter().map(|m| m.to_string()).collect(), revision, history: None, floor: 0 }
+}
+
+/// Data of history "h" at write `seq`.
+fn data(seq: u64) -> Identity {
+    Identity { history: "h".into(), seq, epoch: 1 }
 }
 
 fn leader(url: &str, epoch: u64, lease: i64) -> Leader {
@@ -23,6 +28,7 @@ fn leader(url: &str, epoch: u64, lease: i64) -> Leader {
 fn core(t0: Instant) -> Core {
     let mut c = Core::new(ME, T, L);
     c.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
+    c.step(Input::Data(data(10)), t0);
     c
 }
 
@@ -436,4 +442,48 @@ fn a_new_primary_decides_nothing_before_its_node_carries_the_epoch() {
     }
     assert!(c.may_decide(now, 3).is_ok());
     assert!(core(t0).may_decide(now, 0).is_err(), "a follower decides nothing");
+}
+
+/// The election restriction: a catalog of another history, below the record's floor, or
+/// whose data is not known yet, does not campaign; an empty one bootstraps an empty etcd
+/// only after the wait.
+#[test]
+fn a_catalog_that_is_behind_never_campaigns() {
+    let t0 = Instant::now();
+    let record = |history: Option<&str>, floor: u64| SyncSet {
+        history: history.map(String::from),
+        floor,
+        ..sync(4, &[ME, B], 21)
+    };
+    let campaign = vec![Effect::Campaign { epoch: 5, sync_revision: 21, epoch_revision: 20 }];
+    let cases: Vec<(&str, Option<Identity>, SyncSet, Vec<Effect>)> = vec![
+        ("same history, at the floor", Some(data(10)), record(Some("h"), 10), campaign.clone()),
+        (
+            "another history (a disk that came back empty)",
+            Some(Identity { history: "x".into(), seq: 0, epoch: 0 }),
+            record(Some("h"), 0),
+            vec![],
+        ),
+        ("below the floor (an older disk)", Some(data(9)), record(Some("h"), 10), vec![]),
+        ("a record from before histories", Some(data(3)), record(None, 0), campaign.clone()),
+        ("data not known yet", None, record(Some("h"), 0), vec![]),
+    ];
+    for (name, known, sync, effects) in cases {
+        let mut c = Core::new(ME, T, L);
+        c.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
+        if let Some(d) = known {
+            c.step(Input::Data(d), t0);
+        }
+        let seen = Observed { leader: None, epoch: Some((4, 20)), sync: Some(sync) };
+        assert_eq!(c.step(Input::Observed(seen), at(t0, 100)), effects, "{name}");
+        assert_eq!(c.eligible().is_ok(), !effects.is_empty(), "{name}");
+    }
+    // An empty catalog and an empty etcd: it waits two TTLs before it bootstraps.
+    let mut c = Core::new(ME, T, L);
+    c.step(Input::KeptAlive { lease: 7, sent: t0 }, t0);
+    c.step(Input::Data(Identity { history: "x".into(), seq: 0, epoch: 0 }), t0);
+    assert_eq!(c.step(Input::Observed(Observed::default()), at(t0, 100)), []);
+    c.step(Input::KeptAlive { lease: 7, sent: at(t0, 3900) }, at(t0, 3900));
+    assert_eq!(c.step(Input::Observed(Observed::default()), at(t0, 3999)), []);
+    assert_eq!(c.step(Input::Observed(Observed::default()), at(t0, 4000)), [Effect::Bootstrap]);
 }

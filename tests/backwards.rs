@@ -1,0 +1,205 @@
+//! Data never flows backwards (the storage-faults issue): a catalog whose disk comes back
+//! empty or older never replaces a catalog that holds newer acknowledged writes, with
+//! static roles and with etcd. Real processes, real data directories replaced between runs.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const NEW_BOOKS: [&str; 3] = ["Paxos Made Live", "Chain Replication", "CRAQ"];
+
+/// Adds the three books through `base` (a catalog: a replica forwards) and sets book 2's
+/// stock to 42; returns what every catalog must show afterwards.
+fn write_books(base: &str) -> serde_json::Value {
+    for title in NEW_BOOKS {
+        let body = format!(r#"{{"title": "{title}", "topic": "replication", "price": 12.5, "quantity": 3}}"#);
+        let a = call("POST", base, "/books", Some(&body));
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let a = call("PATCH", base, "/books/2", Some(r#"{"quantity": 42}"#));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    books_of(base)
+}
+
+/// Every book of one catalog (None while it does not answer reads).
+fn try_books(base: &str) -> Option<serde_json::Value> {
+    let a = client().call(ureq::http::Method::GET, base, "/books", None).ok()?;
+    (a.status == 200).then(|| json(&a))
+}
+
+fn books_of(base: &str) -> serde_json::Value {
+    try_books(base).expect("the catalog answers reads")
+}
+
+/// Waits until `base` shows exactly `want`.
+fn shows(base: &str, want: &serde_json::Value, what: &str) {
+    eventually(Duration::from_secs(30), what, || try_books(base).as_ref() == Some(want));
+}
+
+/// Replaces a data directory with an empty one (a new disk, a container without its volume).
+fn wipe(dir: &Path) {
+    fs::remove_dir_all(dir).unwrap();
+    fs::create_dir_all(dir).unwrap();
+}
+
+fn data_dir(p: &Proc) -> PathBuf {
+    PathBuf::from(&p.spec.env.iter().find(|(k, _)| k == "BAZAR_DATA_DIR").expect("a data dir").1)
+}
+
+fn log_of(p: &Proc) -> String {
+    fs::read_to_string(&p.spec.log).unwrap_or_default()
+}
+
+fn store() -> Store {
+    Store::start(Opts::default()).expect("no memcached needed")
+}
+
+/// Static roles: both catalogs stop, the primary's data directory comes back empty, both
+/// start: the primary takes its replica's catalog before it serves, and nothing is lost.
+/// (Before: it seeded the 7 built-in books under a new history and the replica copied it.)
+#[test]
+fn an_empty_primary_takes_its_replicas_catalog() {
+    let mut s = store();
+    let want = write_books(&s.primary());
+    assert_eq!(want.as_array().unwrap().len(), 10);
+    shows(&s.replica(), &want, "the replica to show the writes");
+    for c in s.catalogs.iter_mut() {
+        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
+    }
+    wipe(&data_dir(&s.catalogs[0]));
+    s.catalogs[0].restart();
+    s.catalogs[1].restart();
+    shows(&s.primary(), &want, "the primary to serve the replica's catalog");
+    shows(&s.replica(), &want, "the replica to keep it");
+    assert!(log_of(&s.catalogs[0]).contains("taking its catalog before serving"), "the primary says what it did");
+    // And it goes on as the primary of that catalog: a write reaches both.
+    let a = call("PATCH", &s.primary(), "/books/2", Some(r#"{"quantity": 41}"#));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let want = books_of(&s.primary());
+    shows(&s.replica(), &want, "the replica to follow again");
+}
+
+/// An empty primary whose replica does not answer serves nothing (it cannot know whether
+/// the replica holds the store's books) and says why; once the replica is back it takes
+/// the replica's catalog.
+#[test]
+fn an_empty_primary_waits_for_a_replica_that_does_not_answer() {
+    let mut s = store();
+    let want = write_books(&s.primary());
+    shows(&s.replica(), &want, "the replica to show the writes");
+    for c in s.catalogs.iter_mut() {
+        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
+    }
+    wipe(&data_dir(&s.catalogs[0]));
+    s.catalogs[0].restart();
+    eventually(Duration::from_secs(10), "the primary to answer", || {
+        client().call(ureq::http::Method::GET, &s.primary(), "/health", None).is_ok()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let ready = get(&s.primary(), "/ready");
+    assert_eq!(ready.status, 503, "an empty primary with a silent replica is not ready");
+    let why = json(&ready)["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("compares its catalog"), "{why}");
+    let write = call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 5}"#));
+    assert_eq!(write.status, 503, "no write is decided: {}", String::from_utf8_lossy(&write.body));
+    assert!(log_of(&s.catalogs[0]).contains("do not answer"), "it says why it waits");
+    s.catalogs[1].restart();
+    shows(&s.primary(), &want, "the primary to take the replica's catalog");
+    shows(&s.replica(), &want, "the replica to keep it");
+}
+
+/// A primary whose disk comes back older (a restored backup, the same history): it takes
+/// the newer catalog of its replica; the replica is never asked to copy the older one.
+#[test]
+fn a_primary_behind_its_replica_takes_the_newer_catalog() {
+    let mut s = store();
+    let a = call("PATCH", &s.primary(), "/books/3", Some(r#"{"quantity": 7}"#));
+    assert_eq!(a.status, 200);
+    let older = s.dir.0.join("backup");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    copy_dir(&data_dir(&s.catalogs[0]), &older);
+    s.catalogs[0].restart();
+    wait_ready(&s.primary());
+    let want = write_books(&s.primary());
+    shows(&s.replica(), &want, "the replica to show the writes");
+    for c in s.catalogs.iter_mut() {
+        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
+    }
+    let dir = data_dir(&s.catalogs[0]);
+    fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&older, &dir);
+    s.catalogs[0].restart();
+    s.catalogs[1].restart();
+    shows(&s.primary(), &want, "the primary to take the newer catalog");
+    shows(&s.replica(), &want, "the replica to keep it");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "catalog.lock" {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// With etcd: the whole store restarts with the primary's data directory empty. The empty
+/// catalog is not eligible (its history is not the store's), the other is elected, and
+/// the empty one copies from it: nothing is lost. (Before: the empty catalog was eligible
+/// by its URL alone.)
+#[test]
+fn with_etcd_a_catalog_that_comes_back_empty_is_never_elected() {
+    let Some(mut s) = EtcdStore::start("backwards-etcd", false) else { return };
+    let p = s.wait_primary();
+    let want = write_books(&s.catalog(p));
+    let other = 1 - p;
+    shows(&s.catalog(other), &want, "the replica to show the writes");
+    for c in s.catalogs.iter_mut() {
+        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
+    }
+    wipe(&data_dir(&s.catalogs[p]));
+    s.catalogs[p].restart();
+    // The empty one alone: it never campaigns.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(s.primary(), None, "a catalog that came back empty was elected");
+    assert!(log_of(&s.catalogs[p]).contains("not eligible for primary"), "it says why it does not run");
+    s.catalogs[other].restart();
+    assert_eq!(s.wait_primary(), other, "the catalog with the data is elected");
+    shows(&s.catalog(other), &want, "the new primary to serve the catalog");
+    shows(&s.catalog(p), &want, "the emptied catalog to copy it");
+}
+
+/// Starting over is an explicit act: `bazar-catalog start-over` on the stopped primary's
+/// directory gives it the built-in catalog as a new write, and the replica, which holds
+/// more books, copies it.
+#[test]
+fn starting_over_is_an_explicit_act() {
+    let mut s = store();
+    let want = write_books(&s.primary());
+    shows(&s.replica(), &want, "the replica to show the writes");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bazar-catalog"))
+        .arg("start-over")
+        .env("BAZAR_DATA_DIR", data_dir(&s.catalogs[0]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("starts over with the 7 built-in books"));
+    s.catalogs[0].restart();
+    let seed = eventually_books(&s.primary(), 7);
+    shows(&s.replica(), &seed, "the replica to copy the store started over");
+}
+
+/// Waits until `base` serves `n` books; returns them.
+fn eventually_books(base: &str, n: usize) -> serde_json::Value {
+    let mut found = None;
+    eventually(Duration::from_secs(30), "the books", || {
+        found = try_books(base).filter(|b| b.as_array().is_some_and(|a| a.len() == n));
+        found.is_some()
+    });
+    found.unwrap()
+}
