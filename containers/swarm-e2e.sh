@@ -4,7 +4,8 @@
 # scaled to 3 and back; a rolling update (`docker service update --force`) of every
 # service in turn while purchases go on (no acknowledged order lost, copies taken equal
 # orders logged); the primary catalog's task killed (Swarm restarts it, the other catalog
-# takes over, the restarted one rejoins in sync). Makes this engine a one-node swarm only if
+# takes over, the restarted one rejoins in sync); the primary's volume removed while both
+# catalogs are down (the empty one is not elected, nothing is lost). Makes this engine a one-node swarm only if
 # it is none, and leaves the swarm again only if it made it. Removes the stack, its
 # network and volumes, by name, even when it fails.
 set -euo pipefail
@@ -228,8 +229,45 @@ fi
 echo "$took"
 ok "killed $primary (the primary): purchases back in $failover_ms ms, Swarm restarted it in $restart_ms ms, healed in $heal_ms ms"
 
+echo "== the primary catalog's volume removed and its task rescheduled, with both catalogs down"
+# A whole store restarted with the primary's disk empty (a task rescheduled onto another
+# node without its volume): the empty catalog must not be elected, and must not be copied
+# over the other; the stock and the orders stay what they were.
+primary=$(catalogs | awk '$2 == "primary" {print $1}' | sed -E 's|http://([^:]+):.*|\1|')
+[ -n "$primary" ] || fail "no primary catalog"
+other=catalog1; [ "$primary" = catalog1 ] && other=catalog2
+stock_sum() {
+    local id q sum=0
+    for id in 1 2 3 4 5 6 7; do
+        q=$(curl -s -m 5 "$FE/info/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantity"])') || return 1
+        sum=$((sum + q))
+    done
+    echo "$sum"
+}
+before=$(stock_sum)
+docker service scale -d "${STACK}_catalog1=0" "${STACK}_catalog2=0" >/dev/null
+gone() { [ -z "$(containers catalog1)$(containers catalog2)" ]; }
+wait_for 60 "both catalogs stopped" gone
+# The stopped task's container still names the volume: remove both, as a rescheduling does.
+docker ps -aq --filter "label=com.docker.swarm.service.name=${STACK}_$primary" | xargs -r docker rm -f >/dev/null
+docker volume rm "${STACK}_$primary" >/dev/null || fail "cannot remove the volume of $primary"
+t0=$(date +%s%N)
+docker service scale -d "${STACK}_catalog1=1" "${STACK}_catalog2=1" >/dev/null
+wait_for 120 "every service running and healthy with $primary's volume new and empty" converged
+wait_for 90 "the store healed: one primary, one replica, both in sync" healed
+wait_for 30 "the store to sell again" sells
+empty_ms=$(ms "$t0")
+now=$(catalogs | awk '$2 == "primary" {print $1}' | sed -E 's|http://([^:]+):.*|\1|')
+[ "$now" = "$other" ] || fail "the catalog that came back empty ($primary) was elected primary"
+wait_for 30 "both order logs to hold the same orders" agree_logs
+after=$(stock_sum)
+logged=$(wc -l <"$work/log1")
+[ $(( 700 - after )) = "$logged" ] || fail "copies taken $(( 700 - after )) but orders logged $logged (stock was $before before): data was lost"
+ok "$primary came back empty: $other was elected, $primary copied it; copies taken = orders logged = $logged (stock $before before, $after after), store whole in $empty_ms ms"
+
 echo "== figures"
 echo "stack converged in $converge_ms ms"
 echo "rolling update: $placed orders placed, $failed failed, none lost"
 echo "killed catalog: restarted by Swarm in $restart_ms ms, purchases back in $failover_ms ms, healed in $heal_ms ms ($took)"
+echo "primary's volume emptied with both catalogs down: store whole and selling in $empty_ms ms, nothing lost"
 echo "== swarm e2e passed in $(( $(date +%s) - started )) s"

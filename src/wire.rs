@@ -367,10 +367,12 @@ impl Identity {
     }
 
     /// Whether this catalog holds writes that `other` lacks, so that copying `other` over
-    /// it could lose acknowledged writes: `other` is empty and this one is not, or both
-    /// are of one history and this one's last write is later (its epoch, then its number:
-    /// Raft's "more up to date"). Two catalogs of different histories, neither empty, are
-    /// not ordered: each is the result of an explicit act (an import); the primary's wins.
+    /// it could lose acknowledged writes (the static roles' rule): `other` is empty and
+    /// this one is not, or both are of one history and this one's log runs further. Two
+    /// catalogs of different histories, neither empty, are not ordered: each is the result
+    /// of an explicit act (an import); the primary's wins. Epochs are not compared: with
+    /// static roles every write is of epoch 0 (a log of another epoch diverged, and the
+    /// primary's settles it); with etcd the election keeps catalogs that are behind out.
     pub fn holds_more_than(&self, other: &Identity) -> bool {
         if self.is_empty() {
             return false;
@@ -378,7 +380,7 @@ impl Identity {
         if other.is_empty() {
             return true;
         }
-        self.history == other.history && (self.epoch, self.seq) > (other.epoch, other.seq)
+        self.history == other.history && self.seq > other.seq
     }
 
     /// Whether a catalog holding this may be replaced by a whole copy of `source`. With
@@ -441,9 +443,9 @@ mod tests {
             (id("a", 5, 0), id("a", 3, 0), true),
             (id("a", 3, 0), id("a", 5, 0), false),
             (id("a", 3, 0), id("a", 3, 0), false),
-            // A later epoch is more up to date whatever the number (Raft).
-            (id("a", 3, 2), id("a", 5, 1), true),
-            (id("a", 5, 1), id("a", 3, 2), false),
+            // Epochs are not compared (static roles write epoch 0 only).
+            (id("a", 3, 2), id("a", 5, 1), false),
+            (id("a", 5, 1), id("a", 3, 2), true),
             // Two imports: not ordered (the primary's wins).
             (id("a", 9, 0), id("b", 3, 0), false),
             (id("b", 3, 0), id("a", 9, 0), false),
