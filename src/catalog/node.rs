@@ -171,7 +171,7 @@ pub struct CatalogNode {
 impl CatalogNode {
     /// Opens the data directory; a replica is not serving until it caught up.
     pub fn open(config: CatalogConfig, metrics: Arc<Metrics>) -> Result<Arc<CatalogNode>> {
-        let (store, catalog) = Store::open(&config.data_dir)?;
+        let (store, catalog) = Self::open_store(&config)?;
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
@@ -209,6 +209,35 @@ impl CatalogNode {
             metrics,
             config,
         }))
+    }
+
+    /// Opens the data directory. Files that do not check (a row whose checksum, fields or
+    /// values are wrong anywhere but a torn last row of the log) are never served: a
+    /// replica, or with etcd any catalog (none is primary before an election), sets them
+    /// aside and starts empty, to copy the whole catalog from the primary; a static primary
+    /// refuses to start, saying why and what to do.
+    fn open_store(config: &CatalogConfig) -> Result<(Store, Catalog)> {
+        if config.role == Role::Replica || config.etcd.is_some() {
+            let (store, catalog, corrupt) = Store::open_recovering(&config.data_dir)?;
+            if corrupt.is_some() {
+                log::warn!("the damaged catalog was set aside: this catalog starts empty and copies the primary's");
+            }
+            return Ok((store, catalog));
+        }
+        Store::open(&config.data_dir).map_err(|e| match e {
+            crate::storage::StorageError::Corrupt { path, reason } => {
+                Error::Storage(crate::storage::StorageError::Corrupt {
+                    reason: format!(
+                        "{reason}: this primary's catalog is damaged and it will not serve it; stop its replicas, \
+                         copy catalog.log and books.csv of the replica that is furthest ahead into {} (after \
+                         moving the damaged files aside, kept), then start the primary again",
+                        config.data_dir.display()
+                    ),
+                    path,
+                })
+            }
+            other => Error::Storage(other),
+        })
     }
 
     pub(super) fn leases(&self) -> bool {
