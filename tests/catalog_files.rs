@@ -26,6 +26,23 @@ fn primary(dir: &Path, data: &Path) -> Proc {
     })
 }
 
+/// A static catalog `name` listening on `port`, of `role`, with `extra` settings.
+fn catalog(dir: &Path, name: &str, port: u16, data: &Path, extra: &[(&str, String)]) -> Proc {
+    let mut env = vec![
+        ("BAZAR_LISTEN".to_string(), format!("127.0.0.1:{port}")),
+        ("BAZAR_DATA_DIR".to_string(), data.display().to_string()),
+        ("BAZAR_LEASE_MS".to_string(), "300".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    Proc::start(Spec {
+        name: name.into(),
+        program: PathBuf::from(env!("CARGO_BIN_EXE_bazar-catalog")),
+        args: vec![],
+        env,
+        log: dir.join(format!("{name}.log")),
+    })
+}
+
 /// Every book's stock on a catalog, by id.
 fn stocks(base: &str) -> BTreeMap<u64, u64> {
     let a = get(base, "/books");
@@ -98,13 +115,21 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_by_themselves() {
         let book = book.as_str();
         full(&call("POST", &base, "/books", Some(book)));
         assert_eq!(seq(&base), at, "no write number taken");
+        assert_eq!(json(&get(&base, "/health"))["log_failed"], true);
+        assert!(metric(&base, "bazar_catalog_log_write_errors_total") >= 1.0);
         // A restart on the full disk loads every acknowledged write.
         p.restart();
         wait_ready(&base);
         assert_eq!(stocks(&base), acked, "round {round}: after a restart on the full disk");
+        full(&call("PATCH", &base, &path, Some(&body)));
+        assert_eq!(json(&get(&base, "/health"))["log_failed"], true);
         // Space comes back: writes resume by themselves.
         if round == 0 {
+            // The primary re-opens its log by itself, with no write asking.
             std::fs::remove_file(&filler).unwrap();
+            eventually(Duration::from_secs(10), "the log re-opened by itself", || {
+                json(&get(&base, "/health"))["log_failed"] == false
+            });
         } else {
             disk.resize("4m");
         }
@@ -117,6 +142,7 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_by_themselves() {
         });
         acked.insert(2, 5);
         assert_eq!(seq(&base), at + 1, "the next write takes the next number");
+        assert_eq!(json(&get(&base, "/health"))["log_failed"], false);
         let added = call("POST", &base, "/books", Some(book));
         assert_eq!(added.status, 201, "{}", text(&added));
         let id = json(&added)["id"].as_u64().unwrap();
@@ -191,4 +217,62 @@ fn a_flipped_bit_in_a_replicas_files_is_found_and_recovered_from_the_primary() {
     eventually(Duration::from_secs(10), "the damaged primary exits", || !s.catalogs[0].running());
     let log = std::fs::read_to_string(&s.catalogs[0].spec.log).unwrap();
     assert!(log.contains("its checksum does not match") && log.contains("will not serve it"), "{log}");
+}
+
+/// A replica whose disk fills up: it answers the pushes it cannot log with an error, and
+/// the primary counts it out of sync (never an acknowledgement of a write it did not log),
+/// so the primary's writes go on (acknowledged once the replica's lease ran out) and the
+/// replica serves no read; when space comes back it is brought in sync by itself, and it
+/// holds the same books as the primary, after a restart too.
+#[test]
+fn a_replica_whose_disk_fills_up_is_out_of_sync_until_it_can_write_again() {
+    let dir = TempDir::new("full-replica");
+    let Some(disk) = Tmpfs::mount(&dir.0.join("disk"), "600k") else { return };
+    let (pp, rp) = (free_port(), free_port());
+    let (p_url, r_url) = (format!("http://127.0.0.1:{pp}"), format!("http://127.0.0.1:{rp}"));
+    let mut replica = catalog(
+        &dir.0,
+        "replica",
+        rp,
+        &disk.dir.join("catalog"),
+        &[("BAZAR_ROLE", "replica".into()), ("BAZAR_PRIMARY", p_url.clone())],
+    );
+    let _primary = catalog(
+        &dir.0,
+        "primary",
+        pp,
+        &dir.0.join("primary"),
+        &[("BAZAR_ROLE", "primary".into()), ("BAZAR_REPLICAS", r_url.clone())],
+    );
+    wait_ready(&p_url);
+    wait_ready(&r_url);
+    std::fs::write(disk.dir.join("filler"), vec![7u8; disk.free().saturating_sub(24 * 1024) as usize]).unwrap();
+    // Writes on the primary: every one acknowledged, although the replica's disk fills up.
+    let mut acked = BTreeMap::new();
+    let mut n = 0;
+    eventually(Duration::from_secs(120), "the replica cannot log a push", || {
+        for _ in 0..50 {
+            n += 1;
+            let (id, quantity) = (n % 7 + 1, 1000 + n);
+            let a = call("PATCH", &p_url, &format!("/books/{id}"), Some(&format!("{{\"quantity\": {quantity}}}")));
+            assert_eq!(a.status, 200, "{}", text(&a));
+            acked.insert(id, quantity);
+        }
+        std::fs::read_to_string(dir.0.join("replica.log")).unwrap().contains("No space left on device")
+    });
+    let primary_log = std::fs::read_to_string(dir.0.join("primary.log")).unwrap();
+    assert!(primary_log.contains("out of sync until it catches up"), "the primary counts it out of sync");
+    eventually(Duration::from_secs(10), "the replica serves no read", || get(&r_url, "/books").status == 503);
+    assert_eq!(stocks(&p_url), acked);
+    // Space back: the replica is brought in sync by itself.
+    std::fs::remove_file(disk.dir.join("filler")).unwrap();
+    eventually(Duration::from_secs(30), "the replica in sync again", || {
+        get(&r_url, "/books").status == 200 && stocks(&r_url) == acked
+    });
+    replica.restart();
+    wait_ready(&r_url);
+    assert_eq!(stocks(&r_url), acked, "after a restart");
+    drop(replica);
+    drop(_primary);
+    drop(disk);
 }

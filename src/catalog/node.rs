@@ -85,6 +85,9 @@ pub(super) struct Pending {
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) writes: AtomicU64,
+    /// The store's failed appends, as last read (the metric shows it while a write holds
+    /// the store).
+    pub(super) write_errors: AtomicU64,
     pub(super) batches: AtomicU64,
     pub(super) pushes_failed: AtomicU64,
     pub(super) tail_writes_sent: AtomicU64,

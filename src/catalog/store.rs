@@ -127,8 +127,10 @@ pub struct Store {
     /// The length of `catalog.log` up to its last fsynced row: a failed append is cut back
     /// to it.
     durable: u64,
-    /// Since when the log takes no write (an append or its fsync failed) until re-opened.
-    failed: Option<Instant>,
+    /// Set while the log takes no write (an append or its fsync failed) until re-opened.
+    failed: Option<Failed>,
+    /// Appends that failed, since the process started.
+    write_errors: u64,
     /// No checkpoint before then (one failed).
     checkpoint_after: Option<Instant>,
     /// Held for the life of the store: no second process writes these files.
@@ -141,6 +143,22 @@ pub struct Store {
     pub journal: Journal,
     /// Recent writes.
     pub history: History,
+}
+
+/// Why and since when a store takes no write.
+#[derive(Debug)]
+struct Failed {
+    /// The last attempt (the failed append, or a re-open that failed).
+    at: Instant,
+    /// What the system said then.
+    kind: io::ErrorKind,
+    why: String,
+}
+
+impl Failed {
+    fn now(e: &io::Error) -> Option<Failed> {
+        Some(Failed { at: Instant::now(), kind: e.kind(), why: e.to_string() })
+    }
 }
 
 /// What to do at open with files that do not check.
@@ -220,6 +238,7 @@ impl Store {
             log,
             durable,
             failed: None,
+            write_errors: 0,
             checkpoint_after: None,
             _lock: lock,
             rows: loaded.rows,
@@ -271,9 +290,7 @@ impl Store {
     /// error is [`StorageError::Unwritable`]; the store takes no write until the log is
     /// re-opened from disk, which this tries first on the next call.
     pub fn append(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
-        if self.failed.is_some() {
-            self.reopen()?;
-        }
+        self.reopen_if_failed()?;
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
         for &(r, order) in writes {
             write_log_row(&mut w, &LogRow { epoch: r.epoch, ..log_row(r.seq, &r.book, order) })
@@ -297,10 +314,30 @@ impl Store {
         Ok(())
     }
 
+    /// Appends that failed since the process started.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors
+    }
+
+    /// A failed store takes no write until re-opened: it tries to re-open once
+    /// [`REOPEN_RETRY`] has passed since the last attempt, and refuses the write otherwise
+    /// (with what the system said last), so that a full disk costs no reading of the log
+    /// per write.
+    fn reopen_if_failed(&mut self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(f) if f.at.elapsed() < REOPEN_RETRY => {
+                Err(unwritable(&self.log_path, io::Error::new(f.kind, f.why.clone())))
+            }
+            Some(_) => self.reopen(),
+        }
+    }
+
     /// A failed append: cuts what it wrote (back to the durable length) at once, and takes
     /// no write until re-opened (the file's state after a failed fsync is unknown).
     fn fail(&mut self, e: &io::Error) {
-        self.failed = Some(Instant::now());
+        self.failed = Failed::now(e);
+        self.write_errors += 1;
         let path = &self.log_path;
         match storage::set_len(&self.log, path, self.durable).and_then(|()| storage::sync_file(&self.log, path)) {
             Ok(()) => log::error!(
@@ -318,6 +355,14 @@ impl Store {
     /// fsynced, read back whole (every row checked) and found to end at this store's last
     /// write. The store then takes writes again; until then every write is refused.
     fn reopen(&mut self) -> Result<()> {
+        let reopened = self.try_reopen();
+        if let Err(StorageError::Unwritable { source, .. }) = &reopened {
+            self.failed = Failed::now(source);
+        }
+        reopened
+    }
+
+    fn try_reopen(&mut self) -> Result<()> {
         let path = &self.log_path;
         let again = || -> io::Result<File> {
             let f = std::fs::OpenOptions::new().read(true).append(true).open(path)?;
@@ -355,9 +400,8 @@ impl Store {
     /// Re-opens a failed log (at most every [`REOPEN_RETRY`]), so that writes resume by
     /// themselves once the disk takes them again: the primary's writer calls it when idle.
     pub fn retry(&mut self) {
-        if self.failed.is_some_and(|since| since.elapsed() >= REOPEN_RETRY) {
+        if self.failed.as_ref().is_some_and(|f| f.at.elapsed() >= REOPEN_RETRY) {
             if let Err(e) = self.reopen() {
-                self.failed = Some(Instant::now());
                 log::debug!("{e}");
             }
         }
@@ -380,9 +424,7 @@ impl Store {
     /// Writes the view durably, then replaces the log with a checkpoint row and the
     /// retained purchase journal. On failure the old files stay, usable.
     pub fn checkpoint(&mut self, catalog: &Catalog) -> Result<()> {
-        if self.failed.is_some() {
-            self.reopen()?;
-        }
+        self.reopen_if_failed()?;
         write_view(&self.books, catalog)?;
         let epoch = self.last_epoch();
         let marker = marker(CHECKPOINT, catalog.seq(), &self.history_id, epoch);
@@ -408,7 +450,7 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                self.failed = Some(Instant::now());
+                self.failed = Failed::now(&e);
                 self.durable = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
                 Err(unwritable(&self.log_path, e))
             }
@@ -1133,7 +1175,11 @@ mod faults {
             assert!(store.failed(), "{tag}");
             assert_eq!(fs::metadata(dir.join("catalog.log")).unwrap().len(), len, "{tag}: cut at once");
             assert!(!store.journal.contains("o-2") && store.history.last().0 == 1, "{tag}");
-            // The next write re-opens the log from disk and goes on at the next number.
+            // A write within a second is refused without reading the log again; the next
+            // one re-opens the log from disk and goes on at the next number.
+            let e = batch(&mut store, &mut catalog, &[(3, W::Purchase, "o-3")]).unwrap_err();
+            assert!(e.to_string().contains("injected by the test"), "{tag}: says the cause again: {e}");
+            store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
             assert_eq!(batch(&mut store, &mut catalog, &[(3, W::Purchase, "o-3")]).unwrap(), 2, "{tag}");
             assert!(!store.failed(), "{tag}");
             let reopens: Vec<_> = crash::ops();
@@ -1159,11 +1205,12 @@ mod faults {
         // The append's fsync fails; the cut's fsync fails too (its state is unknown).
         assert!(batch(&mut store, &mut catalog, &[(3, W::Purchase, "")]).is_err());
         // The re-open's fsync fails: still refused.
+        store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         let e = batch(&mut store, &mut catalog, &[(3, W::Purchase, "")]).unwrap_err();
         assert!(e.to_string().contains("cannot be written now"), "{e}");
         assert!(store.failed());
         crash::stop();
-        store.failed = Some(Instant::now() - REOPEN_RETRY);
+        store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         store.retry();
         assert!(!store.failed());
         assert_eq!(batch(&mut store, &mut catalog, &[(3, W::Purchase, "")]).unwrap(), 1);
@@ -1248,9 +1295,11 @@ mod faults {
         made(&mut store, &mut catalog, &[(2, W::Purchase, "o-3")]).unwrap();
         crash::fail(1, io::ErrorKind::StorageFull, |op| matches!(op, Op::Write(..)) && crash::on(op, "catalog.log"));
         made(&mut store, &mut catalog, &[(2, W::Purchase, "o-4"), (0, add("Lost"), "")]).unwrap_err();
+        store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         made(&mut store, &mut catalog, &[(2, W::Purchase, "o-5")]).unwrap();
         crash::fail(1, io::ErrorKind::Other, |op| matches!(op, Op::Sync(..)) && crash::on(op, "catalog.log"));
         made(&mut store, &mut catalog, &[(4, W::Purchase, "o-6")]).unwrap_err();
+        store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         made(&mut store, &mut catalog, &[(4, W::Purchase, "o-7"), (5, W::Purchase, "")]).unwrap();
         crash::fail(1, io::ErrorKind::StorageFull, |op| matches!(op, Op::Rename(p, _) if p.ends_with("catalog.tmp")));
         store.checkpoint(&catalog).unwrap_err();
