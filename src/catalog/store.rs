@@ -159,6 +159,28 @@ impl Failed {
     fn now(e: &io::Error) -> Option<Failed> {
         Some(Failed { at: Instant::now(), kind: e.kind(), why: e.to_string() })
     }
+
+    fn of(e: &StorageError) -> Option<Failed> {
+        Some(Failed { at: Instant::now(), kind: io::ErrorKind::Other, why: e.to_string() })
+    }
+}
+
+/// A durable replacement of a file that failed.
+#[derive(Debug)]
+enum Unreplaced {
+    /// Before its rename: the old file is in place, unchanged (the temporary one removed).
+    Before(StorageError),
+    /// After its rename: the new file is in place, but its directory was not fsynced, so a
+    /// crash may still bring the old one back.
+    NotDurable(StorageError),
+}
+
+impl From<Unreplaced> for StorageError {
+    fn from(u: Unreplaced) -> StorageError {
+        match u {
+            Unreplaced::Before(e) | Unreplaced::NotDurable(e) => e,
+        }
+    }
 }
 
 /// What to do at open with files that do not check.
@@ -352,7 +374,8 @@ impl Store {
     }
 
     /// Re-opens a failed log from disk: a new descriptor, cut to the durable length and
-    /// fsynced, read back whole (every row checked) and found to end at this store's last
+    /// fsynced (and its directory, after a replacement whose directory fsync failed), read
+    /// back whole (every row checked) and found to end at this store's last
     /// write. The store then takes writes again; until then every write is refused.
     fn reopen(&mut self) -> Result<()> {
         let reopened = self.try_reopen();
@@ -379,7 +402,7 @@ impl Store {
             storage::sync_file(&f, path)?;
             Ok(f)
         };
-        let f = again().map_err(|e| unwritable(path, e))?;
+        let f = again().and_then(|f| storage::sync_dir(path).map(|()| f)).map_err(|e| unwritable(path, e))?;
         let loaded = load(&self.books, path, Books::Skip).map_err(|e| unwritable(path, io::Error::other(e)))?;
         let (found, have) = ((loaded.history.last(), loaded.rows), (self.history.last(), self.rows));
         if found != have {
@@ -425,31 +448,42 @@ impl Store {
     /// retained purchase journal. On failure the old files stay, usable.
     pub fn checkpoint(&mut self, catalog: &Catalog) -> Result<()> {
         self.reopen_if_failed()?;
+        // A view not durably in place stops the checkpoint: a log that says the view holds
+        // write `seq` must never be durable before that view is.
         write_view(&self.books, catalog)?;
         let epoch = self.last_epoch();
         let marker = marker(CHECKPOINT, catalog.seq(), &self.history_id, epoch);
         let journal = &self.journal;
-        write_log_with(&self.log_path, |w, tmp| {
+        let replaced = write_log_with(&self.log_path, |w, tmp| {
             write_log_row(w, &marker).at(tmp)?;
             write_journal(w, journal, tmp)
-        })?;
-        self.log_replaced()?;
+        });
+        if let Err(Unreplaced::Before(e)) = replaced {
+            return Err(e);
+        }
         self.rows = 0;
         self.checkpoint_after = None;
+        self.log_replaced(replaced.err())?;
         log::info!("checkpoint at write {} ({} books)", catalog.seq(), catalog.len());
         Ok(())
     }
 
-    /// After the log was replaced (renamed into place): appends go to the new file. If it
-    /// cannot be opened, the store is failed (the next write re-opens it).
-    fn log_replaced(&mut self) -> Result<()> {
+    /// After the log was renamed into place (`not_durable`: its directory fsync failed):
+    /// appends go to the new file. If it cannot be opened, or its name is not durable yet,
+    /// the store is failed: the next write re-opens it (and fsyncs the directory) first.
+    fn log_replaced(&mut self, not_durable: Option<Unreplaced>) -> Result<()> {
         let opened = storage::open_append(&self.log_path, LOG_HEADER).and_then(|f| Ok((f.metadata()?.len(), f)));
-        match opened {
-            Ok((len, f)) => {
+        match (opened, not_durable) {
+            (Ok((len, f)), None) => {
                 (self.log, self.durable, self.failed) = (f, len, None);
                 Ok(())
             }
-            Err(e) => {
+            (Ok((len, f)), Some(e)) => {
+                let e = StorageError::from(e);
+                (self.log, self.durable, self.failed) = (f, len, Failed::of(&e));
+                Err(e)
+            }
+            (Err(e), _) => {
                 self.failed = Failed::now(&e);
                 self.durable = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
                 Err(unwritable(&self.log_path, e))
@@ -460,14 +494,22 @@ impl Store {
     /// Replaces the whole catalog (an import, or a replica's full copy of its primary),
     /// whose last write is of `epoch`: the log first, in reset form, then the view (a
     /// log in reset form is the whole catalog: a view that cannot be written is only
-    /// logged).
+    /// logged). Once the new log is renamed into place the catalog is replaced: if it
+    /// cannot be opened or its directory fsynced, the store is failed and the next write
+    /// re-opens it.
     pub fn replace(&mut self, catalog: &Catalog, history_id: &str, epoch: u64) -> Result<()> {
-        write_log(&self.log_path, RESET, catalog, history_id, epoch, &self.journal)?;
+        let replaced = write_log(&self.log_path, RESET, catalog, history_id, epoch, &self.journal);
+        if let Err(Unreplaced::Before(e)) = replaced {
+            return Err(e);
+        }
         self.history_id = history_id.to_string();
         self.history = History::new(catalog.seq(), epoch);
         self.rows = 0;
-        self.log_replaced()?;
+        if let Err(e) = self.log_replaced(replaced.err()) {
+            log::error!("{e}: the catalog was replaced, but takes no write until its log is re-opened");
+        }
         if let Err(e) = write_view(&self.books, catalog) {
+            let e = StorageError::from(e);
             log::warn!("{e}: the view was not rewritten (the log holds the whole catalog)");
         }
         Ok(())
@@ -732,7 +774,7 @@ fn replace_with(
     path: &Path,
     header: &[u8],
     fill: impl FnOnce(&mut csv::Writer<BufWriter<Tracked>>, &Path) -> Result<()>,
-) -> Result<()> {
+) -> Result<(), Unreplaced> {
     let tmp = path.with_extension("tmp");
     let written = (|| {
         let mut f = BufWriter::with_capacity(1 << 20, Tracked::create(&tmp).at(&tmp)?);
@@ -749,15 +791,15 @@ fn replace_with(
                 log::warn!("{}: not removed after a failed write: {rm}", tmp.display());
             }
         }
-        return Err(e);
+        return Err(Unreplaced::Before(e));
     }
-    storage::sync_dir(path).at(path)
+    storage::sync_dir(path).at(path).map_err(Unreplaced::NotDurable)
 }
 
 fn write_log_with(
     path: &Path,
     fill: impl FnOnce(&mut csv::Writer<BufWriter<Tracked>>, &Path) -> Result<()>,
-) -> Result<()> {
+) -> Result<(), Unreplaced> {
     replace_with(path, LOG_HEADER, fill)
 }
 
@@ -784,7 +826,7 @@ fn write_log(
     history_id: &str,
     epoch: u64,
     journal: &Journal,
-) -> Result<()> {
+) -> Result<(), Unreplaced> {
     write_log_with(path, |w, tmp| {
         write_log_row(w, &marker(kind, catalog.seq(), history_id, epoch)).at(tmp)?;
         write_journal(w, journal, tmp)?;
@@ -795,7 +837,7 @@ fn write_log(
     })
 }
 
-fn write_view(path: &Path, catalog: &Catalog) -> Result<()> {
+fn write_view(path: &Path, catalog: &Catalog) -> Result<(), Unreplaced> {
     replace_with(path, VIEW_HEADER, |w, tmp| {
         for b in catalog.iter() {
             write_book_row(w, b).at(tmp)?;
@@ -1258,7 +1300,8 @@ mod faults {
     /// directory (seeding), appends single and batched (purchases with their orders, new
     /// books with quoted titles), a checkpoint, a whole copy (reset), a failed append (a
     /// full disk) and a failed fsync each followed by a write that re-opens the log, and
-    /// a failed checkpoint. Each image (what was fsynced only; with an append not fsynced
+    /// checkpoints that fail (a rename, a directory fsync after the view's rename or after
+    /// the log's). Each image (what was fsynced only; with an append not fsynced
     /// kept in part; with everything) loads to the state after some write, never before
     /// the last acknowledged one (an append that returned Ok).
     #[test]
@@ -1304,6 +1347,19 @@ mod faults {
         crash::fail(1, io::ErrorKind::StorageFull, |op| matches!(op, Op::Rename(p, _) if p.ends_with("catalog.tmp")));
         store.checkpoint(&catalog).unwrap_err();
         made(&mut store, &mut catalog, &[(6, W::Purchase, "")]).unwrap();
+        // The directory fsync after the view's rename fails: the checkpoint stops there
+        // (its log is not replaced), and the store goes on.
+        crash::fail(1, io::ErrorKind::Other, |op| matches!(op, Op::SyncDir(p) if p.ends_with("books.csv")));
+        store.checkpoint(&catalog).unwrap_err();
+        assert!(!store.failed());
+        made(&mut store, &mut catalog, &[(1, W::Purchase, "o-9")]).unwrap();
+        // The directory fsync after the log's rename fails: the new log is in place but its
+        // name may not be durable; no write is taken until the directory is fsynced again.
+        crash::fail(1, io::ErrorKind::Other, |op| matches!(op, Op::SyncDir(p) if p.ends_with("catalog.log")));
+        store.checkpoint(&catalog).unwrap_err();
+        assert!(store.failed());
+        store.failed.as_mut().unwrap().at -= REOPEN_RETRY;
+        made(&mut store, &mut catalog, &[(1, W::Purchase, "o-10")]).unwrap();
         // A whole copy: another catalog, further ahead.
         let mut copy =
             Catalog::new(catalog.iter().filter(|b| b.id != 7).cloned().collect(), catalog.seq() + 5).unwrap();
