@@ -231,9 +231,10 @@ impl CatalogNode {
             crate::storage::StorageError::Corrupt { path, reason } => {
                 Error::Storage(crate::storage::StorageError::Corrupt {
                     reason: format!(
-                        "{reason}: this primary's catalog is damaged and it will not serve it; stop its replicas, \
-                         copy catalog.log and books.csv of the replica that is furthest ahead into {} (after \
-                         moving the damaged files aside, kept), then start the primary again",
+                        "{reason}: this primary's catalog is damaged and it will not serve it; stop the replica \
+                         furthest ahead (the highest seq in its /health), move catalog.log and books.csv of {} \
+                         aside (keep them), copy the replica's two files there, then start this primary and \
+                         the replica",
                         config.data_dir.display()
                     ),
                     path,
