@@ -181,5 +181,18 @@ mod tests {
         let storage = e.source().expect("the storage error");
         let io = storage.source().expect("the io::Error").downcast_ref::<std::io::Error>().unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        // A write the disk did not take: 503 (nothing was kept; writes resume by themselves),
+        // naming the file and the cause; a copy for each answer of a batch says the same.
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let e = StorageError::Unwritable { path: "data/catalog.log".into(), source: full };
+        for e in [Error::from(e.copy()), Error::from(e)] {
+            assert_eq!(e.status(), 503);
+            assert!(
+                e.to_string().starts_with("data/catalog.log cannot be written now (No space left on device)"),
+                "{e}"
+            );
+            let io = e.source().and_then(|s| s.source()).and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        }
     }
 }
