@@ -52,8 +52,9 @@ pub enum Error {
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
-    /// 500, or 503 for a data directory another process holds: a file could not be read or
-    /// written.
+    /// 500, or 503 for a data directory another process holds or a write the disk did not
+    /// take (full, an I/O error, a failed fsync: nothing of it was kept, and writes resume
+    /// by themselves): a file could not be read or written.
     Storage(StorageError),
     /// A call to another service failed: 503 when it got no answer, the peer's own status
     /// when it refused the request (a 404, 409, 410, 431 relayed stays what it was), 500
@@ -82,7 +83,7 @@ impl Error {
             Error::Rule(Refusal::NoSuchBook(_)) => 404,
             Error::Rule(Refusal::OutOfStock { .. } | Refusal::NoIdsLeft) => 409,
             Error::Rule(Refusal::Invalid(_)) => 400,
-            Error::Storage(StorageError::InUse { .. }) => 503,
+            Error::Storage(StorageError::InUse { .. } | StorageError::Unwritable { .. }) => 503,
             Error::Storage(_) => 500,
             Error::Peer(PeerError::Unreachable { .. }) => 503,
             Error::Peer(PeerError::Answered { status, .. }) => match status {
@@ -180,5 +181,18 @@ mod tests {
         let storage = e.source().expect("the storage error");
         let io = storage.source().expect("the io::Error").downcast_ref::<std::io::Error>().unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        // A write the disk did not take: 503 (nothing was kept; writes resume by themselves),
+        // naming the file and the cause; a copy for each answer of a batch says the same.
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let e = StorageError::Unwritable { path: "data/catalog.log".into(), source: full };
+        for e in [Error::from(e.copy()), Error::from(e)] {
+            assert_eq!(e.status(), 503);
+            assert!(
+                e.to_string().starts_with("data/catalog.log cannot be written now (No space left on device)"),
+                "{e}"
+            );
+            let io = e.source().and_then(|s| s.source()).and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        }
     }
 }

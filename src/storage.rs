@@ -8,6 +8,13 @@
 //! A failure is a [`StorageError`]: which file, and the `io::Error` or `csv::Error` behind
 //! it as its [`source`](std::error::Error::source) (or what the file holds that the store
 //! never writes). [`At::at`] names the file of an `io` or `csv` result.
+//!
+//! The catalog's store changes its files only through the functions here ([`create`],
+//! [`Tracked`], [`append`], [`sync_file`], [`set_len`], [`rename`], [`sync_dir`],
+//! [`remove`]): in production each is the plain `std::fs` call; in unit tests each is
+//! also recorded (and can be made to fail) by [`crash`], which builds the images a crash
+//! could leave at every point, as LazyFS does (what was not fsynced is lost, an append not
+//! fsynced may be kept in part).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -39,6 +46,17 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A write to `path` failed (a full disk, an I/O error, a failed fsync): what was being
+    /// written was not made durable and is not acknowledged, and the file takes no write
+    /// until it has been re-opened from disk (a failed fsync is never retried as if it
+    /// could have succeeded). Answered 503: writes resume by themselves once the disk takes
+    /// them again.
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     /// The data directory `dir` is held by another running process (`what` names its kind).
     InUse {
         /// The data directory.
@@ -49,6 +67,27 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The same error again, for each of several answers: an `io::Error` is not `Clone`,
+    /// so its kind and message are kept (a CSV error becomes an I/O error of its message).
+    pub fn copy(&self) -> StorageError {
+        let io = |e: &dyn std::error::Error, kind| io::Error::new(kind, e.to_string());
+        match self {
+            StorageError::Io { path, source } => {
+                StorageError::Io { path: path.clone(), source: io(source, source.kind()) }
+            }
+            StorageError::Unwritable { path, source } => {
+                StorageError::Unwritable { path: path.clone(), source: io(source, source.kind()) }
+            }
+            StorageError::Csv { path, source } => {
+                StorageError::Io { path: path.clone(), source: io(source, io::ErrorKind::Other) }
+            }
+            StorageError::Corrupt { path, reason } => {
+                StorageError::Corrupt { path: path.clone(), reason: reason.clone() }
+            }
+            StorageError::InUse { dir, what } => StorageError::InUse { dir: dir.clone(), what },
+        }
+    }
+
     /// A file that holds what the store never writes.
     pub fn corrupt(path: &Path, reason: impl fmt::Display) -> StorageError {
         StorageError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }
@@ -61,6 +100,11 @@ impl fmt::Display for StorageError {
             StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             StorageError::Csv { path, source } => write!(f, "{}: {source}", path.display()),
             StorageError::Corrupt { path, reason } => write!(f, "{}: {reason}", path.display()),
+            StorageError::Unwritable { path, source } => write!(
+                f,
+                "{} cannot be written now ({source}): the write was not made; writes resume by themselves once the disk takes them again",
+                path.display()
+            ),
             StorageError::InUse { dir, what } => {
                 write!(f, "{} is in use by a running {what}; stop it first", dir.display())
             }
@@ -71,7 +115,7 @@ impl fmt::Display for StorageError {
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StorageError::Io { source, .. } => Some(source),
+            StorageError::Io { source, .. } | StorageError::Unwritable { source, .. } => Some(source),
             StorageError::Csv { source, .. } => Some(source),
             StorageError::Corrupt { .. } | StorageError::InUse { .. } => None,
         }
@@ -128,17 +172,136 @@ pub fn replace_file_fast(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Fsyncs the directory that holds `path`, so a rename or a new file survives a crash.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
+    traced(
+        || crash::Op::SyncDir(path.into()),
+        || {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            File::open(dir)?.sync_all()
+        },
+    )
 }
+
+/// Creates (or truncates) `path` for writing.
+pub fn create(path: &Path) -> io::Result<File> {
+    traced(|| crash::Op::Create(path.into()), || File::create(path))
+}
+
+/// Appends `bytes` to `file` (opened for appending) at `path`.
+pub fn append(file: &mut File, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    if let Some(e) = crash::failure(&crash::Op::Write(path.into(), bytes.to_vec())) {
+        // A full disk takes part of the row before it refuses the rest.
+        let part = &bytes[..bytes.len() / 2];
+        file.write_all(part)?;
+        crash::record(crash::Op::Write(path.into(), part.to_vec()));
+        return Err(e);
+    }
+    file.write_all(bytes)?;
+    #[cfg(test)]
+    crash::record(crash::Op::Write(path.into(), bytes.to_vec()));
+    #[cfg(not(test))]
+    let _ = path;
+    Ok(())
+}
+
+/// Fsyncs the data of `file` at `path`.
+pub fn sync_file(file: &File, path: &Path) -> io::Result<()> {
+    traced(|| crash::Op::Sync(path.into()), || file.sync_all())
+}
+
+/// Cuts (or extends) `file` at `path` to `len` bytes.
+pub fn set_len(file: &File, path: &Path, len: u64) -> io::Result<()> {
+    traced(|| crash::Op::SetLen(path.into(), len), || file.set_len(len))
+}
+
+/// Renames `from` to `to` (atomically replacing `to`).
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    traced(|| crash::Op::Rename(from.into(), to.into()), || fs::rename(from, to))
+}
+
+/// Removes `path`.
+pub fn remove(path: &Path) -> io::Result<()> {
+    traced(|| crash::Op::Remove(path.into()), || fs::remove_file(path))
+}
+
+/// A file being written from the start (a temporary file before its rename), each write
+/// passing through the same seam as [`append`].
+pub struct Tracked {
+    file: File,
+    path: PathBuf,
+}
+
+impl Tracked {
+    /// Creates (or truncates) `path`.
+    pub fn create(path: &Path) -> io::Result<Tracked> {
+        Ok(Tracked { file: create(path)?, path: path.to_path_buf() })
+    }
+
+    /// Fsyncs what was written and gives the file back.
+    pub fn sync(self) -> io::Result<File> {
+        sync_file(&self.file, &self.path)?;
+        Ok(self.file)
+    }
+}
+
+impl Write for Tracked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        append(&mut self.file, &self.path, buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a file operation; in unit tests, records it (or fails it, when a test asked). In
+/// production `op` is never called: the plain call is all that runs.
+#[inline(always)]
+fn traced<T>(op: impl FnOnce() -> crash::Op, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    #[cfg(test)]
+    {
+        let op = op();
+        if let Some(e) = crash::failure(&op) {
+            return Err(e);
+        }
+        let done = f()?;
+        crash::record(op);
+        Ok(done)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = op;
+        f()
+    }
+}
+
+/// In production, operations are not recorded: an `Op` is never built.
+#[cfg(not(test))]
+mod crash {
+    use std::path::PathBuf;
+
+    /// An operation on a file (not recorded outside unit tests).
+    #[allow(dead_code)]
+    pub enum Op {
+        SyncDir(PathBuf),
+        Create(PathBuf),
+        Sync(PathBuf),
+        SetLen(PathBuf, u64),
+        Rename(PathBuf, PathBuf),
+        Remove(PathBuf),
+    }
+}
+
+#[cfg(test)]
+pub mod crash;
 
 /// Opens `path` for appending, creating it with `header` (and fsyncing its directory) if new.
 pub fn open_append(path: &Path, header: &[u8]) -> io::Result<File> {
-    let existed = path.exists();
-    let mut f = OpenOptions::new().create(true).append(true).read(true).open(path)?;
-    if !existed || f.metadata()?.len() == 0 {
-        f.write_all(header)?;
-        f.sync_all()?;
+    let open = || OpenOptions::new().create(true).append(true).read(true).open(path);
+    let mut f = if path.exists() { open()? } else { traced(|| crash::Op::Create(path.into()), open)? };
+    if f.metadata()?.len() == 0 {
+        append(&mut f, path, header)?;
+        sync_file(&f, path)?;
         sync_dir(path)?;
     }
     Ok(f)
@@ -233,8 +396,8 @@ pub fn cut_torn_tail(path: &Path) -> io::Result<u64> {
     };
     let cut = len - keep;
     if cut > 0 {
-        f.set_len(keep)?;
-        f.sync_all()?;
+        set_len(&f, path, keep)?;
+        sync_file(&f, path)?;
     }
     Ok(cut)
 }

@@ -55,7 +55,8 @@ fn a_tail_of_another_epoch_is_dropped_by_a_whole_copy() {
     s.set_stock(2, 11);
     s.set_stock(3, 12);
     let mut f = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
-    writeln!(f, "{},2,never acknowledged,x,1.00,99,,,9", last + 1).unwrap();
+    let seq = (last + 1).to_string();
+    write!(f, "{}", files::log_row(&[&seq, "2", "never acknowledged", "x", "1.00", "99", "", "", "9"])).unwrap();
     drop(f);
     s.catalogs[1].restart();
     wait_ready(&r);

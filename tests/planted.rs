@@ -126,13 +126,10 @@ fn a_planted_order_left_in_an_old_journal_is_never_adopted() {
     // last column the epoch of static roles): the planted one
     // first, then one of an order server that died before it logged its order.
     let row = |seq: u64, quantity: u64, order_id: &str| {
-        format!(
-            "{seq},1,{},{},{},{quantity},{order_id},{},0\n",
-            book["title"].as_str().unwrap(),
-            book["topic"].as_str().unwrap(),
-            book["price"],
-            bazar::ids::timestamp_now()
-        )
+        let (seq, quantity, price) = (seq.to_string(), quantity.to_string(), book["price"].to_string());
+        let (title, topic, at) =
+            (book["title"].as_str().unwrap(), book["topic"].as_str().unwrap(), bazar::ids::timestamp_now());
+        files::log_row(&[&seq, "1", title, topic, &price, &quantity, order_id, &at, "0"])
     };
     let stock0 = book["quantity"].as_u64().unwrap();
     let rows = row(seq + 1, stock0 - 1, "0") + &row(seq + 2, stock0 - 2, "0a1b2c3d4e5f-5");

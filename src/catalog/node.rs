@@ -99,6 +99,9 @@ pub(super) struct Pending {
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) writes: AtomicU64,
+    /// The store's failed appends, as last read (the metric shows it while a write holds
+    /// the store).
+    pub(super) write_errors: AtomicU64,
     pub(super) batches: AtomicU64,
     pub(super) pushes_failed: AtomicU64,
     pub(super) tail_writes_sent: AtomicU64,
@@ -139,6 +142,9 @@ pub struct CatalogNode {
     /// its replicas' (and taken the newest one's if it is behind: `primary.rs`, `settle`):
     /// it serves no read and decides no write before.
     pub(super) settled: AtomicBool,
+    /// Its files were damaged and set aside at start: a static primary serves nothing
+    /// until it has taken the catalog of a replica that holds one.
+    pub(super) damaged: AtomicBool,
     /// Replica: a catch-up is wanted (at start, or the primary asked for one).
     pub(super) catch_up_wanted: AtomicBool,
     /// Replica: a whole copy is under way (the catalog in memory is partial).
@@ -191,7 +197,7 @@ pub struct CatalogNode {
 impl CatalogNode {
     /// Opens the data directory; a replica is not serving until it caught up.
     pub fn open(config: CatalogConfig, metrics: Arc<Metrics>) -> Result<Arc<CatalogNode>> {
-        let (store, catalog) = Store::open(&config.data_dir)?;
+        let (store, catalog, damaged) = Self::open_store(&config)?;
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
@@ -209,6 +215,7 @@ impl CatalogNode {
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
             settled: AtomicBool::new(config.etcd.is_some() || config.role == Role::Replica),
+            damaged: AtomicBool::new(damaged),
             catch_up_wanted: AtomicBool::new(false),
             replica_id,
             lease: Mutex::new(ReplicaLease::new(config.lease)),
@@ -231,6 +238,24 @@ impl CatalogNode {
             metrics,
             config,
         }))
+    }
+
+    /// Opens the data directory. Files that do not check (a row whose checksum, fields or
+    /// values are wrong anywhere but a torn last row of the log) are never served: they are
+    /// set aside (kept for the operator) and the catalog starts empty. A replica (or with
+    /// etcd any catalog: none is primary before an election) then copies the primary's; a
+    /// static primary takes a replica's before it serves (`settle_with_replicas`, which
+    /// waits for a replica with data). Returns whether the files were set aside.
+    fn open_store(config: &CatalogConfig) -> Result<(Store, Catalog, bool)> {
+        let (store, catalog, corrupt) = Store::open_recovering(&config.data_dir)?;
+        if let Some(why) = &corrupt {
+            let from = match config.role == Role::Primary && config.etcd.is_none() {
+                true => "takes the catalog of a replica that holds one before it serves",
+                false => "copies the primary's",
+            };
+            log::warn!("{why}: the damaged catalog was set aside; this catalog starts empty and {from}");
+        }
+        Ok((store, catalog, corrupt.is_some()))
     }
 
     pub(super) fn leases(&self) -> bool {

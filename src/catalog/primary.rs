@@ -108,10 +108,21 @@ impl CatalogNode {
                     // The copy stopped reads; this primary serves again once settled.
                     self.serving.store(true, Ordering::SeqCst);
                     match copied {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            self.damaged.store(false, Ordering::SeqCst);
+                            continue;
+                        }
                         Err(e) => format!("cannot take the catalog of replica {url}: {e}"),
                     }
                 }
+                None if self.damaged.load(Ordering::SeqCst) => format!(
+                    "this catalog's files were damaged and set aside (*.corrupt-*): it serves nothing until a \
+                     replica that holds a catalog answers, and takes that one{}",
+                    match silent.is_empty() {
+                        true => String::new(),
+                        false => format!(" (not answering: {})", silent.join(", ")),
+                    }
+                ),
                 None if me.is_empty() && !silent.is_empty() => format!(
                     "this catalog is empty and replicas {} do not answer: one may hold the store's books, so it \
                      serves nothing until they answer (to start over from the built-in catalog instead, stop it and \
@@ -168,7 +179,15 @@ impl CatalogNode {
         while !shutdown.is_set() {
             let first = match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(p) => p,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle: a log that failed a write is re-opened from disk by itself, so
+                    // writes resume once the disk takes them again (the next write would
+                    // try too).
+                    if let Ok(mut store) = self.writer.try_lock() {
+                        store.retry();
+                    }
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
@@ -234,9 +253,13 @@ impl CatalogNode {
         if !writes.is_empty() {
             let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
             if let Err(e) = store.append(&rows) {
+                // Nothing of the batch was kept (the store cut what it wrote) and nothing is
+                // applied here: no write number or book id is taken. Every write of the
+                // batch is answered with the cause (503), refusals too (decided over writes
+                // that were not made).
                 log::error!("cannot persist {} writes: {e}", writes.len());
                 for (reply, _) in answers {
-                    let _ = reply.send(Err(Error::Internal(format!("cannot persist the write: {e}"))));
+                    let _ = reply.send(Err(Error::Storage(e.copy())));
                 }
                 return;
             }
@@ -301,10 +324,9 @@ impl CatalogNode {
                     answer.1 = Err(Error::Unavailable(why.clone()));
                 }
             }
-            if let Err(e) = store.after_write(&self.state()) {
-                // The log holds every write; the next checkpoint tries again.
-                log::error!("checkpoint failed: {e}");
-            }
+            // A checkpoint that fails leaves the files as they were (the log holds every
+            // write) and is tried again later.
+            store.after_write(&self.state());
         }
         drop(store);
         for (reply, answer) in answers {

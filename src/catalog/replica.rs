@@ -239,7 +239,7 @@ impl CatalogNode {
         if self.state().seq() == self.logged(&store) {
             // A checkpoint holds the readable catalog: never one with writes pending (it
             // checkpoints only when the log has grown enough).
-            store.after_write(&self.state())?;
+            store.after_write(&self.state());
         }
         *self.last_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(ReplicaAck {

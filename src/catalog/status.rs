@@ -51,15 +51,21 @@ impl CatalogNode {
         // The last write logged here: with etcd a replica's writes past `seq` are pending
         // (logged, not yet known committed, not readable). Null while a write holds the
         // log (health never waits for a push).
-        let logged = match self.writer.try_lock() {
-            Ok(store) => Some(store.history.last().0),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().history.last().0),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+        // And whether the log takes no write now (a write or fsync failed; it is re-opened
+        // by itself): null likewise.
+        let (logged, log_failed) = match self.writer.try_lock() {
+            Ok(store) => (Some(store.history.last().0), Some(store.failed())),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                let store = e.into_inner();
+                (Some(store.history.last().0), Some(store.failed()))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => (None, None),
         };
         let in_sync_record = self.failover.as_ref().map(|f| f.core().sync().map(|s| s.members.clone()));
         let state = self.state();
         serde_json::json!({
             "logged": logged,
+            "log_failed": log_failed,
             "in_sync_record": in_sync_record,
             "status": if readable { "ok" } else { "catching-up" },
             "role": role,
@@ -84,9 +90,21 @@ impl CatalogNode {
             let state = self.state();
             (state.seq() as f64, state.len() as f64)
         };
-        let rows: [(&str, &str, &str, f64); 25] = [
+        let write_errors = match self.writer.try_lock() {
+            Ok(store) => store.write_errors(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().write_errors(),
+            Err(std::sync::TryLockError::WouldBlock) => self.counters.write_errors.load(Ordering::Relaxed),
+        };
+        self.counters.write_errors.store(write_errors, Ordering::Relaxed);
+        let rows: [(&str, &str, &str, f64); 26] = [
             ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
             ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
+            (
+                "bazar_catalog_log_write_errors_total",
+                "counter",
+                "Appends to catalog.log that failed (a full disk, an I/O error, a failed fsync): refused with 503.",
+                write_errors as f64,
+            ),
             ("bazar_catalog_writes_total", "counter", "Writes decided by this primary.", get(&c.writes)),
             (
                 "bazar_catalog_write_batches_total",

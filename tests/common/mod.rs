@@ -4,6 +4,8 @@
 //! after a failure; a failing test prints the tail of each process's log.
 #![allow(dead_code)]
 
+pub mod files;
+
 use bazar::client::{Answer, Http};
 use std::fs;
 use std::path::{Path, PathBuf};
