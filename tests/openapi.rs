@@ -224,6 +224,19 @@ fn the_openapi_document_matches_the_store() {
         ],
         &mut tested,
     );
+    // A purchase from another web site (a browser's Origin): 403.
+    let addr = fe.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        format!("POST /purchase/3 HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 ") && answer.contains("\"error\""), "{answer}");
+    tested.insert(("/purchase/{id}".into(), "POST".into(), 403));
     // The primary down: writes through the replica and purchases answer 503.
     s.catalogs[0].kill9();
     run(
