@@ -60,7 +60,7 @@ Environment:
   BAZAR_INSECURE_OPEN=1  no token at all (admin and internal routes open to loopback)
 
 Usage: (no argument) run the store; `token` prints the path of the token file (making it
-when missing) and exits.
+when missing) and exits. Every service's own variables:
 ";
 
 /// The name of the generated token's file in the store's data directory.

@@ -294,8 +294,7 @@ impl Common {
 }
 
 /// The `--help` lines every service shares.
-pub const COMMON_HELP: &str = "\
-  BAZAR_LISTEN    host:port to listen on
+pub const COMMON_HELP: &str = "  BAZAR_LISTEN    host:port to listen on
   BAZAR_THREADS   most requests handled at once (default: 32 per core, at least 64)
   BAZAR_LOG       error, warn, info, debug or trace (default info)
   BAZAR_TOKEN     shared secret (at least 16 bytes); admin and internal routes then need
