@@ -4,8 +4,12 @@
 #   bazar-catalog:local  bazar-order:local  bazar-frontend:local  bazar-memcached:local
 #   bazar-etcd:local  bazar-haproxy:local (the Swarm stack's load balancer; built only where
 #   haproxy is installed, as only containers/stack.yaml needs it)
+# and, when it is missing, the store's token for compose.yaml and stack.yaml:
+# containers/secrets/bazar_token (random; never committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# new_token
+source containers/lib.sh
 target=x86_64-unknown-linux-gnu
 echo "== static release build ($target, crt-static)"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$target" \
@@ -58,3 +62,11 @@ else
     echo "haproxy is not installed (apt-get install haproxy); no bazar-haproxy image (only the Swarm stack needs it)"
 fi
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^bazar-' | sort
+# The token of the store containers/compose.yaml (and by default containers/stack.yaml)
+# runs: made once, kept on later builds, never committed (.gitignore). compose mounts the
+# file as it is into services that run as uid 10001, so it is 0644, in a 0700 directory
+# that keeps the host's other users out.
+install -d -m 0700 containers/secrets
+new_token containers/secrets/bazar_token
+chmod 0644 containers/secrets/bazar_token
+echo "the store's token (a Docker secret for compose.yaml and stack.yaml): containers/secrets/bazar_token"

@@ -7,6 +7,7 @@
 # rejoins as a replica. Removes only what it created, by name, even when it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+work=$(mktemp -d)                 # mode 0700: holds the store's token
 
 P=bazar-e2e                       # every container and network name starts with this
 NET=$P-net                        # the store's network
@@ -27,7 +28,8 @@ cleanup() {
         docker rm -f "$P-$c" >/dev/null 2>&1 || true
     done
     docker network rm "$NET" "$PROBE" >/dev/null 2>&1 || true
-    echo "== removed the containers and networks named $P-*"
+    rm -rf "$work"
+    echo "== removed the containers and networks named $P-* and the token"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -43,12 +45,21 @@ quantity() { body "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)
 echo "== images"
 bash containers/build-images.sh
 
-echo "== networks and containers"
+echo "== the token, networks and containers"
+# Every service reads the store's token from a file mounted where a Docker secret would
+# be (plain `docker run` has no secrets; containers/compose.yaml and stack.yaml use real
+# ones). The services run as uid 10001 and read it through the bind mount, so the file is
+# 0644; the directory around it (mktemp -d, 0700) keeps the host's other users out.
+new_token "$work/bazar_token"
+chmod 0644 "$work/bazar_token"
+TOKEN=$(cat "$work/bazar_token")
+AUTH="Authorization: Bearer $TOKEN"
+secret=(-v "$work/bazar_token:/run/secrets/bazar_token:ro" -e BAZAR_TOKEN_FILE=/run/secrets/bazar_token)
 docker network create "$NET" >/dev/null
 docker network create "$PROBE" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 FE=http://127.0.0.1:$port
-common=(-e BAZAR_LEASE_MS=$LEASE_MS -e BAZAR_LOG=info)
+common=(-e BAZAR_LEASE_MS=$LEASE_MS -e BAZAR_LOG=info "${secret[@]}")
 docker run -d --name "$P-memcached" --network "$NET" bazar-memcached:local >/dev/null
 docker run -d --name "$P-catalog-instance1" --network "$NET" "${common[@]}" -e BAZAR_ROLE=primary \
     -e BAZAR_REPLICAS=http://$P-catalog-instance2:9000 -e BAZAR_MEMCACHED=$P-memcached:11211 bazar-catalog:local >/dev/null
@@ -94,7 +105,7 @@ ok "reads and purchases went on; the restarted replica caught up"
 echo "== a replica cut off by a network partition"
 docker network disconnect "$NET" "$P-catalog-instance2"
 t0=$(date +%s%N)
-[ "$(curl -s -o /dev/null -w '%{http_code}' -X PATCH -H 'Content-Type: application/json' -d '{"quantity": 77}' "$PRIMARY/books/7")" = 200 ] || fail "write during the partition"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -X PATCH -H "$AUTH" -H 'Content-Type: application/json' -d '{"quantity": 77}' "$PRIMARY/books/7")" = 200 ] || fail "write during the partition"
 t1=$(date +%s%N)
 echo "write acknowledged during the partition in $(( (t1 - t0) / 1000000 )) ms (lease $LEASE_MS ms)"
 code=$(status "$REPLICA/books/7")
@@ -127,18 +138,18 @@ ok "after its restart nothing acknowledged was lost and writes work"
 echo "== failover through etcd: a store whose primary is cut off by a partition"
 docker run -d --name "$P-etcd" --network "$NET" bazar-etcd:local >/dev/null
 for i in 1 2; do
-    docker run -d --name "$P-fcatalog-$i" --network "$NET" -e BAZAR_LOG=info -e BAZAR_ETCD=http://$P-etcd:2379 \
+    docker run -d --name "$P-fcatalog-$i" --network "$NET" -e BAZAR_LOG=info "${secret[@]}" -e BAZAR_ETCD=http://$P-etcd:2379 \
         -e BAZAR_ADVERTISE=http://$P-fcatalog-$i:9000 bazar-catalog:local >/dev/null
     docker network connect "$PROBE" "$P-fcatalog-$i"
 done
 FCATALOGS=http://$P-fcatalog-1:9000,http://$P-fcatalog-2:9000
 for i in 1 2; do
-    docker run -d --name "$P-forder-$i" --network "$NET" -e BAZAR_CATALOG=$FCATALOGS \
+    docker run -d --name "$P-forder-$i" --network "$NET" "${secret[@]}" -e BAZAR_CATALOG=$FCATALOGS \
         -e BAZAR_PEERS=http://$P-forder-$(( 3 - i )):9002 bazar-order:local >/dev/null
 done
 fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 FFE=http://127.0.0.1:$fport
-docker run -d --name "$P-ffrontend" --network "$NET" --publish "127.0.0.1:$fport:4200" -e BAZAR_CATALOG=$FCATALOGS \
+docker run -d --name "$P-ffrontend" --network "$NET" --publish "127.0.0.1:$fport:4200" "${secret[@]}" -e BAZAR_CATALOG=$FCATALOGS \
     -e BAZAR_ORDER=http://$P-forder-1:9002,http://$P-forder-2:9002 bazar-frontend:local >/dev/null
 for c in $FAILOVER; do wait_for 60 "$c healthy (HEALTHCHECK)" healthy "$c"; done
 # "role primary" of a catalog's /health, empty when it does not answer
@@ -158,7 +169,7 @@ t0=$(date +%s%N)
 wait_for 30 "purchases to succeed again" sells
 t1=$(date +%s%N)
 echo "partition of the primary: purchases back after $(( (t1 - t0) / 1000000 )) ms"
-code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' -X PATCH -H 'Content-Type: application/json' -d '{"quantity": 5}' "$OLD/books/2")
+code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' -X PATCH -H "$AUTH" -H 'Content-Type: application/json' -d '{"quantity": 5}' "$OLD/books/2")
 [ "$code" = 503 ] || fail "the cut-off old primary answered a write with $code"
 ok "the cut-off old primary acknowledges nothing (503)"
 docker network connect "$NET" "$P-$old"

@@ -7,7 +7,7 @@
 # takes over, the restarted one rejoins in sync); the primary's volume removed while both
 # catalogs are down (the empty one is not elected, nothing is lost). Makes this engine a one-node swarm only if
 # it is none, and leaves the swarm again only if it made it. Removes the stack, its
-# network and volumes, by name, even when it fails.
+# network, volumes and token secret, by name, even when it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +78,7 @@ cleanup() {
     local until=$(( $(date +%s) + 60 ))
     while [ -n "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 0.5; done
     for v in $VOLUMES; do docker volume rm "${STACK}_$v" >/dev/null 2>&1; done
+    docker secret rm "${STACK}_bazar_token" >/dev/null 2>&1   # gone with the stack, normally
     until [ -z "$(docker network ls -q --filter "name=${STACK}_store")" ] || [ "$(date +%s)" -ge "$until" ]; do
         docker network rm "${STACK}_store" >/dev/null 2>&1 || sleep 0.5
     done
@@ -87,7 +88,7 @@ cleanup() {
         if [ "$made_gwbridge" = yes ]; then docker network rm docker_gwbridge >/dev/null 2>&1; fi
     fi
     rm -rf "$work"
-    echo "== removed the stack $STACK, its network and volumes"
+    echo "== removed the stack $STACK, its network, volumes and secret"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -116,7 +117,11 @@ if docker stack ls --format '{{.Name}}' | grep -qx "$STACK"; then fail "a stack 
 
 echo "== deploy"
 t0=$(date +%s%N)
-BAZAR_PORT=$PORT docker stack deploy --resolve-image never -c containers/stack.yaml "$STACK" >/dev/null
+# The store's token, a new one for this run: the stack makes it the Docker secret its
+# services read (BAZAR_TOKEN_FILE=/run/secrets/bazar_token).
+new_token "$work/bazar_token"
+BAZAR_PORT=$PORT BAZAR_TOKEN_SECRET="$work/bazar_token" \
+    docker stack deploy --resolve-image never -c containers/stack.yaml "$STACK" >/dev/null
 wait_for 180 "every service running and healthy" converged
 wait_for 60 "the store to sell through port $PORT" sells
 converge_ms=$(ms "$t0")

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 SEED=${CONTRACT_SEED:-19}
 EXAMPLES=${CONTRACT_EXAMPLES:-100}
 SERVICES=${CONTRACT_SERVICES:-frontend catalog order}
-TOKEN=contract-$RANDOM$RANDOM
+TOKEN=contract-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")   # 16 random bytes: a token must be 16 bytes or more
 
 if ! command -v st >/dev/null; then
     echo "contract: schemathesis is not installed (pip install schemathesis==4.32.5)" >&2

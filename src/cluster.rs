@@ -9,9 +9,20 @@
 //! they give up their etcd leases as they stop), and exits 0.
 //!
 //! [`Layout`] and [`Running`] are also how `bazar-bench lab` starts its own stores.
+//!
+//! # The token
+//! Every service of the store runs with one token ([`give_token`]): the operator's
+//! (`BAZAR_TOKEN` or `BAZAR_TOKEN_FILE`, inherited), or else one this launcher generates on
+//! first start (32 random bytes from the kernel, hex) into `token` in the data directory,
+//! mode 0600, and reuses on every later start. The services get it as
+//! `BAZAR_TOKEN_FILE=<that path>`, not as `BAZAR_TOKEN=<value>`: a process's environment is
+//! readable in `/proc/<pid>/environ` and shown by `ps e`, and the value would also live in
+//! the launcher's memory and in every restart's command; a path reveals nothing, and the
+//! file's mode keeps other users out. The launcher prints the path, never the value, and
+//! logs neither.
 
 use crate::client::Http;
-use crate::config::{self, Env};
+use crate::config::{self, Env, Source};
 use crate::service;
 use crate::shutdown::Shutdown;
 use std::io::{BufRead, BufReader, Read};
@@ -40,9 +51,126 @@ Environment:
   BAZAR_MEMCACHED set and empty: run without memcached even where it is installed
   BAZAR_ETCD      etcd client URLs to use instead of starting one; set and empty: static
                   roles even where etcd is installed
-  BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
+  BAZAR_LOG, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
                   (BAZAR_LEASE_MS=0, leases off, only with static roles)
+  BAZAR_TOKEN, BAZAR_TOKEN_FILE  the services' token; unset: one is generated on first
+                  start into <BAZAR_DATA_DIR>/token (mode 0600), reused later, and given to
+                  every service as BAZAR_TOKEN_FILE; admin routes then need
+                  -H \"Authorization: Bearer $(cat run/token)\"
+  BAZAR_INSECURE_OPEN=1  no token at all (admin and internal routes open to loopback)
+
+Usage: (no argument) run the store; `token` prints the path of the token file (making it
+when missing) and exits. Every service's own variables:
 ";
+
+/// The name of the generated token's file in the store's data directory.
+pub const TOKEN_FILE: &str = "token";
+
+/// How a store that this launcher starts gets its token (see [`give_token`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreToken {
+    /// The operator set `BAZAR_TOKEN` or `BAZAR_TOKEN_FILE` (named here): every service
+    /// inherits it.
+    Operator(&'static str),
+    /// The operator set `BAZAR_INSECURE_OPEN=1` and no token: none is made.
+    Open,
+    /// The token in this file (in the data directory), given to every service as
+    /// `BAZAR_TOKEN_FILE`; `created` when this start made it.
+    File {
+        /// The file's absolute path.
+        path: PathBuf,
+        /// Whether this call made it (else it was kept from an earlier start).
+        created: bool,
+    },
+}
+
+impl StoreToken {
+    /// The line the launcher prints about it: a path or a variable's name, never a value.
+    pub fn note(&self) -> String {
+        match self {
+            StoreToken::Operator(var) => format!("the services use the token of {var}"),
+            StoreToken::Open => {
+                "no token (BAZAR_INSECURE_OPEN=1): admin and internal routes are open to loopback clients".into()
+            }
+            StoreToken::File { path, created } => format!(
+                "the services' token is in {} ({}); admin routes need it, e.g. \
+                 curl -H \"Authorization: Bearer $(cat {})\" -X PATCH -d '{{\"quantity\": 20}}' http://127.0.0.1:9000/books/1",
+                path.display(),
+                if *created { "made now, mode 0600" } else { "kept from an earlier start" },
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Gives the store `layout` describes its token: the operator's when `src` sets one (a bad
+/// one is an error), none with `BAZAR_INSECURE_OPEN=1`, else the one in
+/// `<layout.dir>/token` ([`token_file`]), passed to every service as `BAZAR_TOKEN_FILE`.
+pub fn give_token(layout: &mut Layout, src: &dyn Source) -> Result<StoreToken, String> {
+    let set = |var| config::opt(src, var).is_some();
+    if set("BAZAR_TOKEN") || set("BAZAR_TOKEN_FILE") {
+        config::token(src).map_err(|e| format!("bad setting {e}"))?;
+        return Ok(StoreToken::Operator(if set("BAZAR_TOKEN") { "BAZAR_TOKEN" } else { "BAZAR_TOKEN_FILE" }));
+    }
+    if config::insecure_open(src).map_err(|e| format!("bad setting {e}"))? {
+        return Ok(StoreToken::Open);
+    }
+    let (path, created) = token_file(&layout.dir)?;
+    layout.env.retain(|(k, _)| k != "BAZAR_TOKEN_FILE" && k != "BAZAR_TOKEN");
+    layout.env.push(("BAZAR_TOKEN_FILE".into(), path.display().to_string()));
+    Ok(StoreToken::File { path, created })
+}
+
+/// The token file of a store whose data is under `dir`: `<dir>/token`, made with a new
+/// random token (mode 0600, written whole to a temporary file first and linked into place,
+/// so a crash or a second launcher never leaves half a token) when it is missing, else
+/// kept: checked like any token, and its mode narrowed to 0600 if it was wider. Returns
+/// its absolute path and whether this call made it. Errors never hold the token.
+pub fn token_file(dir: &Path) -> Result<(PathBuf, bool), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(TOKEN_FILE);
+    let mut created = false;
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| format!("cannot read random bytes from /dev/urandom: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = dir.join(format!("{TOKEN_FILE}.{}.tmp", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()).and_then(|_| f.sync_all()));
+        let linked = written.and_then(|_| std::fs::hard_link(&tmp, &path));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => created = true,
+            // Another launcher made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot write the token file {}: {e}", path.display())),
+        }
+        if created {
+            crate::storage::sync_dir(&dir).map_err(|e| format!("cannot make {} durable: {e}", path.display()))?;
+        }
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            format!("the token file {} is readable by others and cannot be made 0600: {e}", path.display())
+        })?;
+        eprintln!("bazar-cluster: the token file {} was readable by others; its mode is now 0600", path.display());
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    config::check_token_value("BAZAR_TOKEN_FILE", text.trim())
+        .map_err(|e| format!("the token file {}: {}; delete it to have a new one made", path.display(), e.problem))?;
+    Ok((path, created))
+}
 
 /// A free loopback port for a service this process is about to start (the lab's stores,
 /// the tests' stores), or an error when none is left.
@@ -468,6 +596,19 @@ fn build_missing_programs(layout: &Layout) -> Result<(), String> {
 
 /// The launcher's `main`.
 pub fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("token") && std::env::args().nth(2).is_none() {
+        // The path only, for `curl -H "Authorization: Bearer $(cat "$(bazar-cluster token)")"`.
+        return match token_file(&config::data_dir(&Env, "./run")) {
+            Ok((path, _)) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bazar-cluster: {e}");
+                ExitCode::from(service::EXIT_CONFIG)
+            }
+        };
+    }
     if let Some(code) = service::handle_args("bazar-cluster", HELP, None) {
         return code;
     }
@@ -481,12 +622,19 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    let mut layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
     let leases_off = std::env::var("BAZAR_LEASE_MS").is_ok_and(|v| v.trim().parse() == Ok(0u64));
     if leases_off && layout.etcd.is_some() {
         // The catalogs would refuse it one by one: say so once, with the way out.
         eprintln!("bazar-cluster: bad setting BAZAR_LEASE_MS: 0 (read leases off) needs static roles; set BAZAR_ETCD= (empty) too");
         return ExitCode::from(2);
+    }
+    match give_token(&mut layout, &Env) {
+        Ok(token) => eprintln!("bazar-cluster: {}", token.note()),
+        Err(e) => {
+            eprintln!("bazar-cluster: {e}");
+            return ExitCode::from(service::EXIT_CONFIG);
+        }
     }
     if let Err(e) = build_missing_programs(&layout) {
         eprintln!("bazar-cluster: {e}");

@@ -28,6 +28,10 @@ pub enum Error {
     BadRequest(String),
     /// 401: a token is required and was missing or wrong.
     Unauthorized,
+    /// 403: refused whoever asks this way: an admin or internal request from a peer that is
+    /// not on loopback to a service with no token, or a purchase from another web site
+    /// (the message says which, and how to do it right).
+    Forbidden(String),
     /// 404: unknown book, order or route.
     NotFound(String),
     /// 405: the route exists but not for this method; carries the `Allow` header value.
@@ -71,6 +75,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => 400,
             Error::Unauthorized => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::RequestTimeout => 408,
@@ -100,6 +105,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::BadRequest(m) | Error::NotFound(m) | Error::Conflict(m) | Error::Gone(m) => f.write_str(m),
+            Error::Forbidden(m) => f.write_str(m),
             Error::Unavailable(m) | Error::Internal(m) => f.write_str(m),
             Error::Unauthorized => f.write_str("missing or wrong bearer token"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed; allowed: {allow}"),

@@ -118,8 +118,11 @@ where
         Err(e) => return config_error(name, &e),
     };
     let (listen, threads) = (common(&cfg).listen, common(&cfg).threads);
-    if common(&cfg).token.is_none() {
-        log::warn!("BAZAR_TOKEN is not set: admin and internal routes are open to anyone who can reach {listen}");
+    // Once, at start: who may call the admin and internal routes (with no token, how to
+    // set one). The token itself is never logged.
+    match common(&cfg).admission() {
+        config::Admission::Token(_) => log::info!("{}", common(&cfg).admission_note()),
+        _ => log::warn!("{}", common(&cfg).admission_note()),
     }
     let fail = |what: String| {
         log::error!("{what}");

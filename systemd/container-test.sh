@@ -38,6 +38,8 @@ for i in 1 2; do
         $((9001 + i)) $((9005 - i)) > "$root/etc/bazar/order-$i.env"
 done
 printf 'BAZAR_LISTEN=0.0.0.0:4200\nBAZAR_CATALOG=http://127.0.0.1:9000,http://127.0.0.1:9001\nBAZAR_ORDER=http://127.0.0.1:9002,http://127.0.0.1:9003\n' > "$root/etc/bazar/frontend.env"
+# The store's token, as install.sh makes it: the units load it (LoadCredential=).
+( umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$root/etc/bazar/token" )
 units=(bazar-catalog@primary bazar-catalog@replica bazar-order@1 bazar-order@2 bazar-frontend)
 for u in bazar-catalog@ bazar-order@ bazar-frontend; do
     mkdir -p "$root/etc/systemd/system/$u.service.d"
@@ -57,6 +59,10 @@ for i in $(seq 1 150); do
 done
 for u in "${units[@]}"; do [ "$(in_c systemctl is-active "$u")" = active ] || fail "$u is not active"; done
 echo "ok: ${#units[@]} units active under $(in_c systemctl --version | head -1)"
+for u in "${units[@]}"; do
+    in_c journalctl --no-pager -u "$u" | grep -q 'need `Authorization: Bearer <token>`' || fail "$u does not run with the token"
+done
+echo "ok: every unit runs with the token of /etc/bazar/token (LoadCredential=, BAZAR_TOKEN_FILE)"
 curl -s -m 3 "http://$ip:4200/search/distributed%20systems" | grep -q "RPCs for Noobs" || fail search
 [ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X POST "http://$ip:4200/purchase/2")" = 200 ] || fail purchase
 in_c grep -q "RPCs for Noobs" /var/lib/bazar-order-1/orders.csv /var/lib/bazar-order-2/orders.csv || fail "order not in a StateDirectory"

@@ -123,7 +123,7 @@ fn a_dead_primary_stops_writes_not_reads() {
 
 #[test]
 fn a_shared_secret_guards_admin_and_internal_routes() {
-    let s = Store::start(Opts { token: Some("s3cret".into()), ..Opts::default() }).unwrap();
+    let s = Store::start(Opts { token: Some("s3cret-0123456789abcdef".into()), ..Opts::default() }).unwrap();
     let (p, r, o) = (s.primary(), s.replica(), s.order(0));
     let guarded: Vec<(&str, &str, &str, Option<String>)> = vec![
         ("PATCH", &p, "/books/1", Some("{\"quantity\": 5}".into())),
@@ -140,12 +140,12 @@ fn a_shared_secret_guards_admin_and_internal_routes() {
     ];
     let method = |m: &str| ureq::http::Method::from_bytes(m.as_bytes()).unwrap();
     for (m, base, path, body) in &guarded {
-        for http in [client(), client_with_token("wrong"), client_with_token("s3cre")] {
+        for http in [client(), client_with_token("wrong"), client_with_token("s3cret-0123456789abcde")] {
             let a = http.call(method(m), base, path, body.clone().map(String::into_bytes)).unwrap();
             assert_eq!(a.status, 401, "{m} {base}{path} without the right token");
         }
     }
-    let ok = client_with_token("s3cret");
+    let ok = client_with_token("s3cret-0123456789abcdef");
     for (m, base, path, body) in &guarded[..2] {
         assert_eq!(
             ok.call(method(m), base, path, body.clone().map(String::into_bytes)).unwrap().status,

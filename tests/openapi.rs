@@ -49,7 +49,7 @@ struct Case<'a> {
 
 fn run(cases: &[Case], tested: &mut BTreeSet<Triple>) {
     for c in cases {
-        let http = if c.token { client_with_token("t0ken") } else { client() };
+        let http = if c.token { client_with_token("t0ken-0123456789abcdef") } else { client() };
         let a = http
             .call(
                 Method::from_bytes(c.method.as_bytes()).unwrap(),
@@ -65,7 +65,7 @@ fn run(cases: &[Case], tested: &mut BTreeSet<Triple>) {
 
 #[test]
 fn the_openapi_document_matches_the_store() {
-    let mut s = Store::start(Opts { token: Some("t0ken".into()), ..Opts::default() }).unwrap();
+    let mut s = Store::start(Opts { token: Some("t0ken-0123456789abcdef".into()), ..Opts::default() }).unwrap();
     let (fe, p, r, o) = (s.fe(), s.primary(), s.replica(), s.order(0));
     let case = |route, method, base: &str, path: &str, token, body: Option<&str>, status| Case {
         route,
@@ -78,7 +78,7 @@ fn the_openapi_document_matches_the_store() {
     };
     let mut tested = BTreeSet::new();
     assert_eq!(
-        client_with_token("t0ken")
+        client_with_token("t0ken-0123456789abcdef")
             .call(Method::PATCH, &p, "/books/4", Some(b"{\"quantity\": 0}".to_vec()))
             .unwrap()
             .status,
@@ -87,8 +87,9 @@ fn the_openapi_document_matches_the_store() {
     let receipt = json(&call("POST", &fe, "/purchase/1", None));
     let order_path = format!("/orders/{}", receipt["order_id"].as_str().unwrap());
     eventually(std::time::Duration::from_secs(5), "order shared", || get(&o, &order_path).status == 200);
-    let history = json(&client_with_token("t0ken").call(Method::GET, &p, "/internal/books?limit=1", None).unwrap())
-        ["history"]
+    let history = json(
+        &client_with_token("t0ken-0123456789abcdef").call(Method::GET, &p, "/internal/books?limit=1", None).unwrap(),
+    )["history"]
         .as_str()
         .unwrap()
         .to_string();
@@ -223,6 +224,19 @@ fn the_openapi_document_matches_the_store() {
         ],
         &mut tested,
     );
+    // A purchase from another web site (a browser's Origin): 403.
+    let addr = fe.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        format!("POST /purchase/3 HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 ") && answer.contains("\"error\""), "{answer}");
+    tested.insert(("/purchase/{id}".into(), "POST".into(), 403));
     // The primary down: writes through the replica and purchases answer 503.
     s.catalogs[0].kill9();
     run(
@@ -289,7 +303,7 @@ fn switchover_with_etcd(dir: &std::path::Path) -> Option<u16> {
                 ("BAZAR_ETCD", etcd_url(&server)),
                 ("BAZAR_LISTEN", format!("127.0.0.1:{}", ports[i])),
                 ("BAZAR_DATA_DIR", dir.join(format!("etcd-catalog-{i}")).display().to_string()),
-                ("BAZAR_TOKEN", "t0ken".into()),
+                ("BAZAR_TOKEN", "t0ken-0123456789abcdef".into()),
             ];
             Proc::start(Spec {
                 name: format!("etcd-catalog-{i}"),
@@ -311,7 +325,7 @@ fn switchover_with_etcd(dir: &std::path::Path) -> Option<u16> {
             h["replicas_out_of_sync"].as_array().is_some_and(|a| a.is_empty()) && !h["primary"].is_null()
         }) && replica.as_deref().is_some_and(|r| get(r, "/ready").status == 200)
     });
-    let answer = client_with_token("t0ken")
+    let answer = client_with_token("t0ken-0123456789abcdef")
         .call(Method::POST, replica.as_deref().unwrap(), "/admin/switchover", Some(b"{}".to_vec()))
         .unwrap();
     drop(catalogs);

@@ -87,9 +87,9 @@ fn a_store_without_token_refuses_orders_no_order_server_made() {
 
 #[test]
 fn with_a_token_a_copy_for_an_order_needs_it() {
-    let s = Store::start(Opts { token: Some("t0ken".into()), ..Opts::default() }).unwrap();
+    let s = Store::start(Opts { token: Some("t0ken-0123456789abcdef".into()), ..Opts::default() }).unwrap();
     let (p, r) = (s.primary(), s.replica());
-    let with = client_with_token("t0ken");
+    let with = client_with_token("t0ken-0123456789abcdef");
     let stock0 = stock(&p, 1);
     for base in [&p, &r] {
         // The request of issue 19: refused whoever sends it.
@@ -103,14 +103,14 @@ fn with_a_token_a_copy_for_an_order_needs_it() {
         assert_eq!(a.status, 401);
     }
     assert_eq!(stock(&p, 1), stock0, "no copy was taken");
-    assert!(journal(&p, Some("t0ken")).is_empty(), "nothing was journaled");
+    assert!(journal(&p, Some("t0ken-0123456789abcdef")).is_empty(), "nothing was journaled");
     // A plain purchase needs no token; an order with it goes through (as order servers do).
     assert_eq!(call("POST", &r, "/books/1/purchase", None).status, 200);
     let a = with.call(Method::POST, &r, "/books/1/purchase", Some(real_order(7).into_bytes())).unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(call("POST", &s.fe(), "/purchase/1", None).status, 200);
     assert_eq!(stock(&p, 1), stock0 - 3);
-    assert_eq!(journal(&p, Some("t0ken")).len(), 2, "the order's and the front end's");
+    assert_eq!(journal(&p, Some("t0ken-0123456789abcdef")).len(), 2, "the order's and the front end's");
 }
 
 /// A catalog's journal from before the rule may hold a planted order: the order servers

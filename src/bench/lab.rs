@@ -140,7 +140,7 @@ fn start_store(cache: bool, near: bool, lease_ms: Option<u64>, threads: usize) -
 
 /// Raises every book's stock so that purchases never run out during a run.
 fn restock(primary: &str) {
-    let http = Http::new(Duration::from_secs(10), 1, None);
+    let http = Http::new(Duration::from_secs(10), 1, super::admin_token());
     for id in 1..=7 {
         let _ =
             http.call(Method::PATCH, primary, &format!("/books/{id}"), Some(b"{\"quantity\": 4000000000}".to_vec()));

@@ -70,6 +70,14 @@ impl Kind {
     }
 }
 
+/// The token for the bench's admin requests (raising stock, the write load): the one the
+/// services read, from `BAZAR_TOKEN` or the file `BAZAR_TOKEN_FILE` names (the binary
+/// refuses a bad one at start), e.g. `BAZAR_TOKEN_FILE=run/token` for a `bazar-cluster`
+/// store. None: the store has no token and admits the bench's loopback requests without one.
+pub fn admin_token() -> Option<String> {
+    crate::config::token(&crate::config::Env).ok().flatten()
+}
+
 /// How requests are sent.
 #[derive(Clone, Copy, Debug)]
 pub enum Load {
@@ -144,7 +152,9 @@ pub fn run(base: &str, kind: Kind, load: Load, duration: Duration, progress: &st
         Load::Closed(n) => n,
         Load::Open(rate) => ((rate / 50.0).ceil() as usize).clamp(8, 128),
     };
-    let http = Http::new(Duration::from_secs(10), workers, None);
+    // Only the write load calls an admin route; the public ones go without the token.
+    let token = if kind == Kind::Write { admin_token() } else { None };
+    let http = Http::new(Duration::from_secs(10), workers, token);
     let samples = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);

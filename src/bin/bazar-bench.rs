@@ -31,6 +31,10 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       with --listen it only serves (until Ctrl-C), for another load generator such as wrk.
 
 Defaults: 32 clients, 10 s per run, 64 worker threads (the services' default).
+
+Admin requests (raising stock, --kind write) carry the token of BAZAR_TOKEN or of the file
+BAZAR_TOKEN_FILE names, as the services read them: for a bazar-cluster store,
+BAZAR_TOKEN_FILE=run/token (the stores the bench starts itself inherit the same setting).
 ";
 
 struct Args(Vec<String>);
@@ -88,6 +92,8 @@ fn go(args: &Args) -> Result<(), String> {
         _ => &[],
     };
     args.only(flags)?;
+    // The token for admin requests (see `bazar::bench::admin_token`): a bad one stops here.
+    bazar::config::token(&bazar::config::Env).map_err(|e| format!("bad setting {e}"))?;
     let clients = args.number("--clients", 32usize)?;
     let duration = Duration::from_secs(args.number("--duration", 10u64)?);
     let threads = args.number("--threads", 64usize)?;

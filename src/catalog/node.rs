@@ -455,7 +455,7 @@ impl CatalogNode {
         let body: PurchaseRequest =
             if request.body.is_empty() { PurchaseRequest::default() } else { json_body(request)? };
         if body.for_order() {
-            check_token(request, self.config.common.token.as_deref())?;
+            check_token(request, self.config.common.admission())?;
         }
         let order = body.order(crate::ids::now_ms()).map_err(Error::BadRequest)?;
         self.client_write(request, id, Write::Purchase, order)
@@ -492,9 +492,9 @@ impl CatalogNode {
 
     /// Answers one request.
     pub fn handle(&self, request: &Request) -> Response {
-        let token = self.config.common.token.as_deref();
+        let admission = self.config.common.admission();
         let method = request.method.as_str();
-        let admin = |f: &dyn Fn() -> Result<Response>| check_token(request, token).and_then(|_| f());
+        let admin = |f: &dyn Fn() -> Result<Response>| check_token(request, admission).and_then(|_| f());
         http::route(request, |segs, get| match segs {
             ["health"] if get => http::respond(Ok(Response::json(&self.health())), "/health"),
             ["ready"] if get => http::respond(Ok(self.ready()), "/ready"),

@@ -141,7 +141,9 @@ impl Frontend {
                 Err(e) => self.with_cache_header(Response::error(&e), "off").at("/info/{id}"),
             },
             ["purchase", id] if method == "POST" => {
-                http::respond(parse_id(id).and_then(|id| self.purchase(id)), "/purchase/{id}")
+                let purchase =
+                    super::origin::check(request).and_then(|_| parse_id(id)).and_then(|id| self.purchase(id));
+                http::respond(purchase, "/purchase/{id}")
             }
             ["health"] | ["ready"] | ["metrics"] | ["search", _] | ["info", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")

@@ -6,8 +6,10 @@
 //! percent-encoded until a handler asks for them, and a malformed escape or anything that
 //! does not decode to UTF-8 is a 400, never a panic or a lossy guess. Nothing here does I/O.
 
+use crate::config::Admission;
 use crate::error::Error;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The HTTP versions the server speaks (any other is a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +35,26 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body (at most [`MAX_BODY`](super::MAX_BODY) bytes).
     pub body: Vec<u8>,
+    /// The address of the peer that sent it (the TCP connection's, as the server accepted
+    /// it; `None` when the server could not learn it, which [`check_token`] treats as a
+    /// remote peer). What decides whether a service with no token admits an admin request.
+    pub peer: Option<IpAddr>,
 }
 
 impl Request {
-    /// A request built in code (tests, the bench's limit server): HTTP/1.1, no headers, no body.
+    /// A request built in code (tests, the bench's limit server): HTTP/1.1, no headers, no
+    /// body, from loopback (it comes from this very process, never from the network).
     pub fn new(method: &str, target: &str) -> Request {
         let (path, query) = split_target(target);
-        Request { method: method.into(), path, query, version: Version::Http11, headers: Vec::new(), body: Vec::new() }
+        Request {
+            method: method.into(),
+            path,
+            query,
+            version: Version::Http11,
+            headers: Vec::new(),
+            body: Vec::new(),
+            peer: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        }
     }
 
     /// The first header of that (lower-case) name.
@@ -187,9 +202,34 @@ pub fn parse_id(s: &str) -> Result<u32, Error> {
     }
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
-pub fn check_token(request: &Request, token: Option<&str>) -> Result<(), Error> {
-    let Some(token) = token else { return Ok(()) };
+/// Whether `ip` is on loopback: 127.0.0.0/8, `::1`, or an IPv4-mapped `::ffff:127.x.y.z`
+/// (what a dual-stack socket shows for an IPv4 loopback client).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Admits an admin or internal request as `admission` says: with a token, it checks
+/// `Authorization: Bearer <token>` in constant time (401 when missing or wrong, from any
+/// address); with none, it admits loopback peers only (403 for any other, with how to set
+/// a token), unless the operator opened the routes (`BAZAR_INSECURE_OPEN=1`).
+pub fn check_token(request: &Request, admission: Admission<'_>) -> Result<(), Error> {
+    let token = match admission {
+        Admission::Token(token) => token,
+        Admission::Anyone => return Ok(()),
+        Admission::LoopbackOnly if request.peer.is_some_and(is_loopback) => return Ok(()),
+        Admission::LoopbackOnly => {
+            let from = request.peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+            return Err(Error::Forbidden(format!(
+                "admin and internal requests from {from} are refused: this service has no token, so it admits \
+                 them from loopback only; give every service the same token of at least 16 bytes (BAZAR_TOKEN or \
+                 BAZAR_TOKEN_FILE) and send `Authorization: Bearer <token>` (or set BAZAR_INSECURE_OPEN=1 to open \
+                 them to anyone)"
+            )));
+        }
+    };
     let given = request.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     let (a, b) = (given.as_bytes(), token.as_bytes());
     // Every byte is compared whatever the others are; only the length leaks.
@@ -241,11 +281,53 @@ mod tests {
             assert_eq!(parse_id(text).map_err(|e| e.status()), want, "{text:?}");
         }
         let mut r = Request::new("PATCH", "/books/1");
-        assert!(check_token(&r, None).is_ok());
-        assert_eq!(check_token(&r, Some("s3cret")).unwrap_err().status(), 401);
+        let token = Admission::Token("s3cret");
+        assert_eq!(check_token(&r, token).unwrap_err().status(), 401);
         r.headers.push(("authorization".into(), "Bearer s3cre".into()));
-        assert!(check_token(&r, Some("s3cret")).is_err());
+        assert!(check_token(&r, token).is_err());
         r.headers[0].1 = "Bearer s3cret".into();
-        assert!(check_token(&r, Some("s3cret")).is_ok());
+        assert!(check_token(&r, token).is_ok());
+    }
+
+    /// Who is admitted, by admission and peer address: a table.
+    #[test]
+    fn admission_by_peer() {
+        use Admission::{Anyone, LoopbackOnly, Token};
+        type Case<'a> = (Admission<'a>, Option<&'a str>, Option<&'a str>, Result<(), u16>);
+        let cases: &[Case] = &[
+            // No token: loopback only, whatever the header says.
+            (LoopbackOnly, Some("127.0.0.1"), None, Ok(())),
+            (LoopbackOnly, Some("127.254.3.9"), None, Ok(())),
+            (LoopbackOnly, Some("::1"), None, Ok(())),
+            (LoopbackOnly, Some("::ffff:127.0.0.1"), None, Ok(())),
+            (LoopbackOnly, Some("10.0.0.2"), None, Err(403)),
+            (LoopbackOnly, Some("10.0.0.2"), Some("Bearer anything-at-all-here"), Err(403)),
+            (LoopbackOnly, Some("128.0.0.1"), None, Err(403)),
+            (LoopbackOnly, Some("::ffff:10.0.0.1"), None, Err(403)),
+            (LoopbackOnly, Some("::2"), None, Err(403)),
+            (LoopbackOnly, Some("0.0.0.0"), None, Err(403)),
+            (LoopbackOnly, None, None, Err(403)),
+            // Opened by the operator: anyone.
+            (Anyone, Some("10.0.0.2"), None, Ok(())),
+            (Anyone, None, None, Ok(())),
+            // A token: the token, from anywhere; loopback is no exception.
+            (Token("0123456789abcdef"), Some("127.0.0.1"), None, Err(401)),
+            (Token("0123456789abcdef"), Some("10.0.0.2"), Some("Bearer 0123456789abcdef"), Ok(())),
+            (Token("0123456789abcdef"), Some("10.0.0.2"), Some("Bearer 0123456789abcdeF"), Err(401)),
+            (Token("0123456789abcdef"), Some("10.0.0.2"), Some("0123456789abcdef"), Err(401)),
+        ];
+        for (admission, peer, header, want) in cases {
+            let mut r = Request::new("PATCH", "/books/1");
+            r.peer = peer.map(|p| p.parse().unwrap());
+            if let Some(h) = header {
+                r.headers.push(("authorization".into(), h.to_string()));
+            }
+            let got = check_token(&r, *admission).map_err(|e| e.status());
+            assert_eq!(got, *want, "{admission:?} from {peer:?} with {header:?}");
+            if let Err(403) = got {
+                let text = check_token(&r, *admission).unwrap_err().to_string();
+                assert!(text.contains("BAZAR_TOKEN") && text.contains("loopback"), "{text}");
+            }
+        }
     }
 }

@@ -39,7 +39,8 @@ mod server;
 use std::time::Duration;
 
 pub use message::{
-    check_token, json_body, parse_id, percent_decode, percent_encode, respond, route, Request, Response, Version,
+    check_token, is_loopback, json_body, parse_id, percent_decode, percent_encode, respond, route, Request, Response,
+    Version,
 };
 pub(crate) use server::is_timeout;
 pub use server::{bind, serve, ServerConfig};

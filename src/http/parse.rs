@@ -50,7 +50,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Error> 
         headers.push((header.name.to_ascii_lowercase(), value.trim().to_string()));
     }
     let (path, query) = split_target(target);
-    Ok(Some((Request { method: method.to_string(), path, query, version, headers, body: Vec::new() }, len)))
+    Ok(Some((Request { method: method.to_string(), path, query, version, headers, body: Vec::new(), peer: None }, len)))
 }
 
 /// How many bytes at the start of `buf` are whole empty lines (`\n` or `\r\n`), which a

@@ -130,10 +130,12 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         if stream.set_read_timeout(Some(TICK)).is_err() {
             return;
         }
+        // Who is on the other end: what a service with no token admits admin requests by.
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
         let mut reader = BufReader::with_capacity(8 * 1024, &stream);
         loop {
             let request = match read_request(&mut reader, &self.shutdown) {
-                Ok(r) => r,
+                Ok(r) => Request { peer, ..r },
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Answer(e)) => {
                     let r = Response::error(&e).at("invalid");
@@ -342,6 +344,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

@@ -328,7 +328,7 @@ impl OrderNode {
 
     /// Answers one request.
     pub fn handle(&self, request: &Request) -> Response {
-        let token = self.config.common.token.as_deref();
+        let admission = self.config.common.admission();
         let method = request.method.as_str();
         http::route(request, |segs, get| match segs {
             ["health"] if get => {
@@ -352,7 +352,7 @@ impl OrderNode {
                 "/orders/{order_id}",
             ),
             ["internal", "orders"] if get => http::respond(
-                check_token(request, token).and_then(|_| {
+                check_token(request, admission).and_then(|_| {
                     let from = match request.query_param("from")? {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
@@ -363,7 +363,7 @@ impl OrderNode {
                 "/internal/orders",
             ),
             ["internal", "orders"] if method == "POST" => http::respond(
-                check_token(request, token).and_then(|_| {
+                check_token(request, admission).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
                     orders.iter().try_for_each(Order::check).map_err(Error::BadRequest)?;
                     let added = self.log.add(&orders)?;

@@ -79,6 +79,8 @@ fn spawn(spec: &Spec) -> Child {
         "BAZAR_ORDER",
         "BAZAR_PEERS",
         "BAZAR_TOKEN",
+        "BAZAR_TOKEN_FILE",
+        "BAZAR_INSECURE_OPEN",
         "BAZAR_THREADS",
         "BAZAR_LEASE_MS",
         "BAZAR_NEAR_CACHE_MB",
