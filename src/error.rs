@@ -52,8 +52,9 @@ pub enum Error {
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
-    /// 500, or 503 for a data directory another process holds: a file could not be read or
-    /// written.
+    /// 500, or 503 for a data directory another process holds and for a write the disk did
+    /// not take (full, an I/O error: [`StorageError::WriteFailed`]): a file could not be
+    /// read or written.
     Storage(StorageError),
     /// A call to another service failed: 503 when it got no answer, the peer's own status
     /// when it refused the request (a 404, 409, 410, 431 relayed stays what it was), 500
@@ -82,7 +83,7 @@ impl Error {
             Error::Rule(Refusal::NoSuchBook(_)) => 404,
             Error::Rule(Refusal::OutOfStock { .. } | Refusal::NoIdsLeft) => 409,
             Error::Rule(Refusal::Invalid(_)) => 400,
-            Error::Storage(StorageError::InUse { .. }) => 503,
+            Error::Storage(StorageError::InUse { .. } | StorageError::WriteFailed { .. }) => 503,
             Error::Storage(_) => 500,
             Error::Peer(PeerError::Unreachable { .. }) => 503,
             Error::Peer(PeerError::Answered { status, .. }) => match status {

@@ -39,6 +39,16 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A write or fsync of `path` failed (a full disk, an I/O error), or `path` takes no
+    /// writes since one did: nothing was acknowledged, any partial row was cut, and the
+    /// writer retries only once space or the device is back (answered 503, not 500: the
+    /// server is sound, its disk is not taking writes now).
+    WriteFailed {
+        /// The file.
+        path: PathBuf,
+        /// What the system said (`No space left on device`), or why the file takes no writes.
+        source: io::Error,
+    },
     /// The data directory `dir` is held by another running process (`what` names its kind).
     InUse {
         /// The data directory.
@@ -60,6 +70,7 @@ impl fmt::Display for StorageError {
         match self {
             StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             StorageError::Csv { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::WriteFailed { path, source } => write!(f, "{}: write failed: {source}", path.display()),
             StorageError::Corrupt { path, reason } => write!(f, "{}: {reason}", path.display()),
             StorageError::InUse { dir, what } => {
                 write!(f, "{} is in use by a running {what}; stop it first", dir.display())
@@ -71,7 +82,7 @@ impl fmt::Display for StorageError {
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StorageError::Io { source, .. } => Some(source),
+            StorageError::Io { source, .. } | StorageError::WriteFailed { source, .. } => Some(source),
             StorageError::Csv { source, .. } => Some(source),
             StorageError::Corrupt { .. } | StorageError::InUse { .. } => None,
         }
