@@ -650,3 +650,56 @@ pub fn has_key(server: &str, key: &str) -> bool {
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line).is_ok() && line.starts_with("HD")
 }
+
+/// Whether the tests run as root (to mount a real tmpfs); prints a skip note naming `what`
+/// when they do not, or panics where `BAZAR_REQUIRE_ROOT=1` (as in CI).
+pub fn running_as_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("BAZAR_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("{what} needs root (BAZAR_REQUIRE_ROOT=1) to mount a tmpfs");
+    }
+    let note = format!("SKIPPED {what}: not running as root (a tmpfs cannot be mounted)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes());
+    false
+}
+
+/// A real tmpfs of `size` mounted on a directory, unmounted on drop (lazily if a process
+/// still holds a file in it), also when the test fails.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. "512k") on `dir` (created if needed).
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount -t tmpfs on {} failed: {status}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills it to the last byte with the file `name`; returns its path.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let mut f = fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 4096, 1] {
+            let bytes = vec![0u8; chunk];
+            while std::io::Write::write_all(&mut f, &bytes).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
