@@ -126,12 +126,44 @@ struct Counters {
 }
 
 /// Where the pull from one peer is.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct PeerCursor {
     /// The generation of the peer's log that `next` counts in (None: not asked yet).
     generation: Option<String>,
     /// The position in that log read so far.
     next: usize,
+}
+
+impl PeerCursor {
+    /// Whether a page read from position `from` of generation `known` (what the cursor said
+    /// when the pull began), answered in generation `now`, may be taken. Not when the
+    /// peer's log is of another generation and `from` counted in the old one (the peer was
+    /// restarted on a new disk, or its file re-opened or rebuilt, so its positions are
+    /// numbered anew and reading on from `from` would skip orders): the cursor then goes
+    /// back to 0 in the new generation.
+    fn check(&mut self, from: usize, known: Option<&str>, now: Option<&str>) -> bool {
+        match (known, now) {
+            (Some(known), Some(now)) if known != now && from > 0 => {
+                if self.next == from {
+                    *self = PeerCursor { generation: Some(now.to_string()), next: 0 };
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Moves past a page read from `from` (in generation `log`) to `next`, unless the
+    /// cursor was moved meanwhile (sent back to 0 by a recovery of this server's file,
+    /// which must not be undone).
+    fn advance(&mut self, from: usize, log: Option<String>, next: usize) {
+        if self.next == from {
+            self.next = next;
+            if log.is_some() {
+                self.generation = log;
+            }
+        }
+    }
 }
 
 /// One order process.
@@ -291,13 +323,13 @@ impl OrderNode {
             if let Some(held) = page.held {
                 self.peer_held[i].store(held, Ordering::SeqCst);
             }
-            if let (Some(known), Some(now)) = (&known, &page.log) {
-                if known != now && from > 0 {
-                    log::warn!("{url}'s order log is of another generation now (restarted, re-opened or rebuilt); pulling it again from the start");
-                    *self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()) =
-                        PeerCursor { generation: Some(now.clone()), next: 0 };
-                    continue;
-                }
+            if !self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).check(
+                from,
+                known.as_deref(),
+                page.log.as_deref(),
+            ) {
+                log::warn!("{url}'s order log is of another generation now (restarted, re-opened or rebuilt); pulling it again from the start");
+                continue;
             }
             let (valid, refused): (Vec<Order>, Vec<Order>) =
                 page.orders.iter().cloned().partition(|o| o.check().is_ok());
@@ -313,8 +345,7 @@ impl OrderNode {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
                 log::info!("took {added} orders from {url}");
             }
-            *self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()) =
-                PeerCursor { generation: page.log.clone().or(known), next: page.next };
+            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, page.log.clone(), page.next);
             if page.orders.len() < PAGE || page.next <= from {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 return Ok(());
@@ -659,4 +690,41 @@ fn not_logged(order: &Order, cause: &Error) -> String {
          (GET /orders/{}): do not buy again",
         order.id, order.order_id, order.order_id
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerCursor;
+
+    fn at(generation: Option<&str>, next: usize) -> PeerCursor {
+        PeerCursor { generation: generation.map(str::to_string), next }
+    }
+
+    /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
+    /// sent back to 0 by a recovery while a pull was in flight stays there.
+    #[test]
+    fn a_peer_cursor_starts_over_in_a_new_generation() {
+        // (cursor, from, known, answered in) -> (taken?, cursor after check)
+        let cases = [
+            (at(None, 0), 0, None, Some("a"), true, at(None, 0)),
+            (at(Some("a"), 20), 20, Some("a"), Some("a"), true, at(Some("a"), 20)),
+            (at(Some("a"), 20), 20, Some("a"), Some("b"), false, at(Some("b"), 0)),
+            // From 0 nothing can be skipped: the page is taken as it is.
+            (at(Some("a"), 0), 0, Some("a"), Some("b"), true, at(Some("a"), 0)),
+            // A peer of an older version names no generation.
+            (at(Some("a"), 20), 20, Some("a"), None, true, at(Some("a"), 20)),
+            // Reset by a recovery meanwhile: refused, and the reset stays.
+            (at(Some("a"), 0), 20, Some("a"), Some("b"), false, at(Some("a"), 0)),
+        ];
+        for (mut cursor, from, known, now, taken, after) in cases {
+            assert_eq!(cursor.check(from, known, now), taken, "{cursor:?} from {from} {known:?} -> {now:?}");
+            assert_eq!(cursor, after);
+        }
+        let mut cursor = at(None, 0);
+        cursor.advance(0, Some("a".into()), 200);
+        assert_eq!(cursor, at(Some("a"), 200));
+        cursor.next = 0;
+        cursor.advance(200, Some("a".into()), 400);
+        assert_eq!(cursor, at(Some("a"), 0), "a reset during the pull is not undone");
+    }
 }
