@@ -154,10 +154,14 @@ struct Loaded {
     form: Form,
     /// Where a torn last row starts (to be cut): a crash mid-append, never acknowledged.
     torn: Option<u64>,
-    /// The bad rows before the last (their line and what is wrong): not empty, the file is
-    /// corrupt.
-    bad: Vec<String>,
+    /// How many bad rows there are before the last: not 0, the file is corrupt.
+    bad: usize,
+    /// The first few of them: their line and what is wrong (for the log).
+    examples: Vec<String>,
 }
+
+/// How many bad rows a load describes in words (it counts them all).
+const EXAMPLES: usize = 5;
 
 impl Index {
     /// Reads `orders.csv` (whose header is already there) into an index: the good rows,
@@ -182,7 +186,7 @@ impl Index {
         };
         let mut index = Index::new(0);
         let (mut duplicates, mut skipped, mut last) = (0u64, 0u64, 0u64);
-        let mut bad: Vec<(u64, String)> = Vec::new();
+        let (mut bad, mut last_bad, mut examples) = (0usize, None, Vec::<(u64, String)>::new());
         loop {
             let offset = reader.position().byte();
             if !reader.read_byte_record(&mut record).at(path)? {
@@ -204,23 +208,31 @@ impl Index {
                     skipped += 1;
                     log::warn!("{}: skipping the row at byte {offset}: {e}", path.display());
                 }
-                Err(Bad::Corrupt(e)) => bad.push((offset, format!("line {line}: {e}"))),
+                Err(Bad::Corrupt(e)) => {
+                    bad += 1;
+                    last_bad = Some(offset);
+                    if examples.len() <= EXAMPLES {
+                        examples.push((offset, format!("line {line}: {e}")));
+                    }
+                }
             }
         }
         let mut torn = None;
-        if let Some(&(offset, _)) = bad.last().filter(|(offset, _)| *offset == last) {
+        if let Some(offset) = last_bad.filter(|offset| *offset == last) {
             if form == Form::Unchecked || !holds_a_good_row(path, offset)? {
-                bad.pop();
+                bad -= 1;
+                examples.retain(|(at, _)| *at != offset);
                 index.end = offset;
                 torn = Some(offset);
             }
         }
+        examples.truncate(EXAMPLES);
         if duplicates + skipped > 0 {
             log::info!("{}: {duplicates} duplicate rows, {skipped} rows skipped", path.display());
         }
         index.entries.shrink_to_fit();
         index.sort();
-        Ok(Loaded { index, form, torn, bad: bad.into_iter().map(|(_, why)| why).collect() })
+        Ok(Loaded { index, form, torn, bad, examples: examples.into_iter().map(|(_, why)| why).collect() })
     }
 }
 
@@ -313,16 +325,15 @@ impl Opened {
             file.set_len(at).at(path)?;
             file.sync_all().at(path)?;
         }
-        let corrupt = !loaded.bad.is_empty();
+        let corrupt = loaded.bad > 0;
         if corrupt || loaded.form == Form::Unchecked {
             let aside = corrupt.then(|| path.with_file_name(format!("orders.csv.corrupt-{}", ids::now_ms())));
             if let Some(aside) = &aside {
-                let shown: Vec<&str> = loaded.bad.iter().take(5).map(String::as_str).collect();
                 log::warn!(
                     "{} is corrupt: {} bad rows before its last ({}); keeping it as {}, rewriting it with its {} good rows, and taking the rest again from the peers (a full pull) and the catalog's purchase journal",
                     path.display(),
-                    loaded.bad.len(),
-                    shown.join("; "),
+                    loaded.bad,
+                    loaded.examples.join("; "),
                     aside.display(),
                     loaded.index.entries.len()
                 );
@@ -333,7 +344,7 @@ impl Opened {
             }
             file = storage::open_append(path, HEADER).at(path)?;
             loaded = Index::load(path)?;
-            if !loaded.bad.is_empty() || loaded.torn.is_some() || loaded.form != Form::Checked {
+            if loaded.bad > 0 || loaded.torn.is_some() || loaded.form != Form::Checked {
                 return Err(StorageError::corrupt(path, "still not whole once rewritten"));
             }
         }
@@ -690,6 +701,14 @@ impl OrderLog {
         let order = self.read(&reader, opened, &[span])?.pop().expect("one span, one order");
         if order.order_id != order_id {
             let reason = format!("holds {:?} where {order_id:?} was", order.order_id);
+            let mut inner = self.inner();
+            if inner.opened == opened {
+                self.fail(
+                    &mut inner,
+                    io::ErrorKind::InvalidData,
+                    format!("a read found a row out of place ({reason})"),
+                );
+            }
             return Err(StorageError::corrupt(&self.path, reason).into());
         }
         Ok(Some(order))
