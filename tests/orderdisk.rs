@@ -110,6 +110,21 @@ fn a_lost_data_directory_loses_no_acknowledged_order() {
     let mut s = store();
     s.set_stock(2, 1000);
     let acked: BTreeSet<String> = (0..30).map(|i| bought(&s.order(i % 2), 2)).collect();
+    // Each server says in its pull answers how far it holds the catalog's journal (what
+    // lets the journal forget only what both hold), and which generation its log is.
+    let last_seq = json(&get(&s.primary(), "/internal/purchases?after=0"))["purchases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    for i in 0..2 {
+        eventually(SETTLE, "each server holds the journal up to its last purchase", || {
+            let page = json(&get(&s.order(i), "/internal/orders?from=0"));
+            page["log"].is_string() && page["held"].as_u64() == Some(last_seq)
+        });
+    }
     s.orders[0].kill9();
     std::fs::remove_dir_all(s.dir.0.join("order-1")).unwrap();
     assert!(ids_on(&s, &s.order(1)).is_superset(&acked), "the other lists every acknowledged order");
