@@ -2,6 +2,11 @@
 //! purchases made for orders, which order servers reconcile from) and the history of recent
 //! writes (for replicas that missed a few), each write with its epoch.
 //!
+//! The journal is the second disk of an order acknowledged while its order server's peer
+//! is down (or while its own disk takes no writes): it keeps every purchase until every
+//! order server holds its order, as the order servers report (`Journal::release`), within
+//! [`KEEP_PURCHASES`] and [`JOURNAL_MAX`].
+//!
 //! Invariant: the history is contiguous and ends at the catalog's last write, whose epoch
 //! it knows even when it keeps no write (after a checkpoint or a copy), so that a catch-up
 //! can compare (seq, epoch) at any point it serves.
