@@ -18,7 +18,8 @@ use std::collections::{HashMap, VecDeque};
 /// whatever the order servers report they hold.
 pub const KEEP_PURCHASES: usize = 10_000;
 /// Most purchase records kept while some order server does not hold their orders (one down
-/// for long): about 250 bytes each in memory, so at most about 125 MB, and as many rows in
+/// for long): about 250 bytes each in memory (an estimate: the order's strings and its entry by
+/// order id), so at most about 125 MB, and as many rows in
 /// each checkpoint of `catalog.log`. Beyond it the oldest are forgotten anyway, with a
 /// warning: an order acknowledged while its peer was down is then on its own server's disk
 /// only until the peer is back.
