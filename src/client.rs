@@ -371,6 +371,12 @@ impl CatalogClient {
         self.http.get(base, "/internal/identity")
     }
 
+    /// Tells a catalog that every order server holds the order of every journaled purchase
+    /// up to write `held` (so its journal may forget them); answers the purchases after it.
+    pub fn report_held(&self, base: &str, held: u64) -> Result<PurchasePage> {
+        self.http.get(base, &format!("/internal/purchases?after={held}&held={held}"))
+    }
+
     /// A page of the whole catalog, books with ids above `after` (a replica's full copy).
     pub fn copy_page(&self, base: &str, after: u32, limit: usize) -> Result<BookPage> {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))

@@ -332,6 +332,16 @@ pub struct OrderPage {
     pub orders: Vec<Order>,
     /// The position to ask from next time.
     pub next: usize,
+    /// The generation of the peer's log these positions belong to (drawn at each open and
+    /// re-open of its file): a puller that sees another one pulls again from position 0,
+    /// since a restart on a new disk or a recovered file numbers its orders anew.
+    #[serde(default)]
+    pub log: Option<String>,
+    /// The catalog write up to which the peer holds every journaled purchase's order
+    /// (durably): what lets the catalog's purchase journal forget them once every order
+    /// server does (see `OrderNode::report_held`).
+    #[serde(default)]
+    pub held: Option<u64>,
 }
 
 /// How far a catalog's data got (`GET /internal/identity`), and which of two catalogs

@@ -164,7 +164,9 @@ fn hostile_input_gets_a_clear_4xx_and_breaks_nothing() {
         let rows: Vec<csv::StringRecord> =
             csv::Reader::from_reader(text.as_slice()).records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 3, "{name}");
-        assert!(rows.iter().all(|r| r.len() == 5 && bazar::wire::Order::check_at(&r[4]).is_ok()), "{name}");
+        assert!(rows.iter().all(|r| r.len() == 6 && bazar::wire::Order::check_at(&r[4]).is_ok()), "{name}");
+        let sums = |r: &csv::StringRecord| bazar::storage::checksum(r.iter().take(5).map(str::as_bytes));
+        assert!(rows.iter().all(|r| r[5] == bazar::storage::checksum_text(sums(r))), "{name}: every row's checksum");
     }
 }
 

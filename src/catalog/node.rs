@@ -474,19 +474,31 @@ impl CatalogNode {
         Ok(Response { status: 201, ..answer }.with_header("Location", format!("/books/{}", book.id)))
     }
 
-    /// `GET /internal/purchases?after=N`: answered by the primary, forwarded by a replica;
-    /// with `here=1` answered from this catalog's own journal whatever its role (a whole
-    /// copy taken from it).
+    /// `GET /internal/purchases?after=N[&held=M][&here=1]`: answered by the primary,
+    /// forwarded by a replica; with `here=1` answered from this catalog's own journal
+    /// whatever its role (a whole copy taken from it). `held` is an order server's report
+    /// that every order server holds the orders of the purchases up to write M: each
+    /// catalog that receives it lets its journal forget those (a replica too, if its writer
+    /// is free now, so that a promoted one keeps no less).
     fn purchases(&self, request: &Request) -> Result<Response> {
+        let number = |name: &str| -> Result<u64> {
+            match request.query_param(name)? {
+                None => Ok(0),
+                Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("{name}={a:?} is not a write number"))),
+            }
+        };
+        let (after, held) = (number("after")?, number("held")?);
         let here = request.query_param("here")?.is_some_and(|h| h == "1");
         if self.role() == Role::Replica && !here {
+            if let (true, Ok(mut store)) = (held > 0, self.writer.try_lock()) {
+                store.journal.release(held);
+            }
             return self.forward_to(request);
         }
-        let after = match request.query_param("after")? {
-            None => 0,
-            Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,
-        };
-        let (purchases, more) = self.lock_writer().journal.after(after, PURCHASES_PAGE);
+        let mut store = self.lock_writer();
+        store.journal.release(held);
+        let (purchases, more) = store.journal.after(after, PURCHASES_PAGE);
+        drop(store);
         Ok(Response::json(&PurchasePage { purchases, more }))
     }
 

@@ -2,6 +2,11 @@
 //! purchases made for orders, which order servers reconcile from) and the history of recent
 //! writes (for replicas that missed a few), each write with its epoch.
 //!
+//! The journal is the second disk of an order acknowledged while its order server's peer
+//! is down (or while its own disk takes no writes): it keeps every purchase until every
+//! order server holds its order, as the order servers report (`Journal::release`), within
+//! [`KEEP_PURCHASES`] and [`JOURNAL_MAX`].
+//!
 //! Invariant: the history is contiguous and ends at the catalog's last write, whose epoch
 //! it knows even when it keeps no write (after a checkpoint or a copy), so that a catch-up
 //! can compare (seq, epoch) at any point it serves.
@@ -9,27 +14,85 @@
 use crate::wire::{Purchase, Replicate};
 use std::collections::{HashMap, VecDeque};
 
-/// Purchase records kept across checkpoints, for order servers to reconcile from.
+/// Purchase records always kept (across checkpoints), for order servers to reconcile from,
+/// whatever the order servers report they hold.
 pub const KEEP_PURCHASES: usize = 10_000;
+/// Most purchase records kept while some order server does not hold their orders (one down
+/// for long): about 250 bytes each in memory (an estimate: the order's strings and its entry by
+/// order id), so at most about 125 MB, and as many rows in
+/// each checkpoint of `catalog.log`. Beyond it the oldest are forgotten anyway, with a
+/// warning: an order acknowledged while its peer was down is then on its own server's disk
+/// only until the peer is back.
+pub const JOURNAL_MAX: usize = 500_000;
 /// Recent writes kept in memory, for replicas that missed a few.
 pub const HISTORY: usize = 100_000;
 
 /// The purchase journal: recent purchases made for orders, by write and by order id.
+///
+/// Invariant: a purchase is kept until every order server holds its order (its write is at
+/// most `held`, the highest mark the order servers reported: each reports the least of its
+/// own and its peers'), and at least the last [`KEEP_PURCHASES`]; at most [`JOURNAL_MAX`].
+/// So an order acknowledged on one order server's disk only (its peer down) survives the
+/// loss of that disk. `held` lives in memory: after a restart nothing is forgotten until an
+/// order server reports again (within a second).
 #[derive(Debug, Default)]
 pub struct Journal {
     records: VecDeque<Purchase>,
     by_order: HashMap<String, u64>,
+    /// Every order server holds the orders of the purchases up to this write.
+    held: u64,
+    /// Purchases forgotten at [`JOURNAL_MAX`] before every order server held them.
+    dropped: u64,
 }
 
 impl Journal {
     pub(super) fn push(&mut self, p: Purchase) {
         self.by_order.insert(p.order.order_id.clone(), p.seq);
         self.records.push_back(p);
+        self.trim();
+    }
+
+    /// Every order server holds the orders of the purchases up to write `held` (reported
+    /// by an order server for itself and its peers): those may be forgotten. Marks only
+    /// grow: a lower one (an order server restarted on an empty disk) changes nothing, its
+    /// peers hold what was forgotten.
+    pub fn release(&mut self, held: u64) {
+        if held > self.held {
+            self.held = held;
+            self.trim();
+        }
+    }
+
+    /// Forgets what the invariant allows.
+    fn trim(&mut self) {
         while self.records.len() > KEEP_PURCHASES {
+            let Some(front) = self.records.front() else { break };
+            if front.seq > self.held {
+                if self.records.len() <= JOURNAL_MAX {
+                    break;
+                }
+                if self.dropped % 10_000 == 0 {
+                    log::warn!(
+                        "the purchase journal is full ({JOURNAL_MAX} purchases): forgetting purchases some order server does not hold yet ({} so far; is an order server down?)",
+                        self.dropped + 1
+                    );
+                }
+                self.dropped += 1;
+            }
             if let Some(old) = self.records.pop_front() {
                 self.by_order.remove(&old.order.order_id);
             }
         }
+    }
+
+    /// How many purchases are kept.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 
     /// The records, oldest first.
@@ -125,6 +188,37 @@ mod tests {
     fn write(seq: u64, epoch: u64) -> Replicate {
         let book = Book { id: 1, title: "t".into(), topic: "x".into(), price: Default::default(), quantity: 1 };
         Replicate { seq, book, epoch, order: None }
+    }
+
+    fn purchase(seq: u64) -> Purchase {
+        let order = crate::wire::Order {
+            order_id: format!("0a0a0a0a0a0a-{seq}"),
+            id: 1,
+            title: "t".into(),
+            price: Default::default(),
+            at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        Purchase { seq, order }
+    }
+
+    /// Purchases stay until every order server holds them (beyond the last KEEP_PURCHASES
+    /// kept anyway), up to JOURNAL_MAX; marks only grow.
+    #[test]
+    fn the_journal_keeps_what_some_order_server_does_not_hold() {
+        let mut j = Journal::default();
+        let n = KEEP_PURCHASES as u64 + 500;
+        (1..=n).for_each(|seq| j.push(purchase(seq)));
+        assert_eq!(j.len(), n as usize, "nobody reported: all kept");
+        j.release(200);
+        assert_eq!(j.after(0, 1).0[0].seq, 201, "those every order server holds are forgotten");
+        assert!(!j.contains("0a0a0a0a0a0a-200") && j.contains("0a0a0a0a0a0a-201"));
+        j.release(100);
+        assert_eq!(j.after(0, 1).0[0].seq, 201, "a lower mark changes nothing");
+        j.release(n);
+        assert_eq!(j.len(), KEEP_PURCHASES, "the last KEEP_PURCHASES stay whatever is held");
+        let mut j = Journal::default();
+        (1..=JOURNAL_MAX as u64 + 3).for_each(|seq| j.push(purchase(seq)));
+        assert_eq!((j.len(), j.after(0, 1).0[0].seq), (JOURNAL_MAX, 4), "bounded");
     }
 
     #[test]

@@ -291,6 +291,11 @@ impl Index {
         self.by_time = by_time;
     }
 
+    /// Where each indexed row starts, in file order (to copy the good rows of a file).
+    pub(super) fn offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().map(|e| e.offset)
+    }
+
     /// Where entry `pos`'s row is in the file: from its offset to the next entry's.
     pub(super) fn span(&self, pos: usize) -> (u64, u64) {
         let end = self.entries.get(pos + 1).map_or(self.end, |e| e.offset);

@@ -2,9 +2,27 @@
 //!
 //! Sync is pull-based anti-entropy: every [`SYNC_INTERVAL`] each server asks each peer for
 //! the orders appended to the peer's log since the position it last read (from 0 after a
-//! start), and appends those it lacks. A purchase is also pushed to the peers at once, so
-//! that when it is acknowledged every reachable peer already has it. A peer that was down,
-//! cut off or restarted converges at its next pull, whoever crashed in between.
+//! start, or when the peer's log is of another generation: restarted, re-opened, rebuilt),
+//! and appends those it lacks. A purchase is also pushed to the peers at once, so that when
+//! it is acknowledged every reachable peer already has it. A peer that was down, cut off or
+//! restarted converges at its next pull, whoever crashed in between.
+//!
+//! **An acknowledged order survives the loss of any one disk.** It is acknowledged once it
+//! is durable on two disks: this server's (fsync) or, when this server's disk does not take
+//! it (full, failed), a peer's (the push is answered after the peer's fsync); and always the
+//! catalog's, whose purchase journal (in `catalog.log`, replicated) keeps every purchase
+//! until every order server holds its order: each server tells every catalog, each
+//! [`RECONCILE_INTERVAL`], the catalog write up to which it *and every peer it knows* hold
+//! every journaled order ([`OrderNode::report_held`]; peers say how far they hold in each
+//! pull answer), and the journal forgets only below that. A server whose disk was lost
+//! takes everything again from its peers (a full pull) and the journal (reconciliation).
+//!
+//! **A disk that takes no writes** (full, EIO) stops nothing else: reads go on, the
+//! purchase is acknowledged if a peer took the order (the catalog's journal keeps it until
+//! this server holds it too), else answered 503 saying that the copy was taken and under
+//! which order id (do not buy again: the order is adopted from the journal once a disk takes
+//! it). A failed log (a failed fsync) is re-opened from disk every [`REOPEN_INTERVAL`], so
+//! writes resume by themselves.
 
 use super::log::{Cursor, OrderLog};
 use crate::balance::{Call, Failed, Failure, Pool};
@@ -18,7 +36,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +57,8 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a journaled purchase may stay without its order before it is adopted: far
 /// longer than the moment between the catalog's answer and the order's append.
 pub const GRACE: Duration = Duration::from_secs(3);
+/// How often a failed order log is re-opened from disk (see [`OrderLog::reopen`]).
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of an order process.
 #[derive(Clone, Debug)]
@@ -99,6 +119,51 @@ struct Counters {
     pulled: AtomicU64,
     push_failures: AtomicU64,
     reconciled: AtomicU64,
+    /// Purchases acknowledged though this server's disk did not take them (a peer did).
+    held_by_peer: AtomicU64,
+    /// Purchases answered 503 after the catalog took their copy (the journal keeps them).
+    not_logged: AtomicU64,
+}
+
+/// Where the pull from one peer is.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PeerCursor {
+    /// The generation of the peer's log that `next` counts in (None: not asked yet).
+    generation: Option<String>,
+    /// The position in that log read so far.
+    next: usize,
+}
+
+impl PeerCursor {
+    /// Whether a page read from position `from` of generation `known` (what the cursor said
+    /// when the pull began), answered in generation `now`, may be taken. Not when the
+    /// peer's log is of another generation and `from` counted in the old one (the peer was
+    /// restarted on a new disk, or its file re-opened or rebuilt, so its positions are
+    /// numbered anew and reading on from `from` would skip orders): the cursor then goes
+    /// back to 0 in the new generation.
+    fn check(&mut self, from: usize, known: Option<&str>, now: Option<&str>) -> bool {
+        match (known, now) {
+            (Some(known), Some(now)) if known != now && from > 0 => {
+                if self.next == from {
+                    *self = PeerCursor { generation: Some(now.to_string()), next: 0 };
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Moves past a page read from `from` (in generation `log`) to `next`, unless the
+    /// cursor was moved meanwhile (sent back to 0 by a recovery of this server's file,
+    /// which must not be undone).
+    fn advance(&mut self, from: usize, log: Option<String>, next: usize) {
+        if self.next == from {
+            self.next = next;
+            if log.is_some() {
+                self.generation = log;
+            }
+        }
+    }
 }
 
 /// One order process.
@@ -106,6 +171,9 @@ pub struct OrderNode {
     config: OrderConfig,
     /// The orders and their file (group-committed appends).
     log: OrderLog,
+    /// The lock of the data directory (`order.lock`), held while the process runs: no two
+    /// order servers ever write one `orders.csv`.
+    _lock: std::fs::File,
     /// This incarnation's order-id prefix (random per start, so ids never repeat).
     prefix: String,
     counter: AtomicU64,
@@ -114,31 +182,39 @@ pub struct OrderNode {
     /// The catalog client of readiness probes (short timeout).
     probe: CatalogClient,
     peers: OrderClient,
-    /// Per peer: the position in its log read so far.
-    cursors: Vec<AtomicUsize>,
+    /// Per peer: the position in its log read so far, and its log's generation.
+    cursors: Vec<Mutex<PeerCursor>>,
+    /// Per peer: the catalog write up to which it said it holds every journaled order (0:
+    /// not heard since this server started).
+    peer_held: Vec<AtomicU64>,
     /// Per peer: when a pull from it last succeeded (shown by `/health`, for the dashboard).
     pulled_at: Vec<Mutex<Option<Instant>>>,
-    /// The catalog write up to which every journaled purchase has its order.
+    /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
 
 impl OrderNode {
-    /// Opens the order log.
+    /// Locks the data directory (or says which process holds it) and opens the order log.
     pub fn open(config: OrderConfig, metrics: Arc<Metrics>) -> Result<Arc<OrderNode>> {
+        crate::storage::ensure_dir(&config.data_dir)
+            .map_err(|source| crate::storage::StorageError::Io { path: config.data_dir.clone(), source })?;
+        let lock = crate::storage::lock_dir(&config.data_dir, "order.lock", "order server")?;
         let log = OrderLog::open(&config.data_dir)?;
         let pool = config.common.threads;
         let token = config.common.token.clone();
         Ok(Arc::new(OrderNode {
             log,
+            _lock: lock,
             prefix: crate::ids::random_hex()?,
             counter: AtomicU64::new(0),
             catalogs: Pool::new(config.catalogs.clone()),
             catalog: CatalogClient { http: Http::new(CATALOG_TIMEOUT, pool, token.clone()) },
             probe: CatalogClient { http: Http::new(READY_TIMEOUT, pool, token.clone()) },
             peers: OrderClient { http: Http::new(PEER_TIMEOUT, pool, token) },
-            cursors: config.peers.iter().map(|_| AtomicUsize::new(0)).collect(),
+            cursors: config.peers.iter().map(|_| Mutex::new(PeerCursor::default())).collect(),
+            peer_held: config.peers.iter().map(|_| AtomicU64::new(0)).collect(),
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             reconciled: AtomicU64::new(0),
             counters: Counters::default(),
@@ -168,6 +244,27 @@ impl OrderNode {
                 if let Err(e) = node.reconcile(&mut missing) {
                     log::debug!("reconciliation: {e}");
                 }
+                node.report_held();
+            }
+        });
+        let (node, stop) = (Arc::clone(self), shutdown.clone());
+        std::thread::spawn(move || {
+            let mut told = false;
+            while !stop.sleep(REOPEN_INTERVAL) {
+                match node.log.reopen() {
+                    Ok(None) => told = false,
+                    Ok(Some(corrupt)) => {
+                        told = false;
+                        if corrupt {
+                            node.take_everything_again();
+                        }
+                    }
+                    Err(e) if !told => {
+                        told = true;
+                        log::warn!("the order log could not be re-opened yet ({e}); trying again every second");
+                    }
+                    Err(e) => log::debug!("the order log could not be re-opened yet ({e})"),
+                }
             }
         });
         for i in 0..self.config.peers.len() {
@@ -183,12 +280,57 @@ impl OrderNode {
         }
     }
 
+    /// After this server's file was found corrupt and rebuilt while running: pull every
+    /// peer again from position 0 and read the catalog's journal again from its start, so
+    /// that the orders of the rows set aside come back.
+    fn take_everything_again(&self) {
+        log::warn!("pulling every peer's orders again from the start and reading the catalog's purchase journal again");
+        for c in &self.cursors {
+            c.lock().unwrap_or_else(|e| e.into_inner()).next = 0;
+        }
+        self.reconciled.store(0, Ordering::SeqCst);
+    }
+
+    /// Tells every catalog how far every order server this one knows holds the purchase
+    /// journal: the least of its own mark and each peer's last reported one (0, so nothing,
+    /// while a peer has not answered since this server started). A catalog forgets journaled
+    /// purchases only below the marks reported to it (see `catalog::recent::Journal`), so
+    /// an order held by one order server only (its peer down or behind) stays in the
+    /// journal. Every catalog is told (replicas too), so that a promoted replica keeps what
+    /// the primary kept.
+    fn report_held(&self) {
+        let own = self.reconciled.load(Ordering::SeqCst);
+        let held = self.peer_held.iter().map(|h| h.load(Ordering::SeqCst)).fold(own, u64::min);
+        if held == 0 {
+            return;
+        }
+        for url in self.catalogs.urls() {
+            if let Err(e) = self.probe.report_held(url, held) {
+                log::debug!("could not tell {url} that the order servers hold the journal up to {held}: {e}");
+            }
+        }
+    }
+
     /// Reads peer `i`'s new orders, page by page.
     fn pull(&self, i: usize) -> Result<()> {
         let url = &self.config.peers[i];
         loop {
-            let from = self.cursors[i].load(Ordering::SeqCst);
+            let (from, known) = {
+                let c = self.cursors[i].lock().unwrap_or_else(|e| e.into_inner());
+                (c.next, c.generation.clone())
+            };
             let page: OrderPage = self.peers.pull(url, from)?;
+            if let Some(held) = page.held {
+                self.peer_held[i].store(held, Ordering::SeqCst);
+            }
+            if !self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).check(
+                from,
+                known.as_deref(),
+                page.log.as_deref(),
+            ) {
+                log::warn!("{url}'s order log is of another generation now (restarted, re-opened or rebuilt); pulling it again from the start");
+                continue;
+            }
             let (valid, refused): (Vec<Order>, Vec<Order>) =
                 page.orders.iter().cloned().partition(|o| o.check().is_ok());
             if let Some(o) = refused.first() {
@@ -203,7 +345,7 @@ impl OrderNode {
                 self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
                 log::info!("took {added} orders from {url}");
             }
-            self.cursors[i].store(page.next, Ordering::SeqCst);
+            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, page.log.clone(), page.next);
             if page.orders.len() < PAGE || page.next <= from {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 return Ok(());
@@ -273,18 +415,27 @@ impl OrderNode {
         }
     }
 
-    /// Hands an order to every peer now; a peer that misses it pulls it later.
-    fn share(&self, order: &Order) {
+    /// Hands an order to every peer now; a peer that misses it pulls it later. Returns
+    /// how many took it: a peer answers once the order is durable on its disk.
+    fn share(&self, order: &Order) -> usize {
         std::thread::scope(|s| {
-            for url in &self.config.peers {
-                s.spawn(move || {
-                    if let Err(e) = self.peers.push(url, std::slice::from_ref(order)) {
-                        self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("peer {url} did not take order {} now ({e}); it will pull it", order.order_id);
-                    }
-                });
-            }
-        });
+            let pushes: Vec<_> = self
+                .config
+                .peers
+                .iter()
+                .map(|url| {
+                    s.spawn(move || match self.peers.push(url, std::slice::from_ref(order)) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
+                            log::warn!("peer {url} did not take order {} now ({e}); it will pull it", order.order_id);
+                            false
+                        }
+                    })
+                })
+                .collect();
+            pushes.into_iter().filter_map(|p| p.join().ok()).filter(|&took| took).count()
+        })
     }
 
     /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
@@ -303,9 +454,26 @@ impl OrderNode {
             std::process::abort();
         }
         let order = Order { order_id, id, title: book.title, price: book.price, at };
-        self.log.add(std::slice::from_ref(&order))?;
+        let logged = self.log.add(std::slice::from_ref(&order));
+        let shared = self.share(&order);
+        match logged {
+            Ok(_) => {}
+            // Durable on a peer's disk and in the catalog's journal (kept until every order
+            // server holds it): two disks, as when logged here. This server takes it from
+            // the peer once its disk takes writes again.
+            Err(e) if shared > 0 => {
+                self.counters.held_by_peer.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "order {} is acknowledged on its peer's disk; this server could not log it: {e}",
+                    order.order_id
+                );
+            }
+            Err(e) => {
+                self.counters.not_logged.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Unavailable(not_logged(&order, &e)));
+            }
+        }
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
-        self.share(&order);
         Ok(order)
     }
 
@@ -333,7 +501,7 @@ impl OrderNode {
         http::route(request, |segs, get| match segs {
             ["health"] if get => {
                 let body = serde_json::json!({"status": "ok", "role": "order", "orders": self.log.len(), "prefix": self.prefix,
-                    "peers": self.peer_health()});
+                    "peers": self.peer_health(), "log_failed": self.log.failed()});
                 http::respond(Ok(Response::json(&body)), "/health")
             }
             ["metrics"] if get => {
@@ -357,8 +525,14 @@ impl OrderNode {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
-                    let (orders, next) = self.log.since(from, PAGE)?;
-                    Ok(Response::json(&OrderPage { orders, next }))
+                    let pulled = self.log.pull(from, PAGE)?;
+                    let held = Some(self.reconciled.load(Ordering::SeqCst));
+                    Ok(Response::json(&OrderPage {
+                        orders: pulled.orders,
+                        next: pulled.next,
+                        log: Some(pulled.generation),
+                        held,
+                    }))
                 }),
                 "/internal/orders",
             ),
@@ -407,6 +581,11 @@ impl OrderNode {
     /// most [`READY_TIMEOUT`]), else 503 `no-catalog`: without a catalog no purchase can go
     /// through.
     fn ready(&self) -> Response {
+        if let Some(why) = self.log.failed() {
+            let body =
+                serde_json::json!({"status": "log-failed", "error": format!("the order log takes no writes: {why}")});
+            return Response::raw_json(503, serde_json::to_vec(&body).expect("JSON values serialize"));
+        }
         let urls = self.catalogs.urls();
         let probes: Vec<Result<()>> = std::thread::scope(|s| {
             let running: Vec<_> = urls.iter().map(|url| s.spawn(move || self.probe.ready(url))).collect();
@@ -470,6 +649,27 @@ impl OrderNode {
             "Orders adopted from the catalog's journal (their server died before logging them).",
             c.reconciled.load(Ordering::Relaxed),
         );
+        push_metric(
+            &mut out,
+            "bazar_orders_held_by_peer_total",
+            "counter",
+            "Purchases acknowledged on a peer's disk because this server's did not take them.",
+            c.held_by_peer.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_not_logged_total",
+            "counter",
+            "Purchases answered 503 after the catalog took their copy (kept in its journal).",
+            c.not_logged.load(Ordering::Relaxed),
+        );
+        push_metric(
+            &mut out,
+            "bazar_orders_log_failed",
+            "gauge",
+            "1 while the order log takes no writes (a failed fsync), until it is re-opened.",
+            usize::from(self.log.failed().is_some()),
+        );
         out
     }
 }
@@ -477,5 +677,54 @@ impl OrderNode {
 impl crate::service::Service for OrderNode {
     fn handle(&self, request: &Request) -> Response {
         OrderNode::handle(self, request)
+    }
+}
+
+/// The answer to a purchase whose copy the catalog took but that no disk took (this
+/// server's failed, no peer took it): what happened, under which order id, and that buying
+/// again would buy twice.
+fn not_logged(order: &Order, cause: &Error) -> String {
+    format!(
+        "the catalog took a copy of book {} for order {}, but no order server's disk took the order ({cause}); \
+         it is kept in the catalog's purchase journal and is logged by itself once a disk takes writes again \
+         (GET /orders/{}): do not buy again",
+        order.id, order.order_id, order.order_id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerCursor;
+
+    fn at(generation: Option<&str>, next: usize) -> PeerCursor {
+        PeerCursor { generation: generation.map(str::to_string), next }
+    }
+
+    /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
+    /// sent back to 0 by a recovery while a pull was in flight stays there.
+    #[test]
+    fn a_peer_cursor_starts_over_in_a_new_generation() {
+        // (cursor, from, known, answered in) -> (taken?, cursor after check)
+        let cases = [
+            (at(None, 0), 0, None, Some("a"), true, at(None, 0)),
+            (at(Some("a"), 20), 20, Some("a"), Some("a"), true, at(Some("a"), 20)),
+            (at(Some("a"), 20), 20, Some("a"), Some("b"), false, at(Some("b"), 0)),
+            // From 0 nothing can be skipped: the page is taken as it is.
+            (at(Some("a"), 0), 0, Some("a"), Some("b"), true, at(Some("a"), 0)),
+            // A peer of an older version names no generation.
+            (at(Some("a"), 20), 20, Some("a"), None, true, at(Some("a"), 20)),
+            // Reset by a recovery meanwhile: refused, and the reset stays.
+            (at(Some("a"), 0), 20, Some("a"), Some("b"), false, at(Some("a"), 0)),
+        ];
+        for (mut cursor, from, known, now, taken, after) in cases {
+            assert_eq!(cursor.check(from, known, now), taken, "{cursor:?} from {from} {known:?} -> {now:?}");
+            assert_eq!(cursor, after);
+        }
+        let mut cursor = at(None, 0);
+        cursor.advance(0, Some("a".into()), 200);
+        assert_eq!(cursor, at(Some("a"), 200));
+        cursor.next = 0;
+        cursor.advance(200, Some("a".into()), 400);
+        assert_eq!(cursor, at(Some("a"), 0), "a reset during the pull is not undone");
     }
 }

@@ -60,6 +60,17 @@ impl Tmpfs {
         Some(Tmpfs { dir: dir.to_path_buf() })
     }
 
+    /// Fills it to the last byte with the file `name`; returns its path.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut f = fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 4096, 1] {
+            let bytes = vec![0u8; chunk];
+            while std::io::Write::write_all(&mut f, &bytes).is_ok() {}
+        }
+        path
+    }
+
     /// Changes its size (`mount -o remount,size=...`).
     pub fn resize(&self, size: &str) {
         let status = Command::new("mount")
