@@ -398,11 +398,13 @@ impl Identity {
     /// primary lost writes: its disk came back empty or older). With etcd a replica's log
     /// may run past the primary's with writes an old primary never acknowledged, which the
     /// copy rightly drops (the election keeps catalogs that are behind out: see
-    /// [`Identity::eligible`]): there, only an empty source is refused over data.
+    /// [`Identity::eligible`]): there, only an empty source of another history (a catalog
+    /// that came back empty) is refused over data; a primary at write 0 of this catalog's
+    /// own history leads a store that never acknowledged a write.
     pub fn may_be_replaced_by(&self, source: &Identity, static_roles: bool) -> bool {
         match static_roles {
             true => !self.holds_more_than(source),
-            false => self.is_empty() || !source.is_empty(),
+            false => self.is_empty() || !source.is_empty() || source.history == self.history,
         }
     }
 
@@ -487,8 +489,10 @@ mod tests {
             (id("a", 5, 0), id("a", 7, 0), true, true),
             // An import on the primary (another history) replaces a replica's catalog.
             (id("a", 9, 0), id("b", 2, 0), true, true),
-            // With etcd a tail the old primary never acknowledged is dropped.
+            // With etcd a tail the old primary never acknowledged is dropped, also when the
+            // new primary is at write 0 of the same history (it never acknowledged one).
             (id("a", 10, 2), id("a", 9, 3), false, true),
+            (id("a", 1, 1), id("a", 0, 0), false, true),
             (id("a", 0, 0), id("b", 0, 0), false, true),
         ];
         for (target, source, static_roles, expected) in table {
