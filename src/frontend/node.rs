@@ -12,7 +12,7 @@ use crate::http::{self, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, Order, PurchaseReceipt, SearchHit};
+use crate::wire::{Book, Order, PurchaseReceipt, SearchHit, TopicCount};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,9 +143,17 @@ impl Frontend {
             ["purchase", id] if method == "POST" => {
                 http::respond(parse_id(id).and_then(|id| self.purchase(id)), "/purchase/{id}")
             }
-            ["health"] | ["ready"] | ["metrics"] | ["search", _] | ["info", _] => {
-                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
-            }
+            ["books"] if get => self.books(request).at("/books"),
+            ["topics"] if get => self.topics(request).at("/topics"),
+            ["orders", id] if get => http::respond(self.order(id), "/orders/{order_id}"),
+            ["health"]
+            | ["ready"]
+            | ["metrics"]
+            | ["search", _]
+            | ["info", _]
+            | ["books"]
+            | ["topics"]
+            | ["orders", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             ["cluster"] if get => self.cluster().at("/cluster"),
             [] | ["dashboard"] | ["assets", _] if get => match pages::answer(segs) {
@@ -233,6 +241,97 @@ impl Frontend {
             Ok((search_hits(&a.body)?, next.map(|after| page::next_link(&here(), &[], page.limit, &after))))
         };
         self.cached_read(key, &path, &shape, &|link| first || link.is_some())
+    }
+
+    /// `GET /books[?limit=&after=]`: a page of every book, by id, through the cache.
+    ///
+    /// Only the first page of the default size is cached ([`cache::BOOKS_KEY`]): every write
+    /// changes a book (its stock, its price) or adds one, and the primary invalidates that
+    /// one key on every write. Any other page holds books whose writes invalidate no key of
+    /// it (the primary cannot know which pages a book falls in at every size and cursor),
+    /// so it is read from a catalog each time (`X-Cache: off`).
+    fn books(&self, request: &Request) -> Response {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, page::parse_book_cursor) {
+            Ok(p) => p,
+            Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
+        };
+        let mut path = format!("/books?limit={}", page.limit);
+        if let Some(after) = page.after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let first = page.after.is_none() && page.limit == page::DEFAULT_LIMIT;
+        let key = first.then(|| cache::BOOKS_KEY.to_string());
+        let shape = |a: &Answer| {
+            let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
+            let books: Vec<Book> =
+                serde_json::from_slice(&a.body).map_err(|e| Error::Internal(format!("catalog sent bad JSON: {e}")))?;
+            let body = serde_json::to_vec(&books).expect("serializes");
+            Ok((body, next.map(|after| page::next_link("/books", &[], page.limit, &after))))
+        };
+        self.cached_read(key, &path, &shape, &|_| true)
+    }
+
+    /// `GET /topics[?limit=&after=]`: a page of topics with their number of books, by
+    /// topic, through the cache.
+    ///
+    /// Only the first page of the default size is cached ([`cache::TOPICS_KEY`]), which
+    /// the primary invalidates on every write that adds a book or moves one to another
+    /// topic, the only writes that change a count or the list; any other page is read from
+    /// a catalog each time (`X-Cache: off`), for the same reason as [`Self::books`].
+    fn topics(&self, request: &Request) -> Response {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, page::parse_topic_cursor) {
+            Ok(p) => p,
+            Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
+        };
+        let mut path = format!("/topics?limit={}", page.limit);
+        // The cursor's key (a blank cursor's is empty: every topic follows it).
+        if let Some(after) = page.after.as_deref().filter(|a| !a.is_empty()) {
+            path.push_str(&format!("&after={}", http::percent_encode(after)));
+        }
+        let first = page.after.is_none() && page.limit == page::DEFAULT_LIMIT;
+        let key = first.then(|| cache::TOPICS_KEY.to_string());
+        let shape = |a: &Answer| {
+            let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
+            let topics: Vec<TopicCount> =
+                serde_json::from_slice(&a.body).map_err(|e| Error::Internal(format!("catalog sent bad JSON: {e}")))?;
+            let body = serde_json::to_vec(&topics).expect("serializes");
+            Ok((body, next.map(|after| page::next_link("/topics", &[], page.limit, &after))))
+        };
+        self.cached_read(key, &path, &shape, &|_| true)
+    }
+
+    /// `GET /orders/{order_id}`: the order from the order servers, the next in turn first.
+    /// Every order server ends up with every order, but one that was down or cut off when
+    /// an order was taken elsewhere lacks it until it catches up; so a 404 is asked of the
+    /// next server too, and the answer is 404 only when every order server said so. When
+    /// one could not be asked and none of the others has it, the order may be on that one
+    /// alone: 503, naming it, rather than a 404 that may be wrong.
+    fn order(&self, id: &str) -> Result<Response> {
+        let path = format!("/orders/{}", http::percent_encode(id));
+        let mut unreachable = None;
+        for i in self.orders.plan() {
+            let url = &self.orders.urls()[i];
+            match self.http.call(Method::GET, url, &path, None) {
+                Ok(a) if a.status == 200 => {
+                    self.orders.mark_up(i);
+                    let order = a.json::<Order>().map_err(Error::from)?;
+                    return Ok(Response::json(&order).with_header("X-Backend", url.clone()));
+                }
+                Ok(a) if a.status == 404 => self.orders.mark_up(i),
+                Ok(a) if a.status == 503 => unreachable = Some(format!("{url}: {}", a.error())),
+                Ok(a) => return Err(a.error().into()),
+                Err(e) => {
+                    self.orders.mark_down(i);
+                    unreachable = Some(e.to_string());
+                }
+            }
+        }
+        match unreachable {
+            None => Err(Error::NotFound(format!("no order {id:?}"))),
+            Some(why) => Err(Error::Unavailable(format!(
+                "no order server that answered has order {id:?}, and one could not be asked: {why}"
+            ))),
+        }
     }
 
     /// Starts the readiness prober: every [`PROBE_INTERVAL`] each back end's `/ready` is
