@@ -346,3 +346,79 @@ fn storefront_and_dashboard_in_a_browser() {
     )
     .unwrap();
 }
+
+/// The storefront opens on its books, lists every topic with its count, has a page of its
+/// own for each book (a shareable address), and keeps the orders bought from this browser
+/// across visits, each looked up again in the store.
+#[test]
+fn storefront_opens_on_books_with_topics_book_pages_and_kept_orders() {
+    let profile = TempDir::new("browser-store");
+    let Some(b) = Browser::start(&profile.0) else { return };
+    let s = Store::start(Opts::default()).expect("a store");
+    let fe = s.fe();
+    // 20 books over 7 topics: two pages of books (12 a page), topics the seed never had.
+    for i in 0..13 {
+        let topic = ["Cooking", "Poetry", "rust programming", "Gardening", "Chess"][i % 5];
+        let book = json!({"title": format!("{topic} volume {i}"), "topic": topic, "price": 7.25, "quantity": 4});
+        assert_eq!(call("POST", &s.primary(), "/books", Some(&book.to_string())).status, 201);
+    }
+    let topics = json(&get(&fe, "/topics"));
+    assert_eq!(topics.as_array().unwrap().len(), 7);
+
+    // On load: the first page of every book, with topic, price, stock and Buy.
+    b.goto(&format!("{fe}/"));
+    b.wait_text("#book-1 .stock", "book 1's stock on load", |t| stock(t).is_some());
+    assert_eq!(b.text("#results-title"), "All books");
+    assert_eq!(b.text("#book-2 .price"), "$19.50");
+    assert_eq!(b.text("#book-2 .topic").to_lowercase(), "distributed systems");
+    assert_eq!(b.text("#book-2 .buy"), "Buy");
+    b.wait_text("#results-note", "the count of books shown", |t| t == "12 books so far.");
+    assert_eq!(b.script("return document.querySelectorAll('#books .card').length;"), json!(12));
+    // Every topic as a chip with its number of books.
+    for t in topics.as_array().unwrap() {
+        let label = format!("{}{}", t["topic"].as_str().unwrap(), t["books"]);
+        b.wait_text("#topics", "every topic", |text| text.replace(['\n', ' '], "").contains(&label.replace(' ', "")));
+    }
+    b.shot("10-storefront-on-load");
+    b.click("#more");
+    b.wait_text("#book-20 .stock", "the second page of books", |t| t == "4 in stock");
+    b.wait_text("#results-note", "every book shown", |t| t == "20 books.");
+    assert!(b.find("#more").is_some_and(|_| b.script("return document.getElementById('more').hidden;") == json!(true)));
+
+    // A topic's chip: the books of that topic.
+    b.click("#topics li:nth-child(2) button"); // the first topic after "All books": Chess
+    b.wait_text("#results-title", "the topic's books", |t| t == "Books on \u{201c}Chess\u{201d}");
+    b.wait_text("#results-note", "Chess's books", |t| t == "2 books.");
+    b.shot("11-topic");
+
+    // A book's own page, at a shareable address.
+    b.goto(&format!("{fe}/?book=3"));
+    b.wait_text("#book-view-title", "the book's page", |t| t == "Xen and the Art of Surviving Undergraduate School");
+    let before = stock(&b.wait_text("#book-view .stock", "its stock", |t| stock(t).is_some())).unwrap();
+    let price = json(&get(&fe, "/info/3"))["price"].as_f64().unwrap();
+    assert_eq!(b.text("#book-view .price"), format!("${price:.2}"));
+    assert!(b.text("#book-view-link").ends_with("/?book=3"));
+    b.shot("12-book-page");
+    b.click("#book-view .buy");
+    let order_id = b.wait_text("#receipt .order-id", "the order id", |t| !t.is_empty());
+    let after = format!("{} in stock", before - 1);
+    b.wait_text("#book-view .stock", "the stock one lower", |t| t == after);
+
+    // After a reload the order is still listed, and the store is asked about it again.
+    // One more, made up, shows what a lost order would look like.
+    b.script(
+        "const o = JSON.parse(localStorage.getItem('bazar.orders'));
+         o.push({order_id: '0123456789ab-999', id: 1, title: 'A made-up order', price: 1});
+         localStorage.setItem('bazar.orders', JSON.stringify(o)); return o.length;",
+    );
+    b.goto(&format!("{fe}/"));
+    let state = format!("#order-list li[data-order=\"{order_id}\"] .order-state");
+    b.wait_text(&state, "the order found again after a reload", |t| t.starts_with("in the store's order log"));
+    b.wait_text("#order-list li[data-order=\"0123456789ab-999\"] .order-state", "an unknown order said", |t| {
+        t.starts_with("NOT FOUND")
+    });
+    b.shot("13-orders-after-reload");
+    // A book number that names nothing says so in words.
+    b.goto(&format!("{fe}/?book=999"));
+    b.wait_text("#results-note", "an unknown book", |t| t.starts_with("There is no book with that number"));
+}
