@@ -42,6 +42,9 @@ Environment:
                   roles even where etcd is installed
   BAZAR_LOG, BAZAR_TOKEN, BAZAR_THREADS, BAZAR_LEASE_MS are passed to every service
                   (BAZAR_LEASE_MS=0, leases off, only with static roles)
+  BAZAR_LAB_LISTEN where the lab API listens (default 127.0.0.1:4299; loopback only): the
+                  services' states, stop/kill/freeze/thaw/start of each, a switchover, the
+                  probe's live verdict; the front end relays it to its dashboard (BAZAR_LAB)
 ";
 
 /// A free loopback port for a service this process is about to start (the lab's stores,
@@ -150,6 +153,9 @@ pub struct Layout {
     pub env: Vec<(String, String)>,
     /// Children's output discarded (the bench) instead of printed with their names.
     pub quiet: bool,
+    /// The lab API's base URL, given to the front end as `BAZAR_LAB` (`bazar-cluster`
+    /// only: its front end then relays the lab routes and shows the lab's buttons).
+    pub lab: Option<String>,
 }
 
 impl Layout {
@@ -173,6 +179,7 @@ impl Layout {
             memcached,
             env: Vec::new(),
             quiet: false,
+            lab: None,
         }
     }
 
@@ -255,8 +262,55 @@ impl Running {
         Ok(())
     }
 
+    /// The children's names, in the order they started.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.children.iter().map(|n| n.spec.name).collect()
+    }
+
+    /// Sends signal `sig` to a running child; false when it is not running.
+    pub fn signal(&mut self, name: &str, sig: i32) -> bool {
+        match self.find(name).and_then(|n| n.child.as_ref()) {
+            Some(c) => {
+                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits up to `within` for a child to exit (reaping it); true when it is not running.
+    pub fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Some(n) = self.find(name) else { return true };
+        loop {
+            match n.child.as_mut().map(Child::try_wait) {
+                None => return true,
+                Some(Ok(Some(_))) | Some(Err(_)) => {
+                    n.child = None;
+                    return true;
+                }
+                Some(Ok(None)) if Instant::now() >= deadline => return false,
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Starts a child that is not running, with the same settings as before; false when
+    /// it runs already (or has no such name).
+    pub fn start_again(&mut self, name: &str) -> std::io::Result<bool> {
+        let quiet = self.quiet;
+        match self.find(name) {
+            Some(n) if n.child.is_none() => {
+                n.child = Some(spawn(&n.spec, quiet)?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Children that exited, with their status (each reported once).
-    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+    pub fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
         let mut out = Vec::new();
         for n in &mut self.children {
             if let Some(c) = n.child.as_mut() {
@@ -353,16 +407,15 @@ fn specs(layout: &Layout) -> Vec<Spec> {
             vec![("BAZAR_CATALOG", catalogs.clone()), ("BAZAR_PEERS", url(peer)), ("BAZAR_DATA_DIR", data(name))],
         ));
     }
-    specs.push(service(
-        "frontend",
-        "bazar-frontend",
-        layout.frontend,
-        vec![
-            ("BAZAR_CATALOG", catalogs.clone()),
-            ("BAZAR_ORDER", format!("{},{}", url(o1), url(o2))),
-            ("BAZAR_MEMCACHED", memcached),
-        ],
-    ));
+    let mut frontend = vec![
+        ("BAZAR_CATALOG", catalogs.clone()),
+        ("BAZAR_ORDER", format!("{},{}", url(o1), url(o2))),
+        ("BAZAR_MEMCACHED", memcached),
+    ];
+    if let Some(lab) = &layout.lab {
+        frontend.push(("BAZAR_LAB", lab.clone()));
+    }
+    specs.push(service("frontend", "bazar-frontend", layout.frontend, frontend));
     specs
 }
 
@@ -481,7 +534,26 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    let mut layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    // The lab API (see `crate::lab`): bound before anything starts, so a port in use or a
+    // setting that is not loopback stops the launcher at once.
+    let lab_listener = match crate::lab::listen(&Env).map_err(|e| e.to_string()).and_then(|addr| {
+        crate::http::bind(addr).map_err(|e| format!("{e} (set BAZAR_LAB_LISTEN to another loopback port)"))
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bazar-cluster: lab: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lab_url = match lab_listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(e) => {
+            eprintln!("bazar-cluster: lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    layout.lab = Some(lab_url.clone());
     let leases_off = std::env::var("BAZAR_LEASE_MS").is_ok_and(|v| v.trim().parse() == Ok(0u64));
     if leases_off && layout.etcd.is_some() {
         // The catalogs would refuse it one by one: say so once, with the way out.
@@ -503,7 +575,7 @@ pub fn main() -> ExitCode {
         ),
         None => eprintln!("bazar-cluster: static roles, catalog-1 primary and catalog-2 replica (etcd not installed, or BAZAR_ETCD empty): a dead primary stops writes until restarted"),
     }
-    let mut store = match Running::start(&layout) {
+    let store = match Running::start(&layout) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bazar-cluster: {e}");
@@ -511,21 +583,23 @@ pub fn main() -> ExitCode {
         }
     };
     let fe = layout.frontend_url();
+    let lab = crate::lab::start(store, &layout, lab_listener, config::token(&Env), &shutdown);
     if wait_ready(&fe, START_TIMEOUT, &shutdown) {
         eprintln!(
             "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); \
-             in a browser: the storefront at {fe}/, the dashboard at {fe}/dashboard; Ctrl-C stops it"
+             in a browser: the storefront at {fe}/, the dashboard (with the lab's buttons) at {fe}/dashboard; \
+             the lab API at {lab_url}/lab; Ctrl-C stops it"
         );
     } else if !shutdown.is_set() {
         eprintln!("bazar-cluster: the store did not answer within {START_TIMEOUT:?}; see the logs above");
     }
+    // The probe's load starts once the store answers (`POST /lab/probe {"on": false}` stops it).
+    lab.probe.set_on(!shutdown.is_set());
     while !shutdown.sleep(Duration::from_millis(200)) {
-        for (name, status) in store.exited() {
-            eprintln!("bazar-cluster: {name} exited ({status}); the rest of the store goes on");
-        }
+        lab.reap();
     }
     eprintln!("bazar-cluster: stopping");
-    store.stop();
+    lab.stop_all();
     eprintln!("bazar-cluster: stopped");
     ExitCode::SUCCESS
 }

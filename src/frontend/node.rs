@@ -22,6 +22,8 @@ use ureq::http::Method;
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a back end's `/ready`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest wait for the lab API (stopping a service waits for it to exit).
+pub const LAB_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the back ends' readiness is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -38,6 +40,9 @@ pub struct FrontendConfig {
     pub memcached: Vec<String>,
     /// Size of the near cache in bytes (`BAZAR_NEAR_CACHE_MB`); 0: none.
     pub near_bytes: usize,
+    /// The lab API of the `bazar-cluster` that started this front end (`BAZAR_LAB`); None
+    /// everywhere else: no lab routes, no lab buttons.
+    pub lab: Option<String>,
 }
 
 impl FrontendConfig {
@@ -49,6 +54,7 @@ impl FrontendConfig {
             orders: config::urls(src, "BAZAR_ORDER", true)?,
             memcached: config::memcached(src)?,
             near_bytes: near_bytes(src)?,
+            lab: config::urls(src, "BAZAR_LAB", false)?.into_iter().next(),
         })
     }
 
@@ -65,6 +71,8 @@ Environment:
   BAZAR_MEMCACHED memcached host:port list; unset or empty: no cache
   BAZAR_NEAR_CACHE_MB  size of the near cache in this process's memory, in MiB
                   (default 64; 0 turns it off); its leases come from the catalog primary
+  BAZAR_LAB       the lab API's base URL; set by bazar-cluster for its own front end only
+                  (the dashboard then shows the lab's buttons); unset: no lab routes
 ";
 }
 
@@ -85,6 +93,8 @@ pub struct Frontend {
     metrics: Arc<Metrics>,
     /// `GET /cluster`: the dashboard's data (its own client, without the token).
     board: Board,
+    /// Calls to the lab API (a stop may take its whole wait), with the token.
+    lab: Http,
 }
 
 /// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
@@ -109,6 +119,7 @@ impl Frontend {
             near: (config.near_bytes > 0).then(|| Near::new(config.near_bytes)),
             metrics,
             board: Board::new(),
+            lab: Http::new(LAB_TIMEOUT, 4, config.common.token.clone()),
             config,
         }
     }
@@ -161,6 +172,7 @@ impl Frontend {
                 None => http::respond(Err(Error::NotFound(format!("no file {}", request.path))), "unknown"),
             },
             [] | ["dashboard"] | ["cluster"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["lab", ..] if self.config.lab.is_some() => self.lab(request),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
     }
@@ -177,6 +189,29 @@ impl Frontend {
             cache: self.cache_state(),
             near: self.near_state(),
         })
+    }
+
+    /// `/lab/...` of a front end that `bazar-cluster` started: relayed to its lab API (with
+    /// the token), answer as it is. A write from another site is refused (403), as a
+    /// purchase is: a page elsewhere must not kill the store through a visitor's browser.
+    fn lab(&self, request: &Request) -> Response {
+        let base = self.config.lab.as_deref().expect("checked by the route");
+        if request.method == "POST" && cross_site(request) {
+            let body = serde_json::json!({"error": "a lab action from another site is refused"});
+            return Response::raw_json(403, serde_json::to_vec(&body).expect("serializes")).at("/lab");
+        }
+        let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+            return http::respond(Err(Error::BadRequest("bad method".into())), "/lab");
+        };
+        let target = match &request.query {
+            Some(q) => format!("{}?{q}", request.path),
+            None => request.path.clone(),
+        };
+        let body = (!request.body.is_empty()).then(|| request.body.clone());
+        match self.lab.call(method, base, &target, body) {
+            Ok(a) => Response::raw_json(a.status, a.body).at("/lab"),
+            Err(e) => http::respond(Err(Error::Unavailable(format!("the lab does not answer: {e}"))), "/lab"),
+        }
     }
 
     /// The caches' figures for `/metrics`: memcached's and the near cache's.
@@ -495,6 +530,22 @@ impl Frontend {
                 "order server {url} failed during the purchase (it may or may not have happened): {error}"
             ))),
         }
+    }
+}
+
+/// Whether a request comes from another site: `Sec-Fetch-Site: cross-site`, or an `Origin`
+/// whose host is not the one the request was sent to.
+fn cross_site(request: &Request) -> bool {
+    if request.header("sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    match (request.header("origin"), request.header("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
     }
 }
 
