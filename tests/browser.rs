@@ -320,6 +320,8 @@ fn storefront_and_dashboard_in_a_browser() {
     b.goto(&format!("{fe}/dashboard"));
     b.wait_text(&cell, "the replica ready", |t| t == "ready");
     b.wait_text("#summary", "all ready", |t| t.contains("services ready") && !t.contains("down"));
+    // A front end that bazar-cluster did not start has no lab: no buttons.
+    assert_eq!(b.script("return document.getElementById('lab').hidden;"), json!(true));
     std::thread::sleep(Duration::from_millis(1500)); // two answers: rates and p99 show
     b.shot("07-dashboard");
     s.catalogs[1].kill9();
@@ -421,4 +423,85 @@ fn storefront_opens_on_books_with_topics_book_pages_and_kept_orders() {
     // A book number that names nothing says so in words.
     b.goto(&format!("{fe}/?book=999"));
     b.wait_text("#results-note", "an unknown book", |t| t.starts_with("There is no book with that number"));
+}
+
+/// The lab console of a store started as `bazar-cluster` starts one (with etcd where it is
+/// installed): a replica killed from its button (the dashboard shows it down, the verdict
+/// stays green), the primary frozen and thawed (with etcd a failover on the timeline),
+/// both started again, and how long each took to show.
+#[test]
+fn the_lab_console_breaks_the_store_from_the_dashboard() {
+    let profile = TempDir::new("browser-lab");
+    let Some(b) = Browser::start(&profile.0) else { return };
+    let s = LabStore::start(None, true);
+    let fe = s.fe();
+    let etcd = s.layout.etcd.is_some();
+    s.lab.probe.set_on(true);
+    b.must(Method::POST, "/window/rect", Some(json!({"width": 1280, "height": 1900})));
+    b.goto(&format!("{fe}/dashboard"));
+    b.wait_text("#lab-title", "the lab panel", |t| t.starts_with("Lab"));
+    let started = Instant::now();
+    let green = |t: &str| t.starts_with("Every guarantee held");
+    b.wait_text("#verdict-status", "a first verdict", green);
+    let mut measured = vec![format!("first verdict shown after {} ms", started.elapsed().as_millis())];
+    b.shot("20-console");
+
+    let catalogs: Vec<(String, String)> = ["catalog-1", "catalog-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), format!("http://127.0.0.1:{}", s.layout.catalogs[i])))
+        .collect();
+    let role = |url: &str| json(&get(url, "/health"))["role"].as_str().unwrap_or("").to_string();
+    let primary = catalogs.iter().position(|(_, u)| role(u) == "primary").expect("a primary");
+    let (replica_name, replica_url) = catalogs[1 - primary].clone();
+    let (primary_name, primary_url) = catalogs[primary].clone();
+    let windows = |s: &LabStore| s.verdict()["since_start"]["windows"].as_u64().unwrap();
+
+    // Kill the replica from its button.
+    let row = |name: &str| format!("#lab-services tr[data-name=\"{name}\"]");
+    b.click(&format!("{} button[data-action=kill]", row(&replica_name)));
+    let killed = Instant::now();
+    b.wait_text(&format!("{} td.lab-state", row(&replica_name)), "the replica stopped", |t| t == "stopped");
+    let cell = format!("#catalogs tbody tr[data-url=\"{replica_url}\"] td.state");
+    b.wait_text(&cell, "the killed replica shown down", |t| t == "down");
+    measured.push(format!("killed replica shown down after {} ms", killed.elapsed().as_millis()));
+    let before = windows(&s);
+    eventually(Duration::from_secs(60), "a window checked with the replica down", || windows(&s) > before);
+    b.wait_text("#verdict-status", "the verdict green with a replica down", green);
+    measured.push(format!("a verdict over the replica's death after {} ms", killed.elapsed().as_millis()));
+    b.shot("21-replica-killed");
+    b.click(&format!("{} button[data-action=start]", row(&replica_name)));
+    b.wait_text(&format!("{} td.lab-state", row(&replica_name)), "the replica running", |t| t == "running");
+    b.wait_text(&cell, "the restarted replica ready", |t| t == "ready");
+
+    // Freeze the primary, then thaw it.
+    b.click(&format!("{} button[data-action=freeze]", row(&primary_name)));
+    let frozen = Instant::now();
+    b.wait_text(&format!("{} td.lab-state", row(&primary_name)), "the primary frozen", |t| t == "frozen");
+    if etcd {
+        let took_over = format!("catalog {replica_url} is primary (epoch");
+        b.wait_text("#timeline", "the failover on the timeline", |t| t.contains(&took_over));
+        measured.push(format!("failover on the timeline {} ms after the freeze", frozen.elapsed().as_millis()));
+    } else {
+        say("no etcd: static roles, no failover to see");
+    }
+    b.shot("22-primary-frozen");
+    std::thread::sleep(Duration::from_secs(3));
+    b.click(&format!("{} button[data-action=thaw]", row(&primary_name)));
+    b.wait_text(&format!("{} td.lab-state", row(&primary_name)), "the primary thawed", |t| t == "running");
+    let thawed = Instant::now();
+    let primary_cell = format!("#catalogs tbody tr[data-url=\"{primary_url}\"] td.state");
+    b.wait_text(&primary_cell, "the thawed catalog ready again", |t| t == "ready");
+    let before = windows(&s);
+    eventually(Duration::from_secs(90), "two windows checked after the thaw", || windows(&s) >= before + 2);
+    b.wait_text("#verdict-status", "the verdict green after the freeze", green);
+    measured
+        .push(format!("verdict after the freeze and thaw shown {} ms after the thaw", thawed.elapsed().as_millis()));
+    let v = s.verdict();
+    assert_eq!(v["held"], true, "{v:#}");
+    b.shot("23-verdict-after-faults");
+    for m in &measured {
+        say(m);
+    }
+    std::fs::write(b.shots.join("lab-measurements.txt"), measured.join("\n") + "\n").unwrap();
 }

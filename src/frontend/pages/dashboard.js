@@ -393,7 +393,7 @@
     $("verdict-status").textContent = broken.length
       ? "A GUARANTEE WAS BROKEN: " + broken.join("; ") + "."
       : checked
-        ? "Every guarantee held: " + s.ops + " operations checked in " + s.windows + " windows" + (probeOn ? "." : " (the probe is off).")
+        ? "Every guarantee held: " + s.ops + " operations checked in " + s.windows + (s.windows === 1 ? " window" : " windows") + (probeOn ? "." : " (the probe is off).")
         : probeOn
           ? "The probe is warming up: nothing checked yet."
           : "The probe is off: nothing checked.";
