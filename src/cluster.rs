@@ -8,6 +8,9 @@
 //! SIGKILL after [`STOP_TIMEOUT`]), the catalogs before etcd (waiting for them to exit:
 //! they give up their etcd leases as they stop), and exits 0.
 //!
+//! It also runs the store's lab ([`crate::lab`]): the lab API on `BAZAR_LAB_LISTEN`
+//! (loopback), which its front end relays (`BAZAR_LAB`), and the probe's live verdict.
+//!
 //! [`Layout`] and [`Running`] are also how `bazar-bench lab` starts its own stores.
 
 use crate::client::Http;

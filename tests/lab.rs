@@ -118,6 +118,23 @@ fn the_lab_api_breaks_and_restores_each_service() {
     {
         assert!(timeline.contains(said), "{said} in {timeline}");
     }
+    // A history with a stale read, fed to the probe's checker: the verdict turns red, with
+    // the offending operations in words.
+    use bazar::linearizable::checker::{Call, History, Initial, Op, Ret, State};
+    let seen = |price| Ret::Seen { price: Some(price), quantity: Some(6) };
+    let op =
+        |client, call, ret, inv, resp| Op { client, book: 1, via: "test".into(), call, ret, inv, resp: Some(resp) };
+    let stale = History {
+        name: "stale read".into(),
+        note: String::new(),
+        expect: None,
+        initial: vec![Initial { book: 1, state: State { price: 1000, quantity: 6 } }],
+        ops: vec![op(0, Call::SetPrice(1200), seen(1200), 10, 20), op(1, Call::Read, seen(1000), 30, 40)],
+    };
+    s.lab.probe.add_window(bazar::lab::probe::judge(&stale, 0));
+    let v = s.verdict();
+    assert_eq!((v["linearizable"].as_bool(), v["held"].as_bool()), (Some(false), Some(false)), "{v:#}");
+    assert!(v["violations"][0]["text"].as_str().unwrap().contains("read"), "{v:#}");
     let (status, v) = post(&fe, "/lab/probe", Some(r#"{"on": false}"#), &[]);
     assert_eq!((status, v["probe"].as_str()), (200, Some("off")));
     let (status, _) = post(&fe, "/lab/probe", Some(r#"{"on": "yes"}"#), &[]);
