@@ -202,3 +202,46 @@ fn bazar_bench_check_passes_on_a_healthy_store_and_names_what_it_needs() {
 fn say(text: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{text}\n").as_bytes());
 }
+
+#[test]
+fn a_switchover_from_the_lab_moves_the_primary_and_the_verdict_stays_green() {
+    if bazar::cluster::find_program("etcd").is_none() {
+        if std::env::var("BAZAR_REQUIRE_ETCD").as_deref() == Ok("1") {
+            panic!("etcd is required (BAZAR_REQUIRE_ETCD=1) but not installed");
+        }
+        say("SKIPPED a_switchover_from_the_lab...: etcd is not installed (apt-get install etcd-server)");
+        return;
+    }
+    let s = LabStore::start(None, true);
+    let fe = s.fe();
+    s.lab.probe.set_on(true);
+    let catalogs: Vec<String> = s.layout.catalog_urls().to_vec();
+    let primary = || {
+        catalogs.iter().find(|c| {
+            client().call(ureq::http::Method::GET, c, "/health", None).is_ok_and(|a| json(&a)["role"] == "primary")
+        })
+    };
+    eventually(Duration::from_secs(30), "a primary and a replica in sync", || {
+        primary()
+            .is_some_and(|p| json(&get(p, "/health"))["replicas_out_of_sync"].as_array().is_some_and(|a| a.is_empty()))
+            && catalogs.iter().all(|c| get(c, "/ready").status == 200)
+    });
+    let before = primary().unwrap().clone();
+    eventually(Duration::from_secs(60), "a first window checked", || {
+        s.verdict()["since_start"]["windows"].as_u64() >= Some(1)
+    });
+    let (status, body) = post(&fe, "/lab/store/switchover", Some("{}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(10), "the other catalog primary", || primary().is_some_and(|p| *p != before));
+    let after = primary().unwrap().clone();
+    eventually(Duration::from_secs(10), "the switchover on the timeline", || {
+        let t = s.verdict()["timeline"].to_string();
+        t.contains("switchover asked of") && t.contains(&format!("catalog {after} is primary"))
+    });
+    let windows = s.verdict()["since_start"]["windows"].as_u64().unwrap();
+    eventually(Duration::from_secs(60), "two windows after the switchover", || {
+        s.verdict()["since_start"]["windows"].as_u64().unwrap() >= windows + 2
+    });
+    let v = s.verdict();
+    assert_eq!(v["held"], true, "{v:#}");
+}

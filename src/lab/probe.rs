@@ -403,10 +403,24 @@ impl Probe {
     /// Finds the probe's books (topic [`PROBE_TOPIC`]) or adds them, and sets the purchase
     /// book's stock.
     fn set_up(&self) -> Result<Books, String> {
-        let catalog = self.settings.catalogs.first().ok_or("no catalog")?;
         let path = format!("/books?topic={}&limit=100", crate::http::percent_encode(PROBE_TOPIC));
-        let answer = self.http.call(Method::GET, catalog, &path, None).map_err(|e| e.to_string())?;
-        let mut have: Vec<crate::wire::Book> = answer.json().map_err(|e| e.to_string())?;
+        let mut last = "no catalog".to_string();
+        let mut found = None;
+        for catalog in &self.settings.catalogs {
+            match self
+                .http
+                .call(Method::GET, catalog, &path, None)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.json::<Vec<crate::wire::Book>>().map_err(|e| e.to_string()))
+            {
+                Ok(books) => {
+                    found = Some(books);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut have = found.ok_or(last)?;
         while have.len() < RW_BOOKS + 1 {
             let n = have.len() + 1;
             let title =
