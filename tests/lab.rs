@@ -170,6 +170,22 @@ fn the_probe_keeps_a_green_verdict_through_a_killed_replica() {
     assert!(v["since_start"]["ops"].as_u64().unwrap() > 50, "{v}");
     assert_eq!(v["orders_missing"], 0);
     assert_eq!(v["copies_taken"], v["orders_logged"]);
+
+    // A copy taken with no order (straight at the catalog, as no order server would) is
+    // caught by the ledger: copies and orders differ, the verdict turns red.
+    let primary = format!("http://127.0.0.1:{}", s.layout.catalogs[0]);
+    let probe_books = json(&get(&primary, "/books?topic=lab%20probe"));
+    let bought = probe_books.as_array().unwrap().iter().map(|b| b["id"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(call("POST", &primary, &format!("/books/{bought}/purchase"), None).status, 200);
+    eventually(Duration::from_secs(60), "the ledger to see a copy without an order", || {
+        let v = s.verdict();
+        v["copies_match"] == false && v["held"] == false
+    });
+    let v = s.verdict();
+    say(&format!(
+        "after a copy without an order: copies taken {} / orders logged {}",
+        v["copies_taken"], v["orders_logged"]
+    ));
 }
 
 #[test]
