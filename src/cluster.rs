@@ -195,6 +195,26 @@ impl Layout {
     pub fn catalog_urls(&self) -> [String; 2] {
         self.catalogs.map(url)
     }
+
+    /// The store as its lab names and reaches its services ([`crate::lab::start`]).
+    pub fn lab_store(&self) -> crate::lab::Store {
+        let catalogs = self.catalog_urls().to_vec();
+        let orders: Vec<String> = self.orders.iter().map(|p| url(*p)).collect();
+        let mut urls = vec![
+            ("catalog-1", catalogs[0].clone()),
+            ("catalog-2", catalogs[1].clone()),
+            ("order-1", orders[0].clone()),
+            ("order-2", orders[1].clone()),
+            ("frontend", self.frontend_url()),
+        ];
+        if let Some(port) = self.memcached {
+            urls.push(("memcached", format!("127.0.0.1:{port}")));
+        }
+        if let Some(plan) = &self.etcd {
+            urls.push(("etcd", plan.endpoints()));
+        }
+        crate::lab::Store { frontend: self.frontend_url(), catalogs, orders, urls }
+    }
 }
 
 fn url(port: u16) -> String {
@@ -265,53 +285,6 @@ impl Running {
         Ok(())
     }
 
-    /// The children's names, in the order they started.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.children.iter().map(|n| n.spec.name).collect()
-    }
-
-    /// Sends signal `sig` to a running child; false when it is not running.
-    pub fn signal(&mut self, name: &str, sig: i32) -> bool {
-        match self.find(name).and_then(|n| n.child.as_ref()) {
-            Some(c) => {
-                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-                unsafe { libc::kill(c.id() as libc::pid_t, sig) };
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Waits up to `within` for a child to exit (reaping it); true when it is not running.
-    pub fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let Some(n) = self.find(name) else { return true };
-        loop {
-            match n.child.as_mut().map(Child::try_wait) {
-                None => return true,
-                Some(Ok(Some(_))) | Some(Err(_)) => {
-                    n.child = None;
-                    return true;
-                }
-                Some(Ok(None)) if Instant::now() >= deadline => return false,
-                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    /// Starts a child that is not running, with the same settings as before; false when
-    /// it runs already (or has no such name).
-    pub fn start_again(&mut self, name: &str) -> std::io::Result<bool> {
-        let quiet = self.quiet;
-        match self.find(name) {
-            Some(n) if n.child.is_none() => {
-                n.child = Some(spawn(&n.spec, quiet)?);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
     /// Children that exited, with their status (each reported once).
     pub fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
         let mut out = Vec::new();
@@ -357,6 +330,63 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What the lab does to `bazar-cluster`'s children ([`crate::lab`]).
+impl crate::lab::console::Processes for Running {
+    fn names(&self) -> Vec<&'static str> {
+        self.children.iter().map(|n| n.spec.name).collect()
+    }
+
+    fn pid(&mut self, name: &str) -> Option<u32> {
+        Running::pid(self, name)
+    }
+
+    fn signal(&mut self, name: &str, sig: i32) -> bool {
+        match self.find(name).and_then(|n| n.child.as_ref()) {
+            Some(c) => {
+                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Some(n) = self.find(name) else { return true };
+        loop {
+            match n.child.as_mut().map(Child::try_wait) {
+                None => return true,
+                Some(Ok(Some(_))) | Some(Err(_)) => {
+                    n.child = None;
+                    return true;
+                }
+                Some(Ok(None)) if Instant::now() >= deadline => return false,
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn start_again(&mut self, name: &str) -> std::io::Result<bool> {
+        let quiet = self.quiet;
+        match self.find(name) {
+            Some(n) if n.child.is_none() => {
+                n.child = Some(spawn(&n.spec, quiet)?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+        Running::exited(self)
+    }
+
+    fn stop(&mut self) {
+        Running::stop(self)
     }
 }
 
@@ -586,7 +616,7 @@ pub fn main() -> ExitCode {
         }
     };
     let fe = layout.frontend_url();
-    let lab = crate::lab::start(store, &layout, lab_listener, config::token(&Env), &shutdown);
+    let lab = crate::lab::start(Box::new(store), layout.lab_store(), lab_listener, config::token(&Env), &shutdown);
     if wait_ready(&fe, START_TIMEOUT, &shutdown) {
         eprintln!(
             "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); \

@@ -79,23 +79,6 @@ pub fn parse_book_cursor(a: &str) -> std::result::Result<u32, String> {
     a.parse().map_err(|_| "too large for a book id".into())
 }
 
-/// A topic cursor (topics are paged by topic): the last topic of the previous page, any
-/// non-empty text. Returned as the key it is compared by: [`topic_key`] (case-insensitive,
-/// trimmed, as search compares topics), cut to the longest key a topic can have (twice
-/// [`MAX_TEXT`] characters). The cut changes no answer: a topic's key is at most that long,
-/// so it sorts after the whole key exactly when it sorts after the cut one; and it keeps a
-/// cursor the front end sends on to a catalog within any request head.
-///
-/// [`topic_key`]: crate::catalog::state::topic_key
-/// [`MAX_TEXT`]: crate::catalog::state::MAX_TEXT
-pub fn parse_topic_cursor(a: &str) -> std::result::Result<String, String> {
-    if a.is_empty() {
-        return Err("a cursor is the last topic of the previous page".into());
-    }
-    let key = crate::catalog::state::topic_key(a);
-    Ok(key.chars().take(2 * crate::catalog::state::MAX_TEXT).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,14 +104,6 @@ mod tests {
         for (target, want) in cases {
             assert_eq!(page(target), want, "{target}");
         }
-    }
-
-    #[test]
-    fn topic_cursors() {
-        assert_eq!(parse_topic_cursor(" Distributed Systems"), Ok("distributed systems".into()));
-        assert_eq!(parse_topic_cursor("  "), Ok("".into()));
-        assert!(parse_topic_cursor("").is_err());
-        assert_eq!(parse_topic_cursor(&"İ".repeat(600)).unwrap().chars().count(), 600);
     }
 
     #[test]

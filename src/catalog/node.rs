@@ -559,7 +559,7 @@ impl CatalogNode {
     /// pending purchase or price change leaves every count as it is and costs nothing.
     fn topics(&self, request: &Request) -> Result<Response> {
         self.readable()?;
-        let page = PageRequest::from_query(request, page::MAX_LIMIT, page::parse_topic_cursor)?;
+        let page = PageRequest::from_query(request, page::MAX_LIMIT, super::state::parse_topic_cursor)?;
         let state = self.clean(Catalog::topics_dirty)?;
         let (topics, more) = state.topics_page(page.after.as_deref(), page.limit);
         let mut response = Response::json(&topics).with_header("X-Seq", state.seq().to_string());

@@ -119,6 +119,23 @@ pub fn can_be_topic(topic: &str) -> bool {
     topic_key(topic).chars().count() <= 2 * MAX_TEXT
 }
 
+/// A topic cursor (topics are paged by topic): the last topic of the previous page, any
+/// non-empty text. Returned as the key it is compared by: [`topic_key`] (case-insensitive,
+/// trimmed, as search compares topics), cut to the longest key a topic can have (twice
+/// [`MAX_TEXT`] characters). The cut changes no answer: a topic's key is at most that long,
+/// so it sorts after the whole key exactly when it sorts after the cut one; and it keeps a
+/// cursor the front end sends on to a catalog within any request head.
+///
+/// [`topic_key`]: crate::catalog::state::topic_key
+/// [`MAX_TEXT`]: MAX_TEXT
+pub fn parse_topic_cursor(a: &str) -> std::result::Result<String, String> {
+    if a.is_empty() {
+        return Err("a cursor is the last topic of the previous page".into());
+    }
+    let key = topic_key(a);
+    Ok(key.chars().take(2 * MAX_TEXT).collect())
+}
+
 /// Checks a title or a topic: 1 to [`MAX_TEXT`] characters, not only spaces, no control
 /// characters (a CSV row and a page stay one line of text).
 pub fn check_text(what: &str, s: &str) -> std::result::Result<(), String> {
@@ -501,6 +518,14 @@ mod tests {
         assert_eq!(ids(c.page(Some("cooking"), 0, 5)), (vec![], false));
         assert_eq!(ids(c.page(None, 20, 5)), (vec![], false));
         assert_eq!(c.next_id(), 21);
+    }
+
+    #[test]
+    fn topic_cursors() {
+        assert_eq!(parse_topic_cursor(" Distributed Systems"), Ok("distributed systems".into()));
+        assert_eq!(parse_topic_cursor("  "), Ok("".into()));
+        assert!(parse_topic_cursor("").is_err());
+        assert_eq!(parse_topic_cursor(&"İ".repeat(600)).unwrap().chars().count(), 600);
     }
 
     #[test]

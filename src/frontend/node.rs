@@ -314,7 +314,7 @@ impl Frontend {
     /// topic, the only writes that change a count or the list; any other page is read from
     /// a catalog each time (`X-Cache: off`), for the same reason as [`Self::books`].
     fn topics(&self, request: &Request) -> Response {
-        let page = match PageRequest::from_query(request, page::MAX_LIMIT, page::parse_topic_cursor) {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, crate::catalog::state::parse_topic_cursor) {
             Ok(p) => p,
             Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
         };

@@ -8,11 +8,11 @@
 //! front end has none. With `BAZAR_TOKEN` set every route needs it.
 //!
 //! Which action applies in which state is a pure decision ([`plan`]), tested below; the
-//! signals and starts are [`Running`]'s.
+//! signals and starts are the launcher's ([`Processes`], which `bazar-cluster`'s
+//! `cluster::Running` implements: the lab depends on no launcher type).
 
 use super::probe::Probe;
 use crate::client::Http;
-use crate::cluster::Running;
 use crate::error::{Error, Result};
 use crate::http::{self, check_token, Request, Response};
 use crate::shutdown::Shutdown;
@@ -30,6 +30,24 @@ pub const STOP_WAIT: Duration = Duration::from_secs(8);
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// Most timeline entries kept.
 pub const TIMELINE: usize = 200;
+
+/// The processes of a store, as the lab acts on them: `bazar-cluster`'s children.
+pub trait Processes: Send {
+    /// The services' names, in the order they started.
+    fn names(&self) -> Vec<&'static str>;
+    /// A running service's process id.
+    fn pid(&mut self, name: &str) -> Option<u32>;
+    /// Sends signal `sig` to a running service; false when it is not running.
+    fn signal(&mut self, name: &str, sig: i32) -> bool;
+    /// Waits up to `within` for a service to exit; true when it is not running.
+    fn wait_exit(&mut self, name: &str, within: Duration) -> bool;
+    /// Starts a service that is not running, with its settings; false when it runs.
+    fn start_again(&mut self, name: &str) -> std::io::Result<bool>;
+    /// The services that exited since last asked, with their status.
+    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)>;
+    /// Stops every service.
+    fn stop(&mut self);
+}
 
 /// A service's state as the lab sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -105,7 +123,7 @@ pub struct Entry {
 /// The lab of one store: its processes, the probe, the timeline.
 pub struct Lab {
     /// The store's processes (held for one action at a time).
-    store: Mutex<Running>,
+    store: Mutex<Box<dyn Processes>>,
     /// Names of the services frozen by the lab.
     frozen: Mutex<HashSet<&'static str>>,
     /// Each service's URL (as the other services reach it).
@@ -123,7 +141,7 @@ pub struct Lab {
 impl Lab {
     /// The lab of a running store.
     pub fn new(
-        store: Running,
+        store: Box<dyn Processes>,
         urls: Vec<(&'static str, String)>,
         catalogs: Vec<String>,
         probe: Arc<Probe>,
@@ -141,7 +159,7 @@ impl Lab {
         })
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Running> {
+    fn store(&self) -> std::sync::MutexGuard<'_, Box<dyn Processes>> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -176,7 +194,7 @@ impl Lab {
         self.store().stop();
     }
 
-    fn entry(&self, store: &mut Running, name: &'static str) -> Entry {
+    fn entry(&self, store: &mut Box<dyn Processes>, name: &'static str) -> Entry {
         let pid = store.pid(name);
         let state = match pid {
             None => State::Stopped,

@@ -14,10 +14,9 @@
 pub mod console;
 pub mod probe;
 
-use crate::cluster::{Layout, Running};
 use crate::config::{self, ConfigError, Source};
 use crate::shutdown::Shutdown;
-use console::Lab;
+use console::{Lab, Processes};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,41 +24,39 @@ use std::time::Duration;
 /// Length of one window of the probe's load under `bazar-cluster`.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// The lab of a store just started as `layout` says: its API served on `listener` (until
-/// `shutdown`), the probe (off: [`probe::Probe::set_on`] starts its load once the store
-/// is ready) and the watch of the catalogs' roles. With `token`, every lab route needs it
-/// and the probe sends it.
+/// The services of a store, as the lab names and reaches them.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// The front end's base URL.
+    pub frontend: String,
+    /// The catalogs' base URLs.
+    pub catalogs: Vec<String>,
+    /// The order servers' base URLs.
+    pub orders: Vec<String>,
+    /// Every service's name and address, as `GET /lab` shows them.
+    pub urls: Vec<(&'static str, String)>,
+}
+
+/// The lab of a store just started (`processes`, reached as `store` says): its API served
+/// on `listener` (until `shutdown`), the probe (off: [`probe::Probe::set_on`] starts its
+/// load once the store is ready) and the watch of the catalogs' roles. With `token`, every
+/// lab route needs it and the probe sends it.
 pub fn start(
-    store: Running,
-    layout: &Layout,
+    processes: Box<dyn Processes>,
+    store: Store,
     listener: std::net::TcpListener,
     token: Option<String>,
     shutdown: &Shutdown,
 ) -> Arc<Lab> {
-    let [c1, c2] = layout.catalog_urls();
-    let orders: Vec<String> = layout.orders.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    let mut urls = vec![
-        ("catalog-1", c1.clone()),
-        ("catalog-2", c2.clone()),
-        ("order-1", orders[0].clone()),
-        ("order-2", orders[1].clone()),
-        ("frontend", layout.frontend_url()),
-    ];
-    if let Some(port) = layout.memcached {
-        urls.push(("memcached", format!("127.0.0.1:{port}")));
-    }
-    if let Some(plan) = &layout.etcd {
-        urls.push(("etcd", plan.endpoints()));
-    }
     let settings = probe::Settings {
-        frontend: layout.frontend_url(),
-        catalogs: vec![c1.clone(), c2.clone()],
-        orders,
+        frontend: store.frontend.clone(),
+        catalogs: store.catalogs.clone(),
+        orders: store.orders.clone(),
         token: token.clone(),
         window: WINDOW,
     };
     let probe = probe::Probe::new(settings, false);
-    let lab = Lab::new(store, urls, vec![c1, c2], Arc::clone(&probe), token);
+    let lab = Lab::new(processes, store.urls, store.catalogs, Arc::clone(&probe), token);
     let (server, stop) = (Arc::clone(&lab), shutdown.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     std::thread::spawn(move || {

@@ -688,7 +688,8 @@ impl LabStore {
         };
         let running = Running::start(&layout).expect("the store starts");
         let shutdown = bazar::shutdown::Shutdown::new();
-        let lab = bazar::lab::start(running, &layout, listener, token.map(str::to_string), &shutdown);
+        let lab =
+            bazar::lab::start(Box::new(running), layout.lab_store(), listener, token.map(str::to_string), &shutdown);
         let fe = layout.frontend_url();
         wait_ready(&fe);
         eventually(START_DEADLINE, "the front end to see every back end ready", || {
