@@ -261,3 +261,25 @@ fn a_switchover_from_the_lab_moves_the_primary_and_the_verdict_stays_green() {
     let v = s.verdict();
     assert_eq!(v["held"], true, "{v:#}");
 }
+
+#[test]
+fn bazar_cluster_refuses_a_lab_off_loopback_or_on_a_port_in_use_before_starting_anything() {
+    let dir = TempDir::new("lab-settings");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    for (value, says) in [
+        ("0.0.0.0:4299", "not a loopback address"),
+        ("localhost:4299", "not host:port with an IP address"),
+        (in_use.as_str(), "cannot listen on"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bazar-cluster"))
+            .env("BAZAR_LAB_LISTEN", value)
+            .env("BAZAR_DATA_DIR", dir.0.join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains("BAZAR_LAB_LISTEN") && stderr.contains(says), "{value}: {stderr}");
+        assert!(!dir.0.join("run").join("catalog-1").exists(), "{value}: nothing was started");
+    }
+}
