@@ -94,14 +94,19 @@ done
 
 failed=()
 for service in $SERVICES; do
+    exclude=()
     case $service in
-        frontend) target=$(url "$frontend") ;;
+        # The front end and the catalog share the path /books: the front end lists books
+        # (GET), the catalog also adds them (POST). One OpenAPI path cannot say that the
+        # front end's 405 rightly allows GET and HEAD only, so its OPTIONS answers' Allow
+        # is not compared with the path's documented methods (statuses and bodies still are).
+        frontend) target=$(url "$frontend"); exclude=(--exclude-checks allow_header_conformance) ;;
         catalog) target=$(url "$primary") ;;
         order) target=$(url "$order1") ;;
         *) echo "contract: unknown service $service" >&2; exit 2 ;;
     esac
     echo "== schemathesis: $service at $target"
-    if ! st --config-file docs/schemathesis.toml run docs/openapi.yaml --url "$target" --include-tag "$service" --checks all \
+    if ! st --config-file docs/schemathesis.toml run docs/openapi.yaml --url "$target" --include-tag "$service" --checks all "${exclude[@]}" \
         --header "Authorization: Bearer $TOKEN" --seed "$SEED" --max-examples "$EXAMPLES" \
         --phases examples,coverage,fuzzing,stateful --workers 1 --no-color \
         --generation-database none --request-timeout 15; then

@@ -8,6 +8,9 @@
 //! SIGKILL after [`STOP_TIMEOUT`]), the catalogs before etcd (waiting for them to exit:
 //! they give up their etcd leases as they stop), and exits 0.
 //!
+//! It also runs the store's lab ([`crate::lab`]): the lab API on `BAZAR_LAB_LISTEN`
+//! (loopback), which its front end relays (`BAZAR_LAB`), and the probe's live verdict.
+//!
 //! [`Layout`] and [`Running`] are also how `bazar-bench lab` starts its own stores.
 //!
 //! # The token
@@ -58,6 +61,9 @@ Environment:
                   every service as BAZAR_TOKEN_FILE; admin routes then need
                   -H \"Authorization: Bearer $(cat run/token)\"
   BAZAR_INSECURE_OPEN=1  no token at all (admin and internal routes open to loopback)
+  BAZAR_LAB_LISTEN where the lab API listens (default 127.0.0.1:4299; loopback only): the
+                  services' states, stop/kill/freeze/thaw/start of each, a switchover, the
+                  probe's live verdict; the front end relays it to its dashboard (BAZAR_LAB)
 
 Usage: (no argument) run the store; `token` prints the path of the token file (making it
 when missing) and exits. Every service's own variables:
@@ -85,6 +91,17 @@ pub enum StoreToken {
 }
 
 impl StoreToken {
+    /// The token itself, for the launcher's own requests and the lab (None: no token).
+    pub fn value(&self, src: &dyn Source) -> Result<Option<String>, String> {
+        match self {
+            StoreToken::Operator(_) => config::token(src).map_err(|e| format!("bad setting {e}")),
+            StoreToken::Open => Ok(None),
+            StoreToken::File { path, .. } => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display())),
+        }
+    }
+
     /// The line the launcher prints about it: a path or a variable's name, never a value.
     pub fn note(&self) -> String {
         match self {
@@ -278,6 +295,9 @@ pub struct Layout {
     pub env: Vec<(String, String)>,
     /// Children's output discarded (the bench) instead of printed with their names.
     pub quiet: bool,
+    /// The lab API's base URL, given to the front end as `BAZAR_LAB` (`bazar-cluster`
+    /// only: its front end then relays the lab routes and shows the lab's buttons).
+    pub lab: Option<String>,
 }
 
 impl Layout {
@@ -301,6 +321,7 @@ impl Layout {
             memcached,
             env: Vec::new(),
             quiet: false,
+            lab: None,
         }
     }
 
@@ -312,6 +333,26 @@ impl Layout {
     /// The catalogs' base URLs (primary first).
     pub fn catalog_urls(&self) -> [String; 2] {
         self.catalogs.map(url)
+    }
+
+    /// The store as its lab names and reaches its services ([`crate::lab::start`]).
+    pub fn lab_store(&self) -> crate::lab::Store {
+        let catalogs = self.catalog_urls().to_vec();
+        let orders: Vec<String> = self.orders.iter().map(|p| url(*p)).collect();
+        let mut urls = vec![
+            ("catalog-1", catalogs[0].clone()),
+            ("catalog-2", catalogs[1].clone()),
+            ("order-1", orders[0].clone()),
+            ("order-2", orders[1].clone()),
+            ("frontend", self.frontend_url()),
+        ];
+        if let Some(port) = self.memcached {
+            urls.push(("memcached", format!("127.0.0.1:{port}")));
+        }
+        if let Some(plan) = &self.etcd {
+            urls.push(("etcd", plan.endpoints()));
+        }
+        crate::lab::Store { frontend: self.frontend_url(), catalogs, orders, urls }
     }
 }
 
@@ -384,7 +425,7 @@ impl Running {
     }
 
     /// Children that exited, with their status (each reported once).
-    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+    pub fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
         let mut out = Vec::new();
         for n in &mut self.children {
             if let Some(c) = n.child.as_mut() {
@@ -428,6 +469,63 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What the lab does to `bazar-cluster`'s children ([`crate::lab`]).
+impl crate::lab::console::Processes for Running {
+    fn names(&self) -> Vec<&'static str> {
+        self.children.iter().map(|n| n.spec.name).collect()
+    }
+
+    fn pid(&mut self, name: &str) -> Option<u32> {
+        Running::pid(self, name)
+    }
+
+    fn signal(&mut self, name: &str, sig: i32) -> bool {
+        match self.find(name).and_then(|n| n.child.as_ref()) {
+            Some(c) => {
+                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Some(n) = self.find(name) else { return true };
+        loop {
+            match n.child.as_mut().map(Child::try_wait) {
+                None => return true,
+                Some(Ok(Some(_))) | Some(Err(_)) => {
+                    n.child = None;
+                    return true;
+                }
+                Some(Ok(None)) if Instant::now() >= deadline => return false,
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn start_again(&mut self, name: &str) -> std::io::Result<bool> {
+        let quiet = self.quiet;
+        match self.find(name) {
+            Some(n) if n.child.is_none() => {
+                n.child = Some(spawn(&n.spec, quiet)?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+        Running::exited(self)
+    }
+
+    fn stop(&mut self) {
+        Running::stop(self)
     }
 }
 
@@ -481,16 +579,15 @@ fn specs(layout: &Layout) -> Vec<Spec> {
             vec![("BAZAR_CATALOG", catalogs.clone()), ("BAZAR_PEERS", url(peer)), ("BAZAR_DATA_DIR", data(name))],
         ));
     }
-    specs.push(service(
-        "frontend",
-        "bazar-frontend",
-        layout.frontend,
-        vec![
-            ("BAZAR_CATALOG", catalogs.clone()),
-            ("BAZAR_ORDER", format!("{},{}", url(o1), url(o2))),
-            ("BAZAR_MEMCACHED", memcached),
-        ],
-    ));
+    let mut frontend = vec![
+        ("BAZAR_CATALOG", catalogs.clone()),
+        ("BAZAR_ORDER", format!("{},{}", url(o1), url(o2))),
+        ("BAZAR_MEMCACHED", memcached),
+    ];
+    if let Some(lab) = &layout.lab {
+        frontend.push(("BAZAR_LAB", lab.clone()));
+    }
+    specs.push(service("frontend", "bazar-frontend", layout.frontend, frontend));
     specs
 }
 
@@ -623,19 +720,41 @@ pub fn main() -> ExitCode {
         }
     };
     let mut layout = Layout::standard(config::data_dir(&Env, "./run"), bin_dir());
+    // The lab API (see `crate::lab`): bound before anything starts, so a port in use or a
+    // setting that is not loopback stops the launcher at once.
+    let lab_listener = match crate::lab::listen(&Env).map_err(|e| e.to_string()).and_then(|addr| {
+        crate::http::bind(addr).map_err(|e| format!("{e} (set BAZAR_LAB_LISTEN to another loopback port)"))
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bazar-cluster: lab: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lab_url = match lab_listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(e) => {
+            eprintln!("bazar-cluster: lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    layout.lab = Some(lab_url.clone());
     let leases_off = std::env::var("BAZAR_LEASE_MS").is_ok_and(|v| v.trim().parse() == Ok(0u64));
     if leases_off && layout.etcd.is_some() {
         // The catalogs would refuse it one by one: say so once, with the way out.
         eprintln!("bazar-cluster: bad setting BAZAR_LEASE_MS: 0 (read leases off) needs static roles; set BAZAR_ETCD= (empty) too");
         return ExitCode::from(2);
     }
-    match give_token(&mut layout, &Env) {
-        Ok(token) => eprintln!("bazar-cluster: {}", token.note()),
+    let token = match give_token(&mut layout, &Env).and_then(|t| Ok((t.value(&Env)?, t))) {
+        Ok((value, token)) => {
+            eprintln!("bazar-cluster: {}", token.note());
+            value
+        }
         Err(e) => {
             eprintln!("bazar-cluster: {e}");
             return ExitCode::from(service::EXIT_CONFIG);
         }
-    }
+    };
     if let Err(e) = build_missing_programs(&layout) {
         eprintln!("bazar-cluster: {e}");
         return ExitCode::FAILURE;
@@ -651,7 +770,7 @@ pub fn main() -> ExitCode {
         ),
         None => eprintln!("bazar-cluster: static roles, catalog-1 primary and catalog-2 replica (etcd not installed, or BAZAR_ETCD empty): a dead primary stops writes until restarted"),
     }
-    let mut store = match Running::start(&layout) {
+    let store = match Running::start(&layout) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bazar-cluster: {e}");
@@ -659,21 +778,23 @@ pub fn main() -> ExitCode {
         }
     };
     let fe = layout.frontend_url();
+    let lab = crate::lab::start(Box::new(store), layout.lab_store(), lab_listener, token, &shutdown);
     if wait_ready(&fe, START_TIMEOUT, &shutdown) {
         eprintln!(
             "bazar-cluster: the store is ready at {fe} (try: curl {fe}/search/distributed%20systems); \
-             in a browser: the storefront at {fe}/, the dashboard at {fe}/dashboard; Ctrl-C stops it"
+             in a browser: the storefront at {fe}/, the dashboard (with the lab's buttons) at {fe}/dashboard; \
+             the lab API at {lab_url}/lab; Ctrl-C stops it"
         );
     } else if !shutdown.is_set() {
         eprintln!("bazar-cluster: the store did not answer within {START_TIMEOUT:?}; see the logs above");
     }
+    // The probe's load starts once the store answers (`POST /lab/probe {"on": false}` stops it).
+    lab.probe.set_on(!shutdown.is_set());
     while !shutdown.sleep(Duration::from_millis(200)) {
-        for (name, status) in store.exited() {
-            eprintln!("bazar-cluster: {name} exited ({status}); the rest of the store goes on");
-        }
+        lab.reap();
     }
     eprintln!("bazar-cluster: stopping");
-    store.stop();
+    lab.stop_all();
     eprintln!("bazar-cluster: stopped");
     ExitCode::SUCCESS
 }

@@ -9,10 +9,14 @@
 //! - [`cache`]: memcached lookups, fills and the push invalidation protocol.
 //! - [`etcd`]: etcd v3 through its JSON gateway, the configuration manager of failover.
 //! - [`cluster`]: the one-machine launcher behind `bazar-cluster`.
+//! - [`lab`]: `bazar-cluster`'s lab API (faults on its own processes, a switchover) and the
+//!   probe whose live verdict says whether the store kept its promises.
 //! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
 //! - [`client`]: typed clients for calls between services (one configured ureq agent),
 //!   failing with a [`client::PeerError`] that says whether the request may have been sent.
+//! - [`linearizable`]: the linearizability checker of book histories and its explanations
+//!   (the tests, the lab's verdict and `bazar-bench check` use it).
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`balance`]: round robin with a passive health check, and the one loop that tries
 //!   each back end in turn.
@@ -38,6 +42,8 @@ pub mod etcd;
 pub mod frontend;
 pub mod http;
 pub mod ids;
+pub mod lab;
+pub mod linearizable;
 pub mod metrics;
 pub mod money;
 pub mod order;

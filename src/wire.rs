@@ -27,6 +27,15 @@ pub struct Book {
     pub quantity: u32,
 }
 
+/// One topic and its number of books: the catalog's and the front end's `GET /topics`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicCount {
+    /// The topic, as its book of lowest id writes it (trimmed).
+    pub topic: String,
+    /// How many books have it (matched case-insensitively, as search matches).
+    pub books: u64,
+}
+
 /// One search hit of the front end's `GET /search/{topic}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchHit {

@@ -320,6 +320,8 @@ fn storefront_and_dashboard_in_a_browser() {
     b.goto(&format!("{fe}/dashboard"));
     b.wait_text(&cell, "the replica ready", |t| t == "ready");
     b.wait_text("#summary", "all ready", |t| t.contains("services ready") && !t.contains("down"));
+    // A front end that bazar-cluster did not start has no lab: no buttons.
+    assert_eq!(b.script("return document.getElementById('lab').hidden;"), json!(true));
     std::thread::sleep(Duration::from_millis(1500)); // two answers: rates and p99 show
     b.shot("07-dashboard");
     s.catalogs[1].kill9();
@@ -345,4 +347,161 @@ fn storefront_and_dashboard_in_a_browser() {
         format!("page weight: {weight} bytes\nkilled replica shown down after: {} ms\n", shown_down.as_millis()),
     )
     .unwrap();
+}
+
+/// The storefront opens on its books, lists every topic with its count, has a page of its
+/// own for each book (a shareable address), and keeps the orders bought from this browser
+/// across visits, each looked up again in the store.
+#[test]
+fn storefront_opens_on_books_with_topics_book_pages_and_kept_orders() {
+    let profile = TempDir::new("browser-store");
+    let Some(b) = Browser::start(&profile.0) else { return };
+    let s = Store::start(Opts::default()).expect("a store");
+    let fe = s.fe();
+    // 20 books over 7 topics: two pages of books (12 a page), topics the seed never had.
+    for i in 0..13 {
+        let topic = ["Cooking", "Poetry", "rust programming", "Gardening", "Chess"][i % 5];
+        let book = json!({"title": format!("{topic} volume {i}"), "topic": topic, "price": 7.25, "quantity": 4});
+        assert_eq!(call("POST", &s.primary(), "/books", Some(&book.to_string())).status, 201);
+    }
+    let topics = json(&get(&fe, "/topics"));
+    assert_eq!(topics.as_array().unwrap().len(), 7);
+
+    // On load: the first page of every book, with topic, price, stock and Buy.
+    b.goto(&format!("{fe}/"));
+    b.wait_text("#book-1 .stock", "book 1's stock on load", |t| stock(t).is_some());
+    assert_eq!(b.text("#results-title"), "All books");
+    assert_eq!(b.text("#book-2 .price"), "$19.50");
+    assert_eq!(b.text("#book-2 .topic").to_lowercase(), "distributed systems");
+    assert_eq!(b.text("#book-2 .buy"), "Buy");
+    b.wait_text("#results-note", "the count of books shown", |t| t == "12 books so far.");
+    assert_eq!(b.script("return document.querySelectorAll('#books .card').length;"), json!(12));
+    // Every topic as a chip with its number of books.
+    for t in topics.as_array().unwrap() {
+        let label = format!("{}{}", t["topic"].as_str().unwrap(), t["books"]);
+        b.wait_text("#topics", "every topic", |text| text.replace(['\n', ' '], "").contains(&label.replace(' ', "")));
+    }
+    b.shot("10-storefront-on-load");
+    b.click("#more");
+    b.wait_text("#book-20 .stock", "the second page of books", |t| t == "4 in stock");
+    b.wait_text("#results-note", "every book shown", |t| t == "20 books.");
+    assert!(b.find("#more").is_some_and(|_| b.script("return document.getElementById('more').hidden;") == json!(true)));
+
+    // A topic's chip: the books of that topic.
+    b.click("#topics li:nth-child(2) button"); // the first topic after "All books": Chess
+    b.wait_text("#results-title", "the topic's books", |t| t == "Books on \u{201c}Chess\u{201d}");
+    b.wait_text("#results-note", "Chess's books", |t| t == "2 books.");
+    b.shot("11-topic");
+
+    // A book's own page, at a shareable address.
+    b.goto(&format!("{fe}/?book=3"));
+    b.wait_text("#book-view-title", "the book's page", |t| t == "Xen and the Art of Surviving Undergraduate School");
+    let before = stock(&b.wait_text("#book-view .stock", "its stock", |t| stock(t).is_some())).unwrap();
+    let price = json(&get(&fe, "/info/3"))["price"].as_f64().unwrap();
+    assert_eq!(b.text("#book-view .price"), format!("${price:.2}"));
+    assert!(b.text("#book-view-link").ends_with("/?book=3"));
+    b.shot("12-book-page");
+    b.click("#book-view .buy");
+    let order_id = b.wait_text("#receipt .order-id", "the order id", |t| !t.is_empty());
+    let after = format!("{} in stock", before - 1);
+    b.wait_text("#book-view .stock", "the stock one lower", |t| t == after);
+
+    // After a reload the order is still listed, and the store is asked about it again.
+    // One more, made up, shows what a lost order would look like.
+    b.script(
+        "const o = JSON.parse(localStorage.getItem('bazar.orders'));
+         o.push({order_id: '0123456789ab-999', id: 1, title: 'A made-up order', price: 1});
+         localStorage.setItem('bazar.orders', JSON.stringify(o)); return o.length;",
+    );
+    b.goto(&format!("{fe}/"));
+    let state = format!("#order-list li[data-order=\"{order_id}\"] .order-state");
+    b.wait_text(&state, "the order found again after a reload", |t| t.starts_with("in the store's order log"));
+    b.wait_text("#order-list li[data-order=\"0123456789ab-999\"] .order-state", "an unknown order said", |t| {
+        t.starts_with("NOT FOUND")
+    });
+    b.shot("13-orders-after-reload");
+    // A book number that names nothing says so in words.
+    b.goto(&format!("{fe}/?book=999"));
+    b.wait_text("#results-note", "an unknown book", |t| t.starts_with("There is no book with that number"));
+}
+
+/// The lab console of a store started as `bazar-cluster` starts one (with etcd where it is
+/// installed): a replica killed from its button (the dashboard shows it down, the verdict
+/// stays green), the primary frozen and thawed (with etcd a failover on the timeline),
+/// both started again, and how long each took to show.
+#[test]
+fn the_lab_console_breaks_the_store_from_the_dashboard() {
+    let profile = TempDir::new("browser-lab");
+    let Some(b) = Browser::start(&profile.0) else { return };
+    let s = LabStore::start(None, true);
+    let fe = s.fe();
+    let etcd = s.layout.etcd.is_some();
+    s.lab.probe.set_on(true);
+    b.must(Method::POST, "/window/rect", Some(json!({"width": 1280, "height": 1900})));
+    b.goto(&format!("{fe}/dashboard"));
+    b.wait_text("#lab-title", "the lab panel", |t| t.starts_with("Lab"));
+    let started = Instant::now();
+    let green = |t: &str| t.starts_with("Every guarantee held");
+    b.wait_text("#verdict-status", "a first verdict", green);
+    let mut measured = vec![format!("first verdict shown after {} ms", started.elapsed().as_millis())];
+    b.shot("20-console");
+
+    let catalogs: Vec<(String, String)> = ["catalog-1", "catalog-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), format!("http://127.0.0.1:{}", s.layout.catalogs[i])))
+        .collect();
+    let role = |url: &str| json(&get(url, "/health"))["role"].as_str().unwrap_or("").to_string();
+    let primary = catalogs.iter().position(|(_, u)| role(u) == "primary").expect("a primary");
+    let (replica_name, replica_url) = catalogs[1 - primary].clone();
+    let (primary_name, primary_url) = catalogs[primary].clone();
+    let windows = |s: &LabStore| s.verdict()["since_start"]["windows"].as_u64().unwrap();
+
+    // Kill the replica from its button.
+    let row = |name: &str| format!("#lab-services tr[data-name=\"{name}\"]");
+    b.click(&format!("{} button[data-action=kill]", row(&replica_name)));
+    let killed = Instant::now();
+    b.wait_text(&format!("{} td.lab-state", row(&replica_name)), "the replica stopped", |t| t == "stopped");
+    let cell = format!("#catalogs tbody tr[data-url=\"{replica_url}\"] td.state");
+    b.wait_text(&cell, "the killed replica shown down", |t| t == "down");
+    measured.push(format!("killed replica shown down after {} ms", killed.elapsed().as_millis()));
+    let before = windows(&s);
+    eventually(Duration::from_secs(60), "a window checked with the replica down", || windows(&s) > before);
+    b.wait_text("#verdict-status", "the verdict green with a replica down", green);
+    measured.push(format!("a verdict over the replica's death after {} ms", killed.elapsed().as_millis()));
+    b.shot("21-replica-killed");
+    b.click(&format!("{} button[data-action=start]", row(&replica_name)));
+    b.wait_text(&format!("{} td.lab-state", row(&replica_name)), "the replica running", |t| t == "running");
+    b.wait_text(&cell, "the restarted replica ready", |t| t == "ready");
+
+    // Freeze the primary, then thaw it.
+    b.click(&format!("{} button[data-action=freeze]", row(&primary_name)));
+    let frozen = Instant::now();
+    b.wait_text(&format!("{} td.lab-state", row(&primary_name)), "the primary frozen", |t| t == "frozen");
+    if etcd {
+        let took_over = format!("catalog {replica_url} is primary (epoch");
+        b.wait_text("#timeline", "the failover on the timeline", |t| t.contains(&took_over));
+        measured.push(format!("failover on the timeline {} ms after the freeze", frozen.elapsed().as_millis()));
+    } else {
+        say("no etcd: static roles, no failover to see");
+    }
+    b.shot("22-primary-frozen");
+    std::thread::sleep(Duration::from_secs(3));
+    b.click(&format!("{} button[data-action=thaw]", row(&primary_name)));
+    b.wait_text(&format!("{} td.lab-state", row(&primary_name)), "the primary thawed", |t| t == "running");
+    let thawed = Instant::now();
+    let primary_cell = format!("#catalogs tbody tr[data-url=\"{primary_url}\"] td.state");
+    b.wait_text(&primary_cell, "the thawed catalog ready again", |t| t == "ready");
+    let before = windows(&s);
+    eventually(Duration::from_secs(90), "two windows checked after the thaw", || windows(&s) >= before + 2);
+    b.wait_text("#verdict-status", "the verdict green after the freeze", green);
+    measured
+        .push(format!("verdict after the freeze and thaw shown {} ms after the thaw", thawed.elapsed().as_millis()));
+    let v = s.verdict();
+    assert_eq!(v["held"], true, "{v:#}");
+    b.shot("23-verdict-after-faults");
+    for m in &measured {
+        say(m);
+    }
+    std::fs::write(b.shots.join("lab-measurements.txt"), measured.join("\n") + "\n").unwrap();
 }

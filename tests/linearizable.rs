@@ -1,5 +1,5 @@
-//! Linearizability (issue 18): a checker (`linearizable/checker.rs`), its tests on
-//! hand-made and generated histories, the regression test over the histories kept in
+//! Linearizability (issue 18): the library's checker (`bazar::linearizable`, which holds
+//! its tests on hand-made and generated histories) applied to the regression test over the histories kept in
 //! `tests/histories/`, and live runs that record concurrent histories against a real store
 //! under a fault schedule and check them.
 //!
@@ -8,20 +8,15 @@
 //! absence a failure). Before issue 18 was fixed they found new-old inversions in every
 //! schedule; the `found-*` histories kept in `tests/histories/` are such witnesses.
 
-#[path = "linearizable/checker.rs"]
-mod checker;
 mod common;
-#[path = "linearizable/explain.rs"]
-mod explain;
 #[path = "linearizable/live.rs"]
 mod live;
 #[path = "linearizable/recorder.rs"]
 mod recorder;
 
-#[cfg(test)]
-#[path = "linearizable/cases.rs"]
-mod cases;
-
+// The checker is the library's (`bazar::linearizable`), with its own unit tests; these
+// names let `live.rs` and `recorder.rs` say `crate::checker` and `crate::explain`.
+use bazar::linearizable::{checker, explain};
 use checker::{Expect, History, Verdict};
 use common::*;
 use std::sync::Mutex;

@@ -162,6 +162,14 @@ fn the_openapi_document_matches_the_store() {
             case("/books/{id}/purchase", "POST", &p, "/books/99/purchase", false, None, 404),
             case("/books/{id}/purchase", "POST", &p, "/books/4/purchase", false, None, 409),
             case("/books", "GET", &p, "/books?limit=2&after=3", false, None, 200),
+            case("/books", "GET", &fe, "/books?limit=2&after=3", false, None, 200),
+            case("/books", "GET", &fe, "/books?after=-3", false, None, 400),
+            case("/topics", "GET", &fe, "/topics", false, None, 200),
+            case("/topics", "GET", &r, "/topics?limit=1&after=cooking", false, None, 200),
+            case("/topics", "GET", &p, "/topics?limit=0", false, None, 400),
+            case("/topics", "GET", &fe, "/topics?after=", false, None, 400),
+            case("/orders/{order_id}", "GET", &fe, &order_path, false, None, 200),
+            case("/orders/{order_id}", "GET", &fe, "/orders/none-1", false, None, 404),
             case("/books", "GET", &p, "/books?limit=1001", false, None, 400),
             case("/books", "GET", &p, "/books?after=x", false, None, 400),
             case("/books", "POST", &r, "/books", true, Some(new_book), 201),
@@ -259,6 +267,7 @@ fn the_openapi_document_matches_the_store() {
             case("/ready", "GET", &r, "/ready", false, None, 503),
             case("/books", "GET", &r, "/books", false, None, 503),
             case("/books/{id}", "GET", &r, "/books/1", false, None, 503),
+            case("/topics", "GET", &r, "/topics", false, None, 503),
         ],
         &mut tested,
     );
@@ -268,10 +277,15 @@ fn the_openapi_document_matches_the_store() {
         &[
             case("/search/{topic}", "GET", &fe, "/search/x", false, None, 503),
             case("/info/{id}", "GET", &fe, "/info/1", false, None, 503),
+            case("/books", "GET", &fe, "/books", false, None, 503),
             case("/ready", "GET", &o, "/ready", false, None, 503),
         ],
         &mut tested,
     );
+
+    // An order server down: the front end cannot say an order it does not find is unknown.
+    s.orders[1].kill9();
+    run(&[case("/orders/{order_id}", "GET", &fe, "/orders/none-1", false, None, 503)], &mut tested);
 
     // With etcd: a switchover, asked of a replica.
     match switchover_with_etcd(&s.dir.0) {

@@ -336,6 +336,7 @@ fn the_cluster_runs_every_service_with_its_token() {
         etcd: None,
         env: vec![("BAZAR_THREADS".into(), "16".into())],
         quiet: true,
+        lab: None,
     };
     let given = bazar::cluster::give_token(&mut layout, &bazar::config::Vars(&[])).unwrap();
     let path = match &given {
@@ -344,6 +345,7 @@ fn the_cluster_runs_every_service_with_its_token() {
     };
     let token = std::fs::read_to_string(&path).unwrap().trim_end().to_string();
     assert!(!given.note().contains(&token) && given.note().contains(&path.display().to_string()));
+    assert_eq!(given.value(&bazar::config::Vars(&[])).unwrap().as_deref(), Some(token.as_str()), "the lab's token");
     let mut running = bazar::cluster::Running::start(&layout).unwrap();
     let fe = layout.frontend_url();
     let [primary, replica] = layout.catalog_urls();

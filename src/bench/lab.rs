@@ -118,6 +118,7 @@ fn start_store(cache: bool, near: bool, lease_ms: Option<u64>, threads: usize) -
         env,
         etcd: None,
         quiet: true,
+        lab: None,
     };
     let running = Running::start(&layout)?;
     let frontend = layout.frontend_url();

@@ -139,6 +139,7 @@ fn measure(books: u32, orders: u64, samples: usize) -> std::io::Result<Measured>
         env: vec![("BAZAR_LOG".into(), "warn".into())],
         etcd: None,
         quiet: true,
+        lab: None,
     };
     let [primary, replica] = layout.catalog_urls();
     let order = format!("http://127.0.0.1:{}", layout.orders[0]);

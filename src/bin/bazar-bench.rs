@@ -26,6 +26,15 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       --svg writes a chart of the p50 latencies.
   bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
       One closed loop (N clients) or open loop (R requests per second) against URL.
+  bazar-bench check --url URL [--catalog URL ...] [--order URL ...] [--seconds N]
+      The lab's probe against any running store (systemd, Docker, Swarm, bazar-cluster):
+      a few clients read and write a handful of probe books (topic \"lab probe\", added
+      once) through the front end and straight at each catalog, and buy copies of one, for
+      N seconds (default 30); every window of their history is checked for
+      linearizability, every acknowledged order looked up on every order server, copies
+      taken counted against orders logged. Prints the verdict (JSON) and exits 0 when
+      every guarantee held, 1 when one broke. The catalogs and order servers are the front
+      end's unless given; BAZAR_TOKEN is sent (its PATCHes are admin calls).
   bazar-bench limit [--clients N] [--threads N] [--duration S] [--listen HOST:PORT]
       The bare limit server (info JSON from memory, same HTTP layer), loaded as above;
       with --listen it only serves (until Ctrl-C), for another load generator such as wrk.
@@ -66,8 +75,60 @@ impl Args {
     }
 }
 
+impl Args {
+    /// Every value of a flag that may be given more than once.
+    fn values(&self, flag: &str) -> Vec<String> {
+        self.0.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
+    }
+}
+
+/// `bazar-bench check`: exit 0 when every guarantee held, 1 when one broke, 2 when it
+/// could not run.
+fn check(args: &Args) -> ExitCode {
+    let run = || -> Result<bazar::lab::probe::Verdict, String> {
+        args.only(&["--url", "--catalog", "--order", "--seconds"])?;
+        let url = args.value("--url").ok_or("check needs --url (the front end)")?;
+        let seconds = args.number("--seconds", 30u64)?;
+        if seconds == 0 {
+            return Err("--seconds must be at least 1".into());
+        }
+        let token = bazar::config::token(&bazar::config::Env).map_err(|e| format!("bad setting {e}"))?;
+        bazar::lab::probe::check(url, args.values("--catalog"), args.values("--order"), token, seconds)
+    };
+    match run() {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            let s = &v.since_start;
+            println!(
+                "{}: {} operations checked in {} windows, linearizable: {}, acknowledged writes lost: {}, \
+                 orders missing: {}, copies taken {} / orders logged {}",
+                if v.held { "every guarantee held" } else { "A GUARANTEE BROKE" },
+                s.ops,
+                s.windows,
+                s.linearizable,
+                s.acked_writes_lost,
+                v.orders_missing,
+                v.copies_taken,
+                v.orders_logged
+            );
+            if v.held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bazar-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args(std::env::args().skip(1).collect());
+    if args.0.first().map(String::as_str) == Some("check") && !args.0.iter().any(|a| a == "-h" || a == "--help") {
+        return check(&args);
+    }
     match go(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

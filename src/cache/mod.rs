@@ -93,12 +93,27 @@ pub fn search_key(topic: &str) -> Option<String> {
     (key.len() <= 250).then_some(key)
 }
 
-/// Every key a change of `old` into `new` makes wrong.
-pub fn keys_for(old: &Book, new: &Book) -> Vec<String> {
-    let mut keys = vec![info_key(new.id)];
-    keys.extend(search_key(&old.topic));
-    if !old.topic.eq_ignore_ascii_case(&new.topic) {
+/// The cache key of the front end's `GET /books` (its first page of the default size): every
+/// write changes it (a price, a stock or a new book), so every write invalidates it.
+pub const BOOKS_KEY: &str = "bazar:books";
+/// The cache key of the front end's `GET /topics` (its first page of the default size):
+/// a write that adds a book or moves one to another topic changes a count or the list.
+pub const TOPICS_KEY: &str = "bazar:topics";
+
+/// Every key a change of `old` (None: a new book) into `new` makes wrong: the book's info,
+/// its topic's search (old and new topic), the first page of books, and the topics when the
+/// write changes what they count.
+pub fn keys_for(old: Option<&Book>, new: &Book) -> Vec<String> {
+    let mut keys = vec![info_key(new.id), BOOKS_KEY.to_string()];
+    let before = old.unwrap_or(new);
+    keys.extend(search_key(&before.topic));
+    // Compared as search compares topics (trimmed, case-insensitive), as `search_key` does.
+    let moved = before.topic.trim().to_lowercase() != new.topic.trim().to_lowercase();
+    if moved {
         keys.extend(search_key(&new.topic));
+    }
+    if old.is_none() || moved {
+        keys.push(TOPICS_KEY.to_string());
     }
     keys
 }

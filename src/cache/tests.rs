@@ -19,8 +19,23 @@ fn keys() {
     assert!(search_key(&"x".repeat(300)).is_none());
     let book = Book { id: 1, title: "t".into(), topic: "a".into(), price: Money::from_cents(1), quantity: 1 };
     let moved = Book { topic: "b".into(), ..book.clone() };
-    assert_eq!(keys_for(&book, &book).len(), 2);
-    assert_eq!(keys_for(&book, &moved).len(), 3);
+    let sorted = |mut k: Vec<String>| {
+        k.sort();
+        k
+    };
+    // A purchase or a price: its info, its topic, the books' first page; the topics are
+    // counted as they were.
+    assert_eq!(sorted(keys_for(Some(&book), &book)), ["bazar:books", "bazar:info:1", "bazar:search:a"]);
+    // A new book changes the topics' counts too.
+    assert_eq!(sorted(keys_for(None, &book)), ["bazar:books", "bazar:info:1", "bazar:search:a", "bazar:topics"]);
+    // A book moved to another topic (not a write the catalog decides today, but a pushed
+    // book may say so): both topics and the counts.
+    assert_eq!(
+        sorted(keys_for(Some(&book), &moved)),
+        ["bazar:books", "bazar:info:1", "bazar:search:a", "bazar:search:b", "bazar:topics"]
+    );
+    let recased = Book { topic: " A ".into(), ..book.clone() };
+    assert!(!keys_for(Some(&book), &recased).contains(&TOPICS_KEY.to_string()));
 }
 
 /// A server that answers every command with `answer`: the cases a real memcached

@@ -515,6 +515,7 @@ impl CatalogNode {
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
             ["books"] if get => http::respond(self.list(request), "/books"),
+            ["topics"] if get => http::respond(self.topics(request), "/topics"),
             ["books"] if method == "POST" => http::respond(admin(&|| self.add_book(request)), "/books"),
             ["books", id] if get => http::respond(self.read_one(id), "/books/{id}"),
             ["books", id] if method == "PATCH" => http::respond(
@@ -592,7 +593,9 @@ impl CatalogNode {
                 }),
                 "/internal/replicate",
             ),
-            ["health"] | ["ready"] | ["metrics"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["health"] | ["ready"] | ["metrics"] | ["topics"] => {
+                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
+            }
             ["books"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             ["books", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, PATCH")), "invalid"),
             ["books", _, "purchase"]
@@ -626,6 +629,23 @@ impl CatalogNode {
             let params: Vec<(&str, &str)> = topic.as_deref().map(|t| ("topic", t)).into_iter().collect();
             response =
                 response.with_header("Link", page::next_link("/books", &params, page.limit, &last.id.to_string()));
+        }
+        Ok(response)
+    }
+
+    /// `GET /topics[?limit=&after=]`: a page of topics, each with its number of books, by
+    /// topic (the cursor is the last topic of the previous page), with the sequence number
+    /// it was read at. Read as the other lists are (CRAQ): a replica that holds a pending
+    /// write that adds a book or moves one asks the primary what is committed first; a
+    /// pending purchase or price change leaves every count as it is and costs nothing.
+    fn topics(&self, request: &Request) -> Result<Response> {
+        self.readable()?;
+        let page = PageRequest::from_query(request, page::MAX_LIMIT, super::state::parse_topic_cursor)?;
+        let state = self.clean(Catalog::topics_dirty)?;
+        let (topics, more) = state.topics_page(page.after.as_deref(), page.limit);
+        let mut response = Response::json(&topics).with_header("X-Seq", state.seq().to_string());
+        if let (true, Some(last)) = (more, topics.last()) {
+            response = response.with_header("Link", page::next_link("/topics", &[], page.limit, &last.topic));
         }
         Ok(response)
     }

@@ -234,7 +234,7 @@ impl CatalogNode {
                     let old = draft.book(p.id).ok().cloned();
                     draft.write(p.id, &p.write).map(|mut w| {
                         w.epoch = epoch;
-                        keys.extend(cache::keys_for(old.as_ref().unwrap_or(&w.book), &w.book));
+                        keys.extend(cache::keys_for(old.as_ref(), &w.book));
                         let order = p.order.map(|(order_id, at)| Order {
                             order_id,
                             id: w.book.id,

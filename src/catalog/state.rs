@@ -7,7 +7,9 @@
 //! applies the primary's numbered writes with [`Catalog::apply`], strictly in order.
 //!
 //! Costs: a write, `book` and the first page of a list are O(log n) in the number of books
-//! (a topic's books are found through the index, never by scanning the catalog).
+//! (a topic's books are found through the index, never by scanning the catalog); a page of
+//! topics with their counts is O(log t + page) in the number of topics `t` (the index is
+//! ordered by topic and each entry knows its size).
 //!
 //! Invariant: every state with sequence number `n` is the same on every node: the
 //! primary's state after its n-th write.
@@ -15,7 +17,7 @@
 //! What the rules refuse is a [`Refusal`]; its HTTP status is decided at the boundary
 //! ([`crate::error::Error::status`]), not here.
 
-use crate::wire::{Book, BookUpdate, NewBook, Replicate};
+use crate::wire::{Book, BookUpdate, NewBook, Replicate, TopicCount};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
@@ -83,8 +85,8 @@ pub enum Applied {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     books: BTreeMap<u32, Book>,
-    /// Lower-cased, trimmed topic -> ids of its books.
-    topics: HashMap<String, BTreeSet<u32>>,
+    /// Lower-cased, trimmed topic -> ids of its books, ordered by topic (pages of topics).
+    topics: BTreeMap<String, BTreeSet<u32>>,
     seq: u64,
     /// Writes logged here but not readable yet (a replica's *dirty* versions, as in CRAQ):
     /// book id -> its last such write, topic key -> the last such write to one of its
@@ -99,6 +101,9 @@ struct Dirty {
     books: HashMap<u32, u64>,
     topics: HashMap<String, u64>,
     last: u64,
+    /// The last pending write that adds a book or moves one to another topic: the only
+    /// writes that change the list of topics and their counts.
+    shape: u64,
 }
 
 /// The index key of a topic: search matches topics case-insensitively, ignoring the
@@ -112,6 +117,23 @@ pub fn topic_key(topic: &str) -> String {
 /// longer one names no topic and needs no lookup.
 pub fn can_be_topic(topic: &str) -> bool {
     topic_key(topic).chars().count() <= 2 * MAX_TEXT
+}
+
+/// A topic cursor (topics are paged by topic): the last topic of the previous page, any
+/// non-empty text. Returned as the key it is compared by: [`topic_key`] (case-insensitive,
+/// trimmed, as search compares topics), cut to the longest key a topic can have (twice
+/// [`MAX_TEXT`] characters). The cut changes no answer: a topic's key is at most that long,
+/// so it sorts after the whole key exactly when it sorts after the cut one; and it keeps a
+/// cursor the front end sends on to a catalog within any request head.
+///
+/// [`topic_key`]: crate::catalog::state::topic_key
+/// [`MAX_TEXT`]: MAX_TEXT
+pub fn parse_topic_cursor(a: &str) -> std::result::Result<String, String> {
+    if a.is_empty() {
+        return Err("a cursor is the last topic of the previous page".into());
+    }
+    let key = topic_key(a);
+    Ok(key.chars().take(2 * MAX_TEXT).collect())
 }
 
 /// Checks a title or a topic: 1 to [`MAX_TEXT`] characters, not only spaces, no control
@@ -194,6 +216,34 @@ impl Catalog {
         (page, more)
     }
 
+    /// Up to `limit` topics whose key ([`topic_key`]) sorts after the key `after`, each with
+    /// its number of books, ordered by key, and whether more follow. A topic is named as
+    /// its book of lowest id writes it (trimmed): books are never removed and a book's
+    /// topic never changes, so the name a topic shows is stable.
+    pub fn topics_page(&self, after: Option<&str>, limit: usize) -> (Vec<TopicCount>, bool) {
+        let from = match after {
+            None => std::ops::Bound::Unbounded,
+            Some(a) => std::ops::Bound::Excluded(a),
+        };
+        let mut page: Vec<TopicCount> = self
+            .topics
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(key, ids)| {
+                let name = ids.first().and_then(|id| self.books.get(id)).map_or(key.as_str(), |b| b.topic.trim());
+                TopicCount { topic: name.to_string(), books: ids.len() as u64 }
+            })
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    /// How many topics.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
     /// The id the next added book gets.
     pub fn next_id(&self) -> u32 {
         self.books.last_key_value().map_or(1, |(id, _)| id.saturating_add(1))
@@ -215,6 +265,10 @@ impl Catalog {
 
     /// Records that write `seq` (to `book`) is logged here but not readable yet.
     pub fn mark_dirty(&mut self, book: &Book, seq: u64) {
+        let reshapes = self.books.get(&book.id).is_none_or(|old| topic_key(&old.topic) != topic_key(&book.topic));
+        if reshapes {
+            self.dirty.shape = self.dirty.shape.max(seq);
+        }
         self.dirty.books.insert(book.id, seq);
         self.dirty.topics.insert(topic_key(&book.topic), seq);
         self.dirty.last = self.dirty.last.max(seq);
@@ -232,6 +286,12 @@ impl Catalog {
             None => self.dirty.last > self.seq,
             Some(t) => self.dirty.topics.contains_key(&topic_key(t)),
         }
+    }
+
+    /// Whether a write that could change the list of topics or their counts (a new book,
+    /// or a book moved to another topic) is logged here and not readable yet.
+    pub fn topics_dirty(&self) -> bool {
+        self.dirty.shape > self.seq
     }
 
     /// Raises the sequence number to `seq` (a write that left every book as it was).
@@ -458,6 +518,55 @@ mod tests {
         assert_eq!(ids(c.page(Some("cooking"), 0, 5)), (vec![], false));
         assert_eq!(ids(c.page(None, 20, 5)), (vec![], false));
         assert_eq!(c.next_id(), 21);
+    }
+
+    #[test]
+    fn topic_cursors() {
+        assert_eq!(parse_topic_cursor(" Distributed Systems"), Ok("distributed systems".into()));
+        assert_eq!(parse_topic_cursor("  "), Ok("".into()));
+        assert!(parse_topic_cursor("").is_err());
+        assert_eq!(parse_topic_cursor(&"İ".repeat(600)).unwrap().chars().count(), 600);
+    }
+
+    #[test]
+    fn pages_topics_with_their_counts() {
+        let mut books: Vec<Book> = (1..=7).map(|i| book(i, ["b", "A", "c"][i as usize % 3], 1)).collect();
+        books.push(book(8, " a ", 1));
+        let c = Catalog::new(books, 0).unwrap();
+        let names = |(p, more): (Vec<TopicCount>, bool)| {
+            (p.iter().map(|t| format!("{}={}", t.topic, t.books)).collect::<Vec<_>>(), more)
+        };
+        // By key (lower-cased, trimmed); named as the book of lowest id writes it.
+        assert_eq!(names(c.topics_page(None, 10)), (vec!["A=4".into(), "b=2".into(), "c=2".into()], false));
+        assert_eq!(names(c.topics_page(None, 2)), (vec!["A=4".into(), "b=2".into()], true));
+        assert_eq!(names(c.topics_page(Some("b"), 2)), (vec!["c=2".into()], false));
+        assert_eq!(names(c.topics_page(Some("a"), 1)), (vec!["b=2".into()], true));
+        assert_eq!(names(c.topics_page(Some("zzz"), 5)), (vec![], false));
+        assert_eq!(c.topic_count(), 3);
+    }
+
+    #[test]
+    fn only_a_new_book_or_a_moved_one_makes_the_topics_dirty() {
+        let mut c = catalog();
+        c.mark_dirty(&book(1, "distributed systems", 1), 1); // a purchase
+        assert!(c.list_dirty(None) && !c.topics_dirty());
+        c.mark_dirty(&book(3, "cooking", 1), 2); // a new book
+        assert!(c.topics_dirty());
+        c.commit(book(1, "distributed systems", 1), 1);
+        assert!(c.topics_dirty());
+        c.commit(book(3, "cooking", 1), 2);
+        assert!(!c.topics_dirty());
+        c.mark_dirty(&book(2, "cooking", 0), 3); // moved to another topic
+        assert!(c.topics_dirty());
+        c.commit(book(2, "cooking", 0), 3);
+        assert!(!c.topics_dirty());
+        assert_eq!(
+            c.topics_page(None, 5).0,
+            vec![
+                TopicCount { topic: "cooking".into(), books: 2 },
+                TopicCount { topic: "distributed systems".into(), books: 1 }
+            ]
+        );
     }
 
     #[test]

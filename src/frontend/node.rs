@@ -12,7 +12,7 @@ use crate::http::{self, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, Order, PurchaseReceipt, SearchHit};
+use crate::wire::{Book, Order, PurchaseReceipt, SearchHit, TopicCount};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use ureq::http::Method;
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a back end's `/ready`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest wait for the lab API (stopping a service waits for it to exit).
+pub const LAB_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the back ends' readiness is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -38,6 +40,9 @@ pub struct FrontendConfig {
     pub memcached: Vec<String>,
     /// Size of the near cache in bytes (`BAZAR_NEAR_CACHE_MB`); 0: none.
     pub near_bytes: usize,
+    /// The lab API of the `bazar-cluster` that started this front end (`BAZAR_LAB`); None
+    /// everywhere else: no lab routes, no lab buttons.
+    pub lab: Option<String>,
 }
 
 impl FrontendConfig {
@@ -49,6 +54,7 @@ impl FrontendConfig {
             orders: config::urls(src, "BAZAR_ORDER", true)?,
             memcached: config::memcached(src)?,
             near_bytes: near_bytes(src)?,
+            lab: config::urls(src, "BAZAR_LAB", false)?.into_iter().next(),
         })
     }
 
@@ -65,6 +71,8 @@ Environment:
   BAZAR_MEMCACHED memcached host:port list; unset or empty: no cache
   BAZAR_NEAR_CACHE_MB  size of the near cache in this process's memory, in MiB
                   (default 64; 0 turns it off); its leases come from the catalog primary
+  BAZAR_LAB       the lab API's base URL; set by bazar-cluster for its own front end only
+                  (the dashboard then shows the lab's buttons); unset: no lab routes
 ";
 }
 
@@ -85,6 +93,8 @@ pub struct Frontend {
     metrics: Arc<Metrics>,
     /// `GET /cluster`: the dashboard's data (its own client, without the token).
     board: Board,
+    /// Calls to the lab API (a stop may take its whole wait), with the token.
+    lab: Http,
 }
 
 /// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
@@ -109,6 +119,7 @@ impl Frontend {
             near: (config.near_bytes > 0).then(|| Near::new(config.near_bytes)),
             metrics,
             board: Board::new(),
+            lab: Http::new(LAB_TIMEOUT, 4, config.common.token.clone()),
             config,
         }
     }
@@ -145,9 +156,17 @@ impl Frontend {
                     super::origin::check(request).and_then(|_| parse_id(id)).and_then(|id| self.purchase(id));
                 http::respond(purchase, "/purchase/{id}")
             }
-            ["health"] | ["ready"] | ["metrics"] | ["search", _] | ["info", _] => {
-                http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
-            }
+            ["books"] if get => self.books(request).at("/books"),
+            ["topics"] if get => self.topics(request).at("/topics"),
+            ["orders", id] if get => http::respond(self.order(id), "/orders/{order_id}"),
+            ["health"]
+            | ["ready"]
+            | ["metrics"]
+            | ["search", _]
+            | ["info", _]
+            | ["books"]
+            | ["topics"]
+            | ["orders", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
             ["cluster"] if get => self.cluster().at("/cluster"),
             [] | ["dashboard"] | ["assets", _] if get => match pages::answer(segs) {
@@ -155,6 +174,7 @@ impl Frontend {
                 None => http::respond(Err(Error::NotFound(format!("no file {}", request.path))), "unknown"),
             },
             [] | ["dashboard"] | ["cluster"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
+            ["lab", ..] if self.config.lab.is_some() => self.lab(request),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
     }
@@ -171,6 +191,29 @@ impl Frontend {
             cache: self.cache_state(),
             near: self.near_state(),
         })
+    }
+
+    /// `/lab/...` of a front end that `bazar-cluster` started: relayed to its lab API (with
+    /// the token), answer as it is. A write from another site is refused (403), as a
+    /// purchase is: a page elsewhere must not kill the store through a visitor's browser.
+    fn lab(&self, request: &Request) -> Response {
+        let base = self.config.lab.as_deref().expect("checked by the route");
+        if request.method == "POST" && cross_site(request) {
+            let body = serde_json::json!({"error": "a lab action from another site is refused"});
+            return Response::raw_json(403, serde_json::to_vec(&body).expect("serializes")).at("/lab");
+        }
+        let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+            return http::respond(Err(Error::BadRequest("bad method".into())), "/lab");
+        };
+        let target = match &request.query {
+            Some(q) => format!("{}?{q}", request.path),
+            None => request.path.clone(),
+        };
+        let body = (!request.body.is_empty()).then(|| request.body.clone());
+        match self.lab.call(method, base, &target, body) {
+            Ok(a) => Response::raw_json(a.status, a.body).at("/lab"),
+            Err(e) => http::respond(Err(Error::Unavailable(format!("the lab does not answer: {e}"))), "/lab"),
+        }
     }
 
     /// The caches' figures for `/metrics`: memcached's and the near cache's.
@@ -235,6 +278,97 @@ impl Frontend {
             Ok((search_hits(&a.body)?, next.map(|after| page::next_link(&here(), &[], page.limit, &after))))
         };
         self.cached_read(key, &path, &shape, &|link| first || link.is_some())
+    }
+
+    /// `GET /books[?limit=&after=]`: a page of every book, by id, through the cache.
+    ///
+    /// Only the first page of the default size is cached ([`cache::BOOKS_KEY`]): every write
+    /// changes a book (its stock, its price) or adds one, and the primary invalidates that
+    /// one key on every write. Any other page holds books whose writes invalidate no key of
+    /// it (the primary cannot know which pages a book falls in at every size and cursor),
+    /// so it is read from a catalog each time (`X-Cache: off`).
+    fn books(&self, request: &Request) -> Response {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, page::parse_book_cursor) {
+            Ok(p) => p,
+            Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
+        };
+        let mut path = format!("/books?limit={}", page.limit);
+        if let Some(after) = page.after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let first = page.after.is_none() && page.limit == page::DEFAULT_LIMIT;
+        let key = first.then(|| cache::BOOKS_KEY.to_string());
+        let shape = |a: &Answer| {
+            let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
+            let books: Vec<Book> =
+                serde_json::from_slice(&a.body).map_err(|e| Error::Internal(format!("catalog sent bad JSON: {e}")))?;
+            let body = serde_json::to_vec(&books).expect("serializes");
+            Ok((body, next.map(|after| page::next_link("/books", &[], page.limit, &after))))
+        };
+        self.cached_read(key, &path, &shape, &|_| true)
+    }
+
+    /// `GET /topics[?limit=&after=]`: a page of topics with their number of books, by
+    /// topic, through the cache.
+    ///
+    /// Only the first page of the default size is cached ([`cache::TOPICS_KEY`]), which
+    /// the primary invalidates on every write that adds a book or moves one to another
+    /// topic, the only writes that change a count or the list; any other page is read from
+    /// a catalog each time (`X-Cache: off`), for the same reason as [`Self::books`].
+    fn topics(&self, request: &Request) -> Response {
+        let page = match PageRequest::from_query(request, page::MAX_LIMIT, crate::catalog::state::parse_topic_cursor) {
+            Ok(p) => p,
+            Err(e) => return Response::error(&e).with_header("X-Cache", "off"),
+        };
+        let mut path = format!("/topics?limit={}", page.limit);
+        // The cursor's key (a blank cursor's is empty: every topic follows it).
+        if let Some(after) = page.after.as_deref().filter(|a| !a.is_empty()) {
+            path.push_str(&format!("&after={}", http::percent_encode(after)));
+        }
+        let first = page.after.is_none() && page.limit == page::DEFAULT_LIMIT;
+        let key = first.then(|| cache::TOPICS_KEY.to_string());
+        let shape = |a: &Answer| {
+            let next = a.link.as_deref().and_then(page::next_target).and_then(|t| page::target_param(t, "after"));
+            let topics: Vec<TopicCount> =
+                serde_json::from_slice(&a.body).map_err(|e| Error::Internal(format!("catalog sent bad JSON: {e}")))?;
+            let body = serde_json::to_vec(&topics).expect("serializes");
+            Ok((body, next.map(|after| page::next_link("/topics", &[], page.limit, &after))))
+        };
+        self.cached_read(key, &path, &shape, &|_| true)
+    }
+
+    /// `GET /orders/{order_id}`: the order from the order servers, the next in turn first.
+    /// Every order server ends up with every order, but one that was down or cut off when
+    /// an order was taken elsewhere lacks it until it catches up; so a 404 is asked of the
+    /// next server too, and the answer is 404 only when every order server said so. When
+    /// one could not be asked and none of the others has it, the order may be on that one
+    /// alone: 503, naming it, rather than a 404 that may be wrong.
+    fn order(&self, id: &str) -> Result<Response> {
+        let path = format!("/orders/{}", http::percent_encode(id));
+        let mut unreachable = None;
+        for i in self.orders.plan() {
+            let url = &self.orders.urls()[i];
+            match self.http.call(Method::GET, url, &path, None) {
+                Ok(a) if a.status == 200 => {
+                    self.orders.mark_up(i);
+                    let order = a.json::<Order>().map_err(Error::from)?;
+                    return Ok(Response::json(&order).with_header("X-Backend", url.clone()));
+                }
+                Ok(a) if a.status == 404 => self.orders.mark_up(i),
+                Ok(a) if a.status == 503 => unreachable = Some(format!("{url}: {}", a.error())),
+                Ok(a) => return Err(a.error().into()),
+                Err(e) => {
+                    self.orders.mark_down(i);
+                    unreachable = Some(e.to_string());
+                }
+            }
+        }
+        match unreachable {
+            None => Err(Error::NotFound(format!("no order {id:?}"))),
+            Some(why) => Err(Error::Unavailable(format!(
+                "no order server that answered has order {id:?}, and one could not be asked: {why}"
+            ))),
+        }
     }
 
     /// Starts the readiness prober: every [`PROBE_INTERVAL`] each back end's `/ready` is
@@ -398,6 +532,22 @@ impl Frontend {
                 "order server {url} failed during the purchase (it may or may not have happened): {error}"
             ))),
         }
+    }
+}
+
+/// Whether a request comes from another site: `Sec-Fetch-Site: cross-site`, or an `Origin`
+/// whose host is not the one the request was sent to.
+fn cross_site(request: &Request) -> bool {
+    if request.header("sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    match (request.header("origin"), request.header("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! No framework and no build step: each page is one HTML file, one shared style sheet and
 //! one script, all from this origin (`/assets/...`). The scripts use only the public API
-//! (`/search`, `/info`, `/purchase`) and `GET /cluster`, and never need the token.
+//! (`/books`, `/topics`, `/search`, `/info`, `/purchase`, `/orders/{id}`) and
+//! `GET /cluster`, and never need the token. The storefront's views have addresses of their
+//! own (`/`, `/?topic=T`, `/?book=ID`), all served by the one page.
 //!
 //! Invariants:
 //! - **no data is ever code**: the scripts build the page with `createElement` and

@@ -654,3 +654,70 @@ pub fn has_key(server: &str, key: &str) -> bool {
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line).is_ok() && line.starts_with("HD")
 }
+
+/// A store started the way `bazar-cluster` starts it (its launcher's code: `Running`, the
+/// lab of `bazar::lab::start`), on free ports, with its lab API on a free loopback port and
+/// its front end told where (`BAZAR_LAB`). memcached where installed; etcd when asked and
+/// installed. Everything stops when it drops.
+pub struct LabStore {
+    pub lab: std::sync::Arc<bazar::lab::console::Lab>,
+    pub layout: bazar::cluster::Layout,
+    pub lab_url: String,
+    pub shutdown: bazar::shutdown::Shutdown,
+    pub dir: TempDir,
+}
+
+impl LabStore {
+    pub fn start(token: Option<&str>, etcd: bool) -> LabStore {
+        use bazar::cluster::{find_program, EtcdPlan, Layout, Running};
+        let dir = TempDir::new("lab");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the lab");
+        let lab_url = format!("http://{}", listener.local_addr().unwrap());
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_bazar-catalog")).parent().unwrap().to_path_buf();
+        let mut env = vec![("BAZAR_THREADS".to_string(), "16".to_string()), ("BAZAR_LOG".into(), "warn".into())];
+        if let Some(t) = token {
+            env.push(("BAZAR_TOKEN".into(), t.to_string()));
+        }
+        let layout = Layout {
+            dir: dir.0.clone(),
+            bin_dir,
+            frontend: free_port(),
+            catalogs: [free_port(), free_port()],
+            orders: [free_port(), free_port()],
+            memcached: find_program("memcached").map(|_| free_port()),
+            etcd: (etcd && find_program("etcd").is_some()).then(|| EtcdPlan::Start(free_port(), free_port())),
+            env,
+            quiet: true,
+            lab: Some(lab_url.clone()),
+        };
+        let running = Running::start(&layout).expect("the store starts");
+        let shutdown = bazar::shutdown::Shutdown::new();
+        let lab =
+            bazar::lab::start(Box::new(running), layout.lab_store(), listener, token.map(str::to_string), &shutdown);
+        let fe = layout.frontend_url();
+        wait_ready(&fe);
+        eventually(START_DEADLINE, "the front end to see every back end ready", || {
+            let a = json(&get(&fe, "/ready"));
+            a["catalogs_ready"] == 2 && a["orders_ready"] == 2
+        });
+        LabStore { lab, layout, lab_url, shutdown, dir }
+    }
+
+    pub fn fe(&self) -> String {
+        self.layout.frontend_url()
+    }
+
+    /// The verdict now, through the front end.
+    pub fn verdict(&self) -> serde_json::Value {
+        let a = get(&self.fe(), "/lab/verdict");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        json(&a)
+    }
+}
+
+impl Drop for LabStore {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        self.lab.stop_all();
+    }
+}

@@ -291,5 +291,178 @@
     setTimeout(tick, Math.max(100, INTERVAL_MS - (Date.now() - started)));
   }
 
+  // ---- The lab: only when this front end was started by bazar-cluster (GET /lab is 200;
+  // elsewhere the route does not exist and nothing of this shows).
+
+  const ACTIONS = [
+    ["stop", "Stop", "SIGTERM: a graceful stop"],
+    ["kill", "Kill", "SIGKILL: the process dies at once"],
+    ["freeze", "Freeze", "SIGSTOP: the process hangs, its sockets stay open"],
+    ["thaw", "Thaw", "SIGCONT: a frozen process runs again"],
+    ["start", "Start", "start it again with the same settings"],
+  ];
+  // Which action applies in which state (as the lab decides: 409 otherwise).
+  const APPLIES = {
+    running: ["stop", "kill", "freeze"],
+    frozen: ["stop", "kill", "thaw"],
+    stopped: ["start"],
+  };
+  let lab = false;
+  let labBusy = false;
+  let timelineSeen = 0; // lab timeline entries already on the page (by time)
+  let probeOn = true;
+
+  async function labCall(method, path, body) {
+    const init = { method: method, cache: "no-store", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers["Content-Type"] = "application/json";
+    }
+    const response = await fetch(path, init);
+    let json = null;
+    try {
+      json = await response.json();
+    } catch (_) {
+      // not JSON
+    }
+    return { status: response.status, json: json };
+  }
+
+  async function act(name, action) {
+    labBusy = true;
+    $("lab-note").textContent = action + " " + name + "\u2026";
+    try {
+      const a = await labCall("POST", "/lab/" + encodeURIComponent(name) + "/" + action);
+      $("lab-note").textContent =
+        a.status === 200 ? name + ": " + a.json.state + "." : name + ": " + ((a.json && a.json.error) || "HTTP " + a.status);
+    } catch (_) {
+      $("lab-note").textContent = "The lab does not answer.";
+    } finally {
+      labBusy = false;
+      labTick();
+    }
+  }
+
+  function renderLab(entries) {
+    const body = $("lab-services").tBodies[0];
+    body.replaceChildren();
+    for (const e of entries) {
+      const name = String(e.name);
+      const buttons = el("td", "actions");
+      for (const [action, label, why] of ACTIONS) {
+        const b = el("button", action === "kill" || action === "freeze" ? "danger" : null, label);
+        b.type = "button";
+        b.dataset.action = action;
+        b.title = why;
+        b.setAttribute("aria-label", label + " " + name + " (" + why + ")");
+        b.disabled = labBusy || !(APPLIES[e.state] || []).includes(action);
+        b.addEventListener("click", () => act(name, action));
+        buttons.append(b);
+      }
+      const tr = el(
+        "tr",
+        null,
+        el("th", null, name),
+        el("td", "url", String(e.url)),
+        el("td", null, e.pid === null || e.pid === undefined ? "\u2013" : String(e.pid)),
+        el("td", "lab-state " + e.state, String(e.state)),
+        buttons
+      );
+      tr.querySelector("th").setAttribute("scope", "row");
+      tr.dataset.name = name;
+      body.append(tr);
+    }
+  }
+
+  function yesNo(ok) {
+    return ok ? "yes" : "NO";
+  }
+
+  function renderVerdict(v) {
+    probeOn = v.probe === "on";
+    $("probe-toggle").textContent = probeOn ? "Turn the probe off" : "Turn the probe on";
+    const s = v.since_start;
+    const broken = [];
+    if (!v.linearizable || !s.linearizable) broken.push("a history that is not linearizable");
+    if (s.acked_writes_lost > 0) broken.push(s.acked_writes_lost + " acknowledged writes lost");
+    if (v.orders_missing > 0) broken.push(v.orders_missing + " acknowledged orders missing");
+    if (!v.copies_match && s.ops > 0) broken.push("copies taken and orders logged differ");
+    const box = $("verdict");
+    const checked = s.ops > 0;
+    box.className = "verdict " + (broken.length ? "bad" : checked ? "ok" : "");
+    $("verdict-status").textContent = broken.length
+      ? "A GUARANTEE WAS BROKEN: " + broken.join("; ") + "."
+      : checked
+        ? "Every guarantee held: " + s.ops + " operations checked in " + s.windows + (s.windows === 1 ? " window" : " windows") + (probeOn ? "." : " (the probe is off).")
+        : probeOn
+          ? "The probe is warming up: nothing checked yet."
+          : "The probe is off: nothing checked.";
+    const body = $("verdict-table").tBodies[0];
+    body.replaceChildren();
+    const copies = v.copies_taken + " / " + v.orders_logged + (v.copies_match ? "" : " (differ)");
+    const rows = [
+      ["Last minute", v.ops, v.linearizable, v.acked_writes_lost],
+      ["Since start", s.ops, s.linearizable, s.acked_writes_lost],
+    ];
+    for (const [period, ops, lin, lost] of rows) {
+      const tr = el("tr", null, el("th", null, period), el("td", null, String(ops)), el("td", lin ? null : "bad", yesNo(lin)), el("td", lost ? "bad" : null, String(lost)), el("td", v.orders_missing ? "bad" : null, String(v.orders_missing)), el("td", v.copies_match ? null : "bad", copies));
+      tr.querySelector("th").setAttribute("scope", "row");
+      body.append(tr);
+    }
+    const list = $("violations");
+    list.replaceChildren();
+    for (const x of (s.violations || []).slice(0, 3)) {
+      list.append(el("li", null, "book " + x.book + " at " + clock(x.at_ms) + ":", el("pre", null, String(x.text))));
+    }
+    for (const t of v.timeline || []) {
+      if (t.at_ms > timelineSeen) {
+        const what = String(t.what);
+        const kind = /kill|stop|froze|exited|not answering/.test(what) ? "down" : /primary/.test(what) ? "warn" : "info";
+        addEvent(t.at_ms, kind, "Lab: " + what);
+        timelineSeen = t.at_ms;
+      }
+    }
+  }
+
+  async function labTick() {
+    try {
+      const [entries, verdict] = await Promise.all([labCall("GET", "/lab"), labCall("GET", "/lab/verdict")]);
+      if (entries.status === 200) renderLab(entries.json);
+      if (verdict.status === 200) renderVerdict(verdict.json);
+    } catch (_) {
+      $("lab-note").textContent = "The lab does not answer.";
+    }
+  }
+
+  async function labStart() {
+    let a;
+    try {
+      a = await labCall("GET", "/lab");
+    } catch (_) {
+      return;
+    }
+    if (a.status !== 200) return; // no lab here: no buttons
+    lab = true;
+    $("lab").hidden = false;
+    $("probe-toggle").addEventListener("click", async () => {
+      await labCall("POST", "/lab/probe", { on: !probeOn });
+      labTick();
+    });
+    $("switchover").addEventListener("click", async () => {
+      $("lab-note").textContent = "Switchover\u2026";
+      const r = await labCall("POST", "/lab/store/switchover", {});
+      $("lab-note").textContent =
+        r.status === 200 ? "Switchover done." : "Switchover: " + ((r.json && r.json.error) || "HTTP " + r.status);
+      labTick();
+    });
+    renderLab(a.json);
+    const loop = async () => {
+      if (!$("pause").checked && !labBusy) await labTick();
+      setTimeout(loop, INTERVAL_MS);
+    };
+    loop();
+  }
+
   tick();
+  labStart();
 })();

@@ -1,8 +1,8 @@
 //! The checker's own tests: small hand-made histories whose verdict is known, written as
 //! tables, and generated histories that are linearizable by construction.
 
-use crate::checker::{self, check_book, check_book_within, step, Call, History, Initial, Op, Ret, State, Verdict};
-use crate::explain::{explain, shrink};
+use super::checker::{self, check_book, check_book_within, step, Call, History, Initial, Op, Ret, State, Verdict};
+use super::explain::{explain, shrink};
 
 const START: State = State { price: 1000, quantity: 2 };
 

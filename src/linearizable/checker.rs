@@ -33,7 +33,6 @@
 //! [`check_book`] refuses sub-histories over [`MAX_OPS`] operations and stops after a
 //! step budget, answering [`Verdict::Unknown`]; both are counts, so the verdict for a given
 //! history never depends on the machine's speed.
-#![allow(dead_code)]
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -103,7 +102,9 @@ pub struct Op {
 /// The initial state of one book, read before any client started.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Initial {
+    /// The book.
     pub book: u32,
+    /// Its state then.
     pub state: State,
 }
 
@@ -111,7 +112,9 @@ pub struct Initial {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
+    /// A linearization exists.
     Linearizable,
+    /// None exists.
     NotLinearizable,
 }
 
@@ -126,7 +129,9 @@ pub struct History {
     /// The expected verdict, for files under `tests/histories/`.
     #[serde(default)]
     pub expect: Option<Expect>,
+    /// Each book's state before the first operation.
     pub initial: Vec<Initial>,
+    /// The operations, in the order they were recorded.
     pub ops: Vec<Op>,
 }
 
@@ -147,8 +152,11 @@ pub enum Verdict {
 /// reachable before it returned).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stuck {
+    /// The operations ordered, in linearization order.
     pub prefix: Vec<usize>,
+    /// The state after them.
     pub state: State,
+    /// The operation that could not be placed.
     pub blocked: usize,
 }
 
@@ -288,14 +296,6 @@ impl List {
             last = e;
         }
         list
-    }
-
-    fn next_of(&self, e: usize) -> usize {
-        if e == HEAD {
-            self.head_next
-        } else {
-            self.next[e]
-        }
     }
 
     fn link(&mut self, from: usize, to: usize) {

@@ -18,9 +18,8 @@
 //! The shrinking (the shortest failing prefix by bisection, then delta debugging over the
 //! other changes, in chunks that halve) is bounded by a
 //! count of checks and a step budget per check, so it is deterministic too.
-#![allow(dead_code)]
 
-use crate::checker::{describe, search, Call, Op, Ret, State, Stuck, Verdict};
+use super::checker::{describe, search, Call, Op, Ret, State, Stuck, Verdict};
 
 /// Most checks one shrinking may run.
 const SHRINK_CHECKS: usize = 600;
@@ -47,7 +46,9 @@ fn is_blind(o: &Op) -> bool {
 /// The witness of a violation: a sub-history (with some outcomes forgotten) that is still
 /// not linearizable, and the text that explains it.
 pub struct Witness {
+    /// The operations of the witness.
     pub ops: Vec<Op>,
+    /// Why they are not linearizable, in words.
     pub text: String,
 }
 
