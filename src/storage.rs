@@ -12,7 +12,7 @@
 //! The catalog's store changes its files only through the functions here ([`create`],
 //! [`Tracked`], [`append`], [`sync_file`], [`set_len`], [`rename`], [`sync_dir`],
 //! [`remove`]): in production each is the plain `std::fs` call; in unit tests each is
-//! also recorded (and can be made to fail) by [`crash`], which builds the images a crash
+//! also recorded (and can be made to fail) by `storage::crash` (tests only), which builds the images a crash
 //! could leave at every point, as LazyFS does (what was not fsynced is lost, an append not
 //! fsynced may be kept in part).
 

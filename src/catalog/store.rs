@@ -51,7 +51,7 @@
 //! replacement, the view by atomic replacement, each through the seam in `storage` (plain
 //! `std::fs` calls; recorded in unit tests to build crash images).
 
-pub use super::recent::{History, Journal, HISTORY, KEEP_PURCHASES};
+pub use super::recent::{History, Journal, HISTORY, JOURNAL_MAX, KEEP_PURCHASES};
 use super::state::Catalog;
 use crate::money::Money;
 use crate::storage::{self, At, StorageError, Tracked};
@@ -72,9 +72,9 @@ pub const SEED: &str = include_str!("../../data/books.csv");
 /// as it has books, so that a checkpoint costs O(1) per write on average).
 pub const COMPACT_AFTER: usize = 20_000;
 /// After a checkpoint failed (a full disk), the next is not tried before this long.
-const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+pub const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
 /// A failed store is re-opened by [`Store::retry`] at most this often.
-const REOPEN_RETRY: Duration = Duration::from_secs(1);
+pub const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 const LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at,epoch,sum\n";
 /// The header of logs written before checksums.

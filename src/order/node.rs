@@ -13,7 +13,7 @@
 //! catalog's, whose purchase journal (in `catalog.log`, replicated) keeps every purchase
 //! until every order server holds its order: each server tells every catalog, each
 //! [`RECONCILE_INTERVAL`], the catalog write up to which it *and every peer it knows* hold
-//! every journaled order ([`OrderNode::report_held`]; peers say how far they hold in each
+//! every journaled order (`OrderNode::report_held`; peers say how far they hold in each
 //! pull answer), and the journal forgets only below that. A server whose disk was lost
 //! takes everything again from its peers (a full pull) and the journal (reconciliation).
 //!
