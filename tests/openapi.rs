@@ -188,6 +188,8 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/books", "GET", &p, "/internal/books?after=0&limit=10000", true, None, 200),
             case("/internal/books", "GET", &p, "/internal/books?limit=10001", true, None, 400),
             case("/internal/books", "GET", &p, "/internal/books", false, None, 401),
+            case("/internal/identity", "GET", &r, "/internal/identity", true, None, 200),
+            case("/internal/identity", "GET", &p, "/internal/identity", false, None, 401),
             case("/internal/log", "GET", &p, &log, true, None, 200),
             case("/internal/log", "GET", &p, "/internal/log?after=x", true, None, 400),
             case("/internal/log", "GET", &p, "/internal/log?after=0", true, None, 400),
