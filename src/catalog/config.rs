@@ -54,6 +54,11 @@ pub struct CatalogConfig {
     pub memcached: Vec<String>,
     /// Length of a replica's read lease; zero turns read leases off.
     pub lease: Duration,
+    /// Fewest log rows between two checkpoints (`BAZAR_CHECKPOINT_ROWS`, default
+    /// [`COMPACT_AFTER`](super::store::COMPACT_AFTER)): fewer make starts replay less and
+    /// checkpoints come more often; a large catalog checkpoints after as many rows as it has
+    /// books in any case.
+    pub checkpoint_rows: usize,
     /// With etcd: the primary is elected and fails over (`role` is then where it starts,
     /// a replica, and `primary`, `replicas` are unset). None: static roles.
     pub etcd: Option<EtcdSettings>,
@@ -87,6 +92,7 @@ impl CatalogConfig {
             replicas,
             memcached: config::memcached(src)?,
             lease,
+            checkpoint_rows: read_checkpoint_rows(src)?,
             etcd: None,
         })
     }
@@ -137,6 +143,7 @@ impl CatalogConfig {
             replicas: Vec::new(),
             memcached: config::memcached(src)?,
             lease,
+            checkpoint_rows: read_checkpoint_rows(src)?,
             etcd: Some(EtcdSettings { endpoints, advertise, prefix, ttl }),
         })
     }
@@ -156,6 +163,8 @@ Environment:
   BAZAR_MEMCACHED primary: memcached host:port list whose entries writes invalidate
   BAZAR_LEASE_MS  length of a replica's read lease (default 2000, 1000 with etcd; 0: off,
                   without etcd only)
+  BAZAR_CHECKPOINT_ROWS  fewest catalog.log rows between checkpoints (default 20000, at
+                  least 100; a catalog of more books waits as many rows as it has books)
 
 With etcd (automatic failover; BAZAR_ROLE, BAZAR_PRIMARY, BAZAR_REPLICAS then unset):
   BAZAR_ETCD         comma-separated etcd client URLs, e.g. http://127.0.0.1:2379
@@ -173,6 +182,19 @@ Commands:
 
 /// `BAZAR_LEASE_MS` (`default` when unset): 0 turns leases off, else at least
 /// [`MIN_LEASE`].
+fn read_checkpoint_rows(src: &dyn Source) -> Result<usize, ConfigError> {
+    match config::opt(src, "BAZAR_CHECKPOINT_ROWS") {
+        None => Ok(super::store::COMPACT_AFTER),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (100..=100_000_000).contains(&n) => Ok(n),
+            _ => Err(ConfigError {
+                var: "BAZAR_CHECKPOINT_ROWS",
+                problem: format!("{v:?} is not a number of rows from 100 to 100000000"),
+            }),
+        },
+    }
+}
+
 fn read_lease(src: &dyn Source, default: Duration) -> Result<Duration, ConfigError> {
     let lease = config::millis(src, "BAZAR_LEASE_MS", default, 0..=60_000)?;
     if !lease.is_zero() && lease < MIN_LEASE {

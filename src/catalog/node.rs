@@ -197,7 +197,8 @@ pub struct CatalogNode {
 impl CatalogNode {
     /// Opens the data directory; a replica is not serving until it caught up.
     pub fn open(config: CatalogConfig, metrics: Arc<Metrics>) -> Result<Arc<CatalogNode>> {
-        let (store, catalog, damaged) = Self::open_store(&config)?;
+        let (mut store, catalog, damaged) = Self::open_store(&config)?;
+        store.set_checkpoint_rows(config.checkpoint_rows);
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;

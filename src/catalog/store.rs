@@ -137,6 +137,8 @@ pub struct Store {
     _lock: File,
     /// Write rows since the last checkpoint: decides when to checkpoint.
     rows: usize,
+    /// Fewest rows between checkpoints ([`COMPACT_AFTER`] unless set otherwise).
+    checkpoint_rows: usize,
     /// This catalog's history id.
     history_id: String,
     /// Recent purchases made for orders.
@@ -264,6 +266,7 @@ impl Store {
             checkpoint_after: None,
             _lock: lock,
             rows: loaded.rows,
+            checkpoint_rows: COMPACT_AFTER,
             history_id: loaded.history_id,
             journal: loaded.journal,
             history: loaded.history,
@@ -430,12 +433,17 @@ impl Store {
         }
     }
 
+    /// Sets the fewest log rows between two checkpoints (`BAZAR_CHECKPOINT_ROWS`).
+    pub fn set_checkpoint_rows(&mut self, rows: usize) {
+        self.checkpoint_rows = rows;
+    }
+
     /// Checkpoints when the log has grown by as many rows as the catalog has books (and at
-    /// least [`COMPACT_AFTER`]): O(1) per write on average. A checkpoint that fails leaves
-    /// the files as they were (the log holds every write) and is tried again after
-    /// [`CHECKPOINT_RETRY`].
+    /// least [`COMPACT_AFTER`], or what [`Store::set_checkpoint_rows`] set): O(1) per write
+    /// on average. A checkpoint that fails leaves the files as they were (the log holds
+    /// every write) and is tried again after [`CHECKPOINT_RETRY`].
     pub fn after_write(&mut self, catalog: &Catalog) {
-        let due = self.rows >= COMPACT_AFTER.max(catalog.len());
+        let due = self.rows >= self.checkpoint_rows.max(catalog.len());
         if due && self.checkpoint_after.is_none_or(|t| Instant::now() >= t) {
             if let Err(e) = self.checkpoint(catalog) {
                 self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);

@@ -83,6 +83,7 @@ fn spawn(spec: &Spec) -> Child {
         "BAZAR_INSECURE_OPEN",
         "BAZAR_THREADS",
         "BAZAR_LEASE_MS",
+        "BAZAR_CHECKPOINT_ROWS",
         "BAZAR_NEAR_CACHE_MB",
     ] {
         cmd.env_remove(var);
@@ -420,6 +421,8 @@ pub struct Opts {
     pub lease_ms: Option<u64>,
     /// The front ends' near cache in MiB; None: off (the tests of memcached see its states).
     pub near_mb: Option<u64>,
+    /// The catalogs' `BAZAR_CHECKPOINT_ROWS` (None: the default).
+    pub checkpoint_rows: Option<usize>,
 }
 
 /// A whole store: catalogs[0] primary, catalogs[1] replica, two order servers, a front end.
@@ -457,6 +460,9 @@ impl Store {
         }
         if let Some(l) = opts.lease_ms {
             common.push(("BAZAR_LEASE_MS".into(), l.to_string()));
+        }
+        if let Some(rows) = opts.checkpoint_rows {
+            common.push(("BAZAR_CHECKPOINT_ROWS".into(), rows.to_string()));
         }
         let spec = |name: &str, program: &str, i: usize, extra: Vec<(&str, String)>| {
             let mut env = common.clone();
