@@ -159,7 +159,7 @@ impl CatalogNode {
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
-        if !self.settled.load(Ordering::SeqCst) {
+        if !self.wait_settled() {
             return Err(Error::Unavailable(
                 "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
             ));
@@ -354,6 +354,20 @@ impl CatalogNode {
     }
 
     /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
+    /// A write that arrives while the primary compares itself with its replicas waits for
+    /// the comparison (a round trip to each, or [`SILENT_REPLICA_WAIT`] for one that does
+    /// not answer), not longer: false if it is still going on, as after an empty disk.
+    fn wait_settled(&self) -> bool {
+        let until = Instant::now() + SILENT_REPLICA_WAIT + RETRY_INTERVAL;
+        while !self.settled.load(Ordering::SeqCst) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     fn wait_until_writable(&self) {
         while !self.writes_open.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
