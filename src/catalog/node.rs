@@ -215,7 +215,11 @@ impl CatalogNode {
             writes,
             queue: Mutex::new(Some(queue)),
             serving: AtomicBool::new(config.role == Role::Primary),
-            settled: AtomicBool::new(config.etcd.is_some() || config.role == Role::Replica),
+            // A primary with no replica has nothing to compare with (unless its files were
+            // damaged: then it waits, and says why).
+            settled: AtomicBool::new(
+                config.etcd.is_some() || config.role == Role::Replica || (config.replicas.is_empty() && !damaged),
+            ),
             damaged: AtomicBool::new(damaged),
             catch_up_wanted: AtomicBool::new(false),
             replica_id,

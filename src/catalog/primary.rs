@@ -115,6 +115,12 @@ impl CatalogNode {
                         Err(e) => format!("cannot take the catalog of replica {url}: {e}"),
                     }
                 }
+                None if self.damaged.load(Ordering::SeqCst) && self.links().is_empty() => {
+                    "this catalog's files were damaged and set aside (*.corrupt-*) and it has no replica to take \
+                     the catalog from: it serves nothing (restore the files, or stop it and run `bazar-catalog \
+                     start-over` to begin again from the built-in catalog)"
+                        .to_string()
+                }
                 None if self.damaged.load(Ordering::SeqCst) => format!(
                     "this catalog's files were damaged and set aside (*.corrupt-*): it serves nothing until a \
                      replica that holds a catalog answers, and takes that one{}",
