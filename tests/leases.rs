@@ -13,6 +13,11 @@ fn pause_rounds(s: &Store, rounds: u64) -> (u64, u64, u64, Duration) {
     let (p, r) = (s.primary(), s.replica());
     let (mut stale, mut unavailable, mut fresh, mut slowest) = (0, 0, 0, Duration::ZERO);
     for round in 1..=rounds {
+        // Each round starts with the replica in sync again (the last round's write gave it
+        // up), so that this round's write is pushed to it and lost.
+        eventually(Duration::from_secs(10), "the replica in sync again", || {
+            json(&get(&p, "/health"))["replicas_out_of_sync"] == serde_json::json!([])
+        });
         s.catalogs[1].signal(libc::SIGSTOP);
         let started = Instant::now();
         let a = call("PATCH", &p, "/books/7", Some(&format!("{{\"quantity\": {round}}}")));
