@@ -30,7 +30,7 @@ pub enum Call {
 }
 
 /// How an attempt on one back end failed (the caller classifies its error, see
-/// [`crate::client::PeerError::failure`]).
+/// [`crate::error::PeerError::failure`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// No answer, and the request surely never left (connection refused or never made).

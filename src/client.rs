@@ -9,7 +9,7 @@
 //! with the peer's own status and message, so a front end relays a back end's 404 or 409
 //! as the same 404 or 409 ([`crate::error::Error::status`]).
 
-use crate::balance::Failure;
+pub use crate::error::PeerError;
 use crate::http::percent_encode;
 use crate::wire::{
     Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
@@ -18,7 +18,6 @@ use crate::wire::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -47,81 +46,6 @@ const NAME_TTL: Duration = Duration::from_millis(100);
 
 /// Results of calls to peers.
 pub type Result<T, E = PeerError> = std::result::Result<T, E>;
-
-/// Why a call to another service failed.
-#[derive(Debug)]
-pub enum PeerError {
-    /// No answer: the call failed before or after it was sent.
-    ///
-    /// `sent` is false only when the request surely never reached the peer (the
-    /// connection was refused or never made), so that the call may be retried elsewhere
-    /// even when it is not idempotent.
-    Unreachable {
-        /// Base URL of the peer.
-        url: String,
-        /// Whether the request may have reached the peer.
-        sent: bool,
-        /// Whether the connection was refused: no process listens on the peer's port.
-        refused: bool,
-        /// What ureq said.
-        source: ureq::Error,
-    },
-    /// The peer answered with an error status (its `error` message, or its body).
-    Answered {
-        /// The peer's status.
-        status: u16,
-        /// The peer's message.
-        message: String,
-    },
-    /// The peer answered 2xx with a body that is not what its API says.
-    BadAnswer {
-        /// Base URL of the peer.
-        url: String,
-        /// What the JSON decoder said.
-        source: serde_json::Error,
-    },
-    /// The request could not be built: a base URL that is not one.
-    BadUrl {
-        /// The base URL.
-        url: String,
-        /// What the request builder said.
-        source: ureq::http::Error,
-    },
-}
-
-impl PeerError {
-    /// The failure as the choice of the next back end sees it ([`crate::balance::Pool::try_each`]).
-    pub fn failure(&self) -> Failure {
-        match self {
-            PeerError::Unreachable { sent: false, .. } | PeerError::BadUrl { .. } => Failure::NotSent,
-            PeerError::Unreachable { sent: true, .. } => Failure::MaybeSent,
-            PeerError::Answered { status: 503, .. } => Failure::Unavailable,
-            PeerError::Answered { .. } | PeerError::BadAnswer { .. } => Failure::Answered,
-        }
-    }
-}
-
-impl fmt::Display for PeerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerError::Unreachable { url, source, .. } => write!(f, "back end {url} unreachable: {source}"),
-            PeerError::Answered { message, .. } => f.write_str(message),
-            PeerError::BadAnswer { source, .. } => write!(f, "peer sent bad JSON: {source}"),
-            PeerError::BadUrl { url, source } => write!(f, "bad URL {url}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for PeerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            PeerError::Unreachable { source, .. } => Some(source),
-            PeerError::BadAnswer { source, .. } => Some(source),
-            PeerError::BadUrl { source, .. } => Some(source),
-            PeerError::Answered { .. } => None,
-        }
-    }
-}
 
 /// An answer from a peer: status, body, and the `X-Cache`/`X-Backend` headers if any.
 #[derive(Debug, Clone)]

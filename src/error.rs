@@ -13,8 +13,9 @@
 //! what a client reads; `source()` is for code that needs the cause itself (an
 //! `io::ErrorKind`, a `ureq` timeout).
 
+use crate::balance::Failure;
+use crate::catalog::failover::NoLead;
 use crate::catalog::state::Refusal;
-use crate::client::PeerError;
 use crate::storage::StorageError;
 use std::fmt;
 
@@ -53,6 +54,9 @@ pub enum Error {
     /// 503: this server cannot do it now (a replica catching up, no back end reachable, a
     /// purchase whose outcome is unknown).
     Unavailable(String),
+    /// 503: the catalog may not decide or acknowledge a write now (not the primary, its
+    /// leadership may have lapsed, a switchover, a new primary's wait).
+    Lead(NoLead),
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
@@ -84,7 +88,7 @@ impl Error {
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
             Error::HeadersTooLarge => 431,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Lead(_) => 503,
             Error::Rule(Refusal::NoSuchBook(_)) => 404,
             Error::Rule(Refusal::OutOfStock { .. } | Refusal::NoIdsLeft) => 409,
             Error::Rule(Refusal::Invalid(_)) => 400,
@@ -114,6 +118,7 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge => f.write_str("body larger than 64 KiB"),
             Error::HeadersTooLarge => f.write_str("request line and headers too large"),
             Error::Rule(r) => r.fmt(f),
+            Error::Lead(why) => why.fmt(f),
             Error::Storage(e) => e.fmt(f),
             // A peer that failed (not one that refused) is named as such.
             Error::Peer(PeerError::Answered { status, message }) if self.status() == 500 => {
@@ -141,6 +146,12 @@ impl From<Refusal> for Error {
     }
 }
 
+impl From<NoLead> for Error {
+    fn from(why: NoLead) -> Self {
+        Error::Lead(why)
+    }
+}
+
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         Error::Storage(e)
@@ -150,6 +161,81 @@ impl From<StorageError> for Error {
 impl From<PeerError> for Error {
     fn from(e: PeerError) -> Self {
         Error::Peer(e)
+    }
+}
+
+/// Why a call to another service failed.
+#[derive(Debug)]
+pub enum PeerError {
+    /// No answer: the call failed before or after it was sent.
+    ///
+    /// `sent` is false only when the request surely never reached the peer (the
+    /// connection was refused or never made), so that the call may be retried elsewhere
+    /// even when it is not idempotent.
+    Unreachable {
+        /// Base URL of the peer.
+        url: String,
+        /// Whether the request may have reached the peer.
+        sent: bool,
+        /// Whether the connection was refused: no process listens on the peer's port.
+        refused: bool,
+        /// What ureq said.
+        source: ureq::Error,
+    },
+    /// The peer answered with an error status (its `error` message, or its body).
+    Answered {
+        /// The peer's status.
+        status: u16,
+        /// The peer's message.
+        message: String,
+    },
+    /// The peer answered 2xx with a body that is not what its API says.
+    BadAnswer {
+        /// Base URL of the peer.
+        url: String,
+        /// What the JSON decoder said.
+        source: serde_json::Error,
+    },
+    /// The request could not be built: a base URL that is not one.
+    BadUrl {
+        /// The base URL.
+        url: String,
+        /// What the request builder said.
+        source: ureq::http::Error,
+    },
+}
+
+impl PeerError {
+    /// The failure as the choice of the next back end sees it ([`crate::balance::Pool::try_each`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            PeerError::Unreachable { sent: false, .. } | PeerError::BadUrl { .. } => Failure::NotSent,
+            PeerError::Unreachable { sent: true, .. } => Failure::MaybeSent,
+            PeerError::Answered { status: 503, .. } => Failure::Unavailable,
+            PeerError::Answered { .. } | PeerError::BadAnswer { .. } => Failure::Answered,
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Unreachable { url, source, .. } => write!(f, "back end {url} unreachable: {source}"),
+            PeerError::Answered { message, .. } => f.write_str(message),
+            PeerError::BadAnswer { source, .. } => write!(f, "peer sent bad JSON: {source}"),
+            PeerError::BadUrl { url, source } => write!(f, "bad URL {url}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PeerError::Unreachable { source, .. } => Some(source),
+            PeerError::BadAnswer { source, .. } => Some(source),
+            PeerError::BadUrl { source, .. } => Some(source),
+            PeerError::Answered { .. } => None,
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! - [`bench`](mod@bench): the load generator and the lab experiments behind `bazar-bench`.
 //! - [`http`]: the HTTP/1.1 server every service runs on (limits, timeouts, shutdown).
 //! - [`client`]: typed clients for calls between services (one configured ureq agent),
-//!   failing with a [`client::PeerError`] that says whether the request may have been sent.
+//!   failing with a [`error::PeerError`] that says whether the request may have been sent.
 //! - [`linearizable`]: the linearizability checker of book histories and its explanations
 //!   (the tests, the lab's verdict and `bazar-bench check` use it).
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.

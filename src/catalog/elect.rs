@@ -1,5 +1,5 @@
 //! The etcd side of failover: the catalog's election thread and the effects of the role
-//! core (`failover.rs`) performed. The core decides; this file only talks to etcd and
+//! core (`failover/`) performed. The core decides; this file only talks to etcd and
 //! changes the node's role, links and flags as told.
 //!
 //! The election thread keeps this catalog's etcd lease alive (every `T/3`) with its
@@ -16,7 +16,7 @@
 //! election (the old primary may have died before invalidating what it acknowledged).
 
 use super::config::{EtcdSettings, Role};
-use super::failover::{commit, Core, Effect, Input, Leader, Observed, SyncSet};
+use super::failover::{commit, Core, Effect, Input, Leader, NoLead, Observed, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
 use super::store::Store;
@@ -243,11 +243,11 @@ impl CatalogNode {
 
     /// With etcd and a cache: whether memcached was flushed since this catalog's election
     /// (always with static roles or no cache). Writes are decided only then.
-    pub(super) fn cache_flushed(&self) -> std::result::Result<(), String> {
+    pub(super) fn cache_flushed(&self) -> std::result::Result<(), NoLead> {
         let Some(f) = self.failover.as_ref().filter(|_| self.cache.is_some()) else { return Ok(()) };
         match self.cache_flushed.load(Ordering::SeqCst) == f.core().epoch() {
             true => Ok(()),
-            false => Err("a new primary flushes memcached before its first write".into()),
+            false => Err(NoLead::CacheNotFlushed),
         }
     }
 
@@ -485,7 +485,7 @@ impl CatalogNode {
                 Ok(()) if flushed || now >= deadline => return Ok(()),
                 Ok(()) => {}
                 Err(_) if core.writes_from(now).is_some_and(|at| now < at) && now < deadline => {}
-                Err(why) => return Err(Error::Unavailable(why)),
+                Err(why) => return Err(Error::Lead(why)),
             }
             drop(core);
             std::thread::sleep(Duration::from_millis(20));
@@ -495,7 +495,7 @@ impl CatalogNode {
     /// Whether a write may be decided and acknowledged now (always with static roles): with
     /// etcd, also only once this node carries the epoch the core leads (set by `lead`
     /// under the writer lock, which the caller holds).
-    pub(super) fn may_acknowledge(&self) -> std::result::Result<(), String> {
+    pub(super) fn may_acknowledge(&self) -> std::result::Result<(), NoLead> {
         let term = self.term();
         match &self.failover {
             None => Ok(()),
@@ -506,12 +506,12 @@ impl CatalogNode {
     /// With etcd: removes every replica of the in-sync record that did not take a batch
     /// (not in `took`) from it before the batch is acknowledged, also one added by a change
     /// whose answer was lost (in the record, not in sync here). Under the writer lock.
-    pub(super) fn make_safe(&self, took: &[String]) -> std::result::Result<(), String> {
+    pub(super) fn make_safe(&self, took: &[String]) -> std::result::Result<(), NoLead> {
         let Some(f) = &self.failover else { return Ok(()) };
         let took: Vec<&str> = took.iter().map(String::as_str).collect();
         let remove = f.core().not_taken(&took);
         for url in remove {
-            self.change_sync(&url, false).map_err(|e| e.to_string())?;
+            self.change_sync(&url, false).map_err(|e| NoLead::SyncNotRecorded(e.to_string()))?;
             log::warn!("replica {url} is no longer recorded in sync");
         }
         Ok(())

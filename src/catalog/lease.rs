@@ -30,7 +30,7 @@
 //! valid then serves for a grace `D` ([`FAREWELL_LEASES`] leases) counted from its last
 //! renewal that the old primary answered, a moment before the old primary exited and so
 //! before any new one started. A primary that starts acknowledges no write until every
-//! replica has installed a snapshot from it (which ends any extension) or `D` has passed.
+//! replica has caught up from it (its log or a copy of its catalog, which ends any extension) or `D` has passed.
 //! This keeps reads going when the primary's name stops resolving (a stopped container),
 //! which a replica cannot tell from a partition.
 
@@ -99,7 +99,7 @@ impl ReplicaLease {
         }
     }
 
-    /// A new primary installed a snapshot here: any extension ends; it grants anew.
+    /// A new primary brought this replica in sync: any extension ends; it grants anew.
     pub fn reset_if_extended(&mut self) {
         if self.primary_down {
             self.primary_down = false;

@@ -12,10 +12,12 @@
 //!   pushes, catching up (from the primary's log, or a whole copy page by page) and leases.
 //!
 //! The protocol, in short: the primary alone decides writes. It serialises them, gives
-//! each the next sequence number, persists it, pushes the book's new state to every
-//! replica, invalidates the cache, and only then acknowledges. A replica forwards writes
-//! to the primary and relays the answer, applies pushes strictly in sequence, and after a
-//! start or a gap installs a snapshot from the primary before it answers reads again.
+//! each the next sequence number, persists it (one fsync for a batch), fences the caches
+//! (front ends' near caches, memcached markers) while it pushes the book's new state to
+//! every replica, makes the batch readable, sends the commit notice, and only then
+//! acknowledges. A replica forwards writes to the primary and relays the answer, applies
+//! pushes strictly in sequence, and after a start or a gap catches up (the primary's log,
+//! or a copy of its whole catalog) before it answers reads again.
 
 pub mod config;
 mod elect;

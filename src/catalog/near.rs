@@ -33,12 +33,11 @@
 //! [`Table`] is the decisions with explicit clocks and no I/O; [`Near`] adds the lock and
 //! the condition variable. Lock: `table` is held to decide, never across I/O; writers and
 //! watchers wait on `changed` with it released.
+//!
+//! The route itself (`POST /internal/near`, with the leadership check) is
+//! `CatalogNode::near_watch` in `node.rs`: this file knows no node.
 
-use super::node::CatalogNode;
-use crate::error::{Error, Result as Answer};
-use crate::wire::{NearAnswer, NearWatch};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -308,44 +307,6 @@ impl Near {
     /// Sessions known, and of them holding a lease now.
     pub fn counts(&self) -> (usize, usize) {
         self.lock().counts(Instant::now())
-    }
-}
-
-impl CatalogNode {
-    /// `POST /internal/near`: a front end's watch (see the module's protocol). Only the
-    /// primary answers, and only while it may grant read leases.
-    pub(super) fn near_watch(&self, watch: &NearWatch) -> Answer<NearAnswer> {
-        if watch.session.is_empty() || watch.session.len() > 64 {
-            return Err(Error::BadRequest("session must be 1 to 64 characters".into()));
-        }
-        if self.replica_only().is_ok() {
-            return Err(Error::Conflict("this catalog is not the primary; near-cache leases come from it".into()));
-        }
-        if !self.leases() {
-            return Err(Error::Conflict("read leases are off (BAZAR_LEASE_MS=0): no near-cache lease".into()));
-        }
-        // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
-        // is answered without one.
-        let valid = |f: &super::elect::Failover| {
-            let (core, now) = (f.core(), Instant::now());
-            core.may_grant(now) && core.may_read(now)
-        };
-        // A watch let through while revoking carries no lease whatever happens meanwhile
-        // (the switchover may fail and resume, or succeed): its next one is checked.
-        let gated = !self.near.revoking();
-        if gated && self.failover.as_ref().is_some_and(|f| !valid(f)) {
-            return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
-        }
-        let current = self.state().seq();
-        let reply = self.near.watch(&watch.session, watch.seen, current).map_err(Error::Unavailable)?;
-        self.counters.near_answers.fetch_add(1, Ordering::Relaxed);
-        Ok(NearAnswer {
-            epoch: self.term(),
-            lease_ms: if reply.revoke || !gated { 0 } else { self.config.lease.as_millis() as u64 },
-            through: reply.through,
-            keys: reply.keys,
-            reset: reply.reset,
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! With static roles the role and the peers are fixed at start. With etcd they change at
 //! run time: every background thread of both roles runs, and each checks the role now
-//! (`current`) before it acts; the role core (`failover.rs`) decides the changes.
+//! (`current`) before it acts; the role core (`failover/`) decides the changes.
 //!
 //! Locks: `writer` serialises everything that changes the catalog on this node (a whole
 //! primary write from decision to acknowledgement, or a replica's apply) and owns the
@@ -13,6 +13,7 @@
 //! it, never across I/O. Order: `writer` before `state`.
 
 use super::config::{CatalogConfig, Role};
+use super::failover::NoLead;
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
 use super::state::{Catalog, Write};
 use super::store::Store;
@@ -24,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
-use crate::wire::{Book, BookPage, BookUpdate, NewBook, PurchasePage, PurchaseRequest, Replicate};
+use crate::wire::{
+    Book, BookPage, BookUpdate, NearAnswer, NearWatch, NewBook, PurchasePage, PurchaseRequest, Replicate,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -411,7 +414,7 @@ impl CatalogNode {
             match self.write(id, write, order) {
                 // With etcd: the role moved on (a switchover) before anything was decided:
                 // the write goes on to the new primary.
-                Err(Error::Unavailable(why)) if why == super::failover::NOT_PRIMARY && self.failover.is_some() => {}
+                Err(Error::Lead(NoLead::NotPrimary)) if self.failover.is_some() => {}
                 answer => return Ok(Response::json(&answer?)),
             }
         }
@@ -673,6 +676,42 @@ impl CatalogNode {
         self.readable()?;
         let state = self.clean(|state| state.is_dirty(id))?;
         Ok(Response::json(state.book(id)?).with_header("X-Seq", state.seq().to_string()))
+    }
+
+    /// `POST /internal/near`: a front end's watch (see the module's protocol). Only the
+    /// primary answers, and only while it may grant read leases.
+    pub(super) fn near_watch(&self, watch: &NearWatch) -> Result<NearAnswer> {
+        if watch.session.is_empty() || watch.session.len() > 64 {
+            return Err(Error::BadRequest("session must be 1 to 64 characters".into()));
+        }
+        if self.replica_only().is_ok() {
+            return Err(Error::Conflict("this catalog is not the primary; near-cache leases come from it".into()));
+        }
+        if !self.leases() {
+            return Err(Error::Conflict("read leases are off (BAZAR_LEASE_MS=0): no near-cache lease".into()));
+        }
+        // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
+        // is answered without one.
+        let valid = |f: &super::elect::Failover| {
+            let (core, now) = (f.core(), Instant::now());
+            core.may_grant(now) && core.may_read(now)
+        };
+        // A watch let through while revoking carries no lease whatever happens meanwhile
+        // (the switchover may fail and resume, or succeed): its next one is checked.
+        let gated = !self.near.revoking();
+        if gated && self.failover.as_ref().is_some_and(|f| !valid(f)) {
+            return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
+        }
+        let current = self.state().seq();
+        let reply = self.near.watch(&watch.session, watch.seen, current).map_err(Error::Unavailable)?;
+        self.counters.near_answers.fetch_add(1, Ordering::Relaxed);
+        Ok(NearAnswer {
+            epoch: self.term(),
+            lease_ms: if reply.revoke || !gated { 0 } else { self.config.lease.as_millis() as u64 },
+            through: reply.through,
+            keys: reply.keys,
+            reset: reply.reset,
+        })
     }
 }
 

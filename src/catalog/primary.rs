@@ -207,18 +207,18 @@ impl CatalogNode {
         }
     }
 
-    /// Group commit: decides each write in order over the current catalog (no copy of it),
-    /// makes them all durable with one fsync, pushes them to each replica, applies them to
-    /// the catalog the primary reads from, invalidates their cache entries, and only then
-    /// answers each. A write
-    /// that is refused (out of stock, bad update) is answered with its error and takes no
-    /// sequence number.
+    /// Group commit, in this order: decides each write over the current catalog (no copy of
+    /// it), makes them all durable with one fsync, fences the caches (the front ends' near
+    /// caches told, one memcached marker per key) while it pushes them to each replica, (with
+    /// etcd) takes replicas that missed them out of the in-sync record, makes them readable
+    /// here, sends the commit notice, and only then answers each. A write that is refused
+    /// (out of stock, bad update) is answered with its error and takes no sequence number.
     fn commit(&self, batch: Vec<Pending>) {
         let mut store = self.lock_writer();
         if let Err(e) = self.may_acknowledge().and_then(|()| self.cache_flushed()) {
             // With etcd: no longer (or not yet) the primary; nothing is decided.
             for p in batch {
-                let _ = p.reply.send(Err(Error::Unavailable(e.clone())));
+                let _ = p.reply.send(Err(Error::Lead(e.clone())));
             }
             return;
         }
@@ -298,7 +298,7 @@ impl CatalogNode {
             let mut safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
             if let Err(e) = &safe {
                 // Before the writes are readable here: they stay unseen.
-                self.give_up(e);
+                self.give_up(&e.to_string());
             } else {
                 // Committed: on every replica in sync (those that missed it are out of sync
                 // and their leases have run out). The fence is whole once every front end
@@ -321,7 +321,7 @@ impl CatalogNode {
                 let took = self.replicate(&store, &[], last);
                 safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
                 if let Err(e) = &safe {
-                    self.give_up(e);
+                    self.give_up(&e.to_string());
                 }
             }
             if let Err(e) = safe {

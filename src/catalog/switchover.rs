@@ -15,6 +15,7 @@
 
 use super::config::Role;
 use super::elect::{leader_record, member_key, put, sync_value, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
+use super::failover::NoLead;
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
 use crate::error::{Error, Result};
@@ -92,7 +93,7 @@ impl CatalogNode {
             (core.sync().cloned(), core.epoch())
         };
         let Some(sync) = sync.filter(|_| self.role() == Role::Primary) else {
-            return Err(Error::Unavailable(super::failover::NOT_PRIMARY.into()));
+            return Err(Error::Lead(NoLead::NotPrimary));
         };
         let links = self.links();
         let eligible: Vec<&Arc<ReplicaLink>> =

@@ -243,9 +243,9 @@ impl Probe {
 }
 
 /// Why a call failed, in few words (the transport's reason, without the URL).
-fn reason(e: &crate::client::PeerError) -> String {
+fn reason(e: &crate::error::PeerError) -> String {
     match e {
-        crate::client::PeerError::Unreachable { source, .. } => {
+        crate::error::PeerError::Unreachable { source, .. } => {
             source.to_string().trim_start_matches("io: ").to_string()
         }
         other => other.to_string(),

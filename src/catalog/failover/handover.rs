@@ -12,7 +12,7 @@
 //!   surely still names it and the handover can no longer apply; otherwise it follows the
 //!   leader named, or steps down.
 
-use super::{Core, Effect, Leader, Role, SyncSet};
+use super::{Core, Effect, Leader, NoLead, Role, SyncSet};
 use std::time::Instant;
 
 /// What a switchover's target was told: the epoch handed over and when the old primary's
@@ -95,11 +95,11 @@ impl Core {
     /// Whether this primary may decide and acknowledge a write at `now`, its node carrying
     /// `term`: also refused while the node has not yet taken the role of this epoch (a
     /// write decided then would carry the old epoch).
-    pub fn may_decide(&self, now: Instant, term: u64) -> Result<(), String> {
+    pub fn may_decide(&self, now: Instant, term: u64) -> Result<(), NoLead> {
         self.may_acknowledge(now)?;
         match self.role {
             Role::Primary { epoch, .. } if epoch == term => Ok(()),
-            _ => Err(format!("this catalog takes the role of epoch {} (nothing was decided)", self.epoch)),
+            _ => Err(NoLead::OtherEpoch(self.epoch)),
         }
     }
 }

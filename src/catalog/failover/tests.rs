@@ -326,7 +326,7 @@ fn a_switchover_pauses_then_hands_over() {
     let effects = c.step(Input::HandedOver { url: B.into(), epoch: 4 }, at(t0, 1250));
     assert!(matches!(&effects[..], [Effect::StepDown { .. }, Effect::Follow { url, epoch: 4 }] if url == B));
     assert_eq!((c.primary(), c.epoch(), c.lease()), (Some(B), 4, Some(7)), "it keeps its own lease");
-    assert_eq!(c.may_acknowledge(at(t0, 1300)), Err(NOT_PRIMARY.to_string()));
+    assert_eq!(c.may_acknowledge(at(t0, 1300)), Err(NoLead::NotPrimary));
 
     let mut target = core(t0);
     target.step(Input::Expect { epoch: 4, writable_from: at(t0, 1300) }, at(t0, 1200));
