@@ -6,6 +6,7 @@
 //! while a handler runs; a poisoned lock is taken over, since the counters stay consistent.
 
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A counting semaphore: the worker pool's bound.
 pub(super) struct Semaphore {
@@ -41,6 +42,24 @@ impl Semaphore {
         }
         slots.free -= 1;
         Permit(self)
+    }
+
+    /// A slot if one frees up within `wait`, else `None` (the caller sheds the request);
+    /// `None` at once when no slot is free and `queue` callers already wait.
+    pub(super) fn acquire_within(&self, wait: Duration, queue: usize) -> Option<Permit<'_>> {
+        let deadline = Instant::now() + wait;
+        let mut slots = self.lock();
+        if slots.free == 0 && slots.waiting >= queue {
+            return None;
+        }
+        while slots.free == 0 {
+            let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+            slots.waiting += 1;
+            slots = self.freed.wait_timeout(slots, left).unwrap_or_else(|e| e.into_inner()).0;
+            slots.waiting -= 1;
+        }
+        slots.free -= 1;
+        Some(Permit(self))
     }
 }
 
@@ -82,5 +101,28 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 2);
         let slots = sem.lock();
         assert_eq!((slots.free, slots.waiting), (2, 0));
+    }
+
+    #[test]
+    fn a_bounded_wait_gives_up_when_no_slot_frees_and_takes_one_that_does() {
+        let sem = Semaphore::new(1);
+        let held = sem.acquire();
+        assert!(sem.acquire_within(Duration::from_millis(20), 1).is_none());
+        assert!(sem.acquire_within(Duration::ZERO, 1).is_none());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A second caller finds the queue full (one waits) and is refused at once.
+                while sem.lock().waiting == 0 {
+                    std::thread::yield_now();
+                }
+                let refused = Instant::now();
+                assert!(sem.acquire_within(Duration::from_secs(30), 1).is_none());
+                assert!(refused.elapsed() < Duration::from_secs(30));
+                drop(held);
+            });
+            assert!(sem.acquire_within(Duration::from_secs(30), 1).is_some());
+        });
+        let slots = sem.lock();
+        assert_eq!((slots.free, slots.waiting), (1, 0));
     }
 }
