@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Users of the last run, whatever the peak: thousands of connections.
+const THOUSANDS: usize = 2000;
 /// Users per source address.
 const USERS_PER_ADDRESS: usize = 32;
 /// Levels of users tried to find the peak.
@@ -97,7 +99,8 @@ pub fn overload(cfg: &OverloadConfig) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("bazar-overload-{}", std::process::id()));
     let _cleanup = super::TempDir(dir.clone());
     let port = || free_port().map_err(|e| format!("no free port: {e}"));
-    let token = crate::ids::random_hex().map_err(|e| e.to_string())?;
+    let hex = || crate::ids::random_hex().map_err(|e| e.to_string());
+    let token = format!("{}{}", hex()?, hex()?);
     let layout = Layout {
         dir: dir.clone(),
         bin_dir: crate::cluster::bin_dir(),
@@ -187,13 +190,19 @@ fn measure(cfg: &OverloadConfig, layout: &Layout, token: &str) -> Result<String,
          answered again after |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut verdict = None;
-    for factor in [1, 5, 20] {
-        let users = base * factor;
-        let (seconds, probe) = if factor == 20 { (cfg.duration, Some((&fe, token))) } else { (cfg.step * 3, None) };
+    // 1x, 5x and 20x the users of the peak; then thousands of connections whatever the peak.
+    let loads = [
+        ("1x".to_string(), base, cfg.step * 3, false),
+        ("5x".to_string(), base * 5, cfg.step * 3, false),
+        ("20x".to_string(), base * 20, cfg.duration, true),
+        (format!("{:.0}x", THOUSANDS as f64 / base as f64), THOUSANDS, cfg.duration, false),
+    ];
+    for (label, users, seconds, probed) in loads {
+        let probe = probed.then_some((&fe, token));
         let run = load(&targets, users, seconds, &monitor, &replica, &primary, probe.map(|p| (p, &mut verdict)));
         let _ = writeln!(
             out,
-            "| {factor}x | {users} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.2} | {:.2} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {label} | {users} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.2} | {:.2} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             run.seconds,
             run.goodput(),
             100.0 * run.goodput() / peak.max(1e-9),
