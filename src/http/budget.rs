@@ -151,7 +151,7 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Open connections per client address, capped at [`PER_ADDRESS`] each.
@@ -206,7 +206,9 @@ mod tests {
         let wrong = ("authorization", "Bearer 0123456789abcdeX");
         let peer = (PEER_HEADER, "1");
         let (lo, far) = ([127, 0, 0, 1], [10, 0, 0, 9]);
-        let cases: &[(&str, &[(&str, &str)], [u8; 4], &Trust, Class)] = &[
+        // path, headers, peer address, the server's trust, the class.
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], [u8; 4], &'a Trust, Class);
+        let cases: &[Case] = &[
             ("/internal/lease", &[bearer], far, &token, Class::Control),
             ("/internal/lease", &[wrong], far, &token, Class::Public),
             ("/internal/lease", &[], lo, &token, Class::Public),
