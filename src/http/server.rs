@@ -13,7 +13,7 @@
 //!   semaphore each, `semaphore.rs`); a public request that finds no slot within
 //!   [`PUBLIC_WAIT`], or finds as many waiting as there are slots, is answered 503 with
 //!   `Retry-After`; a connection thread that
-//!   serves public requests lowers its own CPU priority (`SCHED_BATCH`, nice 10), so that under a surge
+//!   serves public requests lowers its own CPU priority (nice 10), so that under a surge
 //!   the threads that keep the store together win the CPU;
 //! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`] (a new one
 //!   that sends nothing after [`FIRST_HEAD_TIMEOUT`]); with more than half the connections
@@ -267,17 +267,11 @@ fn refuse(stream: TcpStream, metrics: &Metrics) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-/// Lowers the calling thread's CPU priority: `SCHED_BATCH` (its wake-ups do not preempt
-/// the running thread, so thousands of public threads do not preempt each other at every
-/// answer, while a waking control thread still preempts them) and nice 10 (a tenth of a
-/// normal thread's share of the CPU). Linux: both apply to the thread's own id, and an
-/// unprivileged thread may make both, never undo them.
+/// Lowers the calling thread's CPU priority to nice 10 (Linux: a thread's own nice value).
 fn lower_priority() {
     // SAFETY: plain system calls on the calling thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_BATCH, &param);
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
