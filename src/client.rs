@@ -90,6 +90,8 @@ impl Answer {
 pub struct Http {
     agent: ureq::Agent,
     token: Option<String>,
+    /// Whether calls say they come from another service ([`crate::http::PEER_HEADER`]).
+    peer: bool,
 }
 
 impl Http {
@@ -109,7 +111,16 @@ impl Http {
             .user_agent("bazar")
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), Resolver::default());
-        Http { agent, token }
+        Http { agent, token, peer: false }
+    }
+
+    /// The same client, its calls marked as a service's own ([`crate::http::PEER_HEADER`]):
+    /// with the token (or from loopback when the store has none), the called service
+    /// serves them from its peer budget, which public load cannot fill. For the services'
+    /// clients of each other only; the bench, the probe and the tests are public.
+    pub fn peer(mut self) -> Http {
+        self.peer = true;
+        self
     }
 
     /// Sends `method` to `base` + `path` with an optional JSON body.
@@ -117,6 +128,9 @@ impl Http {
         let mut req = Request::builder().method(method).uri(format!("{base}{path}"));
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if self.peer {
+            req = req.header(crate::http::PEER_HEADER, "1");
         }
         let sent = match body {
             Some(b) => {

@@ -19,11 +19,29 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
+/// Shards of the series: each thread records into one, so that thousands of connection
+/// threads do not queue on one lock (nor on a thread preempted while holding it).
+const SHARDS: usize = 16;
+
+/// The series of one shard, per (route, status).
+type Shard = BTreeMap<(&'static str, u16), Series>;
+
 /// Counts and latencies of the requests a server answered.
 #[derive(Default)]
 pub struct Metrics {
-    /// Per (route, status): the series. Held only to add one sample or to copy all out.
-    series: Mutex<BTreeMap<(&'static str, u16), Series>>,
+    /// Per (route, status): the series, in shards added up when read. A shard's lock is
+    /// held only to add one sample or to copy it out.
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+/// This thread's shard.
+fn shard_index() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
 }
 
 impl Metrics {
@@ -32,10 +50,26 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// Every shard added up.
+    fn series(&self) -> Shard {
+        let mut all = Shard::new();
+        for shard in &self.shards {
+            for (key, s) in shard.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let sum = all.entry(*key).or_default();
+                sum.count += s.count;
+                sum.sum += s.sum;
+                for (a, b) in sum.buckets.iter_mut().zip(s.buckets) {
+                    *a += b;
+                }
+            }
+        }
+        all
+    }
+
     /// Records one answered request.
     pub fn record(&self, route: &'static str, status: u16, latency: Duration) {
         let secs = latency.as_secs_f64();
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut series = self.shards[shard_index()].lock().unwrap_or_else(|e| e.into_inner());
         let s = series.entry((route, status)).or_default();
         s.count += 1;
         s.sum += secs;
@@ -48,12 +82,15 @@ impl Metrics {
 
     /// The number of requests answered on `route` with `status`.
     pub fn count(&self, route: &'static str, status: u16) -> u64 {
-        self.series.lock().unwrap_or_else(|e| e.into_inner()).get(&(route, status)).map_or(0, |s| s.count)
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).get(&(route, status)).map_or(0, |s| s.count))
+            .sum()
     }
 
     /// The Prometheus text of the request metrics, followed by `extra` (already formatted).
     pub fn render(&self, extra: &str) -> String {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let series = self.series();
         let mut out = String::new();
         out.push_str("# HELP bazar_requests_total Requests answered, by route and status.\n# TYPE bazar_requests_total counter\n");
         for ((route, status), s) in &series {
@@ -94,5 +131,15 @@ mod tests {
         assert!(text.contains("bazar_request_seconds_bucket{route=\"/info/{id}\",status=\"200\",le=\"0.0005\"} 1"));
         assert!(text.contains("bazar_request_seconds_bucket{route=\"/info/{id}\",status=\"200\",le=\"0.05\"} 2"));
         assert_eq!(m.count("/info/{id}", 404), 1);
+        // Samples recorded on other threads (other shards) add up.
+        std::thread::scope(|s| {
+            for _ in 0..SHARDS + 3 {
+                s.spawn(|| m.record("/info/{id}", 404, Duration::from_millis(1)));
+            }
+        });
+        assert_eq!(m.count("/info/{id}", 404), SHARDS as u64 + 4);
+        let text = m.render("");
+        assert!(text.contains(&format!("bazar_requests_total{{route=\"/info/{{id}}\",status=\"404\"}} {}", SHARDS + 4)));
+        assert!(text.contains("bazar_request_seconds_bucket{route=\"/info/{id}\",status=\"200\",le=\"0.05\"} 2"));
     }
 }

@@ -118,6 +118,7 @@ where
         Err(e) => return config_error(name, &e),
     };
     let (listen, threads) = (common(&cfg).listen, common(&cfg).threads);
+    let trust = http::Trust::from(common(&cfg).admission());
     // Once, at start: who may call the admin and internal routes (with no token, how to
     // set one). The token itself is never logged.
     match common(&cfg).admission() {
@@ -143,7 +144,8 @@ where
         Err(e) => return fail(e.to_string()),
     };
     let handler = Arc::clone(&service);
-    let served = http::serve(listener, ServerConfig { threads, name }, metrics, shutdown, move |r| handler.handle(r));
+    let served =
+        http::serve(listener, ServerConfig { threads, name, trust }, metrics, shutdown, move |r| handler.handle(r));
     service.stopped();
     match served {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@ impl StandIn {
         let (committed, asked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stop = Shutdown::new();
         let (c, a, s) = (Arc::clone(&committed), Arc::clone(&asked), stop.clone());
-        let config = ServerConfig { threads: 4, name: "stand-in primary" };
+        let config = ServerConfig { threads: 4, name: "stand-in primary", trust: bazar::http::Trust::LoopbackOnly };
         std::thread::spawn(move || {
             serve(listener, config, Arc::new(Metrics::new()), s, move |r: &Request| answer(r, &c, &a)).unwrap()
         });

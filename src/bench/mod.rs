@@ -7,6 +7,8 @@
 //! - [`lab()`] starts its own stores (with and without memcached, `--url` for a running one)
 //!   and answers the lab's three questions: response times with and without the cache, the
 //!   cost of cache consistency, and behaviour while a replica fails and comes back.
+//! - [`overload()`] starts a store and loads it 1x, 5x and 20x beyond its peak: goodput,
+//!   latency, 503s, the replica's lease, failovers and recovery (issue 28).
 //! - [`serve_limit`] serves the same info JSON from memory, on the same HTTP layer with the same
 //!   worker count: the machine's limit, against which front-end figures are stated.
 //!
@@ -25,9 +27,11 @@ use std::time::{Duration, Instant};
 use ureq::http::Method;
 
 mod lab;
+mod overload;
 pub mod scale;
 
 pub use lab::{lab, LabConfig};
+pub use overload::{overload, OverloadConfig};
 
 /// A kind of request the bench sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +213,7 @@ pub fn start_limit_server(threads: usize, shutdown: &Shutdown) -> std::io::Resul
 /// Serves the limit server's answer on `listener` until `shutdown`.
 pub fn serve_limit(listener: TcpListener, threads: usize, shutdown: Shutdown) -> std::io::Result<()> {
     let body = br#"{"id":1,"title":"How to get a good grade in DOS in 40 minutes a day","topic":"distributed systems","price":29.99,"quantity":100}"#.to_vec();
-    let config = ServerConfig { threads, name: "bazar-bench limit" };
+    let config = ServerConfig { threads, name: "bazar-bench limit", trust: http::Trust::LoopbackOnly };
     http::serve(listener, config, Arc::new(Metrics::new()), shutdown, move |_| {
         Response::raw_json(200, body.clone()).with_header("X-Cache", "hit")
     })

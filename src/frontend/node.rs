@@ -111,8 +111,9 @@ impl Frontend {
         Frontend {
             catalogs: Pool::new(config.catalogs.clone()),
             orders: Pool::new(config.orders.clone()),
-            http: Http::new(BACKEND_TIMEOUT, pool, config.common.token.clone()),
-            probe: Http::new(PROBE_TIMEOUT, pool, None),
+            http: Http::new(BACKEND_TIMEOUT, pool, config.common.token.clone()).peer(),
+            // With the token, so that the back ends serve the probes from their peer budget.
+            probe: Http::new(PROBE_TIMEOUT, pool, config.common.token.clone()).peer(),
             catalog_ready: config.catalogs.iter().map(|_| AtomicBool::new(false)).collect(),
             order_ready: config.orders.iter().map(|_| AtomicBool::new(false)).collect(),
             cache,

@@ -93,8 +93,8 @@ impl Near {
 
     /// The watch thread's loop, until `shutdown`: find the primary, watch it, apply.
     pub fn watch(&self, catalogs: &[String], token: Option<String>, shutdown: &Shutdown) {
-        let discover = Http::new(DISCOVER_TIMEOUT, 1, None);
-        let mut http = Http::new(Duration::from_secs(3), 1, token.clone());
+        let discover = Http::new(DISCOVER_TIMEOUT, 1, token.clone()).peer();
+        let mut http = Http::new(Duration::from_secs(3), 1, token.clone()).peer();
         let mut hold = Duration::ZERO;
         let mut target: Option<(String, u64)> = None;
         let mut session = new_session();
@@ -151,7 +151,7 @@ impl Near {
             seen = answer.through;
             if !lease.is_zero() && lease / 4 != hold {
                 hold = lease / 4;
-                http = Http::new(hold + WATCH_SLACK, 1, token.clone());
+                http = Http::new(hold + WATCH_SLACK, 1, token.clone()).peer();
             }
         }
     }

@@ -13,11 +13,15 @@
 //!   body's framing, a chunk's size line and the keep-alive rule are read off bytes or the
 //!   parsed head. It never sees a socket, so it is tested on buffers.
 //! - `server.rs`: the sockets. The accept loop, one thread per connection (up to
-//!   [`MAX_CONNECTIONS`]), the deadlines ([`HEAD_TIMEOUT`], [`BODY_TIMEOUT`],
-//!   [`IDLE_TIMEOUT`]), reading bodies (at most [`MAX_BODY`]), keep-alive, writing answers,
-//!   and the graceful stop: once `shutdown` is set the accept loop stops, requests in
-//!   flight finish and idle connections close, then [`serve`] returns.
-//! - `semaphore.rs`: the counting semaphore that bounds running handlers to `threads`.
+//!   [`MAX_CONNECTIONS`], [`PER_ADDRESS`] from one client address), the deadlines
+//!   ([`HEAD_TIMEOUT`], [`BODY_TIMEOUT`], [`IDLE_TIMEOUT`], shorter under pressure),
+//!   reading bodies (at most [`MAX_BODY`]), keep-alive, writing answers, and the graceful
+//!   stop: once `shutdown` is set the accept loop stops, requests in flight finish and
+//!   idle connections close, then [`serve`] returns.
+//! - `budget.rs`: load shedding without I/O. Which budget a request is served from
+//!   ([`classify`]: control, peer or public), the per-address count, the waits and caps,
+//!   the prebuilt refusal.
+//! - `semaphore.rs`: the counting semaphore that bounds running handlers of one budget.
 //! - `message.rs`: what handlers see and give back. [`Request`] and [`Response`], the
 //!   routing helpers [`route`] and [`respond`], [`parse_id`], [`check_token`], [`json_body`]
 //!   and percent-coding.
@@ -31,6 +35,7 @@
 //! `server.rs` moves bytes and keeps time but judges no syntax; every public name lives at
 //! `crate::http::...`, whichever file defines it.
 
+mod budget;
 mod message;
 mod parse;
 mod semaphore;
@@ -38,6 +43,10 @@ mod server;
 
 use std::time::Duration;
 
+pub use budget::{
+    classify, Class, Trust, CONTROL_SLOTS, FIRST_HEAD_TIMEOUT, MAX_CONNECTIONS, PEER_HEADER, PEER_WAIT, PER_ADDRESS,
+    PRESSED_HEAD, PRESSED_IDLE, PUBLIC_WAIT, RETRY_AFTER,
+};
 pub use message::{
     check_token, is_loopback, json_body, parse_id, percent_decode, percent_encode, respond, route, Request, Response,
     Version,
@@ -57,7 +66,5 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most open connections; one more is answered 503 and closed.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a stopping server waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,23 +1,32 @@
-//! The counting semaphore that bounds how many handlers run at once (the worker pool,
-//! `threads` in `ServerConfig`), apart from the connection threads that wait for it.
+//! The counting semaphore that bounds how many handlers of one budget run at once (the
+//! worker pool, `threads` in `ServerConfig`), apart from the connection threads that wait
+//! for it.
 //!
 //! Invariant: at most `n` permits are out at any time, and a released permit wakes a waiter
-//! whenever one waits (no lost wakeup). The lock guards only two counters and is never held
-//! while a handler runs; a poisoned lock is taken over, since the counters stay consistent.
+//! whenever one waits (no lost wakeup). A slot is taken and given back with one atomic
+//! operation when one is free and nobody waits (the common case: no lock, so a thread
+//! preempted at the wrong moment holds up nobody); the lock guards only the sleep of a
+//! waiter and is never held while a handler runs; a poisoned lock is taken over, since it
+//! guards no data.
+//!
+//! Why no lost wakeup: a waiter counts itself in `waiting` (under the lock) before it
+//! tries for a slot, and a release adds its slot before it reads `waiting` (both
+//! sequentially consistent). So either the waiter's try sees the slot, or the release sees
+//! the waiter and notifies under the lock, which it can take only once the waiter sleeps.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-/// A counting semaphore: the worker pool's bound.
+/// A counting semaphore: one budget's bound.
 pub(super) struct Semaphore {
-    state: Mutex<Slots>,
+    /// Free slots.
+    free: AtomicUsize,
+    /// Callers asleep (or about to sleep) waiting for a slot.
+    waiting: AtomicUsize,
+    /// Taken by a waiter around its sleep and by a release that must wake one.
+    sleep: Mutex<()>,
     freed: Condvar,
-}
-
-/// Free slots, and handlers waiting for one (a release wakes one only when one waits:
-/// a futex wake is a system call, and most releases have nobody to wake).
-struct Slots {
-    free: usize,
-    waiting: usize,
 }
 
 /// One slot, given back when dropped.
@@ -25,33 +34,65 @@ pub(super) struct Permit<'a>(&'a Semaphore);
 
 impl Semaphore {
     pub(super) fn new(n: usize) -> Semaphore {
-        Semaphore { state: Mutex::new(Slots { free: n, waiting: 0 }), freed: Condvar::new() }
+        Semaphore {
+            free: AtomicUsize::new(n),
+            waiting: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            freed: Condvar::new(),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Takes a free slot if there is one.
+    fn try_take(&self) -> bool {
+        self.free.fetch_update(SeqCst, SeqCst, |f| f.checked_sub(1)).is_ok()
     }
 
     pub(super) fn acquire(&self) -> Permit<'_> {
-        let mut slots = self.lock();
-        while slots.free == 0 {
-            slots.waiting += 1;
-            slots = self.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
-            slots.waiting -= 1;
+        self.acquire_until(None, usize::MAX).expect("no deadline")
+    }
+
+    /// A slot if one frees up within `wait`, else `None` (the caller sheds the request);
+    /// `None` at once when no slot is free and `queue` callers already wait.
+    pub(super) fn acquire_within(&self, wait: Duration, queue: usize) -> Option<Permit<'_>> {
+        self.acquire_until(Some(Instant::now() + wait), queue)
+    }
+
+    fn acquire_until(&self, deadline: Option<Instant>, queue: usize) -> Option<Permit<'_>> {
+        if self.try_take() {
+            return Some(Permit(self));
         }
-        slots.free -= 1;
-        Permit(self)
+        if self.waiting.load(SeqCst) >= queue {
+            return None;
+        }
+        let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.fetch_add(1, SeqCst);
+        let taken = loop {
+            if self.try_take() {
+                break true;
+            }
+            guard = match deadline {
+                None => self.freed.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => match d.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) {
+                    Some(left) => self.freed.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0,
+                    None => break false,
+                },
+            };
+        };
+        self.waiting.fetch_sub(1, SeqCst);
+        drop(guard);
+        // `then`, not `then_some`: a Permit made and dropped would give back a slot never taken.
+        taken.then(|| Permit(self))
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut slots = self.0.lock();
-        slots.free += 1;
-        let wake = slots.waiting > 0;
-        drop(slots);
-        if wake {
-            self.0.freed.notify_one();
+        let sem = self.0;
+        sem.free.fetch_add(1, SeqCst);
+        if sem.waiting.load(SeqCst) > 0 {
+            // A futex wake is a system call: only when somebody waits.
+            let _guard = sem.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            sem.freed.notify_one();
         }
     }
 }
@@ -80,7 +121,28 @@ mod tests {
         });
         // Every thread finished (no lost wakeup), never more than two inside at once.
         assert_eq!(most.load(Ordering::SeqCst), 2);
-        let slots = sem.lock();
-        assert_eq!((slots.free, slots.waiting), (2, 0));
+        assert_eq!((sem.free.load(SeqCst), sem.waiting.load(SeqCst)), (2, 0));
+    }
+
+    #[test]
+    fn a_bounded_wait_gives_up_when_no_slot_frees_and_takes_one_that_does() {
+        let sem = Semaphore::new(1);
+        let held = sem.acquire();
+        assert!(sem.acquire_within(Duration::from_millis(20), 1).is_none());
+        assert!(sem.acquire_within(Duration::ZERO, 1).is_none());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A second caller finds the queue full (one waits) and is refused at once.
+                while sem.waiting.load(SeqCst) == 0 {
+                    std::thread::yield_now();
+                }
+                let refused = Instant::now();
+                assert!(sem.acquire_within(Duration::from_secs(30), 1).is_none());
+                assert!(refused.elapsed() < Duration::from_secs(30));
+                drop(held);
+            });
+            assert!(sem.acquire_within(Duration::from_secs(30), 1).is_some());
+        });
+        assert_eq!((sem.free.load(SeqCst), sem.waiting.load(SeqCst)), (1, 0));
     }
 }

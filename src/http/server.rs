@@ -4,11 +4,20 @@
 //! - the request head is read with a bound ([`MAX_HEAD`], else 431) and a deadline
 //!   ([`HEAD_TIMEOUT`], else 408), and parsed by `parse.rs`; the body is read only when its
 //!   declared length is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
-//! - each connection has its own thread (small stack), up to [`MAX_CONNECTIONS`]; a slow
-//!   client holds only its own thread, never a worker another client needs;
-//! - at most `threads` handlers run at once (a counting semaphore, `semaphore.rs`): the
-//!   service's worker pool, sized by `BAZAR_THREADS`;
-//! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`];
+//! - each connection has its own thread (small stack), up to `budget::max_connections` in
+//!   all and [`PER_ADDRESS`] per client address; one over a cap gets the prebuilt
+//!   [`REFUSED`] at once and is closed, with no thread started; a slow client holds only
+//!   its own thread, never a worker another client needs;
+//! - handlers run in three budgets (`budget.rs`): control (`/internal/...`), peer (the
+//!   services' calls to each other) and public, each with its own slots (a counting
+//!   semaphore each, `semaphore.rs`); a public request that finds no slot within
+//!   [`PUBLIC_WAIT`], or finds as many waiting as there are slots, is answered 503 with
+//!   `Retry-After`; a connection thread that
+//!   serves public requests lowers its own CPU priority (nice 10), so that under a surge
+//!   the threads that keep the store together win the CPU;
+//! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`] (a new one
+//!   that sends nothing after [`FIRST_HEAD_TIMEOUT`]); with more than half the connections
+//!   open, after [`PRESSED_IDLE`], and an unfinished head after [`PRESSED_HEAD`];
 //! - shutdown is an input: once set, the accept loop stops, requests in flight finish
 //!   and idle connections are closed (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
 //!
@@ -16,10 +25,14 @@
 //! bytes of body (plus its read buffer); a handler panic is answered 500 and logged, and
 //! never takes the process down.
 
+use super::budget::{
+    classify, max_connections, raise_fd_limit, Addresses, Class, Trust, CONTROL_SLOTS, FIRST_HEAD_TIMEOUT, PEER_WAIT,
+    PER_ADDRESS, PRESSED_HEAD, PRESSED_IDLE, PUBLIC_WAIT, REFUSED, RETRY_AFTER,
+};
 use super::message::{Request, Response};
 use super::parse::{blank_lines, body_length, chunk_size, parse_head, wants_keep_alive, BodyLength};
-use super::semaphore::Semaphore;
-use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD};
+use super::semaphore::{Permit, Semaphore};
+use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -38,10 +51,13 @@ const CONNECTION_STACK: usize = 256 * 1024;
 /// Settings of one server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Most handlers running at once.
+    /// Most public handlers running at once, and as many for peers' calls (the control
+    /// budget has its own `CONTROL_SLOTS`).
     pub threads: usize,
     /// Name used in log lines.
     pub name: &'static str,
+    /// Who may use the control and peer budgets: the admission of the internal routes.
+    pub trust: Trust,
 }
 
 /// Serves `listener` until `shutdown` is set, then drains and returns.
@@ -55,20 +71,28 @@ pub fn serve<H>(
 where
     H: Fn(&Request) -> Response + Send + Sync + 'static,
 {
+    let max_open = max_connections(raise_fd_limit());
+    let threads = config.threads.max(1);
     let shared = Arc::new(Shared {
         handler,
         metrics,
         shutdown: shutdown.clone(),
-        permits: Semaphore::new(config.threads.max(1)),
+        control: Semaphore::new(CONTROL_SLOTS),
+        peer: Semaphore::new(threads),
+        public: Semaphore::new(threads),
+        public_queue: threads,
+        trust: config.trust,
         open: AtomicUsize::new(0),
+        max_open,
+        addresses: Addresses::default(),
     });
-    log::info!("{} listening on {}", config.name, listener.local_addr()?);
+    log::info!("{} listening on {} (at most {max_open} connections)", config.name, listener.local_addr()?);
     while !shutdown.is_set() {
         if !wait_readable(&listener, TICK) {
             continue;
         }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let (stream, ip) = match listener.accept() {
+            Ok((s, a)) => (s, a.ip()),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("accept failed: {e}");
@@ -76,22 +100,24 @@ where
                 continue;
             }
         };
-        if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if shared.open.fetch_add(1, Ordering::SeqCst) >= max_open {
             shared.open.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_response(
-                &mut &stream,
-                &Response::error(&Error::Unavailable("too many connections".into())),
-                false,
-                false,
-            );
+            refuse(stream, &shared.metrics);
+            continue;
+        }
+        if !shared.addresses.admit(ip, PER_ADDRESS) {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            refuse(stream, &shared.metrics);
             continue;
         }
         let conn = Arc::clone(&shared);
         let spawned = std::thread::Builder::new().name("conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
             conn.connection(stream);
+            conn.addresses.release(ip);
             conn.open.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
+            shared.addresses.release(ip);
             shared.open.fetch_sub(1, Ordering::SeqCst);
             log::warn!("cannot start a connection thread: {e}");
         }
@@ -110,10 +136,22 @@ struct Shared<H> {
     handler: H,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    /// Bounds the handlers running at once to the worker count.
-    permits: Semaphore,
+    /// Handler slots of the store's own protocol (`/internal/...`).
+    control: Semaphore,
+    /// Handler slots of the services' calls to each other.
+    peer: Semaphore,
+    /// Handler slots of everyone else.
+    public: Semaphore,
+    /// Most public requests waiting for a slot; one more is shed at once.
+    public_queue: usize,
+    /// Who may use `control` and `peer`.
+    trust: Trust,
     /// Open connections, for the limit and for draining.
     open: AtomicUsize,
+    /// Most connections open at once.
+    max_open: usize,
+    /// Open connections per client address.
+    addresses: Addresses,
 }
 
 /// Why reading a request stopped.
@@ -133,8 +171,12 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         // Who is on the other end: what a service with no token admits admin requests by.
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let mut reader = BufReader::with_capacity(8 * 1024, &stream);
+        let mut first = true;
+        let mut niced = false;
         loop {
-            let request = match read_request(&mut reader, &self.shutdown) {
+            let limits = self.limits(first);
+            first = false;
+            let request = match read_request(&mut reader, &self.shutdown, limits) {
                 Ok(r) => Request { peer, ..r },
                 Err(ReadError::Closed) => return,
                 Err(ReadError::Answer(e)) => {
@@ -146,18 +188,28 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 }
             };
             let started = Instant::now();
-            let response = {
-                let _permit = self.permits.acquire();
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        log::error!("handler panicked on {} {}", request.method, request.path);
-                        Response::error(&Error::Internal("internal error".into()))
+            let class = classify(&request, &self.trust);
+            if class == Class::Public && !niced {
+                // Public work yields the CPU to the store's own threads; a thread can
+                // raise its nice value but not lower it again, so it stays so.
+                lower_priority();
+                niced = true;
+            }
+            let response = match self.permit(class) {
+                Some(_permit) => {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            log::error!("handler panicked on {} {}", request.method, request.path);
+                            Response::error(&Error::Internal("internal error".into()))
+                        }
                     }
                 }
+                None => shed(class),
             };
             self.metrics.record(response.route, response.status, started.elapsed());
-            let keep = wants_keep_alive(&request) && !self.shutdown.is_set();
+            let keep =
+                wants_keep_alive(&request) && !self.shutdown.is_set() && !(response.status == 503 && self.pressed());
             if write_response(&mut &stream, &response, keep, request.method == "HEAD").is_err() || !keep {
                 return;
             }
@@ -165,9 +217,82 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     }
 }
 
+impl<H> Shared<H> {
+    /// Whether more than half the connections this process may hold are open.
+    fn pressed(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > self.max_open / 2
+    }
+
+    /// The deadlines for the next request's head: shorter for a connection's first, and
+    /// shorter still under pressure.
+    fn limits(&self, first: bool) -> Limits {
+        match (self.pressed(), first) {
+            (true, _) => Limits { idle: PRESSED_IDLE, head: PRESSED_HEAD },
+            (false, true) => Limits { idle: FIRST_HEAD_TIMEOUT, head: HEAD_TIMEOUT },
+            (false, false) => Limits { idle: IDLE_TIMEOUT, head: HEAD_TIMEOUT },
+        }
+    }
+
+    /// A handler slot of `class`'s budget, or `None` when the request is to be shed.
+    fn permit(&self, class: Class) -> Option<Permit<'_>> {
+        match class {
+            Class::Control => Some(self.control.acquire()),
+            Class::Peer => self.peer.acquire_within(PEER_WAIT, usize::MAX),
+            Class::Public => self.public.acquire_within(PUBLIC_WAIT, self.public_queue),
+        }
+    }
+}
+
+/// The answer to a request that found no handler slot in time.
+fn shed(class: Class) -> Response {
+    let who = if class == Class::Public { "requests" } else { "calls from other services" };
+    Response::error(&Error::Unavailable(format!(
+        "overloaded: too many {who} at once, retry after {RETRY_AFTER} second"
+    )))
+    .with_header("Retry-After", RETRY_AFTER)
+    .at("shed")
+}
+
+/// Refuses a connection over a cap at once: the prebuilt answer in one write, then close.
+/// What the client already sent is read first (without waiting), so that the close does
+/// not reset the connection before the answer is read.
+fn refuse(stream: TcpStream, metrics: &Metrics) {
+    metrics.record("refused", 503, Duration::ZERO);
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let _ = (&stream).read(&mut buf);
+    let _ = (&stream).write_all(REFUSED);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (Linux: a thread's own nice value).
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// How long a connection may sit before a head begins (`idle`), and how long a head may
+/// take once begun (`head`).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    idle: Duration,
+    head: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { idle: IDLE_TIMEOUT, head: HEAD_TIMEOUT }
+    }
+}
+
 /// Reads one request, with the head and body limits and deadlines.
-fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
-    let mut request = read_head(reader, shutdown)?;
+fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown, limits: Limits) -> Result<Request, ReadError> {
+    let mut request = read_head(reader, shutdown, limits)?;
     let deadline = Instant::now() + BODY_TIMEOUT;
     request.body = match body_length(&request).map_err(ReadError::Answer)? {
         BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
@@ -183,7 +308,7 @@ fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Reques
 /// The parser runs when a read brought a line feed (a head can only end with one), on the
 /// first bytes (to refuse garbage at once) and at the limit, so a client that sends one
 /// byte at a time costs one parse per line, not one per byte.
-fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, ReadError> {
+fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown, limits: Limits) -> Result<Request, ReadError> {
     let mut head: Vec<u8> = Vec::new();
     let idle_since = Instant::now();
     let mut first_byte: Option<Instant> = None;
@@ -194,8 +319,8 @@ fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown) -> Result<Request, 
             Ok(bytes) => bytes,
             Err(e) if is_timeout(&e) => {
                 match first_byte {
-                    None if shutdown.is_set() || idle_since.elapsed() > IDLE_TIMEOUT => return Err(ReadError::Closed),
-                    Some(t) if t.elapsed() > HEAD_TIMEOUT => return Err(ReadError::Answer(Error::RequestTimeout)),
+                    None if shutdown.is_set() || idle_since.elapsed() > limits.idle => return Err(ReadError::Closed),
+                    Some(t) if t.elapsed() > limits.head => return Err(ReadError::Answer(Error::RequestTimeout)),
                     _ => {}
                 }
                 continue;
@@ -417,7 +542,7 @@ mod tests {
             let mut reader = Trickle { data: bytes, step };
             let mut got = Vec::new();
             loop {
-                match read_request(&mut reader, &shutdown) {
+                match read_request(&mut reader, &shutdown, Limits::default()) {
                     Ok(r) => got.push(format!(
                         "{} {} {:?} {}",
                         r.method,
@@ -510,7 +635,7 @@ mod tests {
                     _ => bytes.splice(at..at, std::iter::repeat_n(b'a', rng.below(3) * MAX_HEAD / 2)).for_each(drop),
                 }
             }
-            match read_request(&mut bytes.as_slice(), &shutdown) {
+            match read_request(&mut bytes.as_slice(), &shutdown, Limits::default()) {
                 Ok(r) => {
                     let _ = (r.segments(), r.query_param("topic"), wants_keep_alive(&r));
                     assert!(r.body.len() <= MAX_BODY);

@@ -60,7 +60,12 @@ pub fn start(
     let (server, stop) = (Arc::clone(&lab), shutdown.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     std::thread::spawn(move || {
-        let config = crate::http::ServerConfig { threads: 16, name: "bazar-lab" };
+        let config = crate::http::ServerConfig {
+            threads: 16,
+            name: "bazar-lab",
+            // No internal routes: every request is in the public budget.
+            trust: crate::http::Trust::LoopbackOnly,
+        };
         if let Err(e) = crate::http::serve(listener, config, metrics, stop, move |r| server.handle(r)) {
             eprintln!("bazar-cluster: lab: the lab API stopped: {e}");
         }
