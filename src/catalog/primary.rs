@@ -428,12 +428,10 @@ impl CatalogNode {
         std::thread::scope(|s| {
             for link in self.links().into_iter().filter(|l| l.grant().in_sync) {
                 let body = body.clone();
-                s.spawn(move || {
-                    match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(body)) {
-                        Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
-                        Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
-                        Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
-                    }
+                s.spawn(move || match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(body)) {
+                    Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
+                    Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
+                    Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
                 });
             }
         });
@@ -699,7 +697,9 @@ impl CatalogNode {
                         // `run` names this process: its farewell, and only it, may extend
                         // the lease it grants (see `lease.rs`).
                         let run = &self.replica_id;
-                        Ok(Response::json(&serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term(), "run": run })))
+                        Ok(Response::json(
+                            &serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term(), "run": run }),
+                        ))
                     }
                     Err(why) => {
                         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
