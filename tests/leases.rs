@@ -90,7 +90,10 @@ fn a_restarted_primary_waits_out_the_leases_before_writing() {
     for round in 1..=3u64 {
         s.catalogs[0].kill9();
         std::thread::sleep(Duration::from_millis(LEASE_MS / 2));
-        assert_eq!(get(&r, "/books/5").status, 200, "reads go on while the primary is down");
+        // The replica serves on the lease the killed primary granted, and no longer (a
+        // refused renewal extends nothing since issue 28): 200 while it lasts, then 503.
+        let read = get(&r, "/books/5");
+        assert!(read.status == 200 || read.status == 503, "round {round}: {}", read.status);
         s.catalogs[0].restart();
         eventually(Duration::from_secs(10), "primary up", || {
             client().call(ureq::http::Method::GET, &p, "/health", None).is_ok()

@@ -15,22 +15,32 @@
 //! - Renewals are not carried by pushes: a replica cannot know when a push was sent, so it
 //!   has no safe moment to measure from.
 //!
-//! # A dead primary
-//! A replica whose renewal is refused at the TCP level (connection refused: no process on
-//! the primary's port) while its lease is still valid learns that the primary is not
-//! running, so no write can be acknowledged; it has every write acknowledged so far (its
-//! lease was valid). It then extends its lease to `a + 0.9 L` from that attempt, and keeps
-//! doing so while the refusals go on: reads go on while the primary is down. A primary that
-//! starts acknowledges no write during its first `L`, which outlasts any such extension. A
-//! timeout or an unreachable network (a partition, a paused primary) never extends a lease.
+//! # A primary that does not answer
+//! A renewal that fails extends nothing, whatever the failure: a timeout, an unreachable
+//! network, and a *refused connection* too. A refused connection does not prove that no
+//! primary runs: a partition that REJECTs the replica's packets one way (an iptables
+//! REJECT, a firewall sending TCP resets) refuses the connection to a primary that is alive
+//! and still acknowledging writes to its clients, with its pushes to this replica DROPped
+//! the other way. Were a refusal taken as the primary's death, the replica would serve the
+//! old stock for as long as the partition lasts after a write was acknowledged (issue 28;
+//! Jepsen's finding that asymmetric partitions break failure detectors). So a replica
+//! serves only on a lease the primary granted, and a primary killed (`kill -9`) leaves its
+//! replicas serving until their leases run out, no longer.
+//!
+//! Architecture invariant: a replica's lease is extended only by its primary's grant, or by
+//! that same primary's farewell (below), named by the primary's run id.
 //!
 //! # A primary that stops
 //! A primary stopped gracefully (SIGTERM) takes its writer lock for good, so it acknowledges
-//! nothing more, and sends a *farewell* to each replica in sync. A replica whose lease is
-//! valid then serves for a grace `D` ([`FAREWELL_LEASES`] leases) counted from its last
+//! nothing more, and sends a *farewell*, naming its run id, to each replica in sync. A
+//! replica whose lease is valid and was granted by that run (each grant names the run that
+//! gave it) then serves for a grace `D` ([`FAREWELL_LEASES`] leases) counted from its last
 //! renewal that the old primary answered, a moment before the old primary exited and so
 //! before any new one started. A primary that starts acknowledges no write until every
-//! replica has caught up from it (its log or a copy of its catalog, which ends any extension) or `D` has passed.
+//! replica has caught up from it (its log or a copy of its catalog, which ends any
+//! extension) or `D` has passed. A farewell is a message the primary sends, never an
+//! inference from a failed request: a farewell of another run (an older process of the same
+//! address) extends nothing.
 //! This keeps reads going when the primary's name stops resolving (a stopped container),
 //! which a replica cannot tell from a partition.
 
@@ -47,18 +57,21 @@ const REPLICA_SHARE: f64 = 0.9;
 pub struct ReplicaLease {
     length: Duration,
     expiry: Option<Instant>,
-    /// The last extension came from a refused connection or a farewell (the primary is down).
+    /// The last extension came from the primary's farewell (it stopped gracefully).
     primary_down: bool,
     /// When the replica sent its last renewal that the primary answered (grant or not).
     last_answered: Option<Instant>,
     /// The epoch of the primary that granted the last renewal.
     epoch: u64,
+    /// The run id of the primary process that granted the last renewal: only its farewell
+    /// counts.
+    run: Option<String>,
 }
 
 impl ReplicaLease {
     /// No lease yet; leases of `length`.
     pub fn new(length: Duration) -> ReplicaLease {
-        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None, epoch: 0 }
+        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None, epoch: 0, run: None }
     }
 
     fn extend(&mut self, asked: Instant, length: Duration) {
@@ -66,9 +79,10 @@ impl ReplicaLease {
         self.expiry = Some(self.expiry.map_or(end, |e| e.max(end)));
     }
 
-    /// The primary of `epoch` granted the renewal asked for at `asked`.
-    pub fn granted(&mut self, asked: Instant, epoch: u64) {
+    /// The primary of `epoch`, running as `run`, granted the renewal asked for at `asked`.
+    pub fn granted(&mut self, asked: Instant, epoch: u64, run: Option<String>) {
         self.epoch = epoch;
+        self.run = run;
         self.primary_down = false;
         self.last_answered = Some(asked);
         self.extend(asked, self.length);
@@ -86,11 +100,12 @@ impl ReplicaLease {
         self.last_answered = Some(asked);
     }
 
-    /// The primary said farewell (it acknowledges nothing more); `now` is when it came.
-    /// Returns whether the lease was extended by the grace.
-    pub fn farewell(&mut self, now: Instant) -> bool {
+    /// The primary running as `run` said farewell (it acknowledges nothing more); `now` is
+    /// when it came. Returns whether the lease was extended by the grace: only a valid lease
+    /// granted by that same run is.
+    pub fn farewell(&mut self, now: Instant, run: &str) -> bool {
         match self.last_answered {
-            Some(asked) if self.valid(now) => {
+            Some(asked) if self.valid(now) && self.run.as_deref() == Some(run) => {
                 self.primary_down = true;
                 self.extend(asked, self.length * FAREWELL_LEASES);
                 true
@@ -107,24 +122,12 @@ impl ReplicaLease {
         }
     }
 
-    /// The renewal asked for at `asked` found no process on the primary's port; `now` is
-    /// when that answer came. Returns whether the lease was extended.
-    pub fn refused(&mut self, asked: Instant, now: Instant) -> bool {
-        if self.valid(now) {
-            self.primary_down = true;
-            self.extend(asked, self.length);
-            true
-        } else {
-            false
-        }
-    }
-
     /// Whether reads may be answered at `now`.
     pub fn valid(&self, now: Instant) -> bool {
         self.expiry.is_some_and(|e| now < e)
     }
 
-    /// Whether the lease is being extended because the primary is down.
+    /// Whether the lease is being extended by the farewell of a primary that stopped.
     pub fn primary_down(&self) -> bool {
         self.primary_down
     }
@@ -189,7 +192,7 @@ mod tests {
         // Asked at t0, granted 30 ms later (network), answer back at 60 ms.
         let granted = t0 + Duration::from_millis(30);
         primary.request("r1", granted, L).unwrap();
-        replica.granted(t0, 0);
+        replica.granted(t0, 0, None);
         assert!(replica.valid(t0 + Duration::from_millis(899)));
         assert!(!replica.valid(t0 + Duration::from_millis(900)));
         // A failed push: the write waits until the primary's view ends, after the replica's.
@@ -200,20 +203,22 @@ mod tests {
         assert!(primary.request("r2", t0 + L, L).is_err());
     }
 
+    /// Only the primary's grant extends a lease: a renewal that failed (refused, timed
+    /// out) is no event of the lease at all, so the lease simply runs out.
     #[test]
-    fn refusals_extend_only_a_valid_lease() {
+    fn only_a_grant_extends_a_lease() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut r = ReplicaLease::new(L);
-        assert!(!r.refused(t0, t0), "no lease, no extension");
-        r.granted(t0, 0);
-        assert!(r.refused(ms(500), ms(501)));
-        assert!(r.primary_down());
-        assert!(r.valid(ms(1399)) && !r.valid(ms(1400)));
-        r.answered(ms(1300));
+        r.granted(t0, 0, Some("run-a".into()));
+        // Renewals at 250, 500, 750 ms fail (refused): nothing is recorded, so at 900 ms the
+        // lease has run out however many refusals came.
+        assert!(r.valid(ms(899)) && !r.valid(ms(900)));
         assert!(!r.primary_down());
-        assert!(!r.refused(ms(1500), ms(1500)), "expired: a dead primary proves nothing now");
-        assert_eq!(r.remaining(ms(1500)), Duration::ZERO);
+        r.answered(ms(1000));
+        assert!(!r.valid(ms(1000)), "an answer without a grant extends nothing");
+        r.granted(ms(1000), 0, Some("run-a".into()));
+        assert!(r.valid(ms(1899)) && !r.valid(ms(1900)));
     }
 
     #[test]
@@ -221,15 +226,20 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut r = ReplicaLease::new(L);
-        assert!(!r.farewell(t0), "no lease, no grace");
-        r.granted(t0, 0);
+        assert!(!r.farewell(t0, "run-a"), "no lease, no grace");
+        r.granted(t0, 0, Some("run-a".into()));
         r.answered(ms(250));
-        assert!(r.farewell(ms(300)));
+        assert!(!r.farewell(ms(300), "run-b"), "a farewell of another run extends nothing");
+        assert!(!r.primary_down());
+        assert!(r.farewell(ms(300), "run-a"));
         assert!(r.valid(ms(250 + 13_499)) && !r.valid(ms(250 + 13_500)), "0.9 x 15 leases from the last answer");
         r.reset_if_extended();
         assert!(!r.valid(ms(301)), "a new primary grants anew");
         let mut expired = ReplicaLease::new(L);
-        expired.granted(t0, 0);
-        assert!(!expired.farewell(ms(2000)), "an expired lease gets no grace");
+        expired.granted(t0, 0, Some("run-a".into()));
+        assert!(!expired.farewell(ms(2000), "run-a"), "an expired lease gets no grace");
+        let mut unnamed = ReplicaLease::new(L);
+        unnamed.granted(t0, 0, None);
+        assert!(!unnamed.farewell(ms(300), ""), "a grant that named no run takes no farewell");
     }
 }

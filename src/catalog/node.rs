@@ -156,7 +156,9 @@ pub struct CatalogNode {
     pub(super) copy_refused: Mutex<String>,
     /// This node, for the threads it starts from a borrowed `self`.
     pub(super) me: std::sync::Weak<CatalogNode>,
-    /// Replica: its identity for this run.
+    /// This process's run id (random per start): a replica's identity for its primary, and
+    /// a primary's name in its lease grants and its farewell (only the farewell of the run
+    /// that granted a lease extends it).
     pub(super) replica_id: String,
     /// Replica: its read lease. Held briefly.
     pub(super) lease: Mutex<ReplicaLease>,
@@ -540,8 +542,12 @@ impl CatalogNode {
             ["internal", "farewell"] if method == "POST" => http::respond(
                 admin(&|| {
                     self.replica_only()?;
+                    // Named by the stopping primary's run id: only the run that granted this
+                    // replica's lease extends it (a farewell is never inferred).
+                    let body: serde_json::Value = json_body(request)?;
+                    let run = body["run"].as_str().unwrap_or_default();
                     // With etcd another primary may follow at once: no grace.
-                    let extended = self.failover.is_none() && self.lease().farewell(Instant::now());
+                    let extended = self.failover.is_none() && self.lease().farewell(Instant::now(), run);
                     log::warn!(
                         "the primary is stopping; {}",
                         if extended { "serving reads for the farewell grace" } else { "no valid lease to extend" }

@@ -444,14 +444,14 @@ impl CatalogNode {
     /// serving reads for the grace while no primary runs.
     pub(super) fn farewell(&self) {
         let writer = self.lock_writer();
+        let body = serde_json::json!({ "run": self.replica_id }).to_string().into_bytes();
         std::thread::scope(|s| {
             for link in self.links().into_iter().filter(|l| l.grant().in_sync) {
-                s.spawn(move || {
-                    match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(b"{}".to_vec())) {
-                        Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
-                        Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
-                        Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
-                    }
+                let body = body.clone();
+                s.spawn(move || match self.push.http.call(Method::POST, &link.url, "/internal/farewell", Some(body)) {
+                    Ok(a) if a.status == 200 => log::info!("said farewell to replica {}", link.url),
+                    Ok(a) => log::warn!("replica {} did not take the farewell: {}", link.url, a.error()),
+                    Err(e) => log::warn!("replica {} did not take the farewell: {e}", link.url),
                 });
             }
         });
@@ -714,7 +714,12 @@ impl CatalogNode {
                     Ok(()) => {
                         self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
                         let lease_ms = self.config.lease.as_millis() as u64;
-                        Ok(Response::json(&serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term() })))
+                        // `run` names this process: its farewell, and only it, may extend
+                        // the lease it grants (see `lease.rs`).
+                        let run = &self.replica_id;
+                        Ok(Response::json(
+                            &serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term(), "run": run }),
+                        ))
                     }
                     Err(why) => {
                         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);

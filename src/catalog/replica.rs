@@ -333,6 +333,7 @@ impl CatalogNode {
     /// Background: asks for a read lease every quarter of its length.
     fn renew_lease(&self, shutdown: &Shutdown) {
         let request = LeaseRequest { replica_id: self.replica_id.clone() };
+        let mut refused_before = false;
         loop {
             let Some(primary) = self.primary_url() else {
                 // The primary itself, or none known now (an election).
@@ -347,7 +348,9 @@ impl CatalogNode {
             match answer {
                 Ok(grant) => match self.check_epoch(grant["epoch"].as_u64().unwrap_or(0)) {
                     Ok(()) => {
-                        lease.granted(asked, grant["epoch"].as_u64().unwrap_or(0));
+                        let run = grant["run"].as_str().map(str::to_string);
+                        lease.granted(asked, grant["epoch"].as_u64().unwrap_or(0), run);
+                        refused_before = false;
                         self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -356,20 +359,25 @@ impl CatalogNode {
                         log::warn!("lease not taken: {e}");
                     }
                 },
-                Err(PeerError::Unreachable { refused: false, .. } | PeerError::Answered { status: 503, .. }) => {
+                Err(PeerError::Unreachable { refused, .. }) => {
+                    // Extends nothing, refused or not: a refused connection may come from a
+                    // one-way partition in front of a primary that is alive and acknowledging
+                    // writes (see `lease.rs`). Only a grant, or its farewell, extends a lease.
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(PeerError::Unreachable { .. }) if self.failover.is_some() => {
-                    // With etcd a new primary may take over at once: a dead primary extends
-                    // nothing.
-                    self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                    self.kick_election();
-                }
-                Err(PeerError::Unreachable { refused: true, .. }) => {
-                    let was_down = lease.primary_down();
-                    if lease.refused(asked, Instant::now()) && !was_down {
-                        log::warn!("the primary {primary} is not running: serving reads on the lease it granted (no write can be acknowledged meanwhile)");
+                    if refused && !refused_before {
+                        log::warn!(
+                            "the primary {primary} refused the lease renewal: no lease is extended by a refusal \
+                             (a one-way partition refuses too); reads stop here when the lease runs out"
+                        );
                     }
+                    refused_before = refused;
+                    if refused && self.failover.is_some() {
+                        // With etcd a new primary may take over at once: an election is
+                        // looked at (etcd, not the refusal, decides who leads).
+                        self.kick_election();
+                    }
+                }
+                Err(PeerError::Answered { status: 503, .. }) => {
                     self.counters.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {

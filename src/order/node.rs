@@ -3,9 +3,11 @@
 //! Sync is pull-based anti-entropy: every [`SYNC_INTERVAL`] each server asks each peer for
 //! the orders appended to the peer's log since the position it last read (from 0 after a
 //! start, or when the peer's log is of another generation: restarted, re-opened, rebuilt),
-//! and appends those it lacks. A purchase is also pushed to the peers at once, so that when
-//! it is acknowledged every reachable peer already has it. A peer that was down, cut off or
-//! restarted converges at its next pull, whoever crashed in between.
+//! and appends those it lacks. A purchase is also pushed at once to the peers that answered
+//! since their last failed push (a peer cut off costs no wait per purchase, see
+//! `OrderNode::share`), so that when it is acknowledged every responsive peer already has
+//! it. A peer that was down, cut off or restarted converges at its next pull, whoever
+//! crashed in between.
 //!
 //! **An acknowledged order survives the loss of any one disk.** It is acknowledged once it
 //! is durable on two disks: this server's (fsync) or, when this server's disk does not take
@@ -36,7 +38,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::{Order, OrderPage};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -189,6 +191,9 @@ pub struct OrderNode {
     peer_held: Vec<AtomicU64>,
     /// Per peer: when a pull from it last succeeded (shown by `/health`, for the dashboard).
     pulled_at: Vec<Mutex<Option<Instant>>>,
+    /// Per peer: whether purchases push to it (see [`OrderNode::share`]). Cleared by a push
+    /// that failed, set again by a pull that succeeded.
+    responsive: Vec<AtomicBool>,
     /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
     counters: Counters,
@@ -216,6 +221,7 @@ impl OrderNode {
             cursors: config.peers.iter().map(|_| Mutex::new(PeerCursor::default())).collect(),
             peer_held: config.peers.iter().map(|_| AtomicU64::new(0)).collect(),
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
+            responsive: config.peers.iter().map(|_| AtomicBool::new(true)).collect(),
             reconciled: AtomicU64::new(0),
             counters: Counters::default(),
             metrics,
@@ -348,6 +354,9 @@ impl OrderNode {
             self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, page.log.clone(), page.next);
             if page.orders.len() < PAGE || page.next <= from {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                if !self.responsive[i].swap(true, Ordering::SeqCst) {
+                    log::info!("peer {url} answers again: purchases push to it again");
+                }
                 return Ok(());
             }
         }
@@ -415,20 +424,35 @@ impl OrderNode {
         }
     }
 
-    /// Hands an order to every peer now; a peer that misses it pulls it later. Returns
-    /// how many took it: a peer answers once the order is durable on its disk.
+    /// Hands an order to every responsive peer now; a peer that misses it pulls it later.
+    /// Returns how many took it: a peer answers once the order is durable on its disk.
+    ///
+    /// Architecture invariant (the order sharing rule): a purchase pushes only to peers
+    /// that answered since their last failed push. A peer cut off (a partition that DROPs,
+    /// where each push would wait [`PEER_TIMEOUT`]) costs one failed push, not one wait per
+    /// purchase; the sync thread's next successful pull marks it responsive again, and the
+    /// orders it missed meanwhile reach it by that pull (the existing anti-entropy), so the
+    /// two logs converge once the partition heals.
     fn share(&self, order: &Order) -> usize {
         std::thread::scope(|s| {
             let pushes: Vec<_> = self
                 .config
                 .peers
                 .iter()
-                .map(|url| {
+                .zip(&self.responsive)
+                .filter(|(_, responsive)| responsive.load(Ordering::SeqCst))
+                .map(|(url, responsive)| {
                     s.spawn(move || match self.peers.push(url, std::slice::from_ref(order)) {
                         Ok(_) => true,
                         Err(e) => {
                             self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
-                            log::warn!("peer {url} did not take order {} now ({e}); it will pull it", order.order_id);
+                            if responsive.swap(false, Ordering::SeqCst) {
+                                log::warn!(
+                                    "peer {url} did not take order {} now ({e}); purchases stop pushing to it until \
+                                     it answers a pull, and it will pull what it missed",
+                                    order.order_id
+                                );
+                            }
                             false
                         }
                     })

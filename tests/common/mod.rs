@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod files;
+pub mod netns;
 
 use bazar::client::{Answer, Http};
 use std::fs;
