@@ -234,10 +234,11 @@ pub fn memcached_args(port: u16) -> Vec<String> {
     args
 }
 
-/// The arguments that run a one-member etcd on loopback (clients on `port`, its peer port
-/// on `peer_port`), keeping its data in `data`, in the foreground.
-pub fn etcd_args(port: u16, peer_port: u16, data: &Path) -> Vec<String> {
-    let (client, peer) = (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{peer_port}"));
+/// The arguments that run a one-member etcd on `host` (loopback here; a test's own network
+/// elsewhere): clients on `port`, its peer port on `peer_port`, its data in `data`, in the
+/// foreground.
+pub fn etcd_args(host: &str, port: u16, peer_port: u16, data: &Path) -> Vec<String> {
+    let (client, peer) = (format!("http://{host}:{port}"), format!("http://{host}:{peer_port}"));
     [
         ("--name", "bazar".to_string()),
         ("--data-dir", data.display().to_string()),
@@ -545,7 +546,7 @@ fn specs(layout: &Layout) -> Vec<Spec> {
         specs.push(Spec {
             name: "etcd",
             program,
-            args: etcd_args(*port, *peer, &layout.dir.join("etcd")),
+            args: etcd_args("127.0.0.1", *port, *peer, &layout.dir.join("etcd")),
             env: Vec::new(),
         });
     }

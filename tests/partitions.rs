@@ -84,22 +84,9 @@ impl Cluster {
     fn etcd(&mut self) -> Option<String> {
         let program = installed("etcd", "etcd-server", "BAZAR_REQUIRE_ETCD")?;
         let addr = self.net.addr("etcd");
-        let (client, peer) = (format!("http://{addr}:{ETCD_PORT}"), format!("http://{addr}:{}", ETCD_PORT + 1));
-        let data = self.dir.0.join("etcd-data").display().to_string();
-        let args = [
-            ("--name", "bazar".to_string()),
-            ("--data-dir", data),
-            ("--listen-client-urls", client.clone()),
-            ("--advertise-client-urls", client.clone()),
-            ("--listen-peer-urls", peer.clone()),
-            ("--initial-advertise-peer-urls", peer.clone()),
-            ("--initial-cluster", format!("bazar={peer}")),
-            ("--logger", "zap".to_string()),
-            ("--log-level", "warn".to_string()),
-        ]
-        .into_iter()
-        .flat_map(|(f, v)| [f.to_string(), v])
-        .collect();
+        let client = format!("http://{addr}:{ETCD_PORT}");
+        let data = self.dir.0.join("etcd-data");
+        let args = bazar::cluster::etcd_args(&addr.to_string(), ETCD_PORT, ETCD_PORT + 1, &data);
         let log = self.dir.0.join("etcd.log");
         self.procs.push(self.net.start("etcd", Spec { name: "etcd".into(), program, args, env: vec![], log }));
         self.net.run(|| {

@@ -105,18 +105,7 @@ impl Netns {
 
     /// Runs `f` on a thread that has joined the namespace (its sockets are the namespace's).
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                // SAFETY: setns(2) on a namespace file we hold open; it moves only this thread.
-                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-        })
+        common::netns::in_namespace(&self.name, f)
     }
 
     /// A catalog primary inside the namespace, listening on `port` on every address there

@@ -210,7 +210,7 @@ pub fn etcd(dir: &Path) -> Option<Proc> {
     let spec = Spec {
         name: "etcd".into(),
         program,
-        args: bazar::cluster::etcd_args(port, peer_port, &data),
+        args: bazar::cluster::etcd_args("127.0.0.1", port, peer_port, &data),
         env: vec![],
         log: dir.join(format!("etcd-{port}.log")),
     };

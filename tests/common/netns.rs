@@ -124,19 +124,7 @@ impl Net {
     /// Runs `f` on a thread inside the `client` namespace: its sockets are that
     /// namespace's (the services' addresses are reachable from it, the host's are not).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.ns("client"));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                // SAFETY: setns(2) on a namespace file held open; it moves only this thread
-                // (and the threads it starts).
-                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        in_namespace(&self.ns("client"), f)
     }
 
     fn iptables(&self, node: &str, args: &[&str]) {
@@ -192,4 +180,21 @@ impl Drop for Net {
         }
         let _ = Command::new("ip").args(["netns", "del", &self.hub]).output();
     }
+}
+
+/// Runs `f` on a thread that has joined the network namespace `name` (`ip netns add`): its
+/// sockets, and those of the threads it starts, are that namespace's.
+pub fn in_namespace<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns(2) on a namespace file held open; it moves only this thread.
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
