@@ -337,7 +337,12 @@ impl CatalogNode {
                 };
                 if now_eligible != eligible {
                     if let Some(Err(why)) = &now_eligible {
-                        log::warn!("not eligible for primary: {why}");
+                        // A catalog that never took a write (a new one, an emptied disk)
+                        // copies the store's catalog: expected, not a warning.
+                        match self.identity().is_empty() {
+                            true => log::info!("not eligible for primary until it copies the store's catalog: {why}"),
+                            false => log::warn!("not eligible for primary: {why}"),
+                        }
                     }
                     eligible = now_eligible;
                 }
