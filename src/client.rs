@@ -12,8 +12,8 @@
 pub use crate::error::PeerError;
 use crate::http::percent_encode;
 use crate::wire::{
-    Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseRequest, LogPage, NewBook, Order, OrderPage, PurchasePage,
-    PurchaseRequest, ReplicaAck, Replicate,
+    Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseGrant, LeaseRequest, LogPage, NewBook, Order, OrderPage,
+    PurchasePage, PurchaseRequest, ReplicaAck, Replicate,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -361,7 +361,7 @@ impl CatalogClient {
     }
 
     /// Asks the primary for a read lease (replicas).
-    pub fn lease(&self, base: &str, request: &LeaseRequest) -> Result<serde_json::Value> {
+    pub fn lease(&self, base: &str, request: &LeaseRequest) -> Result<LeaseGrant> {
         self.http.send(Method::POST, base, "/internal/lease", request)
     }
 

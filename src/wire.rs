@@ -309,6 +309,34 @@ pub struct LeaseRequest {
     pub replica_id: String,
 }
 
+/// The primary's grant of a read lease (`POST /internal/lease`, 200).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// The lease's length `L` (the replica counts `0.9 L` from when it asked).
+    pub lease_ms: u64,
+    /// The granting primary's epoch (0 with static roles).
+    pub epoch: u64,
+    /// The granting process's run id: its farewell, and only it, may extend the lease
+    /// (absent from a primary of an earlier version: no farewell extends that lease).
+    #[serde(default)]
+    pub run: Option<String>,
+}
+
+/// A primary's farewell as it stops gracefully (`POST /internal/farewell`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Farewell {
+    /// The stopping process's run id (empty from an earlier version: it extends nothing).
+    #[serde(default)]
+    pub run: String,
+}
+
+/// A replica's answer to a [`Farewell`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarewellAnswer {
+    /// Whether its lease was extended by the farewell grace.
+    pub extended: bool,
+}
+
 /// A front end's watch of the primary for its near cache (`POST /internal/near`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

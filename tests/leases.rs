@@ -155,3 +155,25 @@ fn the_primary_shows_no_write_a_replica_in_sync_lacks() {
     assert!(early_reads > 0, "no read happened while the push was in flight");
     assert_eq!(price(&get(&p, "/books/2")), 77.5);
 }
+
+/// A primary stopped gracefully says farewell, named by its run, to its replicas: they go
+/// on serving reads past their lease, for the grace, while no primary runs (a `kill -9`
+/// leaves them one lease; a refused renewal extends nothing). Its restart ends the grace.
+#[test]
+fn a_replica_serves_on_the_farewell_of_a_primary_stopped_gracefully() {
+    let mut s = Store::start(Opts { lease_ms: Some(LEASE_MS), ..Opts::default() }).unwrap();
+    let r = s.replica();
+    wait_healthy(&r);
+    s.catalogs[0].terminate(Duration::from_secs(10));
+    // Three leases later the lease the primary granted has long run out: only the
+    // farewell's grace (15 leases) lets the replica answer.
+    std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
+    let read = get(&r, "/books/4");
+    assert_eq!(read.status, 200, "served on the farewell: {}", String::from_utf8_lossy(&read.body));
+    assert_eq!(json(&get(&r, "/health"))["primary_down"], true);
+    s.catalogs[0].restart();
+    wait_healthy(&s.primary());
+    eventually(Duration::from_secs(10), "the grace ends: leases granted anew", || {
+        json(&get(&r, "/health"))["primary_down"] == false && get(&r, "/books/4").status == 200
+    });
+}

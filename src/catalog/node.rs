@@ -26,7 +26,8 @@ use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
 use crate::wire::{
-    Book, BookPage, BookUpdate, NearAnswer, NearWatch, NewBook, PurchasePage, PurchaseRequest, Replicate,
+    Book, BookPage, BookUpdate, Farewell, FarewellAnswer, NearAnswer, NearWatch, NewBook, PurchasePage,
+    PurchaseRequest, Replicate,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -544,15 +545,14 @@ impl CatalogNode {
                     self.replica_only()?;
                     // Named by the stopping primary's run id: only the run that granted this
                     // replica's lease extends it (a farewell is never inferred).
-                    let body: serde_json::Value = json_body(request)?;
-                    let run = body["run"].as_str().unwrap_or_default();
+                    let farewell: Farewell = json_body(request)?;
                     // With etcd another primary may follow at once: no grace.
-                    let extended = self.failover.is_none() && self.lease().farewell(Instant::now(), run);
+                    let extended = self.failover.is_none() && self.lease().farewell(Instant::now(), &farewell.run);
                     log::warn!(
                         "the primary is stopping; {}",
                         if extended { "serving reads for the farewell grace" } else { "no valid lease to extend" }
                     );
-                    Ok(Response::json(&serde_json::json!({ "extended": extended })))
+                    Ok(Response::json(&FarewellAnswer { extended }))
                 }),
                 "/internal/farewell",
             ),

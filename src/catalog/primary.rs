@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
-use crate::wire::{Book, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
+use crate::wire::{Book, Farewell, LeaseGrant, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -444,7 +444,7 @@ impl CatalogNode {
     /// serving reads for the grace while no primary runs.
     pub(super) fn farewell(&self) {
         let writer = self.lock_writer();
-        let body = serde_json::json!({ "run": self.replica_id }).to_string().into_bytes();
+        let body = serde_json::to_vec(&Farewell { run: self.replica_id.clone() }).unwrap_or_default();
         std::thread::scope(|s| {
             for link in self.links().into_iter().filter(|l| l.grant().in_sync) {
                 let body = body.clone();
@@ -713,13 +713,13 @@ impl CatalogNode {
                 return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
                     Ok(()) => {
                         self.counters.lease_grants.fetch_add(1, Ordering::Relaxed);
-                        let lease_ms = self.config.lease.as_millis() as u64;
                         // `run` names this process: its farewell, and only it, may extend
                         // the lease it grants (see `lease.rs`).
-                        let run = &self.replica_id;
-                        Ok(Response::json(
-                            &serde_json::json!({ "lease_ms": lease_ms, "epoch": self.term(), "run": run }),
-                        ))
+                        Ok(Response::json(&LeaseGrant {
+                            lease_ms: self.config.lease.as_millis() as u64,
+                            epoch: self.term(),
+                            run: Some(self.replica_id.clone()),
+                        }))
                     }
                     Err(why) => {
                         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);

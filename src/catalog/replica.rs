@@ -346,10 +346,9 @@ impl CatalogNode {
             let answer = self.push.lease(&primary, &request);
             let mut lease = self.lease();
             match answer {
-                Ok(grant) => match self.check_epoch(grant["epoch"].as_u64().unwrap_or(0)) {
+                Ok(grant) => match self.check_epoch(grant.epoch) {
                     Ok(()) => {
-                        let run = grant["run"].as_str().map(str::to_string);
-                        lease.granted(asked, grant["epoch"].as_u64().unwrap_or(0), run);
+                        lease.granted(asked, grant.epoch, grant.run);
                         refused_before = false;
                         self.counters.lease_renewals.fetch_add(1, Ordering::Relaxed);
                     }
