@@ -119,16 +119,8 @@ impl CatalogConfig {
             let problem = format!("{prefix:?} must start with / (and be short)");
             return Err(ConfigError { var: "BAZAR_ETCD_PREFIX", problem });
         }
-        let ttl = match config::opt(src, "BAZAR_ETCD_TTL") {
-            None => DEFAULT_ETCD_TTL,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if (2..=60).contains(&n) => Duration::from_secs(n),
-                _ => {
-                    let problem = format!("{v:?} is not a number of seconds from 2 to 60");
-                    return Err(ConfigError { var: "BAZAR_ETCD_TTL", problem });
-                }
-            },
-        };
+        let ttl =
+            config::number(src, "BAZAR_ETCD_TTL", 2..=60, "seconds")?.map_or(DEFAULT_ETCD_TTL, Duration::from_secs);
         let lease = read_lease(src, DEFAULT_ETCD_LEASE)?;
         if lease.is_zero() {
             // Without leases a replica cut off from a new primary would go on serving reads.
@@ -180,21 +172,14 @@ Commands:
 ";
 }
 
-/// `BAZAR_LEASE_MS` (`default` when unset): 0 turns leases off, else at least
-/// [`MIN_LEASE`].
+/// `BAZAR_CHECKPOINT_ROWS` (default [`COMPACT_AFTER`](super::store::COMPACT_AFTER)).
 fn read_checkpoint_rows(src: &dyn Source) -> Result<usize, ConfigError> {
-    match config::opt(src, "BAZAR_CHECKPOINT_ROWS") {
-        None => Ok(super::store::COMPACT_AFTER),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (100..=100_000_000).contains(&n) => Ok(n),
-            _ => Err(ConfigError {
-                var: "BAZAR_CHECKPOINT_ROWS",
-                problem: format!("{v:?} is not a number of rows from 100 to 100000000"),
-            }),
-        },
-    }
+    let rows = config::number(src, "BAZAR_CHECKPOINT_ROWS", 100..=100_000_000, "rows")?;
+    Ok(rows.map_or(super::store::COMPACT_AFTER, |n| n as usize))
 }
 
+/// `BAZAR_LEASE_MS` (`default` when unset): 0 turns leases off, else at least
+/// [`MIN_LEASE`].
 fn read_lease(src: &dyn Source, default: Duration) -> Result<Duration, ConfigError> {
     let lease = config::millis(src, "BAZAR_LEASE_MS", default, 0..=60_000)?;
     if !lease.is_zero() && lease < MIN_LEASE {
