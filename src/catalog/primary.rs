@@ -18,7 +18,7 @@ use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
 use crate::wire::{Book, Farewell, LeaseGrant, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
@@ -34,6 +34,17 @@ const CLOSE_ENOUGH: u64 = 1000;
 /// How often the primary checks that every memcached holds the generation key (and sends
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits for `flag` to be set (polled every 20 ms), until `deadline` if any: whether it was.
+fn wait_for(flag: &AtomicBool, deadline: Option<Instant>) -> bool {
+    while !flag.load(Ordering::SeqCst) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
 
 impl CatalogNode {
     pub(super) fn start_primary(self: &Arc<Self>, shutdown: &Shutdown) {
@@ -359,25 +370,16 @@ impl CatalogNode {
             && self.reads_open()
     }
 
-    /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
     /// A write that arrives while the primary compares itself with its replicas waits for
     /// the comparison (a round trip to each, or [`SILENT_REPLICA_WAIT`] for one that does
     /// not answer), not longer: false if it is still going on, as after an empty disk.
     fn wait_settled(&self) -> bool {
-        let until = Instant::now() + SILENT_REPLICA_WAIT + RETRY_INTERVAL;
-        while !self.settled.load(Ordering::SeqCst) {
-            if Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+        wait_for(&self.settled, Some(Instant::now() + SILENT_REPLICA_WAIT + RETRY_INTERVAL))
     }
 
+    /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
     fn wait_until_writable(&self) {
-        while !self.writes_open.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&self.writes_open, None);
     }
 
     /// Background, at start: opens writes once every replica is in sync (which ends any
