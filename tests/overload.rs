@@ -12,7 +12,6 @@ use bazar::shutdown::Shutdown;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -29,30 +28,11 @@ impl Head {
     }
 }
 
-/// A connection to `to` from the local address `src`.
+/// A connection to `to` from the local address `src`, with a long read timeout.
 fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else { panic!("IPv4 only") };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a new socket owned by the TcpStream made from it; addresses live across calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let (from, dest) = (sockaddr(src, 0), sockaddr(*to.ip(), to.port()));
-        if libc::bind(fd, std::ptr::from_ref(&from).cast(), len) != 0
-            || libc::connect(fd, std::ptr::from_ref(&dest).cast(), len) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(stream)
-    }
+    let stream = bazar::bench::connect_from(src, to)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(stream)
 }
 
 /// Sends `request` on `stream` and reads the answer's head and body.

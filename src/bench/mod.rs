@@ -31,7 +31,7 @@ mod overload;
 pub mod scale;
 
 pub use lab::{lab, LabConfig};
-pub use overload::{overload, OverloadConfig};
+pub use overload::{connect_from, overload, OverloadConfig};
 
 /// A kind of request the bench sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -472,8 +472,20 @@ fn ask(c: &mut BufReader<TcpStream>, request: &str) -> std::io::Result<Answer> {
     Ok(Answer { status, retry_after, close })
 }
 
-/// A connection to `to` from the local address `src` (any port).
+/// A connection to `to` from the local address `src` (any port), with the bench's answer
+/// timeout, buffered.
 fn connect(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
+    let stream = connect_from(src, to)?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    let _ = stream.set_nodelay(true);
+    Ok(BufReader::with_capacity(4096, stream))
+}
+
+/// A TCP connection to `to` (IPv4) from the local address `src` (any port): many loopback
+/// addresses stand for many clients (each with its own per-address cap). std cannot bind
+/// before it connects, hence the system calls.
+pub fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let SocketAddr::V4(to) = to else { return Err(std::io::ErrorKind::Unsupported.into()) };
     let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -484,7 +496,7 @@ fn connect(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<BufReader<TcpStream
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: a new socket whose descriptor is owned by the TcpStream made from it (closed
     // with it, or right here on failure); the addresses live across the calls.
-    let stream = unsafe {
+    unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -496,12 +508,8 @@ fn connect(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<BufReader<TcpStream
         {
             return Err(std::io::Error::last_os_error());
         }
-        stream
-    };
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-    let _ = stream.set_nodelay(true);
-    Ok(BufReader::with_capacity(4096, stream))
+        Ok(stream)
+    }
 }
 
 #[cfg(test)]
