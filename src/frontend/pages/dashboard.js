@@ -156,7 +156,7 @@
         let seq = s.seq === undefined ? "\u2014" : String(s.seq);
         if (primary && s.role === "replica" && typeof s.seq === "number" && primary.seq > s.seq) seq += " (" + (primary.seq - s.seq) + " behind)";
         let lease = "\u2014";
-        if (s.role === "replica") lease = s.primary_down ? fmtMs(s.lease_ms_left) + ", extended: primary down" : fmtMs(s.lease_ms_left);
+        if (s.role === "replica") lease = s.primary_down ? fmtMs(s.lease_ms_left) + ", extended: the primary said farewell" : fmtMs(s.lease_ms_left);
         const sync = s.in_sync === true ? "yes" : s.in_sync === false ? "no" : "\u2014";
         return row(s.url, [
           el("td", "url", s.url),
