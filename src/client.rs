@@ -13,7 +13,7 @@ pub use crate::error::PeerError;
 use crate::http::percent_encode;
 use crate::wire::{
     Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseGrant, LeaseRequest, LogPage, NewBook, Order, OrderPage,
-    PurchasePage, PurchaseRequest, ReplicaAck, Replicate,
+    PurchasePage, PurchaseRequest, ReplicaAck, Replicate, ResyncAnswer,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -333,7 +333,7 @@ impl CatalogClient {
     }
 
     /// Asks a replica to copy the whole catalog from its primary (it is too far behind).
-    pub fn resync(&self, base: &str) -> Result<serde_json::Value> {
+    pub fn resync(&self, base: &str) -> Result<ResyncAnswer> {
         self.http.call(Method::POST, base, "/internal/resync", None)?.json()
     }
 

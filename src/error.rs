@@ -14,7 +14,7 @@
 //! `io::ErrorKind`, a `ureq` timeout).
 
 use crate::balance::Failure;
-use crate::catalog::failover::NoLead;
+use crate::catalog::refusal::{NoLead, Unreadable};
 use crate::catalog::state::Refusal;
 use crate::storage::StorageError;
 use std::fmt;
@@ -57,6 +57,9 @@ pub enum Error {
     /// 503: the catalog may not decide or acknowledge a write now (not the primary, its
     /// leadership may have lapsed, a switchover, a new primary's wait).
     Lead(NoLead),
+    /// 503: the catalog may not answer a read now (a replica catching up or without a read
+    /// lease, a primary that starts or whose leadership may have lapsed).
+    Unreadable(Unreadable),
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
@@ -88,7 +91,7 @@ impl Error {
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
             Error::HeadersTooLarge => 431,
-            Error::Unavailable(_) | Error::Lead(_) => 503,
+            Error::Unavailable(_) | Error::Lead(_) | Error::Unreadable(_) => 503,
             Error::Rule(Refusal::NoSuchBook(_)) => 404,
             Error::Rule(Refusal::OutOfStock { .. } | Refusal::NoIdsLeft) => 409,
             Error::Rule(Refusal::Invalid(_)) => 400,
@@ -119,6 +122,7 @@ impl fmt::Display for Error {
             Error::HeadersTooLarge => f.write_str("request line and headers too large"),
             Error::Rule(r) => r.fmt(f),
             Error::Lead(why) => why.fmt(f),
+            Error::Unreadable(why) => why.fmt(f),
             Error::Storage(e) => e.fmt(f),
             // A peer that failed (not one that refused) is named as such.
             Error::Peer(PeerError::Answered { status, message }) if self.status() == 500 => {
@@ -261,6 +265,33 @@ mod tests {
         for (status, message, want, text) in cases {
             let e = Error::from(PeerError::Answered { status, message: message.into() });
             assert_eq!((e.status(), e.to_string().as_str()), (want, text), "{status}");
+        }
+    }
+
+    /// Every catalog refusal has its status here and nowhere else.
+    #[test]
+    fn the_catalogs_refusals_have_their_statuses() {
+        use std::time::Duration;
+        let cases: [(Error, u16); 16] = [
+            (Refusal::NoSuchBook(9).into(), 404),
+            (Refusal::OutOfStock { id: 1, title: "t".into() }.into(), 409),
+            (Refusal::NoIdsLeft.into(), 409),
+            (Refusal::Invalid("price".into()).into(), 400),
+            (NoLead::NotPrimary.into(), 503),
+            (NoLead::Lapsed.into(), 503),
+            (NoLead::Paused.into(), 503),
+            (NoLead::WaitingOutLeases(Duration::from_millis(5)).into(), 503),
+            (NoLead::OtherEpoch(2).into(), 503),
+            (NoLead::CacheNotFlushed.into(), 503),
+            (NoLead::SyncNotRecorded("etcd".into()).into(), 503),
+            (Error::Unreadable(Unreadable::CatchingUp), 503),
+            (Error::Unreadable(Unreadable::Settling), 503),
+            (Error::Unreadable(Unreadable::Lapsed), 503),
+            (Error::Unreadable(Unreadable::ReadsNotOpen), 503),
+            (Error::Unreadable(Unreadable::NoLease), 503),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status(), status, "{error}");
         }
     }
 

@@ -337,6 +337,98 @@ pub struct FarewellAnswer {
     pub extended: bool,
 }
 
+/// A replica's answer to its primary's `POST /internal/resync` (copy the whole catalog).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncAnswer {
+    /// Whether a copy started now (false: one was already wanted or under way).
+    pub started: bool,
+}
+
+/// A switchover's request (`POST /admin/switchover`; the body may also be empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// The base URL of the in-sync replica to hand the primary role to (absent or null:
+    /// the first in-sync replica).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// A switchover's answer, once the new primary accepts writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverAnswer {
+    /// The new primary's base URL.
+    pub primary: String,
+    /// The epoch it leads.
+    pub epoch: u64,
+    /// How long writes were paused, from the request to the new primary's first write.
+    pub paused_ms: u64,
+}
+
+/// A switchover's word to its target (`POST /internal/lead`): the epoch it is handed and,
+/// with `go`, a request to read etcd now and answer once it leads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadRequest {
+    /// The epoch the target will lead.
+    pub epoch: u64,
+    /// How long the target waits before its first write (the old primary's last read
+    /// lease); capped at a minute by the target.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Read etcd now and answer once leading (false: only note the epoch and the wait).
+    #[serde(default)]
+    pub go: bool,
+}
+
+/// The target's answer to a [`LeadRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LeadAnswer {
+    /// Without `go`: the epoch it now expects to lead.
+    Expecting {
+        /// That epoch.
+        expecting: u64,
+    },
+    /// With `go`: it leads, and takes writes in this many milliseconds.
+    Writable {
+        /// The wait left before its first write.
+        writable_in_ms: u64,
+    },
+}
+
+/// The value of the `leader` key in etcd: who leads which epoch (on the leader's etcd
+/// lease, so it disappears with it).
+///
+/// The fields are in alphabetical order on purpose, as in every etcd record here: a
+/// switchover compares the key's value byte for byte with the record it wrote, and earlier
+/// versions wrote these records with sorted keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The epoch it leads.
+    pub epoch: u64,
+    /// The leader's base URL.
+    #[serde(default)]
+    pub url: String,
+}
+
+/// The value of the `sync` key in etcd: the catalogs that hold every acknowledged write
+/// of `epoch`, so that only one of them may be elected (fields sorted, as
+/// [`LeaderRecord`]'s).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    /// The epoch the record was written in.
+    pub epoch: u64,
+    /// The commit point when it was written: no catalog below it may be elected (absent in
+    /// records of earlier versions: 0).
+    #[serde(default)]
+    pub floor: u64,
+    /// The history id of the store's data (absent in records of earlier versions).
+    #[serde(default)]
+    pub history: Option<String>,
+    /// The in-sync catalogs' base URLs.
+    pub members: Vec<String>,
+}
+
 /// A front end's watch of the primary for its near cache (`POST /internal/near`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -597,5 +689,39 @@ mod tests {
         assert!(order("0", "t".into()).check_stored().is_ok(), "an old log's id is still read");
         assert!(order("0a1b2c3d4e5f-1", "é".repeat(Order::MAX_TITLE)).check().is_ok(), "characters, not bytes");
         assert!(order("0a1b2c3d4e5f-1", "é".repeat(Order::MAX_TITLE + 1)).check().is_err());
+    }
+
+    /// The typed internal messages write what the `json!` values they replaced wrote: the
+    /// etcd records byte for byte (a switchover compares the `leader` key with the record
+    /// it wrote, maybe by an earlier version), the HTTP bodies as the same JSON (catalogs
+    /// of two versions talk during a rolling upgrade).
+    #[test]
+    fn typed_messages_keep_the_json_they_replaced() {
+        use serde_json::{json, to_string, to_value, Value};
+        let bytes = |typed: String, before: Value| assert_eq!(typed, before.to_string());
+        let same = |typed: Value, before: Value| assert_eq!(typed, before);
+        let leader = LeaderRecord { epoch: 3, url: "http://a:1".into() };
+        bytes(to_string(&leader).unwrap(), json!({ "url": "http://a:1", "epoch": 3 }));
+        let sync = SyncRecord { epoch: 3, floor: 9, history: None, members: vec!["http://a:1".into()] };
+        bytes(to_string(&sync).unwrap(), json!({ "epoch": 3, "members": ["http://a:1"], "history": null, "floor": 9 }));
+        let lead = LeadRequest { epoch: 4, wait_ms: 250, go: true };
+        same(to_value(lead).unwrap(), json!({ "epoch": 4, "wait_ms": 250, "go": true }));
+        same(to_value(LeadAnswer::Expecting { expecting: 4 }).unwrap(), json!({ "expecting": 4 }));
+        same(to_value(LeadAnswer::Writable { writable_in_ms: 7 }).unwrap(), json!({ "writable_in_ms": 7 }));
+        let answer = SwitchoverAnswer { primary: "http://b:2".into(), epoch: 4, paused_ms: 31 };
+        same(to_value(answer).unwrap(), json!({ "primary": "http://b:2", "epoch": 4, "paused_ms": 31 }));
+        same(to_value(ResyncAnswer { started: true }).unwrap(), json!({ "started": true }));
+        // Records of earlier versions: no history, no floor.
+        let old: SyncRecord = serde_json::from_str(r#"{"epoch": 2, "members": []}"#).unwrap();
+        assert_eq!((old.floor, old.history), (0, None));
+        let lead: LeadRequest = serde_json::from_str(r#"{"epoch": 5}"#).unwrap();
+        assert_eq!((lead.wait_ms, lead.go), (0, false));
+        assert_eq!(
+            serde_json::from_str::<LeadAnswer>(r#"{"writable_in_ms": 0}"#).unwrap(),
+            LeadAnswer::Writable { writable_in_ms: 0 }
+        );
+        assert!(serde_json::from_str::<SwitchoverRequest>(r#"{"to": 7}"#).is_err());
+        assert!(serde_json::from_str::<SwitchoverRequest>(r#"{"too": "x"}"#).is_err());
+        assert_eq!(serde_json::from_str::<SwitchoverRequest>(r#"{"to": null}"#).unwrap().to, None);
     }
 }

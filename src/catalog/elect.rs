@@ -16,16 +16,17 @@
 //! election (the old primary may have died before invalidating what it acknowledged).
 
 use super::config::{EtcdSettings, Role};
-use super::failover::{commit, Core, Effect, Input, Leader, NoLead, Observed, SyncSet};
+use super::failover::{commit, Core, Effect, Input, Leader, Observed, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
+use super::refusal::NoLead;
 use super::store::Store;
 use crate::cache;
 use crate::client::{Answer, Http, PeerError};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Etcd, EtcdError, Op};
 use crate::shutdown::Shutdown;
-use serde_json::json;
+use crate::wire::{LeaderRecord, SyncRecord};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -91,11 +92,10 @@ impl Failover {
             self.etcd.txn(&[], &[Op::Get(LEADER.into()), Op::Get(EPOCH.into()), Op::Get(SYNC.into())], &[])?;
         let mut seen = Observed::default();
         for kv in outcome.kvs {
-            let value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             match kv.key.as_str() {
-                LEADER => seen.leader = leader_record(&value, kv.lease),
-                EPOCH => seen.epoch = value.as_u64().map(|e| (e, kv.mod_revision)),
-                SYNC => seen.sync = sync_record(&value, kv.mod_revision),
+                LEADER => seen.leader = leader(&kv.value, kv.lease),
+                EPOCH => seen.epoch = serde_json::from_slice(&kv.value).ok().map(|e| (e, kv.mod_revision)),
+                SYNC => seen.sync = sync_set(&kv.value, kv.mod_revision),
                 _ => {}
             }
         }
@@ -115,9 +115,9 @@ impl Failover {
         }
         let sync = SyncSet { epoch, members: vec![self.me.clone()], revision: 0, history: Some(history), floor };
         let ops = [
-            put(EPOCH, json!(epoch), None),
-            put(LEADER, json!({ "url": self.me, "epoch": epoch }), Some(lease)),
-            put(SYNC, sync_value(&sync), None),
+            put(EPOCH, &epoch, None),
+            put(LEADER, &LeaderRecord { epoch, url: self.me.clone() }, Some(lease)),
+            put(SYNC, &sync_record(&sync), None),
         ];
         match self.etcd.txn(&when, &ops, &[]) {
             Ok(o) if o.succeeded => Some(SyncSet { revision: o.revision, ..sync }),
@@ -134,7 +134,7 @@ impl Failover {
     fn write_sync(&self, new: &SyncSet) -> std::result::Result<Input, EtcdError> {
         let outcome = self.etcd.txn(
             &[Compare::ModRevision(SYNC.into(), new.revision)],
-            &[put(SYNC, sync_value(new), None)],
+            &[put(SYNC, &sync_record(new), None)],
             &[],
         )?;
         Ok(match outcome.succeeded {
@@ -144,8 +144,9 @@ impl Failover {
     }
 }
 
-pub(super) fn put(key: &str, value: serde_json::Value, lease: Option<i64>) -> Op {
-    Op::Put { key: key.into(), value: value.to_string().into_bytes(), lease }
+/// A put of `value` (a typed record, as JSON) at `key`, on `lease` if given.
+pub(super) fn put(key: &str, value: &impl serde::Serialize, lease: Option<i64>) -> Op {
+    Op::Put { key: key.into(), value: serde_json::to_vec(value).expect("records serialize"), lease }
 }
 
 /// Says once that etcd fails (then only at debug level, until it answers again).
@@ -157,21 +158,21 @@ fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
     *failing = true;
 }
 
-pub(super) fn leader_record(value: &serde_json::Value, lease: i64) -> Option<Leader> {
-    let url = value["url"].as_str().unwrap_or_default();
-    value["epoch"].as_u64().map(|epoch| Leader { url: url.into(), epoch, lease })
+/// The `leader` key's value, with the etcd lease it is bound to (None: not a record).
+pub(super) fn leader(value: &[u8], lease: i64) -> Option<Leader> {
+    let LeaderRecord { epoch, url } = serde_json::from_slice(value).ok()?;
+    Some(Leader { url, epoch, lease })
 }
 
-fn sync_record(value: &serde_json::Value, revision: i64) -> Option<SyncSet> {
-    let members = value["members"].as_array()?.iter().filter_map(|m| m.as_str().map(String::from)).collect();
-    let history = value["history"].as_str().map(String::from);
-    let floor = value["floor"].as_u64().unwrap_or(0);
-    Some(SyncSet { epoch: value["epoch"].as_u64()?, members, revision, history, floor })
+/// The `sync` key's value, at its `mod_revision` (None: not a record).
+fn sync_set(value: &[u8], revision: i64) -> Option<SyncSet> {
+    let SyncRecord { epoch, floor, history, members } = serde_json::from_slice(value).ok()?;
+    Some(SyncSet { epoch, members, revision, history, floor })
 }
 
-/// The `sync` key's value (what [`sync_record`] reads back).
-pub(super) fn sync_value(sync: &SyncSet) -> serde_json::Value {
-    json!({ "epoch": sync.epoch, "members": sync.members, "history": sync.history, "floor": sync.floor })
+/// The `sync` key's value for `sync` (what [`sync_set`] reads back).
+pub(super) fn sync_record(sync: &SyncSet) -> SyncRecord {
+    SyncRecord { epoch: sync.epoch, floor: sync.floor, history: sync.history.clone(), members: sync.members.clone() }
 }
 
 /// A member's key: its URL in hex (any URL makes a plain key).

@@ -5,6 +5,7 @@
 //! - [`failover`]: the role under failover through etcd, as states; no I/O; `elect.rs`
 //!   performs its effects (etcd lease, members, election, in-sync record), `switchover.rs`
 //!   the planned handover, `status.rs` `/health`, `/ready` and `/metrics`.
+//! - [`refusal`]: why a catalog may not decide a write or answer a read now, as types.
 //! - [`store`]: the CSV files in the data directory.
 //! - [`import`]: `bazar-catalog import FILE`.
 //! - [`node`]: one catalog process: settings, HTTP routes and reads; `primary.rs` its
@@ -28,6 +29,7 @@ pub mod near;
 pub mod node;
 mod primary;
 mod recent;
+pub mod refusal;
 mod replica;
 pub mod state;
 mod status;

@@ -13,8 +13,8 @@
 //! it, never across I/O. Order: `writer` before `state`.
 
 use super::config::{CatalogConfig, Role};
-use super::failover::NoLead;
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
+use super::refusal::{NoLead, Unreadable};
 use super::state::{Catalog, Write};
 use super::store::Store;
 use crate::cache::Cache;
@@ -27,7 +27,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::Identity;
 use crate::wire::{
     Book, BookPage, BookUpdate, Farewell, FarewellAnswer, NearAnswer, NearWatch, NewBook, PurchasePage,
-    PurchaseRequest, Replicate,
+    PurchaseRequest, Replicate, ResyncAnswer,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -382,25 +382,21 @@ impl CatalogNode {
     /// caught up and holds a read lease.
     pub(super) fn readable(&self) -> Result<()> {
         if !self.serving.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable("replica is catching up with the primary".into()));
+            return Err(Error::Unreadable(Unreadable::CatchingUp));
         }
         if !self.settled.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable(
-                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
-            ));
+            return Err(Error::Unreadable(Unreadable::Settling));
         }
         let role = self.role();
         if let (Role::Primary, Some(f)) = (role, &self.failover) {
             if !f.core().may_read(Instant::now()) {
-                return Err(Error::Unavailable("the primary's leadership in etcd may have lapsed, or is new".into()));
+                return Err(Error::Unreadable(Unreadable::Lapsed));
             }
         } else if role == Role::Primary && !self.reads_open() {
-            return Err(Error::Unavailable("a primary that starts reads once no replica's old lease lives".into()));
+            return Err(Error::Unreadable(Unreadable::ReadsNotOpen));
         }
         if role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
-            return Err(Error::Unavailable(
-                "replica holds no read lease from the primary; it may have missed writes".into(),
-            ));
+            return Err(Error::Unreadable(Unreadable::NoLease));
         }
         Ok(())
     }
@@ -577,7 +573,7 @@ impl CatalogNode {
                 http::respond(admin(&|| self.switchover_route(request)), "/admin/switchover")
             }
             ["internal", "lead"] if method == "POST" => http::respond(
-                admin(&|| Ok(Response::json(&self.expect_leadership(&json_body(request)?)?))),
+                admin(&|| Ok(Response::json(&self.expect_leadership(json_body(request)?)?))),
                 "/internal/lead",
             ),
             ["internal", "resync"] if method == "POST" => http::respond(
@@ -587,7 +583,7 @@ impl CatalogNode {
                     if started {
                         self.serving.store(false, Ordering::SeqCst);
                     }
-                    Ok(Response::json(&serde_json::json!({ "started": started })))
+                    Ok(Response::json(&ResyncAnswer { started }))
                 }),
                 "/internal/resync",
             ),
@@ -697,16 +693,12 @@ impl CatalogNode {
             return Err(Error::Conflict("read leases are off (BAZAR_LEASE_MS=0): no near-cache lease".into()));
         }
         // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
-        // is answered without one.
-        let valid = |f: &super::elect::Failover| {
-            let (core, now) = (f.core(), Instant::now());
-            core.may_grant(now) && core.may_read(now)
-        };
-        // A watch let through while revoking carries no lease whatever happens meanwhile
-        // (the switchover may fail and resume, or succeed): its next one is checked.
+        // is answered without one. A watch let through while revoking carries no lease
+        // whatever happens meanwhile (the switchover may fail and resume, or succeed): its
+        // next one is checked.
         let gated = !self.near.revoking();
-        if gated && self.failover.as_ref().is_some_and(|f| !valid(f)) {
-            return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
+        if let Some(f) = self.failover.as_ref().filter(|_| gated) {
+            f.core().may_acknowledge(Instant::now())?;
         }
         let current = self.state().seq();
         let reply = self.near.watch(&watch.session, watch.seen, current).map_err(Error::Unavailable)?;

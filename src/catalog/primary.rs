@@ -704,13 +704,9 @@ impl CatalogNode {
                 // the leases granted: a lease is granted before the pause (and counted) or
                 // not at all. A lease granted now could outlive this primary's leadership;
                 // and none before this primary reads (a replica would show what the old
-                // primary's lease holders still lack).
-                let valid = |f: &super::elect::Failover| {
-                    let (core, now) = (f.core(), Instant::now());
-                    core.may_grant(now) && core.may_read(now)
-                };
-                if self.failover.as_ref().is_some_and(|f| !valid(f)) {
-                    return Err(Error::Unavailable("the primary's leadership may have lapsed, or is new".into()));
+                // primary's lease holders still lack): the conditions of acknowledging a write.
+                if let Some(f) = &self.failover {
+                    f.core().may_acknowledge(Instant::now())?;
                 }
                 return match grant.request(&request.replica_id, Instant::now(), self.config.lease) {
                     Ok(()) => {

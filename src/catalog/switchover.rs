@@ -14,14 +14,14 @@
 //! follows the target if that took effect, and steps down otherwise.
 
 use super::config::Role;
-use super::elect::{leader_record, member_key, put, sync_value, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
-use super::failover::NoLead;
+use super::elect::{leader, member_key, put, sync_record, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
+use super::refusal::NoLead;
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Op};
 use crate::http::{json_body, Request, Response};
-use serde_json::json;
+use crate::wire::{LeadAnswer, LeadRequest, LeaderRecord, SwitchoverAnswer, SwitchoverRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ureq::http::Method;
@@ -33,17 +33,14 @@ impl CatalogNode {
         if self.role() == Role::Replica && self.failover.is_some() {
             return self.forward_to(request);
         }
-        let to = match request.body.is_empty() {
-            true => None,
-            false => {
-                let body: serde_json::Value = json_body(request)?;
-                match &body["to"] {
-                    serde_json::Value::Null => None,
-                    serde_json::Value::String(url) => {
-                        Some(crate::config::base_url("to", url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
-                    }
-                    other => return Err(Error::BadRequest(format!("`to` must be a base URL, not {other}"))),
-                }
+        let asked = match request.body.is_empty() {
+            true => SwitchoverRequest::default(),
+            false => json_body(request)?,
+        };
+        let to = match asked.to {
+            None => None,
+            Some(url) => {
+                Some(crate::config::base_url("to", &url).map_err(|e| Error::BadRequest(e.problem.to_string()))?)
             }
         };
         Ok(Response::json(&self.switchover(to)?))
@@ -55,7 +52,7 @@ impl CatalogNode {
     /// still mine, `sync` unchanged -> `leader` on the target's own lease, `epoch + 1`,
     /// `sync` = the target), follows it, and answers once it accepts writes. Writes that
     /// came meanwhile go on to it: paused, not refused.
-    pub(super) fn switchover(&self, to: Option<String>) -> Result<serde_json::Value> {
+    pub(super) fn switchover(&self, to: Option<String>) -> Result<SwitchoverAnswer> {
         let Some(f) = &self.failover else {
             return Err(Error::Conflict("static roles: a switchover needs BAZAR_ETCD".into()));
         };
@@ -73,17 +70,15 @@ impl CatalogNode {
         let (target, epoch) = handed?;
         // The target leads once it has read the key (asked to at once).
         let answer = self.forward.call(Method::POST, &target, "/internal/lead", Some(lead_body(epoch, 0, true)));
-        let writable_in = match answer {
-            Ok(a) if a.status == 200 => serde_json::from_slice::<serde_json::Value>(&a.body)
-                .ok()
-                .and_then(|v| v["writable_in_ms"].as_u64())
-                .unwrap_or(0),
+        let writable_in = match answer.map(|a| (a.status, serde_json::from_slice(&a.body))) {
+            Ok((200, Ok(LeadAnswer::Writable { writable_in_ms }))) => writable_in_ms,
+            Ok((200, _)) => 0,
             _ => self.config.lease.as_millis() as u64,
         };
         std::thread::sleep(Duration::from_millis(writable_in));
         let paused_ms = started.elapsed().as_millis() as u64;
         log::warn!("switched over to {target} (epoch {epoch}); writes paused {paused_ms} ms");
-        Ok(json!({ "primary": target, "epoch": epoch, "paused_ms": paused_ms }))
+        Ok(SwitchoverAnswer { primary: target, epoch, paused_ms })
     }
 
     /// The switchover's decisions and its transaction, under the writer lock.
@@ -137,12 +132,12 @@ impl CatalogNode {
             Ok(a) => return Err(Error::Unavailable(format!("{target} did not take the handover: {}", a.error()))),
             Err(e) => return Err(Error::Unavailable(format!("{target} did not take the handover: {e}"))),
         }
-        let mine = json!({ "url": f.me, "epoch": epoch }).to_string().into_bytes();
+        let mine = serde_json::to_vec(&LeaderRecord { epoch, url: f.me.clone() }).expect("records serialize");
         let when = [Compare::Value(LEADER.into(), mine.clone()), Compare::ModRevision(SYNC.into(), sync.revision)];
         let ops = [
-            put(EPOCH, json!(next), None),
-            put(LEADER, json!({ "url": target, "epoch": next }), Some(lease)),
-            put(SYNC, sync_value(&SyncSet { epoch: next, members: vec![target.clone()], ..sync.clone() }), None),
+            put(EPOCH, &next, None),
+            put(LEADER, &LeaderRecord { epoch: next, url: target.clone() }, Some(lease)),
+            put(SYNC, &sync_record(&SyncSet { epoch: next, members: vec![target.clone()], ..sync.clone() }), None),
         ];
         let unknown = match f.etcd.txn(&when, &ops, &[]) {
             Ok(o) if o.succeeded => {
@@ -173,29 +168,26 @@ impl CatalogNode {
     /// delayed handover could still overtake.
     fn settle(f: &Failover, mine: &[u8], sync: &SyncSet) -> Settle {
         let when = [Compare::Value(LEADER.into(), mine.to_vec()), Compare::ModRevision(SYNC.into(), sync.revision)];
-        match f.etcd.txn(&when, &[put(SYNC, sync_value(sync), None)], &[Op::Get(LEADER.into())]) {
+        match f.etcd.txn(&when, &[put(SYNC, &sync_record(sync), None)], &[Op::Get(LEADER.into())]) {
             Ok(o) if o.succeeded => Settle::Kept(SyncSet { revision: o.revision, ..sync.clone() }),
-            Ok(o) => Settle::Leader(
-                o.kvs
-                    .iter()
-                    .find(|kv| kv.key == LEADER)
-                    .and_then(|kv| leader_record(&serde_json::from_slice(&kv.value).unwrap_or_default(), kv.lease)),
-            ),
+            Ok(o) => {
+                Settle::Leader(o.kvs.iter().find(|kv| kv.key == LEADER).and_then(|kv| leader(&kv.value, kv.lease)))
+            }
             Err(_) => Settle::Unknown,
         }
     }
 
     /// `POST /internal/lead` on a switchover's target: the epoch it is handed and, with
     /// `go`, a request to read etcd now and answer once it leads.
-    pub(super) fn expect_leadership(&self, body: &serde_json::Value) -> Result<serde_json::Value> {
+    pub(super) fn expect_leadership(&self, asked: LeadRequest) -> Result<LeadAnswer> {
         if self.failover.is_none() {
             return Err(Error::Conflict("static roles: no handover".into()));
         }
-        let epoch = body["epoch"].as_u64().ok_or_else(|| Error::BadRequest("give epoch".into()))?;
-        let wait = Duration::from_millis(body["wait_ms"].as_u64().unwrap_or(0).min(60_000));
-        if !body["go"].as_bool().unwrap_or(false) {
+        let LeadRequest { epoch, wait_ms, go } = asked;
+        let wait = Duration::from_millis(wait_ms.min(60_000));
+        if !go {
             self.feed(Input::Expect { epoch, writable_from: Instant::now() + wait });
-            return Ok(json!({ "expecting": epoch }));
+            return Ok(LeadAnswer::Expecting { expecting: epoch });
         }
         let deadline = Instant::now() + LEAD_WAIT;
         while Instant::now() < deadline {
@@ -203,7 +195,7 @@ impl CatalogNode {
             let writes_from = (self.term() == epoch).then(|| self.etcd_side().core().writes_from(Instant::now()));
             if let Some(Some(at)) = writes_from {
                 let left = at.saturating_duration_since(Instant::now());
-                return Ok(json!({ "writable_in_ms": left.as_millis() as u64 }));
+                return Ok(LeadAnswer::Writable { writable_in_ms: left.as_millis() as u64 });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -212,7 +204,7 @@ impl CatalogNode {
 }
 
 fn lead_body(epoch: u64, wait_ms: u64, go: bool) -> Vec<u8> {
-    json!({ "epoch": epoch, "wait_ms": wait_ms, "go": go }).to_string().into_bytes()
+    serde_json::to_vec(&LeadRequest { epoch, wait_ms, go }).expect("messages serialize")
 }
 
 #[cfg(test)]
@@ -312,7 +304,7 @@ mod tests {
             asked.join().unwrap()
         });
         let granted = answered.as_ref().map(|r| r.status).ok();
-        assert!(matches!(answered, Err(Error::Unavailable(_))), "granted after the pause: {granted:?}");
+        assert!(matches!(answered, Err(Error::Lead(NoLead::Paused))), "granted after the pause: {granted:?}");
         assert_eq!(link.grant().until, None, "no lease the target would not wait out");
         let _ = std::fs::remove_dir_all(&dir);
     }

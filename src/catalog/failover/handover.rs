@@ -12,7 +12,8 @@
 //!   surely still names it and the handover can no longer apply; otherwise it follows the
 //!   leader named, or steps down.
 
-use super::{Core, Effect, Leader, NoLead, Role, SyncSet};
+use super::{Core, Effect, Leader, Role, SyncSet};
+use crate::catalog::refusal::NoLead;
 use std::time::Instant;
 
 /// What a switchover's target was told: the epoch handed over and when the old primary's

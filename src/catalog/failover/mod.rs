@@ -43,6 +43,7 @@ mod handover;
 
 pub use handover::{Handover, Settle};
 
+use super::refusal::NoLead;
 use crate::wire::Identity;
 use std::time::{Duration, Instant};
 
@@ -147,47 +148,6 @@ pub enum Input {
     },
     /// Time passed.
     Tick,
-}
-
-/// Why this catalog may not decide or acknowledge a write now. Each is answered 503 (the
-/// client may try again); only [`NoLead::NotPrimary`] says that nothing was decided here
-/// because another catalog leads, so that a write may go on to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoLead {
-    /// Not (or no longer) the primary: nothing was decided.
-    NotPrimary,
-    /// The primary's etcd lease may have run out: another may be elected.
-    Lapsed,
-    /// A switchover is under way.
-    Paused,
-    /// A new primary waits this long for the old primary's read leases to end.
-    WaitingOutLeases(Duration),
-    /// The node has not yet taken the role of the core's epoch (a write decided now would
-    /// carry the old one).
-    OtherEpoch(u64),
-    /// A new primary has not yet flushed memcached.
-    CacheNotFlushed,
-    /// A replica that missed a batch could not be taken out of the in-sync record (etcd
-    /// said this).
-    SyncNotRecorded(String),
-}
-
-impl std::fmt::Display for NoLead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NoLead::NotPrimary => f.write_str("this catalog is not the primary (nothing was decided)"),
-            NoLead::Lapsed => f.write_str("the primary's leadership in etcd may have lapsed"),
-            NoLead::Paused => f.write_str("a switchover is under way"),
-            NoLead::WaitingOutLeases(left) => {
-                write!(f, "a new primary waits {left:?} for the old one's read leases to end")
-            }
-            NoLead::OtherEpoch(epoch) => {
-                write!(f, "this catalog takes the role of epoch {epoch} (nothing was decided)")
-            }
-            NoLead::CacheNotFlushed => f.write_str("a new primary flushes memcached before its first write"),
-            NoLead::SyncNotRecorded(why) => write!(f, "the in-sync record could not be changed: {why}"),
-        }
-    }
 }
 
 /// What the node must do.

@@ -1,0 +1,79 @@
+//! Why a catalog says no, for what is not the books' own rules ([`super::state::Refusal`]):
+//! a write it may not decide ([`NoLead`]) and a read it may not answer ([`Unreadable`]).
+//! Each is a type, so a caller matches a variant (a write refused with
+//! [`NoLead::NotPrimary`] goes on to the new primary) and never compares messages;
+//! [`crate::error::Error::status`] maps them to HTTP, every one to 503 (the client may try
+//! again, here or at another catalog).
+
+use std::time::Duration;
+
+/// Why this catalog may not decide or acknowledge a write now. Each is answered 503 (the
+/// client may try again); only [`NoLead::NotPrimary`] says that nothing was decided here
+/// because another catalog leads, so that a write may go on to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoLead {
+    /// Not (or no longer) the primary: nothing was decided.
+    NotPrimary,
+    /// The primary's etcd lease may have run out: another may be elected.
+    Lapsed,
+    /// A switchover is under way.
+    Paused,
+    /// A new primary waits this long for the old primary's read leases to end.
+    WaitingOutLeases(Duration),
+    /// The node has not yet taken the role of the core's epoch (a write decided now would
+    /// carry the old one).
+    OtherEpoch(u64),
+    /// A new primary has not yet flushed memcached.
+    CacheNotFlushed,
+    /// A replica that missed a batch could not be taken out of the in-sync record (etcd
+    /// said this).
+    SyncNotRecorded(String),
+}
+
+impl std::fmt::Display for NoLead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoLead::NotPrimary => f.write_str("this catalog is not the primary (nothing was decided)"),
+            NoLead::Lapsed => f.write_str("the primary's leadership in etcd may have lapsed"),
+            NoLead::Paused => f.write_str("a switchover is under way"),
+            NoLead::WaitingOutLeases(left) => {
+                write!(f, "a new primary waits {left:?} for the old one's read leases to end")
+            }
+            NoLead::OtherEpoch(epoch) => {
+                write!(f, "this catalog takes the role of epoch {epoch} (nothing was decided)")
+            }
+            NoLead::CacheNotFlushed => f.write_str("a new primary flushes memcached before its first write"),
+            NoLead::SyncNotRecorded(why) => write!(f, "the in-sync record could not be changed: {why}"),
+        }
+    }
+}
+
+/// Why this catalog may not answer a read now: what it would show may be older than a
+/// write already acknowledged (or, on a starting primary, than a replica's catalog).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// A replica catching up with its primary (from its log or a whole copy).
+    CatchingUp,
+    /// A static primary that starts compares its catalog with its replicas' first.
+    Settling,
+    /// With etcd: the primary's leadership may have lapsed, or is too new to read.
+    Lapsed,
+    /// A static primary that starts: a replica may still serve on an earlier run's lease.
+    ReadsNotOpen,
+    /// A replica that holds no read lease: it may have missed writes.
+    NoLease,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unreadable::CatchingUp => "replica is catching up with the primary",
+            Unreadable::Settling => {
+                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)"
+            }
+            Unreadable::Lapsed => "the primary's leadership in etcd may have lapsed, or is new",
+            Unreadable::ReadsNotOpen => "a primary that starts reads once no replica's old lease lives",
+            Unreadable::NoLease => "replica holds no read lease from the primary; it may have missed writes",
+        })
+    }
+}
