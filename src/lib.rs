@@ -22,6 +22,8 @@
 //!   each back end in turn.
 //! - [`wire`]: every JSON body on the wire; [`money`]: exact prices; [`ids`]: random
 //!   identities, order ids and their order, order times.
+//! - [`lease`]: the one lease arithmetic (holder and grantor) of the replicas' read leases,
+//!   the front ends' near-cache leases and the primary's leadership in etcd.
 //! - [`storage`]: atomic file replacement and durable appends; [`storage::StorageError`].
 //! - [`error`]: the error of a request, and the one mapping of every layer's error to an
 //!   HTTP status.
@@ -43,6 +45,7 @@ pub mod frontend;
 pub mod http;
 pub mod ids;
 pub mod lab;
+pub mod lease;
 pub mod linearizable;
 pub mod metrics;
 pub mod money;

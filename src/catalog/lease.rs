@@ -1,5 +1,8 @@
 //! Read leases: a replica answers reads only while the primary vouches that it has every
-//! acknowledged write. Pure logic with explicit clocks; the node does the I/O.
+//! acknowledged write. Pure logic with explicit clocks; the node does the I/O. The
+//! arithmetic is the store's one lease ([`crate::lease`]: the replica holds, the primary
+//! grants); this module adds what belongs to read leases only: who may be granted one
+//! (a replica in sync) and a stopping primary's farewell.
 //!
 //! # The protocol
 //! - The replica asks for a lease every `L/4` (`POST /internal/lease`). It notes the moment
@@ -47,16 +50,15 @@
 /// The grace after a farewell, in lease lengths.
 pub const FAREWELL_LEASES: u32 = 15;
 
+use crate::lease::{Granted, Held};
 use std::time::{Duration, Instant};
 
-/// The part of `L` a replica counts on: the margin covers clock-rate differences.
-const REPLICA_SHARE: f64 = 0.9;
-
-/// The replica's side: until when it may answer reads.
+/// The replica's side: until when it may answer reads (a [`Held`] lease of length `L`,
+/// with what a farewell needs).
 #[derive(Debug, Clone)]
 pub struct ReplicaLease {
     length: Duration,
-    expiry: Option<Instant>,
+    held: Held,
     /// The last extension came from the primary's farewell (it stopped gracefully).
     primary_down: bool,
     /// When the replica sent its last renewal that the primary answered (grant or not).
@@ -71,12 +73,7 @@ pub struct ReplicaLease {
 impl ReplicaLease {
     /// No lease yet; leases of `length`.
     pub fn new(length: Duration) -> ReplicaLease {
-        ReplicaLease { length, expiry: None, primary_down: false, last_answered: None, epoch: 0, run: None }
-    }
-
-    fn extend(&mut self, asked: Instant, length: Duration) {
-        let end = asked + length.mul_f64(REPLICA_SHARE);
-        self.expiry = Some(self.expiry.map_or(end, |e| e.max(end)));
+        ReplicaLease { length, held: Held::default(), primary_down: false, last_answered: None, epoch: 0, run: None }
     }
 
     /// The primary of `epoch`, running as `run`, granted the renewal asked for at `asked`.
@@ -85,7 +82,7 @@ impl ReplicaLease {
         self.run = run;
         self.primary_down = false;
         self.last_answered = Some(asked);
-        self.extend(asked, self.length);
+        self.held.granted(asked, self.length);
     }
 
     /// The epoch of the primary that granted the last renewal: the one whose log this
@@ -107,7 +104,7 @@ impl ReplicaLease {
         match self.last_answered {
             Some(asked) if self.valid(now) && self.run.as_deref() == Some(run) => {
                 self.primary_down = true;
-                self.extend(asked, self.length * FAREWELL_LEASES);
+                self.held.granted(asked, self.length * FAREWELL_LEASES);
                 true
             }
             _ => false,
@@ -118,13 +115,13 @@ impl ReplicaLease {
     pub fn reset_if_extended(&mut self) {
         if self.primary_down {
             self.primary_down = false;
-            self.expiry = None;
+            self.held.end();
         }
     }
 
     /// Whether reads may be answered at `now`.
     pub fn valid(&self, now: Instant) -> bool {
-        self.expiry.is_some_and(|e| now < e)
+        self.held.valid(now)
     }
 
     /// Whether the lease is being extended by the farewell of a primary that stopped.
@@ -134,7 +131,7 @@ impl ReplicaLease {
 
     /// Time left at `now`.
     pub fn remaining(&self, now: Instant) -> Duration {
-        self.expiry.map_or(Duration::ZERO, |e| e.saturating_duration_since(now))
+        self.held.remaining(now)
     }
 }
 
@@ -145,8 +142,8 @@ pub struct Grant {
     pub in_sync: bool,
     /// The replica's identity, learnt from its answers (it changes when it restarts).
     pub replica_id: Option<String>,
-    /// Until when the replica may hold a lease the primary granted.
-    pub until: Option<Instant>,
+    /// The read lease the replica may hold, as granted here.
+    pub lease: Granted,
 }
 
 impl Grant {
@@ -158,14 +155,14 @@ impl Grant {
         if !self.in_sync {
             return Err("replica is not in sync: it missed writes and is catching up");
         }
-        self.until = Some(now + length);
+        self.lease.grant(now, length);
         Ok(())
     }
 
     /// A push failed: no more grants. Returns until when the write must wait.
     pub fn lost(&mut self) -> Option<Instant> {
         self.in_sync = false;
-        self.until
+        self.lease.until()
     }
 
     /// The replica `replica_id` has every write (checked under the writer lock).

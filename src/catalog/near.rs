@@ -11,7 +11,7 @@
 //! - The primary answers at once when it has invalidations after `seen` for the session, or
 //!   when it does not know the session (`reset`); otherwise it holds the request up to
 //!   `L/4` and answers when a write's invalidation arrives or at the timeout.
-//! - Leases are the replicas' read leases ([`super::lease`]) applied to front ends: the
+//! - Leases are the store's one lease ([`crate::lease`]), as the replicas' read leases: the
 //!   primary records a lease as ending at `r + L`, `r` the moment it *received* the request,
 //!   and grants only while it may grant replica leases; the front end counts from the moment
 //!   it *sent* it, `s + 0.9 L`, and serves near hits only within it and only after applying
@@ -37,7 +37,8 @@
 //! The route itself (`POST /internal/near`, with the leadership check) is
 //! `CatalogNode::near_watch` in `node.rs`: this file knows no node.
 
-use std::collections::{HashMap, VecDeque};
+use crate::lease::Granted;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,8 +58,8 @@ struct Session {
     seen: u64,
     /// The highest `through` answered to it: a `seen` above is not ours.
     given: u64,
-    /// Until when it may hold a lease the primary granted.
-    until: Instant,
+    /// The cache lease it may hold, as granted here.
+    lease: Granted,
     /// Told that its lease is revoked (a switchover pauses this primary).
     revoked: bool,
 }
@@ -86,7 +87,7 @@ pub struct Table {
     dropped: u64,
     /// The highest number published.
     newest: u64,
-    sessions: HashMap<String, Session>,
+    sessions: BTreeMap<String, Session>,
     /// A switchover pauses this primary: leases are revoked, none granted.
     revoking: bool,
 }
@@ -100,7 +101,7 @@ impl Table {
             ring_keys: 0,
             dropped: 0,
             newest: 0,
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             revoking: false,
         }
     }
@@ -110,8 +111,7 @@ impl Table {
     /// `Some`: answer now; `None`: hold it ([`Table::pending`], [`Table::idle`]).
     pub fn watch(&mut self, session: &str, seen: u64, current: u64, now: Instant) -> Result<Option<Reply>, String> {
         let forget = self.lease * FORGET_AFTER_LEASES;
-        self.sessions.retain(|_, s| s.until + forget > now);
-        let until = now + self.lease;
+        self.sessions.retain(|_, s| s.lease.until().is_some_and(|u| u + forget > now));
         let known = self.sessions.get(session).is_some_and(|s| seen >= self.dropped && seen <= s.given);
         if !known {
             if !self.sessions.contains_key(session) && self.sessions.len() >= MAX_SESSIONS {
@@ -119,18 +119,21 @@ impl Table {
             }
             // Every write acknowledged so far is at or below `through`.
             let through = self.newest.max(current);
-            let (until, revoked) = if self.revoking { (now, true) } else { (until, false) };
-            self.sessions.insert(session.to_string(), Session { seen: through, given: through, until, revoked });
+            // While revoking, it is told at once that it holds no lease.
+            let revoked = self.revoking;
+            let mut lease = Granted::default();
+            lease.grant(now, if revoked { Duration::ZERO } else { self.lease });
+            self.sessions.insert(session.to_string(), Session { seen: through, given: through, lease, revoked });
             return Ok(Some(Reply { through, keys: Vec::new(), reset: true, revoke: revoked }));
         }
         let revoking = self.revoking;
         let s = self.sessions.get_mut(session).expect("known");
         s.seen = s.seen.max(seen);
         if !revoking {
-            s.until = s.until.max(until);
+            s.lease.grant(now, self.lease);
         } else if s.revoked {
             // Told before it sent this: it holds no lease now.
-            s.until = s.until.min(now);
+            s.lease.cut(now);
         } else {
             s.revoked = true;
             return Ok(Some(Reply { through: seen, keys: Vec::new(), reset: false, revoke: true }));
@@ -179,7 +182,7 @@ impl Table {
     /// While revoking: `None` once every session has confirmed it holds no lease or its
     /// lease has passed; else the first moment one of them ends.
     pub fn unrevoked(&self, now: Instant) -> Option<Instant> {
-        self.sessions.values().filter(|s| s.until > now).map(|s| s.until).min()
+        self.sessions.values().filter(|s| s.lease.live(now)).filter_map(|s| s.lease.until()).min()
     }
 
     /// A batch of writes whose last is `number` invalidates `keys`.
@@ -198,18 +201,18 @@ impl Table {
     /// with a valid lease has confirmed it. Sessions whose lease passed without confirming
     /// are dropped. `Some(t)`: wait until `t` at most (the first of their leases to end).
     pub fn outstanding(&mut self, number: u64, now: Instant) -> Option<Instant> {
-        self.sessions.retain(|_, s| s.seen >= number || s.until > now);
-        self.sessions.values().filter(|s| s.seen < number).map(|s| s.until).min()
+        self.sessions.retain(|_, s| s.seen >= number || s.lease.live(now));
+        self.sessions.values().filter(|s| s.seen < number).filter_map(|s| s.lease.until()).min()
     }
 
     /// When the last lease granted to a front end ends (primary's view), if one is held.
     pub fn latest_lease_end(&self) -> Option<Instant> {
-        self.sessions.values().map(|s| s.until).max()
+        self.sessions.values().filter_map(|s| s.lease.until()).max()
     }
 
     /// Sessions known, and of them holding a lease at `now`.
     pub fn counts(&self, now: Instant) -> (usize, usize) {
-        (self.sessions.len(), self.sessions.values().filter(|s| s.until > now).count())
+        (self.sessions.len(), self.sessions.values().filter(|s| s.lease.live(now)).count())
     }
 }
 

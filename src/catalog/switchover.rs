@@ -112,7 +112,7 @@ impl CatalogNode {
         let wait = links
             .iter()
             .filter(|l| l.url != target)
-            .filter_map(|l| l.grant().until)
+            .filter_map(|l| l.grant().lease.until())
             .chain(near)
             .max()
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
@@ -291,7 +291,7 @@ mod tests {
         node.links.write().unwrap().push(Arc::clone(&link));
         let request = LeaseRequest { replica_id: "r1".into() };
         assert_eq!(node.grant_lease(&request).map(|r| r.status).unwrap_or(0), 200, "granted while leading");
-        link.grant().until = None;
+        link.grant().lease.forget();
 
         let answered = std::thread::scope(|s| {
             let held = link.grant();
@@ -305,7 +305,7 @@ mod tests {
         });
         let granted = answered.as_ref().map(|r| r.status).ok();
         assert!(matches!(answered, Err(Error::Lead(NoLead::Paused))), "granted after the pause: {granted:?}");
-        assert_eq!(link.grant().until, None, "no lease the target would not wait out");
+        assert_eq!(link.grant().lease.until(), None, "no lease the target would not wait out");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

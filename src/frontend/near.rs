@@ -20,9 +20,10 @@
 //! Memory: entries are bounded by bytes (key, answer and a fixed overhead), least recently
 //! used out first; markers by count.
 
+use crate::lease::Held;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes counted for an entry beyond its key and answer (maps, ordering, bookkeeping).
 pub const ENTRY_OVERHEAD: usize = 96;
@@ -70,8 +71,8 @@ pub struct NearCache {
     by_number: BTreeSet<(u64, String)>,
     /// No fill read before this is stored.
     floor: u64,
-    /// Hits are served until then.
-    lease_until: Option<Instant>,
+    /// The primary's cache lease: hits are served only within it.
+    lease: Held,
     tally: Tally,
 }
 
@@ -87,7 +88,7 @@ impl NearCache {
             markers: HashMap::new(),
             by_number: BTreeSet::new(),
             floor: 0,
-            lease_until: None,
+            lease: Held::default(),
             tally: Tally::default(),
         }
     }
@@ -98,7 +99,7 @@ impl NearCache {
 
     /// Whether hits may be served at `now`.
     pub fn leased(&self, now: Instant) -> bool {
-        self.lease_until.is_some_and(|u| now < u)
+        self.lease.valid(now)
     }
 
     /// The answer stored under `key`, if any and if the lease holds at `now`. An entry
@@ -197,19 +198,19 @@ impl NearCache {
     }
 
     /// An answer of the primary: applies it (a reset, or the keys invalidated up to
-    /// `through`), then takes the lease it grants, ending at `lease_until`.
-    pub fn apply(&mut self, reset: bool, through: u64, keys: &[String], lease_until: Instant) {
+    /// `through`), then takes the lease of `length` it grants to the watch sent at `sent`.
+    pub fn apply(&mut self, reset: bool, through: u64, keys: &[String], sent: Instant, length: Duration) {
         if reset {
             self.reset(through);
         } else {
             self.invalidate(keys, through);
         }
-        self.lease_until = Some(self.lease_until.map_or(lease_until, |u| u.max(lease_until)));
+        self.lease.granted(sent, length);
     }
 
     /// Drops the lease at once (the primary changed: a new one grants anew).
     pub fn drop_lease(&mut self) {
-        self.lease_until = None;
+        self.lease.end();
     }
 
     /// The counters so far.
@@ -231,12 +232,11 @@ impl NearCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn leased(capacity: usize) -> (NearCache, Instant) {
         let now = Instant::now();
         let mut c = NearCache::new(capacity);
-        c.apply(true, 0, &[], now + Duration::from_secs(60));
+        c.apply(true, 0, &[], now, Duration::from_secs(60));
         (c, now)
     }
 
@@ -250,7 +250,7 @@ mod tests {
         let mut c = NearCache::new(10_000);
         assert!(c.fill("a", 1, b"x"));
         assert_eq!(c.get("a", now), None, "no lease yet");
-        c.apply(false, 0, &[], now + Duration::from_millis(900));
+        c.apply(false, 0, &[], now, Duration::from_millis(1000));
         assert_eq!(c.get("a", now), Some(Arc::from(&b"x"[..])));
         assert_eq!(c.get("a", now + Duration::from_millis(900)), None, "the lease ended");
         assert_eq!(c.get("b", now), None);
@@ -283,7 +283,7 @@ mod tests {
         let (mut c, now) = leased(10_000);
         c.fill("a", 3, b"v");
         c.invalidate(&k("b"), 8);
-        c.apply(true, 20, &[], now + Duration::from_secs(1));
+        c.apply(true, 20, &[], now, Duration::from_secs(1));
         assert_eq!(c.get("a", now), None);
         assert_eq!((c.usage(), c.floor(), c.tally().resets), ((0, 0), 20, 2));
         assert!(!c.fill("a", 19, b"v"));

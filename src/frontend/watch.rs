@@ -22,8 +22,6 @@ use ureq::http::Method;
 
 /// Default size of the near cache (`BAZAR_NEAR_CACHE_MB`).
 pub const DEFAULT_NEAR_MB: u64 = 64;
-/// The part of `L` a front end counts on (the replicas' margin, `catalog::lease`).
-const FRONTEND_SHARE: f64 = 0.9;
 /// Pause after a failed watch or discovery before the next try.
 const RETRY: Duration = Duration::from_millis(200);
 /// Longest wait for a catalog's `/health` while looking for the primary.
@@ -138,7 +136,7 @@ impl Near {
             let lease = Duration::from_millis(answer.lease_ms);
             {
                 let mut near = self.lock();
-                near.apply(answer.reset, answer.through, &answer.keys, sent + lease.mul_f64(FRONTEND_SHARE));
+                near.apply(answer.reset, answer.through, &answer.keys, sent, lease);
                 if lease.is_zero() {
                     // Revoked (a switchover pauses the primary): no near hit from now on,
                     // before the next watch tells the primary so.

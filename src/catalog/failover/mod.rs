@@ -44,11 +44,10 @@ mod handover;
 pub use handover::{Handover, Settle};
 
 use super::refusal::NoLead;
+use crate::lease::{self, Held};
 use crate::wire::Identity;
 use std::time::{Duration, Instant};
 
-/// The part of the etcd lease TTL a primary counts on: the margin covers clock-rate drift.
-pub const LEADER_SHARE: f64 = 0.9;
 /// TTLs an empty catalog waits before it creates a store in an empty etcd.
 pub const EMPTY_BOOTSTRAP_WAIT: u32 = 2;
 
@@ -237,8 +236,10 @@ pub struct Core {
     role: Role,
     /// The newest epoch known.
     epoch: u64,
-    /// This catalog's etcd lease, and when its last successful keepalive was sent.
-    lease: Option<(i64, Instant)>,
+    /// This catalog's etcd lease, held from when its last successful keepalive was sent
+    /// (etcd, the grantor, counts the TTL from when it received it: the store's one lease
+    /// arithmetic, [`crate::lease`]).
+    lease: Option<(i64, Held)>,
     /// The lease it gave up when it last stepped down: a late keepalive answer for it is
     /// ignored, and a leader key bound to it is not this catalog's any more.
     resigned: Option<i64>,
@@ -313,7 +314,7 @@ impl Core {
 
     /// Until when this catalog's etcd lease surely lives (its keys with it).
     fn valid_until(&self) -> Option<Instant> {
-        self.lease.map(|(_, sent)| sent + self.ttl.mul_f64(LEADER_SHARE))
+        self.lease.and_then(|(_, held)| held.until())
     }
 
     fn alive(&self, now: Instant) -> bool {
@@ -349,7 +350,7 @@ impl Core {
     /// Whether this primary may answer reads at `now`: once it may write (no old lease lives),
     /// not paused, and until `L` after its leadership lapsed (no one acknowledges before).
     pub fn may_read(&self, now: Instant) -> bool {
-        let margin = self.lease_length.mul_f64(LEADER_SHARE);
+        let margin = self.lease_length.mul_f64(lease::SHARE);
         matches!(self.role, Role::Primary { paused: false, writes_from, .. } if now >= writes_from)
             && self.valid_until().is_some_and(|v| now < v + margin)
     }
@@ -432,10 +433,12 @@ impl Core {
         match input {
             Input::Observed(seen) => self.observed(seen, now),
             Input::KeptAlive { lease, sent } if self.resigned != Some(lease) => {
-                let newer = self.lease.is_none_or(|(l, s)| l != lease || sent > s);
-                if newer {
-                    self.lease = Some((lease, sent));
-                }
+                // A keepalive of another lease starts it anew; of the same lease, extends it.
+                let held = match &mut self.lease {
+                    Some((id, held)) if *id == lease => held,
+                    other => &mut other.insert((lease, Held::default())).1,
+                };
+                held.granted(sent, self.ttl);
                 Vec::new()
             }
             Input::KeptAlive { .. } => Vec::new(),
