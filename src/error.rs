@@ -14,7 +14,7 @@
 //! `io::ErrorKind`, a `ureq` timeout).
 
 use crate::balance::Failure;
-use crate::catalog::refusal::{NoLead, Unreadable};
+use crate::catalog::refusal::{NoLead, Stale, Unreadable};
 use crate::catalog::state::Refusal;
 use crate::storage::StorageError;
 use std::fmt;
@@ -60,6 +60,8 @@ pub enum Error {
     /// 503: the catalog may not answer a read now (a replica catching up or without a read
     /// lease, a primary that starts or whose leadership may have lapsed).
     Unreadable(Unreadable),
+    /// 409: a catalog refuses a push of a deposed primary (an older epoch).
+    Stale(Stale),
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
@@ -86,7 +88,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::RequestTimeout => 408,
-            Error::Conflict(_) => 409,
+            Error::Conflict(_) | Error::Stale(_) => 409,
             Error::Gone(_) => 410,
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
@@ -123,6 +125,7 @@ impl fmt::Display for Error {
             Error::Rule(r) => r.fmt(f),
             Error::Lead(why) => why.fmt(f),
             Error::Unreadable(why) => why.fmt(f),
+            Error::Stale(why) => why.fmt(f),
             Error::Storage(e) => e.fmt(f),
             // A peer that failed (not one that refused) is named as such.
             Error::Peer(PeerError::Answered { status, message }) if self.status() == 500 => {
@@ -272,7 +275,7 @@ mod tests {
     #[test]
     fn the_catalogs_refusals_have_their_statuses() {
         use std::time::Duration;
-        let cases: [(Error, u16); 16] = [
+        let cases: [(Error, u16); 20] = [
             (Refusal::NoSuchBook(9).into(), 404),
             (Refusal::OutOfStock { id: 1, title: "t".into() }.into(), 409),
             (Refusal::NoIdsLeft.into(), 409),
@@ -289,6 +292,10 @@ mod tests {
             (Error::Unreadable(Unreadable::Lapsed), 503),
             (Error::Unreadable(Unreadable::ReadsNotOpen), 503),
             (Error::Unreadable(Unreadable::NoLease), 503),
+            (Error::Unreadable(Unreadable::OtherEpoch { primary: 3, leased: 2 }), 503),
+            (Error::Unreadable(Unreadable::Behind { primary: 9, logged: 8 }), 503),
+            (Error::Stale(Stale::Push { epoch: 1, newest: 2 }), 409),
+            (Error::Stale(Stale::Write { seq: 7, epoch: 1, last: 2 }), 409),
         ];
         for (error, status) in cases {
             assert_eq!(error.status(), status, "{error}");

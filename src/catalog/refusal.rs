@@ -1,9 +1,10 @@
 //! Why a catalog says no, for what is not the books' own rules ([`super::state::Refusal`]):
-//! a write it may not decide ([`NoLead`]) and a read it may not answer ([`Unreadable`]).
+//! a write it may not decide ([`NoLead`]), a read it may not answer ([`Unreadable`]) and a
+//! push of a deposed primary ([`Stale`], 409; the others are 503).
 //! Each is a type, so a caller matches a variant (a write refused with
 //! [`NoLead::NotPrimary`] goes on to the new primary) and never compares messages;
-//! [`crate::error::Error::status`] maps them to HTTP, every one to 503 (the client may try
-//! again, here or at another catalog).
+//! [`crate::error::Error::status`] maps them to HTTP: 503 for the first two (the client may
+//! try again, here or at another catalog), 409 for the last.
 
 use std::time::Duration;
 
@@ -62,6 +63,21 @@ pub enum Unreadable {
     ReadsNotOpen,
     /// A replica that holds no read lease: it may have missed writes.
     NoLease,
+    /// A version answer from a primary of another epoch than the one whose lease this
+    /// replica holds: its log need not be a prefix of that primary's.
+    OtherEpoch {
+        /// The answering primary's epoch.
+        primary: u64,
+        /// The epoch of this replica's lease.
+        leased: u64,
+    },
+    /// A version answer that names a write this replica has not logged yet.
+    Behind {
+        /// The write the primary shows.
+        primary: u64,
+        /// The last write logged here.
+        logged: u64,
+    },
 }
 
 impl std::fmt::Display for Unreadable {
@@ -74,6 +90,46 @@ impl std::fmt::Display for Unreadable {
             Unreadable::Lapsed => "the primary's leadership in etcd may have lapsed, or is new",
             Unreadable::ReadsNotOpen => "a primary that starts reads once no replica's old lease lives",
             Unreadable::NoLease => "replica holds no read lease from the primary; it may have missed writes",
+            Unreadable::OtherEpoch { primary, leased } => {
+                return write!(f, "the primary is of epoch {primary}, this replica's lease of epoch {leased}");
+            }
+            Unreadable::Behind { primary, logged } => {
+                return write!(f, "the primary shows write {primary} and this replica has only {logged}");
+            }
         })
+    }
+}
+
+/// Why a replica refuses what a primary pushed: it comes from, or carries a write of, an
+/// older epoch than this catalog knows (a deposed primary). Answered 409 and counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// A push of an epoch older than the newest this catalog knows.
+    Push {
+        /// The push's epoch.
+        epoch: u64,
+        /// The newest epoch known here.
+        newest: u64,
+    },
+    /// A write to log of an epoch older than the last write logged here: it would take the
+    /// number that the newer primary's write needs.
+    Write {
+        /// The write's number.
+        seq: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The epoch of the last write logged here.
+        last: u64,
+    },
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stale::Push { epoch, newest } => write!(f, "a push of epoch {epoch}, older than epoch {newest}"),
+            Stale::Write { seq, epoch, last } => {
+                write!(f, "write {seq} of epoch {epoch}, older than the last logged (epoch {last})")
+            }
+        }
     }
 }

@@ -14,6 +14,10 @@
 //! It serves reads once caught up; with read leases on, only while the primary, which
 //! brings it in sync under its writer lock, grants it a lease.
 
+use super::core::{
+    self,
+    replica::{Position, PushRefused},
+};
 use super::failover::commit;
 use super::node::{CatalogNode, COPY_PAGE};
 use super::recent::Journal;
@@ -208,34 +212,32 @@ impl CatalogNode {
     /// logged after one of a newer epoch (a deposed primary's write would take the number
     /// the new primary's needs): both are refused (409) and counted as stale.
     pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>, epoch: u64) -> Result<ReplicaAck> {
-        if let Some(p) = pushes.iter().find(|p| p.book.id == 0) {
-            return Err(Error::BadRequest(format!("write {}: a book has no id 0", p.seq)));
-        }
         let mut store = self.lock_writer();
-        self.refuse_stale(&store, epoch, pushes)?;
+        let take = match core::replica::take(self.position(&store), epoch, committed, pushes) {
+            Ok(take) => take,
+            Err(PushRefused::NoBookZero { seq }) => {
+                return Err(Error::BadRequest(format!("write {seq}: a book has no id 0")));
+            }
+            Err(PushRefused::Stale(why)) => {
+                self.counters.stale_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Stale(why));
+            }
+        };
         // A push comes from a running primary: any lease extended while none ran ends, and
         // leases come from grants again.
         self.lease().reset_if_extended();
-        // Only the next writes, in order; nothing is applied in memory before it is on disk.
-        let mut next = self.logged(&store);
-        let fresh: Vec<(&Replicate, Option<&crate::wire::Order>)> = pushes
-            .iter()
-            .filter(|p| {
-                let take = p.seq == next + 1;
-                next += u64::from(take);
-                take
-            })
-            .map(|p| (p, p.order.as_ref()))
-            .collect();
-        if !fresh.is_empty() {
-            store.append(&fresh)?;
+        // Nothing is applied in memory before it is on disk.
+        if !take.log.is_empty() {
+            let rows: Vec<(&Replicate, Option<&crate::wire::Order>)> =
+                take.log.iter().map(|w| (*w, w.order.as_ref())).collect();
+            store.append(&rows)?;
             // Dirty until committed: a read that meets one of these books asks the primary.
             let mut state = self.state_mut();
-            for (p, _) in &fresh {
-                state.mark_dirty(&p.book, p.seq);
+            for w in &take.log {
+                state.mark_dirty(&w.book, w.seq);
             }
         }
-        self.show_committed(&store, committed.unwrap_or(0))?;
+        self.show_upto(&store, take.show_upto)?;
         if self.state().seq() == self.logged(&store) {
             // A checkpoint holds the readable catalog: never one with writes pending (it
             // checkpoints only when the log has grown enough).
@@ -250,19 +252,17 @@ impl CatalogNode {
         })
     }
 
-    /// Refuses (409, counted as stale) a push of an epoch older than the newest this
-    /// catalog knows, or a write to log of an epoch older than the last write logged here.
-    /// Called under the writer lock.
-    fn refuse_stale(&self, store: &Store, epoch: u64, pushes: &[Replicate]) -> Result<()> {
-        let newest = self.epoch.load(Ordering::SeqCst).max(self.failover.as_ref().map_or(0, |f| f.core().epoch()));
-        let (logged, last_epoch) = (self.logged(store), store.last_epoch());
-        let why = match pushes.iter().find(|p| p.seq > logged && p.epoch < last_epoch) {
-            _ if epoch < newest => format!("a push of epoch {epoch}, older than epoch {newest}"),
-            Some(p) => format!("write {} of epoch {}, older than the last logged (epoch {last_epoch})", p.seq, p.epoch),
-            None => return Ok(()),
-        };
-        self.counters.stale_refused.fetch_add(1, Ordering::Relaxed);
-        Err(Error::Conflict(why))
+    /// Where this replica's log stands, for the core's decisions. Called under the writer
+    /// lock.
+    fn position(&self, store: &Store) -> Position {
+        let newest_epoch =
+            self.epoch.load(Ordering::SeqCst).max(self.failover.as_ref().map_or(0, |f| f.core().epoch()));
+        Position {
+            logged: self.logged(store),
+            last_epoch: store.last_epoch(),
+            readable: self.state().seq(),
+            newest_epoch,
+        }
     }
 
     /// The number of the last write logged here, pending ones included.
@@ -273,8 +273,14 @@ impl CatalogNode {
     /// Makes the writes logged here readable up to the commit point `committed` (never past
     /// what is logged, never back). Called under the writer lock.
     pub(super) fn show_committed(&self, store: &Store, committed: u64) -> Result<()> {
+        let upto = commit::readable_upto(self.state().seq(), store.history.last().0, committed);
+        self.show_upto(store, upto)
+    }
+
+    /// Makes the writes logged here readable up to `upto`, as the core decided (at most
+    /// what is logged). Called under the writer lock.
+    fn show_upto(&self, store: &Store, upto: u64) -> Result<()> {
         let readable = self.state().seq();
-        let upto = commit::readable_upto(readable, store.history.last().0, committed);
         if upto <= readable {
             return Ok(());
         }
@@ -312,22 +318,11 @@ impl CatalogNode {
         let primary = self.primary_url().ok_or_else(|| Error::Unavailable("no primary known now".into()))?;
         self.counters.version_queries.fetch_add(1, Ordering::Relaxed);
         let committed = self.push.committed(&primary)?;
-        let leased = self.lease().epoch();
-        if self.leases() && committed.epoch != leased {
-            return Err(Error::Unavailable(format!(
-                "the primary is of epoch {}, this replica's lease of epoch {leased}",
-                committed.epoch
-            )));
-        }
+        let leased = self.leases().then(|| self.lease().epoch());
         let store = self.lock_writer();
-        if committed.seq > self.logged(&store) {
-            return Err(Error::Unavailable(format!(
-                "the primary shows write {} and this replica has only {}",
-                committed.seq,
-                self.logged(&store)
-            )));
-        }
-        self.show_committed(&store, committed.seq)
+        let upto =
+            core::replica::version_answer(self.position(&store), &committed, leased).map_err(Error::Unreadable)?;
+        self.show_upto(&store, upto)
     }
 
     /// Background: asks for a read lease every quarter of its length.
