@@ -8,8 +8,9 @@
 //! writes it lacks are always sent under the writer lock, so that no write slips in between
 //! and the replica is in sync once they are taken.
 
+use super::core::primary::{decide, Asked, Decided};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
-use super::state::{Draft, Write};
+use super::state::Write;
 use super::store::Store;
 use crate::cache;
 use crate::client::CatalogClient;
@@ -233,40 +234,11 @@ impl CatalogNode {
             }
             return;
         }
-        let epoch = self.term();
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut writes: Vec<Replicate> = Vec::new();
-        let mut keys = Vec::new();
-        {
-            let state = self.state();
-            let mut draft = Draft::new(&state);
-            let mut orders = std::collections::HashSet::new();
-            for p in batch {
-                let repeated =
-                    p.order.as_ref().is_some_and(|(o, _)| store.journal.contains(o) || !orders.insert(o.clone()));
-                let decided = if repeated {
-                    // The copy was taken for this order already: answer as then, take none.
-                    draft.book(p.id).cloned()
-                } else {
-                    let old = draft.book(p.id).ok().cloned();
-                    draft.write(p.id, &p.write).map(|mut w| {
-                        w.epoch = epoch;
-                        keys.extend(cache::keys_for(old.as_ref(), &w.book));
-                        let order = p.order.map(|(order_id, at)| Order {
-                            order_id,
-                            id: w.book.id,
-                            title: w.book.title.clone(),
-                            price: w.book.price,
-                            at,
-                        });
-                        let book = w.book.clone();
-                        writes.push(Replicate { order, ..w });
-                        book
-                    })
-                };
-                answers.push((p.reply, decided.map_err(Error::from)));
-            }
-        }
+        let (asked, replies): (Vec<Asked>, Vec<_>) =
+            batch.into_iter().map(|p| (Asked { id: p.id, write: p.write, order: p.order }, p.reply)).unzip();
+        let Decided { writes, keys, answers } = decide(&self.state(), &store.journal, self.term(), asked);
+        let mut answers: Vec<_> =
+            replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();
         if !writes.is_empty() {
             let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
             if let Err(e) = store.append(&rows) {
@@ -290,8 +262,6 @@ impl CatalogNode {
             // only makes reads miss meanwhile (no back end shows the batch yet, so no fill
             // of it or of older data can be stored over the fence); a batch never committed
             // leaves fences that a new primary's flush and reset clear.
-            keys.sort_unstable();
-            keys.dedup();
             self.near.publish(&keys, last);
             let took = std::thread::scope(|s| {
                 let marked = self.cache.as_ref().map(|cache| s.spawn(|| cache.invalidate(&keys, last)));

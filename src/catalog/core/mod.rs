@@ -6,6 +6,8 @@
 //! touches no file or socket, so each rule is tested as a table without a process. The
 //! node performs what is decided and feeds the outcome back.
 //!
+//! - [`primary`]: a group commit's first decision: which waiting writes are made, with
+//!   which numbers, what each is answered, which cache keys they change.
 //! - [`replica`]: what a replica logs of a push, what it refuses as stale, up to where it
 //!   shows its writes, and whether a version answer counts.
 //!
@@ -14,4 +16,5 @@
 //! `Table` (the front ends' sessions), `recent.rs` (history and purchase journal) and the
 //! store's one lease arithmetic (`crate::lease`).
 
+pub mod primary;
 pub mod replica;

@@ -1,0 +1,178 @@
+//! The primary's first decision of a group commit: which of the writes waiting in its
+//! queue are made, with which numbers, and what each is answered.
+//!
+//! # Rules
+//! - **Each write sees the ones before it in the batch** (a [`Draft`] over the catalog, no
+//!   copy of it): two purchases of the last copy in one batch take it once.
+//! - **A refused write takes no number** (out of stock, an unknown book, a bad update): the
+//!   numbers of a batch have no gaps, so a replica logs them strictly in sequence.
+//! - **A purchase for an order that already took its copy takes none again**: its order id
+//!   is in the purchase journal (an order server that asked again after an answer it did
+//!   not get) or earlier in the same batch; it is answered with the book as it is, as then.
+//! - Every write is of the primary's `epoch` and carries its order (the journal's record),
+//!   and the batch names the cache keys it changes (sorted, once each): the fences that
+//!   must be set before it is readable anywhere.
+
+use super::super::recent::Journal;
+use super::super::state::{Catalog, Draft, Refusal, Write};
+use crate::cache;
+use crate::wire::{Book, Order, Replicate};
+use std::collections::HashSet;
+
+/// A client's write as it waits in the queue.
+#[derive(Clone, Debug)]
+pub struct Asked {
+    /// The book's id (ignored for an add).
+    pub id: u32,
+    /// What to do to it.
+    pub write: Write,
+    /// For a purchase through an order server: the order id and its time.
+    pub order: Option<(String, String)>,
+}
+
+/// A batch decided.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The writes to log, numbered after the catalog's last, of the primary's epoch.
+    pub writes: Vec<Replicate>,
+    /// The cache keys they change, sorted, each once.
+    pub keys: Vec<String>,
+    /// Each asked write's answer, in the order asked.
+    pub answers: Vec<Result<Book, Refusal>>,
+}
+
+/// Decides the writes `asked` over `catalog` (its readable state), with `journal` the
+/// purchases already made, for a primary of `epoch`.
+pub fn decide(catalog: &Catalog, journal: &Journal, epoch: u64, asked: Vec<Asked>) -> Decided {
+    let mut draft = Draft::new(catalog);
+    let mut orders = HashSet::new();
+    let (mut writes, mut keys) = (Vec::new(), Vec::new());
+    let answers = asked
+        .into_iter()
+        .map(|a| {
+            let repeated = a.order.as_ref().is_some_and(|(o, _)| journal.contains(o) || !orders.insert(o.clone()));
+            if repeated {
+                // The copy was taken for this order already: answer as then, take none.
+                return draft.book(a.id).cloned();
+            }
+            let old = draft.book(a.id).ok().cloned();
+            draft.write(a.id, &a.write).map(|mut w| {
+                w.epoch = epoch;
+                keys.extend(cache::keys_for(old.as_ref(), &w.book));
+                w.order = a.order.map(|(order_id, at)| Order {
+                    order_id,
+                    id: w.book.id,
+                    title: w.book.title.clone(),
+                    price: w.book.price,
+                    at,
+                });
+                let book = w.book.clone();
+                writes.push(w);
+                book
+            })
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Decided { writes, keys, answers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Money;
+    use crate::wire::{BookUpdate, NewBook, Purchase};
+
+    fn catalog() -> Catalog {
+        let book = |id, title: &str, topic: &str, quantity| Book {
+            id,
+            title: title.into(),
+            topic: topic.into(),
+            price: Money::from_cents(500),
+            quantity,
+        };
+        Catalog::new(vec![book(1, "One", "rust", 1), book(2, "Two", "go", 5)], 10).unwrap()
+    }
+
+    fn purchase(id: u32, order: Option<&str>) -> Asked {
+        Asked { id, write: Write::Purchase, order: order.map(|o| (o.to_string(), "2026-12-04T15:00:00Z".to_string())) }
+    }
+
+    fn quantities(decided: &Decided) -> Vec<Result<u32, Refusal>> {
+        decided.answers.iter().map(|a| a.as_ref().map(|b| b.quantity).map_err(Clone::clone)).collect()
+    }
+
+    /// A batch as a table: what was asked, then the numbers taken and the answers.
+    #[test]
+    fn each_write_sees_the_batch_before_it_and_a_refusal_takes_no_number() {
+        let decided = decide(
+            &catalog(),
+            &Journal::default(),
+            3,
+            vec![
+                purchase(1, Some("o-1")),
+                purchase(1, Some("o-2")),
+                purchase(9, None),
+                purchase(2, None),
+                Asked {
+                    id: 2,
+                    write: Write::Update(BookUpdate { price: None, quantity: Some(9), quantity_delta: None }),
+                    order: None,
+                },
+            ],
+        );
+        let out_of_stock = Refusal::OutOfStock { id: 1, title: "One".into() };
+        assert_eq!(quantities(&decided), vec![Ok(0), Err(out_of_stock), Err(Refusal::NoSuchBook(9)), Ok(4), Ok(9)]);
+        let numbered: Vec<(u64, u64, u32)> = decided.writes.iter().map(|w| (w.seq, w.epoch, w.book.id)).collect();
+        assert_eq!(numbered, vec![(11, 3, 1), (12, 3, 2), (13, 3, 2)], "numbered after 10, no gaps, of epoch 3");
+        let order = decided.writes[0].order.as_ref().expect("a purchase for an order carries it");
+        assert_eq!((order.order_id.as_str(), order.id, order.title.as_str()), ("o-1", 1, "One"));
+        assert_eq!(decided.writes[1].order, None, "no order, none journaled");
+        let mut keys = decided.keys.clone();
+        keys.dedup();
+        assert_eq!(keys, decided.keys, "each key once");
+        assert!(decided.keys.windows(2).all(|k| k[0] < k[1]), "sorted");
+    }
+
+    /// An order that took its copy already (journaled, or earlier in the batch) takes none
+    /// again and is answered with the book as it is.
+    #[test]
+    fn an_order_takes_its_copy_once() {
+        let mut journal = Journal::default();
+        let order = Order {
+            order_id: "o-old".into(),
+            id: 2,
+            title: "Two".into(),
+            price: Money::from_cents(500),
+            at: "2026-12-04T14:00:00Z".into(),
+        };
+        journal.push(Purchase { seq: 10, order });
+        let asked = vec![purchase(2, Some("o-old")), purchase(2, Some("o-new")), purchase(2, Some("o-new"))];
+        let decided = decide(&catalog(), &journal, 1, asked);
+        assert_eq!(quantities(&decided), vec![Ok(5), Ok(4), Ok(4)]);
+        assert_eq!(decided.writes.len(), 1, "one copy taken, for o-new");
+    }
+
+    #[test]
+    fn an_add_takes_the_next_id_and_a_bad_one_takes_nothing() {
+        let new = |title: &str| NewBook {
+            title: title.into(),
+            topic: "rust".into(),
+            price: Money::from_cents(100),
+            quantity: 1,
+        };
+        let asked = vec![
+            Asked { id: 0, write: Write::Add(new("Three")), order: None },
+            Asked { id: 0, write: Write::Add(new("")), order: None },
+            Asked { id: 0, write: Write::Add(new("Four")), order: None },
+        ];
+        let decided = decide(&catalog(), &Journal::default(), 0, asked);
+        let ids: Vec<Result<u32, bool>> =
+            decided.answers.iter().map(|a| a.as_ref().map(|b| b.id).map_err(|_| true)).collect();
+        assert_eq!(ids, vec![Ok(3), Err(true), Ok(4)]);
+        // A new book changes the list of topics (their counts) and the list of books.
+        for key in [cache::TOPICS_KEY, cache::BOOKS_KEY] {
+            assert!(decided.keys.iter().any(|k| k == key), "{key} in {:?}", decided.keys);
+        }
+    }
+}
