@@ -8,7 +8,7 @@
 //! writes it lacks are always sent under the writer lock, so that no write slips in between
 //! and the replica is in sync once they are taken.
 
-use super::core::primary::{decide, Asked, Decided};
+use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::state::Write;
 use super::store::Store;
@@ -30,8 +30,6 @@ const PUSH_BYTES: usize = 48 * 1024;
 /// before it serves without comparing their catalogs (a whole store restarted brings its
 /// replicas up within it); one that answers later holding more is refused, not copied over.
 pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
-/// A replica this many writes behind (or fewer) is sent the rest under the writer lock.
-const CLOSE_ENOUGH: u64 = 1000;
 /// How often the primary checks that every memcached holds the generation key (and sends
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
@@ -481,14 +479,16 @@ impl CatalogNode {
         let last = pushes.last().map_or(0, |p| p.seq);
         let committed = self.commit_point(committed);
         let ack = self.send_writes(&link.url, pushes, committed)?;
-        // An ack counts only where the replica's log is this one's: a deposed primary's
-        // write at this number would leave another write there.
-        if ack.seq >= last && (self.failover.is_none() || Self::same_log(store, &ack)) {
-            return Ok(ack);
-        }
-        match store.history.after(ack.seq, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last)) {
-            Some(tail) if Self::same_log(store, &ack) => self.send_writes(&link.url, &tail, committed),
-            _ => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
+        let tail = match took(last, ack.seq, Self::same_log(store, &ack), self.failover.is_some()) {
+            Took::Yes => return Ok(ack),
+            Took::Tail { after } => {
+                store.history.after(after, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last))
+            }
+            Took::No => None,
+        };
+        match tail {
+            Some(tail) => self.send_writes(&link.url, &tail, committed),
+            None => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
         }
     }
 

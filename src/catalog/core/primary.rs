@@ -19,6 +19,41 @@ use crate::cache;
 use crate::wire::{Book, Order, Replicate};
 use std::collections::HashSet;
 
+/// How far behind a replica may be and still be sent the writes it lacks from the history
+/// in memory: with a batch (rather than lose its place in sync), or, when it is brought
+/// back in sync, the rest under the writer lock.
+pub const CLOSE_ENOUGH: u64 = 1000;
+
+/// What a replica's answer to a batch's push means for the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Took {
+    /// It logged the batch: it counts among the catalogs that hold it.
+    Yes,
+    /// It is a few writes behind, in this primary's log: send it the writes after `after`,
+    /// then it counts (if the history still holds them all).
+    Tail {
+        /// Its last logged write.
+        after: u64,
+    },
+    /// It did not log the batch: out of sync, its lease waited out before the batch is
+    /// acknowledged.
+    No,
+}
+
+/// Judges a replica's answer to the push of a batch whose last write is `last`: it says
+/// it logged up to `acked`, and `same_log` says whether its write there is this primary's
+/// (same history, same epoch at that number). With etcd (`epochs`) an answer counts only
+/// from the same log: a deposed primary's write at that number would be another write.
+pub fn took(last: u64, acked: u64, same_log: bool, epochs: bool) -> Took {
+    if acked >= last && (same_log || !epochs) {
+        Took::Yes
+    } else if acked < last && same_log && last - acked <= CLOSE_ENOUGH {
+        Took::Tail { after: acked }
+    } else {
+        Took::No
+    }
+}
+
 /// A client's write as it waits in the queue.
 #[derive(Clone, Debug)]
 pub struct Asked {
@@ -136,6 +171,25 @@ mod tests {
 
     /// An order that took its copy already (journaled, or earlier in the batch) takes none
     /// again and is answered with the book as it is.
+    /// A replica's answer to a push as a table: (last, acked, same log, etcd) -> verdict.
+    #[test]
+    fn an_ack_counts_only_for_the_whole_batch_in_this_log() {
+        let cases = [
+            ((20, 20, true, true), Took::Yes),
+            ((20, 25, true, false), Took::Yes), // static: ahead counts (it holds the batch)
+            ((20, 20, false, false), Took::Yes), // static roles: no epochs to compare
+            ((20, 20, false, true), Took::No),  // etcd: another write at 20 (a deposed primary's)
+            ((20, 17, true, true), Took::Tail { after: 17 }),
+            ((20, 17, true, false), Took::Tail { after: 17 }),
+            ((20, 17, false, true), Took::No),
+            ((2000, 999, true, true), Took::No), // too far behind: it catches up by itself
+            ((2000, 1000, true, true), Took::Tail { after: 1000 }),
+        ];
+        for ((last, acked, same_log, epochs), want) in cases {
+            assert_eq!(took(last, acked, same_log, epochs), want, "{last} {acked} {same_log} {epochs}");
+        }
+    }
+
     #[test]
     fn an_order_takes_its_copy_once() {
         let mut journal = Journal::default();
