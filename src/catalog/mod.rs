@@ -3,7 +3,8 @@
 //! - [`config`]: the settings of a catalog process.
 //! - [`state`]: the books and their operations, no I/O.
 //! - [`core`](mod@core): the catalog's decisions with no I/O, as far as they are gathered
-//!   (a group commit's batch decided; a replica's take of a push, up to where it shows).
+//!   (a group commit's batch decided and its acks judged; a replica's take of a push, up to
+//!   where it shows; whether a read may be answered).
 //! - [`failover`]: the role under failover through etcd, as states; no I/O; `elect.rs`
 //!   performs its effects (etcd lease, members, election, in-sync record), `switchover.rs`
 //!   the planned handover, `status.rs` `/health`, `/ready` and `/metrics`.

@@ -13,8 +13,12 @@
 //! it, never across I/O. Order: `writer` before `state`.
 
 use super::config::{CatalogConfig, Role};
+use super::core::{
+    self,
+    read::{ReadRole, Reader},
+};
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
-use super::refusal::{NoLead, Unreadable};
+use super::refusal::NoLead;
 use super::state::{Catalog, Write};
 use super::store::Store;
 use crate::cache::Cache;
@@ -381,24 +385,16 @@ impl CatalogNode {
     /// Reads answer only from a node that is up to date: the primary, or a replica that has
     /// caught up and holds a read lease.
     pub(super) fn readable(&self) -> Result<()> {
-        if !self.serving.load(Ordering::SeqCst) {
-            return Err(Error::Unreadable(Unreadable::CatchingUp));
-        }
-        if !self.settled.load(Ordering::SeqCst) {
-            return Err(Error::Unreadable(Unreadable::Settling));
-        }
-        let role = self.role();
-        if let (Role::Primary, Some(f)) = (role, &self.failover) {
-            if !f.core().may_read(Instant::now()) {
-                return Err(Error::Unreadable(Unreadable::Lapsed));
+        let role = match (self.role(), &self.failover) {
+            (Role::Primary, Some(f)) => ReadRole::Elected { may_read: f.core().may_read(Instant::now()) },
+            (Role::Primary, None) => ReadRole::Static { reads_open: self.reads_open() },
+            (Role::Replica, _) => {
+                ReadRole::Replica { leased: self.leases().then(|| self.lease().valid(Instant::now())) }
             }
-        } else if role == Role::Primary && !self.reads_open() {
-            return Err(Error::Unreadable(Unreadable::ReadsNotOpen));
-        }
-        if role == Role::Replica && self.leases() && !self.lease().valid(Instant::now()) {
-            return Err(Error::Unreadable(Unreadable::NoLease));
-        }
-        Ok(())
+        };
+        let reader =
+            Reader { serving: self.serving.load(Ordering::SeqCst), settled: self.settled.load(Ordering::SeqCst), role };
+        core::read::may_read(reader).map_err(Error::Unreadable)
     }
 
     /// A write from a client: decided here on the primary, forwarded by a replica.

@@ -8,6 +8,7 @@
 //!
 //! - [`primary`]: a group commit's first decision: which waiting writes are made, with
 //!   which numbers, what each is answered, which cache keys they change.
+//! - [`read`]: whether a catalog may answer a read now.
 //! - [`replica`]: what a replica logs of a push, what it refuses as stale, up to where it
 //!   shows its writes, and whether a version answer counts.
 //!
@@ -17,4 +18,5 @@
 //! store's one lease arithmetic (`crate::lease`).
 
 pub mod primary;
+pub mod read;
 pub mod replica;
