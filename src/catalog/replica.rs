@@ -338,10 +338,16 @@ impl CatalogNode {
                 continue;
             };
             let asked = Instant::now();
-            let answer = self.push.lease(&primary, &request);
+            // The grant's epoch is checked before the lease is locked: the check may step this
+            // catalog down, which revokes its etcd lease over HTTP, and the lease lock is
+            // held only briefly (every read's check takes it).
+            let answer = self.push.lease(&primary, &request).map(|grant| {
+                let checked = self.check_epoch(grant.epoch);
+                (grant, checked)
+            });
             let mut lease = self.lease();
             match answer {
-                Ok(grant) => match self.check_epoch(grant.epoch) {
+                Ok((grant, checked)) => match checked {
                     Ok(()) => {
                         lease.granted(asked, grant.epoch, grant.run);
                         refused_before = false;
