@@ -1,6 +1,7 @@
 //! The etcd side of failover: the catalog's election thread and the effects of the role
-//! core (`failover/`) performed. The core decides; this file only talks to etcd and
-//! changes the node's role, links and flags as told.
+//! core (`failover/`) performed. The core decides; this file talks to etcd through
+//! `etcd_side.rs` (the keys, their records, the transactions) and changes the node's role,
+//! links and flags as told.
 //!
 //! The election thread keeps this catalog's etcd lease alive (every `T/3`) with its
 //! `members/<hex of its URL>` key bound to it, reads `leader`, `epoch` and `sync` (every
@@ -15,27 +16,24 @@
 //! Invariant: a new primary decides no write before memcached was flushed after its
 //! election (the old primary may have died before invalidating what it acknowledged).
 
-use super::config::{EtcdSettings, Role};
-use super::failover::{commit, Core, Effect, Input, Leader, Observed, SyncSet};
+use super::config::Role;
+use super::etcd_side::{member_key, Failover, MEMBERS};
+use super::failover::{commit, Effect, Input, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
 use super::refusal::NoLead;
 use super::store::Store;
 use crate::cache;
-use crate::client::{Answer, Http, PeerError};
+use crate::client::{Answer, PeerError};
 use crate::error::{Error, Result};
-use crate::etcd::{Compare, Etcd, EtcdError, Op};
+use crate::etcd::EtcdError;
 use crate::shutdown::Shutdown;
-use crate::wire::{LeaderRecord, SyncRecord};
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
-/// Longest wait for etcd: well under the TTL, so a hung etcd cannot stall a keepalive
-/// past the leadership it would renew.
-pub const ETCD_TIMEOUT: Duration = Duration::from_millis(700);
 /// Pause before a grant or keepalive that failed is tried again.
 const ETCD_RETRY: Duration = Duration::from_millis(200);
 /// The election thread's step.
@@ -48,107 +46,6 @@ const WATCH_GRACE: Duration = Duration::from_secs(1);
 /// Longest wait of a write for a new primary's first writable moment.
 pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
 
-pub(super) const LEADER: &str = "leader";
-pub(super) const EPOCH: &str = "epoch";
-pub(super) const SYNC: &str = "sync";
-const MEMBERS: &str = "members/";
-
-/// A catalog's failover state: the role core and the etcd client.
-pub struct Failover {
-    pub(super) etcd: Etcd,
-    core: Mutex<Core>,
-    /// This catalog's advertise URL.
-    pub(super) me: String,
-    ttl: Duration,
-    /// Read etcd now (a call to the primary failed).
-    kick: AtomicBool,
-    /// For the threads of links added later.
-    shutdown: Mutex<Option<Shutdown>>,
-}
-
-impl Failover {
-    /// The state of a catalog with `settings`, read leases of `lease`, `pool` connections.
-    pub fn new(settings: &EtcdSettings, lease: Duration, pool: usize) -> Failover {
-        let http = Http::new(ETCD_TIMEOUT, pool.min(8), None);
-        Failover {
-            etcd: Etcd::new(http, settings.endpoints.clone(), &settings.prefix),
-            core: Mutex::new(Core::new(&settings.advertise, settings.ttl, lease)),
-            me: settings.advertise.clone(),
-            ttl: settings.ttl,
-            kick: AtomicBool::new(false),
-            shutdown: Mutex::new(None),
-        }
-    }
-
-    /// The role core. Held briefly, never across I/O; may be taken under a replica link's
-    /// grant lock (a grant checks the switchover's pause), never the other way round.
-    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Reads `leader`, `epoch` and `sync` in one transaction.
-    fn observe(&self) -> std::result::Result<Observed, EtcdError> {
-        let outcome =
-            self.etcd.txn(&[], &[Op::Get(LEADER.into()), Op::Get(EPOCH.into()), Op::Get(SYNC.into())], &[])?;
-        let mut seen = Observed::default();
-        for kv in outcome.kvs {
-            match kv.key.as_str() {
-                LEADER => seen.leader = leader(&kv.value, kv.lease),
-                EPOCH => seen.epoch = serde_json::from_slice(&kv.value).ok().map(|e| (e, kv.mod_revision)),
-                SYNC => seen.sync = sync_set(&kv.value, kv.mod_revision),
-                _ => {}
-            }
-        }
-        Ok(seen)
-    }
-
-    /// The campaign (or, without revisions, the bootstrap) for `epoch`, by a catalog of
-    /// `history` that shows every write up to `floor`: the `sync` key it wrote when it won.
-    fn campaign(&self, epoch: u64, revisions: Option<(i64, i64)>, history: String, floor: u64) -> Option<SyncSet> {
-        let lease = self.core().lease()?;
-        let mut when = vec![Compare::Absent(LEADER.into())];
-        match revisions {
-            None => when.extend([Compare::Absent(SYNC.into()), Compare::Absent(EPOCH.into())]),
-            Some((sync, e)) => {
-                when.extend([Compare::ModRevision(SYNC.into(), sync), Compare::ModRevision(EPOCH.into(), e)])
-            }
-        }
-        let sync = SyncSet { epoch, members: vec![self.me.clone()], revision: 0, history: Some(history), floor };
-        let ops = [
-            put(EPOCH, &epoch, None),
-            put(LEADER, &LeaderRecord { epoch, url: self.me.clone() }, Some(lease)),
-            put(SYNC, &sync_record(&sync), None),
-        ];
-        match self.etcd.txn(&when, &ops, &[]) {
-            Ok(o) if o.succeeded => Some(SyncSet { revision: o.revision, ..sync }),
-            Ok(_) => None,
-            Err(e) => {
-                // The outcome is unknown: the next read of the keys tells.
-                log::warn!("campaign for epoch {epoch}: {e}");
-                None
-            }
-        }
-    }
-
-    /// Writes `sync` if it is unchanged since `new.revision`: the input for the core.
-    fn write_sync(&self, new: &SyncSet) -> std::result::Result<Input, EtcdError> {
-        let outcome = self.etcd.txn(
-            &[Compare::ModRevision(SYNC.into(), new.revision)],
-            &[put(SYNC, &sync_record(new), None)],
-            &[],
-        )?;
-        Ok(match outcome.succeeded {
-            true => Input::SyncWritten(SyncSet { revision: outcome.revision, ..new.clone() }),
-            false => Input::SyncConflict,
-        })
-    }
-}
-
-/// A put of `value` (a typed record, as JSON) at `key`, on `lease` if given.
-pub(super) fn put(key: &str, value: &impl serde::Serialize, lease: Option<i64>) -> Op {
-    Op::Put { key: key.into(), value: serde_json::to_vec(value).expect("records serialize"), lease }
-}
-
 /// Says once that etcd fails (then only at debug level, until it answers again).
 fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
     match failing {
@@ -156,29 +53,6 @@ fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
         true => log::debug!("{what}: {e}"),
     }
     *failing = true;
-}
-
-/// The `leader` key's value, with the etcd lease it is bound to (None: not a record).
-pub(super) fn leader(value: &[u8], lease: i64) -> Option<Leader> {
-    let LeaderRecord { epoch, url } = serde_json::from_slice(value).ok()?;
-    Some(Leader { url, epoch, lease })
-}
-
-/// The `sync` key's value, at its `mod_revision` (None: not a record).
-fn sync_set(value: &[u8], revision: i64) -> Option<SyncSet> {
-    let SyncRecord { epoch, floor, history, members } = serde_json::from_slice(value).ok()?;
-    Some(SyncSet { epoch, members, revision, history, floor })
-}
-
-/// The `sync` key's value for `sync` (what [`sync_set`] reads back).
-pub(super) fn sync_record(sync: &SyncSet) -> SyncRecord {
-    SyncRecord { epoch: sync.epoch, floor: sync.floor, history: sync.history.clone(), members: sync.members.clone() }
-}
-
-/// A member's key: its URL in hex (any URL makes a plain key).
-pub(super) fn member_key(url: &str) -> String {
-    let hex: String = url.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{MEMBERS}{hex}")
 }
 
 impl CatalogNode {

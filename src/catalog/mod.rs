@@ -5,8 +5,9 @@
 //! - [`core`](mod@core): the catalog's decisions with no I/O, as far as they are gathered
 //!   (a group commit's batch decided and its acks judged; a replica's take of a push, up to
 //!   where it shows; whether a read may be answered).
-//! - [`failover`]: the role under failover through etcd, as states; no I/O; `elect.rs`
-//!   performs its effects (etcd lease, members, election, in-sync record), `switchover.rs`
+//! - [`failover`]: the role under failover through etcd, as states; no I/O; `etcd_side.rs`
+//!   holds its keys, records and transactions in etcd, `elect.rs` performs its effects
+//!   (etcd lease, members, election, in-sync record), `switchover.rs`
 //!   the planned handover, `status.rs` `/health`, `/ready` and `/metrics`.
 //! - [`refusal`]: why a catalog may not decide a write or answer a read now, as types.
 //! - [`store`]: the CSV files in the data directory.
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod core;
 mod elect;
+mod etcd_side;
 pub mod failover;
 pub mod import;
 pub mod lease;

@@ -189,7 +189,7 @@ pub struct CatalogNode {
     /// The role now. Held briefly.
     pub(super) current: RwLock<Current>,
     /// With etcd: the role core and the etcd client.
-    pub(super) failover: Option<super::elect::Failover>,
+    pub(super) failover: Option<super::etcd_side::Failover>,
     /// The newest epoch known: a primary's own, which its writes carry; always 0 with
     /// static roles. Pushes, lease grants and log answers of an older one are refused.
     pub(super) epoch: AtomicU64,
@@ -214,7 +214,7 @@ impl CatalogNode {
         let pool = config.common.threads;
         let links = config.replicas.iter().map(|url| Arc::new(ReplicaLink::new(url))).collect();
         let current = Current { role: config.role, primary: config.primary.clone(), term: 0 };
-        let failover = config.etcd.as_ref().map(|e| super::elect::Failover::new(e, config.lease, pool));
+        let failover = config.etcd.as_ref().map(|e| super::etcd_side::Failover::new(e, config.lease, pool));
         let cache = (!config.memcached.is_empty()).then(|| Cache::new(&config.memcached, pool));
         let (writes, queue) = mpsc::sync_channel(QUEUE);
         let replica_id = crate::ids::random_hex()?;

@@ -14,7 +14,8 @@
 //! follows the target if that took effect, and steps down otherwise.
 
 use super::config::Role;
-use super::elect::{leader, member_key, put, sync_record, Failover, EPOCH, LEADER, LEAD_WAIT, SYNC};
+use super::elect::LEAD_WAIT;
+use super::etcd_side::{leader, member_key, put, sync_record, Failover, EPOCH, LEADER, SYNC};
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
 use super::refusal::NoLead;
