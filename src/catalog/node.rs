@@ -103,13 +103,56 @@ pub(super) struct Pending {
     pub(super) reply: mpsc::SyncSender<Result<Book>>,
 }
 
+/// The log as `/health` and `/metrics` show it, published by the writer lock's guard each
+/// time it is released ([`Writer`]), so that they never wait for (or `try_lock`) the
+/// writer lock, which a batch holds across its pushes.
+#[derive(Default)]
+pub(super) struct Logged {
+    /// The last write logged here, pending ones included.
+    pub(super) seq: AtomicU64,
+    /// The log takes no write now (an append or its fsync failed; it re-opens by itself).
+    pub(super) failed: AtomicBool,
+    /// Appends that failed since the process started.
+    pub(super) write_errors: AtomicU64,
+}
+
+impl Logged {
+    fn publish(&self, store: &Store) {
+        self.seq.store(store.history.last().0, Ordering::Relaxed);
+        self.failed.store(store.failed(), Ordering::Relaxed);
+        self.write_errors.store(store.write_errors(), Ordering::Relaxed);
+    }
+}
+
+/// The writer lock held: the store, and on release what `/health` shows of it published.
+pub(super) struct Writer<'a> {
+    store: std::sync::MutexGuard<'a, Store>,
+    shown: &'a Logged,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.shown.publish(&self.store);
+    }
+}
+
 /// Counters shown in `/metrics`.
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) writes: AtomicU64,
-    /// The store's failed appends, as last read (the metric shows it while a write holds
-    /// the store).
-    pub(super) write_errors: AtomicU64,
     pub(super) batches: AtomicU64,
     pub(super) pushes_failed: AtomicU64,
     pub(super) tail_writes_sent: AtomicU64,
@@ -140,8 +183,10 @@ pub(super) struct Current {
 /// One catalog process.
 pub struct CatalogNode {
     pub(super) config: CatalogConfig,
-    /// Serialises changes on this node and owns the files.
-    pub(super) writer: Mutex<Store>,
+    /// Serialises changes on this node and owns the files (taken through `lock_writer`).
+    writer: Mutex<Store>,
+    /// What `/health` and `/metrics` show of the log, published as the writer lock is released.
+    pub(super) logged: Logged,
     /// The books as reads see them.
     pub(super) state: RwLock<Catalog>,
     /// Replica: caught up with the primary since it started (or since its last full copy).
@@ -238,6 +283,11 @@ impl CatalogNode {
             reads_from: Instant::now() + config.lease,
             writes_open: AtomicBool::new(false),
             cache_flushed: AtomicU64::new(0),
+            logged: {
+                let logged = Logged::default();
+                logged.publish(&store);
+                logged
+            },
             writer: Mutex::new(store),
             state: RwLock::new(catalog),
             last_push: Mutex::new(None),
@@ -324,8 +374,18 @@ impl CatalogNode {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn lock_writer(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn lock_writer(&self) -> Writer<'_> {
+        Writer { store: self.writer.lock().unwrap_or_else(|e| e.into_inner()), shown: &self.logged }
+    }
+
+    /// The writer lock if it is free now (never waits: a batch may hold it across pushes).
+    pub(super) fn try_lock_writer(&self) -> Option<Writer<'_>> {
+        let store = match self.writer.try_lock() {
+            Ok(store) => store,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Writer { store, shown: &self.logged })
     }
 
     pub(super) fn lease(&self) -> std::sync::MutexGuard<'_, ReplicaLease> {
@@ -493,7 +553,7 @@ impl CatalogNode {
         let (after, held) = (number("after")?, number("held")?);
         let here = request.query_param("here")?.is_some_and(|h| h == "1");
         if self.role() == Role::Replica && !here {
-            if let (true, Ok(mut store)) = (held > 0, self.writer.try_lock()) {
+            if let (true, Some(mut store)) = (held > 0, self.try_lock_writer()) {
                 store.journal.release(held);
             }
             return self.forward_to(request);

@@ -199,7 +199,7 @@ impl CatalogNode {
                     // Idle: a log that failed a write is re-opened from disk by itself, so
                     // writes resume once the disk takes them again (the next write would
                     // try too).
-                    if let Ok(mut store) = self.writer.try_lock() {
+                    if let Some(mut store) = self.try_lock_writer() {
                         store.retry();
                     }
                     continue;

@@ -49,18 +49,11 @@ impl CatalogNode {
         let lease = self.lease().clone();
         let (role, primary, epoch) = (self.role_name(), self.primary_shown(), self.epoch());
         // The last write logged here: with etcd a replica's writes past `seq` are pending
-        // (logged, not yet known committed, not readable). Null while a write holds the
-        // log (health never waits for a push).
-        // And whether the log takes no write now (a write or fsync failed; it is re-opened
-        // by itself): null likewise.
-        let (logged, log_failed) = match self.writer.try_lock() {
-            Ok(store) => (Some(store.history.last().0), Some(store.failed())),
-            Err(std::sync::TryLockError::Poisoned(e)) => {
-                let store = e.into_inner();
-                (Some(store.history.last().0), Some(store.failed()))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => (None, None),
-        };
+        // (logged, not yet known committed, not readable); and whether the log takes no
+        // write now (a write or fsync failed; it is re-opened by itself). Both as of the
+        // last release of the writer lock: health never waits for a push.
+        let logged = self.logged.seq.load(Ordering::Relaxed);
+        let log_failed = self.logged.failed.load(Ordering::Relaxed);
         let in_sync_record = self.failover.as_ref().map(|f| f.core().sync().map(|s| s.members.clone()));
         let state = self.state();
         serde_json::json!({
@@ -90,12 +83,7 @@ impl CatalogNode {
             let state = self.state();
             (state.seq() as f64, state.len() as f64)
         };
-        let write_errors = match self.writer.try_lock() {
-            Ok(store) => store.write_errors(),
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().write_errors(),
-            Err(std::sync::TryLockError::WouldBlock) => self.counters.write_errors.load(Ordering::Relaxed),
-        };
-        self.counters.write_errors.store(write_errors, Ordering::Relaxed);
+        let write_errors = self.logged.write_errors.load(Ordering::Relaxed);
         let rows: [(&str, &str, &str, f64); 26] = [
             ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
             ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
