@@ -14,7 +14,7 @@
 //! `io::ErrorKind`, a `ureq` timeout).
 
 use crate::balance::Failure;
-use crate::catalog::refusal::{NoLead, Stale, Unreadable};
+use crate::catalog::refusal::{NoLead, NotHere, Stale, Unreadable};
 use crate::catalog::state::Refusal;
 use crate::storage::StorageError;
 use std::fmt;
@@ -62,6 +62,8 @@ pub enum Error {
     Unreadable(Unreadable),
     /// 409: a catalog refuses a push of a deposed primary (an older epoch).
     Stale(Stale),
+    /// 409: a catalog refuses a request that belongs to another role or setting.
+    NotHere(NotHere),
     /// 404, 409 or 400: the catalog's rules refuse the write or read (its status is the
     /// refusal's, see [`Error::status`]).
     Rule(Refusal),
@@ -88,7 +90,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::RequestTimeout => 408,
-            Error::Conflict(_) | Error::Stale(_) => 409,
+            Error::Conflict(_) | Error::Stale(_) | Error::NotHere(_) => 409,
             Error::Gone(_) => 410,
             Error::LengthRequired => 411,
             Error::PayloadTooLarge => 413,
@@ -126,6 +128,7 @@ impl fmt::Display for Error {
             Error::Lead(why) => why.fmt(f),
             Error::Unreadable(why) => why.fmt(f),
             Error::Stale(why) => why.fmt(f),
+            Error::NotHere(why) => why.fmt(f),
             Error::Storage(e) => e.fmt(f),
             // A peer that failed (not one that refused) is named as such.
             Error::Peer(PeerError::Answered { status, message }) if self.status() == 500 => {
@@ -275,7 +278,7 @@ mod tests {
     #[test]
     fn the_catalogs_refusals_have_their_statuses() {
         use std::time::Duration;
-        let cases: [(Error, u16); 20] = [
+        let cases: [(Error, u16); 22] = [
             (Refusal::NoSuchBook(9).into(), 404),
             (Refusal::OutOfStock { id: 1, title: "t".into() }.into(), 409),
             (Refusal::NoIdsLeft.into(), 409),
@@ -296,6 +299,8 @@ mod tests {
             (Error::Unreadable(Unreadable::Behind { primary: 9, logged: 8 }), 503),
             (Error::Stale(Stale::Push { epoch: 1, newest: 2 }), 409),
             (Error::Stale(Stale::Write { seq: 7, epoch: 1, last: 2 }), 409),
+            (Error::NotHere(NotHere::IsPrimary), 409),
+            (Error::NotHere(NotHere::NoGrant(crate::catalog::refusal::NoGrant::NotInSync)), 409),
         ];
         for (error, status) in cases {
             assert_eq!(error.status(), status, "{error}");

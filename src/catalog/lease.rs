@@ -50,6 +50,7 @@
 /// The grace after a farewell, in lease lengths.
 pub const FAREWELL_LEASES: u32 = 15;
 
+use super::refusal::NoGrant;
 use crate::lease::{Granted, Held};
 use std::time::{Duration, Instant};
 
@@ -148,12 +149,12 @@ pub struct Grant {
 
 impl Grant {
     /// A renewal request from `replica_id` at `now`; granted only to the in-sync replica.
-    pub fn request(&mut self, replica_id: &str, now: Instant, length: Duration) -> Result<(), &'static str> {
+    pub fn request(&mut self, replica_id: &str, now: Instant, length: Duration) -> Result<(), NoGrant> {
         if self.replica_id.as_deref() != Some(replica_id) {
-            return Err("unknown replica: not yet brought in sync since it or the primary started");
+            return Err(NoGrant::Unknown);
         }
         if !self.in_sync {
-            return Err("replica is not in sync: it missed writes and is catching up");
+            return Err(NoGrant::NotInSync);
         }
         self.lease.grant(now, length);
         Ok(())

@@ -18,7 +18,7 @@ use super::core::{
     read::{ReadRole, Reader},
 };
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
-use super::refusal::NoLead;
+use super::refusal::{NoLead, NotHere};
 use super::state::{Catalog, Write};
 use super::store::Store;
 use crate::cache::Cache;
@@ -679,7 +679,7 @@ impl CatalogNode {
     pub(super) fn replica_only(&self) -> Result<()> {
         match self.role() {
             Role::Replica => Ok(()),
-            Role::Primary => Err(Error::Conflict("this catalog is the primary; it takes no pushes".into())),
+            Role::Primary => Err(Error::NotHere(NotHere::IsPrimary)),
         }
     }
 
@@ -743,10 +743,10 @@ impl CatalogNode {
             return Err(Error::BadRequest("session must be 1 to 64 characters".into()));
         }
         if self.replica_only().is_ok() {
-            return Err(Error::Conflict("this catalog is not the primary; near-cache leases come from it".into()));
+            return Err(Error::NotHere(NotHere::NoNearFromReplica));
         }
         if !self.leases() {
-            return Err(Error::Conflict("read leases are off (BAZAR_LEASE_MS=0): no near-cache lease".into()));
+            return Err(Error::NotHere(NotHere::LeasesOff));
         }
         // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
         // is answered without one. A watch let through while revoking carries no lease

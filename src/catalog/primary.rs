@@ -10,6 +10,7 @@
 
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
+use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
 use super::store::Store;
 use crate::cache;
@@ -664,7 +665,7 @@ impl CatalogNode {
     /// A replica's lease request.
     pub(super) fn grant_lease(&self, request: &LeaseRequest) -> Result<Response> {
         if self.replica_only().is_ok() {
-            return Err(Error::Conflict("only the primary grants leases".into()));
+            return Err(Error::NotHere(NotHere::NoLeasesFromReplica));
         }
         let links = self.links();
         for link in &links {
@@ -691,7 +692,7 @@ impl CatalogNode {
                     }
                     Err(why) => {
                         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
-                        Err(Error::Conflict(why.into()))
+                        Err(Error::NotHere(NotHere::NoGrant(why)))
                     }
                 };
             }
@@ -700,6 +701,6 @@ impl CatalogNode {
             link.recheck.store(true, Ordering::SeqCst);
         }
         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
-        Err(Error::Conflict("unknown replica: not yet brought in sync since it or the primary started".into()))
+        Err(Error::NotHere(NotHere::NoGrant(NoGrant::Unknown)))
     }
 }

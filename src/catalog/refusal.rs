@@ -1,10 +1,11 @@
 //! Why a catalog says no, for what is not the books' own rules ([`super::state::Refusal`]):
-//! a write it may not decide ([`NoLead`]), a read it may not answer ([`Unreadable`]) and a
-//! push of a deposed primary ([`Stale`], 409; the others are 503).
+//! a write it may not decide ([`NoLead`]), a read it may not answer ([`Unreadable`]), a
+//! push of a deposed primary ([`Stale`]) and a request for another role or setting
+//! ([`NotHere`]).
 //! Each is a type, so a caller matches a variant (a write refused with
 //! [`NoLead::NotPrimary`] goes on to the new primary) and never compares messages;
 //! [`crate::error::Error::status`] maps them to HTTP: 503 for the first two (the client may
-//! try again, here or at another catalog), 409 for the last.
+//! try again, here or at another catalog), 409 for the others.
 
 use std::time::Duration;
 
@@ -130,6 +131,54 @@ impl std::fmt::Display for Stale {
             Stale::Write { seq, epoch, last } => {
                 write!(f, "write {seq} of epoch {epoch}, older than the last logged (epoch {last})")
             }
+        }
+    }
+}
+
+/// Why a catalog refuses a request that another catalog (or another setting) would take:
+/// asked of the wrong role, or of a store set up without what it needs. Answered 409.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotHere {
+    /// A push, farewell or resync sent to the primary: only a replica takes them.
+    IsPrimary,
+    /// A read lease asked of a replica: only the primary grants them.
+    NoLeasesFromReplica,
+    /// A near-cache watch sent to a replica: only the primary grants cache leases.
+    NoNearFromReplica,
+    /// A near-cache watch while read leases are off (`BAZAR_LEASE_MS=0`).
+    LeasesOff,
+    /// A lease asked by a replica the primary does not count in sync.
+    NoGrant(NoGrant),
+    /// Something only failover through etcd does (a switchover, a handover), asked of a
+    /// store with static roles.
+    StaticRoles(&'static str),
+}
+
+/// Why the primary grants a replica no read lease now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoGrant {
+    /// Not yet brought in sync since it or the primary started (its id is not known).
+    Unknown,
+    /// It missed writes and is catching up.
+    NotInSync,
+}
+
+impl std::fmt::Display for NotHere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotHere::IsPrimary => f.write_str("this catalog is the primary; it takes no pushes"),
+            NotHere::NoLeasesFromReplica => f.write_str("only the primary grants leases"),
+            NotHere::NoNearFromReplica => {
+                f.write_str("this catalog is not the primary; near-cache leases come from it")
+            }
+            NotHere::LeasesOff => f.write_str("read leases are off (BAZAR_LEASE_MS=0): no near-cache lease"),
+            NotHere::NoGrant(NoGrant::Unknown) => {
+                f.write_str("unknown replica: not yet brought in sync since it or the primary started")
+            }
+            NotHere::NoGrant(NoGrant::NotInSync) => {
+                f.write_str("replica is not in sync: it missed writes and is catching up")
+            }
+            NotHere::StaticRoles(what) => write!(f, "static roles: {what}"),
         }
     }
 }

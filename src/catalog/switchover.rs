@@ -18,7 +18,7 @@ use super::elect::LEAD_WAIT;
 use super::etcd_side::{leader, member_key, put, sync_record, Failover, EPOCH, LEADER, SYNC};
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
-use super::refusal::NoLead;
+use super::refusal::{NoLead, NotHere};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Op};
 use crate::http::{json_body, Request, Response};
@@ -55,7 +55,7 @@ impl CatalogNode {
     /// came meanwhile go on to it: paused, not refused.
     pub(super) fn switchover(&self, to: Option<String>) -> Result<SwitchoverAnswer> {
         let Some(f) = &self.failover else {
-            return Err(Error::Conflict("static roles: a switchover needs BAZAR_ETCD".into()));
+            return Err(Error::NotHere(NotHere::StaticRoles("a switchover needs BAZAR_ETCD")));
         };
         let started = Instant::now();
         let writer = self.lock_writer();
@@ -182,7 +182,7 @@ impl CatalogNode {
     /// `go`, a request to read etcd now and answer once it leads.
     pub(super) fn expect_leadership(&self, asked: LeadRequest) -> Result<LeadAnswer> {
         if self.failover.is_none() {
-            return Err(Error::Conflict("static roles: no handover".into()));
+            return Err(Error::NotHere(NotHere::StaticRoles("no handover")));
         }
         let LeadRequest { epoch, wait_ms, go } = asked;
         let wait = Duration::from_millis(wait_ms.min(60_000));
