@@ -398,6 +398,9 @@ pub(super) struct Outcome {
     pub hash: u64,
     pub failure: Option<String>,
     pub events: u64,
+    /// Epochs led and writes acknowledged (how much the run exercised).
+    pub elections: u64,
+    pub acked: u64,
 }
 
 struct World {
@@ -509,7 +512,13 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
     }
     w.t = end;
     w.finish();
-    let outcome = Outcome { hash: w.hash, failure: w.failure.clone(), events: w.events };
+    let outcome = Outcome {
+        hash: w.hash,
+        failure: w.failure.clone(),
+        events: w.events,
+        elections: w.led.len() as u64,
+        acked: w.acked.len() as u64,
+    };
     (outcome, w.trace.unwrap_or_default())
 }
 
@@ -1173,17 +1182,25 @@ fn every_run_passes_its_checks() {
     }
     let seeds: u64 = env("BAZAR_SIM_SEEDS").map_or(300, |s| s.parse().expect("BAZAR_SIM_SEEDS is a number"));
     let started = Instant::now();
-    let (mut events, mut failed) = (0, Vec::new());
+    let (mut events, mut elections, mut acked, mut failovers, mut failed) = (0, 0, 0, 0, Vec::new());
     for seed in 0..seeds {
         let (outcome, _) = run(seed, planted, false);
-        events += outcome.events;
+        (events, elections, acked) = (events + outcome.events, elections + outcome.elections, acked + outcome.acked);
+        failovers += u64::from(outcome.elections > 1);
         if let Some(why) = outcome.failure {
             println!("seed {seed}: {why}");
             failed.push(seed);
         }
     }
     let took = started.elapsed().as_secs_f64();
-    println!("{seeds} runs in {took:.2}s: {:.0} runs/s, {:.0} events/s", seeds as f64 / took, events as f64 / took);
+    println!(
+        "{seeds} runs in {took:.2}s: {:.0} runs/s, {:.0} events/s; {failovers} runs with a failover, \
+         {:.1} elections and {:.0} acknowledged writes a run",
+        seeds as f64 / took,
+        events as f64 / took,
+        elections as f64 / seeds as f64,
+        acked as f64 / seeds as f64
+    );
     if let Some(seed) = failed.first() {
         panic!(
             "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib failover::sim -- --nocapture",
