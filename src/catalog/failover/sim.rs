@@ -50,7 +50,8 @@
 //! Every run hashes its trace (one line per event, FNV-1a 64). `BAZAR_SIM_SEED=N` runs seed
 //! `N` and prints its trace (with `BAZAR_SIM_PLANTED=ElectBehind|NoMargin|ValidTooLong` to
 //! replay a planted bug's run); `BAZAR_SIM_SEEDS=N` runs seeds `0..N` (default 300).
-//! `cargo test --lib failover::sim -- --nocapture` shows the runs per second.
+//! `cargo test --lib failover::sim -- --nocapture` shows the runs per second; a replay runs
+//! `BAZAR_SIM_SEED=N cargo test --lib failover::sim::every_run -- --nocapture`.
 
 use super::{Core, Effect, Input, Observed, Planted, Role, SyncSet};
 use crate::catalog::elect;
@@ -1203,7 +1204,7 @@ fn every_run_passes_its_checks() {
     );
     if let Some(seed) = failed.first() {
         panic!(
-            "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib failover::sim -- --nocapture",
+            "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib failover::sim::every_run -- --nocapture",
             failed.len()
         );
     }
