@@ -252,6 +252,39 @@ pub struct Core {
     /// When it was first told (an empty catalog waits before it bootstraps a store).
     data_since: Option<Instant>,
     tally: Tally,
+    /// A known bug planted by the simulator (`sim.rs`), none by default; test builds only.
+    #[cfg(test)]
+    pub(crate) planted: Planted,
+}
+
+/// Known bugs the simulator plants in the core, one at a time, to show that its checks
+/// find them (test builds only: none can reach a release binary). Each changes one line.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Planted {
+    /// None: the core as it is.
+    #[default]
+    None,
+    /// The election restriction ignored: a catalog not in `sync`, or behind its floor,
+    /// campaigns.
+    ElectBehind,
+    /// The leadership counted from when the keepalive was answered, not when it was sent.
+    NoMargin,
+    /// The holder counts on more than etcd's TTL (a share of 1.25 instead of 0.9).
+    ValidTooLong,
+}
+
+#[cfg(test)]
+impl Planted {
+    /// The holder's view of a keepalive sent at `sent`, answered at `now`: from when, and
+    /// for how long (a share of it is counted on).
+    fn lease_view(self, sent: Instant, now: Instant, ttl: Duration) -> (Instant, Duration) {
+        match self {
+            Planted::NoMargin => (now, ttl),
+            Planted::ValidTooLong => (sent, ttl.mul_f64(1.25 / lease::SHARE)),
+            _ => (sent, ttl),
+        }
+    }
 }
 
 impl Core {
@@ -270,6 +303,8 @@ impl Core {
             data: None,
             data_since: None,
             tally: Tally::default(),
+            #[cfg(test)]
+            planted: Planted::None,
         }
     }
 
@@ -433,12 +468,16 @@ impl Core {
         match input {
             Input::Observed(seen) => self.observed(seen, now),
             Input::KeptAlive { lease, sent } if self.resigned != Some(lease) => {
+                #[cfg(test)]
+                let (sent, ttl) = self.planted.lease_view(sent, now, self.ttl);
+                #[cfg(not(test))]
+                let ttl = self.ttl;
                 // A keepalive of another lease starts it anew; of the same lease, extends it.
                 let held = match &mut self.lease {
                     Some((id, held)) if *id == lease => held,
                     other => &mut other.insert((lease, Held::default())).1,
                 };
-                held.granted(sent, self.ttl);
+                held.granted(sent, ttl);
                 Vec::new()
             }
             Input::KeptAlive { .. } => Vec::new(),
@@ -604,7 +643,7 @@ impl Core {
                         vec![Effect::Bootstrap]
                     }
                     (Some(sync), Some((e, epoch_revision)))
-                        if sync.members.contains(&self.me) && self.eligible().is_ok() =>
+                        if (sync.members.contains(&self.me) && self.eligible().is_ok()) || self.elects_behind() =>
                     {
                         self.role = Role::Candidate { since: now };
                         self.tally.elections += 1;
@@ -628,6 +667,15 @@ impl Core {
         }
     }
 
+    /// Whether the planted `ElectBehind` ignores the election restriction (never outside
+    /// the simulator).
+    fn elects_behind(&self) -> bool {
+        #[cfg(test)]
+        return self.planted == Planted::ElectBehind;
+        #[cfg(not(test))]
+        false
+    }
+
     /// Follows `leader` (a follower); says so when it changed.
     fn follow(&mut self, leader: Option<Leader>) -> Vec<Effect> {
         let Some(l) = leader else {
@@ -646,5 +694,7 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
