@@ -416,9 +416,15 @@ impl CatalogNode {
                 Role::Replica => Err(Error::Unavailable("no longer the primary".into())),
             };
         };
-        let input = f
-            .write_sync(&new)
-            .map_err(|e| Error::Unavailable(format!("cannot change the in-sync record in etcd: {e}")))?;
+        let input = match f.write_sync(&new) {
+            Ok(input) => input,
+            Err(e) => {
+                // The outcome is unknown: the record may have changed, so the core steps
+                // down rather than judge a write on a record it no longer knows.
+                self.feed(Input::SyncUnknown { why: e.to_string() });
+                return Err(Error::Unavailable(format!("cannot change the in-sync record in etcd: {e}")));
+            }
+        };
         let conflict = input == Input::SyncConflict;
         self.feed(input);
         match conflict {

@@ -117,6 +117,17 @@ pub enum Input {
     /// This primary's compare-and-swap of `sync` failed its comparison: someone else
     /// changed it, which only a newer primary does.
     SyncConflict,
+    /// This primary's change of `sync` (an addition or a removal) got no answer: it may have
+    /// applied, or may still apply, so the record is not known here any more. A write
+    /// judged on the record known (`not_taken`) could be acknowledged while a member of the
+    /// real record lacks it, and that member could be elected: the primary steps down, and
+    /// the next primary is elected from the record in etcd. (Found by the simulator: an
+    /// addition applied whose answer was lost, then a write the new member missed was
+    /// acknowledged.)
+    SyncUnknown {
+        /// What etcd's client said.
+        why: String,
+    },
     /// This primary could not make a write safe (the in-sync record could not be changed
     /// in etcd): it holds a write it cannot acknowledge, so it steps down.
     GiveUp {
@@ -523,6 +534,12 @@ impl Core {
             }
             Input::GiveUp { why } => match self.role {
                 Role::Primary { .. } => self.step_down(why),
+                _ => Vec::new(),
+            },
+            Input::SyncUnknown { why } => match self.role {
+                Role::Primary { .. } => {
+                    self.step_down(format!("a change of the in-sync record got no answer ({why}): it may have applied"))
+                }
                 _ => Vec::new(),
             },
             Input::Data(data) => {
