@@ -307,6 +307,20 @@ fn a_primary_that_cannot_record_a_lost_replica_gives_up() {
     assert_eq!(c.step(Input::GiveUp { why: "again".into() }, t0), [], "a follower has nothing to give up");
 }
 
+/// A change of `sync` without an answer (it may have applied, or may still): the primary
+/// no longer knows the record it would judge the next write on, so it steps down and
+/// resigns its lease (the simulator found the write lost otherwise).
+#[test]
+fn a_primary_whose_change_of_sync_got_no_answer_steps_down() {
+    let t0 = Instant::now();
+    let mut c = primary(t0);
+    let effects = c.step(Input::SyncUnknown { why: "timed out".into() }, t0);
+    assert!(matches!(&effects[..], [Effect::StepDown { why }] if why.contains("may have applied")), "{effects:?}");
+    assert_eq!((c.role(), c.lease(), c.resigned()), (&Role::Follower { leader: None }, None, Some(7)));
+    assert!(c.may_acknowledge(t0).is_err());
+    assert_eq!(c.step(Input::SyncUnknown { why: "again".into() }, t0), [], "a follower holds no record to doubt");
+}
+
 /// A planned switchover: the primary pauses (nothing decided, acknowledged or granted),
 /// hands the leader key over and follows the target, which may write as soon as the old
 /// primary's last lease has ended.
