@@ -28,6 +28,7 @@
 
 use super::log::{Cursor, OrderLog};
 use crate::balance::{Call, Failed, Failure, Pool};
+use crate::batch::Group;
 use crate::client::{CatalogClient, Http, OrderClient, PeerError};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
@@ -61,6 +62,11 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 pub const GRACE: Duration = Duration::from_secs(3);
 /// How often a failed order log is re-opened from disk (see [`OrderLog::reopen`]).
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Most orders in one push to a peer: a title is at most 300 characters (under 2 KB as
+/// JSON, escapes and all), so a push stays below the peer's 64 KiB body limit.
+pub const PUSH_MOST: usize = 32;
+/// Pushes to the peers in flight at once (each carries every order that waited for it).
+pub const PUSH_FLIGHTS: usize = 1;
 
 /// Settings of an order process.
 #[derive(Clone, Debug)]
@@ -196,6 +202,9 @@ pub struct OrderNode {
     responsive: Vec<AtomicBool>,
     /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
+    /// Orders waiting to be pushed to the peers: whoever finds the push free sends every
+    /// order waiting in one push ([`OrderNode::push_to_peers`]).
+    shares: Group<Order, usize>,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
@@ -223,6 +232,7 @@ impl OrderNode {
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             responsive: config.peers.iter().map(|_| AtomicBool::new(true)).collect(),
             reconciled: AtomicU64::new(0),
+            shares: Group::new(PUSH_MOST, PUSH_FLIGHTS),
             counters: Counters::default(),
             metrics,
             config,
@@ -433,7 +443,18 @@ impl OrderNode {
     /// purchase; the sync thread's next successful pull marks it responsive again, and the
     /// orders it missed meanwhile reach it by that pull (the existing anti-entropy), so the
     /// two logs converge once the partition heals.
+    ///
+    /// Orders are pushed in batches: a purchase that arrives while a push is in flight
+    /// waits for it and joins the next push, with every order that waited meanwhile (at
+    /// most [`PUSH_MOST`]); one that finds no push in flight pushes at once, alone. Each
+    /// order's answer is its batch's: the peer logs a push whole (one fsync) or not at all.
     fn share(&self, order: &Order) -> usize {
+        let took = self.shares.run(order.clone(), |orders| vec![self.push_to_peers(&orders); orders.len()]);
+        took.unwrap_or(0)
+    }
+
+    /// Pushes `orders` to every responsive peer at once; how many peers took them all.
+    fn push_to_peers(&self, orders: &[Order]) -> usize {
         std::thread::scope(|s| {
             let pushes: Vec<_> = self
                 .config
@@ -442,15 +463,15 @@ impl OrderNode {
                 .zip(&self.responsive)
                 .filter(|(_, responsive)| responsive.load(Ordering::SeqCst))
                 .map(|(url, responsive)| {
-                    s.spawn(move || match self.peers.push(url, std::slice::from_ref(order)) {
+                    s.spawn(move || match self.peers.push(url, orders) {
                         Ok(_) => true,
                         Err(e) => {
                             self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
                             if responsive.swap(false, Ordering::SeqCst) {
                                 log::warn!(
-                                    "peer {url} did not take order {} now ({e}); purchases stop pushing to it until \
-                                     it answers a pull, and it will pull what it missed",
-                                    order.order_id
+                                    "peer {url} did not take {} orders now ({e}); purchases stop pushing to it \
+                                     until it answers a pull, and it will pull what it missed",
+                                    orders.len()
                                 );
                             }
                             false
