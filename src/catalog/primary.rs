@@ -35,6 +35,10 @@ const CLOSE_ENOUGH: u64 = 1000;
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// A write from a client: the book, the write, and the order (id, time) a purchase takes its
+/// copy for.
+pub type ClientWrite = (u32, Write, Option<(String, String)>);
+
 /// Waits for `flag` to be set (polled every 20 ms), until `deadline` if any: whether it was.
 fn wait_for(flag: &AtomicBool, deadline: Option<Instant>) -> bool {
     while !flag.load(Ordering::SeqCst) {
@@ -176,18 +180,40 @@ impl CatalogNode {
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
-        if !self.wait_settled() {
-            return Err(Error::Unavailable(
+        self.write_many(vec![(id, write, order)]).pop().expect("one answer per write")
+    }
+
+    /// Several writes at once (an order server's batch of purchases): all queued for the
+    /// writer thread together, so that one request feeds one group commit (or a few, past
+    /// [`MAX_BATCH`]), each decided and answered as if it came alone. One answer per write,
+    /// in order.
+    pub fn write_many(&self, writes: Vec<ClientWrite>) -> Vec<Result<Book>> {
+        let stopping = || Error::Unavailable("the catalog is stopping".into());
+        let ready = if !self.wait_settled() {
+            Err(Error::Unavailable(
                 "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
-            ));
+            ))
+        } else {
+            self.wait_until_writable();
+            self.wait_for_leadership()
+        };
+        if let Err(e) = ready {
+            // Nothing was decided: each write gets the refusal (a `NoLead` as itself, so
+            // that a write may go on to the new primary).
+            let each = || match &e {
+                Error::Lead(why) => Error::Lead(why.clone()),
+                other => Error::Unavailable(other.to_string()),
+            };
+            return writes.iter().map(|_| Err(each())).collect();
         }
-        self.wait_until_writable();
-        self.wait_for_leadership()?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.writes
-            .send(Pending { id, write, order, reply })
-            .map_err(|_| Error::Unavailable("the catalog is stopping".into()))?;
-        answer.recv().map_err(|_| Error::Unavailable("the catalog is stopping".into()))?
+        let answers: Vec<_> = writes
+            .into_iter()
+            .map(|(id, write, order)| {
+                let (reply, answer) = mpsc::sync_channel(1);
+                self.writes.send(Pending { id, write, order, reply }).map(|()| answer).map_err(|_| stopping())
+            })
+            .collect();
+        answers.into_iter().map(|a| a.and_then(|a| a.recv().map_err(|_| stopping())?)).collect()
     }
 
     /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them

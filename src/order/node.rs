@@ -36,10 +36,10 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Order, OrderPage};
+use crate::wire::{BatchPurchase, Book, Order, OrderPage, PurchaseBatch};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,9 @@ pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 pub const PUSH_MOST: usize = 32;
 /// Pushes to the peers in flight at once (each carries every order that waited for it).
 pub const PUSH_FLIGHTS: usize = 1;
+/// Batches of purchases on their way to the catalog at once: two, so that one is gathered
+/// and queued at the primary while the one before it commits.
+pub const TAKE_FLIGHTS: usize = 2;
 
 /// Settings of an order process.
 #[derive(Clone, Debug)]
@@ -202,6 +205,12 @@ pub struct OrderNode {
     responsive: Vec<AtomicBool>,
     /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
+    /// The catalog the readiness probe last found to be the primary (its index in
+    /// `catalogs` plus one; 0: none known): batches of purchases go to it first.
+    primary: AtomicUsize,
+    /// Purchases waiting to take their copies: whoever finds a flight free sends every
+    /// purchase waiting in one request ([`OrderNode::take_batch`]).
+    takes: Group<BatchPurchase, Result<Book>>,
     /// Orders waiting to be pushed to the peers: whoever finds the push free sends every
     /// order waiting in one push ([`OrderNode::push_to_peers`]).
     shares: Group<Order, usize>,
@@ -232,6 +241,8 @@ impl OrderNode {
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             responsive: config.peers.iter().map(|_| AtomicBool::new(true)).collect(),
             reconciled: AtomicU64::new(0),
+            primary: AtomicUsize::new(0),
+            takes: Group::new(PurchaseBatch::MOST, TAKE_FLIGHTS),
             shares: Group::new(PUSH_MOST, PUSH_FLIGHTS),
             counters: Counters::default(),
             metrics,
@@ -248,7 +259,18 @@ impl OrderNode {
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
         let (node, stop) = (Arc::clone(self), shutdown.clone());
         std::thread::spawn(move || loop {
-            node.catalogs.probe(|url| node.probe.ready(url).is_ok());
+            let primary = AtomicUsize::new(0);
+            node.catalogs.probe(|url| match node.probe.readiness(url) {
+                Ok(role) => {
+                    if role.as_deref() == Some("primary") {
+                        let i = node.catalogs.urls().iter().position(|u| u == url).map_or(0, |i| i + 1);
+                        primary.store(i, Ordering::Relaxed);
+                    }
+                    true
+                }
+                Err(_) => false,
+            });
+            node.primary.store(primary.into_inner(), Ordering::Relaxed);
             if stop.sleep(PROBE_INTERVAL) {
                 return;
             }
@@ -487,7 +509,14 @@ impl OrderNode {
     pub fn purchase(&self, id: u32) -> Result<Order> {
         let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
         let at = crate::ids::timestamp_now();
-        let book = match self.take_copy(id, &order_id, &at) {
+        let purchase = BatchPurchase { id, order_id: order_id.clone(), at: at.clone() };
+        let taken = self.takes.run(purchase, |batch| self.take_batch(batch)).unwrap_or_else(|| {
+            Err(Error::Unavailable(format!(
+                "the batch that carried order {order_id} failed; whether the catalog took its copy is unknown \
+                 (GET /orders/{order_id} shows it once the journal is reconciled)"
+            )))
+        });
+        let book = match taken {
             Ok(b) => b,
             Err(e) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +549,42 @@ impl OrderNode {
         }
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
         Ok(order)
+    }
+
+    /// Takes the copies of a batch of purchases with one request (`POST
+    /// /internal/purchases`), sent first to the catalog last found to be the primary, the
+    /// round robin (a replica forwards the batch) its fallback; tries the next catalog
+    /// only when the request surely never reached the one that failed. One answer per
+    /// purchase: its copy, or its own refusal (no such book, out of stock, ...). A failure
+    /// of the whole request is every purchase's; a catalog without the route (405, 404:
+    /// one of an older version) takes them one by one instead.
+    fn take_batch(&self, batch: Vec<BatchPurchase>) -> Vec<Result<Book>> {
+        let n = batch.len();
+        let body = PurchaseBatch { purchases: batch };
+        let first = self.primary.load(Ordering::Relaxed).checked_sub(1);
+        let take = |url: &str| self.catalog.purchase_batch(url, &body);
+        let failed = match self.catalogs.try_first(first, Call::Write, take, PeerError::failure) {
+            Ok((answer, _)) if answer.taken.len() == n => {
+                return answer.taken.into_iter().map(|t| t.into_answer().map_err(Error::from)).collect()
+            }
+            Ok((answer, url)) => {
+                Error::Internal(format!("catalog {url} answered {} purchases of a batch of {n}", answer.taken.len()))
+            }
+            Err(Failed::Stopped { error: PeerError::Answered { status: 404 | 405, .. }, .. }) => {
+                return body.purchases.iter().map(|p| self.take_copy(p.id, &p.order_id, &p.at)).collect()
+            }
+            Err(Failed::Stopped { error, failure: Failure::MaybeSent, .. }) => Error::Unavailable(error.to_string()),
+            Err(Failed::Stopped { error, .. }) => error.into(),
+            Err(Failed::Exhausted { error, .. }) => Error::Unavailable(format!("no catalog server reachable: {error}")),
+        };
+        // Every purchase of the batch meets the same failure (an error is not `Clone`).
+        let (status, why) = (failed.status(), failed.to_string());
+        (0..n)
+            .map(|_| match status {
+                503 => Err(Error::Unavailable(why.clone())),
+                _ => Err(Error::Peer(PeerError::Answered { status, message: why.clone() })),
+            })
+            .collect()
     }
 
     /// Takes one copy through the catalog pool; tries the next catalog only when the
