@@ -57,6 +57,9 @@ struct Store {
     _dir: Option<TempDir>,
 }
 
+/// The closed loops purchases are measured at, beside the limit (issue 25).
+const PURCHASE_LOADS: [usize; 3] = [16, 64, 256];
+
 /// Where a purchase's time goes: each hop's mean latency, from the services' own metrics
 /// (`bazar_request_seconds` sums and counts of the routes a purchase crosses).
 fn purchase_hops(store: &Store) -> String {
@@ -199,6 +202,18 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 kind,
                 run(&store.frontend, kind, Load::Closed(cfg.clients), d, &label),
             ));
+        }
+        // Purchases as the load grows (issue 25): batched end to end, they should grow with
+        // it until the CPU is the limit, rather than stop at one rate and only wait longer.
+        if near && !store.primary.is_empty() {
+            for clients in PURCHASE_LOADS {
+                rows.push(row(
+                    "1. purchases by load",
+                    &format!("{scenario}, {clients} clients"),
+                    Kind::Purchase,
+                    run(&store.frontend, Kind::Purchase, Load::Closed(clients), d, &format!("1. purchases {clients}")),
+                ));
+            }
         }
         if cache && !near && !store.services.is_empty() {
             let _ = writeln!(notes, "Where a purchase's time goes (experiment 1, with cache; mean per hop, from the services' metrics; hops nest):\n\n{}", purchase_hops(&store));
