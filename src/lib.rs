@@ -19,7 +19,8 @@
 //!   (the tests, the lab's verdict and `bazar-bench check` use it).
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`batch`]: batches that form themselves under load (a leader/follower group, as in a
-//!   group commit), no I/O: the order server's pushes to its peers and takes from the catalog.
+//!   group commit), no I/O: the front end's purchases, the order server's takes from the
+//!   catalog and pushes to its peers.
 //! - [`balance`]: round robin with a passive health check, and the one loop that tries
 //!   each back end in turn.
 //! - [`wire`]: every JSON body on the wire; [`money`]: exact prices; [`ids`]: random

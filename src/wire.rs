@@ -191,6 +191,64 @@ pub struct PurchaseBatchAnswer {
     pub taken: Vec<Taken>,
 }
 
+/// Body of the order server's `POST /internal/purchases` (internal: a front end's batch):
+/// one copy of each book listed, each its own purchase with its own order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBatch {
+    /// The books, one purchase each (a book may be listed more than once).
+    pub books: Vec<u32>,
+}
+
+impl OrderBatch {
+    /// Most purchases in one batch.
+    pub const MOST: usize = 64;
+}
+
+/// The answer to one purchase of an [`OrderBatch`]: `status` 200 with the order (what
+/// `POST /purchase/{id}` answers), or the status and message that purchase alone would have
+/// been answered with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The purchase's own HTTP status.
+    pub status: u16,
+    /// With 200: the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// Otherwise: why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Placed {
+    /// The answer to one purchase: its order, or its error's status and message.
+    pub fn from_answer(answer: Result<Order, crate::error::Error>) -> Placed {
+        match answer {
+            Ok(order) => Placed { status: 200, order: Some(order), error: None },
+            Err(e) => Placed { status: e.status(), order: None, error: Some(e.to_string()) },
+        }
+    }
+
+    /// Back to what the purchase alone would have met: the order, or the order server's
+    /// refusal with its own status.
+    pub fn into_answer(self) -> Result<Order, crate::error::PeerError> {
+        match (self.status, self.order) {
+            (200, Some(order)) => Ok(order),
+            (status, _) => Err(crate::error::PeerError::Answered {
+                status: if status == 200 { 500 } else { status },
+                message: self.error.unwrap_or_else(|| "the order server answered 200 with no order".into()),
+            }),
+        }
+    }
+}
+
+/// The order server's answer to `POST /internal/purchases`: one [`Placed`] per book, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBatchAnswer {
+    /// One per purchase, in order.
+    pub placed: Vec<Placed>,
+}
+
 /// A copy the catalog took for an order: the order as its server logs it, and the write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchase {

@@ -177,6 +177,35 @@ fn a_batch_is_answered_purchase_by_purchase() {
     assert_eq!(a.status, 400);
 }
 
+/// The order server's batch route (a front end's batch) answers each purchase on its own,
+/// as `POST /purchase/{id}` would, and each order it acknowledges is on both servers and
+/// journaled once.
+#[test]
+fn an_order_servers_batch_is_answered_purchase_by_purchase() {
+    let s = store();
+    s.set_stock(1, 2);
+    s.set_stock(5, 0);
+    let batch =
+        |books: &str| call("POST", &s.order(0), "/internal/purchases", Some(&format!("{{\"books\": {books}}}")));
+    let a = batch("[1, 5, 99, 1, 1]");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let placed = json(&a)["placed"].as_array().unwrap().clone();
+    let statuses: Vec<u64> = placed.iter().map(|p| p["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 409, 404, 200, 409], "{placed:?}");
+    let acked: BTreeSet<String> =
+        placed.iter().filter_map(|p| p["order"]["order_id"].as_str().map(str::to_string)).collect();
+    assert_eq!(acked.len(), 2);
+    for i in 0..2 {
+        assert_eq!(ids_on(&s, &s.order(i)), acked, "order server {i} holds exactly the orders placed");
+    }
+    let journal = journal(&s.primary());
+    assert!(acked.iter().all(|id| journal.get(id).map(|j| j.0) == Some(1)));
+    for bad in ["[]", "[0]", "[1, 2", "{}"] {
+        assert_eq!(batch(bad).status, 400, "{bad}");
+    }
+    assert_eq!(s.books(&s.primary())[0]["quantity"], 0);
+}
+
 /// An order server killed while batches of purchases are in flight loses no acknowledged
 /// order: each is already on its peer's disk and in the journal; once it is back, both
 /// servers hold every order whose copy was taken (its orphaned takes are adopted from the

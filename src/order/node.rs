@@ -36,7 +36,7 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{BatchPurchase, Book, Order, OrderPage, PurchaseBatch};
+use crate::wire::{BatchPurchase, Book, Order, OrderBatch, OrderBatchAnswer, OrderPage, Placed, PurchaseBatch};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -505,9 +505,80 @@ impl OrderNode {
         })
     }
 
+    /// A new order id: this incarnation's prefix and the next count.
+    fn next_order_id(&self) -> String {
+        format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// A front end's batch (`POST /internal/purchases`): one copy of each book, each its own
+    /// purchase with its own order, all taken with one request to the catalog, logged with
+    /// one append (and fsync) and pushed to the peers in pushes of [`PUSH_MOST`]. Each
+    /// purchase is answered as [`OrderNode::purchase`] would answer it alone.
+    pub fn purchase_many(&self, books: &[u32]) -> Vec<Result<Order>> {
+        let drawn: Vec<BatchPurchase> = books
+            .iter()
+            .map(|&id| BatchPurchase { id, order_id: self.next_order_id(), at: crate::ids::timestamp_now() })
+            .collect();
+        let taken = self.take_batch(drawn.clone());
+        if self.config.crash_after_take && taken.iter().any(Result::is_ok) {
+            log::error!("BAZAR_FAULT=crash-after-take: aborting before logging a batch of orders");
+            std::process::abort();
+        }
+        let orders: Vec<Result<Order>> = drawn
+            .into_iter()
+            .zip(taken)
+            .map(|(p, book)| {
+                let book = book.inspect_err(|_| {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                })?;
+                Ok(Order { order_id: p.order_id, id: p.id, title: book.title, price: book.price, at: p.at })
+            })
+            .collect();
+        let fresh: Vec<Order> = orders.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
+        if fresh.is_empty() {
+            return orders;
+        }
+        let logged = self.log.add(&fresh);
+        let shared: Vec<usize> =
+            fresh.chunks(PUSH_MOST).flat_map(|chunk| vec![self.push_to_peers(chunk); chunk.len()]).collect();
+        let mut shared = shared.into_iter();
+        orders
+            .into_iter()
+            .map(|o| {
+                let order = o?;
+                self.settle(order, logged.as_ref().map(|_| ()), shared.next().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// The answer to a purchase whose copy was taken, once its log append (`logged`) and
+    /// its push (`shared`: how many peers took it) are done: acknowledged when the order is
+    /// durable on two disks (see the module doc), else 503 saying what happened.
+    fn settle(&self, order: Order, logged: std::result::Result<(), &Error>, shared: usize) -> Result<Order> {
+        match logged {
+            Ok(()) => {}
+            // Durable on a peer's disk and in the catalog's journal (kept until every order
+            // server holds it): two disks, as when logged here. This server takes it from
+            // the peer once its disk takes writes again.
+            Err(e) if shared > 0 => {
+                self.counters.held_by_peer.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "order {} is acknowledged on its peer's disk; this server could not log it: {e}",
+                    order.order_id
+                );
+            }
+            Err(e) => {
+                self.counters.not_logged.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Unavailable(not_logged(&order, e)));
+            }
+        }
+        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+        Ok(order)
+    }
+
     /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
     pub fn purchase(&self, id: u32) -> Result<Order> {
-        let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let order_id = self.next_order_id();
         let at = crate::ids::timestamp_now();
         let purchase = BatchPurchase { id, order_id: order_id.clone(), at: at.clone() };
         let taken = self.takes.run(purchase, |batch| self.take_batch(batch)).unwrap_or_else(|| {
@@ -530,25 +601,7 @@ impl OrderNode {
         let order = Order { order_id, id, title: book.title, price: book.price, at };
         let logged = self.log.add(std::slice::from_ref(&order));
         let shared = self.share(&order);
-        match logged {
-            Ok(_) => {}
-            // Durable on a peer's disk and in the catalog's journal (kept until every order
-            // server holds it): two disks, as when logged here. This server takes it from
-            // the peer once its disk takes writes again.
-            Err(e) if shared > 0 => {
-                self.counters.held_by_peer.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "order {} is acknowledged on its peer's disk; this server could not log it: {e}",
-                    order.order_id
-                );
-            }
-            Err(e) => {
-                self.counters.not_logged.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Unavailable(not_logged(&order, &e)));
-            }
-        }
-        self.counters.taken.fetch_add(1, Ordering::Relaxed);
-        Ok(order)
+        self.settle(order, logged.as_ref().map(|_| ()), shared)
     }
 
     /// Takes the copies of a batch of purchases with one request (`POST
@@ -646,6 +699,20 @@ impl OrderNode {
                 }),
                 "/internal/orders",
             ),
+            ["internal", "purchases"] if method == "POST" => http::respond(
+                check_token(request, admission).and_then(|_| {
+                    let batch: OrderBatch = json_body(request)?;
+                    if batch.books.is_empty() || batch.books.len() > OrderBatch::MOST || batch.books.contains(&0) {
+                        return Err(Error::BadRequest(format!(
+                            "a batch holds 1 to {} purchases of books with positive ids",
+                            OrderBatch::MOST
+                        )));
+                    }
+                    let placed = self.purchase_many(&batch.books).into_iter().map(Placed::from_answer).collect();
+                    Ok(Response::json(&OrderBatchAnswer { placed }))
+                }),
+                "/internal/purchases",
+            ),
             ["internal", "orders"] if method == "POST" => http::respond(
                 check_token(request, admission).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
@@ -658,7 +725,9 @@ impl OrderNode {
             ["health"] | ["ready"] | ["metrics"] | ["orders"] | ["orders", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
-            ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            ["purchase", _] | ["internal", "purchases"] => {
+                http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
+            }
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })
