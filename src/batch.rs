@@ -9,9 +9,10 @@
 //! under load a batch holds everything that arrived while the one before it was in flight:
 //! its size follows the load by itself.
 //!
-//! The group does no I/O and knows nothing of what a batch is: the order server uses it to
-//! push orders to its peers ([`crate::order`]) and to take copies from the catalog. Its
-//! tests below run it with plain closures and threads.
+//! The group does no I/O and knows nothing of what a batch is: the front end uses it to
+//! send purchases to an order server, the order server ([`crate::order`]) to take copies
+//! from the catalog and to push orders to its peers. Its tests below run it with plain
+//! closures and threads.
 //!
 //! **Architecture invariant: every item is run exactly once, in exactly one batch, and its
 //! caller gets that batch's answer for it.** A batch that panics answers its members

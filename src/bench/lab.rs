@@ -67,10 +67,13 @@ fn purchase_hops(store: &Store) -> String {
     let hops = [
         ("frontend", "/purchase/{id}", "front end: the whole purchase"),
         ("order-1", "/purchase/{id}", "order server: take the copy, log, share"),
+        ("order-1", "/internal/purchases", "order server: a front end's batch (take, log, share)"),
         ("catalog-2", "/books/{id}/purchase", "catalog replica: forward to the primary"),
+        ("catalog-2", "/internal/purchases", "catalog replica: forward a batch of takes to the primary"),
         ("catalog-1", "/books/{id}/purchase", "catalog primary: group commit (fsync, push, invalidate)"),
+        ("catalog-1", "/internal/purchases", "catalog primary: a batch of takes (group commit)"),
         ("catalog-2", "/internal/replicate", "replica: apply a pushed batch (fsync)"),
-        ("order-2", "/internal/orders", "peer order server: take a shared order (fsync)"),
+        ("order-2", "/internal/orders", "peer order server: take a push of orders (fsync)"),
     ];
     let mut out = String::from("| hop | mean (ms) | requests |\n|---|---|---|\n");
     for (service, route, what) in hops {
