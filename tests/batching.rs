@@ -246,3 +246,22 @@ fn an_order_server_killed_mid_batch_loses_no_acknowledged_order() {
             && ids_on(&s, &s.order(1)) == taken
     });
 }
+
+/// The batch routes are internal: with a token set, a request without it is refused (401)
+/// and takes nothing, on the catalogs and on the order servers.
+#[test]
+fn the_batch_routes_need_the_token() {
+    let token = "batching-test-token-0123456789";
+    let s = Store::start(Opts { token: Some(token.into()), ..Opts::default() }).expect("no memcached needed");
+    let at = bazar::ids::timestamp_now();
+    let take = format!("{{\"purchases\": [{{\"id\": 1, \"order_id\": \"0123456789ab-1\", \"at\": \"{at}\"}}]}}");
+    let before = json(&get(&s.primary(), "/books/1"))["quantity"].clone();
+    for (base, body) in [(s.primary(), &take), (s.replica(), &take), (s.order(0), &"{\"books\": [1]}".to_string())] {
+        let a = call("POST", &base, "/internal/purchases", Some(body));
+        assert_eq!(a.status, 401, "{base}: {}", String::from_utf8_lossy(&a.body));
+    }
+    assert_eq!(json(&get(&s.primary(), "/books/1"))["quantity"], before, "nothing was taken");
+    let with = client_with_token(token);
+    let a = with.call(ureq::http::Method::POST, &s.order(0), "/internal/purchases", Some(b"{\"books\": [1]}".to_vec()));
+    assert_eq!(a.unwrap().status, 200);
+}
