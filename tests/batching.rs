@@ -212,11 +212,24 @@ fn an_order_servers_batch_is_answered_purchase_by_purchase() {
 /// journal), each once.
 #[test]
 fn an_order_server_killed_mid_batch_loses_no_acknowledged_order() {
+    killed_mid_batch(false);
+}
+
+/// The same with the purchases sent through the front end, which gathers them into batches
+/// for both order servers: a batch that may have reached the killed one is a 503 for each of
+/// its purchases, never a purchase sent twice.
+#[test]
+fn an_order_server_killed_mid_batch_from_the_front_end_loses_no_acknowledged_order() {
+    killed_mid_batch(true);
+}
+
+fn killed_mid_batch(through_front_end: bool) {
     let mut s = store();
     s.set_stock(2, 1_000_000);
     let (one, two) = (s.order(0), s.order(1));
+    let target = if through_front_end { s.fe() } else { one.clone() };
     let (acked, others) = std::thread::scope(|scope| {
-        let buyers = scope.spawn(|| buy_together(std::slice::from_ref(&one), 2, 16, 40));
+        let buyers = scope.spawn(|| buy_together(std::slice::from_ref(&target), 2, 16, 40));
         // Kill it once it has acknowledged some (its log grows as batches land).
         eventually(SETTLE, "order server 1 to acknowledge purchases", || s.orders_on(&two).len() >= 50);
         s.orders[0].kill9();
