@@ -169,11 +169,41 @@ impl Pool {
     pub fn try_each<T, E>(
         &self,
         call: Call,
+        attempt: impl FnMut(&str) -> Result<T, E>,
+        failure: impl Fn(&E) -> Failure,
+    ) -> Result<(T, &str), Failed<E>> {
+        self.try_plan(self.plan(), call, attempt, failure)
+    }
+
+    /// As [`Pool::try_each`], but back end `first` (when given and not marked down) before
+    /// the others: the order server sends its batches of purchases straight to the catalog
+    /// it knows to be the primary, the round robin staying the fallback.
+    pub fn try_first<T, E>(
+        &self,
+        first: Option<usize>,
+        call: Call,
+        attempt: impl FnMut(&str) -> Result<T, E>,
+        failure: impl Fn(&E) -> Failure,
+    ) -> Result<(T, &str), Failed<E>> {
+        let mut plan = self.plan();
+        if let Some(at) = first.and_then(|f| plan.iter().position(|&i| i == f)) {
+            if self.down_until[plan[at]].load(Ordering::Relaxed) <= self.now_ms() {
+                let f = plan.remove(at);
+                plan.insert(0, f);
+            }
+        }
+        self.try_plan(plan, call, attempt, failure)
+    }
+
+    fn try_plan<T, E>(
+        &self,
+        plan: Vec<usize>,
+        call: Call,
         mut attempt: impl FnMut(&str) -> Result<T, E>,
         failure: impl Fn(&E) -> Failure,
     ) -> Result<(T, &str), Failed<E>> {
         let mut last = None;
-        for i in self.plan() {
+        for i in plan {
             let url = self.urls[i].as_str();
             let error = match attempt(url) {
                 Ok(served) => {
@@ -224,6 +254,38 @@ mod tests {
         }
         p.probe(|_| true);
         assert!((0..6).map(|_| p.plan()[0]).collect::<std::collections::HashSet<_>>().contains(&1));
+    }
+
+    #[test]
+    fn a_preferred_back_end_goes_first_unless_down() {
+        let p = pool(3);
+        for _ in 0..4 {
+            let mut tried = Vec::new();
+            let _ = p.try_first(
+                Some(2),
+                Call::Read,
+                |url| {
+                    tried.push(url.to_string());
+                    Err::<(), _>(())
+                },
+                |_| Failure::NotSent,
+            );
+            assert_eq!(tried.len(), 3);
+            assert_eq!(tried[0], "http://r2:1", "{tried:?}");
+            (0..3).for_each(|i| p.mark_up(i)); // each failed attempt marked its back end down
+        }
+        p.mark_down(2);
+        let mut tried = Vec::new();
+        let _ = p.try_first(
+            Some(2),
+            Call::Read,
+            |url| {
+                tried.push(url.to_string());
+                Err::<(), _>(())
+            },
+            |_| Failure::NotSent,
+        );
+        assert_eq!(tried.last().map(String::as_str), Some("http://r2:1"), "a preferred one that is down goes last");
     }
 
     #[test]

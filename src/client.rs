@@ -13,7 +13,7 @@ pub use crate::error::PeerError;
 use crate::http::percent_encode;
 use crate::wire::{
     Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseGrant, LeaseRequest, LogPage, NewBook, Order, OrderPage,
-    PurchasePage, PurchaseRequest, ReplicaAck, Replicate, ResyncAnswer,
+    PurchaseBatch, PurchaseBatchAnswer, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, ResyncAnswer,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -282,15 +282,29 @@ impl CatalogClient {
     /// Whether a catalog can do its job now: `GET /ready` answers 200 or, from a catalog
     /// without that route (404), `GET /health` answers 200.
     pub fn ready(&self, base: &str) -> Result<()> {
+        self.readiness(base).map(|_| ())
+    }
+
+    /// As [`CatalogClient::ready`], and the role the catalog says it holds when ready
+    /// (`primary`, `replica`; None when its answer names none).
+    pub fn readiness(&self, base: &str) -> Result<Option<String>> {
         let ready = self.http.call(Method::GET, base, "/ready", None)?;
         let answer = match ready.status {
             404 => self.http.call(Method::GET, base, "/health", None)?,
             _ => ready,
         };
         match answer.status {
-            200 => Ok(()),
+            200 => Ok(serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(str::to_string))),
             _ => Err(answer.error()),
         }
+    }
+
+    /// Takes a batch of copies, each for its order (`POST /internal/purchases`): one answer
+    /// per purchase, in order.
+    pub fn purchase_batch(&self, base: &str, batch: &PurchaseBatch) -> Result<PurchaseBatchAnswer> {
+        self.http.send(Method::POST, base, "/internal/purchases", batch)
     }
 
     /// The purchases journaled after write `after` (order reconciliation).

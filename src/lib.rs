@@ -18,6 +18,9 @@
 //! - [`linearizable`]: the linearizability checker of book histories and its explanations
 //!   (the tests, the lab's verdict and `bazar-bench check` use it).
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
+//! - [`batch`]: batches that form themselves under load (a leader/follower group, as in a
+//!   group commit), no I/O: the front end's purchases, the order server's takes from the
+//!   catalog and pushes to its peers.
 //! - [`balance`]: round robin with a passive health check, and the one loop that tries
 //!   each back end in turn.
 //! - [`wire`]: every JSON body on the wire; [`money`]: exact prices; [`ids`]: random
@@ -33,6 +36,7 @@
 //! the signal handler and call [`service::run`].
 
 pub mod balance;
+pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod catalog;

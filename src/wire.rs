@@ -117,6 +117,138 @@ impl PurchaseRequest {
     }
 }
 
+/// One purchase of a batch: a copy of book `id` for the order `order_id` taken at `at`
+/// (judged as [`PurchaseRequest::order`] judges one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPurchase {
+    /// The book.
+    pub id: u32,
+    /// The order the copy is taken for.
+    pub order_id: String,
+    /// The order's time (RFC 3339 UTC with milliseconds).
+    pub at: String,
+}
+
+/// Body of the catalog's `POST /internal/purchases` (internal: an order server's batch):
+/// many purchases in one request, each decided on its own as `POST /books/{id}/purchase`
+/// with an order decides it, all fed to the primary's group commit at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBatch {
+    /// The purchases, at most [`PurchaseBatch::MOST`].
+    pub purchases: Vec<BatchPurchase>,
+}
+
+impl PurchaseBatch {
+    /// Most purchases in one batch (the primary's group commit takes up to 256 writes; a
+    /// purchase is under 100 bytes here, so a batch stays far below the 64 KiB body limit).
+    pub const MOST: usize = 256;
+}
+
+/// The answer to one purchase of a batch: `status` 200 with the book as the copy left it
+/// (what `POST /books/{id}/purchase` answers), or the status and message that purchase
+/// alone would have been refused with (404 no such book, 409 out of stock, 503 ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    /// The purchase's own HTTP status.
+    pub status: u16,
+    /// With 200: the book after the copy was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub book: Option<Book>,
+    /// Otherwise: why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Taken {
+    /// The answer to one purchase: its book, or its error's status and message.
+    pub fn from_answer(answer: Result<Book, crate::error::Error>) -> Taken {
+        match answer {
+            Ok(book) => Taken { status: 200, book: Some(book), error: None },
+            Err(e) => Taken { status: e.status(), book: None, error: Some(e.to_string()) },
+        }
+    }
+
+    /// Back to what the purchase alone would have met: the book, or the catalog's refusal
+    /// with its own status (as [`crate::error::PeerError::Answered`]).
+    pub fn into_answer(self) -> Result<Book, crate::error::PeerError> {
+        match (self.status, self.book) {
+            (200, Some(book)) => Ok(book),
+            (status, _) => Err(crate::error::PeerError::Answered {
+                status: if status == 200 { 500 } else { status },
+                message: self.error.unwrap_or_else(|| "the catalog answered 200 with no book".into()),
+            }),
+        }
+    }
+}
+
+/// The catalog's answer to `POST /internal/purchases`: one [`Taken`] per purchase, in the
+/// batch's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseBatchAnswer {
+    /// One per purchase, in order.
+    pub taken: Vec<Taken>,
+}
+
+/// Body of the order server's `POST /internal/purchases` (internal: a front end's batch):
+/// one copy of each book listed, each its own purchase with its own order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBatch {
+    /// The books, one purchase each (a book may be listed more than once).
+    pub books: Vec<u32>,
+}
+
+impl OrderBatch {
+    /// Most purchases in one batch.
+    pub const MOST: usize = 64;
+}
+
+/// The answer to one purchase of an [`OrderBatch`]: `status` 200 with the order (what
+/// `POST /purchase/{id}` answers), or the status and message that purchase alone would have
+/// been answered with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The purchase's own HTTP status.
+    pub status: u16,
+    /// With 200: the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// Otherwise: why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Placed {
+    /// The answer to one purchase: its order, or its error's status and message.
+    pub fn from_answer(answer: Result<Order, crate::error::Error>) -> Placed {
+        match answer {
+            Ok(order) => Placed { status: 200, order: Some(order), error: None },
+            Err(e) => Placed { status: e.status(), order: None, error: Some(e.to_string()) },
+        }
+    }
+
+    /// Back to what the purchase alone would have met: the order, or the order server's
+    /// refusal with its own status.
+    pub fn into_answer(self) -> Result<Order, crate::error::PeerError> {
+        match (self.status, self.order) {
+            (200, Some(order)) => Ok(order),
+            (status, _) => Err(crate::error::PeerError::Answered {
+                status: if status == 200 { 500 } else { status },
+                message: self.error.unwrap_or_else(|| "the order server answered 200 with no order".into()),
+            }),
+        }
+    }
+}
+
+/// The order server's answer to `POST /internal/purchases`: one [`Placed`] per book, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBatchAnswer {
+    /// One per purchase, in order.
+    pub placed: Vec<Placed>,
+}
+
 /// A copy the catalog took for an order: the order as its server logs it, and the write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchase {

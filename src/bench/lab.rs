@@ -57,6 +57,9 @@ struct Store {
     _dir: Option<TempDir>,
 }
 
+/// The closed loops purchases are measured at, beside the limit (issue 25).
+const PURCHASE_LOADS: [usize; 3] = [16, 64, 256];
+
 /// Where a purchase's time goes: each hop's mean latency, from the services' own metrics
 /// (`bazar_request_seconds` sums and counts of the routes a purchase crosses).
 fn purchase_hops(store: &Store) -> String {
@@ -64,10 +67,13 @@ fn purchase_hops(store: &Store) -> String {
     let hops = [
         ("frontend", "/purchase/{id}", "front end: the whole purchase"),
         ("order-1", "/purchase/{id}", "order server: take the copy, log, share"),
+        ("order-1", "/internal/purchases", "order server: a front end's batch (take, log, share)"),
         ("catalog-2", "/books/{id}/purchase", "catalog replica: forward to the primary"),
+        ("catalog-2", "/internal/purchases", "catalog replica: forward a batch of takes to the primary"),
         ("catalog-1", "/books/{id}/purchase", "catalog primary: group commit (fsync, push, invalidate)"),
+        ("catalog-1", "/internal/purchases", "catalog primary: a batch of takes (group commit)"),
         ("catalog-2", "/internal/replicate", "replica: apply a pushed batch (fsync)"),
-        ("order-2", "/internal/orders", "peer order server: take a shared order (fsync)"),
+        ("order-2", "/internal/orders", "peer order server: take a push of orders (fsync)"),
     ];
     let mut out = String::from("| hop | mean (ms) | requests |\n|---|---|---|\n");
     for (service, route, what) in hops {
@@ -199,6 +205,18 @@ pub fn lab(cfg: &LabConfig) -> std::io::Result<String> {
                 kind,
                 run(&store.frontend, kind, Load::Closed(cfg.clients), d, &label),
             ));
+        }
+        // Purchases as the load grows (issue 25): batched end to end, they should grow with
+        // it until the CPU is the limit, rather than stop at one rate and only wait longer.
+        if near && !store.primary.is_empty() {
+            for clients in PURCHASE_LOADS {
+                rows.push(row(
+                    "1. purchases by load",
+                    &format!("{scenario}, {clients} clients"),
+                    Kind::Purchase,
+                    run(&store.frontend, Kind::Purchase, Load::Closed(clients), d, &format!("1. purchases {clients}")),
+                ));
+            }
         }
         if cache && !near && !store.services.is_empty() {
             let _ = writeln!(notes, "Where a purchase's time goes (experiment 1, with cache; mean per hop, from the services' metrics; hops nest):\n\n{}", purchase_hops(&store));

@@ -13,7 +13,8 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       Starts its own stores (with and without memcached and the near cache), runs the three
       experiments and prints a Markdown report: response times with the near cache, through
       memcached only and without cache (with the machine's limit measured in the same run),
-      the cost of cache consistency (writes with a front end attached and none), and a replica failing
+      purchases through the front end at 16, 64 and 256 clients (beside the limit), the cost
+      of cache consistency (writes with a front end attached and none), and a replica failing
       and coming back under an open loop. --url aims at a running front end instead
       (experiment 1 only; --primary lets it raise stock for purchases). --csv writes every
       sample, --svg a chart of the query latencies with and without the cache.

@@ -15,6 +15,7 @@
 use super::config::{CatalogConfig, Role};
 use super::core::{
     self,
+    primary::Asked,
     read::{ReadRole, Reader},
 };
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
@@ -30,8 +31,8 @@ use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
 use crate::wire::{
-    Book, BookPage, BookUpdate, Farewell, FarewellAnswer, NearAnswer, NearWatch, NewBook, PurchasePage,
-    PurchaseRequest, Replicate, ResyncAnswer,
+    Book, BookPage, BookUpdate, Farewell, FarewellAnswer, NearAnswer, NearWatch, NewBook, PurchaseBatch,
+    PurchaseBatchAnswer, PurchasePage, PurchaseRequest, Replicate, ResyncAnswer, Taken,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -97,9 +98,7 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
 
 /// A write waiting for the writer thread, and where its answer goes.
 pub(super) struct Pending {
-    pub(super) id: u32,
-    pub(super) write: Write,
-    pub(super) order: Option<(String, String)>,
+    pub(super) asked: Asked,
     pub(super) reply: mpsc::SyncSender<Result<Book>>,
 }
 
@@ -487,8 +486,12 @@ impl CatalogNode {
 
     /// Replica: relays a request to the primary (remote write) and its answer back.
     pub(super) fn forward_to(&self, request: &Request) -> Result<Response> {
+        self.forward_with(request, (!request.body.is_empty()).then(|| request.body.clone()))
+    }
+
+    /// Relays `request` to the primary with `body` in place of its own.
+    fn forward_with(&self, request: &Request, body: Option<Vec<u8>>) -> Result<Response> {
         let primary = &self.forward_target()?;
-        let body = (!request.body.is_empty()).then(|| request.body.clone());
         let method =
             Method::from_bytes(request.method.as_bytes()).map_err(|_| Error::BadRequest("bad method".into()))?;
         let target = match &request.query {
@@ -522,6 +525,73 @@ impl CatalogNode {
         }
         let order = body.order(crate::ids::now_ms()).map_err(Error::BadRequest)?;
         self.client_write(request, id, Write::Purchase, order)
+    }
+
+    /// `POST /internal/purchases` (internal: an order server's batch): each purchase is
+    /// judged and decided as `POST /books/{id}/purchase` with an order decides it (a bad
+    /// one answered 400 on its own), and the primary queues them all for its group commit
+    /// at once, so one request feeds one batch. A replica forwards the batch to the primary
+    /// (the fallback of an order server that does not know the primary yet); with etcd, the
+    /// purchases that a primary that lost its role did not decide go on to the new one.
+    fn purchase_batch(&self, request: &Request) -> Result<Response> {
+        let batch: PurchaseBatch = json_body(request)?;
+        if batch.purchases.len() > PurchaseBatch::MOST {
+            return Err(Error::BadRequest(format!(
+                "{} purchases in one batch; at most {}",
+                batch.purchases.len(),
+                PurchaseBatch::MOST
+            )));
+        }
+        if self.role() != Role::Primary {
+            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            return self.forward_to(request);
+        }
+        let now = crate::ids::now_ms();
+        let mut taken: Vec<Option<Taken>> = Vec::with_capacity(batch.purchases.len());
+        let mut writes = Vec::new();
+        for p in &batch.purchases {
+            let judged = PurchaseRequest { order_id: Some(p.order_id.clone()), at: Some(p.at.clone()) }
+                .order(now)
+                .map_err(Error::BadRequest)
+                .and_then(|order| if p.id == 0 { Err(Error::BadRequest("book id 0".into())) } else { Ok(order) });
+            match judged {
+                Ok(order) => {
+                    writes.push(Asked { id: p.id, write: Write::Purchase, order });
+                    taken.push(None);
+                }
+                Err(e) => taken.push(Some(Taken::from_answer(Err(e)))),
+            }
+        }
+        let mut answers = self.write_many(writes).into_iter();
+        let mut elsewhere = Vec::new();
+        for (slot, p) in taken.iter_mut().zip(&batch.purchases) {
+            if slot.is_none() {
+                match answers.next().expect("one answer per write") {
+                    // With etcd: the role moved on before this one was decided.
+                    Err(Error::Lead(NoLead::NotPrimary)) if self.failover.is_some() => elsewhere.push(p.clone()),
+                    answer => *slot = Some(Taken::from_answer(answer)),
+                }
+            }
+        }
+        if !elsewhere.is_empty() {
+            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            let body = serde_json::to_vec(&PurchaseBatch { purchases: elsewhere }).expect("wire types serialize");
+            let relayed = self.forward_with(request, Some(body))?;
+            if relayed.status != 200 {
+                return Ok(relayed);
+            }
+            let relayed: PurchaseBatchAnswer = serde_json::from_slice(&relayed.body)
+                .map_err(|e| Error::Internal(format!("the primary's answer to a batch: {e}")))?;
+            let mut relayed = relayed.taken.into_iter();
+            for slot in taken.iter_mut().filter(|t| t.is_none()) {
+                *slot = relayed.next();
+            }
+        }
+        let taken = taken
+            .into_iter()
+            .map(|t| t.ok_or_else(|| Error::Internal("the primary answered fewer purchases than sent".into())))
+            .collect::<Result<Vec<Taken>>>()?;
+        Ok(Response::json(&PurchaseBatchAnswer { taken }))
     }
 
     /// `POST /books`: 201 with the new book and its `Location`.
@@ -617,6 +687,9 @@ impl CatalogNode {
             ["internal", "purchases"] if get => {
                 http::respond(admin(&|| self.purchases(request)), "/internal/purchases")
             }
+            ["internal", "purchases"] if method == "POST" => {
+                http::respond(admin(&|| self.purchase_batch(request)), "/internal/purchases")
+            }
             ["internal", "books"] if get => http::respond(admin(&|| self.copy_page(request)), "/internal/books"),
             ["internal", "identity"] if get => {
                 http::respond(admin(&|| Ok(Response::json(&self.identity()))), "/internal/identity")
@@ -669,7 +742,8 @@ impl CatalogNode {
             | ["internal", "replicate" | "resync" | "lease" | "near" | "farewell" | "lead"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
-            ["internal", "purchases" | "books" | "log" | "committed" | "identity"] => {
+            ["internal", "purchases"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
+            ["internal", "books" | "log" | "committed" | "identity"] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),

@@ -176,18 +176,40 @@ impl CatalogNode {
     /// `order` (id, time) names the order a purchase takes its copy for: it is journaled
     /// with the write, and a purchase for an order already journaled takes no second copy.
     pub fn write(&self, id: u32, write: Write, order: Option<(String, String)>) -> Result<Book> {
-        if !self.wait_settled() {
-            return Err(Error::Unavailable(
+        self.write_many(vec![Asked { id, write, order }]).pop().expect("one answer per write")
+    }
+
+    /// Several writes at once (an order server's batch of purchases): all queued for the
+    /// writer thread together, so that one request feeds one group commit (or a few, past
+    /// [`MAX_BATCH`]), each decided and answered as if it came alone. One answer per write,
+    /// in order.
+    pub fn write_many(&self, writes: Vec<Asked>) -> Vec<Result<Book>> {
+        let stopping = || Error::Unavailable("the catalog is stopping".into());
+        let ready = if !self.wait_settled() {
+            Err(Error::Unavailable(
                 "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
-            ));
+            ))
+        } else {
+            self.wait_until_writable();
+            self.wait_for_leadership()
+        };
+        if let Err(e) = ready {
+            // Nothing was decided: each write gets the refusal (a `NoLead` as itself, so
+            // that a write may go on to the new primary).
+            let each = || match &e {
+                Error::Lead(why) => Error::Lead(why.clone()),
+                other => Error::Unavailable(other.to_string()),
+            };
+            return writes.iter().map(|_| Err(each())).collect();
         }
-        self.wait_until_writable();
-        self.wait_for_leadership()?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.writes
-            .send(Pending { id, write, order, reply })
-            .map_err(|_| Error::Unavailable("the catalog is stopping".into()))?;
-        answer.recv().map_err(|_| Error::Unavailable("the catalog is stopping".into()))?
+        let answers: Vec<_> = writes
+            .into_iter()
+            .map(|asked| {
+                let (reply, answer) = mpsc::sync_channel(1);
+                self.writes.send(Pending { asked, reply }).map(|()| answer).map_err(|_| stopping())
+            })
+            .collect();
+        answers.into_iter().map(|a| a.and_then(|a| a.recv().map_err(|_| stopping())?)).collect()
     }
 
     /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them
@@ -233,8 +255,7 @@ impl CatalogNode {
             }
             return;
         }
-        let (asked, replies): (Vec<Asked>, Vec<_>) =
-            batch.into_iter().map(|p| (Asked { id: p.id, write: p.write, order: p.order }, p.reply)).unzip();
+        let (asked, replies): (Vec<Asked>, Vec<_>) = batch.into_iter().map(|p| (p.asked, p.reply)).unzip();
         let Decided { writes, keys, answers } = decide(&self.state(), &store.journal, self.term(), asked);
         let mut answers: Vec<_> =
             replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();

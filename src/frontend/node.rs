@@ -4,6 +4,7 @@ use super::cluster::{Board, Local};
 use super::pages;
 use super::watch::{Near, DEFAULT_NEAR_MB};
 use crate::balance::{Call, Failed, Pool};
+use crate::batch::Group;
 use crate::cache::{self, Cache, Lookup};
 use crate::client::{Answer, Http, PeerError};
 use crate::config::{self, Common, ConfigError, Source};
@@ -12,7 +13,7 @@ use crate::http::{self, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Book, Order, PurchaseReceipt, SearchHit, TopicCount};
+use crate::wire::{Book, Order, OrderBatch, OrderBatchAnswer, PurchaseReceipt, SearchHit, TopicCount};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +96,10 @@ pub struct Frontend {
     board: Board,
     /// Calls to the lab API (a stop may take its whole wait), with the token.
     lab: Http,
+    /// Purchases waiting for an order server: whoever finds a flight free sends every
+    /// purchase waiting in one request ([`Frontend::purchase_batch`]); one flight per order
+    /// server.
+    purchases: Group<u32, Response>,
 }
 
 /// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
@@ -121,6 +126,7 @@ impl Frontend {
             metrics,
             board: Board::new(),
             lab: Http::new(LAB_TIMEOUT, 4, config.common.token.clone()),
+            purchases: Group::new(OrderBatch::MOST, config.orders.len()),
             config,
         }
     }
@@ -511,8 +517,66 @@ impl Frontend {
         }
     }
 
-    /// POST a purchase to the order pool; retried elsewhere only if surely not received.
+    /// A purchase, gathered with those that meet it (issue 25): a purchase that finds an
+    /// order server's flight free goes at once; those that arrive meanwhile go together in
+    /// one `POST /internal/purchases` to one order server, each answered on its own, as
+    /// [`Frontend::purchase_one`] would answer it.
     fn purchase(&self, id: u32) -> Result<Response> {
+        Ok(self.purchases.run(id, |ids| self.purchase_batch(&ids)).unwrap_or_else(|| {
+            Response::error(&Error::Unavailable(
+                "the batch that carried this purchase failed (it may or may not have happened)".into(),
+            ))
+        }))
+    }
+
+    /// Sends a batch of purchases to the order pool (one alone as `POST /purchase/{id}`,
+    /// as before); retried elsewhere only if surely not received. One answer per purchase;
+    /// an order server without the route (405, 404: an older one) gets them one by one.
+    fn purchase_batch(&self, ids: &[u32]) -> Vec<Response> {
+        let answer = |r: Result<Response>| r.unwrap_or_else(|e| Response::error(&e));
+        if let [id] = ids {
+            return vec![answer(self.purchase_one(*id))];
+        }
+        let body = serde_json::to_vec(&OrderBatch { books: ids.to_vec() }).expect("wire types serialize");
+        let post = |url: &str| self.http.call(Method::POST, url, "/internal/purchases", Some(body.clone()));
+        let (batch, url) = match self.orders.try_each(Call::Write, post, PeerError::failure) {
+            Ok((batch, _)) if batch.status == 404 || batch.status == 405 => {
+                return std::thread::scope(|s| {
+                    let each: Vec<_> = ids.iter().map(|&id| s.spawn(move || answer(self.purchase_one(id)))).collect();
+                    each.into_iter().map(|e| answer(e.join().map_err(|_| Error::Internal("panicked".into())))).collect()
+                })
+            }
+            Ok((batch, url)) => (batch, url),
+            Err(failed) => {
+                let why = unavailable(failed).to_string();
+                return ids.iter().map(|_| Response::error(&Error::Unavailable(why.clone()))).collect();
+            }
+        };
+        let backend = |r: Response| r.with_header("X-Backend", url.to_string());
+        let placed = match batch.json::<OrderBatchAnswer>() {
+            Ok(placed) if placed.placed.len() == ids.len() => placed.placed,
+            Ok(placed) => {
+                let e = Error::Internal(format!("{url} answered {} purchases of {}", placed.placed.len(), ids.len()));
+                return ids.iter().map(|_| backend(Response::error(&e))).collect();
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                return ids.iter().map(|_| backend(Response::error(&e))).collect();
+            }
+        };
+        placed
+            .into_iter()
+            .map(|p| {
+                backend(match p.into_answer() {
+                    Ok(order) => Response::json(&PurchaseReceipt::from(order)),
+                    Err(e) => Response::error(&e.into()),
+                })
+            })
+            .collect()
+    }
+
+    /// POST one purchase to the order pool; retried elsewhere only if surely not received.
+    fn purchase_one(&self, id: u32) -> Result<Response> {
         let post = |url: &str| self.http.call(Method::POST, url, &format!("/purchase/{id}"), None);
         match self.orders.try_each(Call::Write, post, PeerError::failure) {
             Ok((answer, url)) => {
@@ -522,17 +586,25 @@ impl Frontend {
                 };
                 Ok(response.with_header("X-Backend", url.to_string()))
             }
-            Err(Failed::Exhausted { url, error }) => {
-                let reason = match &error {
-                    PeerError::Unreachable { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                };
-                Err(Error::Unavailable(format!("no order server reachable: {url}: {reason}")))
-            }
-            Err(Failed::Stopped { url, error, .. }) => Err(Error::Unavailable(format!(
-                "order server {url} failed during the purchase (it may or may not have happened): {error}"
-            ))),
+            Err(failed) => Err(unavailable(failed)),
         }
+    }
+}
+
+/// Why a purchase sent to the order pool has no answer: none reachable (it never left), or
+/// one failed once it may have received it (its outcome is unknown).
+fn unavailable(failed: Failed<PeerError>) -> Error {
+    match failed {
+        Failed::Exhausted { url, error } => {
+            let reason = match &error {
+                PeerError::Unreachable { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            Error::Unavailable(format!("no order server reachable: {url}: {reason}"))
+        }
+        Failed::Stopped { url, error, .. } => Error::Unavailable(format!(
+            "order server {url} failed during the purchase (it may or may not have happened): {error}"
+        )),
     }
 }
 

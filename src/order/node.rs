@@ -28,6 +28,7 @@
 
 use super::log::{Cursor, OrderLog};
 use crate::balance::{Call, Failed, Failure, Pool};
+use crate::batch::Group;
 use crate::client::{CatalogClient, Http, OrderClient, PeerError};
 use crate::config::{self, Common, ConfigError, Source};
 use crate::error::{Error, Result};
@@ -35,10 +36,10 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{Order, OrderPage};
+use crate::wire::{BatchPurchase, Book, Order, OrderBatch, OrderBatchAnswer, OrderPage, Placed, PurchaseBatch};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,14 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 pub const GRACE: Duration = Duration::from_secs(3);
 /// How often a failed order log is re-opened from disk (see [`OrderLog::reopen`]).
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Most orders in one push to a peer: a title is at most 300 characters (under 2 KB as
+/// JSON, escapes and all), so a push stays below the peer's 64 KiB body limit.
+pub const PUSH_MOST: usize = 32;
+/// Pushes to the peers in flight at once (each carries every order that waited for it).
+pub const PUSH_FLIGHTS: usize = 1;
+/// Batches of purchases on their way to the catalog at once: two, so that one is gathered
+/// and queued at the primary while the one before it commits.
+pub const TAKE_FLIGHTS: usize = 2;
 
 /// Settings of an order process.
 #[derive(Clone, Debug)]
@@ -196,6 +205,15 @@ pub struct OrderNode {
     responsive: Vec<AtomicBool>,
     /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
+    /// The catalog the readiness probe last found to be the primary (its index in
+    /// `catalogs` plus one; 0: none known): batches of purchases go to it first.
+    primary: AtomicUsize,
+    /// Purchases waiting to take their copies: whoever finds a flight free sends every
+    /// purchase waiting in one request ([`OrderNode::take_batch`]).
+    takes: Group<BatchPurchase, Result<Book>>,
+    /// Orders waiting to be pushed to the peers: whoever finds the push free sends every
+    /// order waiting in one push ([`OrderNode::push_to_peers`]).
+    shares: Group<Order, usize>,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
@@ -223,6 +241,9 @@ impl OrderNode {
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             responsive: config.peers.iter().map(|_| AtomicBool::new(true)).collect(),
             reconciled: AtomicU64::new(0),
+            primary: AtomicUsize::new(0),
+            takes: Group::new(PurchaseBatch::MOST, TAKE_FLIGHTS),
+            shares: Group::new(PUSH_MOST, PUSH_FLIGHTS),
             counters: Counters::default(),
             metrics,
             config,
@@ -238,7 +259,18 @@ impl OrderNode {
     pub fn start_background(self: &Arc<Self>, shutdown: &Shutdown) {
         let (node, stop) = (Arc::clone(self), shutdown.clone());
         std::thread::spawn(move || loop {
-            node.catalogs.probe(|url| node.probe.ready(url).is_ok());
+            let primary = AtomicUsize::new(0);
+            node.catalogs.probe(|url| match node.probe.readiness(url) {
+                Ok(role) => {
+                    if role.as_deref() == Some("primary") {
+                        let i = node.catalogs.urls().iter().position(|u| u == url).map_or(0, |i| i + 1);
+                        primary.store(i, Ordering::Relaxed);
+                    }
+                    true
+                }
+                Err(_) => false,
+            });
+            node.primary.store(primary.into_inner(), Ordering::Relaxed);
             if stop.sleep(PROBE_INTERVAL) {
                 return;
             }
@@ -433,7 +465,18 @@ impl OrderNode {
     /// purchase; the sync thread's next successful pull marks it responsive again, and the
     /// orders it missed meanwhile reach it by that pull (the existing anti-entropy), so the
     /// two logs converge once the partition heals.
+    ///
+    /// Orders are pushed in batches: a purchase that arrives while a push is in flight
+    /// waits for it and joins the next push, with every order that waited meanwhile (at
+    /// most [`PUSH_MOST`]); one that finds no push in flight pushes at once, alone. Each
+    /// order's answer is its batch's: the peer logs a push whole (one fsync) or not at all.
     fn share(&self, order: &Order) -> usize {
+        let took = self.shares.run(order.clone(), |orders| vec![self.push_to_peers(&orders); orders.len()]);
+        took.unwrap_or(0)
+    }
+
+    /// Pushes `orders` to every responsive peer at once; how many peers took them all.
+    fn push_to_peers(&self, orders: &[Order]) -> usize {
         std::thread::scope(|s| {
             let pushes: Vec<_> = self
                 .config
@@ -442,15 +485,15 @@ impl OrderNode {
                 .zip(&self.responsive)
                 .filter(|(_, responsive)| responsive.load(Ordering::SeqCst))
                 .map(|(url, responsive)| {
-                    s.spawn(move || match self.peers.push(url, std::slice::from_ref(order)) {
+                    s.spawn(move || match self.peers.push(url, orders) {
                         Ok(_) => true,
                         Err(e) => {
                             self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
                             if responsive.swap(false, Ordering::SeqCst) {
                                 log::warn!(
-                                    "peer {url} did not take order {} now ({e}); purchases stop pushing to it until \
-                                     it answers a pull, and it will pull what it missed",
-                                    order.order_id
+                                    "peer {url} did not take {} orders now ({e}); purchases stop pushing to it \
+                                     until it answers a pull, and it will pull what it missed",
+                                    orders.len()
                                 );
                             }
                             false
@@ -462,11 +505,89 @@ impl OrderNode {
         })
     }
 
+    /// A new order id: this incarnation's prefix and the next count.
+    fn next_order_id(&self) -> String {
+        format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// A front end's batch (`POST /internal/purchases`): one copy of each book, each its own
+    /// purchase with its own order, all taken with one request to the catalog, logged with
+    /// one append (and fsync) and pushed to the peers in pushes of [`PUSH_MOST`]. Each
+    /// purchase is answered as [`OrderNode::purchase`] would answer it alone.
+    pub fn purchase_many(&self, books: &[u32]) -> Vec<Result<Order>> {
+        let drawn: Vec<BatchPurchase> = books
+            .iter()
+            .map(|&id| BatchPurchase { id, order_id: self.next_order_id(), at: crate::ids::timestamp_now() })
+            .collect();
+        let taken = self.take_batch(drawn.clone());
+        if self.config.crash_after_take && taken.iter().any(Result::is_ok) {
+            log::error!("BAZAR_FAULT=crash-after-take: aborting before logging a batch of orders");
+            std::process::abort();
+        }
+        let orders: Vec<Result<Order>> = drawn
+            .into_iter()
+            .zip(taken)
+            .map(|(p, book)| {
+                let book = book.inspect_err(|_| {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                })?;
+                Ok(Order { order_id: p.order_id, id: p.id, title: book.title, price: book.price, at: p.at })
+            })
+            .collect();
+        let fresh: Vec<Order> = orders.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
+        if fresh.is_empty() {
+            return orders;
+        }
+        let logged = self.log.add(&fresh);
+        let shared: Vec<usize> =
+            fresh.chunks(PUSH_MOST).flat_map(|chunk| vec![self.push_to_peers(chunk); chunk.len()]).collect();
+        let mut shared = shared.into_iter();
+        orders
+            .into_iter()
+            .map(|o| {
+                let order = o?;
+                self.settle(order, logged.as_ref().map(|_| ()), shared.next().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// The answer to a purchase whose copy was taken, once its log append (`logged`) and
+    /// its push (`shared`: how many peers took it) are done: acknowledged when the order is
+    /// durable on two disks (see the module doc), else 503 saying what happened.
+    fn settle(&self, order: Order, logged: std::result::Result<(), &Error>, shared: usize) -> Result<Order> {
+        match logged {
+            Ok(()) => {}
+            // Durable on a peer's disk and in the catalog's journal (kept until every order
+            // server holds it): two disks, as when logged here. This server takes it from
+            // the peer once its disk takes writes again.
+            Err(e) if shared > 0 => {
+                self.counters.held_by_peer.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "order {} is acknowledged on its peer's disk; this server could not log it: {e}",
+                    order.order_id
+                );
+            }
+            Err(e) => {
+                self.counters.not_logged.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Unavailable(not_logged(&order, e)));
+            }
+        }
+        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+        Ok(order)
+    }
+
     /// Buys one copy of book `id`: take it from the catalog, log the order, share it.
     pub fn purchase(&self, id: u32) -> Result<Order> {
-        let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let order_id = self.next_order_id();
         let at = crate::ids::timestamp_now();
-        let book = match self.take_copy(id, &order_id, &at) {
+        let purchase = BatchPurchase { id, order_id: order_id.clone(), at: at.clone() };
+        let taken = self.takes.run(purchase, |batch| self.take_batch(batch)).unwrap_or_else(|| {
+            Err(Error::Unavailable(format!(
+                "the batch that carried order {order_id} failed; whether the catalog took its copy is unknown \
+                 (GET /orders/{order_id} shows it once the journal is reconciled)"
+            )))
+        });
+        let book = match taken {
             Ok(b) => b,
             Err(e) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -480,25 +601,43 @@ impl OrderNode {
         let order = Order { order_id, id, title: book.title, price: book.price, at };
         let logged = self.log.add(std::slice::from_ref(&order));
         let shared = self.share(&order);
-        match logged {
-            Ok(_) => {}
-            // Durable on a peer's disk and in the catalog's journal (kept until every order
-            // server holds it): two disks, as when logged here. This server takes it from
-            // the peer once its disk takes writes again.
-            Err(e) if shared > 0 => {
-                self.counters.held_by_peer.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "order {} is acknowledged on its peer's disk; this server could not log it: {e}",
-                    order.order_id
-                );
+        self.settle(order, logged.as_ref().map(|_| ()), shared)
+    }
+
+    /// Takes the copies of a batch of purchases with one request (`POST
+    /// /internal/purchases`), sent first to the catalog last found to be the primary, the
+    /// round robin (a replica forwards the batch) its fallback; tries the next catalog
+    /// only when the request surely never reached the one that failed. One answer per
+    /// purchase: its copy, or its own refusal (no such book, out of stock, ...). A failure
+    /// of the whole request is every purchase's; a catalog without the route (405, 404:
+    /// one of an older version) takes them one by one instead.
+    fn take_batch(&self, batch: Vec<BatchPurchase>) -> Vec<Result<Book>> {
+        let n = batch.len();
+        let body = PurchaseBatch { purchases: batch };
+        let first = self.primary.load(Ordering::Relaxed).checked_sub(1);
+        let take = |url: &str| self.catalog.purchase_batch(url, &body);
+        let failed = match self.catalogs.try_first(first, Call::Write, take, PeerError::failure) {
+            Ok((answer, _)) if answer.taken.len() == n => {
+                return answer.taken.into_iter().map(|t| t.into_answer().map_err(Error::from)).collect()
             }
-            Err(e) => {
-                self.counters.not_logged.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Unavailable(not_logged(&order, &e)));
+            Ok((answer, url)) => {
+                Error::Internal(format!("catalog {url} answered {} purchases of a batch of {n}", answer.taken.len()))
             }
-        }
-        self.counters.taken.fetch_add(1, Ordering::Relaxed);
-        Ok(order)
+            Err(Failed::Stopped { error: PeerError::Answered { status: 404 | 405, .. }, .. }) => {
+                return body.purchases.iter().map(|p| self.take_copy(p.id, &p.order_id, &p.at)).collect()
+            }
+            Err(Failed::Stopped { error, failure: Failure::MaybeSent, .. }) => Error::Unavailable(error.to_string()),
+            Err(Failed::Stopped { error, .. }) => error.into(),
+            Err(Failed::Exhausted { error, .. }) => Error::Unavailable(format!("no catalog server reachable: {error}")),
+        };
+        // Every purchase of the batch meets the same failure (an error is not `Clone`).
+        let (status, why) = (failed.status(), failed.to_string());
+        (0..n)
+            .map(|_| match status {
+                503 => Err(Error::Unavailable(why.clone())),
+                _ => Err(Error::Peer(PeerError::Answered { status, message: why.clone() })),
+            })
+            .collect()
     }
 
     /// Takes one copy through the catalog pool; tries the next catalog only when the
@@ -560,6 +699,20 @@ impl OrderNode {
                 }),
                 "/internal/orders",
             ),
+            ["internal", "purchases"] if method == "POST" => http::respond(
+                check_token(request, admission).and_then(|_| {
+                    let batch: OrderBatch = json_body(request)?;
+                    if batch.books.is_empty() || batch.books.len() > OrderBatch::MOST || batch.books.contains(&0) {
+                        return Err(Error::BadRequest(format!(
+                            "a batch holds 1 to {} purchases of books with positive ids",
+                            OrderBatch::MOST
+                        )));
+                    }
+                    let placed = self.purchase_many(&batch.books).into_iter().map(Placed::from_answer).collect();
+                    Ok(Response::json(&OrderBatchAnswer { placed }))
+                }),
+                "/internal/purchases",
+            ),
             ["internal", "orders"] if method == "POST" => http::respond(
                 check_token(request, admission).and_then(|_| {
                     let orders: Vec<Order> = json_body(request)?;
@@ -572,7 +725,9 @@ impl OrderNode {
             ["health"] | ["ready"] | ["metrics"] | ["orders"] | ["orders", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
-            ["purchase", _] => http::respond(Err(Error::MethodNotAllowed("POST")), "invalid"),
+            ["purchase", _] | ["internal", "purchases"] => {
+                http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
+            }
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
             _ => http::respond(Err(Error::NotFound(format!("no route {}", request.path))), "unknown"),
         })

@@ -1,0 +1,256 @@
+//! Batches that form themselves under load: a leader/follower group, as in a group commit.
+//!
+//! Callers hand [`Group::run`] one item each. A caller that finds fewer than the group's
+//! *flights* batches in flight becomes a leader: it takes every item waiting (up to the
+//! batch's most), its own among them, runs the batch with no lock held, hands each member
+//! its own answer and wakes them. A caller that arrives while the flights are all taken
+//! waits, and joins the next batch that a leader takes. So a lone caller runs its item at
+//! once, alone (no fixed wait, no linger: nothing is slower than one call per item), and
+//! under load a batch holds everything that arrived while the one before it was in flight:
+//! its size follows the load by itself.
+//!
+//! The group does no I/O and knows nothing of what a batch is: the front end uses it to
+//! send purchases to an order server, the order server ([`crate::order`]) to take copies
+//! from the catalog and to push orders to its peers. Its tests below run it with plain
+//! closures and threads.
+//!
+//! **Architecture invariant: every item is run exactly once, in exactly one batch, and its
+//! caller gets that batch's answer for it.** A batch that panics answers its members
+//! `None` (the caller says so as an error), and the group goes on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// A leader/follower group of callers whose items run in batches (see the module doc).
+pub struct Group<T, R> {
+    /// Most items in one batch.
+    most: usize,
+    /// Most batches in flight at once.
+    flights: usize,
+    /// The items waiting, the batches in flight and the answers not yet picked up. Held
+    /// only to move items and answers, never while a batch runs.
+    state: Mutex<State<T, R>>,
+    /// Woken when a batch ends (its answers are in, and a flight is free).
+    ended: Condvar,
+}
+
+struct State<T, R> {
+    /// The next ticket (each item gets one).
+    next: u64,
+    /// Items waiting for a leader, oldest first, with their tickets.
+    waiting: VecDeque<(u64, T)>,
+    /// Batches running now.
+    in_flight: usize,
+    /// Answers of batches that ended, by ticket, until their callers take them (None: the
+    /// batch panicked).
+    answers: HashMap<u64, Option<R>>,
+}
+
+impl<T, R> Group<T, R> {
+    /// A group whose batches hold at most `most` items, at most `flights` of them in flight.
+    pub fn new(most: usize, flights: usize) -> Group<T, R> {
+        assert!(most > 0 && flights > 0, "a batch holds an item and one may fly");
+        Group {
+            most,
+            flights,
+            state: Mutex::new(State { next: 0, waiting: VecDeque::new(), in_flight: 0, answers: HashMap::new() }),
+            ended: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<T, R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `item` in a batch and returns its answer: `batch` gets the batch's items in the
+    /// order they arrived and returns one answer per item, in the same order. Whichever
+    /// caller leads passes its own `batch`; all callers of a group must pass the same one in
+    /// effect. None when the batch that held the item panicked (or answered too few).
+    pub fn run(&self, item: T, batch: impl Fn(Vec<T>) -> Vec<R>) -> Option<R> {
+        let mut state = self.state();
+        let ticket = state.next;
+        state.next += 1;
+        state.waiting.push_back((ticket, item));
+        loop {
+            if let Some(answer) = state.answers.remove(&ticket) {
+                return answer;
+            }
+            if state.in_flight < self.flights && !state.waiting.is_empty() {
+                let take = state.waiting.len().min(self.most);
+                let (tickets, items): (Vec<u64>, Vec<T>) = state.waiting.drain(..take).unzip();
+                state.in_flight += 1;
+                drop(state);
+                // Answers every member even if `batch` panics (then with None), and frees
+                // the flight: a panic in one batch never strands the group.
+                let mut lead = Lead { group: self, tickets, answers: Vec::new() };
+                lead.answers = batch(items);
+                drop(lead);
+                state = self.state();
+                continue;
+            }
+            state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+impl<T, R> Group<T, R> {
+    /// Items waiting for a leader.
+    fn waiting(&self) -> usize {
+        self.state().waiting.len()
+    }
+
+    /// Batches in flight.
+    fn flying(&self) -> usize {
+        self.state().in_flight
+    }
+}
+
+/// A batch in flight: when dropped (returned or unwound), files its answers by ticket and
+/// frees its flight.
+struct Lead<'a, T, R> {
+    group: &'a Group<T, R>,
+    tickets: Vec<u64>,
+    answers: Vec<R>,
+}
+
+impl<T, R> Drop for Lead<'_, T, R> {
+    fn drop(&mut self) {
+        let mut answers = std::mem::take(&mut self.answers).into_iter();
+        let mut state = self.group.state();
+        for &ticket in &self.tickets {
+            state.answers.insert(ticket, answers.next());
+        }
+        state.in_flight -= 1;
+        drop(state);
+        self.group.ended.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Group;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier, Mutex};
+
+    /// A lone caller runs its item at once, alone.
+    #[test]
+    fn a_lone_item_runs_alone() {
+        let group = Group::new(10, 1);
+        let batches = Mutex::new(Vec::new());
+        for i in 0..3 {
+            let answer = group.run(i, |items: Vec<i32>| {
+                batches.lock().unwrap().push(items.clone());
+                items.iter().map(|x| x * 10).collect()
+            });
+            assert_eq!(answer, Some(i * 10));
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![vec![0], vec![1], vec![2]]);
+    }
+
+    /// Under contention every item runs exactly once, each caller gets its own answer,
+    /// batches never exceed their most, never more fly at once than allowed, and items
+    /// that wait are gathered (fewer batches than items).
+    #[test]
+    fn every_item_runs_once_in_batches() {
+        for (most, flights) in [(1, 1), (4, 1), (64, 1), (8, 2), (64, 3)] {
+            let group = Arc::new(Group::new(most, flights));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (flying, most_flying, batches) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let start = Arc::new(Barrier::new(32));
+            let callers: Vec<_> = (0..32)
+                .map(|c| {
+                    let (group, seen, flying, most_flying, batches, start) = (
+                        Arc::clone(&group),
+                        Arc::clone(&seen),
+                        Arc::clone(&flying),
+                        Arc::clone(&most_flying),
+                        Arc::clone(&batches),
+                        Arc::clone(&start),
+                    );
+                    std::thread::spawn(move || {
+                        start.wait();
+                        for k in 0..50 {
+                            let item = c * 1000 + k;
+                            let answer = group.run(item, |items: Vec<usize>| {
+                                assert!(items.len() <= most, "{} items in a batch of at most {most}", items.len());
+                                let now = flying.fetch_add(1, Ordering::SeqCst) + 1;
+                                most_flying.fetch_max(now, Ordering::SeqCst);
+                                batches.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                seen.lock().unwrap().extend(items.iter().copied());
+                                flying.fetch_sub(1, Ordering::SeqCst);
+                                items.iter().map(|x| x + 1).collect()
+                            });
+                            assert_eq!(answer, Some(item + 1), "a caller gets its own item's answer");
+                        }
+                    })
+                })
+                .collect();
+            callers.into_iter().for_each(|c| c.join().unwrap());
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 32 * 50, "most {most}, flights {flights}: every item ran");
+            assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 32 * 50, "no item ran twice");
+            assert!(most_flying.load(Ordering::SeqCst) <= flights);
+            assert!(batches.load(Ordering::SeqCst) >= 32 * 50 / most);
+        }
+    }
+
+    /// The items that arrive while a batch is in flight go together in the next one.
+    #[test]
+    fn items_that_wait_go_in_one_batch() {
+        let group = Arc::new(Group::new(8, 1));
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let run = |item: i32| {
+            let (group, batches) = (Arc::clone(&group), Arc::clone(&batches));
+            move |held: Option<&Mutex<std::sync::mpsc::Receiver<()>>>| {
+                group.run(item, |items: Vec<i32>| {
+                    if let Some(held) = held {
+                        held.lock().unwrap().recv().unwrap();
+                    }
+                    batches.lock().unwrap().push(items.clone());
+                    items
+                })
+            }
+        };
+        std::thread::scope(|s| {
+            let first = run(0);
+            let held = &held;
+            let leader = s.spawn(move || first(Some(held)));
+            while group.flying() == 0 {
+                std::thread::yield_now();
+            }
+            let followers: Vec<_> = (1..=3)
+                .map(|i| {
+                    let f = run(i);
+                    s.spawn(move || f(None))
+                })
+                .collect();
+            while group.waiting() < 3 {
+                std::thread::yield_now();
+            }
+            release.send(()).unwrap();
+            assert_eq!(leader.join().unwrap(), Some(0));
+            let answers: Vec<_> = followers.into_iter().map(|f| f.join().unwrap()).collect();
+            assert_eq!(answers, [Some(1), Some(2), Some(3)]);
+        });
+        let mut batches = batches.lock().unwrap().clone();
+        batches[1].sort_unstable();
+        assert_eq!(batches, vec![vec![0], vec![1, 2, 3]]);
+    }
+
+    /// A batch that panics answers its members None, and the group goes on.
+    #[test]
+    fn a_panicking_batch_strands_no_one() {
+        let group = Arc::new(Group::new(8, 1));
+        let g = Arc::clone(&group);
+        let panicked = std::thread::spawn(move || g.run(1, |_: Vec<i32>| -> Vec<i32> { panic!("planted") }));
+        assert!(panicked.join().is_err(), "the leader's own thread unwinds");
+        assert_eq!(group.run(2, |items: Vec<i32>| items), Some(2), "the group still runs batches");
+        assert_eq!(group.run(3, |_: Vec<i32>| Vec::new()), None, "an item the batch did not answer gets None");
+    }
+}
