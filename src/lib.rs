@@ -17,6 +17,8 @@
 //!   failing with a [`error::PeerError`] that says whether the request may have been sent.
 //! - [`linearizable`]: the linearizability checker of book histories and its explanations
 //!   (the tests, the lab's verdict and `bazar-bench check` use it).
+//! - [`trace`]: W3C Trace Context between services, the spans each service records, its
+//!   bounded ring of them and their export to an OTLP collector.
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`balance`]: round robin with a passive health check, and the one loop that tries
 //!   each back end in turn.
@@ -51,6 +53,7 @@ pub mod page;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
+pub mod trace;
 pub mod wire;
 
 pub use error::{Error, Result};
