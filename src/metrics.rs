@@ -106,6 +106,7 @@ impl Metrics {
             let _ = writeln!(out, "bazar_request_seconds_sum{{{labels}}} {}", s.sum);
             let _ = writeln!(out, "bazar_request_seconds_count{{{labels}}} {}", s.count);
         }
+        out.push_str(&crate::trace::metrics_text());
         out.push_str(extra);
         out
     }

@@ -139,6 +139,8 @@ where
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(Metrics::new());
+    let tracing = &common(&cfg).trace;
+    crate::trace::install(crate::trace::Tracer::new(name, &listen.to_string(), tracing), tracing);
     let service = match start(cfg, Arc::clone(&metrics), &shutdown) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),

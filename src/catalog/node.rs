@@ -97,6 +97,8 @@ pub(super) struct Pending {
     pub(super) write: Write,
     pub(super) order: Option<(String, String)>,
     pub(super) reply: mpsc::SyncSender<Result<Book>>,
+    /// The trace of the request that made the write (its `catalog.write` span), if traced.
+    pub(super) trace: Option<crate::trace::Context>,
 }
 
 /// Counters shown in `/metrics`.
@@ -436,6 +438,8 @@ impl CatalogNode {
     /// Replica: relays a request to the primary (remote write) and its answer back.
     pub(super) fn forward_to(&self, request: &Request) -> Result<Response> {
         let primary = &self.forward_target()?;
+        let mut span = crate::trace::span("catalog.forward");
+        span.attr("primary", primary.as_str());
         let body = (!request.body.is_empty()).then(|| request.body.clone());
         let method =
             Method::from_bytes(request.method.as_bytes()).map_err(|_| Error::BadRequest("bad method".into()))?;
@@ -525,6 +529,7 @@ impl CatalogNode {
                 let text = self.metrics.render(&self.metrics_text());
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
+            ["traces", id] if get => http::respond(admin(&|| crate::trace::own_answer(id)), "/traces/{trace_id}"),
             ["books"] if get => http::respond(self.list(request), "/books"),
             ["topics"] if get => http::respond(self.topics(request), "/topics"),
             ["books"] if method == "POST" => http::respond(admin(&|| self.add_book(request)), "/books"),

@@ -211,6 +211,8 @@ impl CatalogNode {
         if let Some(p) = pushes.iter().find(|p| p.book.id == 0) {
             return Err(Error::BadRequest(format!("write {}: a book has no id 0", p.seq)));
         }
+        let mut span = crate::trace::span("catalog.apply");
+        span.attr("writes", pushes.len()).attr("epoch", epoch);
         let mut store = self.lock_writer();
         self.refuse_stale(&store, epoch, pushes)?;
         // A push comes from a running primary: any lease extended while none ran ends, and

@@ -195,6 +195,12 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 lower_priority();
                 niced = true;
             }
+            // The request's span: continues the caller's trace, or starts one for public
+            // work on the API (see `trace::starts_trace`); current on this thread until
+            // the answer is ready.
+            let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
+            let mut span =
+                crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
             let response = match self.permit(class) {
                 Some(_permit) => {
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
@@ -207,6 +213,14 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 }
                 None => shed(class),
             };
+            if span.is_recording() {
+                span.rename(format!("{} {}", request.method, response.route));
+                span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
+                if response.status >= 500 {
+                    span.fail();
+                }
+            }
+            drop(span);
             self.metrics.record(response.route, response.status, started.elapsed());
             let keep =
                 wants_keep_alive(&request) && !self.shutdown.is_set() && !(response.status == 503 && self.pressed());

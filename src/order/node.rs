@@ -442,7 +442,7 @@ impl OrderNode {
                 .zip(&self.responsive)
                 .filter(|(_, responsive)| responsive.load(Ordering::SeqCst))
                 .map(|(url, responsive)| {
-                    s.spawn(move || match self.peers.push(url, std::slice::from_ref(order)) {
+                    s.spawn(crate::trace::carried(move || match self.peers.push(url, std::slice::from_ref(order)) {
                         Ok(_) => true,
                         Err(e) => {
                             self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +455,7 @@ impl OrderNode {
                             }
                             false
                         }
-                    })
+                    }))
                 })
                 .collect();
             pushes.into_iter().filter_map(|p| p.join().ok()).filter(|&took| took).count()
@@ -466,7 +466,12 @@ impl OrderNode {
     pub fn purchase(&self, id: u32) -> Result<Order> {
         let order_id = format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
         let at = crate::ids::timestamp_now();
-        let book = match self.take_copy(id, &order_id, &at) {
+        let mut span = crate::trace::span("order.purchase");
+        span.attr("book", id).attr("order", order_id.as_str());
+        let take = crate::trace::span("order.take");
+        let taken = self.take_copy(id, &order_id, &at);
+        drop(take);
+        let book = match taken {
             Ok(b) => b,
             Err(e) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -478,8 +483,12 @@ impl OrderNode {
             std::process::abort();
         }
         let order = Order { order_id, id, title: book.title, price: book.price, at };
+        let log = crate::trace::span("order.log");
         let logged = self.log.add(std::slice::from_ref(&order));
+        drop(log);
+        let share = crate::trace::span("order.share");
         let shared = self.share(&order);
+        drop(share);
         match logged {
             Ok(_) => {}
             // Durable on a peer's disk and in the catalog's journal (kept until every order
@@ -536,6 +545,10 @@ impl OrderNode {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
             ["ready"] if get => self.ready().at("/ready"),
+            ["traces", id] if get => http::respond(
+                check_token(request, admission).and_then(|_| crate::trace::own_answer(id)),
+                "/traces/{trace_id}",
+            ),
             ["orders"] if get => http::respond(self.orders(request), "/orders"),
             ["orders", id] if get => http::respond(
                 self.log.get(id).and_then(|o| {

@@ -342,6 +342,16 @@ pub fn adopt(ctx: Option<Context>) -> Span {
     Span { open: None, restore: Some(replace_current(ctx)) }
 }
 
+/// `f`, to run on another thread in this thread's current context (a scoped thread's
+/// body: `s.spawn(trace::carried(move || ...))`).
+pub fn carried<T>(f: impl FnOnce() -> T) -> impl FnOnce() -> T {
+    let here = current();
+    move || {
+        let _in = adopt(here);
+        f()
+    }
+}
+
 /// Records a span that already happened: a child of `parent`, from `started` (wall
 /// clock, ns) to now (a write's wait in the primary's queue and batch, recorded by the
 /// writer thread with the link to its batch).
