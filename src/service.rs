@@ -140,7 +140,7 @@ where
     };
     let metrics = Arc::new(Metrics::new());
     let tracing = &common(&cfg).trace;
-    crate::trace::install(crate::trace::Tracer::new(name, &listen.to_string(), tracing), tracing);
+    crate::trace::install(name, &listen.to_string(), tracing);
     let service = match start(cfg, Arc::clone(&metrics), &shutdown) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),

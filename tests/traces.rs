@@ -8,8 +8,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Slack for comparing times taken by different clocks (the wall clock at a span's start,
@@ -220,5 +221,185 @@ fn a_purchase_is_one_trace_across_the_store() {
     // Every service counts what it recorded.
     for p in s.all() {
         assert!(metric(&url(p), "bazar_spans_recorded_total") > 0.0, "{}", p.spec.name);
+    }
+}
+
+/// A small OTLP/HTTP receiver: answers every `POST /v1/traces` with 200 and keeps each
+/// span it decodes (with its resource's `service.name` and `service.instance.id` added).
+fn collector() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&spans);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let kept = Arc::clone(&kept);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    // One request (ureq keeps the connection for the next).
+                    let (mut line, mut length, mut target) = (String::new(), 0, String::new());
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if target.is_empty() {
+                            target = l.to_string();
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    assert!(target.starts_with("POST /v1/traces "), "{target}");
+                    let request: Value = serde_json::from_slice(&body).expect("OTLP JSON");
+                    for rs in request["resourceSpans"].as_array().unwrap() {
+                        let attr = |key: &str| {
+                            rs["resource"]["attributes"].as_array().unwrap().iter().find(|a| a["key"] == key).unwrap()
+                                ["value"]["stringValue"]
+                                .clone()
+                        };
+                        for ss in rs["scopeSpans"].as_array().unwrap() {
+                            for span in ss["spans"].as_array().unwrap() {
+                                let mut span = span.clone();
+                                span["service.name"] = attr("service.name");
+                                span["service.instance.id"] = attr("service.instance.id");
+                                kept.lock().unwrap().push(span);
+                            }
+                        }
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+                    if out.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, spans)
+}
+
+/// A collector that takes connections and never answers.
+fn hanging_collector() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    base
+}
+
+/// A front end over `s`'s back ends that exports to `endpoint`.
+fn frontend_exporting_to(s: &Store, name: &str, endpoint: &str) -> Proc {
+    let mut spec = s.frontend.spec.clone();
+    spec.name = name.to_string();
+    spec.log = s.dir.0.join(format!("{name}.log"));
+    for (k, v) in spec.env.iter_mut() {
+        match k.as_str() {
+            "BAZAR_LISTEN" => *v = format!("127.0.0.1:{}", free_port()),
+            "BAZAR_OTLP_ENDPOINT" => *v = endpoint.to_string(),
+            _ => {}
+        }
+    }
+    let p = Proc::start(spec);
+    wait_ready(&url(&p));
+    eventually(START_DEADLINE, "the new front end to see every back end ready", || {
+        let a = json(&get(&url(&p), "/ready"));
+        a["catalogs_ready"] == 2 && a["orders_ready"] == 2
+    });
+    p
+}
+
+#[test]
+fn spans_reach_an_otlp_collector_and_one_that_fails_costs_no_request() {
+    let (endpoint, received) = collector();
+    let env = vec![("BAZAR_OTLP_ENDPOINT".to_string(), endpoint)];
+    let s = Store::start(Opts { env, ..Opts::default() }).unwrap();
+    s.set_stock(1, 1000);
+    let fe = s.fe();
+    let (trace, caller) = (hex(32), hex(16));
+    let (status, _) = send(&fe, "POST", "/purchase/1", &[("traceparent", &format!("00-{trace}-{caller}-01"))]);
+    assert_eq!(status, 200);
+    let instances = |trace: &str| -> HashSet<String> {
+        let spans = received.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s["traceId"] == trace)
+            .map(|s| s["service.instance.id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let everyone: HashSet<String> = s.all().iter().map(|p| url(p).trim_start_matches("http://").to_string()).collect();
+    let (o1, o2) =
+        (s.order(0).trim_start_matches("http://").to_string(), s.order(1).trim_start_matches("http://").to_string());
+    eventually(Duration::from_secs(10), "the purchase's spans at the collector from every service it crossed", || {
+        let seen = instances(&trace);
+        // Both order servers: the one that took the order, and its peer it shared it with.
+        [
+            fe.trim_start_matches("http://"),
+            s.primary().trim_start_matches("http://"),
+            s.replica().trim_start_matches("http://"),
+            &o1,
+            &o2,
+        ]
+        .iter()
+        .all(|i| seen.contains(*i))
+    });
+    {
+        let spans = received.lock().unwrap();
+        let ours: Vec<&Value> = spans.iter().filter(|s| s["traceId"] == trace.as_str()).collect();
+        let ids: HashSet<&str> = ours.iter().map(|s| s["spanId"].as_str().unwrap()).collect();
+        for span in &ours {
+            assert!(everyone.contains(span["service.instance.id"].as_str().unwrap()));
+            let parent = span["parentSpanId"].as_str().unwrap();
+            assert!(parent == caller || ids.contains(parent), "{span}");
+            let (start, end): (u64, u64) = (
+                span["startTimeUnixNano"].as_str().unwrap().parse().unwrap(),
+                span["endTimeUnixNano"].as_str().unwrap().parse().unwrap(),
+            );
+            assert!(start <= end);
+        }
+        eprintln!("collector: {} spans of the purchase's trace, {} spans in all", ours.len(), spans.len());
+    }
+    eventually(Duration::from_secs(10), "the front end counts what it exported", || {
+        metric(&fe, "bazar_spans_exported_total") > 0.0
+    });
+
+    // Collectors that hang or refuse: every request is still served.
+    let refusing = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let hanging = hanging_collector();
+    let fronts =
+        [frontend_exporting_to(&s, "fe-hanging", &hanging), frontend_exporting_to(&s, "fe-refused", &refusing)];
+    for p in &fronts {
+        let base = url(p);
+        for i in 0..300 {
+            let (method, path) = if i % 50 == 0 { ("POST", "/purchase/1") } else { ("GET", "/info/1") };
+            let (status, body) = send(&base, method, path, &[]);
+            assert_eq!(status, 200, "{} {method} {path}: {}", p.spec.name, String::from_utf8_lossy(&body));
+        }
+    }
+    for p in &fronts {
+        eventually(Duration::from_secs(20), "the spans it could not export counted as dropped", || {
+            metric(&url(p), "bazar_spans_dropped_total") > 0.0
+        });
+        eprintln!(
+            "{}: recorded {}, exported {}, dropped {}",
+            p.spec.name,
+            metric(&url(p), "bazar_spans_recorded_total"),
+            metric(&url(p), "bazar_spans_exported_total"),
+            metric(&url(p), "bazar_spans_dropped_total")
+        );
     }
 }

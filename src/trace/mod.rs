@@ -5,6 +5,7 @@
 //! - `context.rs`: `traceparent` and `tracestate` read and written, ids drawn (no I/O).
 //! - `ring.rs`: the finished spans a service keeps, and the views the trace routes answer
 //!   (one trace; the recent traces, newest first, paged) (no I/O).
+//! - [`otlp`]: the export to an OTLP/HTTP collector, JSON, on a thread of its own.
 //! - this file: the process's [`Tracer`] and the current span of each thread.
 //!
 //! # The current span is the thread's
@@ -37,6 +38,7 @@
 //! its own thread, from a bounded queue that drops (and counts) rather than blocks.
 
 mod context;
+pub mod otlp;
 mod ring;
 
 pub use context::{parse_traceparent, valid_tracestate, Context, SpanId, TraceId, MAX_STATE_MEMBERS, MAX_TRACESTATE};
@@ -143,12 +145,20 @@ impl Tracer {
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
 
-/// Installs the process's tracer (once; later calls are ignored). With a sample rate of
-/// 0 nothing is installed: tracing is off.
-pub fn install(tracer: Tracer, settings: &Settings) {
-    if settings.sample > 0.0 {
-        let _ = TRACER.set(tracer);
+/// Installs the process's tracer for `kind` (the binary) listening on `listen`, and starts
+/// its export when `settings` name a collector (once; later calls are ignored). With a
+/// sample rate of 0 nothing is installed and nothing exported: tracing is off.
+pub fn install(kind: &'static str, listen: &str, settings: &Settings) {
+    if settings.sample <= 0.0 || TRACER.get().is_some() {
+        return;
     }
+    let mut tracer = Tracer::new(kind, listen, settings);
+    if let Some(endpoint) = &settings.otlp {
+        let counters = Arc::clone(&tracer.counters);
+        tracer = tracer.exporting(otlp::start(endpoint, kind, listen.to_string(), counters));
+        log::info!("spans are exported to the OTLP collector at {endpoint}/v1/traces");
+    }
+    let _ = TRACER.set(tracer);
 }
 
 /// The process's tracer, if tracing is on.
@@ -476,7 +486,7 @@ mod tests {
     /// The one test that installs this process's tracer (the others build their own).
     #[test]
     fn spans_nest_on_a_thread_and_travel_to_others() {
-        install(Tracer::new("bazar-test", "127.0.0.1:1", &Settings::default()), &Settings::default());
+        install("bazar-test", "127.0.0.1:1", &Settings::default());
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let (trace, caller) = (
             TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
