@@ -201,7 +201,7 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
             let mut span =
                 crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
-            let response = match self.permit(class) {
+            let mut response = match self.permit(class) {
                 Some(_permit) => {
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
                         Ok(r) => r,
@@ -218,6 +218,11 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
                 if response.status >= 500 {
                     span.fail();
+                }
+                // W3C Trace Context Level 2: which trace the answer belongs to (the
+                // storefront links an order to the view of its trace with it).
+                if let Some(ctx) = span.context() {
+                    response.headers.push(("traceresponse", ctx.traceparent()));
                 }
             }
             drop(span);
