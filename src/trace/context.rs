@@ -32,8 +32,20 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpanId(pub [u8; 8]);
 
+/// Appends `bytes` as lower-case hex digits (a table, not `write!` per byte: every traced
+/// answer formats a `traceresponse`).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+}
+
 fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    let mut s = String::with_capacity(2 * bytes.len());
+    push_hex(&mut s, bytes);
+    f.write_str(&s)
 }
 
 impl fmt::Display for TraceId {
@@ -109,7 +121,13 @@ pub struct Context {
 impl Context {
     /// The `traceparent` header that continues this context (version 00).
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id.0);
+        s.push('-');
+        push_hex(&mut s, &self.span_id.0);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
     }
 
     /// Reads the headers of a request; `None` when `traceparent` is missing or malformed
