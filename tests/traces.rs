@@ -138,6 +138,7 @@ fn a_purchase_is_one_trace_across_the_store() {
             "catalog.commit_notice",
             "catalog.batched",
             "catalog.fence.near",
+            "catalog.near.confirmed",
         ] {
             assert!(on_primary.contains(step), "{step} not on the primary: {on_primary:?}");
         }

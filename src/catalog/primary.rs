@@ -342,7 +342,9 @@ impl CatalogNode {
                 // Committed: on every replica in sync (those that missed it are out of sync
                 // and their leases have run out). The fence is whole once every front end
                 // with a lease has applied it, or its lease has run out.
+                let confirm = crate::trace::span("catalog.near.confirmed");
                 self.near.confirmed(last);
+                drop(confirm);
             }
             // Readable here: the moment the batch takes effect. No read anywhere shows it
             // earlier (a replica's read of a book with a pending write asks here).
