@@ -149,6 +149,8 @@ where
     let served =
         http::serve(listener, ServerConfig { threads, name, trust }, metrics, shutdown, move |r| handler.handle(r));
     service.stopped();
+    // The last spans to the collector, if one is set (bounded: it may be gone).
+    crate::trace::flush(crate::trace::otlp::FLUSH);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),

@@ -381,7 +381,7 @@ fn spans_reach_an_otlp_collector_and_one_that_fails_costs_no_request() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let hanging = hanging_collector();
-    let fronts =
+    let mut fronts =
         [frontend_exporting_to(&s, "fe-hanging", &hanging), frontend_exporting_to(&s, "fe-refused", &refusing)];
     for p in &fronts {
         let base = url(p);
@@ -402,5 +402,9 @@ fn spans_reach_an_otlp_collector_and_one_that_fails_costs_no_request() {
             metric(&url(p), "bazar_spans_exported_total"),
             metric(&url(p), "bazar_spans_dropped_total")
         );
+    }
+    // A stop waits for the last spans a bounded time, even for a collector that hangs.
+    for p in &mut fronts {
+        assert_eq!(p.terminate(Duration::from_secs(20)), Some(0), "{} stopped", p.spec.name);
     }
 }

@@ -83,6 +83,8 @@ pub struct Counters {
     pub exported: AtomicU64,
     /// Spans never exported: the queue was full, or the collector failed or refused them.
     pub dropped: AtomicU64,
+    /// Spans handed to the export and not yet counted exported or dropped.
+    pub queued: AtomicU64,
 }
 
 /// The tracer of a process: its name in spans, its sampling, its ring, its counters.
@@ -398,6 +400,14 @@ pub fn mark() -> (u64, Instant) {
 /// The `traceparent` (and `tracestate`) to send with a call from this thread, if any.
 pub fn outgoing() -> Option<(String, Option<Arc<str>>)> {
     current().map(|ctx| (ctx.traceparent(), ctx.state.clone()))
+}
+
+/// Waits, at most `within`, for the spans handed to the export to be sent (a stopping
+/// service's last ones); returns at once when nothing is exported.
+pub fn flush(within: std::time::Duration) {
+    if let Some(tracer) = TRACER.get().filter(|t| t.export.is_some()) {
+        otlp::flush(&tracer.counters, within);
+    }
 }
 
 /// The span counters for `/metrics` (zeros when tracing is off).

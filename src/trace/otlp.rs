@@ -30,6 +30,9 @@ pub const BATCH: usize = 512;
 pub const LINGER: Duration = Duration::from_millis(200);
 /// Longest wait for the collector (connect and answer).
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping service waits for its last spans to be exported: one batch's
+/// linger and one export.
+pub const FLUSH: Duration = Duration::from_millis(2_500);
 
 /// Starts the export thread for spans of `kind` (OTLP's `service.name`) at `instance`
 /// (`service.instance.id`); returns what hands it a span (never blocks).
@@ -48,10 +51,15 @@ pub fn start(
     if let Err(e) = &started {
         log::warn!("cannot start the OTLP export thread: {e}; spans are not exported");
     }
-    move |span| match queue.try_send(span) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+    move |span| {
+        // Counted before it is queued, so the export thread never counts it out first.
+        counters.queued.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                counters.queued.fetch_sub(1, Ordering::Relaxed);
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -80,6 +88,8 @@ fn export(url: &str, kind: &'static str, instance: &str, spans: &Receiver<Arc<Re
         let body = encode(kind, instance, &batch);
         let sent = agent.post(url).header("Content-Type", "application/json").send(&body[..]);
         let n = batch.len() as u64;
+        // Counted out at the end of this round, whatever became of them.
+        let _out = CountOut(&counters.queued, n);
         match sent {
             Ok(answer) if answer.status().is_success() => {
                 counters.exported.fetch_add(n, Ordering::Relaxed);
@@ -101,6 +111,24 @@ fn export(url: &str, kind: &'static str, instance: &str, spans: &Receiver<Arc<Re
                 }
             }
         }
+    }
+}
+
+/// Takes `n` spans off the count of those waiting when dropped.
+struct CountOut<'a>(&'a std::sync::atomic::AtomicU64, u64);
+
+impl Drop for CountOut<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// Waits until every span handed to the export has been exported or dropped, or `within`
+/// has passed (a stopping service's last spans).
+pub fn flush(counters: &Counters, within: Duration) {
+    let deadline = Instant::now() + within;
+    while counters.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -260,6 +288,56 @@ mod tests {
         assert_eq!(root["attributes"][1], serde_json::json!({"key": "order", "value": {"stringValue": "a-1"}}));
         assert_eq!(root["attributes"][2], serde_json::json!({"key": "found", "value": {"boolValue": true}}));
         assert_eq!((root["status"]["code"].as_u64(), child["status"]["code"].as_u64()), (Some(0), Some(2)));
+    }
+
+    #[test]
+    fn a_stopping_service_flushes_its_last_spans() {
+        // A collector that takes every request (one connection, keep-alive).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Read, Write};
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                'requests: loop {
+                    let (mut line, mut length) = (String::new(), 0usize);
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break 'requests;
+                        }
+                        if line.trim_end().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                }
+            }
+        });
+        let counters = Arc::new(Counters::default());
+        let send = start(&endpoint, "bazar-test", "x".into(), Arc::clone(&counters));
+        for i in 0..10u8 {
+            send(Arc::new(Record {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([i + 1; 8]),
+                parent_id: None,
+                name: Cow::Borrowed("s"),
+                kind: Kind::Internal,
+                start_ns: 0,
+                duration_ns: 0,
+                error: false,
+                attributes: Vec::new(),
+            }));
+        }
+        flush(&counters, Duration::from_secs(20));
+        assert_eq!(counters.exported.load(Ordering::Relaxed), 10);
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 0);
     }
 
     #[test]
