@@ -132,6 +132,13 @@ impl Http {
         if self.peer {
             req = req.header(crate::http::PEER_HEADER, "1");
         }
+        // The trace this call is part of (the thread's current span), W3C Trace Context.
+        if let Some((traceparent, tracestate)) = crate::trace::outgoing() {
+            req = req.header("traceparent", traceparent);
+            if let Some(state) = tracestate {
+                req = req.header("tracestate", &*state);
+            }
+        }
         let sent = match body {
             Some(b) => {
                 self.agent.run(req.header("Content-Type", "application/json").body(b).map_err(|e| bad_uri(base, e))?)

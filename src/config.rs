@@ -96,6 +96,34 @@ pub fn number(
     }
 }
 
+/// Tracing settings: `BAZAR_TRACE_SAMPLE` (a fraction from 0 to 1, default 1),
+/// `BAZAR_TRACE_SPANS` (spans kept in memory, default [`crate::trace::DEFAULT_SPANS`]) and
+/// `BAZAR_OTLP_ENDPOINT` (an `http://` base URL; the store's client speaks no TLS).
+pub fn trace(src: &dyn Source) -> Result<crate::trace::Settings, ConfigError> {
+    let sample = match opt(src, "BAZAR_TRACE_SAMPLE") {
+        None => 1.0,
+        Some(v) => match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => f,
+            _ => return Err(bad("BAZAR_TRACE_SAMPLE", format!("{v:?} is not a fraction from 0 to 1"))),
+        },
+    };
+    let spans =
+        number(src, "BAZAR_TRACE_SPANS", 16..=1_000_000, "spans")?.map_or(crate::trace::DEFAULT_SPANS, |n| n as usize);
+    let otlp = match opt(src, "BAZAR_OTLP_ENDPOINT") {
+        None => None,
+        Some(url) if url.starts_with("http://") && url.len() > "http://".len() && !url.contains(char::is_whitespace) => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        Some(url) => {
+            return Err(bad(
+                "BAZAR_OTLP_ENDPOINT",
+                format!("{url:?} is not an http:// base URL such as http://127.0.0.1:4318 (no TLS here: use a collector nearby)"),
+            ))
+        }
+    };
+    Ok(crate::trace::Settings { sample, spans, otlp })
+}
+
 /// The data directory (default `default`).
 pub fn data_dir(src: &dyn Source, default: &str) -> PathBuf {
     PathBuf::from(opt(src, "BAZAR_DATA_DIR").unwrap_or_else(|| default.to_string()))
@@ -253,6 +281,8 @@ pub struct Common {
     /// `BAZAR_INSECURE_OPEN=1`: without a token, admin and internal routes are open to
     /// every peer instead of loopback only. Never together with a token.
     pub insecure_open: bool,
+    /// Tracing: `BAZAR_TRACE_SAMPLE`, `BAZAR_TRACE_SPANS`, `BAZAR_OTLP_ENDPOINT`.
+    pub trace: crate::trace::Settings,
 }
 
 impl Common {
@@ -265,7 +295,13 @@ impl Common {
                 "is set together with a token (BAZAR_TOKEN or BAZAR_TOKEN_FILE): the token already admits the store's services; unset BAZAR_INSECURE_OPEN",
             ));
         }
-        Ok(Common { listen: listen(src, default_listen)?, threads: threads(src)?, token, insecure_open })
+        Ok(Common {
+            listen: listen(src, default_listen)?,
+            threads: threads(src)?,
+            token,
+            insecure_open,
+            trace: trace(src)?,
+        })
     }
 
     /// Who may call the admin and internal routes.
@@ -307,11 +343,42 @@ pub const COMMON_HELP: &str = "  BAZAR_LISTEN    host:port to listen on
                   Unset: admin and internal routes answer loopback clients only (403 to others)
   BAZAR_TOKEN_FILE  read the token from this file instead (a Docker or systemd secret)
   BAZAR_INSECURE_OPEN  1: with no token, open admin and internal routes to anyone who
-                  reaches the port (for a private network you trust; never with a token)";
+                  reaches the port (for a private network you trust; never with a token)
+  BAZAR_TRACE_SAMPLE  fraction of requests that start a trace, 0 to 1 (default 1; 0: off);
+                  a request with a sampled traceparent is always traced
+  BAZAR_TRACE_SPANS  spans kept in memory for GET /traces/{id} (default 4096)
+  BAZAR_OTLP_ENDPOINT  OTLP/HTTP collector (http://host:4318): spans sent to /v1/traces";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_settings() {
+        let trace = |vars: &[(&str, &str)]| super::trace(&Vars(vars)).map_err(|e| e.var);
+        assert_eq!(trace(&[]), Ok(crate::trace::Settings::default()));
+        let read = trace(&[
+            ("BAZAR_TRACE_SAMPLE", "0.25"),
+            ("BAZAR_TRACE_SPANS", "100"),
+            ("BAZAR_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+        ])
+        .unwrap();
+        assert_eq!((read.sample, read.spans, read.otlp.as_deref()), (0.25, 100, Some("http://127.0.0.1:4318")));
+        assert_eq!(trace(&[("BAZAR_TRACE_SAMPLE", "0")]).unwrap().sample, 0.0);
+        for (var, value) in [
+            ("BAZAR_TRACE_SAMPLE", "1.5"),
+            ("BAZAR_TRACE_SAMPLE", "-0.1"),
+            ("BAZAR_TRACE_SAMPLE", "NaN"),
+            ("BAZAR_TRACE_SAMPLE", "half"),
+            ("BAZAR_TRACE_SPANS", "0"),
+            ("BAZAR_TRACE_SPANS", "many"),
+            ("BAZAR_OTLP_ENDPOINT", "https://collector:4318"),
+            ("BAZAR_OTLP_ENDPOINT", "collector:4318"),
+            ("BAZAR_OTLP_ENDPOINT", "http://"),
+        ] {
+            assert_eq!(trace(&[(var, value)]), Err(var), "{var}={value}");
+        }
+    }
 
     #[test]
     fn checks_each_variable() {

@@ -17,6 +17,8 @@
 //!   failing with a [`error::PeerError`] that says whether the request may have been sent.
 //! - [`linearizable`]: the linearizability checker of book histories and its explanations
 //!   (the tests, the lab's verdict and `bazar-bench check` use it).
+//! - [`trace`]: W3C Trace Context between services, the spans each service records, its
+//!   bounded ring of them and their export to an OTLP collector.
 //! - [`page`]: `limit`, `after` and the `Link` header of paged lists.
 //! - [`batch`]: batches that form themselves under load (a leader/follower group, as in a
 //!   group commit), no I/O: the front end's purchases, the order server's takes from the
@@ -58,6 +60,7 @@ pub mod page;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
+pub mod trace;
 pub mod wire;
 
 pub use error::{Error, Result};

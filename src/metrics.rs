@@ -1,8 +1,9 @@
 //! Request metrics in the Prometheus text format.
 //!
-//! The HTTP layer records every answer by route label and status with its latency; each
-//! service appends its own counters (cache, replication, orders) when it renders
-//! `/metrics`.
+//! The HTTP layer records every answer by route label and status with its latency; the
+//! span counters of [`crate::trace`] (recorded, exported, dropped) follow in every
+//! service's answer; each service appends its own counters (cache, replication, orders)
+//! when it renders `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -88,7 +89,8 @@ impl Metrics {
             .sum()
     }
 
-    /// The Prometheus text of the request metrics, followed by `extra` (already formatted).
+    /// The Prometheus text of the request metrics and the span counters, followed by
+    /// `extra` (already formatted).
     pub fn render(&self, extra: &str) -> String {
         let series = self.series();
         let mut out = String::new();
@@ -106,6 +108,7 @@ impl Metrics {
             let _ = writeln!(out, "bazar_request_seconds_sum{{{labels}}} {}", s.sum);
             let _ = writeln!(out, "bazar_request_seconds_count{{{labels}}} {}", s.count);
         }
+        out.push_str(&crate::trace::metrics_text());
         out.push_str(extra);
         out
     }

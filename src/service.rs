@@ -139,6 +139,8 @@ where
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(Metrics::new());
+    let tracing = &common(&cfg).trace;
+    crate::trace::install(name, &listen.to_string(), tracing);
     let service = match start(cfg, Arc::clone(&metrics), &shutdown) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
@@ -147,6 +149,8 @@ where
     let served =
         http::serve(listener, ServerConfig { threads, name, trust }, metrics, shutdown, move |r| handler.handle(r));
     service.stopped();
+    // The last spans to the collector, if one is set (bounded: it may be gone).
+    crate::trace::flush(crate::trace::otlp::FLUSH);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),

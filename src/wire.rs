@@ -699,6 +699,45 @@ impl std::fmt::Display for Identity {
     }
 }
 
+/// One span of a trace, as `GET /traces/{trace_id}` answers it (every service's own, and
+/// the front end's gathering of them all).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Span {
+    /// 32 lower-case hex digits, the W3C trace id.
+    pub trace_id: String,
+    /// 16 lower-case hex digits.
+    pub span_id: String,
+    /// The span this one is part of (in this service or the caller), `null` for a root.
+    pub parent_id: Option<String>,
+    /// The service that recorded it: `<binary>@<listen address>`, e.g.
+    /// `bazar-catalog@127.0.0.1:9000`.
+    pub service: String,
+    /// What it measures: `POST /purchase/{id}` for a request served, `catalog.append` for
+    /// a step inside one.
+    pub name: String,
+    /// When it started, in microseconds since the Unix epoch (the service's clock).
+    pub start: u64,
+    /// How long it took, in milliseconds (microsecond precision).
+    pub duration_ms: f64,
+    /// `ok` or `error`.
+    pub status: String,
+    /// A few facts about it (book id, order id, batch size, epoch, cache answer, status).
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// One trace in the front end's `GET /traces`: its first span in the front end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TraceSummary {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// The name of the trace's first span here (`POST /purchase/{id}`).
+    pub name: String,
+    /// Its start, in microseconds since the Unix epoch.
+    pub start: u64,
+    /// From its first span's start to its last span's end here, in milliseconds.
+    pub duration_ms: f64,
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -505,3 +505,45 @@ fn the_lab_console_breaks_the_store_from_the_dashboard() {
     }
     std::fs::write(b.shots.join("lab-measurements.txt"), measured.join("\n") + "\n").unwrap();
 }
+
+/// A purchase in the storefront links to the view of its trace; the dashboard opens it as a
+/// waterfall with the spans of every service it crossed, and lists it among the last
+/// purchases and writes.
+#[test]
+fn a_purchase_opens_as_a_waterfall_on_the_dashboard() {
+    let profile = TempDir::new("browser-trace");
+    let Some(b) = Browser::start(&profile.0) else { return };
+    let with_cache = bazar::cluster::find_program("memcached").is_some();
+    let s = Store::start(Opts { memcached: with_cache, ..Opts::default() }).expect("a store");
+    let fe = s.fe();
+    b.goto(&format!("{fe}/"));
+    b.wait_text("#topics", "topic chips", |t| t.contains("distributed systems"));
+    b.type_into("#topic", "distributed systems\u{E007}");
+    b.wait_text("#book-1 .stock", "book 1's stock", |t| stock(t).is_some());
+    b.click("#book-1 .buy");
+    b.wait_text("#receipt .order-id", "the order id", |t| !t.is_empty());
+    let link = b.wait_text("#receipt .trace-link", "the link to the order's trace", |t| !t.is_empty());
+    assert_eq!(link, "how this order went through the store");
+    let href = b.script("return document.querySelector('#receipt .trace-link').getAttribute('href');");
+    let trace = href.as_str().unwrap().strip_prefix("/dashboard#trace=").expect("a link to the dashboard").to_string();
+    assert_eq!(trace.len(), 32);
+    b.wait_text("#order-list", "the kept order links to its trace too", |t| t.contains("how this order went"));
+    b.shot("10-bought-with-trace-link");
+
+    b.must(Method::POST, "/window/rect", Some(json!({"width": 1280, "height": 1600})));
+    b.click("#receipt .trace-link");
+    let title = b.wait_text("#waterfall h3", "the waterfall", |t| t.contains("spans in"));
+    say(&format!("the dashboard's trace view: {title}"));
+    assert!(title.contains(&trace), "{title}");
+    let table = b.wait_text("#waterfall .wf-table", "every service's spans", |t| {
+        ["POST /purchase/{id}", "order.take", "order.log", "catalog.batch", "catalog.append", "catalog.apply"]
+            .iter()
+            .all(|step| t.contains(step))
+    });
+    assert!(table.contains("frontend") && table.contains("order") && table.contains("catalog"), "{table}");
+    let bars = b.script("return document.querySelectorAll('#waterfall rect.wf-bar').length;");
+    assert!(bars.as_u64().unwrap() >= 15, "{bars}");
+    b.wait_text("#trace-list", "the purchase among the last writes", |t| t.contains("POST /purchase/{id}"));
+    b.script("document.getElementById('traces').scrollIntoView();");
+    b.shot("11-trace-waterfall");
+}

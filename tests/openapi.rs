@@ -87,6 +87,8 @@ fn the_openapi_document_matches_the_store() {
     let receipt = json(&call("POST", &fe, "/purchase/1", None));
     let order_path = format!("/orders/{}", receipt["order_id"].as_str().unwrap());
     eventually(std::time::Duration::from_secs(5), "order shared", || get(&o, &order_path).status == 200);
+    let trace = json(&get(&fe, "/traces?limit=1"))[0]["trace_id"].as_str().unwrap().to_string();
+    let (trace_path, unknown_trace) = (format!("/traces/{trace}"), format!("/traces/{}", "ab".repeat(16)));
     let history = json(
         &client_with_token("t0ken-0123456789abcdef").call(Method::GET, &p, "/internal/books?limit=1", None).unwrap(),
     )["history"]
@@ -170,6 +172,14 @@ fn the_openapi_document_matches_the_store() {
             case("/topics", "GET", &fe, "/topics?after=", false, None, 400),
             case("/orders/{order_id}", "GET", &fe, &order_path, false, None, 200),
             case("/orders/{order_id}", "GET", &fe, "/orders/none-1", false, None, 404),
+            case("/traces", "GET", &fe, "/traces?limit=2", false, None, 200),
+            case("/traces", "GET", &fe, "/traces?after=x", false, None, 400),
+            case("/traces/{trace_id}", "GET", &fe, &trace_path, false, None, 200),
+            case("/traces/{trace_id}", "GET", &fe, &unknown_trace, false, None, 404),
+            case("/traces/{trace_id}", "GET", &fe, "/traces/ABC", false, None, 400),
+            case("/traces/{trace_id}", "GET", &p, &trace_path, true, None, 200),
+            case("/traces/{trace_id}", "GET", &o, &unknown_trace, true, None, 404),
+            case("/traces/{trace_id}", "GET", &p, &trace_path, false, None, 401),
             case("/books", "GET", &p, "/books?limit=1001", false, None, 400),
             case("/books", "GET", &p, "/books?after=x", false, None, 400),
             case("/books", "POST", &r, "/books", true, Some(new_book), 201),

@@ -100,6 +100,8 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
 pub(super) struct Pending {
     pub(super) asked: Asked,
     pub(super) reply: mpsc::SyncSender<Result<Book>>,
+    /// The trace of the request that made the write (its `catalog.write` span), if traced.
+    pub(super) trace: Option<crate::trace::Context>,
 }
 
 /// The log as `/health` and `/metrics` show it, published by the writer lock's guard each
@@ -492,6 +494,8 @@ impl CatalogNode {
     /// Relays `request` to the primary with `body` in place of its own.
     fn forward_with(&self, request: &Request, body: Option<Vec<u8>>) -> Result<Response> {
         let primary = &self.forward_target()?;
+        let mut span = crate::trace::span("catalog.forward");
+        span.attr("primary", primary.as_str());
         let method =
             Method::from_bytes(request.method.as_bytes()).map_err(|_| Error::BadRequest("bad method".into()))?;
         let target = match &request.query {
@@ -647,6 +651,7 @@ impl CatalogNode {
                 let text = self.metrics.render(&self.metrics_text());
                 http::respond(Ok(Response::metrics(text)), "/metrics")
             }
+            ["traces", id] if get => http::respond(admin(&|| crate::trace::own_answer(id)), "/traces/{trace_id}"),
             ["books"] if get => http::respond(self.list(request), "/books"),
             ["topics"] if get => http::respond(self.topics(request), "/topics"),
             ["books"] if method == "POST" => http::respond(admin(&|| self.add_book(request)), "/books"),

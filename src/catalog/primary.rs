@@ -202,13 +202,21 @@ impl CatalogNode {
             };
             return writes.iter().map(|_| Err(each())).collect();
         }
-        let answers: Vec<_> = writes
+        // Each write's span lives until it is answered; the writer thread records the batch
+        // in the trace of its first traced write and links every write to it.
+        let (answers, _spans): (Vec<_>, Vec<_>) = writes
             .into_iter()
             .map(|asked| {
                 let (reply, answer) = mpsc::sync_channel(1);
-                self.writes.send(Pending { asked, reply }).map(|()| answer).map_err(|_| stopping())
+                let mut span = crate::trace::span("catalog.write");
+                span.attr("book", asked.id);
+                if let Some((order_id, _)) = &asked.order {
+                    span.attr("order", order_id.as_str());
+                }
+                let trace = span.context();
+                (self.writes.send(Pending { asked, reply, trace }).map(|()| answer).map_err(|_| stopping()), span)
             })
-            .collect();
+            .unzip();
         answers.into_iter().map(|a| a.and_then(|a| a.recv().map_err(|_| stopping())?)).collect()
     }
 
@@ -255,13 +263,28 @@ impl CatalogNode {
             }
             return;
         }
+        // The batch's span, in the trace of its first traced write; every traced write of
+        // the batch gets a `catalog.batched` span in its own trace that links to it.
+        let links: Vec<Option<crate::trace::Context>> = batch.iter().map(|p| p.trace.clone()).collect();
+        let _in = crate::trace::adopt(links.iter().flatten().next().cloned());
+        let mut batch_span = crate::trace::span("catalog.batch");
+        let epoch = self.term();
+        batch_span.attr("writes", batch.len()).attr("epoch", epoch);
+        let since = crate::trace::mark();
         let (asked, replies): (Vec<Asked>, Vec<_>) = batch.into_iter().map(|p| (p.asked, p.reply)).unzip();
-        let Decided { writes, keys, answers } = decide(&self.state(), &store.journal, self.term(), asked);
+        let Decided { writes, keys, answers } = {
+            let _decide = crate::trace::span("catalog.decide");
+            decide(&self.state(), &store.journal, epoch, asked)
+        };
         let mut answers: Vec<_> =
             replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();
         if !writes.is_empty() {
             let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
-            if let Err(e) = store.append(&rows) {
+            let mut append = crate::trace::span("catalog.append");
+            append.attr("rows", rows.len());
+            let appended = store.append(&rows);
+            drop(append);
+            if let Err(e) = appended {
                 // Nothing of the batch was kept (the store cut what it wrote) and nothing is
                 // applied here: no write number or book id is taken. Every write of the
                 // batch is answered with the cause (503), refusals too (decided over writes
@@ -282,9 +305,20 @@ impl CatalogNode {
             // only makes reads miss meanwhile (no back end shows the batch yet, so no fill
             // of it or of older data can be stored over the fence); a batch never committed
             // leaves fences that a new primary's flush and reset clear.
+            batch_span.attr("last", last);
+            let fence = crate::trace::span("catalog.fence.near");
             self.near.publish(&keys, last);
+            drop(fence);
+            let here = crate::trace::current();
             let took = std::thread::scope(|s| {
-                let marked = self.cache.as_ref().map(|cache| s.spawn(|| cache.invalidate(&keys, last)));
+                let marked = self.cache.as_ref().map(|cache| {
+                    s.spawn(|| {
+                        let _in = crate::trace::adopt(here.clone());
+                        let mut fence = crate::trace::span("catalog.fence.memcached");
+                        fence.attr("keys", keys.len());
+                        cache.invalidate(&keys, last)
+                    })
+                });
                 let took = self.replicate(&store, &pushes, self.state().seq());
                 if let Some(marked) = marked {
                     let _ = marked.join();
@@ -304,7 +338,9 @@ impl CatalogNode {
                 // Committed: on every replica in sync (those that missed it are out of sync
                 // and their leases have run out). The fence is whole once every front end
                 // with a lease has applied it, or its lease has run out.
+                let confirm = crate::trace::span("catalog.near.confirmed");
                 self.near.confirmed(last);
+                drop(confirm);
             }
             // Readable here: the moment the batch takes effect. No read anywhere shows it
             // earlier (a replica's read of a book with a pending write asks here).
@@ -319,7 +355,9 @@ impl CatalogNode {
                 // the batch without asking before it is acknowledged. With etcd, one that
                 // does not take it is out of sync like one that missed a push: out of the
                 // record, its lease waited out.
+                let notice = crate::trace::span("catalog.commit_notice");
                 let took = self.replicate(&store, &[], last);
+                drop(notice);
                 safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
                 if let Err(e) = &safe {
                     self.give_up(&e.to_string());
@@ -336,6 +374,20 @@ impl CatalogNode {
             store.after_write(&self.state());
         }
         drop(store);
+        let batch_ctx = batch_span.context();
+        drop(batch_span);
+        if let Some(batch) = batch_ctx {
+            let link = format!("{}/{}", batch.trace_id, batch.span_id);
+            for (ctx, (_, answer)) in links.iter().zip(&answers) {
+                let Some(ctx) = ctx else { continue };
+                let attributes = vec![
+                    ("batch", crate::trace::Value::from(link.as_str())),
+                    ("batch.writes", links.len().into()),
+                    ("epoch", epoch.into()),
+                ];
+                crate::trace::record_past(ctx, "catalog.batched", since.0, since.1, answer.is_err(), attributes);
+            }
+        }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
@@ -461,7 +513,7 @@ impl CatalogNode {
             let pushes: Vec<_> = links
                 .iter()
                 .map(|link| {
-                    s.spawn(move || match self.push_to(store, link, pushes, committed) {
+                    s.spawn(crate::trace::carried(move || match self.traced_push(store, link, pushes, committed) {
                         Ok(ack) => {
                             link.grant().synced(ack.replica_id);
                             Ok(())
@@ -476,7 +528,7 @@ impl CatalogNode {
                             );
                             Err(link.grant().lost())
                         }
-                    })
+                    }))
                 })
                 .collect();
             pushes.into_iter().map(|p| p.join().unwrap_or(Err(None))).collect()
@@ -492,6 +544,23 @@ impl CatalogNode {
             }
         }
         took
+    }
+
+    /// [`Self::push_to`] in a `catalog.push` span (failed when the push did).
+    fn traced_push(
+        &self,
+        store: &Store,
+        link: &ReplicaLink,
+        pushes: &[Replicate],
+        committed: u64,
+    ) -> Result<ReplicaAck> {
+        let mut span = crate::trace::span("catalog.push");
+        span.attr("replica", link.url.as_str()).attr("writes", pushes.len());
+        let pushed = self.push_to(store, link, pushes, committed);
+        if pushed.is_err() {
+            span.fail();
+        }
+        pushed
     }
 
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,

@@ -212,6 +212,8 @@ impl CatalogNode {
     /// logged after one of a newer epoch (a deposed primary's write would take the number
     /// the new primary's needs): both are refused (409) and counted as stale.
     pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>, epoch: u64) -> Result<ReplicaAck> {
+        let mut span = crate::trace::span("catalog.apply");
+        span.attr("writes", pushes.len()).attr("epoch", epoch);
         let mut store = self.lock_writer();
         let take = match core::replica::take(self.position(&store), epoch, committed, pushes) {
             Ok(take) => take,

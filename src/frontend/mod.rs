@@ -9,12 +9,15 @@
 //!
 //! It also serves two pages from the binary ([`pages`]): the storefront at `/` and the
 //! operator's dashboard at `/dashboard`, whose data is `GET /cluster` ([`cluster`]).
+//! `GET /traces` and `GET /traces/{trace_id}` ([`traces`]) show the recent traces and
+//! gather one trace's spans from every back end.
 
 pub mod cluster;
 pub mod near;
 pub mod node;
 pub mod origin;
 pub mod pages;
+pub mod traces;
 pub mod watch;
 
 pub use node::{Frontend, FrontendConfig};

@@ -100,6 +100,8 @@ pub struct Frontend {
     /// purchase waiting in one request ([`Frontend::purchase_batch`]); one flight per order
     /// server.
     purchases: Group<u32, Response>,
+    /// Gathering a trace's spans from the back ends (`traces.rs`), with the token.
+    traces: Http,
 }
 
 /// How a catalog's answer is turned into the front end's JSON and its `Link`, if any.
@@ -127,6 +129,7 @@ impl Frontend {
             board: Board::new(),
             lab: Http::new(LAB_TIMEOUT, 4, config.common.token.clone()),
             purchases: Group::new(OrderBatch::MOST, config.orders.len()),
+            traces: Http::new(super::traces::GATHER_TIMEOUT, 4, config.common.token.clone()).peer(),
             config,
         }
     }
@@ -166,6 +169,12 @@ impl Frontend {
             ["books"] if get => self.books(request).at("/books"),
             ["topics"] if get => self.topics(request).at("/topics"),
             ["orders", id] if get => http::respond(self.order(id), "/orders/{order_id}"),
+            ["traces"] if get => http::respond(super::traces::recent(request), "/traces"),
+            ["traces", id] if get => {
+                let back_ends = [&self.config.catalogs[..], &self.config.orders[..]].concat();
+                http::respond(super::traces::gather(&self.traces, &back_ends, id), "/traces/{trace_id}")
+            }
+            ["traces"] | ["traces", _] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid"),
             ["health"]
             | ["ready"]
             | ["metrics"]
@@ -444,16 +453,29 @@ impl Frontend {
         let near = self.near.as_ref().filter(|_| key.is_some());
         let mut asked = false;
         if let (Some(near), Some(k)) = (near, &key) {
+            let mut span = crate::trace::span("near.lookup");
             let (leased, found) = near.lookup(k);
+            span.attr("found", found.is_some()).attr("leased", leased);
+            drop(span);
             if let Some(value) = found {
                 return cached_answer(value).with_header("X-Cache", "near");
             }
             asked = leased;
         }
+        let mut span = crate::trace::span("cache.lookup");
         let lookup = match (&self.cache, &key) {
             (Some(c), Some(k)) => c.lookup(k),
             _ => Lookup::Off,
         };
+        span.attr(
+            "answer",
+            match lookup {
+                Lookup::Hit(..) => "hit",
+                Lookup::Miss(_) => "miss",
+                Lookup::Off => "off",
+            },
+        );
+        drop(span);
         let slot = match lookup {
             Lookup::Hit(body, seq) => {
                 if let (Some(near), Some(k)) = (near, &key) {
@@ -481,12 +503,15 @@ impl Frontend {
                             Some(l) => [format!("L{l}\n").as_bytes(), &body].concat(),
                             None => body.clone(),
                         };
+                        let mut span = crate::trace::span("cache.fill");
+                        span.attr("seq", seq).attr("bytes", value.len());
                         if let Some(near) = near {
                             near.fill(k, seq, &value);
                         }
                         if let (Some(cache), Some(slot)) = (&self.cache, slot) {
                             cache.fill(slot, seq, &value);
                         }
+                        drop(span);
                     }
                     let r = Response::raw_json(200, body);
                     match link {
@@ -505,6 +530,7 @@ impl Frontend {
     /// GET from the catalog pool: the next replica in turn, then the others. A replica
     /// that answers 503 (catching up) counts as one that failed: the next may answer.
     fn read(&self, path: &str) -> Result<(Answer, String)> {
+        let _span = crate::trace::span("catalog.read");
         let get = |url: &str| match self.http.call(Method::GET, url, path, None)? {
             a if a.status == 503 => Err(a.error()),
             a => Ok(a),
@@ -537,6 +563,10 @@ impl Frontend {
         if let [id] = ids {
             return vec![answer(self.purchase_one(*id))];
         }
+        // In the trace of the purchase that carries the batch (the others' traces end at
+        // their front-end span).
+        let mut span = crate::trace::span("order.call");
+        span.attr("purchases", ids.len());
         let body = serde_json::to_vec(&OrderBatch { books: ids.to_vec() }).expect("wire types serialize");
         let post = |url: &str| self.http.call(Method::POST, url, "/internal/purchases", Some(body.clone()));
         let (batch, url) = match self.orders.try_each(Call::Write, post, PeerError::failure) {
@@ -577,6 +607,8 @@ impl Frontend {
 
     /// POST one purchase to the order pool; retried elsewhere only if surely not received.
     fn purchase_one(&self, id: u32) -> Result<Response> {
+        let mut span = crate::trace::span("order.call");
+        span.attr("book", id);
         let post = |url: &str| self.http.call(Method::POST, url, &format!("/purchase/{id}"), None);
         match self.orders.try_each(Call::Write, post, PeerError::failure) {
             Ok((answer, url)) => {

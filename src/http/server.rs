@@ -195,7 +195,13 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 lower_priority();
                 niced = true;
             }
-            let response = match self.permit(class) {
+            // The request's span: continues the caller's trace, or starts one for public
+            // work on the API (see `trace::starts_trace`); current on this thread until
+            // the answer is ready.
+            let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
+            let mut span =
+                crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
+            let mut response = match self.permit(class) {
                 Some(_permit) => {
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
                         Ok(r) => r,
@@ -207,6 +213,19 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 }
                 None => shed(class),
             };
+            if span.is_recording() {
+                span.rename(format!("{} {}", request.method, response.route));
+                span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
+                if response.status >= 500 {
+                    span.fail();
+                }
+                // W3C Trace Context Level 2: which trace the answer belongs to (the
+                // storefront links an order to the view of its trace with it).
+                if let Some(ctx) = span.context() {
+                    response.headers.push(("traceresponse", ctx.traceparent()));
+                }
+            }
+            drop(span);
             self.metrics.record(response.route, response.status, started.elapsed());
             let keep =
                 wants_keep_alive(&request) && !self.shutdown.is_set() && !(response.status == 503 && self.pressed());

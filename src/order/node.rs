@@ -485,7 +485,7 @@ impl OrderNode {
                 .zip(&self.responsive)
                 .filter(|(_, responsive)| responsive.load(Ordering::SeqCst))
                 .map(|(url, responsive)| {
-                    s.spawn(move || match self.peers.push(url, orders) {
+                    s.spawn(crate::trace::carried(move || match self.peers.push(url, orders) {
                         Ok(_) => true,
                         Err(e) => {
                             self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +498,7 @@ impl OrderNode {
                             }
                             false
                         }
-                    })
+                    }))
                 })
                 .collect();
             pushes.into_iter().filter_map(|p| p.join().ok()).filter(|&took| took).count()
@@ -580,6 +580,9 @@ impl OrderNode {
     pub fn purchase(&self, id: u32) -> Result<Order> {
         let order_id = self.next_order_id();
         let at = crate::ids::timestamp_now();
+        let mut span = crate::trace::span("order.purchase");
+        span.attr("book", id).attr("order", order_id.as_str());
+        let take = crate::trace::span("order.take");
         let purchase = BatchPurchase { id, order_id: order_id.clone(), at: at.clone() };
         let taken = self.takes.run(purchase, |batch| self.take_batch(batch)).unwrap_or_else(|| {
             Err(Error::Unavailable(format!(
@@ -587,6 +590,7 @@ impl OrderNode {
                  (GET /orders/{order_id} shows it once the journal is reconciled)"
             )))
         });
+        drop(take);
         let book = match taken {
             Ok(b) => b,
             Err(e) => {
@@ -599,8 +603,12 @@ impl OrderNode {
             std::process::abort();
         }
         let order = Order { order_id, id, title: book.title, price: book.price, at };
+        let log = crate::trace::span("order.log");
         let logged = self.log.add(std::slice::from_ref(&order));
+        drop(log);
+        let share = crate::trace::span("order.share");
         let shared = self.share(&order);
+        drop(share);
         self.settle(order, logged.as_ref().map(|_| ()), shared)
     }
 
@@ -675,6 +683,10 @@ impl OrderNode {
                 http::respond(parse_id(id).and_then(|id| Ok(Response::json(&self.purchase(id)?))), "/purchase/{id}")
             }
             ["ready"] if get => self.ready().at("/ready"),
+            ["traces", id] if get => http::respond(
+                check_token(request, admission).and_then(|_| crate::trace::own_answer(id)),
+                "/traces/{trace_id}",
+            ),
             ["orders"] if get => http::respond(self.orders(request), "/orders"),
             ["orders", id] if get => http::respond(
                 self.log.get(id).and_then(|o| {

@@ -86,6 +86,9 @@ fn spawn(spec: &Spec) -> Child {
         "BAZAR_LEASE_MS",
         "BAZAR_CHECKPOINT_ROWS",
         "BAZAR_NEAR_CACHE_MB",
+        "BAZAR_TRACE_SAMPLE",
+        "BAZAR_TRACE_SPANS",
+        "BAZAR_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);
     }
@@ -424,6 +427,8 @@ pub struct Opts {
     pub near_mb: Option<u64>,
     /// The catalogs' `BAZAR_CHECKPOINT_ROWS` (None: the default).
     pub checkpoint_rows: Option<usize>,
+    /// More settings for every service (`BAZAR_OTLP_ENDPOINT`, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// A whole store: catalogs[0] primary, catalogs[1] replica, two order servers, a front end.
@@ -465,6 +470,7 @@ impl Store {
         if let Some(rows) = opts.checkpoint_rows {
             common.push(("BAZAR_CHECKPOINT_ROWS".into(), rows.to_string()));
         }
+        common.extend(opts.env.iter().cloned());
         let spec = |name: &str, program: &str, i: usize, extra: Vec<(&str, String)>| {
             let mut env = common.clone();
             env.push(("BAZAR_LISTEN".into(), format!("127.0.0.1:{}", ports[i])));

@@ -463,6 +463,164 @@
     loop();
   }
 
+  // ---- Traces: the last purchases and writes, each opened as a waterfall (one row per
+  // span, indented under its parent, a bar from its start for its duration).
+  const TRACE_INTERVAL_MS = 3000;
+  const MAX_TRACES = 10;
+  const WRITE = /^(POST|PATCH) /;
+  let openTrace = null;
+
+  async function fetchJSON(path) {
+    try {
+      const r = await fetch(path, { cache: "no-store" });
+      return { status: r.status, json: r.ok ? await r.json() : null };
+    } catch (_) {
+      return { status: 0, json: null };
+    }
+  }
+
+  const msText = (ms) => (ms >= 10 ? ms.toFixed(0) : ms >= 1 ? ms.toFixed(1) : ms.toFixed(2)) + " ms";
+  const kindOf = (s) => String(s.service).replace(/^bazar-/, "").replace(/@.*$/, "");
+  const where = (s) => kindOf(s) + " " + port("http://" + String(s.service).replace(/^[^@]*@/, ""));
+
+  async function traceTick() {
+    const a = await fetchJSON("/traces?limit=200");
+    if (a.status !== 200 || !Array.isArray(a.json)) return;
+    const writes = a.json.filter((t) => WRITE.test(String(t.name))).slice(0, MAX_TRACES);
+    const list = $("trace-list");
+    list.replaceChildren();
+    if (writes.length === 0) list.append(el("li", "muted", "No purchase or write traced yet."));
+    for (const t of writes) {
+      const b = el(
+        "button",
+        "trace-item" + (t.trace_id === openTrace ? " open" : ""),
+        el("span", "trace-name", String(t.name)),
+        " ",
+        el("span", "muted", clock(Number(t.start) / 1000) + " \u00b7 " + msText(Number(t.duration_ms)))
+      );
+      b.type = "button";
+      b.dataset.trace = String(t.trace_id);
+      b.addEventListener("click", () => showTrace(String(t.trace_id)));
+      list.append(el("li", null, b));
+    }
+  }
+
+  async function showTrace(id) {
+    if (!/^[0-9a-f]{32}$/.test(id)) return;
+    openTrace = id;
+    history.replaceState(null, "", "#trace=" + id);
+    for (const b of document.querySelectorAll(".trace-item")) b.classList.toggle("open", b.dataset.trace === id);
+    const box = $("waterfall");
+    box.replaceChildren(el("p", "muted", "Gathering trace " + id + " from every service\u2026"));
+    const a = await fetchJSON("/traces/" + id);
+    if (a.status !== 200 || !Array.isArray(a.json)) {
+      box.replaceChildren(
+        el(
+          "p",
+          "muted",
+          a.status === 404
+            ? "No service holds trace " + id + " any more (its spans were pushed out of the rings, or it was not sampled)."
+            : "Could not gather trace " + id + " (HTTP " + a.status + ")."
+        )
+      );
+      return;
+    }
+    renderWaterfall(id, a.json);
+  }
+
+  function renderWaterfall(id, spans) {
+    const byId = new Map(spans.map((s) => [s.span_id, s]));
+    const children = new Map();
+    const roots = [];
+    for (const s of spans) {
+      if (s.parent_id && byId.has(s.parent_id)) {
+        if (!children.has(s.parent_id)) children.set(s.parent_id, []);
+        children.get(s.parent_id).push(s);
+      } else {
+        roots.push(s);
+      }
+    }
+    const rows = [];
+    const walk = (s, depth) => {
+      rows.push([s, depth]);
+      for (const c of (children.get(s.span_id) || []).sort((a, b) => a.start - b.start)) walk(c, depth + 1);
+    };
+    roots.sort((a, b) => a.start - b.start).forEach((r) => walk(r, 0));
+    const t0 = Math.min(...spans.map((s) => Number(s.start)));
+    const t1 = Math.max(...spans.map((s) => Number(s.start) + 1000 * Number(s.duration_ms)));
+    const total = Math.max(t1 - t0, 1); // microseconds
+    const ROW = 22, LABEL = 360, WIDTH = 1100, RIGHT = 70;
+    const scale = (WIDTH - LABEL - RIGHT) / total;
+    const drawing = svg("svg", {
+      viewBox: "0 0 " + WIDTH + " " + (rows.length * ROW + 26),
+      class: "waterfall-svg",
+      role: "img",
+      "aria-label": "Waterfall of trace " + id,
+    });
+    for (let i = 0; i <= 4; i++) {
+      const x = LABEL + (i * (WIDTH - LABEL - RIGHT)) / 4;
+      drawing.append(svg("line", { x1: x, x2: x, y1: 14, y2: rows.length * ROW + 22, class: "wf-grid" }));
+      drawing.append(svg("text", { x: x, y: 11, class: "wf-tick" }, msText((i * total) / 4000)));
+    }
+    rows.forEach(([s, depth], i) => {
+      const y = 18 + i * ROW;
+      drawing.append(svg("text", { x: 4 + depth * 12, y: y + 14, class: "wf-label" }, where(s) + "  " + String(s.name)));
+      const x = LABEL + (Number(s.start) - t0) * scale;
+      const w = Math.max(1000 * Number(s.duration_ms) * scale, 1.5);
+      const bar = svg("rect", { x: x, y: y + 4, width: w, height: ROW - 8, rx: 2, class: "wf-bar " + kindOf(s) + (s.status === "error" ? " error" : "") });
+      const facts = Object.entries(s.attributes || {}).map(([k, v]) => k + "=" + String(v)).join(", ");
+      bar.append(svg("title", {}, String(s.name) + " on " + String(s.service) + ": " + msText(Number(s.duration_ms)) + (facts ? " (" + facts + ")" : "")));
+      drawing.append(bar);
+      drawing.append(svg("text", { x: Math.min(x + w + 4, WIDTH - RIGHT + 4), y: y + 14, class: "wf-ms" }, msText(Number(s.duration_ms))));
+    });
+    const table = el("table", "wf-table");
+    const head = el("tr", null);
+    for (const h of ["Service", "Span", "Starts at", "Takes", "Status", "Attributes"]) {
+      const th = el("th", null, h);
+      th.scope = "col";
+      head.append(th);
+    }
+    table.append(el("thead", null, head));
+    const body = el("tbody", null);
+    for (const [s, depth] of rows) {
+      const facts = Object.entries(s.attributes || {}).map(([k, v]) => k + "=" + String(v)).join(", ");
+      const name = el("td", null, "\u00a0".repeat(2 * depth) + String(s.name));
+      body.append(
+        el(
+          "tr",
+          s.status === "error" ? "bad" : null,
+          el("td", null, where(s)),
+          name,
+          el("td", null, "+" + msText((Number(s.start) - t0) / 1000)),
+          el("td", null, msText(Number(s.duration_ms))),
+          el("td", null, String(s.status)),
+          el("td", "muted", facts)
+        )
+      );
+    }
+    table.append(body);
+    const services = new Set(spans.map((s) => s.service)).size;
+    $("waterfall").replaceChildren(
+      el("h3", null, "Trace " + id + ": " + spans.length + " spans in " + services + " services, " + msText(total / 1000)),
+      drawing,
+      table
+    );
+  }
+
+  function traceStart() {
+    const wanted = /^#trace=([0-9a-f]{32})$/.exec(location.hash);
+    if (wanted) {
+      showTrace(wanted[1]);
+      $("traces").scrollIntoView();
+    }
+    const loop = async () => {
+      if (!$("pause").checked) await traceTick();
+      setTimeout(loop, TRACE_INTERVAL_MS);
+    };
+    loop();
+  }
+
   tick();
   labStart();
+  traceStart();
 })();

@@ -353,6 +353,7 @@
     }
     if (response.ok) {
       const receipt = await response.json();
+      receipt.trace = traceOf(response);
       parts.note.textContent = "Bought. Order " + receipt.order_id + ".";
       showReceipt(receipt);
       remember(receipt);
@@ -374,12 +375,26 @@
     await refresh(parts);
   }
 
+  // The trace a purchase was recorded in (its answer's `traceresponse`), if it was.
+  function traceOf(response) {
+    const parts = String(response.headers.get("traceresponse") || "").split("-");
+    return parts.length === 4 && /^[0-9a-f]{32}$/.test(parts[1]) ? parts[1] : null;
+  }
+
+  // "How this order went through the store": the dashboard's view of its trace.
+  function traceLink(trace) {
+    if (typeof trace !== "string" || !/^[0-9a-f]{32}$/.test(trace)) return "";
+    const a = el("a", "trace-link", "how this order went through the store");
+    a.href = "/dashboard#trace=" + trace;
+    return a;
+  }
+
   function showReceipt(r) {
     const box = $("receipt");
     const id = el("strong", "order-id", String(r.order_id));
     box.replaceChildren(
       el("p", "thanks", "Thank you! Your order is placed."),
-      el("p", null, "Order id: ", id),
+      el("p", null, "Order id: ", id, " ", traceLink(r.trace)),
       el("p", null, el("span", "muted", "Book: "), String(r.title), el("span", "muted", " \u00b7 "), money(r.price))
     );
     box.classList.add("shown");
@@ -397,7 +412,13 @@
 
   function remember(r) {
     const orders = stored().filter((o) => o.order_id !== r.order_id);
-    orders.unshift({ order_id: String(r.order_id), id: Number(r.id), title: String(r.title), price: Number(r.price) });
+    orders.unshift({
+      order_id: String(r.order_id),
+      id: Number(r.id),
+      title: String(r.title),
+      price: Number(r.price),
+      trace: r.trace || null,
+    });
     try {
       localStorage.setItem(ORDERS_KEY, JSON.stringify(orders.slice(0, MAX_ORDERS)));
     } catch (_) {
@@ -421,7 +442,9 @@
         " ",
         link(bookHref(o.id), el("span", null, String(o.title))),
         el("span", "muted", " \u00b7 " + money(o.price)),
-        state
+        state,
+        " ",
+        traceLink(o.trace)
       );
       item.dataset.order = String(o.order_id);
       list.append(item);
