@@ -99,7 +99,7 @@ pub struct Frontend {
     /// Purchases waiting for an order server: whoever finds a flight free sends every
     /// purchase waiting in one request ([`Frontend::purchase_batch`]); one flight per order
     /// server.
-    purchases: Group<u32, Response>,
+    purchases: Group<(u32, Option<crate::trace::Context>), Response>,
     /// Gathering a trace's spans from the back ends (`traces.rs`), with the token.
     traces: Http,
 }
@@ -548,11 +548,42 @@ impl Frontend {
     /// one `POST /internal/purchases` to one order server, each answered on its own, as
     /// [`Frontend::purchase_one`] would answer it.
     fn purchase(&self, id: u32) -> Result<Response> {
-        Ok(self.purchases.run(id, |ids| self.purchase_batch(&ids)).unwrap_or_else(|| {
+        let item = (id, crate::trace::current());
+        Ok(self.purchases.run(item, |items| self.purchase_traced(&items)).unwrap_or_else(|| {
             Response::error(&Error::Unavailable(
                 "the batch that carried this purchase failed (it may or may not have happened)".into(),
             ))
         }))
+    }
+
+    /// [`Frontend::purchase_batch`] in the trace of the batch's first traced purchase
+    /// (whichever thread leads it: a leader may run a batch that holds none of its own);
+    /// every other traced purchase of the batch gets an `order.batched` span in its own
+    /// trace that links to that `order.call` (as the primary links each write to its
+    /// batch), so every purchase's trace says where its time went.
+    fn purchase_traced(&self, items: &[(u32, Option<crate::trace::Context>)]) -> Vec<Response> {
+        let ids: Vec<u32> = items.iter().map(|(id, _)| *id).collect();
+        let carrier = items.iter().find_map(|(_, ctx)| ctx.clone());
+        let _in = crate::trace::adopt(carrier);
+        if ids.len() == 1 {
+            return self.purchase_batch(&ids);
+        }
+        let since = crate::trace::mark();
+        let mut span = crate::trace::span("order.call");
+        span.attr("purchases", ids.len());
+        let call = span.context();
+        let answers = self.purchase_batch(&ids);
+        drop(span);
+        if let Some(call) = call {
+            let link = format!("{}/{}", call.trace_id, call.span_id);
+            for ((_, ctx), answer) in items.iter().zip(&answers) {
+                let Some(ctx) = ctx.as_ref().filter(|c| c.trace_id != call.trace_id) else { continue };
+                let attributes =
+                    vec![("batch", crate::trace::Value::from(link.as_str())), ("batch.purchases", ids.len().into())];
+                crate::trace::record_past(ctx, "order.batched", since.0, since.1, answer.status >= 500, attributes);
+            }
+        }
+        answers
     }
 
     /// Sends a batch of purchases to the order pool (one alone as `POST /purchase/{id}`,
@@ -563,10 +594,6 @@ impl Frontend {
         if let [id] = ids {
             return vec![answer(self.purchase_one(*id))];
         }
-        // In the trace of the purchase that carries the batch (the others' traces end at
-        // their front-end span).
-        let mut span = crate::trace::span("order.call");
-        span.attr("purchases", ids.len());
         let body = serde_json::to_vec(&OrderBatch { books: ids.to_vec() }).expect("wire types serialize");
         let post = |url: &str| self.http.call(Method::POST, url, "/internal/purchases", Some(body.clone()));
         let (batch, url) = match self.orders.try_each(Call::Write, post, PeerError::failure) {

@@ -288,6 +288,22 @@ mod tests {
         assert_eq!(root["attributes"][1], serde_json::json!({"key": "order", "value": {"stringValue": "a-1"}}));
         assert_eq!(root["attributes"][2], serde_json::json!({"key": "found", "value": {"boolValue": true}}));
         assert_eq!((root["status"]["code"].as_u64(), child["status"]["code"].as_u64()), (Some(0), Some(2)));
+
+        // And as the OpenTelemetry project's own types read it.
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+        let decoded: ExportTraceServiceRequest = serde_json::from_slice(&body).expect("OTLP/JSON");
+        let spans = &decoded.resource_spans[0].scope_spans[0].spans;
+        let (root, child) = (&spans[0], &spans[1]);
+        assert_eq!((root.trace_id.as_slice(), root.span_id.as_slice()), (&[0xab; 16][..], &[1; 8][..]));
+        assert_eq!((root.parent_span_id.as_slice(), child.parent_span_id.as_slice()), (&[][..], &[2; 8][..]));
+        assert_eq!((root.kind(), child.kind()), (SpanKind::Server, SpanKind::Internal));
+        assert_eq!(root.end_time_unix_nano - root.start_time_unix_nano, 2_500);
+        let values: Vec<Option<Any>> = root.attributes.iter().map(|a| a.value.clone().and_then(|v| v.value)).collect();
+        assert_eq!(values, [Some(Any::IntValue(7)), Some(Any::StringValue("a-1".into())), Some(Any::BoolValue(true))]);
+        let codes = (root.status.as_ref().map(|s| s.code()), child.status.as_ref().map(|s| s.code()));
+        assert_eq!(codes, (Some(StatusCode::Unset), Some(StatusCode::Error)));
     }
 
     #[test]
