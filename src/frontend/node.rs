@@ -556,34 +556,13 @@ impl Frontend {
         }))
     }
 
-    /// [`Frontend::purchase_batch`] in the trace of the batch's first traced purchase
-    /// (whichever thread leads it: a leader may run a batch that holds none of its own);
-    /// every other traced purchase of the batch gets an `order.batched` span in its own
-    /// trace that links to that `order.call` (as the primary links each write to its
-    /// batch), so every purchase's trace says where its time went.
+    /// [`Frontend::purchase_batch`] in the trace of the batch's first traced purchase, the
+    /// others linked to it (`trace::batch`: a purchase's trace says where its time went
+    /// whichever thread carried it).
     fn purchase_traced(&self, items: &[(u32, Option<crate::trace::Context>)]) -> Vec<Response> {
         let ids: Vec<u32> = items.iter().map(|(id, _)| *id).collect();
-        let carrier = items.iter().find_map(|(_, ctx)| ctx.clone());
-        let _in = crate::trace::adopt(carrier);
-        if ids.len() == 1 {
-            return self.purchase_batch(&ids);
-        }
-        let since = crate::trace::mark();
-        let mut span = crate::trace::span("order.call");
-        span.attr("purchases", ids.len());
-        let call = span.context();
-        let answers = self.purchase_batch(&ids);
-        drop(span);
-        if let Some(call) = call {
-            let link = format!("{}/{}", call.trace_id, call.span_id);
-            for ((_, ctx), answer) in items.iter().zip(&answers) {
-                let Some(ctx) = ctx.as_ref().filter(|c| c.trace_id != call.trace_id) else { continue };
-                let attributes =
-                    vec![("batch", crate::trace::Value::from(link.as_str())), ("batch.purchases", ids.len().into())];
-                crate::trace::record_past(ctx, "order.batched", since.0, since.1, answer.status >= 500, attributes);
-            }
-        }
-        answers
+        let contexts: Vec<_> = items.iter().map(|(_, ctx)| ctx.clone()).collect();
+        crate::trace::batch(&contexts, "order.call", "order.batched", || self.purchase_batch(&ids), |a| a.status >= 500)
     }
 
     /// Sends a batch of purchases to the order pool (one alone as `POST /purchase/{id}`,

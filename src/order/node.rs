@@ -210,10 +210,10 @@ pub struct OrderNode {
     primary: AtomicUsize,
     /// Purchases waiting to take their copies: whoever finds a flight free sends every
     /// purchase waiting in one request ([`OrderNode::take_batch`]).
-    takes: Group<BatchPurchase, Result<Book>>,
+    takes: Group<(BatchPurchase, Option<crate::trace::Context>), Result<Book>>,
     /// Orders waiting to be pushed to the peers: whoever finds the push free sends every
     /// order waiting in one push ([`OrderNode::push_to_peers`]).
-    shares: Group<Order, usize>,
+    shares: Group<(Order, Option<crate::trace::Context>), usize>,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
@@ -471,7 +471,12 @@ impl OrderNode {
     /// most [`PUSH_MOST`]); one that finds no push in flight pushes at once, alone. Each
     /// order's answer is its batch's: the peer logs a push whole (one fsync) or not at all.
     fn share(&self, order: &Order) -> usize {
-        let took = self.shares.run(order.clone(), |orders| vec![self.push_to_peers(&orders); orders.len()]);
+        let item = (order.clone(), crate::trace::current());
+        let took = self.shares.run(item, |items| {
+            let (orders, contexts): (Vec<Order>, Vec<_>) = items.into_iter().unzip();
+            let pushed = || vec![self.push_to_peers(&orders); orders.len()];
+            crate::trace::batch(&contexts, "order.push", "order.pushed", pushed, |&took| took == 0)
+        });
         took.unwrap_or(0)
     }
 
@@ -584,7 +589,18 @@ impl OrderNode {
         span.attr("book", id).attr("order", order_id.as_str());
         let take = crate::trace::span("order.take");
         let purchase = BatchPurchase { id, order_id: order_id.clone(), at: at.clone() };
-        let taken = self.takes.run(purchase, |batch| self.take_batch(batch)).unwrap_or_else(|| {
+        let item = (purchase, crate::trace::current());
+        let take_batch = |items: Vec<(BatchPurchase, Option<crate::trace::Context>)>| {
+            let (batch, contexts): (Vec<BatchPurchase>, Vec<_>) = items.into_iter().unzip();
+            crate::trace::batch(
+                &contexts,
+                "order.take.batch",
+                "order.take.batched",
+                || self.take_batch(batch),
+                Result::is_err,
+            )
+        };
+        let taken = self.takes.run(item, take_batch).unwrap_or_else(|| {
             Err(Error::Unavailable(format!(
                 "the batch that carried order {order_id} failed; whether the catalog took its copy is unknown \
                  (GET /orders/{order_id} shows it once the journal is reconciled)"

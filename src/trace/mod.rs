@@ -392,6 +392,41 @@ pub fn record_past(
     }
 }
 
+/// Runs a batch of items gathered from several requests (a `batch::Group`'s batch), whose
+/// traces are `contexts`, one per item: in the trace of the first traced item, whichever
+/// thread leads it (a leader may run a batch that holds none of its own), as a span `name`
+/// when it holds more than one item; every other traced item gets a span `linked` in its
+/// own trace, from the batch's start to its end, whose `batch` attribute names that span
+/// (`<trace id>/<span id>`), as the catalog links each write to its batch. `failed` says
+/// which answers are failures. One answer per item, as `run` gives them.
+pub fn batch<R>(
+    contexts: &[Option<Context>],
+    name: &'static str,
+    linked: &'static str,
+    run: impl FnOnce() -> Vec<R>,
+    failed: impl Fn(&R) -> bool,
+) -> Vec<R> {
+    let _in = adopt(contexts.iter().flatten().next().cloned());
+    if contexts.len() == 1 {
+        return run();
+    }
+    let since = mark();
+    let mut span = span(name);
+    span.attr("batch.items", contexts.len());
+    let carrier = span.context();
+    let answers = run();
+    drop(span);
+    if let Some(carrier) = carrier {
+        let link = format!("{}/{}", carrier.trace_id, carrier.span_id);
+        for (ctx, answer) in contexts.iter().zip(&answers) {
+            let Some(ctx) = ctx.as_ref().filter(|c| c.trace_id != carrier.trace_id) else { continue };
+            let attributes = vec![("batch", Value::from(link.as_str())), ("batch.items", contexts.len().into())];
+            record_past(ctx, linked, since.0, since.1, failed(answer), attributes);
+        }
+    }
+    answers
+}
+
 /// The wall clock and the monotonic clock now, for [`record_past`].
 pub fn mark() -> (u64, Instant) {
     (now_ns(), Instant::now())
@@ -547,6 +582,29 @@ mod tests {
             }
         }
         assert_eq!(current(), None);
+
+        // A batch led by a thread that holds none of its items (`batch`): it runs in the
+        // first item's trace, the other item links to it, the leader's trace gets nothing.
+        let request = |id: &str| serve(Some(&format!("00-{id}-00f067aa0ba902b7-01")), None, false, "request");
+        let (a, b) = ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        let (a_ctx, b_ctx) = (request(a).context(), request(b).context());
+        let _leader = request("cccccccccccccccccccccccccccccccc");
+        let ran_in =
+            batch(&[a_ctx.clone(), b_ctx.clone()], "x.batch", "x.batched", || vec![current(), None], |_| false);
+        let in_a = tracer().unwrap().ring.trace(TraceId::parse(a).unwrap());
+        let the_batch = in_a.iter().find(|r| r.name == "x.batch").expect("the batch is in the first item's trace");
+        assert_eq!(ran_in[0].as_ref().map(|c| c.span_id), Some(the_batch.span_id), "run inside the batch's span");
+        assert_eq!(the_batch.parent_id, a_ctx.as_ref().map(|c| c.span_id));
+        let in_b = tracer().unwrap().ring.trace(TraceId::parse(b).unwrap());
+        let linked = in_b.iter().find(|r| r.name == "x.batched").expect("the other item links to it");
+        assert_eq!(linked.parent_id, b_ctx.as_ref().map(|c| c.span_id));
+        let link = format!("{a}/{}", the_batch.span_id);
+        assert!(linked.attributes.iter().any(|(k, v)| *k == "batch" && *v == Value::from(link.as_str())), "{linked:?}");
+        let in_c = tracer().unwrap().ring.trace(TraceId::parse("cccccccccccccccccccccccccccccccc").unwrap());
+        assert!(in_c.iter().all(|r| r.name == "request"), "the leader's trace holds nothing of the batch");
+        // One item alone runs in its own trace, with no batch span.
+        let alone = batch(std::slice::from_ref(&b_ctx), "x.batch", "x.batched", || vec![current()], |_| false);
+        assert_eq!(alone[0], b_ctx);
     }
 
     #[test]
