@@ -190,6 +190,21 @@ fn role(base: &str) -> Option<String> {
     (a.status == 200).then(|| json(&a)["role"].as_str().map(str::to_string)).flatten()
 }
 
+/// The catalog of `bases` (a comma-separated list) that says it is the primary of the
+/// newest epoch: a primary cut off from etcd may go on naming itself primary of its old
+/// epoch after another was elected, and a client that follows epochs writes to the new one.
+fn newest_primary(bases: &str) -> Option<String> {
+    let health = |u: &str| {
+        let a = Http::new(Duration::from_secs(1), 1, Some(TOKEN.into())).call(Method::GET, u, "/health", None).ok()?;
+        (a.status == 200).then(|| json(&a))
+    };
+    bases
+        .split(',')
+        .filter_map(|u| health(u).filter(|h| h["role"] == "primary").map(|h| (h["epoch"].as_u64().unwrap_or(0), u)))
+        .max_by_key(|(epoch, _)| *epoch)
+        .map(|(_, u)| u.to_string())
+}
+
 fn cents(v: &serde_json::Value) -> Option<i64> {
     v["price"].as_f64().map(|p| (p * 100.0).round() as i64)
 }
@@ -308,13 +323,12 @@ fn clients(
             s.spawn(move || {
                 let mut q = 100 * (i as i64 + 1);
                 // `via` "leader": `base` lists the catalogs, and the writer writes to the one
-                // that says it is the primary, looking again after a failed write (so few
-                // writes have an unknown outcome, each of which widens the checker's search).
+                // that says it is the primary of the newest epoch, looking again after a
+                // failed write (so few writes have an unknown outcome, each of which widens
+                // the checker's search).
                 let mut target = (via != LEADER).then(|| base.clone());
                 while !stop.load(Ordering::SeqCst) {
-                    let Some(to) = target.clone().or_else(|| {
-                        base.split(',').find(|u| role(u).as_deref() == Some("primary")).map(str::to_string)
-                    }) else {
+                    let Some(to) = target.clone().or_else(|| newest_primary(base)) else {
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     };
