@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn a_preferred_back_end_goes_first_unless_down() {
         let p = pool(3);
-        for _ in 0..4 {
+        // The back ends tried, in order, when every attempt fails and 2 is preferred.
+        let tried_preferring_2 = || {
             let mut tried = Vec::new();
             let _ = p.try_first(
                 Some(2),
@@ -270,21 +271,16 @@ mod tests {
                 },
                 |_| Failure::NotSent,
             );
+            tried
+        };
+        for _ in 0..4 {
+            let tried = tried_preferring_2();
             assert_eq!(tried.len(), 3);
             assert_eq!(tried[0], "http://r2:1", "{tried:?}");
             (0..3).for_each(|i| p.mark_up(i)); // each failed attempt marked its back end down
         }
         p.mark_down(2);
-        let mut tried = Vec::new();
-        let _ = p.try_first(
-            Some(2),
-            Call::Read,
-            |url| {
-                tried.push(url.to_string());
-                Err::<(), _>(())
-            },
-            |_| Failure::NotSent,
-        );
+        let tried = tried_preferring_2();
         assert_eq!(tried.last().map(String::as_str), Some("http://r2:1"), "a preferred one that is down goes last");
     }
 

@@ -253,6 +253,21 @@ mod tests {
     use super::*;
     use std::borrow::Cow;
 
+    /// A span with nothing in it but its id (`n` in every byte).
+    fn plain_span(n: u8) -> Arc<Record> {
+        Arc::new(Record {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([n; 8]),
+            parent_id: None,
+            name: Cow::Borrowed("s"),
+            kind: Kind::Internal,
+            start_ns: 0,
+            duration_ns: 0,
+            error: false,
+            attributes: Vec::new(),
+        })
+    }
+
     #[test]
     fn encodes_otlp_json() {
         let span = |parent: Option<SpanId>, error| {
@@ -339,17 +354,7 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let send = start(&endpoint, "bazar-test", "x".into(), Arc::clone(&counters));
         for i in 0..10u8 {
-            send(Arc::new(Record {
-                trace_id: TraceId([1; 16]),
-                span_id: SpanId([i + 1; 8]),
-                parent_id: None,
-                name: Cow::Borrowed("s"),
-                kind: Kind::Internal,
-                start_ns: 0,
-                duration_ns: 0,
-                error: false,
-                attributes: Vec::new(),
-            }));
+            send(plain_span(i + 1));
         }
         flush(&counters, Duration::from_secs(20));
         assert_eq!(counters.exported.load(Ordering::Relaxed), 10);
@@ -361,17 +366,7 @@ mod tests {
         // Port 1 on loopback refuses; the queue takes spans at once whatever the thread does.
         let counters = Arc::new(Counters::default());
         let send = start("http://127.0.0.1:1", "bazar-test", "x".into(), Arc::clone(&counters));
-        let span = Arc::new(Record {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([1; 8]),
-            parent_id: None,
-            name: Cow::Borrowed("s"),
-            kind: Kind::Internal,
-            start_ns: 0,
-            duration_ns: 0,
-            error: false,
-            attributes: Vec::new(),
-        });
+        let span = plain_span(1);
         for _ in 0..QUEUE * 2 {
             send(Arc::clone(&span));
         }
