@@ -191,7 +191,7 @@ pub struct PurchaseBatchAnswer {
     pub taken: Vec<Taken>,
 }
 
-/// Body of the order server's `POST /internal/purchases` (internal: a front end's batch):
+/// Body of the order server's `POST /internal/purchase-batch` (internal: a front end's batch):
 /// one copy of each book listed, each its own purchase with its own order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,7 +242,7 @@ impl Placed {
     }
 }
 
-/// The order server's answer to `POST /internal/purchases`: one [`Placed`] per book, in order.
+/// The order server's answer to `POST /internal/purchase-batch`: one [`Placed`] per book, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderBatchAnswer {
     /// One per purchase, in order.

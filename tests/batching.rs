@@ -186,7 +186,7 @@ fn an_order_servers_batch_is_answered_purchase_by_purchase() {
     s.set_stock(1, 2);
     s.set_stock(5, 0);
     let batch =
-        |books: &str| call("POST", &s.order(0), "/internal/purchases", Some(&format!("{{\"books\": {books}}}")));
+        |books: &str| call("POST", &s.order(0), "/internal/purchase-batch", Some(&format!("{{\"books\": {books}}}")));
     let a = batch("[1, 5, 99, 1, 1]");
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let placed = json(&a)["placed"].as_array().unwrap().clone();
@@ -269,12 +269,22 @@ fn the_batch_routes_need_the_token() {
     let at = bazar::ids::timestamp_now();
     let take = format!("{{\"purchases\": [{{\"id\": 1, \"order_id\": \"0123456789ab-1\", \"at\": \"{at}\"}}]}}");
     let before = json(&get(&s.primary(), "/books/1"))["quantity"].clone();
-    for (base, body) in [(s.primary(), &take), (s.replica(), &take), (s.order(0), &"{\"books\": [1]}".to_string())] {
-        let a = call("POST", &base, "/internal/purchases", Some(body));
+    let books = "{\"books\": [1]}".to_string();
+    for (base, path, body) in [
+        (s.primary(), "/internal/purchases", &take),
+        (s.replica(), "/internal/purchases", &take),
+        (s.order(0), "/internal/purchase-batch", &books),
+    ] {
+        let a = call("POST", &base, path, Some(body));
         assert_eq!(a.status, 401, "{base}: {}", String::from_utf8_lossy(&a.body));
     }
     assert_eq!(json(&get(&s.primary(), "/books/1"))["quantity"], before, "nothing was taken");
     let with = client_with_token(token);
-    let a = with.call(ureq::http::Method::POST, &s.order(0), "/internal/purchases", Some(b"{\"books\": [1]}".to_vec()));
+    let a = with.call(
+        ureq::http::Method::POST,
+        &s.order(0),
+        "/internal/purchase-batch",
+        Some(b"{\"books\": [1]}".to_vec()),
+    );
     assert_eq!(a.unwrap().status, 200);
 }

@@ -96,6 +96,11 @@ fn the_openapi_document_matches_the_store() {
         .unwrap()
         .to_string();
     let log = format!("/internal/log?after=0&history={history}");
+    // An order server's batch of takes: one purchase, for an order of the form servers issue.
+    let take_batch = format!(
+        r#"{{"purchases": [{{"id": 2, "order_id": "0123456789ab-1", "at": "{}"}}]}}"#,
+        bazar::ids::timestamp_now()
+    );
     let new_book = r#"{"title": "New", "topic": "cooking", "price": 9.99, "quantity": 3}"#;
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
@@ -228,6 +233,38 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/purchases", "GET", &r, "/internal/purchases?after=0", true, None, 200),
             case("/internal/purchases", "GET", &p, "/internal/purchases?after=x", true, None, 400),
             case("/internal/purchases", "GET", &p, "/internal/purchases", false, None, 401),
+            case("/internal/purchases", "POST", &p, "/internal/purchases", true, Some(&take_batch), 200),
+            case("/internal/purchases", "POST", &r, "/internal/purchases", true, Some(&take_batch), 200),
+            case("/internal/purchases", "POST", &p, "/internal/purchases", true, Some(r#"{"books": [1]}"#), 400),
+            case("/internal/purchases", "POST", &p, "/internal/purchases", false, Some(&take_batch), 401),
+            case(
+                "/internal/purchase-batch",
+                "POST",
+                &o,
+                "/internal/purchase-batch",
+                true,
+                Some(r#"{"books": [1, 2]}"#),
+                200,
+            ),
+            case(
+                "/internal/purchase-batch",
+                "POST",
+                &o,
+                "/internal/purchase-batch",
+                true,
+                Some(r#"{"books": []}"#),
+                400,
+            ),
+            case("/internal/purchase-batch", "POST", &o, "/internal/purchase-batch", true, Some(&take_batch), 400),
+            case(
+                "/internal/purchase-batch",
+                "POST",
+                &o,
+                "/internal/purchase-batch",
+                false,
+                Some(r#"{"books": [1]}"#),
+                401,
+            ),
             case("/orders", "GET", &o, "/orders", false, None, 200),
             case("/orders", "GET", &o, "/orders?limit=1&after=2026-11-24T13:55:06.123Z~a-1", false, None, 200),
             case("/orders", "GET", &o, "/orders?limit=1001", false, None, 400),
@@ -265,6 +302,7 @@ fn the_openapi_document_matches_the_store() {
             case("/books", "POST", &r, "/books", true, Some(new_book), 503),
             case("/books/{id}/purchase", "POST", &r, "/books/3/purchase", false, None, 503),
             case("/internal/purchases", "GET", &r, "/internal/purchases", true, None, 503),
+            case("/internal/purchases", "POST", &r, "/internal/purchases", true, Some(&take_batch), 503),
             case("/purchase/{id}", "POST", &fe, "/purchase/3", false, None, 503),
         ],
         &mut tested,

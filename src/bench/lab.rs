@@ -67,7 +67,7 @@ fn purchase_hops(store: &Store) -> String {
     let hops = [
         ("frontend", "/purchase/{id}", "front end: the whole purchase"),
         ("order-1", "/purchase/{id}", "order server: take the copy, log, share"),
-        ("order-1", "/internal/purchases", "order server: a front end's batch (take, log, share)"),
+        ("order-1", "/internal/purchase-batch", "order server: a front end's batch (take, log, share)"),
         ("catalog-2", "/books/{id}/purchase", "catalog replica: forward to the primary"),
         ("catalog-2", "/internal/purchases", "catalog replica: forward a batch of takes to the primary"),
         ("catalog-1", "/books/{id}/purchase", "catalog primary: group commit (fsync, push, invalidate)"),

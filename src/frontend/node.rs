@@ -545,7 +545,7 @@ impl Frontend {
 
     /// A purchase, gathered with those that meet it (issue 25): a purchase that finds an
     /// order server's flight free goes at once; those that arrive meanwhile go together in
-    /// one `POST /internal/purchases` to one order server, each answered on its own, as
+    /// one `POST /internal/purchase-batch` to one order server, each answered on its own, as
     /// [`Frontend::purchase_one`] would answer it.
     fn purchase(&self, id: u32) -> Result<Response> {
         let item = (id, crate::trace::current());
@@ -574,7 +574,7 @@ impl Frontend {
             return vec![answer(self.purchase_one(*id))];
         }
         let body = serde_json::to_vec(&OrderBatch { books: ids.to_vec() }).expect("wire types serialize");
-        let post = |url: &str| self.http.call(Method::POST, url, "/internal/purchases", Some(body.clone()));
+        let post = |url: &str| self.http.call(Method::POST, url, "/internal/purchase-batch", Some(body.clone()));
         let (batch, url) = match self.orders.try_each(Call::Write, post, PeerError::failure) {
             Ok((batch, _)) if batch.status == 404 || batch.status == 405 => {
                 return std::thread::scope(|s| {

@@ -515,7 +515,7 @@ impl OrderNode {
         format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    /// A front end's batch (`POST /internal/purchases`): one copy of each book, each its own
+    /// A front end's batch (`POST /internal/purchase-batch`): one copy of each book, each its own
     /// purchase with its own order, all taken with one request to the catalog, logged with
     /// one append (and fsync) and pushed to the peers in pushes of [`PUSH_MOST`]. Each
     /// purchase is answered as [`OrderNode::purchase`] would answer it alone.
@@ -727,7 +727,7 @@ impl OrderNode {
                 }),
                 "/internal/orders",
             ),
-            ["internal", "purchases"] if method == "POST" => http::respond(
+            ["internal", "purchase-batch"] if method == "POST" => http::respond(
                 check_token(request, admission).and_then(|_| {
                     let batch: OrderBatch = json_body(request)?;
                     if batch.books.is_empty() || batch.books.len() > OrderBatch::MOST || batch.books.contains(&0) {
@@ -739,7 +739,7 @@ impl OrderNode {
                     let placed = self.purchase_many(&batch.books).into_iter().map(Placed::from_answer).collect();
                     Ok(Response::json(&OrderBatchAnswer { placed }))
                 }),
-                "/internal/purchases",
+                "/internal/purchase-batch",
             ),
             ["internal", "orders"] if method == "POST" => http::respond(
                 check_token(request, admission).and_then(|_| {
@@ -753,7 +753,7 @@ impl OrderNode {
             ["health"] | ["ready"] | ["metrics"] | ["orders"] | ["orders", _] => {
                 http::respond(Err(Error::MethodNotAllowed("GET, HEAD")), "invalid")
             }
-            ["purchase", _] | ["internal", "purchases"] => {
+            ["purchase", _] | ["internal", "purchase-batch"] => {
                 http::respond(Err(Error::MethodNotAllowed("POST")), "invalid")
             }
             ["internal", "orders"] => http::respond(Err(Error::MethodNotAllowed("GET, HEAD, POST")), "invalid"),
