@@ -101,6 +101,8 @@ fn the_openapi_document_matches_the_store() {
         r#"{{"purchases": [{{"id": 2, "order_id": "0123456789ab-1", "at": "{}"}}]}}"#,
         bazar::ids::timestamp_now()
     );
+    // A front end's batch of purchases, on an order server.
+    let batch = "/internal/purchase-batch";
     let new_book = r#"{"title": "New", "topic": "cooking", "price": 9.99, "quantity": 3}"#;
     let book1 = serde_json::to_string(&json(&get(&p, "/books/1"))).unwrap();
     let push = format!("[{{\"seq\": 0, \"book\": {book1}}}]");
@@ -237,34 +239,10 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/purchases", "POST", &r, "/internal/purchases", true, Some(&take_batch), 200),
             case("/internal/purchases", "POST", &p, "/internal/purchases", true, Some(r#"{"books": [1]}"#), 400),
             case("/internal/purchases", "POST", &p, "/internal/purchases", false, Some(&take_batch), 401),
-            case(
-                "/internal/purchase-batch",
-                "POST",
-                &o,
-                "/internal/purchase-batch",
-                true,
-                Some(r#"{"books": [1, 2]}"#),
-                200,
-            ),
-            case(
-                "/internal/purchase-batch",
-                "POST",
-                &o,
-                "/internal/purchase-batch",
-                true,
-                Some(r#"{"books": []}"#),
-                400,
-            ),
-            case("/internal/purchase-batch", "POST", &o, "/internal/purchase-batch", true, Some(&take_batch), 400),
-            case(
-                "/internal/purchase-batch",
-                "POST",
-                &o,
-                "/internal/purchase-batch",
-                false,
-                Some(r#"{"books": [1]}"#),
-                401,
-            ),
+            case(batch, "POST", &o, batch, true, Some(r#"{"books": [1, 2]}"#), 200),
+            case(batch, "POST", &o, batch, true, Some(r#"{"books": []}"#), 400),
+            case(batch, "POST", &o, batch, true, Some(&take_batch), 400),
+            case(batch, "POST", &o, batch, false, Some(r#"{"books": [1]}"#), 401),
             case("/orders", "GET", &o, "/orders", false, None, 200),
             case("/orders", "GET", &o, "/orders?limit=1&after=2026-11-24T13:55:06.123Z~a-1", false, None, 200),
             case("/orders", "GET", &o, "/orders?limit=1001", false, None, 400),

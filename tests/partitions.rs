@@ -185,19 +185,20 @@ fn http() -> Http {
 }
 
 /// The role a catalog's `/health` names, if it answers.
-fn role(base: &str) -> Option<String> {
+/// A catalog's `/health`, when it answers 200 within a second.
+fn health(base: &str) -> Option<serde_json::Value> {
     let a = Http::new(Duration::from_secs(1), 1, Some(TOKEN.into())).call(Method::GET, base, "/health", None).ok()?;
-    (a.status == 200).then(|| json(&a)["role"].as_str().map(str::to_string)).flatten()
+    (a.status == 200).then(|| json(&a))
+}
+
+fn role(base: &str) -> Option<String> {
+    health(base)?["role"].as_str().map(str::to_string)
 }
 
 /// The catalog of `bases` (a comma-separated list) that says it is the primary of the
 /// newest epoch: a primary cut off from etcd may go on naming itself primary of its old
 /// epoch after another was elected, and a client that follows epochs writes to the new one.
 fn newest_primary(bases: &str) -> Option<String> {
-    let health = |u: &str| {
-        let a = Http::new(Duration::from_secs(1), 1, Some(TOKEN.into())).call(Method::GET, u, "/health", None).ok()?;
-        (a.status == 200).then(|| json(&a))
-    };
     bases
         .split(',')
         .filter_map(|u| health(u).filter(|h| h["role"] == "primary").map(|h| (h["epoch"].as_u64().unwrap_or(0), u)))
