@@ -19,9 +19,15 @@
 //! `None` (the caller says so as an error), and the group goes on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Thread;
 
 /// A leader/follower group of callers whose items run in batches (see the module doc).
+///
+/// Each caller sleeps on its own (`thread::park`) and is woken only for what concerns it:
+/// its answer is in, or it is the oldest waiting when a flight frees and may lead. A
+/// condition variable shared by all would wake every waiting caller at each batch's end
+/// (a herd of hundreds under load, most going back to sleep at once).
 pub struct Group<T, R> {
     /// Most items in one batch.
     most: usize,
@@ -30,20 +36,26 @@ pub struct Group<T, R> {
     /// The items waiting, the batches in flight and the answers not yet picked up. Held
     /// only to move items and answers, never while a batch runs.
     state: Mutex<State<T, R>>,
-    /// Woken when a batch ends (its answers are in, and a flight is free).
-    ended: Condvar,
 }
 
 struct State<T, R> {
     /// The next ticket (each item gets one).
     next: u64,
-    /// Items waiting for a leader, oldest first, with their tickets.
-    waiting: VecDeque<(u64, T)>,
+    /// Items waiting for a leader, oldest first, with their tickets and their callers.
+    waiting: VecDeque<Waiting<T>>,
     /// Batches running now.
     in_flight: usize,
     /// Answers of batches that ended, by ticket, until their callers take them (None: the
     /// batch panicked).
     answers: HashMap<u64, Option<R>>,
+}
+
+/// An item waiting for a leader.
+struct Waiting<T> {
+    ticket: u64,
+    item: T,
+    /// Its caller, woken when a flight frees while it is the oldest waiting.
+    caller: Thread,
 }
 
 impl<T, R> Group<T, R> {
@@ -54,7 +66,6 @@ impl<T, R> Group<T, R> {
             most,
             flights,
             state: Mutex::new(State { next: 0, waiting: VecDeque::new(), in_flight: 0, answers: HashMap::new() }),
-            ended: Condvar::new(),
         }
     }
 
@@ -70,25 +81,44 @@ impl<T, R> Group<T, R> {
         let mut state = self.state();
         let ticket = state.next;
         state.next += 1;
-        state.waiting.push_back((ticket, item));
+        state.waiting.push_back(Waiting { ticket, item, caller: std::thread::current() });
         loop {
             if let Some(answer) = state.answers.remove(&ticket) {
                 return answer;
             }
             if state.in_flight < self.flights && !state.waiting.is_empty() {
                 let take = state.waiting.len().min(self.most);
-                let (tickets, items): (Vec<u64>, Vec<T>) = state.waiting.drain(..take).unzip();
+                let mut members = Vec::with_capacity(take);
+                let items: Vec<T> = state
+                    .waiting
+                    .drain(..take)
+                    .map(|w| {
+                        members.push((w.ticket, w.caller));
+                        w.item
+                    })
+                    .collect();
                 state.in_flight += 1;
+                // A flight still free and items still waiting (two flights freed before
+                // the first woken led): the next oldest leads one too.
+                let also = (state.in_flight < self.flights).then(|| state.waiting.front().map(|w| w.caller.clone()));
                 drop(state);
+                if let Some(next) = also.flatten() {
+                    next.unpark();
+                }
                 // Answers every member even if `batch` panics (then with None), and frees
                 // the flight: a panic in one batch never strands the group.
-                let mut lead = Lead { group: self, tickets, answers: Vec::new() };
+                let mut lead = Lead { group: self, members, answers: Vec::new() };
                 lead.answers = batch(items);
                 drop(lead);
                 state = self.state();
                 continue;
             }
-            state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+            // Woken by the leader of the batch that holds the item, or as the oldest
+            // waiting when a flight frees; a wakeup given before the sleep is kept (the
+            // park token), and a spurious one only looks again.
+            drop(state);
+            std::thread::park();
+            state = self.state();
         }
     }
 }
@@ -106,11 +136,12 @@ impl<T, R> Group<T, R> {
     }
 }
 
-/// A batch in flight: when dropped (returned or unwound), files its answers by ticket and
-/// frees its flight.
+/// A batch in flight: when dropped (returned or unwound), files its answers by ticket,
+/// frees its flight, wakes its members and, if items wait, the oldest of them to lead.
 struct Lead<'a, T, R> {
     group: &'a Group<T, R>,
-    tickets: Vec<u64>,
+    /// The tickets of the batch's items and their callers, in the batch's order.
+    members: Vec<(u64, Thread)>,
     answers: Vec<R>,
 }
 
@@ -118,12 +149,19 @@ impl<T, R> Drop for Lead<'_, T, R> {
     fn drop(&mut self) {
         let mut answers = std::mem::take(&mut self.answers).into_iter();
         let mut state = self.group.state();
-        for &ticket in &self.tickets {
-            state.answers.insert(ticket, answers.next());
+        for (ticket, _) in &self.members {
+            state.answers.insert(*ticket, answers.next());
         }
         state.in_flight -= 1;
+        let next = state.waiting.front().map(|w| w.caller.clone());
         drop(state);
-        self.group.ended.notify_all();
+        let me = std::thread::current().id();
+        for (_, caller) in self.members.iter().filter(|(_, c)| c.id() != me) {
+            caller.unpark();
+        }
+        if let Some(next) = next {
+            next.unpark();
+        }
     }
 }
 
