@@ -94,6 +94,19 @@ fn concurrent_purchases_sell_exactly_the_stock_and_every_order_is_everywhere_onc
     assert_eq!(s.books(&s.primary())[2]["quantity"], 0);
 }
 
+/// More concurrent purchases than the front end has public slots (the store runs with 16,
+/// and 16 may wait) are all served, none shed: a purchase waiting for its batch gives its
+/// slot to the next (`http::step_aside`), so the slots cap the work the front end does,
+/// not the purchases a batch gathers.
+#[test]
+fn purchases_waiting_for_their_batch_are_not_shed() {
+    let s = store();
+    s.set_stock(5, 100_000);
+    let (acked, others) = buy_together(&[s.fe()], 5, 128, 4);
+    assert_eq!(others, BTreeMap::new(), "every purchase is served; {} acknowledged", acked.len());
+    assert_eq!(acked.len(), 128 * 4);
+}
+
 /// A lone purchase still works at every hop, straight at an order server and through the
 /// front end, and lands on both servers and in the journal.
 #[test]

@@ -548,6 +548,11 @@ impl Frontend {
     /// one `POST /internal/purchase-batch` to one order server, each answered on its own, as
     /// [`Frontend::purchase_one`] would answer it.
     fn purchase(&self, id: u32) -> Result<Response> {
+        // From here the purchase only waits (for its batch, and the batch for an order
+        // server): its public slot goes to a request that needs the CPU. Otherwise the
+        // slots would cap the purchases a batch can gather, and shed the rest (503) while
+        // the CPU is idle.
+        crate::http::step_aside();
         let item = (id, crate::trace::current());
         Ok(self.purchases.run(item, |items| self.purchase_traced(&items)).unwrap_or_else(|| {
             Response::error(&Error::Unavailable(

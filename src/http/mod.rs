@@ -52,7 +52,7 @@ pub use message::{
     Version,
 };
 pub(crate) use server::is_timeout;
-pub use server::{bind, serve, ServerConfig};
+pub use server::{bind, serve, step_aside, ServerConfig};
 
 /// Largest request line plus headers.
 pub const MAX_HEAD: usize = 16 * 1024;

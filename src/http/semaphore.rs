@@ -15,7 +15,7 @@
 //! the waiter and notifies under the lock, which it can take only once the waiter sleeps.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A counting semaphore: one budget's bound.
@@ -29,8 +29,9 @@ pub(super) struct Semaphore {
     freed: Condvar,
 }
 
-/// One slot, given back when dropped.
-pub(super) struct Permit<'a>(&'a Semaphore);
+/// One slot, given back when dropped. It owns a share of its semaphore, so a request can
+/// keep it in a thread-local and give it back early (`server::step_aside`).
+pub(super) struct Permit(Arc<Semaphore>);
 
 impl Semaphore {
     pub(super) fn new(n: usize) -> Semaphore {
@@ -47,19 +48,19 @@ impl Semaphore {
         self.free.fetch_update(SeqCst, SeqCst, |f| f.checked_sub(1)).is_ok()
     }
 
-    pub(super) fn acquire(&self) -> Permit<'_> {
+    pub(super) fn acquire(self: &Arc<Self>) -> Permit {
         self.acquire_until(None, usize::MAX).expect("no deadline")
     }
 
     /// A slot if one frees up within `wait`, else `None` (the caller sheds the request);
     /// `None` at once when no slot is free and `queue` callers already wait.
-    pub(super) fn acquire_within(&self, wait: Duration, queue: usize) -> Option<Permit<'_>> {
+    pub(super) fn acquire_within(self: &Arc<Self>, wait: Duration, queue: usize) -> Option<Permit> {
         self.acquire_until(Some(Instant::now() + wait), queue)
     }
 
-    fn acquire_until(&self, deadline: Option<Instant>, queue: usize) -> Option<Permit<'_>> {
+    fn acquire_until(self: &Arc<Self>, deadline: Option<Instant>, queue: usize) -> Option<Permit> {
         if self.try_take() {
-            return Some(Permit(self));
+            return Some(Permit(Arc::clone(self)));
         }
         if self.waiting.load(SeqCst) >= queue {
             return None;
@@ -81,13 +82,13 @@ impl Semaphore {
         self.waiting.fetch_sub(1, SeqCst);
         drop(guard);
         // `then`, not `then_some`: a Permit made and dropped would give back a slot never taken.
-        taken.then(|| Permit(self))
+        taken.then(|| Permit(Arc::clone(self)))
     }
 }
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
-        let sem = self.0;
+        let sem = &self.0;
         sem.free.fetch_add(1, SeqCst);
         if sem.waiting.load(SeqCst) > 0 {
             // A futex wake is a system call: only when somebody waits.
@@ -104,7 +105,7 @@ mod tests {
     #[test]
     fn semaphore_admits_at_most_its_slots_and_wakes_every_waiter() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let sem = Semaphore::new(2);
+        let sem = Arc::new(Semaphore::new(2));
         let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
             for _ in 0..8 {
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_bounded_wait_gives_up_when_no_slot_frees_and_takes_one_that_does() {
-        let sem = Semaphore::new(1);
+        let sem = Arc::new(Semaphore::new(1));
         let held = sem.acquire();
         assert!(sem.acquire_within(Duration::from_millis(20), 1).is_none());
         assert!(sem.acquire_within(Duration::ZERO, 1).is_none());

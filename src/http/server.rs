@@ -12,7 +12,8 @@
 //!   services' calls to each other) and public, each with its own slots (a counting
 //!   semaphore each, `semaphore.rs`); a public request that finds no slot within
 //!   [`PUBLIC_WAIT`], or finds as many waiting as there are slots, is answered 503 with
-//!   `Retry-After`; a connection thread that
+//!   `Retry-After`; a handler that from some point only waits for other services gives
+//!   its public slot back early ([`step_aside`]); a connection thread that
 //!   serves public requests lowers its own CPU priority (nice 10), so that under a surge
 //!   the threads that keep the store together win the CPU;
 //! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`] (a new one
@@ -36,6 +37,7 @@ use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, M
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -77,9 +79,9 @@ where
         handler,
         metrics,
         shutdown: shutdown.clone(),
-        control: Semaphore::new(CONTROL_SLOTS),
-        peer: Semaphore::new(threads),
-        public: Semaphore::new(threads),
+        control: Arc::new(Semaphore::new(CONTROL_SLOTS)),
+        peer: Arc::new(Semaphore::new(threads)),
+        public: Arc::new(Semaphore::new(threads)),
         public_queue: threads,
         trust: config.trust,
         open: AtomicUsize::new(0),
@@ -137,11 +139,11 @@ struct Shared<H> {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     /// Handler slots of the store's own protocol (`/internal/...`).
-    control: Semaphore,
+    control: Arc<Semaphore>,
     /// Handler slots of the services' calls to each other.
-    peer: Semaphore,
+    peer: Arc<Semaphore>,
     /// Handler slots of everyone else.
-    public: Semaphore,
+    public: Arc<Semaphore>,
     /// Most public requests waiting for a slot; one more is shed at once.
     public_queue: usize,
     /// Who may use `control` and `peer`.
@@ -202,7 +204,10 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             let mut span =
                 crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
             let mut response = match self.permit(class) {
-                Some(_permit) => {
+                Some(permit) => {
+                    // A public slot sits where `step_aside` can give it back early; the
+                    // seat gives it back at the latest when the handler ends (or panics).
+                    let _seat = Seat::take(permit, class == Class::Public);
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
                         Ok(r) => r,
                         Err(_) => {
@@ -253,11 +258,49 @@ impl<H> Shared<H> {
     }
 
     /// A handler slot of `class`'s budget, or `None` when the request is to be shed.
-    fn permit(&self, class: Class) -> Option<Permit<'_>> {
+    fn permit(&self, class: Class) -> Option<Permit> {
         match class {
             Class::Control => Some(self.control.acquire()),
             Class::Peer => self.peer.acquire_within(PEER_WAIT, usize::MAX),
             Class::Public => self.public.acquire_within(PUBLIC_WAIT, self.public_queue),
+        }
+    }
+}
+
+thread_local! {
+    /// The public slot of the request this thread is serving, while it holds one.
+    static PUBLIC_SLOT: RefCell<Option<Permit>> = const { RefCell::new(None) };
+}
+
+/// Gives back the public handler slot of the request this thread serves, before its
+/// handler ends: for a handler that from here on only waits for other services (a
+/// purchase waiting for its batch's answer), so that its wait does not count against the
+/// requests that need the CPU. Public slots bound the work a service does at once, not
+/// the answers it awaits; what waits is bounded by the connection caps and by the
+/// batches' own limits. Does nothing outside a public request, or when called twice.
+pub fn step_aside() {
+    drop(PUBLIC_SLOT.with(|slot| slot.borrow_mut().take()));
+}
+
+/// Where a request's handler slot is kept while its handler runs: a public one in
+/// [`PUBLIC_SLOT`] (for [`step_aside`]), any other here. Dropping the seat gives back
+/// whichever is still held.
+struct Seat(Option<Permit>);
+
+impl Seat {
+    fn take(permit: Permit, public: bool) -> Seat {
+        if !public {
+            return Seat(Some(permit));
+        }
+        PUBLIC_SLOT.with(|slot| *slot.borrow_mut() = Some(permit));
+        Seat(None)
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if self.0.take().is_none() {
+            step_aside();
         }
     }
 }
@@ -667,5 +710,59 @@ mod tests {
                 Err(ReadError::Closed) => {}
             }
         }
+    }
+
+    /// A public request that steps aside gives its slot to the next one while it waits; one
+    /// that does not holds it, and with one slot the next request waits for it.
+    #[test]
+    fn a_request_that_steps_aside_frees_its_slot_while_it_waits() {
+        use std::sync::mpsc;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let (release, held) = mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let handler = move |r: &Request| {
+            if r.path != "/quick" {
+                if r.path == "/aside" {
+                    step_aside();
+                }
+                held.lock().unwrap().recv_timeout(Duration::from_secs(10)).ok();
+            }
+            Response::raw_json(200, b"{}".to_vec())
+        };
+        let config = ServerConfig { threads: 1, name: "test", trust: Trust::Anyone };
+        let server = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || serve(listener, config, Arc::new(Metrics::new()), shutdown, handler))
+        };
+        let ask = |path: &str| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            stream
+        };
+        let answer = |mut stream: TcpStream| {
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text.split(' ').nth(1).unwrap().parse::<u16>().unwrap()
+        };
+        for (waiting, quick_waits) in [("/aside", false), ("/hold", true)] {
+            let first = ask(waiting);
+            std::thread::sleep(Duration::from_millis(200));
+            let asked = Instant::now();
+            let quick = answer(ask("/quick"));
+            let took = asked.elapsed();
+            if quick_waits {
+                // The one slot is held: /quick waits for it (PUBLIC_WAIT) and is shed.
+                assert_eq!(quick, 503, "{waiting}: the slot is held while it waits");
+                assert!(took >= PUBLIC_WAIT / 2, "{waiting}: refused after {took:?}");
+            } else {
+                assert_eq!(quick, 200, "{waiting}: the slot was given back");
+            }
+            release.send(()).unwrap();
+            assert_eq!(answer(first), 200);
+        }
+        shutdown.trigger();
+        server.join().unwrap().unwrap();
     }
 }
