@@ -22,7 +22,6 @@ use super::failover::{commit, Effect, Input, SyncSet};
 use super::lease::Grant;
 use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
 use super::refusal::NoLead;
-use super::store::Store;
 use crate::cache;
 use crate::client::{Answer, PeerError};
 use crate::error::{Error, Result};
@@ -282,10 +281,10 @@ impl CatalogNode {
             // catalog, so its pending writes are readable now (before any read, log answer
             // or write of this primary).
             let mut store = self.lock_writer();
-            let upto = commit::readable_when_elected(store.history.last().0);
+            let upto = commit::readable_when_elected(store.recent.history.last().0);
             if let Err(e) = self.show_committed(&store, upto) {
                 log::warn!("{e}: loading the catalog again from its files");
-                match Store::reload(&mut store) {
+                match store.reload() {
                     Ok(catalog) => *self.state_mut() = catalog,
                     Err(e) => log::error!("cannot load the catalog again: {e}"),
                 }

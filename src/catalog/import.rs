@@ -114,11 +114,11 @@ pub fn start_over(dir: &Path) -> std::result::Result<(usize, u64), ImportError> 
 /// catalog's last, under a new history.
 fn replace_with(dir: &Path, mut catalog: Catalog) -> std::result::Result<(usize, u64), ImportError> {
     let whole = |reason: String| ImportError { line: 0, reason };
-    let (mut store, old) = Store::open_for_import(dir).map_err(|e| whole(e.to_string()))?;
+    let (mut store, old, recent) = Store::open_for_import(dir).map_err(|e| whole(e.to_string()))?;
     catalog.raise_seq(old.seq() + 1);
     let history = new_history_id().map_err(|e| whole(e.to_string()))?;
     let epoch = store.last_epoch();
-    store.replace(&catalog, &history, epoch).map_err(|e| whole(e.to_string()))?;
+    store.replace(&catalog, &history, epoch, &recent.journal).map_err(|e| whole(e.to_string()))?;
     Ok((catalog.len(), catalog.seq()))
 }
 
@@ -180,7 +180,7 @@ mod tests {
     fn imports_replace_everything_or_nothing() {
         let dir = std::env::temp_dir().join(format!("bazar-import-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let (mut store, mut catalog) = Store::open(&dir).unwrap();
+        let (mut store, mut catalog, _) = Store::open(&dir).unwrap();
         let w = Draft::new(&catalog).write(3, &W::Purchase).unwrap();
         let o = Order {
             order_id: "i-1".into(),
@@ -216,11 +216,11 @@ mod tests {
         }
         fs::write(&file, "id,title,topic,price,quantity\n10,\"A, \"\"quoted\"\"\",t,1.5,3\n4,B,u,2,0\n").unwrap();
         assert_eq!(import(&dir, &file).unwrap(), (2, catalog.seq() + 1));
-        let (store, again) = Store::open(&dir).unwrap();
+        let (store, again, recent) = Store::open(&dir).unwrap();
         assert_eq!(again.iter().map(|b| b.id).collect::<Vec<_>>(), [4, 10]);
         assert_eq!(again.book(10).unwrap().title, "A, \"quoted\"");
         assert_eq!(again.seq(), catalog.seq() + 1);
-        assert!(store.journal.contains("i-1"), "the purchase journal survives an import");
+        assert!(recent.journal.contains("i-1"), "the purchase journal survives an import");
         assert_eq!(super::super::store::parse(&fs::read(dir.join("books.csv")).unwrap()).unwrap().len(), 2);
         drop(store);
         fs::remove_dir_all(&dir).unwrap();

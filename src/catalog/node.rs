@@ -21,7 +21,7 @@ use super::core::{
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
 use super::refusal::{NoLead, NotHere};
 use super::state::{Catalog, Write};
-use super::store::Store;
+use super::store::{Ledger, Recent, Store};
 use crate::cache::Cache;
 use crate::client::{CatalogClient, Http, PeerError};
 use crate::error::{Error, Result};
@@ -118,28 +118,28 @@ pub(super) struct Logged {
 }
 
 impl Logged {
-    fn publish(&self, store: &Store) {
-        self.seq.store(store.history.last().0, Ordering::Relaxed);
-        self.failed.store(store.failed(), Ordering::Relaxed);
-        self.write_errors.store(store.write_errors(), Ordering::Relaxed);
+    fn publish(&self, ledger: &Ledger) {
+        self.seq.store(ledger.recent.history.last().0, Ordering::Relaxed);
+        self.failed.store(ledger.files.failed(), Ordering::Relaxed);
+        self.write_errors.store(ledger.files.write_errors(), Ordering::Relaxed);
     }
 }
 
-/// The writer lock held: the store, and on release what `/health` shows of it published.
+/// The writer lock held: the ledger, and on release what `/health` shows of it published.
 pub(super) struct Writer<'a> {
-    store: std::sync::MutexGuard<'a, Store>,
+    store: std::sync::MutexGuard<'a, Ledger>,
     shown: &'a Logged,
 }
 
 impl std::ops::Deref for Writer<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
+    type Target = Ledger;
+    fn deref(&self) -> &Ledger {
         &self.store
     }
 }
 
 impl std::ops::DerefMut for Writer<'_> {
-    fn deref_mut(&mut self) -> &mut Store {
+    fn deref_mut(&mut self) -> &mut Ledger {
         &mut self.store
     }
 }
@@ -185,7 +185,7 @@ pub(super) struct Current {
 pub struct CatalogNode {
     pub(super) config: CatalogConfig,
     /// Serialises changes on this node and owns the files (taken through `lock_writer`).
-    writer: Mutex<Store>,
+    writer: Mutex<Ledger>,
     /// What `/health` and `/metrics` show of the log, published as the writer lock is released.
     pub(super) logged: Logged,
     /// The books as reads see them.
@@ -253,8 +253,9 @@ pub struct CatalogNode {
 impl CatalogNode {
     /// Opens the data directory; a replica is not serving until it caught up.
     pub fn open(config: CatalogConfig, metrics: Arc<Metrics>) -> Result<Arc<CatalogNode>> {
-        let (mut store, catalog, damaged) = Self::open_store(&config)?;
+        let (mut store, catalog, recent, damaged) = Self::open_store(&config)?;
         store.set_checkpoint_rows(config.checkpoint_rows);
+        let store = Ledger { files: store, recent };
         log::info!("loaded {} books at write {}", catalog.len(), catalog.seq());
         let token = config.common.token.clone();
         let pool = config.common.threads;
@@ -312,8 +313,8 @@ impl CatalogNode {
     /// etcd any catalog: none is primary before an election) then copies the primary's; a
     /// static primary takes a replica's before it serves (`settle_with_replicas`, which
     /// waits for a replica with data). Returns whether the files were set aside.
-    fn open_store(config: &CatalogConfig) -> Result<(Store, Catalog, bool)> {
-        let (store, catalog, corrupt) = Store::open_recovering(&config.data_dir)?;
+    fn open_store(config: &CatalogConfig) -> Result<(Store, Catalog, Recent, bool)> {
+        let (store, catalog, recent, corrupt) = Store::open_recovering(&config.data_dir)?;
         if let Some(why) = &corrupt {
             let from = match config.role == Role::Primary && config.etcd.is_none() {
                 true => "takes the catalog of a replica that holds one before it serves",
@@ -321,7 +322,7 @@ impl CatalogNode {
             };
             log::warn!("{why}: the damaged catalog was set aside; this catalog starts empty and {from}");
         }
-        Ok((store, catalog, corrupt.is_some()))
+        Ok((store, catalog, recent, corrupt.is_some()))
     }
 
     pub(super) fn leases(&self) -> bool {
@@ -399,8 +400,8 @@ impl CatalogNode {
     }
 
     /// How far the data of `store` got.
-    pub(super) fn identity_of(store: &Store) -> Identity {
-        let (seq, epoch) = store.history.last();
+    pub(super) fn identity_of(store: &Ledger) -> Identity {
+        let (seq, epoch) = store.recent.history.last();
         Identity { history: store.history_id().to_string(), seq, epoch }
     }
 
@@ -628,13 +629,13 @@ impl CatalogNode {
         let here = request.query_param("here")?.is_some_and(|h| h == "1");
         if self.role() == Role::Replica && !here {
             if let (true, Some(mut store)) = (held > 0, self.try_lock_writer()) {
-                store.journal.release(held);
+                store.recent.journal.release(held);
             }
             return self.forward_to(request);
         }
         let mut store = self.lock_writer();
-        store.journal.release(held);
-        let (purchases, more) = store.journal.after(after, PURCHASES_PAGE);
+        store.recent.journal.release(held);
+        let (purchases, more) = store.recent.journal.after(after, PURCHASES_PAGE);
         drop(store);
         Ok(Response::json(&PurchasePage { purchases, more }))
     }

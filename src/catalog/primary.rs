@@ -12,7 +12,7 @@ use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
-use super::store::Store;
+use super::store::Ledger;
 use crate::cache;
 use crate::client::CatalogClient;
 use crate::error::{Error, Result};
@@ -231,7 +231,7 @@ impl CatalogNode {
                     // writes resume once the disk takes them again (the next write would
                     // try too).
                     if let Some(mut store) = self.try_lock_writer() {
-                        store.retry();
+                        store.files.retry();
                     }
                     continue;
                 }
@@ -274,7 +274,7 @@ impl CatalogNode {
         let (asked, replies): (Vec<Asked>, Vec<_>) = batch.into_iter().map(|p| (p.asked, p.reply)).unzip();
         let Decided { writes, keys, answers } = {
             let _decide = crate::trace::span("catalog.decide");
-            decide(&self.state(), &store.journal, epoch, asked)
+            decide(&self.state(), &store.recent.journal, epoch, asked)
         };
         let mut answers: Vec<_> =
             replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();
@@ -282,7 +282,7 @@ impl CatalogNode {
             let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
             let mut append = crate::trace::span("catalog.append");
             append.attr("rows", rows.len());
-            let appended = store.append(&rows);
+            let appended = store.log(&rows);
             drop(append);
             if let Err(e) = appended {
                 // Nothing of the batch was kept (the store cut what it wrote) and nothing is
@@ -507,7 +507,7 @@ impl CatalogNode {
     /// misses them is out of sync from then on (no lease renewals, no pushes) until the
     /// background brings it back; the writes wait until that replica's lease has surely
     /// expired. Returns the replicas that took them.
-    fn replicate(&self, store: &Store, pushes: &[Replicate], committed: u64) -> Vec<String> {
+    fn replicate(&self, store: &Ledger, pushes: &[Replicate], committed: u64) -> Vec<String> {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
         let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
             let pushes: Vec<_> = links
@@ -549,7 +549,7 @@ impl CatalogNode {
     /// [`Self::push_to`] in a `catalog.push` span (failed when the push did).
     fn traced_push(
         &self,
-        store: &Store,
+        store: &Ledger,
         link: &ReplicaLink,
         pushes: &[Replicate],
         committed: u64,
@@ -566,15 +566,17 @@ impl CatalogNode {
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
     /// from the history, when they are few. Called under the writer lock, to a replica in
     /// sync (its log a prefix of this one's: the commit point means the same writes there).
-    fn push_to(&self, store: &Store, link: &ReplicaLink, pushes: &[Replicate], committed: u64) -> Result<ReplicaAck> {
+    fn push_to(&self, store: &Ledger, link: &ReplicaLink, pushes: &[Replicate], committed: u64) -> Result<ReplicaAck> {
         let last = pushes.last().map_or(0, |p| p.seq);
         let committed = self.commit_point(committed);
         let ack = self.send_writes(&link.url, pushes, committed)?;
         let tail = match took(last, ack.seq, Self::same_log(store, &ack), self.failover.is_some()) {
             Took::Yes => return Ok(ack),
-            Took::Tail { after } => {
-                store.history.after(after, CLOSE_ENOUGH as usize).filter(|t| t.last().map(|w| w.seq) == Some(last))
-            }
+            Took::Tail { after } => store
+                .recent
+                .history
+                .after(after, CLOSE_ENOUGH as usize)
+                .filter(|t| t.last().map(|w| w.seq) == Some(last)),
             Took::No => None,
         };
         match tail {
@@ -661,7 +663,7 @@ impl CatalogNode {
         loop {
             let (tail, last, history) = {
                 let store = self.lock_writer();
-                let tail = store.history.after(ack.seq, LOG_PAGE).filter(|_| Self::same_log(&store, &ack));
+                let tail = store.recent.history.after(ack.seq, LOG_PAGE).filter(|_| Self::same_log(&store, &ack));
                 (tail, self.state().seq(), store.history_id().to_string())
             };
             // Past the (seq, epoch) check its log is a prefix of this one's: `last` is committed.
@@ -683,6 +685,7 @@ impl CatalogNode {
         let store = self.lock_writer();
         let last = self.state().seq();
         let tail = store
+            .recent
             .history
             .after(ack.seq, CLOSE_ENOUGH as usize + 1)
             .ok_or_else(|| Error::Unavailable("the replica fell behind the history".into()))?;
@@ -703,8 +706,8 @@ impl CatalogNode {
     /// Whether a replica's log, standing at `ack`, is a prefix of this one: the same
     /// history and the same epoch at its last write (one primary per epoch, pushes in
     /// order: logs that agree on (seq, epoch) agree up to there).
-    fn same_log(store: &Store, ack: &ReplicaAck) -> bool {
-        ack.history == store.history_id() && store.history.epoch_at(ack.seq) == Some(ack.epoch)
+    fn same_log(store: &Ledger, ack: &ReplicaAck) -> bool {
+        ack.history == store.history_id() && store.recent.history.epoch_at(ack.seq) == Some(ack.epoch)
     }
 
     /// `GET /internal/log?after=N&history=H&epoch=E`: the writes after N, or 410 when they
@@ -728,12 +731,12 @@ impl CatalogNode {
         if asked != history {
             return gone(format!("this catalog's history is {history:?}, not {asked:?}"));
         }
-        match store.history.epoch_at(after) {
+        match store.recent.history.epoch_at(after) {
             Some(e) if e == epoch => {}
             Some(e) => return gone(format!("write {after} here is of epoch {e}, not {epoch}")),
             None => return gone(format!("the writes after {after} are no longer kept; copy the catalog")),
         }
-        match store.history.after(after, LOG_PAGE) {
+        match store.recent.history.after(after, LOG_PAGE) {
             Some(writes) => {
                 let seq = self.state().seq();
                 Ok(Response::json(&LogPage { history, seq, writes, epoch: self.term() }))

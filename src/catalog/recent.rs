@@ -11,7 +11,7 @@
 //! it knows even when it keeps no write (after a checkpoint or a copy), so that a catch-up
 //! can compare (seq, epoch) at any point it serves.
 
-use crate::wire::{Purchase, Replicate};
+use crate::wire::{Order, Purchase, Replicate};
 use std::collections::{HashMap, VecDeque};
 
 /// Purchase records always kept (across checkpoints), for order servers to reconcile from,
@@ -26,6 +26,31 @@ pub const KEEP_PURCHASES: usize = 10_000;
 pub const JOURNAL_MAX: usize = 500_000;
 /// Recent writes kept in memory, for replicas that missed a few.
 pub const HISTORY: usize = 100_000;
+
+/// What the catalog remembers of its recent writes: the purchase journal and the history.
+/// Loaded from the files at open (`Store::open`), then kept by whoever decides the writes
+/// (the files only store them: `Store::append` writes rows, [`Recent::record`] remembers
+/// them), so that the decisions that read it (an order's copy taken once, a catch-up's
+/// tail, a version answer) need no file.
+#[derive(Debug)]
+pub struct Recent {
+    /// Recent purchases made for orders.
+    pub journal: Journal,
+    /// Recent writes.
+    pub history: History,
+}
+
+impl Recent {
+    /// Remembers writes made durable, in order (each with the order it was taken for).
+    pub fn record(&mut self, writes: &[(&Replicate, Option<&Order>)]) {
+        for &(r, order) in writes {
+            if let Some(o) = order {
+                self.journal.push(Purchase { seq: r.seq, order: o.clone() });
+            }
+            self.history.push(r.clone());
+        }
+    }
+}
 
 /// The purchase journal: recent purchases made for orders, by write and by order id.
 ///

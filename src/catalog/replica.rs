@@ -22,7 +22,7 @@ use super::failover::commit;
 use super::node::{CatalogNode, COPY_PAGE};
 use super::recent::Journal;
 use super::state::Catalog;
-use super::store::Store;
+use super::store::Ledger;
 use crate::client::{CatalogClient, PeerError};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -109,7 +109,7 @@ impl CatalogNode {
             // Never serve or lead with half a copy (with etcd this catalog may be elected;
             // a primary settling may go on with its own): the log on disk is whole; reload it.
             let mut store = self.lock_writer();
-            match super::store::Store::reload(&mut store) {
+            match store.reload() {
                 Ok(catalog) => *self.state_mut() = catalog,
                 Err(e) => log::error!("cannot reload the catalog after a failed copy: {e}"),
             }
@@ -166,11 +166,8 @@ impl CatalogNode {
         }
         let journal = Self::copy_journal(client, primary, catalog.seq())?;
         let mut store = self.lock_writer();
-        let own = std::mem::replace(&mut store.journal, journal);
-        if let Err(e) = store.replace(&catalog, &history, epoch) {
-            store.journal = own;
-            return Err(e.into());
-        }
+        // On failure the ledger is as it was, its own journal kept.
+        store.replace(&catalog, &history, epoch, journal)?;
         log::info!(
             "copied {} books from {primary} at write {} in {:?}",
             catalog.len(),
@@ -232,7 +229,7 @@ impl CatalogNode {
         if !take.log.is_empty() {
             let rows: Vec<(&Replicate, Option<&crate::wire::Order>)> =
                 take.log.iter().map(|w| (*w, w.order.as_ref())).collect();
-            store.append(&rows)?;
+            store.log(&rows)?;
             // Dirty until committed: a read that meets one of these books asks the primary.
             let mut state = self.state_mut();
             for w in &take.log {
@@ -256,7 +253,7 @@ impl CatalogNode {
 
     /// Where this replica's log stands, for the core's decisions. Called under the writer
     /// lock.
-    fn position(&self, store: &Store) -> Position {
+    fn position(&self, store: &Ledger) -> Position {
         let newest_epoch =
             self.epoch.load(Ordering::SeqCst).max(self.failover.as_ref().map_or(0, |f| f.core().epoch()));
         Position {
@@ -268,25 +265,25 @@ impl CatalogNode {
     }
 
     /// The number of the last write logged here, pending ones included.
-    pub(super) fn logged(&self, store: &Store) -> u64 {
-        store.history.last().0
+    pub(super) fn logged(&self, store: &Ledger) -> u64 {
+        store.recent.history.last().0
     }
 
     /// Makes the writes logged here readable up to the commit point `committed` (never past
     /// what is logged, never back). Called under the writer lock.
-    pub(super) fn show_committed(&self, store: &Store, committed: u64) -> Result<()> {
-        let upto = commit::readable_upto(self.state().seq(), store.history.last().0, committed);
+    pub(super) fn show_committed(&self, store: &Ledger, committed: u64) -> Result<()> {
+        let upto = commit::readable_upto(self.state().seq(), store.recent.history.last().0, committed);
         self.show_upto(store, upto)
     }
 
     /// Makes the writes logged here readable up to `upto`, as the core decided (at most
     /// what is logged). Called under the writer lock.
-    fn show_upto(&self, store: &Store, upto: u64) -> Result<()> {
+    fn show_upto(&self, store: &Ledger, upto: u64) -> Result<()> {
         let readable = self.state().seq();
         if upto <= readable {
             return Ok(());
         }
-        let writes = store.history.after(readable, (upto - readable) as usize).ok_or_else(|| {
+        let writes = store.recent.history.after(readable, (upto - readable) as usize).ok_or_else(|| {
             Error::Internal(format!("the writes pending after {readable} are no longer kept in memory"))
         })?;
         let mut state = self.state_mut();
