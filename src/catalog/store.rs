@@ -48,7 +48,7 @@
 //!
 //! [`Store`] stores and loads; it remembers nothing of the writes beyond the last one's
 //! number. What the catalog remembers of them (the purchase journal, the recent writes)
-//! is [`Recent`], loaded at open and kept beside the files in a [`Ledger`].
+//! is [`Recent`], loaded at open and kept beside the files in a `Ledger`.
 //!
 //! Architecture invariant: only the catalog process that owns a data directory writes its
 //! files (it holds a lock on `catalog.lock`): the log by fsynced appends or atomic
