@@ -8,6 +8,7 @@
 //! writes it lacks are always sent under the writer lock, so that no write slips in between
 //! and the replica is in sync once they are taken.
 
+use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
@@ -249,11 +250,13 @@ impl CatalogNode {
     }
 
     /// Group commit, in this order: decides each write over the current catalog (no copy of
-    /// it), makes them all durable with one fsync, fences the caches (the front ends' near
-    /// caches told, one memcached marker per key) while it pushes them to each replica, (with
-    /// etcd) takes replicas that missed them out of the in-sync record, makes them readable
-    /// here, sends the commit notice, and only then answers each. A write that is refused
-    /// (out of stock, bad update) is answered with its error and takes no sequence number.
+    /// it: `core::primary::decide`), makes them all durable with one fsync, fences the
+    /// caches (the front ends' near caches told, one memcached marker per key) while it
+    /// pushes them to each replica, waits out a lost replica's lease, (with etcd) takes
+    /// replicas that missed them out of the in-sync record, makes them readable here, sends
+    /// the commit notice, and only then answers each: the stages of `core::batch`, which
+    /// this performs. A write that is refused (out of stock, bad update) is answered with
+    /// its error and takes no sequence number.
     fn commit(&self, batch: Vec<Pending>) {
         let mut store = self.lock_writer();
         if let Err(e) = self.may_acknowledge().and_then(|()| self.cache_flushed()) {
@@ -279,99 +282,118 @@ impl CatalogNode {
         let mut answers: Vec<_> =
             replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();
         if !writes.is_empty() {
+            // The stages after the decision are the core's (`core::batch`): this loop does
+            // what it asks, in its order, and reports back.
             let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
-            let mut append = crate::trace::span("catalog.append");
-            append.attr("rows", rows.len());
-            let appended = store.log(&rows);
-            drop(append);
-            if let Err(e) = appended {
-                // Nothing of the batch was kept (the store cut what it wrote) and nothing is
-                // applied here: no write number or book id is taken. Every write of the
-                // batch is answered with the cause (503), refusals too (decided over writes
-                // that were not made).
-                log::error!("cannot persist {} writes: {e}", writes.len());
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(Error::Storage(e.copy())));
-                }
-                return;
-            }
-            self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
-            self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            let pushes = writes;
-            let last = pushes.last().map_or(0, |p| p.seq);
-            // The caches are fenced while the batch goes to the replicas: the front ends'
-            // near caches are told (their held watches answered at once) and one memcached
-            // marker per key is set, at the batch's last write. A fence ahead of the commit
-            // only makes reads miss meanwhile (no back end shows the batch yet, so no fill
-            // of it or of older data can be stored over the fence); a batch never committed
-            // leaves fences that a new primary's flush and reset clear.
+            let last = writes.last().map_or(0, |p| p.seq);
             batch_span.attr("last", last);
-            let fence = crate::trace::span("catalog.fence.near");
-            self.near.publish(&keys, last);
-            drop(fence);
-            let here = crate::trace::current();
-            let took = std::thread::scope(|s| {
-                let marked = self.cache.as_ref().map(|cache| {
-                    s.spawn(|| {
-                        let _in = crate::trace::adopt(here.clone());
-                        let mut fence = crate::trace::span("catalog.fence.memcached");
-                        fence.attr("keys", keys.len());
-                        cache.invalidate(&keys, last)
-                    })
-                });
-                let took = self.replicate(&store, &pushes, self.state().seq());
-                if let Some(marked) = marked {
-                    let _ = marked.join();
-                }
-                took
-            });
-            // With etcd: the members of the in-sync record that did not take the batch
-            // (lost, or recorded by a change whose answer was lost) leave it first, and the
-            // leadership must still hold right now. Otherwise the writes stay unacknowledged
-            // and unseen: this catalog steps down (it reads nothing until it caught up with
-            // the next primary, which drops them unless it has them).
-            let mut safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
-            if let Err(e) = &safe {
-                // Before the writes are readable here: they stay unseen.
-                self.give_up(&e.to_string());
-            } else {
-                // Committed: on every replica in sync (those that missed it are out of sync
-                // and their leases have run out). The fence is whole once every front end
-                // with a lease has applied it, or its lease has run out.
-                let confirm = crate::trace::span("catalog.near.confirmed");
-                self.near.confirmed(last);
-                drop(confirm);
-            }
-            // Readable here: the moment the batch takes effect. No read anywhere shows it
-            // earlier (a replica's read of a book with a pending write asks here).
-            {
-                let mut state = self.state_mut();
-                for w in &pushes {
-                    state.commit(w.book.clone(), w.seq);
-                }
-            }
-            if safe.is_ok() {
-                // The commit notice (an empty push with the commit point): the replicas show
-                // the batch without asking before it is acknowledged. With etcd, one that
-                // does not take it is out of sync like one that missed a push: out of the
-                // record, its lease waited out.
-                let notice = crate::trace::span("catalog.commit_notice");
-                let took = self.replicate(&store, &[], last);
-                drop(notice);
-                safe = self.make_safe(&took).and_then(|()| self.may_acknowledge());
-                if let Err(e) = &safe {
-                    self.give_up(&e.to_string());
-                }
-            }
-            if let Err(e) = safe {
-                let why = format!("the write's outcome is unknown: {e}");
-                for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
-                    answer.1 = Err(Error::Unavailable(why.clone()));
-                }
+            let (mut stages, mut step) = Batch::start(self.leases());
+            let (mut took, mut appended) = (Vec::new(), true);
+            loop {
+                let done = match step {
+                    Do::Append => {
+                        let mut append = crate::trace::span("catalog.append");
+                        append.attr("rows", rows.len());
+                        match store.log(&rows) {
+                            Ok(()) => {
+                                self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                                Done::Appended(true)
+                            }
+                            Err(e) => {
+                                // Nothing of the batch was kept (the store cut what it
+                                // wrote) and nothing is applied here: no write number or
+                                // book id is taken. Every write of the batch is answered
+                                // with the cause (503), refusals too (decided over writes
+                                // that were not made).
+                                log::error!("cannot persist {} writes: {e}", writes.len());
+                                for answer in answers.iter_mut() {
+                                    answer.1 = Err(Error::Storage(e.copy()));
+                                }
+                                Done::Appended(false)
+                            }
+                        }
+                    }
+                    Do::FenceAndPush => {
+                        // The front ends' near caches are told (their held watches answered
+                        // at once) and one memcached marker per key is set, at the batch's
+                        // last write, while the batch goes to the replicas. A batch never
+                        // committed leaves fences that a new primary's flush and reset clear.
+                        let fence = crate::trace::span("catalog.fence.near");
+                        self.near.publish(&keys, last);
+                        drop(fence);
+                        let here = crate::trace::current();
+                        let (pushed, lost_until) = std::thread::scope(|s| {
+                            let marked = self.cache.as_ref().map(|cache| {
+                                s.spawn(|| {
+                                    let _in = crate::trace::adopt(here.clone());
+                                    let mut fence = crate::trace::span("catalog.fence.memcached");
+                                    fence.attr("keys", keys.len());
+                                    cache.invalidate(&keys, last)
+                                })
+                            });
+                            let pushed = self.replicate(&store, &writes, self.state().seq());
+                            if let Some(marked) = marked {
+                                let _ = marked.join();
+                            }
+                            pushed
+                        });
+                        took = pushed;
+                        Done::Pushed { lost_until, now: Instant::now() }
+                    }
+                    Do::WaitOut(wait) => {
+                        self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
+                        self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                        log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", writes.len());
+                        std::thread::sleep(wait);
+                        Done::WaitedOut
+                    }
+                    Do::MakeSafe => Done::Safe(
+                        self.make_safe(&took).and_then(|()| self.may_acknowledge()).map_err(|e| e.to_string()),
+                    ),
+                    Do::GiveUp(why) => {
+                        self.give_up(&why);
+                        Done::GaveUp
+                    }
+                    Do::Confirm => {
+                        let _confirm = crate::trace::span("catalog.near.confirmed");
+                        self.near.confirmed(last);
+                        Done::Confirmed
+                    }
+                    Do::Show => {
+                        let mut state = self.state_mut();
+                        for w in &writes {
+                            state.commit(w.book.clone(), w.seq);
+                        }
+                        Done::Shown
+                    }
+                    Do::Notice => {
+                        let _notice = crate::trace::span("catalog.commit_notice");
+                        let (pushed, lost_until) = self.replicate(&store, &[], last);
+                        took = pushed;
+                        Done::Pushed { lost_until, now: Instant::now() }
+                    }
+                    Do::Answer { unknown } => {
+                        if let Some(why) = unknown {
+                            let why = format!("the write's outcome is unknown: {why}");
+                            for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
+                                answer.1 = Err(Error::Unavailable(why.clone()));
+                            }
+                        }
+                        break;
+                    }
+                    Do::Refuse => {
+                        appended = false;
+                        break;
+                    }
+                };
+                step = stages.next(done);
             }
             // A checkpoint that fails leaves the files as they were (the log holds every
             // write) and is tried again later.
-            store.after_write(&self.state());
+            if appended {
+                store.after_write(&self.state());
+            }
         }
         drop(store);
         let batch_ctx = batch_span.context();
@@ -505,9 +527,10 @@ impl CatalogNode {
     /// Pushes writes to every replica in sync (in parallel), with the commit point
     /// `committed` (etcd only; an empty push with it is the commit notice). A replica that
     /// misses them is out of sync from then on (no lease renewals, no pushes) until the
-    /// background brings it back; the writes wait until that replica's lease has surely
-    /// expired. Returns the replicas that took them.
-    fn replicate(&self, store: &Ledger, pushes: &[Replicate], committed: u64) -> Vec<String> {
+    /// background brings it back. Returns the replicas that took them, and the latest time
+    /// until which one that missed them may hold a read lease (the batch waits it out:
+    /// `core::batch`).
+    fn replicate(&self, store: &Ledger, pushes: &[Replicate], committed: u64) -> (Vec<String>, Option<Instant>) {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
         let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
             let pushes: Vec<_> = links
@@ -534,16 +557,7 @@ impl CatalogNode {
             pushes.into_iter().map(|p| p.join().unwrap_or(Err(None))).collect()
         });
         let took = links.iter().zip(&waits).filter(|(_, w)| w.is_ok()).map(|(l, _)| l.url.clone()).collect();
-        if let Some(until) = waits.into_iter().filter_map(Result::err).flatten().max().filter(|_| self.leases()) {
-            let wait = until.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
-                self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", pushes.len());
-                std::thread::sleep(wait);
-            }
-        }
-        took
+        (took, waits.into_iter().filter_map(Result::err).flatten().max())
     }
 
     /// [`Self::push_to`] in a `catalog.push` span (failed when the push did).

@@ -6,6 +6,9 @@
 //! touches no file or socket, so each rule is tested as a table without a process. The
 //! node performs what is decided and feeds the outcome back.
 //!
+//! - [`batch`]: a group commit's stages after its first decision, in their order (append,
+//!   fence and push, wait out lost leases, make safe or give up, confirm, show, notice,
+//!   answer), told what happened and saying what to do next.
 //! - [`primary`]: a group commit's first decision: which waiting writes are made, with
 //!   which numbers, what each is answered, which cache keys they change.
 //! - [`read`]: whether a catalog may answer a read now.
@@ -17,6 +20,7 @@
 //! `Table` (the front ends' sessions), `recent.rs` (history and purchase journal) and the
 //! store's one lease arithmetic (`crate::lease`).
 
+pub mod batch;
 pub mod primary;
 pub mod read;
 pub mod replica;

@@ -169,8 +169,6 @@ mod tests {
         assert!(decided.keys.windows(2).all(|k| k[0] < k[1]), "sorted");
     }
 
-    /// An order that took its copy already (journaled, or earlier in the batch) takes none
-    /// again and is answered with the book as it is.
     /// A replica's answer to a push as a table: (last, acked, same log, etcd) -> verdict.
     #[test]
     fn an_ack_counts_only_for_the_whole_batch_in_this_log() {
@@ -190,6 +188,8 @@ mod tests {
         }
     }
 
+    /// An order that took its copy already (journaled, or earlier in the batch) takes none
+    /// again and is answered with the book as it is.
     #[test]
     fn an_order_takes_its_copy_once() {
         let mut journal = Journal::default();

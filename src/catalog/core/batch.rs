@@ -1,0 +1,309 @@
+//! The primary's group commit after its first decision ([`super::primary::decide`]): the
+//! stages a batch goes through until its writes are answered, as a value that is told what
+//! happened and says what to do next (design step 5, `docs/design/catalog-core.md` §2.7).
+//!
+//! The writer performs each [`Do`] and reports its outcome ([`Done`]); [`Batch::next`]
+//! returns what follows. Nothing here waits, reads a clock or knows a socket: the time a
+//! lost replica's lease still runs is computed from the `now` the writer reports, and the
+//! writer sleeps it. Today the writer runs a batch to its end under the writer lock, one
+//! batch at a time; the owner thread of step 6 will park the batch between stages instead.
+//!
+//! # The order (the store's guarantees rest on it)
+//! 1. **Append** the decided writes and fsync once. A failure answers every write of the
+//!    batch with the cause ([`Do::Refuse`]): nothing of it was kept, nothing is readable.
+//! 2. **Fence and push**: the front ends' near caches are told and memcached's markers set
+//!    while the batch goes to every replica in sync. A fence ahead of the commit only makes
+//!    reads miss meanwhile.
+//! 3. **Wait out** the lease of every replica that missed the batch (it may still answer
+//!    reads of the old value until then), when leases are on.
+//! 4. **Make safe**: with etcd, the members of the in-sync record that did not take the
+//!    batch leave it, and the leadership must still hold. If not, the batch **gives up**:
+//!    this catalog steps down and the writes' outcome is unknown (answered so).
+//! 5. **Confirm**: every front end with a lease applied the fence, or its lease ran out
+//!    (skipped when the batch gave up).
+//! 6. **Show**: the batch becomes readable here, the moment it takes effect (also after
+//!    giving up, as the code before this module did: the catalog has stepped down and reads
+//!    nothing until it caught up with the next primary).
+//! 7. **Notice**: the commit notice (an empty push with the commit point), so replicas show
+//!    the batch without asking; it goes through 3 and 4 again (a replica that missed it is
+//!    out of sync like one that missed the push). Skipped when the batch gave up.
+//! 8. **Answer**: every write acknowledged, or, when the batch gave up, answered that its
+//!    outcome is unknown. Only here does any client learn of the batch.
+
+use std::time::{Duration, Instant};
+
+/// What the writer does next for a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Do {
+    /// Append the decided writes to the log with one fsync.
+    Append,
+    /// Fence the caches (near caches told, memcached markers) and push the batch to every
+    /// replica in sync, in parallel.
+    FenceAndPush,
+    /// Sleep this long: a replica that missed the batch may answer reads until its lease
+    /// ends.
+    WaitOut(Duration),
+    /// With etcd, take the replicas that did not take the batch out of the in-sync record,
+    /// then check that the leadership still holds (static roles: nothing to do).
+    MakeSafe,
+    /// Step down: the batch cannot be acknowledged (why).
+    GiveUp(String),
+    /// Wait until every front end with a lease applied the fence, or its lease ran out.
+    Confirm,
+    /// Make the batch readable here.
+    Show,
+    /// Send the commit notice to every replica in sync.
+    Notice,
+    /// Answer every write: acknowledged (`unknown` is None), or that its outcome is
+    /// unknown, and why. The batch is over.
+    Answer {
+        /// Why the outcome is unknown, when the batch gave up.
+        unknown: Option<String>,
+    },
+    /// The append failed: answer every write with the cause. The batch is over.
+    Refuse,
+}
+
+/// What happened when the writer did what the batch asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// The append: made durable, or not.
+    Appended(bool),
+    /// A push round (the batch's, or the commit notice): the latest time until which a
+    /// replica that missed it may hold a lease (None: none missed it, or none held one),
+    /// and the time now.
+    Pushed {
+        /// The latest lease end among the replicas that missed it.
+        lost_until: Option<Instant>,
+        /// When the round ended.
+        now: Instant,
+    },
+    /// The wait for a lost lease is over.
+    WaitedOut,
+    /// The in-sync record and the leadership: fine, or why not.
+    Safe(Result<(), String>),
+    /// The catalog stepped down.
+    GaveUp,
+    /// The front ends confirmed the fence (or their leases ran out).
+    Confirmed,
+    /// The batch is readable here.
+    Shown,
+}
+
+/// Which push round a batch is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    /// The batch's own push.
+    Batch,
+    /// The commit notice.
+    Notice,
+}
+
+/// Where a batch is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    Appending,
+    Pushing(Round),
+    WaitingOut(Round),
+    MakingSafe(Round),
+    GivingUp { why: String, shown: bool },
+    Confirming,
+    Showing,
+    Over,
+}
+
+/// A batch decided and numbered, on its way to its answers (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    stage: Stage,
+    /// Whether the replicas hold read leases (a lost one is waited out).
+    leases: bool,
+    /// Why the batch gave up, once it has.
+    unknown: Option<String>,
+}
+
+impl Batch {
+    /// A batch whose writes were decided; `leases` says whether replicas hold read leases.
+    /// Returns it and its first step ([`Do::Append`]).
+    pub fn start(leases: bool) -> (Batch, Do) {
+        (Batch { stage: Stage::Appending, leases, unknown: None }, Do::Append)
+    }
+
+    /// Whether the batch is over (answered or refused).
+    pub fn is_over(&self) -> bool {
+        self.stage == Stage::Over
+    }
+
+    /// What to do after `done`. A report that does not fit the stage (a bug of the writer)
+    /// panics: the writer's order is what the store's guarantees rest on.
+    pub fn next(&mut self, done: Done) -> Do {
+        let (stage, step) = match (std::mem::replace(&mut self.stage, Stage::Over), done) {
+            (Stage::Appending, Done::Appended(false)) => (Stage::Over, Do::Refuse),
+            (Stage::Appending, Done::Appended(true)) => (Stage::Pushing(Round::Batch), Do::FenceAndPush),
+            (Stage::Pushing(round), Done::Pushed { lost_until, now }) => {
+                match lost_until.filter(|_| self.leases).map(|until| until.saturating_duration_since(now)) {
+                    Some(wait) if !wait.is_zero() => (Stage::WaitingOut(round), Do::WaitOut(wait)),
+                    _ => (Stage::MakingSafe(round), Do::MakeSafe),
+                }
+            }
+            (Stage::WaitingOut(round), Done::WaitedOut) => (Stage::MakingSafe(round), Do::MakeSafe),
+            (Stage::MakingSafe(Round::Batch), Done::Safe(Ok(()))) => (Stage::Confirming, Do::Confirm),
+            (Stage::MakingSafe(Round::Notice), Done::Safe(Ok(()))) => (Stage::Over, Do::Answer { unknown: None }),
+            (Stage::MakingSafe(round), Done::Safe(Err(why))) => {
+                (Stage::GivingUp { why: why.clone(), shown: round == Round::Notice }, Do::GiveUp(why))
+            }
+            (Stage::GivingUp { why, shown }, Done::GaveUp) => {
+                self.unknown = Some(why);
+                match shown {
+                    // The batch gave up before it was readable here: it becomes readable
+                    // anyway (see the module doc), and gets no commit notice.
+                    false => (Stage::Showing, Do::Show),
+                    true => (Stage::Over, Do::Answer { unknown: self.unknown.clone() }),
+                }
+            }
+            (Stage::Confirming, Done::Confirmed) => (Stage::Showing, Do::Show),
+            (Stage::Showing, Done::Shown) => match &self.unknown {
+                None => (Stage::Pushing(Round::Notice), Do::Notice),
+                Some(why) => (Stage::Over, Do::Answer { unknown: Some(why.clone()) }),
+            },
+            (stage, done) => panic!("a batch at {stage:?} was told {done:?}"),
+        };
+        self.stage = stage;
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a batch from its start, feeding `reports` in turn; returns every step it asked
+    /// for, and checks that it is over exactly when the reports end.
+    fn run(leases: bool, reports: Vec<Done>) -> Vec<Do> {
+        let (mut batch, first) = Batch::start(leases);
+        let mut steps = vec![first];
+        for done in reports {
+            assert!(!batch.is_over(), "a report after the end: {done:?}");
+            steps.push(batch.next(done));
+        }
+        assert!(batch.is_over(), "the batch did not end: {steps:?}");
+        steps
+    }
+
+    fn pushed(lost_ms: Option<u64>) -> Done {
+        let now = Instant::now();
+        Done::Pushed { lost_until: lost_ms.map(|ms| now + Duration::from_millis(ms)), now }
+    }
+
+    /// Every replica took the batch and the notice: acknowledged after the fence is
+    /// confirmed and the batch is readable here, never before.
+    #[test]
+    fn a_batch_every_replica_took_is_answered_last() {
+        let steps = run(
+            true,
+            vec![
+                Done::Appended(true),
+                pushed(None),
+                Done::Safe(Ok(())),
+                Done::Confirmed,
+                Done::Shown,
+                pushed(None),
+                Done::Safe(Ok(())),
+            ],
+        );
+        use Do::*;
+        assert_eq!(
+            steps,
+            vec![Append, FenceAndPush, MakeSafe, Confirm, Show, Notice, MakeSafe, Answer { unknown: None }]
+        );
+    }
+
+    /// The append failed: every write is refused with the cause, nothing else happens.
+    #[test]
+    fn a_failed_append_refuses_the_batch_and_does_nothing_else() {
+        assert_eq!(run(true, vec![Done::Appended(false)]), vec![Do::Append, Do::Refuse]);
+    }
+
+    /// A replica that missed the push (or the notice) holds its lease for a while: the batch
+    /// waits it out before it may count as safe; with leases off, or a lease already over,
+    /// there is nothing to wait for.
+    #[test]
+    fn a_lost_replicas_lease_is_waited_out_in_both_rounds() {
+        let steps = run(
+            true,
+            vec![
+                Done::Appended(true),
+                pushed(Some(300)),
+                Done::WaitedOut,
+                Done::Safe(Ok(())),
+                Done::Confirmed,
+                Done::Shown,
+                pushed(Some(40)),
+                Done::WaitedOut,
+                Done::Safe(Ok(())),
+            ],
+        );
+        assert_eq!(steps[2], Do::WaitOut(Duration::from_millis(300)));
+        assert_eq!(steps[7], Do::WaitOut(Duration::from_millis(40)));
+        assert_eq!(steps.last(), Some(&Do::Answer { unknown: None }));
+        // Leases off: a lost replica answers no read, nothing to wait for.
+        let (mut batch, _) = Batch::start(false);
+        batch.next(Done::Appended(true));
+        assert_eq!(batch.next(pushed(Some(300))), Do::MakeSafe);
+        // A lease that already ended.
+        let (mut batch, _) = Batch::start(true);
+        batch.next(Done::Appended(true));
+        let now = Instant::now();
+        let ended = now.checked_sub(Duration::from_millis(5)).unwrap_or(now);
+        assert_eq!(batch.next(Done::Pushed { lost_until: Some(ended), now }), Do::MakeSafe);
+    }
+
+    /// The in-sync record could not be changed (or the leadership lapsed) after the push:
+    /// the catalog steps down, no front end is waited for, the batch still becomes readable
+    /// here (it reads nothing until caught up), no notice is sent, and every write is
+    /// answered that its outcome is unknown.
+    #[test]
+    fn a_batch_that_cannot_be_made_safe_gives_up_and_says_the_outcome_is_unknown() {
+        let why = "the in-sync record was not changed".to_string();
+        let steps = run(
+            true,
+            vec![Done::Appended(true), pushed(None), Done::Safe(Err(why.clone())), Done::GaveUp, Done::Shown],
+        );
+        use Do::*;
+        assert_eq!(
+            steps,
+            vec![Append, FenceAndPush, MakeSafe, GiveUp(why.clone()), Show, Answer { unknown: Some(why) }]
+        );
+    }
+
+    /// The same after the commit notice: the batch is readable already; it gives up and
+    /// answers that the outcome is unknown.
+    #[test]
+    fn a_notice_that_cannot_be_made_safe_gives_up_too() {
+        let why = "leadership lapsed".to_string();
+        let steps = run(
+            true,
+            vec![
+                Done::Appended(true),
+                pushed(None),
+                Done::Safe(Ok(())),
+                Done::Confirmed,
+                Done::Shown,
+                pushed(Some(10)),
+                Done::WaitedOut,
+                Done::Safe(Err(why.clone())),
+                Done::GaveUp,
+            ],
+        );
+        use Do::*;
+        assert_eq!(steps[8..], [GiveUp(why.clone()), Answer { unknown: Some(why) }]);
+    }
+
+    /// A report out of order is a bug of the writer, never a guess.
+    #[test]
+    #[should_panic(expected = "was told")]
+    fn a_report_out_of_order_panics() {
+        let (mut batch, _) = Batch::start(true);
+        batch.next(Done::Shown);
+    }
+}
