@@ -16,7 +16,14 @@
 //!
 //! **Architecture invariant: every item is run exactly once, in exactly one batch, and its
 //! caller gets that batch's answer for it.** A batch that panics answers its members
-//! `None` (the caller says so as an error), and the group goes on.
+//! `None` (the caller says so as an error), and the group goes on. A leader's batch always
+//! holds the leader's own item (with the oldest others), so a caller busy leading never
+//! has an item waiting, and waking the caller of the oldest item waiting always finds one
+//! free to lead.
+//!
+//! A group may bound the items waiting for a leader ([`Group::with_queue`]): one more is
+//! given back at once by [`Group::try_run`], for its caller to refuse (503), so that a
+//! surge beyond what the batches carry in time is shed, not queued.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -33,6 +40,8 @@ pub struct Group<T, R> {
     most: usize,
     /// Most batches in flight at once.
     flights: usize,
+    /// Most items waiting for a leader: one more is refused at once ([`Group::try_run`]).
+    queue: usize,
     /// The items waiting, the batches in flight and the answers not yet picked up. Held
     /// only to move items and answers, never while a batch runs.
     state: Mutex<State<T, R>>,
@@ -65,8 +74,14 @@ impl<T, R> Group<T, R> {
         Group {
             most,
             flights,
+            queue: usize::MAX,
             state: Mutex::new(State { next: 0, waiting: VecDeque::new(), in_flight: 0, answers: HashMap::new() }),
         }
+    }
+
+    /// The same group, with at most `queue` items waiting for a leader ([`Group::try_run`]).
+    pub fn with_queue(self, queue: usize) -> Group<T, R> {
+        Group { queue, ..self }
     }
 
     fn state(&self) -> MutexGuard<'_, State<T, R>> {
@@ -78,20 +93,44 @@ impl<T, R> Group<T, R> {
     /// caller leads passes its own `batch`; all callers of a group must pass the same one in
     /// effect. None when the batch that held the item panicked (or answered too few).
     pub fn run(&self, item: T, batch: impl Fn(Vec<T>) -> Vec<R>) -> Option<R> {
+        match self.try_run(item, batch) {
+            Ok(answer) => answer,
+            Err(_) => unreachable!("a group without a queue bound refuses nothing"),
+        }
+    }
+
+    /// [`Group::run`], but when as many items wait for a leader as the group's queue allows
+    /// ([`Group::with_queue`]), the item is given back at once, unrun (the caller refuses
+    /// it: the load is more than the batches can carry in time).
+    pub fn try_run(&self, item: T, batch: impl Fn(Vec<T>) -> Vec<R>) -> Result<Option<R>, T> {
         let mut state = self.state();
+        if state.waiting.len() >= self.queue {
+            return Err(item);
+        }
         let ticket = state.next;
         state.next += 1;
         state.waiting.push_back(Waiting { ticket, item, caller: std::thread::current() });
         loop {
             if let Some(answer) = state.answers.remove(&ticket) {
-                return answer;
+                return Ok(answer);
             }
-            if state.in_flight < self.flights && !state.waiting.is_empty() {
-                let take = state.waiting.len().min(self.most);
-                let mut members = Vec::with_capacity(take);
-                let items: Vec<T> = state
-                    .waiting
-                    .drain(..take)
+            // Only a caller whose item still waits leads, and its batch holds its item and
+            // the oldest others: so a caller busy leading never has an item waiting, and
+            // the caller of the oldest item waiting can always be woken to lead.
+            let mine = state.waiting.iter().position(|w| w.ticket == ticket);
+            if let Some(at) = mine.filter(|_| state.in_flight < self.flights) {
+                let mut taken: Vec<Waiting<T>> = if at >= self.most {
+                    let own = state.waiting.remove(at).expect("found just now");
+                    let mut oldest: Vec<_> = state.waiting.drain(..self.most - 1).collect();
+                    oldest.push(own);
+                    oldest
+                } else {
+                    let take = state.waiting.len().min(self.most);
+                    state.waiting.drain(..take).collect()
+                };
+                let mut members = Vec::with_capacity(taken.len());
+                let items: Vec<T> = taken
+                    .drain(..)
                     .map(|w| {
                         members.push((w.ticket, w.caller));
                         w.item
@@ -214,6 +253,7 @@ mod tests {
                             let item = c * 1000 + k;
                             let answer = group.run(item, |items: Vec<usize>| {
                                 assert!(items.len() <= most, "{} items in a batch of at most {most}", items.len());
+                                assert!(items.contains(&item), "a leader's batch holds its own item");
                                 let now = flying.fetch_add(1, Ordering::SeqCst) + 1;
                                 most_flying.fetch_max(now, Ordering::SeqCst);
                                 batches.fetch_add(1, Ordering::SeqCst);
@@ -279,6 +319,43 @@ mod tests {
         let mut batches = batches.lock().unwrap().clone();
         batches[1].sort_unstable();
         assert_eq!(batches, vec![vec![0], vec![1, 2, 3]]);
+    }
+
+    /// With a bound on the items waiting, one more is given back at once, unrun; once the
+    /// batch in flight ends the waiting ones run and the group takes items again.
+    #[test]
+    fn a_full_queue_gives_the_item_back_at_once() {
+        let group = Group::new(1, 1).with_queue(2);
+        let group = &group;
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = &Mutex::new(held);
+        std::thread::scope(|s| {
+            let leader = s.spawn(move || {
+                group.try_run(0, |items: Vec<i32>| {
+                    held.lock().unwrap().recv().unwrap();
+                    items
+                })
+            });
+            while group.flying() == 0 {
+                std::thread::yield_now();
+            }
+            let waiters: Vec<_> = (1..=2).map(|i| s.spawn(move || group.run(i, |items: Vec<i32>| items))).collect();
+            while group.waiting() < 2 {
+                std::thread::yield_now();
+            }
+            let ran = AtomicUsize::new(0);
+            let refused = group.try_run(3, |items: Vec<i32>| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                items
+            });
+            assert_eq!(refused, Err(3), "the queue holds 2: the third is given back");
+            assert_eq!(ran.load(Ordering::SeqCst), 0, "unrun");
+            release.send(()).unwrap();
+            assert_eq!(leader.join().unwrap(), Ok(Some(0)));
+            let answers: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+            assert_eq!(answers, [Some(1), Some(2)]);
+        });
+        assert_eq!(group.try_run(4, |items: Vec<i32>| items), Ok(Some(4)));
     }
 
     /// A batch that panics answers its members None, and the group goes on.

@@ -27,6 +27,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const LAB_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the back ends' readiness is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Purchases that may wait for an order server, in full rounds of batches (a batch per
+/// order server, each of `OrderBatch::MOST`): beyond, a purchase is shed at once (503 with
+/// `Retry-After`) rather than wait for rounds it cannot get in time.
+pub const PURCHASE_ROUNDS: usize = 2;
 
 /// Settings of the front end.
 #[derive(Clone, Debug)]
@@ -98,7 +102,7 @@ pub struct Frontend {
     lab: Http,
     /// Purchases waiting for an order server: whoever finds a flight free sends every
     /// purchase waiting in one request ([`Frontend::purchase_batch`]); one flight per order
-    /// server.
+    /// server; at most [`PURCHASE_ROUNDS`] full rounds of batches waiting, more are shed.
     purchases: Group<(u32, Option<crate::trace::Context>), Response>,
     /// Gathering a trace's spans from the back ends (`traces.rs`), with the token.
     traces: Http,
@@ -128,7 +132,8 @@ impl Frontend {
             metrics,
             board: Board::new(),
             lab: Http::new(LAB_TIMEOUT, 4, config.common.token.clone()),
-            purchases: Group::new(OrderBatch::MOST, config.orders.len()),
+            purchases: Group::new(OrderBatch::MOST, config.orders.len())
+                .with_queue(PURCHASE_ROUNDS * OrderBatch::MOST * config.orders.len()),
             traces: Http::new(super::traces::GATHER_TIMEOUT, 4, config.common.token.clone()).peer(),
             config,
         }
@@ -554,11 +559,20 @@ impl Frontend {
         // the CPU is idle.
         crate::http::step_aside();
         let item = (id, crate::trace::current());
-        Ok(self.purchases.run(item, |items| self.purchase_traced(&items)).unwrap_or_else(|| {
-            Response::error(&Error::Unavailable(
+        match self.purchases.try_run(item, |items| self.purchase_traced(&items)) {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(Error::Unavailable(
                 "the batch that carried this purchase failed (it may or may not have happened)".into(),
-            ))
-        }))
+            )),
+            // More purchases wait than the order servers carry in time: shed at once, as the
+            // server sheds what finds no slot (nothing was sent, nothing happened).
+            Err(_) => Ok(Response::error(&Error::Unavailable(format!(
+                "overloaded: too many purchases at once, retry after {} second",
+                http::RETRY_AFTER
+            )))
+            .with_header("Retry-After", http::RETRY_AFTER)
+            .at("shed")),
+        }
     }
 
     /// [`Frontend::purchase_batch`] in the trace of the batch's first traced purchase, the
