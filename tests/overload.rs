@@ -181,6 +181,56 @@ fn idle_connections_from_one_address_do_not_lock_out_another() {
     });
 }
 
+/// Purchases give back their public slot while they wait for their batch, so the front end
+/// bounds what waits itself: with both order servers frozen (SIGSTOP), a batch in flight to
+/// each and two full rounds of batches waiting (2 x 64 per order server), every purchase
+/// beyond is answered 503 with `Retry-After` at once instead of joining a queue it cannot
+/// leave in time; once the order servers run again, every purchase that waited is made.
+#[test]
+fn purchases_beyond_two_rounds_of_batches_are_shed_at_once() {
+    let s = Store::start(Opts::default()).expect("a store");
+    s.set_stock(1, 100_000);
+    let fe: SocketAddr = s.fe().trim_start_matches("http://").parse().unwrap();
+    let waiting = 2 * 64 * 2;
+    let (flights, extra) = (2, 40);
+    s.orders.iter().for_each(|o| o.signal(libc::SIGSTOP));
+    let post = "POST /purchase/1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+    let buyers: Vec<TcpStream> = (0..flights + waiting + extra)
+        .map(|i| {
+            // 32 buyers per address, under the per-address cap; one at a time, so that the
+            // first lead the frozen flights and the next fill the queue.
+            let c = connect_from(Ipv4Addr::new(127, 0, 4, 1 + (i / 32) as u8), fe).unwrap();
+            (&c).write_all(post.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // The answers that came at once: the shed purchases.
+    let shed: Vec<bool> = buyers
+        .iter()
+        .map(|c| {
+            c.set_nonblocking(true).unwrap();
+            let answered = c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1);
+            c.set_nonblocking(false).unwrap();
+            if answered {
+                let (head, body) = read_answer(c);
+                assert_eq!((head.status, head.header("retry-after")), (503, Some("1")), "{body}");
+                assert!(body.contains("too many purchases"), "{body}");
+            }
+            answered
+        })
+        .collect();
+    let count = shed.iter().filter(|s| **s).count();
+    assert_eq!(count, extra, "shed at once while {flights} flights and {waiting} purchases waited");
+    s.orders.iter().for_each(|o| o.signal(libc::SIGCONT));
+    for (c, _) in buyers.iter().zip(&shed).filter(|(_, shed)| !**shed) {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let (head, body) = read_answer(c);
+        assert_eq!(head.status, 200, "every purchase that waited is made: {body}");
+    }
+}
+
 /// A replica under a surge of public reads from many addresses (modest: the machine is
 /// shared) keeps its read lease: the primary refuses no renewal, no write waits for a lost
 /// lease, and every sample of the lease shows time left.
