@@ -195,22 +195,19 @@ mod tests {
         Done::Pushed { lost_until: lost_ms.map(|ms| now + Duration::from_millis(ms)), now }
     }
 
+    /// The reports of a batch every replica took, up to where it is readable here, then
+    /// `rest`.
+    fn shown_then(rest: Vec<Done>) -> Vec<Done> {
+        let mut reports = vec![Done::Appended(true), pushed(None), Done::Safe(Ok(())), Done::Confirmed, Done::Shown];
+        reports.extend(rest);
+        reports
+    }
+
     /// Every replica took the batch and the notice: acknowledged after the fence is
     /// confirmed and the batch is readable here, never before.
     #[test]
     fn a_batch_every_replica_took_is_answered_last() {
-        let steps = run(
-            true,
-            vec![
-                Done::Appended(true),
-                pushed(None),
-                Done::Safe(Ok(())),
-                Done::Confirmed,
-                Done::Shown,
-                pushed(None),
-                Done::Safe(Ok(())),
-            ],
-        );
+        let steps = run(true, shown_then(vec![pushed(None), Done::Safe(Ok(()))]));
         use Do::*;
         assert_eq!(
             steps,
@@ -281,20 +278,8 @@ mod tests {
     #[test]
     fn a_notice_that_cannot_be_made_safe_gives_up_too() {
         let why = "leadership lapsed".to_string();
-        let steps = run(
-            true,
-            vec![
-                Done::Appended(true),
-                pushed(None),
-                Done::Safe(Ok(())),
-                Done::Confirmed,
-                Done::Shown,
-                pushed(Some(10)),
-                Done::WaitedOut,
-                Done::Safe(Err(why.clone())),
-                Done::GaveUp,
-            ],
-        );
+        let steps =
+            run(true, shown_then(vec![pushed(Some(10)), Done::WaitedOut, Done::Safe(Err(why.clone())), Done::GaveUp]));
         use Do::*;
         assert_eq!(steps[8..], [GiveUp(why.clone()), Answer { unknown: Some(why) }]);
     }
