@@ -174,6 +174,27 @@ impl From<PeerError> for Error {
     }
 }
 
+/// One purchase of a batch refused: its own status and message, for the batch's answer.
+impl From<Error> for crate::wire::Unmade {
+    fn from(e: Error) -> Self {
+        crate::wire::Unmade { status: e.status(), message: e.to_string() }
+    }
+}
+
+/// One purchase of a peer's batch answer refused: as if the peer had answered that
+/// purchase alone with its status.
+impl From<crate::wire::Unmade> for PeerError {
+    fn from(u: crate::wire::Unmade) -> Self {
+        PeerError::Answered { status: u.status, message: u.message }
+    }
+}
+
+impl From<crate::wire::Unmade> for Error {
+    fn from(u: crate::wire::Unmade) -> Self {
+        Error::Peer(u.into())
+    }
+}
+
 /// Why a call to another service failed.
 #[derive(Debug)]
 pub enum PeerError {

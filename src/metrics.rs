@@ -108,7 +108,17 @@ impl Metrics {
             let _ = writeln!(out, "bazar_request_seconds_sum{{{labels}}} {}", s.sum);
             let _ = writeln!(out, "bazar_request_seconds_count{{{labels}}} {}", s.count);
         }
-        out.push_str(&crate::trace::metrics_text());
+        let spans = crate::trace::counts();
+        push_metric(&mut out, "bazar_spans_recorded_total", "counter", "Spans recorded.", spans.recorded);
+        push_metric(
+            &mut out,
+            "bazar_spans_exported_total",
+            "counter",
+            "Spans the OTLP collector took.",
+            spans.exported,
+        );
+        let dropped = "Spans not exported (queue full, collector slow, failing or gone).";
+        push_metric(&mut out, "bazar_spans_dropped_total", "counter", dropped, spans.dropped);
         out.push_str(extra);
         out
     }

@@ -162,23 +162,41 @@ pub struct Taken {
 }
 
 impl Taken {
-    /// The answer to one purchase: its book, or its error's status and message.
-    pub fn from_answer(answer: Result<Book, crate::error::Error>) -> Taken {
+    /// The answer to one purchase: its book, or why it was not made.
+    pub fn from_answer(answer: Result<Book, Unmade>) -> Taken {
         match answer {
             Ok(book) => Taken { status: 200, book: Some(book), error: None },
-            Err(e) => Taken { status: e.status(), book: None, error: Some(e.to_string()) },
+            Err(u) => Taken { status: u.status, book: None, error: Some(u.message) },
         }
     }
 
     /// Back to what the purchase alone would have met: the book, or the catalog's refusal
-    /// with its own status (as [`crate::error::PeerError::Answered`]).
-    pub fn into_answer(self) -> Result<Book, crate::error::PeerError> {
+    /// with its own status.
+    pub fn into_answer(self) -> Result<Book, Unmade> {
         match (self.status, self.book) {
             (200, Some(book)) => Ok(book),
-            (status, _) => Err(crate::error::PeerError::Answered {
-                status: if status == 200 { 500 } else { status },
-                message: self.error.unwrap_or_else(|| "the catalog answered 200 with no book".into()),
-            }),
+            (status, _) => Err(Unmade::of(status, self.error, "the catalog answered 200 with no book")),
+        }
+    }
+}
+
+/// Why one purchase of a batch was not made: the status and message that purchase alone
+/// would have been answered with (`error.rs` converts it from and to the crate's errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmade {
+    /// The purchase's own HTTP status (never 200).
+    pub status: u16,
+    /// Why.
+    pub message: String,
+}
+
+impl Unmade {
+    /// From a batch answer's `status` and `error`; a 200 without its book or order is the
+    /// peer's fault (500, `missing`).
+    fn of(status: u16, error: Option<String>, missing: &str) -> Unmade {
+        match status {
+            200 => Unmade { status: 500, message: missing.into() },
+            _ => Unmade { status, message: error.unwrap_or_else(|| format!("refused with status {status}")) },
         }
     }
 }
@@ -221,23 +239,20 @@ pub struct Placed {
 }
 
 impl Placed {
-    /// The answer to one purchase: its order, or its error's status and message.
-    pub fn from_answer(answer: Result<Order, crate::error::Error>) -> Placed {
+    /// The answer to one purchase: its order, or why it was not made.
+    pub fn from_answer(answer: Result<Order, Unmade>) -> Placed {
         match answer {
             Ok(order) => Placed { status: 200, order: Some(order), error: None },
-            Err(e) => Placed { status: e.status(), order: None, error: Some(e.to_string()) },
+            Err(u) => Placed { status: u.status, order: None, error: Some(u.message) },
         }
     }
 
     /// Back to what the purchase alone would have met: the order, or the order server's
     /// refusal with its own status.
-    pub fn into_answer(self) -> Result<Order, crate::error::PeerError> {
+    pub fn into_answer(self) -> Result<Order, Unmade> {
         match (self.status, self.order) {
             (200, Some(order)) => Ok(order),
-            (status, _) => Err(crate::error::PeerError::Answered {
-                status: if status == 200 { 500 } else { status },
-                message: self.error.unwrap_or_else(|| "the order server answered 200 with no order".into()),
-            }),
+            (status, _) => Err(Unmade::of(status, self.error, "the order server answered 200 with no order")),
         }
     }
 }
@@ -740,6 +755,21 @@ pub struct TraceSummary {
 
 #[cfg(test)]
 mod tests {
+
+    /// One purchase of a batch answered and read back: made, refused with its own status,
+    /// or a 200 without its book (the peer's fault: 500).
+    #[test]
+    fn a_batch_answer_reads_back_as_the_purchase_alone_would_have_met_it() {
+        let book = Book { id: 1, title: "t".into(), topic: "x".into(), price: Default::default(), quantity: 2 };
+        let out = Unmade { status: 409, message: "out of stock".into() };
+        assert_eq!(Taken::from_answer(Ok(book.clone())).into_answer(), Ok(book));
+        assert_eq!(Taken::from_answer(Err(out.clone())).into_answer(), Err(out.clone()));
+        let empty = Taken { status: 200, book: None, error: None };
+        assert_eq!(empty.into_answer().unwrap_err().status, 500);
+        assert_eq!(Placed::from_answer(Err(out.clone())).into_answer(), Err(out));
+        let bare = Placed { status: 503, order: None, error: None };
+        assert_eq!(bare.into_answer().unwrap_err().status, 503);
+    }
 
     fn id(history: &str, seq: u64, epoch: u64) -> Identity {
         Identity { history: history.into(), seq, epoch }

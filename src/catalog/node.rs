@@ -564,7 +564,7 @@ impl CatalogNode {
                     writes.push(Asked { id: p.id, write: Write::Purchase, order });
                     taken.push(None);
                 }
-                Err(e) => taken.push(Some(Taken::from_answer(Err(e)))),
+                Err(e) => taken.push(Some(Taken::from_answer(Err(e.into())))),
             }
         }
         let mut answers = self.write_many(writes).into_iter();
@@ -574,7 +574,7 @@ impl CatalogNode {
                 match answers.next().expect("one answer per write") {
                     // With etcd: the role moved on before this one was decided.
                     Err(Error::Lead(NoLead::NotPrimary)) if self.failover.is_some() => elsewhere.push(p.clone()),
-                    answer => *slot = Some(Taken::from_answer(answer)),
+                    answer => *slot = Some(Taken::from_answer(answer.map_err(Into::into))),
                 }
             }
         }

@@ -736,7 +736,11 @@ impl OrderNode {
                             OrderBatch::MOST
                         )));
                     }
-                    let placed = self.purchase_many(&batch.books).into_iter().map(Placed::from_answer).collect();
+                    let placed = self
+                        .purchase_many(&batch.books)
+                        .into_iter()
+                        .map(|a| Placed::from_answer(a.map_err(Into::into)))
+                        .collect();
                     Ok(Response::json(&OrderBatchAnswer { placed }))
                 }),
                 "/internal/purchase-batch",

@@ -445,33 +445,28 @@ pub fn flush(within: std::time::Duration) {
     }
 }
 
-/// The span counters for `/metrics` (zeros when tracing is off).
-pub fn metrics_text() -> String {
-    let mut out = String::new();
-    let (recorded, exported, dropped) = match TRACER.get() {
-        Some(t) => (
-            t.counters.recorded.load(Ordering::Relaxed),
-            t.counters.exported.load(Ordering::Relaxed),
-            t.counters.dropped.load(Ordering::Relaxed),
-        ),
-        None => (0, 0, 0),
-    };
-    crate::metrics::push_metric(&mut out, "bazar_spans_recorded_total", "counter", "Spans recorded.", recorded);
-    crate::metrics::push_metric(
-        &mut out,
-        "bazar_spans_exported_total",
-        "counter",
-        "Spans the OTLP collector took.",
-        exported,
-    );
-    crate::metrics::push_metric(
-        &mut out,
-        "bazar_spans_dropped_total",
-        "counter",
-        "Spans not exported (queue full, collector slow, failing or gone).",
-        dropped,
-    );
-    out
+/// Spans recorded, exported and dropped since the process started, for `/metrics`
+/// (`metrics.rs` renders them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanCounts {
+    /// Spans recorded in the ring.
+    pub recorded: u64,
+    /// Spans the OTLP collector took.
+    pub exported: u64,
+    /// Spans not exported (queue full, collector slow, failing or gone).
+    pub dropped: u64,
+}
+
+/// The span counters now (zeros when tracing is off).
+pub fn counts() -> SpanCounts {
+    match TRACER.get() {
+        Some(t) => SpanCounts {
+            recorded: t.counters.recorded.load(Ordering::Relaxed),
+            exported: t.counters.exported.load(Ordering::Relaxed),
+            dropped: t.counters.dropped.load(Ordering::Relaxed),
+        },
+        None => SpanCounts::default(),
+    }
 }
 
 /// The answer to a service's own `GET /traces/{trace_id}`: its spans of that trace by
