@@ -49,8 +49,11 @@ pub const PEER_WAIT: Duration = Duration::from_secs(1);
 /// Handler slots of the control class (whatever `BAZAR_THREADS` says: the services' own
 /// traffic is small and bounded by their pools).
 pub const CONTROL_SLOTS: usize = 64;
-/// Most open connections from one client address.
-pub const PER_ADDRESS: usize = 256;
+/// Most open connections from one client address: twice the 256 that a load test from one
+/// host commonly opens (at exactly 256, any other connection from that host, a health
+/// check, pushed one of them over and made a storm of refusals and reconnections), still
+/// a twentieth of [`MAX_CONNECTIONS`].
+pub const PER_ADDRESS: usize = 512;
 /// What `Retry-After` says on every shed answer, in seconds.
 pub const RETRY_AFTER: &str = "1";
 /// Idle time allowed between keep-alive requests while under pressure.
