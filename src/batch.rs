@@ -119,7 +119,7 @@ impl<T, R> Group<T, R> {
             // the caller of the oldest item waiting can always be woken to lead.
             let mine = state.waiting.iter().position(|w| w.ticket == ticket);
             if let Some(at) = mine.filter(|_| state.in_flight < self.flights) {
-                let mut taken: Vec<Waiting<T>> = if at >= self.most {
+                let taken: Vec<Waiting<T>> = if at >= self.most {
                     let own = state.waiting.remove(at).expect("found just now");
                     let mut oldest: Vec<_> = state.waiting.drain(..self.most - 1).collect();
                     oldest.push(own);
@@ -130,7 +130,7 @@ impl<T, R> Group<T, R> {
                 };
                 let mut members = Vec::with_capacity(taken.len());
                 let items: Vec<T> = taken
-                    .drain(..)
+                    .into_iter()
                     .map(|w| {
                         members.push((w.ticket, w.caller));
                         w.item

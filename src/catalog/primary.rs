@@ -288,7 +288,7 @@ impl CatalogNode {
             let last = writes.last().map_or(0, |p| p.seq);
             batch_span.attr("last", last);
             let (mut stages, mut step) = Batch::start(self.leases());
-            let (mut took, mut appended) = (Vec::new(), true);
+            let mut took = Vec::new();
             loop {
                 let done = match step {
                     Do::Append => {
@@ -380,19 +380,14 @@ impl CatalogNode {
                                 answer.1 = Err(Error::Unavailable(why.clone()));
                             }
                         }
+                        // The batch is in the log: a checkpoint if one is due. One that
+                        // fails leaves the files as they were and is tried again later.
+                        store.after_write(&self.state());
                         break;
                     }
-                    Do::Refuse => {
-                        appended = false;
-                        break;
-                    }
+                    Do::Refuse => break,
                 };
                 step = stages.next(done);
-            }
-            // A checkpoint that fails leaves the files as they were (the log holds every
-            // write) and is tried again later.
-            if appended {
-                store.after_write(&self.state());
             }
         }
         drop(store);

@@ -55,7 +55,8 @@ pub enum Do {
     /// Send the commit notice to every replica in sync.
     Notice,
     /// Answer every write: acknowledged (`unknown` is None), or that its outcome is
-    /// unknown, and why. The batch is over.
+    /// unknown, and why; the batch is in the log, so the files are checkpointed if due.
+    /// The batch is over.
     Answer {
         /// Why the outcome is unknown, when the batch gave up.
         unknown: Option<String>,
@@ -130,7 +131,8 @@ impl Batch {
     }
 
     /// Whether the batch is over (answered or refused).
-    pub fn is_over(&self) -> bool {
+    #[cfg(test)]
+    fn is_over(&self) -> bool {
         self.stage == Stage::Over
     }
 
