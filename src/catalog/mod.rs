@@ -37,6 +37,8 @@ mod primary;
 mod recent;
 pub mod refusal;
 mod replica;
+#[cfg(test)]
+mod sim;
 pub mod state;
 mod status;
 pub mod store;

@@ -447,6 +447,11 @@ impl CatalogNode {
     /// Reads answer only from a node that is up to date: the primary, or a replica that has
     /// caught up and holds a read lease.
     pub(super) fn readable(&self) -> Result<()> {
+        core::read::may_read(self.reader()).map_err(Error::Unreadable)
+    }
+
+    /// What this catalog knows of itself for the read check ([`core::read::may_read`]).
+    pub(super) fn reader(&self) -> Reader {
         let role = match (self.role(), &self.failover) {
             (Role::Primary, Some(f)) => ReadRole::Elected { may_read: f.core().may_read(Instant::now()) },
             (Role::Primary, None) => ReadRole::Static { reads_open: self.reads_open() },
@@ -454,9 +459,7 @@ impl CatalogNode {
                 ReadRole::Replica { leased: self.leases().then(|| self.lease().valid(Instant::now())) }
             }
         };
-        let reader =
-            Reader { serving: self.serving.load(Ordering::SeqCst), settled: self.settled.load(Ordering::SeqCst), role };
-        core::read::may_read(reader).map_err(Error::Unreadable)
+        Reader { serving: self.serving.load(Ordering::SeqCst), settled: self.settled.load(Ordering::SeqCst), role }
     }
 
     /// A write from a client: decided here on the primary, forwarded by a replica.

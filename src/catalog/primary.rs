@@ -8,6 +8,7 @@
 //! writes it lacks are always sent under the writer lock, so that no write slips in between
 //! and the replica is in sync once they are taken.
 
+use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
@@ -595,9 +596,10 @@ impl CatalogNode {
     }
 
     /// The commit point to send with a push to a replica whose log is a prefix of this
-    /// one's.
+    /// one's: none while this primary may not answer reads itself
+    /// ([`core::read::commit_point`]).
     fn commit_point(&self, committed: u64) -> Option<u64> {
-        Some(committed)
+        core::read::commit_point(self.reader(), committed)
     }
 
     /// Sends writes in pushes of at most [`PUSH_BYTES`], in order, each with the commit

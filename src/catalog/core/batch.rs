@@ -143,12 +143,15 @@ impl Batch {
             (Stage::Appending, Done::Appended(false)) => (Stage::Over, Do::Refuse),
             (Stage::Appending, Done::Appended(true)) => (Stage::Pushing(Round::Batch), Do::FenceAndPush),
             (Stage::Pushing(round), Done::Pushed { lost_until, now }) => {
+                #[cfg(test)]
+                let lost_until = lost_until.filter(|_| !super::planted::on(super::planted::Planted::AckBeforeLogged));
                 match lost_until.filter(|_| self.leases).map(|until| until.saturating_duration_since(now)) {
                     Some(wait) if !wait.is_zero() => (Stage::WaitingOut(round), Do::WaitOut(wait)),
                     _ => (Stage::MakingSafe(round), Do::MakeSafe),
                 }
             }
             (Stage::WaitingOut(round), Done::WaitedOut) => (Stage::MakingSafe(round), Do::MakeSafe),
+            (Stage::MakingSafe(Round::Batch), Done::Safe(Ok(()))) if fence_after_commit() => (Stage::Showing, Do::Show),
             (Stage::MakingSafe(Round::Batch), Done::Safe(Ok(()))) => (Stage::Confirming, Do::Confirm),
             (Stage::MakingSafe(Round::Notice), Done::Safe(Ok(()))) => (Stage::Over, Do::Answer { unknown: None }),
             (Stage::MakingSafe(round), Done::Safe(Err(why))) => {
@@ -173,6 +176,15 @@ impl Batch {
         self.stage = stage;
         step
     }
+}
+
+/// Whether the planted `FenceAfterCommit` skips the wait for the near caches' fence (never
+/// outside the simulator).
+fn fence_after_commit() -> bool {
+    #[cfg(test)]
+    return super::planted::on(super::planted::Planted::FenceAfterCommit);
+    #[cfg(not(test))]
+    false
 }
 
 #[cfg(test)]

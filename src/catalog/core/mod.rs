@@ -24,3 +24,63 @@ pub mod batch;
 pub mod primary;
 pub mod read;
 pub mod replica;
+
+/// Known bugs the simulators plant in the catalog's decisions, one at a time, to show that
+/// their checks find them (`catalog::sim`, `catalog::failover::sim`). Test builds only:
+/// none can reach a release binary. Each changes one line of a decision, marked where it
+/// is read with `planted::on(..)`.
+#[cfg(test)]
+pub(crate) mod planted {
+    use std::cell::Cell;
+
+    /// The bug planted on this thread (a simulator runs each seed on one thread).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub(crate) enum Planted {
+        /// None: the decisions as they are.
+        #[default]
+        None,
+        /// The election restriction ignored: a catalog not in `sync`, or behind its floor,
+        /// campaigns (`failover::Core::eligible`).
+        ElectBehind,
+        /// The leadership counted from when the keepalive was answered, not when it was sent.
+        NoMargin,
+        /// The leadership counted on for more than etcd's TTL (a share of 1.25, not 0.9).
+        ValidTooLong,
+        /// A new primary writes at once, without waiting out the read leases the old
+        /// primary granted (`failover::Core`, on winning a campaign).
+        NoWaitForOldLeases,
+        /// A batch counts a push as taken when it was sent, not when the replica's answer
+        /// said it logged it: a replica that missed it keeps its lease through the
+        /// acknowledgement (`batch::Batch::next`).
+        AckBeforeLogged,
+        /// A replica answers reads without a valid read lease (`read::may_read`).
+        ReadWithoutLease,
+        /// The near caches' fence is not awaited before the batch is shown and answered: it
+        /// takes effect after the commit instead of before it (`batch::Batch::next`).
+        FenceAfterCommit,
+    }
+
+    thread_local! {
+        static PLANTED: Cell<Planted> = const { Cell::new(Planted::None) };
+    }
+
+    /// Whether `bug` is planted on this thread.
+    pub(crate) fn on(bug: Planted) -> bool {
+        PLANTED.with(Cell::get) == bug
+    }
+
+    /// Plants `bug` on this thread until the guard is dropped.
+    pub(crate) fn plant(bug: Planted) -> Planting {
+        PLANTED.with(|p| p.set(bug));
+        Planting
+    }
+
+    /// While it lives, a bug is planted; dropped, none is.
+    pub(crate) struct Planting;
+
+    impl Drop for Planting {
+        fn drop(&mut self) {
+            PLANTED.with(|p| p.set(Planted::None));
+        }
+    }
+}

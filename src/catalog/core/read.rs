@@ -10,6 +10,8 @@
 //! - **A static primary that starts** answers once it compared its catalog with its
 //!   replicas' (it takes a newer one) and once no replica can still serve on a lease of
 //!   its previous run (every replica in sync, or one lease has passed).
+//! - **A replica shows nothing its primary would not show**: a primary sends a commit
+//!   point only while it may answer reads itself ([`commit_point`]).
 
 use super::super::refusal::Unreadable;
 
@@ -46,6 +48,13 @@ pub enum ReadRole {
 
 /// May a catalog that knows `reader` answer a read now?
 pub fn may_read(reader: Reader) -> Result<(), Unreadable> {
+    #[cfg(test)]
+    let reader = match reader.role {
+        ReadRole::Replica { .. } if super::planted::on(super::planted::Planted::ReadWithoutLease) => {
+            Reader { role: ReadRole::Replica { leased: None }, ..reader }
+        }
+        _ => reader,
+    };
     if !reader.serving {
         return Err(Unreadable::CatchingUp);
     }
@@ -58,6 +67,17 @@ pub fn may_read(reader: Reader) -> Result<(), Unreadable> {
         ReadRole::Replica { leased: Some(false) } => Err(Unreadable::NoLease),
         _ => Ok(()),
     }
+}
+
+/// The commit point a primary that knows `primary` sends with a push, up to which the
+/// replica shows its logged writes: `committed`, or none while the primary may not answer
+/// reads itself. A replica shows nothing its primary would not show: a primary that
+/// restarted, or was just elected, may end its log in writes that were never
+/// acknowledged, which a replica still reading on a lease of the previous run (or epoch)
+/// lacks; until that lease is over (the primary's own reads wait for it), a replica that
+/// showed them would answer newer than that one, and a later read there older.
+pub fn commit_point(primary: Reader, committed: u64) -> Option<u64> {
+    may_read(primary).is_ok().then_some(committed)
 }
 
 #[cfg(test)]
@@ -83,6 +103,7 @@ mod tests {
         ];
         for (reader, want) in cases {
             assert_eq!(may_read(reader), want, "{reader:?}");
+            assert_eq!(commit_point(reader, 7), want.ok().map(|()| 7), "{reader:?}");
         }
     }
 }

@@ -263,38 +263,19 @@ pub struct Core {
     /// When it was first told (an empty catalog waits before it bootstraps a store).
     data_since: Option<Instant>,
     tally: Tally,
-    /// A known bug planted by the simulator (`sim.rs`), none by default; test builds only.
-    #[cfg(test)]
-    pub(crate) planted: Planted,
 }
 
-/// Known bugs the simulator plants in the core, one at a time, to show that its checks
-/// find them (test builds only: none can reach a release binary). Each changes one line.
+/// The holder's view of a keepalive sent at `sent`, answered at `now`: from when, and for
+/// how long (a share of it is counted on); two of the simulator's planted bugs change it.
 #[cfg(test)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Planted {
-    /// None: the core as it is.
-    #[default]
-    None,
-    /// The election restriction ignored: a catalog not in `sync`, or behind its floor,
-    /// campaigns.
-    ElectBehind,
-    /// The leadership counted from when the keepalive was answered, not when it was sent.
-    NoMargin,
-    /// The holder counts on more than etcd's TTL (a share of 1.25 instead of 0.9).
-    ValidTooLong,
-}
-
-#[cfg(test)]
-impl Planted {
-    /// The holder's view of a keepalive sent at `sent`, answered at `now`: from when, and
-    /// for how long (a share of it is counted on).
-    fn lease_view(self, sent: Instant, now: Instant, ttl: Duration) -> (Instant, Duration) {
-        match self {
-            Planted::NoMargin => (now, ttl),
-            Planted::ValidTooLong => (sent, ttl.mul_f64(1.25 / lease::SHARE)),
-            _ => (sent, ttl),
-        }
+fn lease_view(sent: Instant, now: Instant, ttl: Duration) -> (Instant, Duration) {
+    use super::core::planted::{on, Planted};
+    if on(Planted::NoMargin) {
+        (now, ttl)
+    } else if on(Planted::ValidTooLong) {
+        (sent, ttl.mul_f64(1.25 / lease::SHARE))
+    } else {
+        (sent, ttl)
     }
 }
 
@@ -314,8 +295,6 @@ impl Core {
             data: None,
             data_since: None,
             tally: Tally::default(),
-            #[cfg(test)]
-            planted: Planted::None,
         }
     }
 
@@ -480,7 +459,7 @@ impl Core {
             Input::Observed(seen) => self.observed(seen, now),
             Input::KeptAlive { lease, sent } if self.resigned != Some(lease) => {
                 #[cfg(test)]
-                let (sent, ttl) = self.planted.lease_view(sent, now, self.ttl);
+                let (sent, ttl) = lease_view(sent, now, self.ttl);
                 #[cfg(not(test))]
                 let ttl = self.ttl;
                 // A keepalive of another lease starts it anew; of the same lease, extends it.
@@ -508,7 +487,7 @@ impl Core {
                     Some(sync) if self.alive(now) => {
                         self.epoch = self.epoch.max(sync.epoch);
                         self.sync = Some(sync);
-                        let writes_from = now + self.lease_length;
+                        let writes_from = now + self.old_leases();
                         self.role = Role::Primary { epoch: self.epoch, writes_from, paused: false };
                         self.tally.promotions += 1;
                         vec![Effect::Lead { epoch: self.epoch }]
@@ -684,11 +663,21 @@ impl Core {
         }
     }
 
+    /// How long a catalog elected waits before it writes: the read leases the old primary
+    /// granted may run that long (none with the planted `NoWaitForOldLeases`).
+    fn old_leases(&self) -> Duration {
+        #[cfg(test)]
+        if super::core::planted::on(super::core::planted::Planted::NoWaitForOldLeases) {
+            return Duration::ZERO;
+        }
+        self.lease_length
+    }
+
     /// Whether the planted `ElectBehind` ignores the election restriction (never outside
     /// the simulator).
     fn elects_behind(&self) -> bool {
         #[cfg(test)]
-        return self.planted == Planted::ElectBehind;
+        return super::core::planted::on(super::core::planted::Planted::ElectBehind);
         #[cfg(not(test))]
         false
     }

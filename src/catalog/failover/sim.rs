@@ -48,14 +48,16 @@
 //!
 //! # Seed, trace, replay
 //! Every run hashes its trace (one line per event, FNV-1a 64). `BAZAR_SIM_SEED=N` runs seed
-//! `N` and prints its trace (with `BAZAR_SIM_PLANTED=ElectBehind|NoMargin|ValidTooLong` to
+//! `N` and prints its trace (with `BAZAR_SIM_PLANTED=ElectBehind|NoMargin|ValidTooLong|NoWaitForOldLeases` to
 //! replay a planted bug's run); `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 300) from
 //! `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib failover::sim -- --nocapture` shows the runs per second; a replay runs
 //! `BAZAR_SIM_SEED=N cargo test --lib failover::sim::every_run -- --nocapture`.
 
-use super::{Core, Effect, Input, Observed, Planted, Role, SyncSet};
+use super::{Core, Effect, Input, Observed, Role, SyncSet};
+use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::etcd_side as elect;
+use crate::catalog::sim::{across_cores, env, fnv, Clock, Rng};
 use crate::wire::{Identity, LeaderRecord, SyncRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -77,53 +79,6 @@ const URLS: [&str; 3] = ["http://c0", "http://c1", "http://c2"];
 const HISTORY: &str = "h";
 const ELECT: usize = 0;
 const WRITER: usize = 1;
-
-/// SplitMix64: small, seedable, good enough to draw schedules.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-/// FNV-1a 64 over the trace.
-fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// A catalog's clock: `local(t) = offset + t * rate`, both in microseconds.
-#[derive(Clone, Copy)]
-struct Clock {
-    offset: u64,
-    /// Parts per million of true time.
-    rate: u64,
-}
-
-impl Clock {
-    fn local(&self, t: u64) -> u64 {
-        self.offset + (u128::from(t) * u128::from(self.rate) / 1_000_000) as u64
-    }
-
-    /// The first true time at which the local clock shows `l` or more.
-    fn true_of(&self, l: u64) -> u64 {
-        let d = u128::from(l.saturating_sub(self.offset)) * 1_000_000;
-        d.div_ceil(u128::from(self.rate)) as u64
-    }
-}
 
 /// A request to etcd.
 #[derive(Clone, Debug)]
@@ -414,7 +369,6 @@ struct World {
     next_call: u64,
     nodes: Vec<Node>,
     etcd: Etcd,
-    planted: Planted,
     loss: f64,
     healed: bool,
     /// Closed leader and acknowledging intervals.
@@ -430,9 +384,8 @@ struct World {
     events: u64,
 }
 
-fn new_node(n: usize, clock: Clock, planted: Planted) -> Node {
-    let mut core = Core::new(URLS[n], T, L);
-    core.planted = planted;
+fn new_node(n: usize, clock: Clock) -> Node {
+    let core = Core::new(URLS[n], T, L);
     Node {
         url: URLS[n],
         core,
@@ -455,8 +408,9 @@ fn new_node(n: usize, clock: Clock, planted: Planted) -> Node {
     }
 }
 
-/// Runs one seed, with `planted` in every core; keeps the trace when `trace`.
+/// Runs one seed, with `planted` planted (on this thread); keeps the trace when `trace`.
 pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<String>) {
+    let _planting = plant(planted);
     let mut rng = Rng(seed ^ 0x005e_ed0f_ba2a);
     let swarm = Swarm {
         pauses: rng.chance(0.5),
@@ -469,7 +423,7 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
     let nodes = (0..URLS.len())
         .map(|n| {
             let rate = if swarm.drift { rng.range(950_000, 1_050_000) } else { 1_000_000 };
-            new_node(n, Clock { offset: rng.range(0, 1_000_000), rate }, planted)
+            new_node(n, Clock { offset: rng.range(0, 1_000_000), rate })
         })
         .collect();
     let mut w = World {
@@ -481,7 +435,6 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
         next_call: 0,
         nodes,
         etcd: Etcd::default(),
-        planted,
         loss: swarm.loss,
         healed: false,
         leads: Vec::new(),
@@ -646,7 +599,7 @@ impl World {
             Fault::Restart(n) => {
                 if !self.nodes[n].up {
                     let old = &self.nodes[n];
-                    let mut fresh = new_node(n, old.clock, self.planted);
+                    let mut fresh = new_node(n, old.clock);
                     (fresh.inc, fresh.log, fresh.readable) = (old.inc, old.log.clone(), old.readable);
                     (fresh.cut_req, fresh.cut_ans, fresh.spike) = (old.cut_req, old.cut_ans, old.spike);
                     self.nodes[n] = fresh;
@@ -1116,6 +1069,18 @@ impl World {
                 ));
             }
         }
+        if let Some((a, b)) = acked_under_old_leases(&self.leads, &self.acks) {
+            self.fail(format!(
+                "c{} (epoch {}) acknowledged at {:.3}ms while a replica may still read on a lease c{} (epoch {}) \
+                 granted until {:.3}ms",
+                b.node,
+                b.epoch,
+                b.start as f64 / 1000.0,
+                a.node,
+                a.epoch,
+                a.end as f64 / 1000.0
+            ));
+        }
         if self.failure.is_some() {
             return;
         }
@@ -1136,6 +1101,18 @@ impl World {
     }
 }
 
+/// An acknowledging interval of a newer epoch that begins while a read lease granted in an
+/// older epoch's leading interval may still be held, if any. A replica holds a lease
+/// granted at true time `g` at most until `g + 0.9 L / 0.95` (it counts 0.9 L from before
+/// `g` on a clock at least 0.95 as fast as true time): a write acknowledged before then
+/// could be missed by a read it answers.
+fn acked_under_old_leases(leads: &[Seg], acks: &[Seg]) -> Option<(Seg, Seg)> {
+    let held_us = (L.as_micros() as f64 * crate::lease::SHARE / 0.95) as u64;
+    acks.iter().find_map(|b| {
+        leads.iter().find(|a| a.epoch < b.epoch && b.start < a.end + held_us && a.start < b.end).map(|a| (*a, *b))
+    })
+}
+
 /// Two intervals of different owners that overlap, if any.
 fn overlap(mut segs: Vec<Seg>) -> Option<(Seg, Seg)> {
     segs.sort_by_key(|s| (s.start, s.end));
@@ -1153,15 +1130,12 @@ fn overlap(mut segs: Vec<Seg>) -> Option<(Seg, Seg)> {
     None
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 fn planted_from_env() -> Planted {
     match env("BAZAR_SIM_PLANTED").as_deref() {
         Some("ElectBehind") => Planted::ElectBehind,
         Some("NoMargin") => Planted::NoMargin,
         Some("ValidTooLong") => Planted::ValidTooLong,
+        Some("NoWaitForOldLeases") => Planted::NoWaitForOldLeases,
         _ => Planted::None,
     }
 }
@@ -1188,9 +1162,9 @@ fn every_run_passes_its_checks() {
     let seeds: u64 = env("BAZAR_SIM_SEEDS").map_or(300, |s| s.parse().expect("BAZAR_SIM_SEEDS is a number"));
     let first: u64 = env("BAZAR_SIM_FIRST").map_or(0, |s| s.parse().expect("BAZAR_SIM_FIRST is a number"));
     let started = Instant::now();
+    let outcomes = across_cores(first, seeds, |seed| run(seed, planted, false).0);
     let (mut events, mut elections, mut acked, mut failovers, mut failed) = (0, 0, 0, 0, Vec::new());
-    for seed in first..first + seeds {
-        let (outcome, _) = run(seed, planted, false);
+    for (seed, outcome) in (first..).zip(outcomes) {
         (events, elections, acked) = (events + outcome.events, elections + outcome.elections, acked + outcome.acked);
         failovers += u64::from(outcome.elections > 1);
         if let Some(why) = outcome.failure {
@@ -1230,7 +1204,7 @@ fn the_same_seed_gives_the_same_run() {
 /// Each planted bug is found within 1,000 seeds.
 #[test]
 fn planted_bugs_are_found() {
-    for planted in [Planted::ElectBehind, Planted::NoMargin, Planted::ValidTooLong] {
+    for planted in [Planted::ElectBehind, Planted::NoMargin, Planted::ValidTooLong, Planted::NoWaitForOldLeases] {
         let found = (0..1000).find_map(|seed| run(seed, planted, false).0.failure.map(|why| (seed, why)));
         let Some((seed, why)) = found else { panic!("{planted:?} not found in 1000 seeds") };
         println!("{planted:?} found by seed {seed} ({} seeds run): {why}", seed + 1);
