@@ -771,6 +771,14 @@ impl CatalogNode {
         if self.replica_only().is_ok() {
             return Err(Error::NotHere(NotHere::NoLeasesFromReplica));
         }
+        if self.failover.is_none() {
+            // A static primary grants none before its own reads open: until then a replica
+            // may still read on a lease of its previous run, without the writes that run
+            // logged and never acknowledged, which another replica (restarted: it shows all
+            // it logged) would show under this grant. Asked before any grant lock is taken:
+            // the check reads every link's.
+            self.readable()?;
+        }
         let links = self.links();
         for link in &links {
             let mut grant = link.grant();

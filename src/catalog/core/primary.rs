@@ -85,13 +85,16 @@ pub fn decide(catalog: &Catalog, journal: &Journal, epoch: u64, asked: Vec<Asked
     let answers = asked
         .into_iter()
         .map(|a| {
-            let repeated = a.order.as_ref().is_some_and(|(o, _)| journal.contains(o) || !orders.insert(o.clone()));
+            let repeated = a.order.as_ref().is_some_and(|(o, _)| journal.contains(o) || orders.contains(o));
             if repeated {
                 // The copy was taken for this order already: answer as then, take none.
                 return draft.book(a.id).cloned();
             }
             let old = draft.book(a.id).ok().cloned();
             draft.write(a.id, &a.write).map(|mut w| {
+                // Only a purchase made counts for its order: one refused (out of stock) and
+                // asked again in the same batch is decided again, not answered as made.
+                orders.extend(a.order.as_ref().map(|(o, _)| o.clone()));
                 w.epoch = epoch;
                 keys.extend(cache::keys_for(old.as_ref(), &w.book));
                 w.order = a.order.map(|(order_id, at)| Order {
@@ -205,6 +208,19 @@ mod tests {
         let decided = decide(&catalog(), &journal, 1, asked);
         assert_eq!(quantities(&decided), vec![Ok(5), Ok(4), Ok(4)]);
         assert_eq!(decided.writes.len(), 1, "one copy taken, for o-new");
+    }
+
+    /// A purchase refused (out of stock) and asked again for the same order in the same
+    /// batch (an order server that asked again after a timeout) is refused again: it is not
+    /// answered as made, with no copy taken and nothing journaled. The data simulator found
+    /// it (an acknowledged purchase missing from the journal).
+    #[test]
+    fn a_refused_order_asked_again_in_the_batch_is_refused_again() {
+        let asked = vec![purchase(1, Some("o-a")), purchase(1, Some("o-b")), purchase(1, Some("o-b"))];
+        let decided = decide(&catalog(), &Journal::default(), 1, asked);
+        let out_of_stock = Refusal::OutOfStock { id: 1, title: "One".into() };
+        assert_eq!(quantities(&decided), vec![Ok(0), Err(out_of_stock.clone()), Err(out_of_stock)]);
+        assert_eq!(decided.writes.len(), 1, "one copy taken, for o-a");
     }
 
     #[test]

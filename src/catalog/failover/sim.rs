@@ -57,7 +57,7 @@
 use super::{Core, Effect, Input, Observed, Role, SyncSet};
 use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::etcd_side as elect;
-use crate::catalog::sim::{across_cores, env, fnv, Clock, Rng};
+use crate::catalog::sim::{across_cores, fnv, planted_from_env, Clock, Rng, Seeds};
 use crate::wire::{Identity, LeaderRecord, SyncRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -1130,15 +1130,11 @@ fn overlap(mut segs: Vec<Seg>) -> Option<(Seg, Seg)> {
     None
 }
 
-fn planted_from_env() -> Planted {
-    match env("BAZAR_SIM_PLANTED").as_deref() {
-        Some("ElectBehind") => Planted::ElectBehind,
-        Some("NoMargin") => Planted::NoMargin,
-        Some("ValidTooLong") => Planted::ValidTooLong,
-        Some("NoWaitForOldLeases") => Planted::NoWaitForOldLeases,
-        _ => Planted::None,
-    }
-}
+/// Seeds run by default (`cargo test`).
+const DEFAULT_SEEDS: u64 = 300;
+/// The bugs this simulator plants.
+const PLANTS: [Planted; 4] =
+    [Planted::ElectBehind, Planted::NoMargin, Planted::ValidTooLong, Planted::NoWaitForOldLeases];
 
 /// Every seed of `BAZAR_SIM_FIRST..BAZAR_SIM_FIRST + BAZAR_SIM_SEEDS` (0 and 300 by
 /// default; CI runs 10,000 from a random first, so each run tries new schedules) passes
@@ -1146,21 +1142,21 @@ fn planted_from_env() -> Planted {
 /// `BAZAR_SIM_SEED=N`, that one seed, its trace printed.
 #[test]
 fn every_run_passes_its_checks() {
-    let planted = planted_from_env();
-    if let Some(seed) = env("BAZAR_SIM_SEED") {
-        let seed: u64 = seed.parse().expect("BAZAR_SIM_SEED is a number");
-        let (outcome, trace) = run(seed, planted, true);
-        for line in &trace {
-            println!("{line}");
+    let planted = planted_from_env(&PLANTS);
+    let (first, seeds) = match Seeds::from_env(DEFAULT_SEEDS) {
+        Seeds::Range { first, count } => (first, count),
+        Seeds::One(seed) => {
+            let (outcome, trace) = run(seed, planted, true);
+            for line in &trace {
+                println!("{line}");
+            }
+            println!("seed {seed}: trace hash {:016x}, {} events", outcome.hash, outcome.events);
+            if let Some(why) = outcome.failure {
+                panic!("seed {seed}: {why}");
+            }
+            return;
         }
-        println!("seed {seed}: trace hash {:016x}, {} events", outcome.hash, outcome.events);
-        if let Some(why) = outcome.failure {
-            panic!("seed {seed}: {why}");
-        }
-        return;
-    }
-    let seeds: u64 = env("BAZAR_SIM_SEEDS").map_or(300, |s| s.parse().expect("BAZAR_SIM_SEEDS is a number"));
-    let first: u64 = env("BAZAR_SIM_FIRST").map_or(0, |s| s.parse().expect("BAZAR_SIM_FIRST is a number"));
+    };
     let started = Instant::now();
     let outcomes = across_cores(first, seeds, |seed| run(seed, planted, false).0);
     let (mut events, mut elections, mut acked, mut failovers, mut failed) = (0, 0, 0, 0, Vec::new());
@@ -1204,7 +1200,7 @@ fn the_same_seed_gives_the_same_run() {
 /// Each planted bug is found within 1,000 seeds.
 #[test]
 fn planted_bugs_are_found() {
-    for planted in [Planted::ElectBehind, Planted::NoMargin, Planted::ValidTooLong, Planted::NoWaitForOldLeases] {
+    for planted in PLANTS {
         let found = (0..1000).find_map(|seed| run(seed, planted, false).0.failure.map(|why| (seed, why)));
         let Some((seed, why)) = found else { panic!("{planted:?} not found in 1000 seeds") };
         println!("{planted:?} found by seed {seed} ({} seeds run): {why}", seed + 1);

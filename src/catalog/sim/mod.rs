@@ -90,3 +90,32 @@ pub(crate) fn across_cores<R: Send>(first: u64, count: u64, run: impl Fn(u64) ->
     done.sort_by_key(|(seed, _)| *seed);
     done.into_iter().map(|(_, r)| r).collect()
 }
+
+/// The seeds a simulator's test runs, from the environment: `BAZAR_SIM_SEED=N` one seed
+/// (its trace printed), else `BAZAR_SIM_SEEDS` seeds (`default` when unset) from
+/// `BAZAR_SIM_FIRST` (0 when unset).
+pub(crate) enum Seeds {
+    One(u64),
+    Range { first: u64, count: u64 },
+}
+
+impl Seeds {
+    pub(crate) fn from_env(default: u64) -> Seeds {
+        let number = |name: &str| env(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name} is a number")));
+        match number("BAZAR_SIM_SEED") {
+            Some(seed) => Seeds::One(seed),
+            None => Seeds::Range {
+                first: number("BAZAR_SIM_FIRST").unwrap_or(0),
+                count: number("BAZAR_SIM_SEEDS").unwrap_or(default),
+            },
+        }
+    }
+}
+
+/// The bug `BAZAR_SIM_PLANTED` names among `known` (by its name), or none.
+pub(crate) fn planted_from_env(
+    known: &[crate::catalog::core::planted::Planted],
+) -> crate::catalog::core::planted::Planted {
+    let name = env("BAZAR_SIM_PLANTED");
+    known.iter().copied().find(|bug| name.as_deref() == Some(format!("{bug:?}").as_str())).unwrap_or_default()
+}
