@@ -14,10 +14,11 @@ check:
     cargo clippy --all-targets -- -D warnings
     cargo test
 
-# The election simulator over many seeds, from a random first one (a failure prints its seed
-# and how to replay it): `just sim 10000`.
+# Both simulators (the election's, the data path's) over many seeds each, from a random
+# first one (a failure prints its seed and how to replay it): `just sim 10000`.
 sim seeds="10000":
     BAZAR_SIM_SEEDS={{seeds}} BAZAR_SIM_FIRST=$(( $(od -An -N4 -tu4 /dev/urandom) )) cargo test --lib failover::sim::every_run -- --nocapture
+    BAZAR_SIM_SEEDS={{seeds}} BAZAR_SIM_FIRST=$(( $(od -An -N4 -tu4 /dev/urandom) )) cargo test --lib catalog::sim::data::every_run -- --nocapture
 
 # Build the release binaries.
 build:
