@@ -415,7 +415,9 @@ impl CatalogNode {
     /// replica is in sync, or one lease after it started. A replica that kept serving while
     /// it was down (on a lease extended by refused connections, all before this process
     /// bound its port) may lack writes this primary logged before it died and shows now;
-    /// that lease has run out by then.
+    /// that lease has run out by then. (Not so a front end's near-cache lease of the
+    /// earlier run, which this run does not know: see the data simulator's scripted
+    /// schedule and docs/design/catalog-core.md, an open finding.)
     pub(super) fn reads_open(&self) -> bool {
         !self.leases() || Instant::now() >= self.reads_from || self.links().iter().all(|l| l.grant().in_sync)
     }
