@@ -57,7 +57,7 @@
 use super::{Core, Effect, Input, Observed, Role, SyncSet};
 use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::etcd_side as elect;
-use crate::catalog::sim::{across_cores, fnv, planted_from_env, Clock, Rng, Seeds};
+use crate::catalog::sim::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Seeds};
 use crate::wire::{Identity, LeaderRecord, SyncRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -1147,14 +1147,7 @@ fn every_run_passes_its_checks() {
         Seeds::Range { first, count } => (first, count),
         Seeds::One(seed) => {
             let (outcome, trace) = run(seed, planted, true);
-            for line in &trace {
-                println!("{line}");
-            }
-            println!("seed {seed}: trace hash {:016x}, {} events", outcome.hash, outcome.events);
-            if let Some(why) = outcome.failure {
-                panic!("seed {seed}: {why}");
-            }
-            return;
+            return show_replay(seed, &trace, outcome.hash, outcome.events, outcome.failure);
         }
     };
     let started = Instant::now();
@@ -1178,12 +1171,7 @@ fn every_run_passes_its_checks() {
         elections as f64 / seeds as f64,
         acked as f64 / seeds as f64
     );
-    if let Some(seed) = failed.first() {
-        panic!(
-            "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib failover::sim::every_run -- --nocapture",
-            failed.len()
-        );
-    }
+    fail_on(&failed, seeds, "failover::sim::every_run");
 }
 
 /// The same seed gives the same run: the first 20 seeds, twice each.

@@ -54,7 +54,7 @@
 //! `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 200) from `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib catalog::sim -- --nocapture` prints the runs per second.
 
-use super::{across_cores, fnv, planted_from_env, Clock, Rng, Seeds};
+use super::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Seeds};
 use crate::catalog::core::batch::{Batch, Do, Done};
 use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::core::primary::{decide, took, Asked, Decided, Took};
@@ -1432,14 +1432,8 @@ fn every_run_passes_its_checks() {
         Seeds::Range { first, count } => (first, count),
         Seeds::One(seed) => {
             let outcome = run(seed, planted, true);
-            for line in outcome.trace.iter().flatten() {
-                println!("{line}");
-            }
-            println!("seed {seed}: trace hash {:016x}, {} events", outcome.hash, outcome.events);
-            if let Some(why) = outcome.failure {
-                panic!("seed {seed}: {why}");
-            }
-            return;
+            let trace = outcome.trace.unwrap_or_default();
+            return show_replay(seed, &trace, outcome.hash, outcome.events, outcome.failure);
         }
     };
     let started = Instant::now();
@@ -1470,12 +1464,7 @@ fn every_run_passes_its_checks() {
         tally.versions,
         tally.near_hits
     );
-    if let Some(seed) = failed.first() {
-        panic!(
-            "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib catalog::sim::data -- --nocapture",
-            failed.len()
-        );
-    }
+    fail_on(&failed, seeds, "catalog::sim::data::every_run");
 }
 
 /// The same seed gives the same run: the first 20 seeds, twice each.

@@ -119,3 +119,26 @@ pub(crate) fn planted_from_env(
     let name = env("BAZAR_SIM_PLANTED");
     known.iter().copied().find(|bug| name.as_deref() == Some(format!("{bug:?}").as_str())).unwrap_or_default()
 }
+
+/// A replayed seed (`BAZAR_SIM_SEED`): prints its trace, its hash and its length, and
+/// panics with its failure.
+pub(crate) fn show_replay(seed: u64, trace: &[String], hash: u64, events: u64, failure: Option<String>) {
+    for line in trace {
+        println!("{line}");
+    }
+    println!("seed {seed}: trace hash {hash:016x}, {events} events");
+    if let Some(why) = failure {
+        panic!("seed {seed}: {why}");
+    }
+}
+
+/// Panics when any of `seeds` seeds failed, naming them and the command that replays the
+/// first (`test`, the test's path for `cargo test --lib`).
+pub(crate) fn fail_on(failed: &[u64], seeds: u64, test: &str) {
+    if let Some(seed) = failed.first() {
+        panic!(
+            "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib {test} -- --nocapture",
+            failed.len()
+        );
+    }
+}
