@@ -156,6 +156,7 @@ impl<T, R> Group<T, R> {
             // waiting when a flight frees; a wakeup given before the sleep is kept (the
             // park token), and a spurious one only looks again.
             drop(state);
+            crate::http::blocking();
             std::thread::park();
             state = self.state();
         }

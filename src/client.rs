@@ -139,6 +139,8 @@ impl Http {
                 req = req.header("tracestate", &*state);
             }
         }
+        // The serving thread (a pool worker, say) will wait for the answer.
+        crate::http::blocking();
         let sent = match body {
             Some(b) => {
                 self.agent.run(req.header("Content-Type", "application/json").body(b).map_err(|e| bad_uri(base, e))?)

@@ -17,16 +17,20 @@
 //! A user behaves as a well-behaved client: a 503 with `Retry-After` makes it wait that long
 //! and send the same request again (a refused request is not lost, it is late; its wait
 //! shows in "p99 with retries"). Users come from many loopback addresses (32 each, 127.1.x.y),
-//! as many clients would, so the per-address cap does not refuse them. The monitor reads
+//! as many clients would, so the per-address cap does not refuse them. The users are driven
+//! by one thread per core over epoll, as wrk drives its connections: a thread per user made
+//! the generator's own cost grow with the users (2,000 threads on the store's two cores),
+//! so that what fell under overload was partly the generator, not the store. The monitor reads
 //! `/metrics` with the store's token as a peer (an operator's scraper), so its samples are not
 //! shed. Figures are measured, never asserted.
 
 use crate::client::Http;
 use crate::cluster::{find_program, free_port, EtcdPlan, Layout, Running};
+use crate::http::poll::Epoll;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,8 +43,6 @@ const USERS_PER_ADDRESS: usize = 32;
 const PEAK_LEVELS: [usize; 5] = [8, 16, 32, 64, 128];
 /// How long one user waits for an answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Stack of a user thread.
-const USER_STACK: usize = 64 * 1024;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -258,14 +260,15 @@ fn load(
     let before = counters(monitor, replica, primary);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for u in 0..users {
-            let target = if u % 2 == 0 { targets.frontend } else { targets.replica };
-            let a = u / USERS_PER_ADDRESS;
-            let src = Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8);
-            let path = if u % 2 == 0 { "/info/" } else { "/books/" };
+        // The users, driven by one thread per core: each thread holds its share of the
+        // connections in an epoll set (see `drive`), so the generator's cost grows with
+        // the requests it sends, not with the users it stands for.
+        let drivers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for d in 0..drivers {
+            let mine: Vec<User> = (d..users).step_by(drivers).map(|u| User::new(u, targets)).collect();
             let (stop, totals) = (&stop, &totals);
-            let spawned = std::thread::Builder::new().stack_size(USER_STACK).spawn_scoped(s, move || {
-                let mine = user(target, src, path, u, stop);
+            s.spawn(move || {
+                let mine = drive(mine, stop);
                 let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                 t.ok += mine.ok;
                 t.shed += mine.shed;
@@ -273,9 +276,6 @@ fn load(
                 t.answer.extend(mine.answer);
                 t.total.extend(mine.total);
             });
-            if spawned.is_err() {
-                totals.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
-            }
         }
         s.spawn(|| {
             let mut had = false;
@@ -380,59 +380,186 @@ struct Mine {
     total: Vec<u32>,
 }
 
-/// One user: requests one after another on a keep-alive connection from `src`; after a
-/// 503 it waits `Retry-After` and sends the same request again.
-fn user(target: SocketAddr, src: Ipv4Addr, path: &str, u: usize, stop: &AtomicBool) -> Mine {
-    let mut mine = Mine::default();
-    let mut conn: Option<BufReader<TcpStream>> = None;
-    let mut i = u;
-    let mut first: Option<Instant> = None;
-    let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-    while !stop.load(Ordering::Relaxed) {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match connect(src, target) {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    mine.errors += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
+/// One user: requests one after another on a keep-alive connection from its own source
+/// address; after a 503 it waits `Retry-After` and sends the same request again.
+struct User {
+    target: SocketAddr,
+    src: Ipv4Addr,
+    path: &'static str,
+    /// Which book the next request asks for.
+    i: usize,
+    conn: Option<TcpStream>,
+    /// In the driver's epoll set (added once per connection).
+    watched: bool,
+    /// What has come of the answer awaited.
+    got: Vec<u8>,
+    /// When the request awaited was sent, and when it was first sent (before any 503).
+    sent: Option<Instant>,
+    first: Option<Instant>,
+    /// Asleep until then (after a 503, or a failed connect).
+    until: Option<Instant>,
+}
+
+impl User {
+    fn new(u: usize, targets: &Targets) -> User {
+        let a = u / USERS_PER_ADDRESS;
+        let (target, path) = if u % 2 == 0 { (targets.frontend, "/info/") } else { (targets.replica, "/books/") };
+        User {
+            target,
+            src: Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8),
+            path,
+            i: u,
+            conn: None,
+            watched: false,
+            got: Vec::new(),
+            sent: None,
+            first: None,
+            until: None,
+        }
+    }
+
+    /// Sends the next request (connecting first if need be) and arms the wait for its
+    /// answer; a failure counts an error and sleeps 100 ms.
+    fn send(&mut self, epoll: &Epoll, token: u64, mine: &mut Mine) {
+        let now = Instant::now();
+        if self.conn.is_none() {
+            match connect_from(self.src, self.target) {
+                Ok(c) => {
+                    let _ = c.set_nodelay(true);
+                    let _ = c.set_write_timeout(Some(ANSWER_TIMEOUT));
+                    self.conn = Some(c);
+                    self.watched = false;
                 }
-            },
+                Err(_) => return self.fail(mine, now),
+            }
+        }
+        let c = self.conn.as_ref().expect("connected above");
+        if !self.watched {
+            // Watched while open (level-triggered): only an awaited answer makes it readable.
+            if epoll.watch(c.as_raw_fd(), token).is_err() {
+                return self.fail(mine, now);
+            }
+            self.watched = true;
+        }
+        let request = format!("GET {}{} HTTP/1.1\r\nHost: bench\r\n\r\n", self.path, 1 + self.i % 7);
+        if (&*c).write_all(request.as_bytes()).is_err() {
+            return self.fail(mine, now);
+        }
+        self.got.clear();
+        self.sent = Some(now);
+        self.first.get_or_insert(now);
+    }
+
+    fn fail(&mut self, mine: &mut Mine, now: Instant) {
+        mine.errors += 1;
+        self.conn = None;
+        self.sent = None;
+        self.first = None;
+        self.until = Some(now + Duration::from_millis(100));
+    }
+
+    /// Reads what has come; with the whole answer, counts it and sends again (or sleeps
+    /// out a 503's `Retry-After`).
+    fn readable(&mut self, epoll: &Epoll, token: u64, mine: &mut Mine) {
+        let (Some(c), Some(sent)) = (self.conn.as_ref(), self.sent) else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is valid for its length and the descriptor is open.
+            let n = unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            match n {
+                0 => return self.fail(mine, Instant::now()),
+                n if n > 0 => self.got.extend_from_slice(&buf[..n as usize]),
+                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => break,
+                _ => return self.fail(mine, Instant::now()),
+            }
+        }
+        let answer = match parse_answer(&self.got) {
+            Ok(Some(a)) => a,
+            // Not all of it yet: wait for more.
+            Ok(None) => return,
+            Err(()) => return self.fail(mine, Instant::now()),
         };
-        let request = format!("GET {path}{} HTTP/1.1\r\nHost: bench\r\n\r\n", 1 + i % 7);
-        let sent = Instant::now();
-        let began = *first.get_or_insert(sent);
-        match ask(c, &request) {
-            Ok(a) if a.status == 200 => {
-                mine.ok += 1;
-                mine.answer.push(micros(sent.elapsed()));
-                mine.total.push(micros(began.elapsed()));
-                first = None;
-                i += 1;
-                if a.close {
-                    conn = None;
-                }
+        let now = Instant::now();
+        let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        self.sent = None;
+        if answer.close {
+            self.conn = None;
+        }
+        if answer.status == 200 {
+            mine.ok += 1;
+            mine.answer.push(micros(now - sent));
+            mine.total.push(micros(now - self.first.take().unwrap_or(sent)));
+            self.i += 1;
+            self.send(epoll, token, mine);
+        } else if answer.status == 503 {
+            mine.shed += 1;
+            self.until = Some(now + Duration::from_secs(answer.retry_after.unwrap_or(1)));
+        } else {
+            self.fail(mine, now);
+        }
+    }
+}
+
+/// Drives `users` until `stop`: sends each one's first request, then answers readiness
+/// (one epoll set for all of them) and wakes sleepers every few milliseconds; an answer
+/// awaited longer than [`ANSWER_TIMEOUT`] is an error (the connection is dropped).
+fn drive(mut users: Vec<User>, stop: &AtomicBool) -> Mine {
+    let mut mine = Mine::default();
+    let Ok(epoll) = Epoll::new() else {
+        mine.errors += 1;
+        return mine;
+    };
+    for (t, u) in users.iter_mut().enumerate() {
+        u.send(&epoll, t as u64, &mut mine);
+    }
+    let mut ready = Vec::with_capacity(256);
+    let mut checked = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        epoll.wait_many(Duration::from_millis(5), &mut ready);
+        for &t in &ready {
+            if let Some(u) = users.get_mut(t as usize) {
+                u.readable(&epoll, t, &mut mine);
             }
-            Ok(a) if a.status == 503 => {
-                mine.shed += 1;
-                if a.close {
-                    conn = None;
+        }
+        if checked.elapsed() >= Duration::from_millis(5) {
+            let now = Instant::now();
+            checked = now;
+            for (t, u) in users.iter_mut().enumerate() {
+                if u.until.is_some_and(|until| until <= now) {
+                    u.until = None;
+                    u.send(&epoll, t as u64, &mut mine);
+                } else if u.sent.is_some_and(|sent| now - sent > ANSWER_TIMEOUT) {
+                    u.fail(&mut mine, now);
                 }
-                let wait = Duration::from_secs(a.retry_after.unwrap_or(1));
-                let until = Instant::now() + wait;
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-                }
-            }
-            _ => {
-                mine.errors += 1;
-                first = None;
-                conn = None;
             }
         }
     }
     mine
+}
+
+/// The answer whole in `bytes` (head, then a `Content-Length` body), `None` while part of
+/// it has yet to come; `Err` for what is no HTTP answer.
+fn parse_answer(bytes: &[u8]) -> Result<Option<Answer>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut head = httparse::Response::new(&mut headers);
+    let len = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (mut length, mut retry_after, mut close) = (0usize, None, false);
+    for h in head.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().map_err(|_| ())?;
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = value.parse().ok();
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    let status = head.code.ok_or(())?;
+    Ok((bytes.len() >= len + length).then_some(Answer { status, retry_after, close }))
 }
 
 /// An answer as a user sees it.
@@ -521,6 +648,23 @@ mod tests {
         let text = "# HELP x\nbazar_lease_seconds_left_x 9\nbazar_lease_seconds_left 1.25\n";
         assert_eq!(metric(text, "bazar_lease_seconds_left"), Some(1.25));
         assert_eq!(metric(text, "bazar_none"), None);
+    }
+
+    /// An answer is taken only once its head and its whole body have come, in any pieces.
+    #[test]
+    fn answers_are_whole_or_awaited() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..ok.len() {
+            assert!(matches!(parse_answer(&ok[..cut]), Ok(None)), "cut at {cut}");
+        }
+        let a = parse_answer(ok).unwrap().unwrap();
+        assert_eq!((a.status, a.retry_after, a.close), (200, None, false));
+        let shed =
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        let a = parse_answer(shed).unwrap().unwrap();
+        assert_eq!((a.status, a.retry_after, a.close), (503, Some(1), true));
+        assert!(parse_answer(b"garbage\r\n\r\n").is_err());
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
     }
 
     #[test]

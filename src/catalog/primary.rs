@@ -219,6 +219,8 @@ impl CatalogNode {
                 (self.writes.send(Pending { asked, reply, trace }).map(|()| answer).map_err(|_| stopping()), span)
             })
             .unzip();
+        // The serving thread now waits for the group commit.
+        crate::http::blocking();
         answers.into_iter().map(|a| a.and_then(|a| a.recv().map_err(|_| stopping())?)).collect()
     }
 

@@ -12,12 +12,15 @@
 //!   httparse plus our rules (the [`MAX_HEAD`] and [`MAX_HEADERS`] limits among them); the
 //!   body's framing, a chunk's size line and the keep-alive rule are read off bytes or the
 //!   parsed head. It never sees a socket, so it is tested on buffers.
-//! - `server.rs`: the sockets. The accept loop, one thread per connection (up to
-//!   [`MAX_CONNECTIONS`], [`PER_ADDRESS`] from one client address), the deadlines
+//! - `server.rs`: the sockets. The accept loop, the pool of workers that serve parked
+//!   connections as they become readable (a connection costs a thread only while one of
+//!   its requests is served; the store's own connections get a thread each), the caps
+//!   ([`MAX_CONNECTIONS`], [`PER_ADDRESS`] from one client address), the deadlines
 //!   ([`HEAD_TIMEOUT`], [`BODY_TIMEOUT`], [`IDLE_TIMEOUT`], shorter under pressure),
 //!   reading bodies (at most [`MAX_BODY`]), keep-alive, writing answers, and the graceful
 //!   stop: once `shutdown` is set the accept loop stops, requests in flight finish and
 //!   idle connections close, then [`serve`] returns.
+//! - `poll.rs`: the epoll set the workers wait on (one-shot readiness, many waiters).
 //! - `budget.rs`: load shedding without I/O. Which budget a request is served from
 //!   ([`classify`]: control, peer or public), the per-address count, the waits and caps,
 //!   the prebuilt refusal.
@@ -29,7 +32,7 @@
 //! Architecture invariant: no input makes this layer panic, allocate more than
 //! `MAX_HEAD + MAX_BODY` per connection, or answer 500; the handler sees only complete,
 //! bounded requests. A body's declared length is checked before any of it is read; a slow
-//! client holds only its own connection thread, never a handler slot.
+//! client holds no thread while its head comes, and never a handler slot.
 //!
 //! Architecture invariant: `parse.rs` sees bytes, never a socket or a clock, and
 //! `server.rs` moves bytes and keeps time but judges no syntax; every public name lives at
@@ -38,6 +41,7 @@
 mod budget;
 mod message;
 mod parse;
+pub(crate) mod poll;
 mod semaphore;
 mod server;
 
@@ -52,7 +56,7 @@ pub use message::{
     Version,
 };
 pub(crate) use server::is_timeout;
-pub use server::{bind, serve, step_aside, ServerConfig};
+pub use server::{bind, blocking, serve, step_aside, ServerConfig};
 
 /// Largest request line plus headers.
 pub const MAX_HEAD: usize = 16 * 1024;

@@ -1,30 +1,53 @@
-//! The sockets: the accept loop, one thread per connection, reading requests within their
-//! limits and deadlines, keep-alive, writing answers and the graceful stop.
+//! The sockets: the accept loop, a pool of workers for idle public connections, a thread
+//! for each connection of the store's own services, reading requests within their limits
+//! and deadlines, keep-alive, writing answers and the graceful stop.
 //!
 //! - the request head is read with a bound ([`MAX_HEAD`], else 431) and a deadline
 //!   ([`HEAD_TIMEOUT`], else 408), and parsed by `parse.rs`; the body is read only when its
 //!   declared length is at most [`MAX_BODY`] (else 413 and the connection is closed unread);
-//! - each connection has its own thread (small stack), up to `budget::max_connections` in
-//!   all and [`PER_ADDRESS`] per client address; one over a cap gets the prebuilt
-//!   [`REFUSED`] at once and is closed, with no thread started; a slow client holds only
-//!   its own thread, never a worker another client needs;
+//! - **connections cost no thread while idle.** The accept loop counts a new connection
+//!   against the caps (`budget::max_connections` in all, [`PER_ADDRESS`] per client
+//!   address; one over gets the prebuilt [`REFUSED`] at once and is closed) and *parks*
+//!   it: it sits in one epoll set (`poll.rs`) with a deadline. The pool's workers all wait
+//!   on that set (leader/followers: the kernel gives each readiness to one of them); the
+//!   worker that gets a connection reads what has arrived, and with a whole head serves
+//!   the request itself, then the next one if it has come, and parks the connection again
+//!   once nothing more is there. A head that comes in pieces is kept with the connection
+//!   between readinesses, so a slow client holds no thread at all. The accept loop also
+//!   closes parked connections whose deadline passed (408 when a head had begun);
+//! - **the pool grows when its workers wait, not when they work**: it starts with
+//!   [`min_workers`] (twice the cores); a handler about to wait for another service says so
+//!   ([`blocking`]: the client of `crate::client`, a batch's follower, a write waiting for
+//!   the group commit, [`step_aside`]), and whenever fewer than the minimum are left that
+//!   do not wait, one more starts at once; the accept loop adds one when none waits for
+//!   connections and none has finished a request for [`STALL`] (handlers that wait without
+//!   saying so); workers beyond the minimum that do not wait leave, at once beyond twice
+//!   the minimum, after a quiet [`TICK`] below that. Busy workers therefore serve ready connections one after the
+//!   other on the CPU they hold, instead of a thread per connection woken per request;
+//! - **the store's own traffic never waits for a worker**: a connection whose request is
+//!   control or peer (`budget.rs`) moves to a thread of its own for the rest of its life,
+//!   which blocks on it as before (the services' connection pools are few and long-lived);
 //! - handlers run in three budgets (`budget.rs`): control (`/internal/...`), peer (the
 //!   services' calls to each other) and public, each with its own slots (a counting
 //!   semaphore each, `semaphore.rs`); a public request that finds no slot within
 //!   [`PUBLIC_WAIT`], or finds as many waiting as there are slots, is answered 503 with
 //!   `Retry-After`; a handler that from some point only waits for other services gives
-//!   its public slot back early ([`step_aside`]); a connection thread that
-//!   serves public requests lowers its own CPU priority (nice 10), so that under a surge
-//!   the threads that keep the store together win the CPU;
+//!   its public slot back early ([`step_aside`]). Public work cannot crowd out the
+//!   threads that keep the store together: the workers that run at once are about
+//!   [`min_workers`] whatever the load (the rest of a surge waits in the kernel's socket
+//!   buffers, costing no thread), and a connection thread that serves a public request
+//!   lowers itself to nice 10;
 //! - keep-alive per HTTP/1.1, idle connections closed after [`IDLE_TIMEOUT`] (a new one
 //!   that sends nothing after [`FIRST_HEAD_TIMEOUT`]); with more than half the connections
 //!   open, after [`PRESSED_IDLE`], and an unfinished head after [`PRESSED_HEAD`];
-//! - shutdown is an input: once set, the accept loop stops, requests in flight finish
-//!   and idle connections are closed (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
+//! - shutdown is an input: once set, the accept loop stops, idle connections are closed,
+//!   requests in flight finish (within [`DRAIN_TIMEOUT`]), then [`serve`] returns.
 //!
-//! Invariant: a connection thread holds at most `MAX_HEAD` bytes of head and `MAX_BODY`
-//! bytes of body (plus its read buffer); a handler panic is answered 500 and logged, and
-//! never takes the process down.
+//! Invariant: a connection holds at most `MAX_HEAD` bytes of head and `MAX_BODY` bytes of
+//! body (plus its read buffer); a parked connection is owned by the pool's map and by no
+//! thread, a connection taken from the map by exactly one thread (epoll's one-shot
+//! readiness, `poll.rs`); a handler panic is answered 500 and logged, and never takes the
+//! process down.
 
 use super::budget::{
     classify, max_connections, raise_fd_limit, Addresses, Class, Trust, CONTROL_SLOTS, FIRST_HEAD_TIMEOUT, PEER_WAIT,
@@ -32,23 +55,39 @@ use super::budget::{
 };
 use super::message::{Request, Response};
 use super::parse::{blank_lines, body_length, chunk_size, parse_head, wants_keep_alive, BodyLength};
+use super::poll::Epoll;
 use super::semaphore::{Permit, Semaphore};
 use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Granularity at which blocked reads and the accept loop notice a shutdown.
+/// Granularity at which blocked reads and idle workers notice a shutdown, and at which
+/// parked connections' deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Stack of a connection thread: parsing and handlers need little.
+/// How often the accept loop looks at the pool when no connection comes.
+const WATCH_TICK: Duration = Duration::from_millis(10);
+/// With no worker waiting for connections and none finishing a request for this long, the
+/// pool takes one more.
+const STALL: Duration = Duration::from_secs(1);
+/// Stack of a worker or connection thread: parsing and handlers need little.
 const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Workers kept however quiet the server is: two per core, so that the CPU is used while
+/// one waits for something it did not announce. Asked once: the standard library reads
+/// the cgroup's files at every call.
+fn min_workers() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
 
 /// Settings of one server.
 #[derive(Clone, Debug)]
@@ -84,56 +123,44 @@ where
         public: Arc::new(Semaphore::new(threads)),
         public_queue: threads,
         trust: config.trust,
-        open: AtomicUsize::new(0),
-        max_open,
-        addresses: Addresses::default(),
+        gate: Arc::new(Gate { open: AtomicUsize::new(0), max_open, addresses: Addresses::default() }),
+        pool: Pool::new()?,
     });
+    for _ in 0..min_workers() {
+        shared.spawn_worker();
+    }
     log::info!("{} listening on {} (at most {max_open} connections)", config.name, listener.local_addr()?);
+    let mut swept = Instant::now();
     while !shutdown.is_set() {
-        if !wait_readable(&listener, TICK) {
-            continue;
-        }
-        let (stream, ip) = match listener.accept() {
-            Ok((s, a)) => (s, a.ip()),
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(TICK);
-                continue;
+        if wait_readable(&listener, WATCH_TICK) {
+            match listener.accept() {
+                Ok((stream, addr)) => shared.admit(stream, addr.ip()),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(TICK);
+                }
             }
-        };
-        if shared.open.fetch_add(1, Ordering::SeqCst) >= max_open {
-            shared.open.fetch_sub(1, Ordering::SeqCst);
-            refuse(stream, &shared.metrics);
-            continue;
         }
-        if !shared.addresses.admit(ip, PER_ADDRESS) {
-            shared.open.fetch_sub(1, Ordering::SeqCst);
-            refuse(stream, &shared.metrics);
-            continue;
-        }
-        let conn = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name("conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
-            conn.connection(stream);
-            conn.addresses.release(ip);
-            conn.open.fetch_sub(1, Ordering::SeqCst);
-        });
-        if let Err(e) = spawned {
-            shared.addresses.release(ip);
-            shared.open.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("cannot start a connection thread: {e}");
+        shared.watch_over();
+        if swept.elapsed() >= TICK {
+            swept = Instant::now();
+            shared.sweep(false);
         }
     }
     drop(listener);
+    // Idle connections are closed now; those in a handler close once answered.
+    shared.sweep(true);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while shared.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while shared.gate.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+        shared.sweep(true);
     }
     log::info!("{} stopped", config.name);
     Ok(())
 }
 
-/// What every connection thread shares.
+/// What the accept loop, the workers and the connection threads share.
 struct Shared<H> {
     handler: H,
     metrics: Arc<Metrics>,
@@ -148,100 +175,21 @@ struct Shared<H> {
     public_queue: usize,
     /// Who may use `control` and `peer`.
     trust: Trust,
-    /// Open connections, for the limit and for draining.
+    /// The connection count and caps.
+    gate: Arc<Gate>,
+    /// Idle public connections and the workers that wait for them.
+    pool: Pool,
+}
+
+/// Open connections: the caps and the count for draining. Every [`Conn`] holds a share
+/// and counts itself out when dropped.
+struct Gate {
     open: AtomicUsize,
-    /// Most connections open at once.
     max_open: usize,
-    /// Open connections per client address.
     addresses: Addresses,
 }
 
-/// Why reading a request stopped.
-enum ReadError {
-    /// The connection closed, timed out while idle, or the server is stopping: close quietly.
-    Closed,
-    /// The client sent something we answer with an error, then close.
-    Answer(Error),
-}
-
-impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
-    fn connection(&self, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        if stream.set_read_timeout(Some(TICK)).is_err() {
-            return;
-        }
-        // Who is on the other end: what a service with no token admits admin requests by.
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let mut reader = BufReader::with_capacity(8 * 1024, &stream);
-        let mut first = true;
-        let mut niced = false;
-        loop {
-            let limits = self.limits(first);
-            first = false;
-            let request = match read_request(&mut reader, &self.shutdown, limits) {
-                Ok(r) => Request { peer, ..r },
-                Err(ReadError::Closed) => return,
-                Err(ReadError::Answer(e)) => {
-                    let r = Response::error(&e).at("invalid");
-                    self.metrics.record(r.route, r.status, Duration::ZERO);
-                    let _ = write_response(&mut &stream, &r, false, false);
-                    linger(&stream);
-                    return;
-                }
-            };
-            let started = Instant::now();
-            let class = classify(&request, &self.trust);
-            if class == Class::Public && !niced {
-                // Public work yields the CPU to the store's own threads; a thread can
-                // raise its nice value but not lower it again, so it stays so.
-                lower_priority();
-                niced = true;
-            }
-            // The request's span: continues the caller's trace, or starts one for public
-            // work on the API (see `trace::starts_trace`); current on this thread until
-            // the answer is ready.
-            let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
-            let mut span =
-                crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
-            let mut response = match self.permit(class) {
-                Some(permit) => {
-                    // A public slot sits where `step_aside` can give it back early; the
-                    // seat gives it back at the latest when the handler ends (or panics).
-                    let _seat = Seat::take(permit, class == Class::Public);
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(&request))) {
-                        Ok(r) => r,
-                        Err(_) => {
-                            log::error!("handler panicked on {} {}", request.method, request.path);
-                            Response::error(&Error::Internal("internal error".into()))
-                        }
-                    }
-                }
-                None => shed(class),
-            };
-            if span.is_recording() {
-                span.rename(format!("{} {}", request.method, response.route));
-                span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
-                if response.status >= 500 {
-                    span.fail();
-                }
-                // W3C Trace Context Level 2: which trace the answer belongs to (the
-                // storefront links an order to the view of its trace with it).
-                if let Some(ctx) = span.context() {
-                    response.headers.push(("traceresponse", ctx.traceparent()));
-                }
-            }
-            drop(span);
-            self.metrics.record(response.route, response.status, started.elapsed());
-            let keep =
-                wants_keep_alive(&request) && !self.shutdown.is_set() && !(response.status == 503 && self.pressed());
-            if write_response(&mut &stream, &response, keep, request.method == "HEAD").is_err() || !keep {
-                return;
-            }
-        }
-    }
-}
-
-impl<H> Shared<H> {
+impl Gate {
     /// Whether more than half the connections this process may hold are open.
     fn pressed(&self) -> bool {
         self.open.load(Ordering::Relaxed) > self.max_open / 2
@@ -256,7 +204,433 @@ impl<H> Shared<H> {
             (false, false) => Limits { idle: IDLE_TIMEOUT, head: HEAD_TIMEOUT },
         }
     }
+}
 
+/// A client's connection: its socket behind a read buffer, the head read so far.
+struct Conn {
+    reader: BufReader<Sock>,
+    /// The next request's head, as far as it came.
+    head: Head,
+    ip: IpAddr,
+    /// No request answered yet: a new connection has [`FIRST_HEAD_TIMEOUT`] to begin.
+    first: bool,
+    /// In the pool's epoll set (added once, armed again at every park).
+    watched: bool,
+    gate: Arc<Gate>,
+}
+
+impl Conn {
+    fn stream(&self) -> &TcpStream {
+        &self.reader.get_ref().stream
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gate.addresses.release(self.ip);
+        self.gate.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A socket whose reads either wait (up to its read timeout, [`TICK`]) or, while
+/// `dontwait`, take only what has arrived (`MSG_DONTWAIT`), so one socket serves both a
+/// worker that must not wait for a slow client and a connection thread that may.
+struct Sock {
+    stream: TcpStream,
+    dontwait: bool,
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.dontwait {
+            return (&self.stream).read(buf);
+        }
+        // SAFETY: `buf` is valid for `buf.len()` bytes and the descriptor is open.
+        let n = unsafe { libc::recv(self.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// The connection pool: idle connections parked in one epoll set, and the workers that
+/// wait on it (see the module doc).
+struct Pool {
+    epoll: Epoll,
+    /// Parked connections by token, with the deadline each must be active by. The lock is
+    /// held around an insert or a removal and the `epoll_ctl` that goes with it, and by the
+    /// sweep; never while a socket is read or written.
+    parked: Mutex<HashMap<u64, Parked>>,
+    next_token: AtomicU64,
+    /// Workers alive, how many of them wait in `epoll_wait` now, and how many serve a
+    /// request that said it waits ([`blocking`]).
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+    waiting: AtomicUsize,
+    /// When a worker last finished a request or the pool last grew, in ms since `base`.
+    progress: AtomicU64,
+    base: Instant,
+}
+
+struct Parked {
+    conn: Conn,
+    deadline: Instant,
+}
+
+impl Pool {
+    fn new() -> io::Result<Pool> {
+        Ok(Pool {
+            epoll: Epoll::new()?,
+            parked: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(0),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
+            base: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn moved_on(&self) {
+        self.progress.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Puts an idle connection in the set until it is readable or `deadline` passes.
+    fn park(&self, mut conn: Conn, deadline: Instant) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let fd = conn.stream().as_raw_fd();
+        let added = !conn.watched;
+        conn.watched = true;
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        // Armed under the lock: the sweep cannot close the descriptor between the insert
+        // and the `epoll_ctl` (whose number a new connection could then have).
+        parked.insert(token, Parked { conn, deadline });
+        let armed = if added { self.epoll.add(fd, token) } else { self.epoll.rearm(fd, token) };
+        if let Err(e) = armed {
+            log::warn!("cannot watch a connection: {e}");
+            parked.remove(&token);
+        }
+    }
+
+    /// The parked connection behind a readiness, unless the sweep closed it meanwhile.
+    fn unpark(&self, token: u64) -> Option<Conn> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&token).map(|p| p.conn)
+    }
+}
+
+/// Why no request came off a connection.
+enum Next {
+    /// A whole request.
+    Request(Request),
+    /// Nothing (or part of a head) has come: park until readable, or this deadline.
+    Park(Instant),
+    /// Closed by the client, timed out while idle, or the server is stopping.
+    Close,
+    /// The client sent something we answer with an error, then close.
+    Answer(Error),
+}
+
+/// How a connection is served: by pool workers, parked while idle (public traffic), or by
+/// a thread of its own that blocks on it (a service's connection, whose requests must
+/// never wait behind public work for a worker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Pooled,
+    Own,
+}
+
+thread_local! {
+    /// In a pool worker: asks the pool for one more worker when none waits.
+    static WORKER: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+    /// Whether the request this thread serves has already said it waits.
+    static WAITS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Says that the request this thread serves will now wait for something other than the
+/// CPU (another service, a batch, the group commit). In a pool worker, the pool counts it
+/// as waiting and starts another worker at once when fewer than the minimum (twice the
+/// cores) are left that do not wait, so that public connections are not left unread
+/// behind waiting handlers. Once per request; nothing in a thread that is not a worker.
+pub fn blocking() {
+    WORKER.with(|w| {
+        if let Some(wait) = w.borrow().as_ref() {
+            if !WAITS.replace(true) {
+                wait()
+            }
+        }
+    });
+}
+
+impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
+    /// A new connection from the accept loop: counted against the caps, then parked.
+    fn admit(self: &Arc<Self>, stream: TcpStream, ip: IpAddr) {
+        if self.gate.open.fetch_add(1, Ordering::SeqCst) >= self.gate.max_open {
+            self.gate.open.fetch_sub(1, Ordering::SeqCst);
+            return refuse(stream, &self.metrics);
+        }
+        if !self.gate.addresses.admit(ip, PER_ADDRESS) {
+            self.gate.open.fetch_sub(1, Ordering::SeqCst);
+            return refuse(stream, &self.metrics);
+        }
+        let _ = stream.set_nodelay(true);
+        let timeout = stream.set_read_timeout(Some(TICK));
+        let sock = Sock { stream, dontwait: false };
+        let conn = Conn {
+            reader: BufReader::with_capacity(8 * 1024, sock),
+            head: Head::default(),
+            ip,
+            first: true,
+            watched: false,
+            gate: Arc::clone(&self.gate),
+        };
+        if timeout.is_ok() {
+            self.pool.park(conn, Instant::now() + self.gate.limits(true).idle);
+        }
+    }
+
+    /// Starts a worker; false when the system refused a thread.
+    fn spawn_worker(self: &Arc<Self>) -> bool {
+        self.pool.workers.fetch_add(1, Ordering::SeqCst);
+        let me = Arc::clone(self);
+        // The worker counts itself out as it leaves (`work`).
+        let spawned =
+            std::thread::Builder::new().name("worker".into()).stack_size(CONNECTION_STACK).spawn(move || me.work());
+        if let Err(e) = &spawned {
+            self.pool.workers.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("cannot start a worker: {e}");
+        }
+        spawned.is_ok()
+    }
+
+    /// A worker's request will wait ([`blocking`]): one more worker when fewer than the
+    /// minimum are left that do not.
+    fn waits(self: &Arc<Self>) {
+        let waiting = self.pool.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        let working = self.pool.workers.load(Ordering::SeqCst).saturating_sub(waiting);
+        if working < min_workers() && !self.shutdown.is_set() {
+            self.spawn_worker();
+        }
+    }
+
+    /// The accept loop's check: a worker more when none waits for connections and none
+    /// has finished a request for [`STALL`] (every worker in a handler that waits without
+    /// saying so).
+    fn watch_over(self: &Arc<Self>) {
+        let stalled = self.pool.now_ms().saturating_sub(self.pool.progress.load(Ordering::Relaxed));
+        if stalled >= STALL.as_millis() as u64
+            && self.pool.idle.load(Ordering::SeqCst) == 0
+            && !self.shutdown.is_set()
+            && self.spawn_worker()
+        {
+            self.pool.moved_on();
+        }
+    }
+
+    /// Whether this worker is one too many: more than `most` of the workers are neither
+    /// waiting for connections nor in a request that waits. Counts it out if so.
+    fn surplus(&self, most: usize) -> bool {
+        let waiting = self.pool.waiting.load(Ordering::SeqCst);
+        self.pool
+            .workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n.saturating_sub(waiting) > most).then(|| n - 1))
+            .is_ok()
+    }
+
+    /// A pool worker: waits for a parked connection to become readable and serves it
+    /// until it is idle again; leaves when the server stops, or when it is one too many:
+    /// at once when more than twice [`min_workers`] do not wait, after a quiet [`TICK`]
+    /// when more than the minimum do not (the band between keeps a pool that grows and
+    /// shrinks with waiting purchases from starting and ending a thread for each).
+    fn work(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        WORKER.with(|w| *w.borrow_mut() = Some(Box::new(move || me.waits())));
+        loop {
+            if self.surplus(2 * min_workers()) {
+                break;
+            }
+            self.pool.idle.fetch_add(1, Ordering::SeqCst);
+            let token = self.pool.epoll.wait(TICK);
+            self.pool.idle.fetch_sub(1, Ordering::SeqCst);
+            match token {
+                Some(token) => {
+                    if let Some(conn) = self.pool.unpark(token) {
+                        self.serve_conn(conn, Mode::Pooled, None);
+                    }
+                }
+                None if self.shutdown.is_set() => {
+                    self.pool.workers.fetch_sub(1, Ordering::SeqCst);
+                    break;
+                }
+                None if self.surplus(min_workers()) => break,
+                None => {}
+            }
+        }
+        WORKER.with(|w| w.borrow_mut().take());
+    }
+
+    /// Closes parked connections whose deadline passed (all of them when `all`); one that
+    /// began a head and stopped is answered 408 first.
+    fn sweep(&self, all: bool) {
+        let now = Instant::now();
+        let expired: Vec<Parked> = {
+            let mut parked = self.pool.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<u64> = parked.iter().filter(|(_, p)| all || p.deadline <= now).map(|(t, _)| *t).collect();
+            due.iter().filter_map(|t| parked.remove(t)).collect()
+        };
+        for p in expired {
+            if !all && p.conn.head.first_byte.is_some() {
+                let r = Response::error(&Error::RequestTimeout).at("invalid");
+                self.metrics.record(r.route, r.status, Duration::ZERO);
+                // Without waiting: the sweep must not hang on a client that reads nothing.
+                if p.conn.stream().set_nonblocking(true).is_ok() {
+                    let _ = write_response(&mut p.conn.stream(), &r, false, false);
+                    let _ = p.conn.stream().shutdown(std::net::Shutdown::Write);
+                }
+            }
+        }
+    }
+
+    /// Serves a connection's requests (the first already read when `pending`) until it is
+    /// idle (pooled: parked again), closes or moves to a thread of its own.
+    fn serve_conn(self: &Arc<Self>, mut conn: Conn, mode: Mode, mut pending: Option<Request>) {
+        let mut niced = false;
+        loop {
+            let request = match pending.take() {
+                Some(r) => r,
+                None => match self.next_request(&mut conn, mode) {
+                    Next::Request(r) => r,
+                    Next::Park(deadline) if !self.shutdown.is_set() => return self.pool.park(conn, deadline),
+                    Next::Park(_) | Next::Close => return,
+                    Next::Answer(e) => {
+                        let r = Response::error(&e).at("invalid");
+                        self.metrics.record(r.route, r.status, Duration::ZERO);
+                        let _ = write_response(&mut conn.stream(), &r, false, false);
+                        linger(conn.stream());
+                        return;
+                    }
+                },
+            };
+            let class = classify(&request, &self.trust);
+            if class != Class::Public && mode == Mode::Pooled {
+                return self.own_thread(conn, request);
+            }
+            if class == Class::Public && mode == Mode::Own && !niced {
+                // A thread can raise its nice value but not lower it again, so it stays so.
+                lower_priority();
+                niced = true;
+            }
+            let started = Instant::now();
+            let response = self.answer(&request, class);
+            if WAITS.replace(false) {
+                self.pool.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.metrics.record(response.route, response.status, started.elapsed());
+            self.pool.moved_on();
+            let keep = wants_keep_alive(&request)
+                && !self.shutdown.is_set()
+                && !(response.status == 503 && self.gate.pressed());
+            if write_response(&mut conn.stream(), &response, keep, request.method == "HEAD").is_err() || !keep {
+                return;
+            }
+            conn.first = false;
+            if mode == Mode::Pooled && conn.reader.buffer().is_empty() && !self.shutdown.is_set() {
+                // Nothing pipelined: park at once rather than ask the socket (the client
+                // rarely has sent again already, and epoll says so at once if it has).
+                return self.pool.park(conn, Instant::now() + self.gate.limits(false).idle);
+            }
+        }
+    }
+
+    /// Moves a connection that carries the services' own traffic to a thread of its own.
+    fn own_thread(self: &Arc<Self>, conn: Conn, request: Request) {
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || me.serve_conn(conn, Mode::Own, Some(request)));
+        // On failure the connection, moved into the dropped closure, is closed.
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {e}");
+        }
+    }
+
+    /// The next request on `conn`: a pooled connection reads only what has arrived and
+    /// asks to be parked otherwise; a connection with its own thread waits for it.
+    fn next_request(&self, conn: &mut Conn, mode: Mode) -> Next {
+        let limits = self.gate.limits(conn.first);
+        let peer = Some(conn.ip);
+        if mode == Mode::Own {
+            return match read_request(&mut conn.reader, &self.shutdown, limits) {
+                Ok(r) => Next::Request(Request { peer, ..r }),
+                // (`Wait` is never the end of a read that waits.)
+                Err(ReadError::Closed | ReadError::Wait) => Next::Close,
+                Err(ReadError::Answer(e)) => Next::Answer(e),
+            };
+        }
+        conn.reader.get_mut().dontwait = true;
+        let head = conn.head.advance(&mut conn.reader);
+        conn.reader.get_mut().dontwait = false;
+        match head {
+            Ok(mut request) => match read_body(&mut conn.reader, &mut request) {
+                Ok(()) => Next::Request(Request { peer, ..request }),
+                Err(ReadError::Closed | ReadError::Wait) => Next::Close,
+                Err(ReadError::Answer(e)) => Next::Answer(e),
+            },
+            Err(ReadError::Answer(e)) => Next::Answer(e),
+            Err(ReadError::Closed) => Next::Close,
+            Err(ReadError::Wait) => match conn.head.first_byte {
+                Some(t) if t.elapsed() > limits.head => Next::Answer(Error::RequestTimeout),
+                Some(t) => Next::Park(t + limits.head),
+                None => Next::Park(Instant::now() + limits.idle),
+            },
+        }
+    }
+
+    /// Runs the handler in its budget, within the request's span.
+    fn answer(&self, request: &Request, class: Class) -> Response {
+        // The request's span: continues the caller's trace, or starts one for public
+        // work on the API (see `trace::starts_trace`); current on this thread until
+        // the answer is ready.
+        let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
+        let mut span =
+            crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
+        let mut response = match self.permit(class) {
+            Some(permit) => {
+                // A public slot sits where `step_aside` can give it back early; the
+                // seat gives it back at the latest when the handler ends (or panics).
+                let _seat = Seat::take(permit, class == Class::Public);
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.handler)(request))) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        log::error!("handler panicked on {} {}", request.method, request.path);
+                        Response::error(&Error::Internal("internal error".into()))
+                    }
+                }
+            }
+            None => shed(class),
+        };
+        if span.is_recording() {
+            span.rename(format!("{} {}", request.method, response.route));
+            span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
+            if response.status >= 500 {
+                span.fail();
+            }
+            // W3C Trace Context Level 2: which trace the answer belongs to (the
+            // storefront links an order to the view of its trace with it).
+            if let Some(ctx) = span.context() {
+                response.headers.push(("traceresponse", ctx.traceparent()));
+            }
+        }
+        response
+    }
+}
+
+impl<H> Shared<H> {
     /// A handler slot of `class`'s budget, or `None` when the request is to be shed.
     fn permit(&self, class: Class) -> Option<Permit> {
         match class {
@@ -279,6 +653,12 @@ thread_local! {
 /// the answers it awaits; what waits is bounded by the connection caps and by the
 /// batches' own limits. Does nothing outside a public request, or when called twice.
 pub fn step_aside() {
+    blocking();
+    give_back_slot();
+}
+
+/// Drops the public slot of the request this thread serves, if it still holds one.
+fn give_back_slot() {
     drop(PUBLIC_SLOT.with(|slot| slot.borrow_mut().take()));
 }
 
@@ -300,7 +680,7 @@ impl Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         if self.0.take().is_none() {
-            step_aside();
+            give_back_slot();
         }
     }
 }
@@ -352,65 +732,98 @@ impl Default for Limits {
     }
 }
 
-/// Reads one request, with the head and body limits and deadlines.
+/// Why reading a request stopped.
+enum ReadError {
+    /// The connection closed, timed out while idle, or the server is stopping: close quietly.
+    Closed,
+    /// The client sent something we answer with an error, then close.
+    Answer(Error),
+    /// Nothing more has arrived for now (a read would wait, or its timeout passed).
+    Wait,
+}
+
+/// Reads one request, with the head and body limits and deadlines, waiting for its bytes.
 fn read_request(reader: &mut impl BufRead, shutdown: &Shutdown, limits: Limits) -> Result<Request, ReadError> {
     let mut request = read_head(reader, shutdown, limits)?;
-    let deadline = Instant::now() + BODY_TIMEOUT;
-    request.body = match body_length(&request).map_err(ReadError::Answer)? {
-        BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
-        BodyLength::Chunked => read_chunked(reader, deadline)?,
-    };
+    read_body(reader, &mut request)?;
     Ok(request)
 }
 
-/// Reads until the bytes hold a whole head, as [`parse_head`] decides, and takes exactly
-/// the head out of `reader`: the body and any pipelined request stay there.
-///
-/// `head` holds at most `MAX_HEAD + 1` bytes, which is enough for the parser to answer 431.
-/// The parser runs when a read brought a line feed (a head can only end with one), on the
-/// first bytes (to refuse garbage at once) and at the limit, so a client that sends one
-/// byte at a time costs one parse per line, not one per byte.
+/// Reads the body a head declares, within [`BODY_TIMEOUT`].
+fn read_body(reader: &mut impl BufRead, request: &mut Request) -> Result<(), ReadError> {
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    request.body = match body_length(request).map_err(ReadError::Answer)? {
+        BodyLength::Fixed(n) => read_exact(reader, n, deadline)?,
+        BodyLength::Chunked => read_chunked(reader, deadline)?,
+    };
+    Ok(())
+}
+
+/// Waits for a whole head, within the idle and head deadlines.
 fn read_head(reader: &mut impl BufRead, shutdown: &Shutdown, limits: Limits) -> Result<Request, ReadError> {
-    let mut head: Vec<u8> = Vec::new();
+    let mut head = Head::default();
     let idle_since = Instant::now();
-    let mut first_byte: Option<Instant> = None;
     loop {
-        let bytes = match reader.fill_buf() {
-            // Closed, before a request or within one.
-            Ok([]) => return Err(ReadError::Closed),
-            Ok(bytes) => bytes,
-            Err(e) if is_timeout(&e) => {
-                match first_byte {
-                    None if shutdown.is_set() || idle_since.elapsed() > limits.idle => return Err(ReadError::Closed),
-                    Some(t) if t.elapsed() > limits.head => return Err(ReadError::Answer(Error::RequestTimeout)),
-                    _ => {}
+        match head.advance(reader) {
+            Err(ReadError::Wait) => match head.first_byte {
+                None if shutdown.is_set() || idle_since.elapsed() > limits.idle => return Err(ReadError::Closed),
+                Some(t) if t.elapsed() > limits.head => return Err(ReadError::Answer(Error::RequestTimeout)),
+                _ => {}
+            },
+            done => return done,
+        }
+    }
+}
+
+/// A request head as far as it has come: its bytes and when the first arrived.
+#[derive(Default)]
+struct Head {
+    bytes: Vec<u8>,
+    first_byte: Option<Instant>,
+}
+
+impl Head {
+    /// Takes bytes from `reader` until they hold a whole head, as [`parse_head`] decides,
+    /// and takes exactly the head out of `reader`: the body and any pipelined request stay
+    /// there. `Wait` when `reader` has no more for now; what came is kept for the next call.
+    ///
+    /// The bytes are at most `MAX_HEAD + 1`, which is enough for the parser to answer 431.
+    /// The parser runs when a read brought a line feed (a head can only end with one), on
+    /// the first bytes (to refuse garbage at once) and at the limit, so a client that sends
+    /// one byte at a time costs one parse per line, not one per byte.
+    fn advance(&mut self, reader: &mut impl BufRead) -> Result<Request, ReadError> {
+        loop {
+            let bytes = match reader.fill_buf() {
+                // Closed, before a request or within one.
+                Ok([]) => return Err(ReadError::Closed),
+                Ok(bytes) => bytes,
+                Err(e) if is_timeout(&e) => return Err(ReadError::Wait),
+                Err(_) => return Err(ReadError::Closed),
+            };
+            self.first_byte.get_or_insert_with(Instant::now);
+            if self.bytes.is_empty() {
+                // Robustness (RFC 9112 2.2): empty lines before the request line are dropped.
+                let blank = blank_lines(bytes);
+                if blank > 0 {
+                    reader.consume(blank);
+                    continue;
                 }
-                continue;
             }
-            Err(_) => return Err(ReadError::Closed),
-        };
-        first_byte.get_or_insert_with(Instant::now);
-        if head.is_empty() {
-            // Robustness (RFC 9112 2.2): empty lines before the request line are dropped.
-            let blank = blank_lines(bytes);
-            if blank > 0 {
-                reader.consume(blank);
-                continue;
+            let old = self.bytes.len();
+            let new = &bytes[..bytes.len().min(MAX_HEAD + 1 - old)];
+            let (taken, line_end) = (new.len(), new.contains(&b'\n'));
+            self.bytes.extend_from_slice(new);
+            if old == 0 || line_end || self.bytes.len() > MAX_HEAD {
+                if let Some((request, len)) = parse_head(&self.bytes).map_err(ReadError::Answer)? {
+                    // `len > old`: the head ends with a line feed, and had one come before
+                    // this read, the parse after it would have found the head whole.
+                    reader.consume(len - old);
+                    *self = Head::default();
+                    return Ok(request);
+                }
             }
+            reader.consume(taken);
         }
-        let old = head.len();
-        let new = &bytes[..bytes.len().min(MAX_HEAD + 1 - old)];
-        let (taken, line_end) = (new.len(), new.contains(&b'\n'));
-        head.extend_from_slice(new);
-        if old == 0 || line_end || head.len() > MAX_HEAD {
-            if let Some((request, len)) = parse_head(&head).map_err(ReadError::Answer)? {
-                // `len > old`: the head ends with a line feed, and had one come before this
-                // read, the parse after it would have found the head whole.
-                reader.consume(len - old);
-                return Ok(request);
-            }
-        }
-        reader.consume(taken);
     }
 }
 
@@ -612,7 +1025,7 @@ mod tests {
                         r.version,
                         String::from_utf8_lossy(&r.body)
                     )),
-                    Err(ReadError::Closed) => break,
+                    Err(ReadError::Closed | ReadError::Wait) => break,
                     Err(ReadError::Answer(e)) => panic!("step {step}: {e:?}"),
                 }
             }
@@ -626,7 +1039,7 @@ mod tests {
         let read = |text: &str| {
             read_chunked(&mut text.as_bytes(), deadline).map_err(|e| match e {
                 ReadError::Answer(e) => e.status(),
-                ReadError::Closed => 0,
+                ReadError::Closed | ReadError::Wait => 0,
             })
         };
         assert_eq!(read("3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\n").unwrap(), b"abcde");
@@ -707,7 +1120,7 @@ mod tests {
                     "case {case}: {e:?} for {:?}",
                     String::from_utf8_lossy(&bytes)
                 ),
-                Err(ReadError::Closed) => {}
+                Err(ReadError::Closed | ReadError::Wait) => {}
             }
         }
     }
