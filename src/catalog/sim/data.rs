@@ -26,7 +26,10 @@
 //!   (`local(t) = offset + t * rate`, rates within ±3 % when the seed draws drift), and its
 //!   `now` is a base `Instant` plus its local time.
 //! - **Network**: every message is delayed (0.1-2 ms, and with spikes up to 1.5 s), may be
-//!   lost, and is dropped while its path is cut (one way or both). A process that restarts
+//!   lost or (half the seeds, 0.5-5 % of messages) delivered twice, the copy within 20 ms
+//!   and possibly first (any message but a write: HTTP carries a request once, and the
+//!   store's own messages must bear being sent again), and is dropped while its path is
+//!   cut (one way or both). A process that restarts
 //!   gets nothing sent to it before (its connections died), nor an answer to a request of
 //!   its earlier run.
 //! - **Faults** in the first 8 s (swarm: each seed turns each kind on or off, then draws a
@@ -321,6 +324,8 @@ struct Swarm {
     spikes: bool,
     drift: bool,
     loss: f64,
+    /// How often a message is delivered twice.
+    dup: f64,
 }
 
 /// What a run did.
@@ -361,6 +366,11 @@ struct World {
     cut: BTreeSet<(usize, usize)>,
     spikes: bool,
     loss: f64,
+    /// How often a message is delivered twice, and the generator that draws the second
+    /// deliveries: apart from `rng`, so that a seed that draws no duplicates runs as it did
+    /// before duplicates were simulated.
+    dup: f64,
+    dups: Rng,
     healed: bool,
     failure: Option<String>,
     hash: u64,
@@ -469,7 +479,10 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         spikes: rng.chance(0.5),
         drift: rng.chance(0.5),
         loss: if rng.chance(0.5) { rng.range(1, 30) as f64 / 1000.0 } else { 0.0 },
+        dup: 0.0,
     };
+    let mut dups = Rng(seed ^ 0x0d0b_1e5e_ed00);
+    let swarm = Swarm { dup: if dups.chance(0.5) { dups.range(5, 50) as f64 / 1000.0 } else { 0.0 }, ..swarm };
     let mut nodes = Vec::new();
     for n in 0..1 + REPLICAS.len() + swarm.fronts {
         let rate = if swarm.drift { rng.range(970_000, 1_030_000) } else { 1_000_000 };
@@ -495,6 +508,8 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         cut: BTreeSet::new(),
         spikes: false,
         loss: swarm.loss,
+        dup: swarm.dup,
+        dups,
         healed: false,
         failure: None,
         hash: 0xcbf2_9ce4_8422_2325,
@@ -507,6 +522,7 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         None => w.draw_faults(&swarm),
         Some(faults) => {
             w.loss = 0.0;
+            w.dup = 0.0;
             for (at, fault) in faults {
                 w.schedule(at, Ev::Fault(fault));
             }
@@ -608,6 +624,18 @@ impl World {
             delay += self.rng.range(100_000, 1_500_000);
         }
         let sent = self.t;
+        // Any message may come twice (a push, a lease request, a version query or a watch
+        // sent again, an answer replayed) but a write: one travels once per HTTP request
+        // (TCP does not repeat one), and one sent again by its client is a new request.
+        // Even a purchase, which its order makes safe to ask again while its answer is
+        // awaited, is not safe to replay after a refusal: the copy it then takes is one no
+        // order was logged for.
+        let may_repeat = !matches!(msg, Msg::Write { .. });
+        if may_repeat && self.dup > 0.0 && self.dups.chance(self.dup) {
+            // The second copy may come first.
+            let again = self.dups.range(100, 20_000);
+            self.schedule(self.t + again, Ev::Deliver { from, to, sent, msg: msg.clone() });
+        }
         self.schedule(self.t + delay, Ev::Deliver { from, to, sent, msg });
     }
 
@@ -750,6 +778,7 @@ impl World {
                 self.cut.clear();
                 self.spikes = false;
                 self.loss = 0.0;
+                self.dup = 0.0;
                 for n in 0..self.nodes.len() {
                     if !self.nodes[n].up {
                         self.nodes[n].inc += 1;
