@@ -139,3 +139,36 @@ fn a_frozen_front_end_serves_no_stale_near_hit() {
     assert_eq!(info(&fe2, 3).1["quantity"], 505);
     assert!(metric(&fe2, "bazar_near_resets_total") >= 2.0, "the resumed front end was reset");
 }
+
+/// A static primary records, before the first near-cache lease of a run, that it granted
+/// one (`near-leases` in its data directory); restarted after `kill -9`, it opens reads
+/// one lease after it starts, not as soon as its replica is in sync: a front end cut off
+/// from it may serve on a lease of the earlier run until then (the data simulator's
+/// scripted schedule shows the stale read otherwise). The check is one of order, not of
+/// speed: no read of the primary answered 200 before a lease has passed since the restart
+/// was asked for (the process starts later still), and reads open after.
+#[test]
+fn a_restarted_primary_waits_out_the_near_leases_of_its_earlier_run() {
+    const LEASE: Duration = Duration::from_millis(2000);
+    let opts = Opts { lease_ms: Some(LEASE.as_millis() as u64), near_mb: Some(8), ..Opts::default() };
+    let Some(mut s) = Store::start(opts) else { return };
+    let (fe, primary) = (s.fe(), s.primary());
+    let record = s.dir.0.join("catalog-1").join("near-leases");
+    eventually(Duration::from_secs(15), "a lease", || json(&get(&fe, "/health"))["near"] == "on");
+    assert!(record.exists(), "the record is made before the first lease is granted");
+    s.catalogs[0].kill9();
+    let restarted = std::time::Instant::now();
+    s.catalogs[0].restart();
+    let mut first_read = None;
+    while first_read.is_none() && restarted.elapsed() < Duration::from_secs(30) {
+        if client().call(ureq::http::Method::GET, &primary, "/books/1", None).is_ok_and(|a| a.status == 200) {
+            first_read = Some(restarted.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_read = first_read.expect("reads open again");
+    assert!(first_read >= LEASE, "a read answered {first_read:?} after the restart, within the earlier run's leases");
+    // A replica grants no near-cache lease, and keeps no record.
+    let replica_dir = s.dir.0.join("catalog-2");
+    assert!(!replica_dir.join("near-leases").exists(), "a replica grants no near-cache lease");
+}

@@ -34,13 +34,61 @@
 //! the condition variable. Lock: `table` is held to decide, never across I/O; writers and
 //! watchers wait on `changed` with it released.
 //!
+//! - **A static primary that restarts cannot know its earlier run's leases**, and a front
+//!   end cut off from it keeps serving on one (its watch has not failed yet) while the new
+//!   run would show a batch the earlier one logged and never acknowledged. So a static
+//!   primary keeps a [`Record`] in its data directory, made durable before the first lease
+//!   of each run is granted; one that finds it at start opens reads one lease after its
+//!   start, not as soon as its replicas are in sync (`CatalogNode::reads_open`): every
+//!   lease of an earlier run was granted before that run died, so it has ended by then.
+//!   The data simulator's scripted schedule found the stale read this closes. A store whose
+//!   primary never had a front end pays nothing; the record is never removed (a run that
+//!   stops gracefully may still end in a batch it gave up on).
+//!
 //! The route itself (`POST /internal/near`, with the leadership check) is
 //! `CatalogNode::near_watch` in `node.rs`: this file knows no node.
 
 use crate::lease::Granted;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// The file of a static primary's [`Record`], in its data directory.
+pub const RECORD_FILE: &str = "near-leases";
+
+/// A static primary's record that a run of it granted near-cache leases (see the module
+/// doc): a file whose presence is the whole record.
+#[derive(Debug)]
+pub struct Record {
+    path: PathBuf,
+    /// Found at start: a run before this one may have granted leases still held.
+    found: bool,
+    /// Made durable by this run.
+    written: AtomicBool,
+}
+
+impl Record {
+    /// The record at `path`, as this start finds it.
+    pub fn open(path: PathBuf) -> Record {
+        let found = path.exists();
+        Record { path, found, written: AtomicBool::new(found) }
+    }
+
+    /// Makes the record durable, once per run, before a lease is granted; an error refuses
+    /// the lease (a lease the next run could not know of would be worse than none).
+    fn make_durable(&self) -> std::io::Result<()> {
+        if self.written.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let text = b"a run of this catalog granted front ends near-cache leases: \
+            after a restart, its reads open one lease after it starts\n";
+        crate::storage::replace_file(&self.path, text)?;
+        self.written.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
 
 /// Batches of invalidations kept for watchers that are behind.
 pub const RING: usize = 4096;
@@ -222,12 +270,29 @@ pub struct Near {
     /// Signalled by every publish and every watch (a confirmation).
     changed: Condvar,
     lease: Duration,
+    /// A static primary's record of its runs' leases.
+    record: Option<Record>,
 }
 
 impl Near {
     /// No session yet; leases of `lease` (zero: front ends get no lease).
     pub fn new(lease: Duration) -> Near {
-        Near { table: Mutex::new(Table::new(lease)), changed: Condvar::new(), lease }
+        Near { table: Mutex::new(Table::new(lease)), changed: Condvar::new(), lease, record: None }
+    }
+
+    /// As [`Near::new`], for a static primary that keeps `record`.
+    pub fn recording(lease: Duration, record: Record) -> Near {
+        Near { record: Some(record), ..Near::new(lease) }
+    }
+
+    /// Before a watch is answered with a lease: the record is durable.
+    pub fn record_grant(&self) -> std::io::Result<()> {
+        self.record.as_ref().map_or(Ok(()), Record::make_durable)
+    }
+
+    /// Whether an earlier run may have granted leases that are still held.
+    pub fn held_before_start(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.found)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

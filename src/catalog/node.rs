@@ -300,7 +300,12 @@ impl CatalogNode {
             push: CatalogClient { http: Http::new(PUSH_TIMEOUT, pool, token.clone()).peer() },
             forward: Http::new(FORWARD_TIMEOUT, pool, token).peer(),
             cache,
-            near: super::near::Near::new(config.lease),
+            near: if config.etcd.is_none() && config.role == Role::Primary && !config.lease.is_zero() {
+                let record = super::near::Record::open(config.data_dir.join(super::near::RECORD_FILE));
+                super::near::Near::recording(config.lease, record)
+            } else {
+                super::near::Near::new(config.lease)
+            },
             counters: Counters::default(),
             metrics,
             config,
@@ -838,6 +843,11 @@ impl CatalogNode {
         let gated = !self.near.revoking();
         if let Some(f) = self.failover.as_ref().filter(|_| gated) {
             f.core().may_acknowledge(Instant::now())?;
+        }
+        if gated {
+            self.near.record_grant().map_err(|e| {
+                Error::Unavailable(format!("cannot record near-cache leases in the data directory: {e}"))
+            })?;
         }
         let current = self.state().seq();
         let reply = self.near.watch(&watch.session, watch.seen, current).map_err(Error::Unavailable)?;

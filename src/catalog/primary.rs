@@ -413,15 +413,19 @@ impl CatalogNode {
         }
     }
 
-    /// With static roles, whether a primary that started may answer reads: once every
-    /// replica is in sync, or one lease after it started. A replica that kept serving while
-    /// it was down (on a lease extended by refused connections, all before this process
-    /// bound its port) may lack writes this primary logged before it died and shows now;
-    /// that lease has run out by then. (Not so a front end's near-cache lease of the
-    /// earlier run, which this run does not know: see the data simulator's scripted
-    /// schedule and docs/design/catalog-core.md, an open finding.)
+    /// With static roles, whether a primary that started may answer reads: one lease after
+    /// it started, or before once every replica is in sync. A replica that kept serving
+    /// while it was down (on a lease extended by refused connections, all before this
+    /// process bound its port) may lack writes this primary logged before it died and shows
+    /// now; that lease has run out by then. So has a front end's near-cache lease of an
+    /// earlier run, which this run does not know, and which no replica being in sync ends:
+    /// a primary whose record says an earlier run granted such leases waits out the whole
+    /// lease (`near.rs`' record; the data simulator's scripted schedule found the stale
+    /// read this closes).
     pub(super) fn reads_open(&self) -> bool {
-        !self.leases() || Instant::now() >= self.reads_from || self.links().iter().all(|l| l.grant().in_sync)
+        !self.leases()
+            || Instant::now() >= self.reads_from
+            || (!self.near.held_before_start() && self.links().iter().all(|l| l.grant().in_sync))
     }
 
     /// Whether this catalog may set memcached's generation key now: the primary, free to
