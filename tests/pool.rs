@@ -32,7 +32,8 @@ fn status(s: &mut TcpStream) -> u16 {
 /// 400 connections that send nothing and 100 that send half a head leave the server at
 /// about its few workers: a normal request is answered at once meanwhile, the halves are
 /// answered once their heads are finished (a byte at a time, in turns), and a server with a
-/// thread per connection would have started 500 threads.
+/// thread per connection would have started 500 threads. Bodies that stop halfway do not
+/// lock the others out either.
 #[test]
 fn idle_and_slow_connections_hold_no_thread() {
     const IDLE: usize = 400;
@@ -80,7 +81,25 @@ fn idle_and_slow_connections_hold_no_thread() {
         assert_eq!(status(s), 200, "a head sent in pieces is served once whole");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
-    drop(idle);
+    // Bodies that stop halfway hold the workers that read them (up to the body deadline,
+    // 408): the pool starts others, and a normal request is answered while they wait,
+    // before any of them has had its 408.
+    let stalled: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"POST /slow-body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ask(addr, "beside-slow-bodies"), 200, "a request beside 16 stalled bodies");
+    for s in &stalled {
+        s.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let nothing = matches!((&*s).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(nothing, "a stalled body was answered before the request beside it");
+    }
+    drop((idle, stalled));
     shutdown.trigger();
     server.join().unwrap().unwrap();
 }

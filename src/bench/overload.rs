@@ -462,16 +462,16 @@ impl User {
     /// out a 503's `Retry-After`).
     fn readable(&mut self, epoll: &Epoll, token: u64, mine: &mut Mine) {
         let (Some(c), Some(sent)) = (self.conn.as_ref(), self.sent) else { return };
+        // One read per readiness: the set is level-triggered, so what is left (or comes
+        // later) is reported again, and a whole answer costs no read that finds nothing.
         let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: `buf` is valid for its length and the descriptor is open.
-            let n = unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            match n {
-                0 => return self.fail(mine, Instant::now()),
-                n if n > 0 => self.got.extend_from_slice(&buf[..n as usize]),
-                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => break,
-                _ => return self.fail(mine, Instant::now()),
-            }
+        // SAFETY: `buf` is valid for its length and the descriptor is open.
+        let n = unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        match n {
+            0 => return self.fail(mine, Instant::now()),
+            n if n > 0 => self.got.extend_from_slice(&buf[..n as usize]),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => return,
+            _ => return self.fail(mine, Instant::now()),
         }
         let answer = match parse_answer(&self.got) {
             Ok(Some(a)) => a,

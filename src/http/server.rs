@@ -18,12 +18,15 @@
 //! - **the pool grows when its workers wait, not when they work**: it starts with
 //!   [`min_workers`] (twice the cores); a handler about to wait for another service says so
 //!   ([`blocking`]: the client of `crate::client`, a batch's follower, a write waiting for
-//!   the group commit, [`step_aside`]), and whenever fewer than the minimum are left that
-//!   do not wait, one more starts at once; the accept loop adds one when none waits for
-//!   connections and none has finished a request for [`STALL`] (handlers that wait without
-//!   saying so); workers beyond the minimum that do not wait leave, at once beyond twice
-//!   the minimum, after a quiet [`TICK`] below that. Busy workers therefore serve ready connections one after the
-//!   other on the CPU they hold, instead of a thread per connection woken per request;
+//!   the group commit, [`step_aside`]; and this layer itself for a body that has not all
+//!   come with its head, and for the linger after an error answer, so that stalled bodies
+//!   and bad requests cannot hold every worker), and whenever fewer than the minimum are
+//!   left that do not wait, one more starts at once; the accept loop adds one when none
+//!   waits for connections and none has finished a request for [`STALL`] (handlers that
+//!   wait without saying so); workers beyond the minimum that do not wait leave, at once
+//!   beyond twice the minimum, after a quiet [`TICK`] below that. Busy workers therefore
+//!   serve ready connections one after the other on the CPU they hold, instead of a thread
+//!   per connection woken per request;
 //! - **the store's own traffic never waits for a worker**: a connection whose request is
 //!   control or peer (`budget.rs`) moves to a thread of its own for the rest of its life,
 //!   which blocks on it as before (the services' connection pools are few and long-lived);
@@ -323,6 +326,18 @@ impl Pool {
     }
 }
 
+/// Counts out, when dropped, the wait the request this thread served announced
+/// ([`blocking`]), if it did.
+struct WaitEnds<'a>(&'a Pool);
+
+impl Drop for WaitEnds<'_> {
+    fn drop(&mut self) {
+        if WAITS.replace(false) {
+            self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Why no request came off a connection.
 enum Next {
     /// A whole request.
@@ -500,6 +515,8 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     fn serve_conn(self: &Arc<Self>, mut conn: Conn, mode: Mode, mut pending: Option<Request>) {
         let mut niced = false;
         loop {
+            // Whatever way this request ends, a wait it announced is counted out.
+            let _waits = WaitEnds(&self.pool);
             let request = match pending.take() {
                 Some(r) => r,
                 None => match self.next_request(&mut conn, mode) {
@@ -510,6 +527,9 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                         let r = Response::error(&e).at("invalid");
                         self.metrics.record(r.route, r.status, Duration::ZERO);
                         let _ = write_response(&mut conn.stream(), &r, false, false);
+                        // Lingering waits up to a second for the client: not on a worker
+                        // the pool counts as free.
+                        blocking();
                         linger(conn.stream());
                         return;
                     }
@@ -526,9 +546,6 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             }
             let started = Instant::now();
             let response = self.answer(&request, class);
-            if WAITS.replace(false) {
-                self.pool.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
             self.metrics.record(response.route, response.status, started.elapsed());
             self.pool.moved_on();
             let keep = wants_keep_alive(&request)
@@ -575,6 +592,17 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         conn.reader.get_mut().dontwait = true;
         let head = conn.head.advance(&mut conn.reader);
         conn.reader.get_mut().dontwait = false;
+        if let Ok(request) = &head {
+            let waits = match body_length(request) {
+                Ok(BodyLength::Fixed(n)) => conn.reader.buffer().len() < n,
+                Ok(BodyLength::Chunked) => true,
+                Err(_) => false,
+            };
+            if waits {
+                // The body is read waiting for the client (within BODY_TIMEOUT).
+                blocking();
+            }
+        }
         match head {
             Ok(mut request) => match read_body(&mut conn.reader, &mut request) {
                 Ok(()) => Next::Request(Request { peer, ..request }),
