@@ -23,8 +23,8 @@
 //!   and bad requests cannot hold every worker), and whenever fewer than the minimum are
 //!   left that do not wait, one more starts at once; the accept loop adds one when none
 //!   waits for connections and none has finished a request for [`STALL`] (handlers that
-//!   wait without saying so); workers beyond the minimum that do not wait leave, at once
-//!   beyond twice the minimum, after a quiet [`TICK`] below that. Busy workers therefore
+//!   wait without saying so); a worker beyond the minimum that got no connection for
+//!   [`RETIRE`] leaves. Busy workers therefore
 //!   serve ready connections one after the other on the CPU they hold, instead of a thread
 //!   per connection woken per request;
 //! - **the store's own traffic never waits for a worker**: a connection whose request is
@@ -81,6 +81,8 @@ const WATCH_TICK: Duration = Duration::from_millis(10);
 /// With no worker waiting for connections and none finishing a request for this long, the
 /// pool takes one more.
 const STALL: Duration = Duration::from_secs(1);
+/// A worker beyond the minimum that got no connection for this long leaves.
+const RETIRE: Duration = Duration::from_secs(1);
 /// Stack of a worker or connection thread: parsing and handlers need little.
 const CONNECTION_STACK: usize = 256 * 1024;
 
@@ -457,22 +459,23 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     }
 
     /// A pool worker: waits for a parked connection to become readable and serves it
-    /// until it is idle again; leaves when the server stops, or when it is one too many:
-    /// at once when more than twice [`min_workers`] do not wait, after a quiet [`TICK`]
-    /// when more than the minimum do not (the band between keeps a pool that grows and
-    /// shrinks with waiting purchases from starting and ending a thread for each).
+    /// until it is idle again; leaves when the server stops, or when it got no connection
+    /// for [`RETIRE`] and more than [`min_workers`] do not wait. (Leaving as soon as it is
+    /// one too many made a pool that follows waiting purchases start and end a thread for
+    /// nearly every purchase: a batch answered frees dozens of workers at once, and the
+    /// next purchases need them again.) The kernel wakes the worker that waited last, so
+    /// the ones a load does not need are the ones that stay quiet.
     fn work(self: &Arc<Self>) {
         let me = Arc::clone(self);
         WORKER.with(|w| *w.borrow_mut() = Some(Box::new(move || me.waits())));
+        let mut quiet_since = Instant::now();
         loop {
-            if self.surplus(2 * min_workers()) {
-                break;
-            }
             self.pool.idle.fetch_add(1, Ordering::SeqCst);
             let token = self.pool.epoll.wait(TICK);
             self.pool.idle.fetch_sub(1, Ordering::SeqCst);
             match token {
                 Some(token) => {
+                    quiet_since = Instant::now();
                     if let Some(conn) = self.pool.unpark(token) {
                         self.serve_conn(conn, Mode::Pooled, None);
                     }
@@ -481,7 +484,7 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                     self.pool.workers.fetch_sub(1, Ordering::SeqCst);
                     break;
                 }
-                None if self.surplus(min_workers()) => break,
+                None if quiet_since.elapsed() >= RETIRE && self.surplus(min_workers()) => break,
                 None => {}
             }
         }
