@@ -73,11 +73,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Granularity at which blocked reads and idle workers notice a shutdown, and at which
-/// parked connections' deadlines are checked.
+/// Granularity at which blocked reads and idle workers notice a shutdown, and at which the
+/// accept loop checks parked connections' deadlines and the pool's progress.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the accept loop looks at the pool when no connection comes.
-const WATCH_TICK: Duration = Duration::from_millis(10);
 /// With no worker waiting for connections and none finishing a request for this long, the
 /// pool takes one more.
 const STALL: Duration = Duration::from_secs(1);
@@ -137,7 +135,7 @@ where
     log::info!("{} listening on {} (at most {max_open} connections)", config.name, listener.local_addr()?);
     let mut swept = Instant::now();
     while !shutdown.is_set() {
-        if wait_readable(&listener, WATCH_TICK) {
+        if wait_readable(&listener, TICK) {
             match listener.accept() {
                 Ok((stream, addr)) => shared.admit(stream, addr.ip()),
                 Err(e) => {
@@ -448,13 +446,13 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         }
     }
 
-    /// Whether this worker is one too many: more than `most` of the workers are neither
-    /// waiting for connections nor in a request that waits. Counts it out if so.
-    fn surplus(&self, most: usize) -> bool {
-        let waiting = self.pool.waiting.load(Ordering::SeqCst);
+    /// Whether this worker is one too many: more than [`min_workers`] are not in a request
+    /// that waits. Counts it out if so.
+    fn surplus(&self) -> bool {
+        let (min, waiting) = (min_workers(), self.pool.waiting.load(Ordering::SeqCst));
         self.pool
             .workers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n.saturating_sub(waiting) > most).then(|| n - 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n.saturating_sub(waiting) > min).then(|| n - 1))
             .is_ok()
     }
 
@@ -484,7 +482,7 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                     self.pool.workers.fetch_sub(1, Ordering::SeqCst);
                     break;
                 }
-                None if quiet_since.elapsed() >= RETIRE && self.surplus(min_workers()) => break,
+                None if quiet_since.elapsed() >= RETIRE && self.surplus() => break,
                 None => {}
             }
         }
