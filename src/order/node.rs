@@ -543,9 +543,20 @@ impl OrderNode {
         if fresh.is_empty() {
             return orders;
         }
-        let logged = self.log.add(&fresh);
-        let shared: Vec<usize> =
-            fresh.chunks(PUSH_MOST).flat_map(|chunk| vec![self.push_to_peers(chunk); chunk.len()]).collect();
+        // Logged here and pushed to the peers at once: an order is acknowledged only when
+        // both are done (`settle`), and neither needs the other first (a crash between them
+        // leaves the order on one disk, unacknowledged, and the logs converge by the pulls
+        // either way). Done one after the other, the batch waited for an fsync and then for
+        // a push and the peer's fsync.
+        let (logged, shared) = std::thread::scope(|s| {
+            let pushes: Vec<_> = fresh
+                .chunks(PUSH_MOST)
+                .map(|chunk| s.spawn(crate::trace::carried(move || vec![self.push_to_peers(chunk); chunk.len()])))
+                .collect();
+            let logged = self.log.add(&fresh);
+            let shared: Vec<usize> = pushes.into_iter().flat_map(|p| p.join().unwrap_or_default()).collect();
+            (logged, shared)
+        });
         let mut shared = shared.into_iter();
         orders
             .into_iter()
@@ -619,12 +630,17 @@ impl OrderNode {
             std::process::abort();
         }
         let order = Order { order_id, id, title: book.title, price: book.price, at };
-        let log = crate::trace::span("order.log");
-        let logged = self.log.add(std::slice::from_ref(&order));
-        drop(log);
-        let share = crate::trace::span("order.share");
-        let shared = self.share(&order);
-        drop(share);
+        // Logged and shared at once, as a batch is (`purchase_many`).
+        let (logged, shared) = std::thread::scope(|s| {
+            let sharing = s.spawn(crate::trace::carried(|| {
+                let _span = crate::trace::span("order.share");
+                self.share(&order)
+            }));
+            let log = crate::trace::span("order.log");
+            let logged = self.log.add(std::slice::from_ref(&order));
+            drop(log);
+            (logged, sharing.join().unwrap_or(0))
+        });
         self.settle(order, logged.as_ref().map(|_| ()), shared)
     }
 
