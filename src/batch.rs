@@ -24,6 +24,13 @@
 //! A group may bound the items waiting for a leader ([`Group::with_queue`]): one more is
 //! given back at once by [`Group::try_run`], for its caller to refuse (503), so that a
 //! surge beyond what the batches carry in time is shed, not queued.
+//!
+//! **A caller need not wait** ([`Group::try_later`]): it leaves its item with what to do
+//! with the answer (the front end: write the purchase's answer to its client's connection,
+//! `http::later`) and goes on with other work; the batch that holds the item does it when
+//! it ends. No thread sleeps for such an item, so none can be woken to lead it: whoever
+//! finds a flight free while the oldest item waiting is one of these leads a batch itself
+//! (the caller that leaves one, and the leader of a batch that just ended, before it goes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -47,11 +54,15 @@ pub struct Group<T, R> {
     state: Mutex<State<T, R>>,
 }
 
+/// What is done with an answer of [`Group::try_later`] (it gets `None` when the batch
+/// panicked). Run by the thread that led the batch, as the batch ends.
+pub type Then<R> = Box<dyn FnOnce(Option<R>) + Send>;
+
 struct State<T, R> {
     /// The next ticket (each item gets one).
     next: u64,
     /// Items waiting for a leader, oldest first, with their tickets and their callers.
-    waiting: VecDeque<Waiting<T>>,
+    waiting: VecDeque<Waiting<T, R>>,
     /// Batches running now.
     in_flight: usize,
     /// Answers of batches that ended, by ticket, until their callers take them (None: the
@@ -60,11 +71,27 @@ struct State<T, R> {
 }
 
 /// An item waiting for a leader.
-struct Waiting<T> {
+struct Waiting<T, R> {
     ticket: u64,
     item: T,
-    /// Its caller, woken when a flight frees while it is the oldest waiting.
-    caller: Thread,
+    caller: Caller<R>,
+}
+
+/// Who gets an item's answer.
+enum Caller<R> {
+    /// A caller asleep until its answer is in, or until it is the oldest waiting when a
+    /// flight frees (then it leads).
+    Waits(Thread),
+    /// A caller that went on ([`Group::try_later`]): its answer is handed to this.
+    Later(Then<R>),
+}
+
+/// A batch taken from the waiting items, for the caller that leads it.
+struct Taken<T, R> {
+    items: Vec<T>,
+    members: Vec<(u64, Caller<R>)>,
+    /// A caller to wake as well: a flight is still free and it is the oldest waiting.
+    also: Option<Thread>,
 }
 
 impl<T, R> Group<T, R> {
@@ -102,55 +129,33 @@ impl<T, R> Group<T, R> {
     /// [`Group::run`], but when as many items wait for a leader as the group's queue allows
     /// ([`Group::with_queue`]), the item is given back at once, unrun (the caller refuses
     /// it: the load is more than the batches can carry in time).
+    ///
+    /// A caller whose answer is in may first lead a batch of items whose callers went on
+    /// ([`Group::try_later`]): nobody else is there to lead them.
     pub fn try_run(&self, item: T, batch: impl Fn(Vec<T>) -> Vec<R>) -> Result<Option<R>, T> {
         let mut state = self.state();
         if state.waiting.len() >= self.queue {
             return Err(item);
         }
-        let ticket = state.next;
-        state.next += 1;
-        state.waiting.push_back(Waiting { ticket, item, caller: std::thread::current() });
+        let ticket = state.enqueue(item, Caller::Waits(std::thread::current()));
+        let mut mine = None;
         loop {
-            if let Some(answer) = state.answers.remove(&ticket) {
-                return Ok(answer);
+            if mine.is_none() {
+                mine = state.answers.remove(&ticket);
             }
-            // Only a caller whose item still waits leads, and its batch holds its item and
-            // the oldest others: so a caller busy leading never has an item waiting, and
-            // the caller of the oldest item waiting can always be woken to lead.
-            let mine = state.waiting.iter().position(|w| w.ticket == ticket);
-            if let Some(at) = mine.filter(|_| state.in_flight < self.flights) {
-                let taken: Vec<Waiting<T>> = if at >= self.most {
-                    let own = state.waiting.remove(at).expect("found just now");
-                    let mut oldest: Vec<_> = state.waiting.drain(..self.most - 1).collect();
-                    oldest.push(own);
-                    oldest
-                } else {
-                    let take = state.waiting.len().min(self.most);
-                    state.waiting.drain(..take).collect()
-                };
-                let mut members = Vec::with_capacity(taken.len());
-                let items: Vec<T> = taken
-                    .into_iter()
-                    .map(|w| {
-                        members.push((w.ticket, w.caller));
-                        w.item
-                    })
-                    .collect();
-                state.in_flight += 1;
-                // A flight still free and items still waiting (two flights freed before
-                // the first woken led): the next oldest leads one too.
-                let also = (state.in_flight < self.flights).then(|| state.waiting.front().map(|w| w.caller.clone()));
+            // Only a caller whose item still waits leads for itself, and its batch holds
+            // its item and the oldest others: so a caller busy leading never has an item
+            // waiting, and the caller of the oldest item waiting can always be woken to
+            // lead.
+            let own = mine.is_none().then_some(ticket);
+            if let Some(taken) = self.take(&mut state, own) {
                 drop(state);
-                if let Some(next) = also.flatten() {
-                    next.unpark();
-                }
-                // Answers every member even if `batch` panics (then with None), and frees
-                // the flight: a panic in one batch never strands the group.
-                let mut lead = Lead { group: self, members, answers: Vec::new() };
-                lead.answers = batch(items);
-                drop(lead);
+                self.lead(taken, &batch);
                 state = self.state();
                 continue;
+            }
+            if let Some(answer) = mine {
+                return Ok(answer);
             }
             // Woken by the leader of the batch that holds the item, or as the oldest
             // waiting when a flight frees; a wakeup given before the sleep is kept (the
@@ -159,6 +164,92 @@ impl<T, R> Group<T, R> {
             crate::http::blocking();
             std::thread::park();
             state = self.state();
+        }
+    }
+
+    /// Leaves `item` to run in a batch, and `then` to be done with its answer when that
+    /// batch ends, without waiting for it: if a flight is free, this caller leads batches
+    /// (its item's among them) until none is free or no such item waits, then returns.
+    /// Given back at once, unrun, with `then`, when the queue is full ([`Group::try_run`]).
+    pub fn try_later(&self, item: T, then: Then<R>, batch: impl Fn(Vec<T>) -> Vec<R>) -> Result<(), (T, Then<R>)> {
+        let mut state = self.state();
+        if state.waiting.len() >= self.queue {
+            return Err((item, then));
+        }
+        state.enqueue(item, Caller::Later(then));
+        while let Some(taken) = self.take(&mut state, None) {
+            drop(state);
+            self.lead(taken, &batch);
+            state = self.state();
+        }
+        Ok(())
+    }
+
+    /// A batch for this caller to lead, if a flight is free and it should: its own item
+    /// (`own`) still waits (the batch holds it and the oldest others), or the oldest item
+    /// waiting has no caller asleep to lead it ([`Caller::Later`]; the oldest `most`).
+    fn take(&self, state: &mut State<T, R>, own: Option<u64>) -> Option<Taken<T, R>> {
+        if state.in_flight >= self.flights {
+            return None;
+        }
+        let at = own.and_then(|t| state.waiting.iter().position(|w| w.ticket == t));
+        if at.is_none() && !state.waiting.front().is_some_and(|w| matches!(w.caller, Caller::Later(_))) {
+            return None;
+        }
+        let taken: Vec<Waiting<T, R>> = match at {
+            Some(at) if at >= self.most => {
+                let own = state.waiting.remove(at).expect("found just now");
+                let mut oldest: Vec<_> = state.waiting.drain(..self.most - 1).collect();
+                oldest.push(own);
+                oldest
+            }
+            _ => {
+                let take = state.waiting.len().min(self.most);
+                state.waiting.drain(..take).collect()
+            }
+        };
+        let mut members = Vec::with_capacity(taken.len());
+        let items: Vec<T> = taken
+            .into_iter()
+            .map(|w| {
+                members.push((w.ticket, w.caller));
+                w.item
+            })
+            .collect();
+        state.in_flight += 1;
+        // A flight still free and items still waiting (two flights freed before the
+        // first woken led): the next oldest leads one too, if it sleeps.
+        let also = if state.in_flight < self.flights { state.oldest_asleep() } else { None };
+        Some(Taken { items, members, also })
+    }
+
+    /// Runs a batch taken by [`Group::take`]: answers every member even if `batch` panics
+    /// (then with None), and frees the flight, so a panic in one batch never strands the
+    /// group.
+    fn lead(&self, taken: Taken<T, R>, batch: &impl Fn(Vec<T>) -> Vec<R>) {
+        if let Some(next) = taken.also {
+            next.unpark();
+        }
+        let mut lead = Lead { group: self, members: taken.members, answers: Vec::new() };
+        lead.answers = batch(taken.items);
+    }
+}
+
+impl<T, R> State<T, R> {
+    /// Puts an item at the end of the queue; its ticket.
+    fn enqueue(&mut self, item: T, caller: Caller<R>) -> u64 {
+        let ticket = self.next;
+        self.next += 1;
+        self.waiting.push_back(Waiting { ticket, item, caller });
+        ticket
+    }
+
+    /// The caller of the oldest item waiting, if it sleeps (one that went on is led by
+    /// whoever finds a flight free: see [`Group::try_later`]).
+    fn oldest_asleep(&self) -> Option<Thread> {
+        match self.waiting.front().map(|w| &w.caller) {
+            Some(Caller::Waits(t)) => Some(t.clone()),
+            _ => None,
         }
     }
 }
@@ -176,31 +267,49 @@ impl<T, R> Group<T, R> {
     }
 }
 
-/// A batch in flight: when dropped (returned or unwound), files its answers by ticket,
-/// frees its flight, wakes its members and, if items wait, the oldest of them to lead.
+/// A batch in flight: when dropped (returned or unwound), files its answers by ticket (or
+/// hands them to the members that went on), frees its flight, wakes its members and, if
+/// the oldest item waiting has a caller asleep, that caller to lead.
 struct Lead<'a, T, R> {
     group: &'a Group<T, R>,
     /// The tickets of the batch's items and their callers, in the batch's order.
-    members: Vec<(u64, Thread)>,
+    members: Vec<(u64, Caller<R>)>,
     answers: Vec<R>,
 }
 
 impl<T, R> Drop for Lead<'_, T, R> {
     fn drop(&mut self) {
         let mut answers = std::mem::take(&mut self.answers).into_iter();
+        let me = std::thread::current().id();
+        let (mut wake, mut later) = (Vec::new(), Vec::new());
         let mut state = self.group.state();
-        for (ticket, _) in &self.members {
-            state.answers.insert(*ticket, answers.next());
+        for (ticket, caller) in self.members.drain(..) {
+            let answer = answers.next();
+            match caller {
+                Caller::Waits(thread) => {
+                    state.answers.insert(ticket, answer);
+                    if thread.id() != me {
+                        wake.push(thread);
+                    }
+                }
+                Caller::Later(then) => later.push((then, answer)),
+            }
         }
         state.in_flight -= 1;
-        let next = state.waiting.front().map(|w| w.caller.clone());
+        let next = state.oldest_asleep();
         drop(state);
-        let me = std::thread::current().id();
-        for (_, caller) in self.members.iter().filter(|(_, c)| c.id() != me) {
+        for caller in wake {
             caller.unpark();
         }
         if let Some(next) = next {
             next.unpark();
+        }
+        for (then, answer) in later {
+            // One member's failure to take its answer must not keep the others' from them
+            // (nor unwind out of a drop that may run while unwinding).
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(answer))).is_err() {
+                log::error!("a batch member's answer could not be handed over (it panicked)");
+            }
         }
     }
 }
@@ -368,5 +477,96 @@ mod tests {
         assert!(panicked.join().is_err(), "the leader's own thread unwinds");
         assert_eq!(group.run(2, |items: Vec<i32>| items), Some(2), "the group still runs batches");
         assert_eq!(group.run(3, |_: Vec<i32>| Vec::new()), None, "an item the batch did not answer gets None");
+    }
+
+    /// Callers that go on ([`Group::try_later`]) among callers that wait, under
+    /// contention: every item runs exactly once, each answer reaches its own caller or its
+    /// `then`, batches keep their bounds, and when every caller has returned no item is
+    /// left waiting (whoever found a flight free led what nobody sleeps for).
+    #[test]
+    fn items_left_for_later_are_answered_by_their_batches() {
+        for (most, flights) in [(1, 1), (4, 1), (8, 2), (64, 3)] {
+            let group = Arc::new(Group::new(most, flights));
+            let ran = Arc::new(Mutex::new(Vec::new()));
+            let answered = Arc::new(Mutex::new(Vec::new()));
+            let start = Arc::new(Barrier::new(16));
+            let callers: Vec<_> = (0..16)
+                .map(|c| {
+                    let (group, ran, answered, start) =
+                        (Arc::clone(&group), Arc::clone(&ran), Arc::clone(&answered), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let batch = |items: Vec<usize>| {
+                            assert!(items.len() <= most, "{} items in a batch of at most {most}", items.len());
+                            std::thread::sleep(std::time::Duration::from_micros(100));
+                            ran.lock().unwrap().extend(items.iter().copied());
+                            items.iter().map(|x| x + 1).collect()
+                        };
+                        for k in 0..50 {
+                            let item = c * 1000 + k;
+                            if (c + k) % 3 == 0 {
+                                assert_eq!(group.run(item, batch), Some(item + 1));
+                                answered.lock().unwrap().push(item);
+                            } else {
+                                let answered = Arc::clone(&answered);
+                                let then = Box::new(move |answer: Option<usize>| {
+                                    assert_eq!(answer, Some(item + 1), "a member gets its own item's answer");
+                                    answered.lock().unwrap().push(item);
+                                });
+                                assert!(group.try_later(item, then, batch).is_ok());
+                            }
+                        }
+                    })
+                })
+                .collect();
+            callers.into_iter().for_each(|c| c.join().unwrap());
+            assert_eq!(group.waiting(), 0, "most {most}, flights {flights}: an item was left waiting");
+            assert_eq!(group.flying(), 0);
+            let (ran, answered) = (ran.lock().unwrap(), answered.lock().unwrap());
+            assert_eq!(ran.len(), 16 * 50, "most {most}, flights {flights}: every item ran");
+            assert_eq!(ran.iter().collect::<HashSet<_>>().len(), 16 * 50, "no item ran twice");
+            assert_eq!(answered.iter().collect::<HashSet<_>>().len(), 16 * 50, "every item was answered once");
+            assert_eq!(answered.len(), 16 * 50);
+        }
+    }
+
+    /// Items left while the one flight is busy wait for it; its leader, a caller that
+    /// waits for its own answer, leads them before it returns (nobody sleeps for them),
+    /// and a `then` that panics keeps no other member from its answer.
+    #[test]
+    fn the_leader_of_a_batch_leads_the_items_nobody_waits_for() {
+        let group = Group::new(8, 1);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        std::thread::scope(|s| {
+            let group = &group;
+            let leader = s.spawn(move || {
+                group.run(0, |items: Vec<i32>| {
+                    if items == [0] {
+                        held.recv().unwrap();
+                    }
+                    items.iter().map(|x| x * 10).collect()
+                })
+            });
+            while group.flying() == 0 {
+                std::thread::yield_now();
+            }
+            for i in 1..=3 {
+                let answered = Arc::clone(&answered);
+                let then = Box::new(move |answer: Option<i32>| {
+                    if i == 2 {
+                        panic!("a member that cannot take its answer");
+                    }
+                    answered.lock().unwrap().push((i, answer));
+                });
+                assert!(group.try_later(i, then, |_: Vec<i32>| unreachable!("the flight is busy")).is_ok());
+            }
+            assert_eq!(group.waiting(), 3);
+            release.send(()).unwrap();
+            assert_eq!(leader.join().unwrap(), Some(0));
+            // The leader returned only after leading them.
+            assert_eq!(group.waiting(), 0);
+            assert_eq!(*answered.lock().unwrap(), vec![(1, Some(10)), (3, Some(30))]);
+        });
     }
 }

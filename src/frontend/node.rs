@@ -553,25 +553,28 @@ impl Frontend {
     /// one `POST /internal/purchase-batch` to one order server, each answered on its own, as
     /// [`Frontend::purchase_one`] would answer it.
     fn purchase(&self, id: u32) -> Result<Response> {
+        let item = (id, crate::trace::current());
+        let batch = |items: Vec<_>| self.purchase_traced(&items);
+        // No thread waits for the purchase: its batch sends its answer when it ends, and
+        // the worker that read it goes on to the next request. Unless its connection
+        // cannot be left (`http::later`): then it waits for its batch as below.
+        if let Some(reply) = http::later() {
+            let then = Box::new(move |answer: Option<Response>| {
+                reply.send(http::respond(batch_answer(answer), "/purchase/{id}"))
+            });
+            if let Err((_, then)) = self.purchases.try_later(item, then, batch) {
+                then(Some(shed_purchase()));
+            }
+            return Ok(Response::later());
+        }
         // From here the purchase only waits (for its batch, and the batch for an order
         // server): its public slot goes to a request that needs the CPU. Otherwise the
         // slots would cap the purchases a batch can gather, and shed the rest (503) while
         // the CPU is idle.
         crate::http::step_aside();
-        let item = (id, crate::trace::current());
-        match self.purchases.try_run(item, |items| self.purchase_traced(&items)) {
-            Ok(Some(answer)) => Ok(answer),
-            Ok(None) => Err(Error::Unavailable(
-                "the batch that carried this purchase failed (it may or may not have happened)".into(),
-            )),
-            // More purchases wait than the order servers carry in time: shed at once, as the
-            // server sheds what finds no slot (nothing was sent, nothing happened).
-            Err(_) => Ok(Response::error(&Error::Unavailable(format!(
-                "overloaded: too many purchases at once, retry after {} second",
-                http::RETRY_AFTER
-            )))
-            .with_header("Retry-After", http::RETRY_AFTER)
-            .at("shed")),
+        match self.purchases.try_run(item, batch) {
+            Ok(answer) => batch_answer(answer),
+            Err(_) => Ok(shed_purchase()),
         }
     }
 
@@ -579,6 +582,8 @@ impl Frontend {
     /// others linked to it (`trace::batch`: a purchase's trace says where its time went
     /// whichever thread carried it).
     fn purchase_traced(&self, items: &[(u32, Option<crate::trace::Context>)]) -> Vec<Response> {
+        // The thread that leads a batch waits for an order server: not in a public slot.
+        crate::http::step_aside();
         let ids: Vec<u32> = items.iter().map(|(id, _)| *id).collect();
         let contexts: Vec<_> = items.iter().map(|(_, ctx)| ctx.clone()).collect();
         crate::trace::batch(&contexts, "order.call", "order.batched", || self.purchase_batch(&ids), |a| a.status >= 500)
@@ -646,6 +651,24 @@ impl Frontend {
             Err(failed) => Err(unavailable(failed)),
         }
     }
+}
+
+/// A purchase's answer from its batch (`None`: the batch failed as a whole).
+fn batch_answer(answer: Option<Response>) -> Result<Response> {
+    answer.ok_or_else(|| {
+        Error::Unavailable("the batch that carried this purchase failed (it may or may not have happened)".into())
+    })
+}
+
+/// A purchase shed because more wait than the order servers carry in time (nothing was
+/// sent, nothing happened), as the server sheds what finds no slot.
+fn shed_purchase() -> Response {
+    Response::error(&Error::Unavailable(format!(
+        "overloaded: too many purchases at once, retry after {} second",
+        http::RETRY_AFTER
+    )))
+    .with_header("Retry-After", http::RETRY_AFTER)
+    .at("shed")
 }
 
 /// Why a purchase sent to the order pool has no answer: none reachable (it never left), or

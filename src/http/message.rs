@@ -125,6 +125,14 @@ impl Response {
         Response { content_type: "text/plain; version=0.0.4", ..Response::raw_json(200, text.into_bytes()) }
     }
 
+    /// What a handler returns once it has handed its answer to a [`super::Reply`]
+    /// ([`super::later`]): the server sends the reply's answer, not this. Sent only if
+    /// returned without a reply taken (a handler's bug), as the 500 it is.
+    pub fn later() -> Response {
+        Response::error(&Error::Internal("internal error: the answer was to be sent later and was not".into()))
+            .at("later")
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));

@@ -56,7 +56,7 @@ pub use message::{
     Version,
 };
 pub(crate) use server::is_timeout;
-pub use server::{bind, blocking, serve, step_aside, ServerConfig};
+pub use server::{bind, blocking, later, serve, step_aside, Reply, ServerConfig};
 
 /// Largest request line plus headers.
 pub const MAX_HEAD: usize = 16 * 1024;

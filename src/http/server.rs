@@ -27,6 +27,12 @@
 //!   [`RETIRE`] leaves. Busy workers therefore
 //!   serve ready connections one after the other on the CPU they hold, instead of a thread
 //!   per connection woken per request;
+//! - **an answer may be sent later, by another thread** ([`later`]): a public request
+//!   served by a worker, with nothing more from its client behind it, hands its
+//!   connection to its handler, which passes it on (the front end: to the batch that
+//!   carries a purchase) and returns; whoever has the answer sends it ([`Reply::send`])
+//!   and parks the connection again. No thread waits for such a request, and the worker
+//!   that read it serves the next connection at once;
 //! - **the store's own traffic never waits for a worker**: a connection whose request is
 //!   control or peer (`budget.rs`) moves to a thread of its own for the rest of its life,
 //!   which blocks on it as before (the services' connection pools are few and long-lived);
@@ -64,6 +70,7 @@ use super::{BODY_TIMEOUT, DRAIN_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, M
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::trace::Span;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -127,7 +134,7 @@ where
         public_queue: threads,
         trust: config.trust,
         gate: Arc::new(Gate { open: AtomicUsize::new(0), max_open, addresses: Addresses::default() }),
-        pool: Pool::new()?,
+        pool: Arc::new(Pool::new()?),
     });
     for _ in 0..min_workers() {
         shared.spawn_worker();
@@ -181,7 +188,7 @@ struct Shared<H> {
     /// The connection count and caps.
     gate: Arc<Gate>,
     /// Idle public connections and the workers that wait for them.
-    pool: Pool,
+    pool: Arc<Pool>,
 }
 
 /// Open connections: the caps and the count for draining. Every [`Conn`] holds a share
@@ -362,6 +369,11 @@ enum Mode {
 thread_local! {
     /// In a pool worker: asks the pool for one more worker when none waits.
     static WORKER: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+    /// In a pool worker: what a [`Reply`] needs to park its connection again.
+    static LATER: RefCell<Option<Later>> = const { RefCell::new(None) };
+    /// The connection of the request this worker serves, while its handler may take it to
+    /// answer later ([`later`]).
+    static HERE: RefCell<Option<Here>> = const { RefCell::new(None) };
     /// Whether the request this thread serves has already said it waits.
     static WAITS: Cell<bool> = const { Cell::new(false) };
 }
@@ -379,6 +391,123 @@ pub fn blocking() {
             }
         }
     });
+}
+
+/// A pool worker's share of the server, for the replies sent later from it.
+#[derive(Clone)]
+struct Later {
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
+/// A request's connection and what its answer needs, while its handler runs.
+struct Here {
+    conn: Conn,
+    /// The request's span (current on the worker while the handler runs).
+    span: Option<Span>,
+    /// Its method (for the span's name; empty when the span records nothing).
+    method: String,
+    /// Whether the client asked to keep the connection open, and for a `HEAD`.
+    keep: bool,
+    head_only: bool,
+    started: Instant,
+}
+
+/// The answer to a request, to be sent later, perhaps by another thread ([`later`]).
+/// Dropped unsent, it answers 500 (a handler's bug: nothing may leave a client waiting).
+#[must_use = "a reply not sent answers 500"]
+pub struct Reply(Option<Box<(Here, Later)>>);
+
+/// Takes the connection of the public request this thread serves, so that its answer
+/// can be sent later by whoever has it ([`Reply::send`]), and this worker can serve
+/// other connections meanwhile. The handler then returns [`Response::later`] (which is
+/// not sent). `None` when the request cannot be answered later: it is not public, its
+/// connection has its own thread, or its client already sent more behind it. The
+/// request's span stops being this thread's current one (take `trace::current()`
+/// before, to carry it on).
+pub fn later() -> Option<Reply> {
+    let later = LATER.with(|l| l.borrow().clone())?;
+    let mut here = HERE.with(|h| h.borrow_mut().take())?;
+    here.span = here.span.take().map(Span::detach);
+    Some(Reply(Some(Box::new((here, later)))))
+}
+
+impl Reply {
+    /// Sends the answer and parks the connection again (or closes it), as the worker would
+    /// have: counted in the metrics, with the request's span ended. Without waiting for a
+    /// client that reads nothing: what does not fit in its socket now is written by a
+    /// thread of its own.
+    pub fn send(mut self, response: Response) {
+        if let Some(pending) = self.0.take() {
+            let (here, later) = *pending;
+            here.finish(response, &later);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            let (here, later) = *pending;
+            log::error!("a request's answer was dropped unsent");
+            here.finish(Response::error(&Error::Internal("internal error: no answer was made".into())), &later);
+        }
+    }
+}
+
+impl Here {
+    fn finish(self, mut response: Response, later: &Later) {
+        let Here { mut conn, span, method, keep, head_only, started } = self;
+        if let Some(mut span) = span {
+            close_span(&mut span, &method, &mut response);
+        }
+        later.metrics.record(response.route, response.status, started.elapsed());
+        later.pool.moved_on();
+        let keep = keep && !later.shutdown.is_set() && !(response.status == 503 && conn.gate.pressed());
+        let bytes = encode_response(&response, keep, head_only);
+        // SAFETY: `bytes` is valid for its length and the descriptor is open.
+        let sent = unsafe {
+            libc::send(
+                conn.stream().as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        let sent = match sent {
+            n if n >= 0 => n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => 0,
+            _ => return,
+        };
+        if sent < bytes.len() {
+            // The client reads nothing: its own thread waits for it (within BODY_TIMEOUT),
+            // not the thread that sends many answers.
+            let pool = Arc::clone(&later.pool);
+            let finish = move || {
+                let stream = conn.stream();
+                if stream.set_write_timeout(Some(BODY_TIMEOUT)).is_ok()
+                    && (&*stream).write_all(&bytes[sent..]).is_ok()
+                    && keep
+                {
+                    let _ = stream.set_write_timeout(None);
+                    conn.first = false;
+                    let idle = conn.gate.limits(false).idle;
+                    pool.park(conn, Instant::now() + idle);
+                }
+            };
+            if let Err(e) = std::thread::Builder::new().name("reply".into()).stack_size(CONNECTION_STACK).spawn(finish)
+            {
+                log::warn!("cannot start a thread to finish an answer: {e}");
+            }
+            return;
+        }
+        if keep {
+            conn.first = false;
+            let idle = conn.gate.limits(false).idle;
+            later.pool.park(conn, Instant::now() + idle);
+        }
+    }
 }
 
 impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
@@ -466,6 +595,9 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     fn work(self: &Arc<Self>) {
         let me = Arc::clone(self);
         WORKER.with(|w| *w.borrow_mut() = Some(Box::new(move || me.waits())));
+        let later =
+            Later { pool: Arc::clone(&self.pool), metrics: Arc::clone(&self.metrics), shutdown: self.shutdown.clone() };
+        LATER.with(|l| *l.borrow_mut() = Some(later));
         let mut quiet_since = Instant::now();
         loop {
             self.pool.idle.fetch_add(1, Ordering::SeqCst);
@@ -487,6 +619,7 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             }
         }
         WORKER.with(|w| w.borrow_mut().take());
+        LATER.with(|l| l.borrow_mut().take());
     }
 
     /// Closes parked connections whose deadline passed (all of them when `all`); one that
@@ -546,7 +679,22 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
                 niced = true;
             }
             let started = Instant::now();
-            let response = self.answer(&request, class);
+            // A public request with nothing behind it may be answered later ([`later`]):
+            // its connection waits where the handler can take it.
+            let offer = mode == Mode::Pooled && class == Class::Public && conn.reader.buffer().is_empty();
+            let (response, back) = if offer {
+                let keep = wants_keep_alive(&request);
+                let head_only = request.method == "HEAD";
+                let here = Here { conn, span: None, method: String::new(), keep, head_only, started };
+                match self.answer(&request, class, Some(here)) {
+                    (response, Some(here)) => (response, here.conn),
+                    // Taken: whoever has the answer sends it and parks the connection.
+                    (_, None) => return,
+                }
+            } else {
+                (self.answer(&request, class, None).0, conn)
+            };
+            conn = back;
             self.metrics.record(response.route, response.status, started.elapsed());
             self.pool.moved_on();
             let keep = wants_keep_alive(&request)
@@ -620,14 +768,28 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         }
     }
 
-    /// Runs the handler in its budget, within the request's span.
-    fn answer(&self, request: &Request, class: Class) -> Response {
+    /// Runs the handler in its budget, within the request's span. With `here` (the
+    /// request's connection), the handler may take it to answer later ([`later`]): then
+    /// it is not given back, and the response returned is not to be sent.
+    fn answer(&self, request: &Request, class: Class, here: Option<Here>) -> (Response, Option<Here>) {
         // The request's span: continues the caller's trace, or starts one for public
         // work on the API (see `trace::starts_trace`); current on this thread until
-        // the answer is ready.
+        // the answer is ready (or handed to a `Reply`, which ends it when sent).
         let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
-        let mut span =
-            crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
+        let mut span = Some(crate::trace::serve(
+            request.header("traceparent"),
+            request.header("tracestate"),
+            may_start,
+            "request",
+        ));
+        let offered = here.is_some();
+        if let Some(mut here) = here {
+            if span.as_ref().is_some_and(Span::is_recording) {
+                here.method.clone_from(&request.method);
+            }
+            here.span = span.take();
+            HERE.with(|h| *h.borrow_mut() = Some(here));
+        }
         let mut response = match self.permit(class) {
             Some(permit) => {
                 // A public slot sits where `step_aside` can give it back early; the
@@ -643,19 +805,40 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             }
             None => shed(class),
         };
-        if span.is_recording() {
-            span.rename(format!("{} {}", request.method, response.route));
-            span.attr("http.target", request.path.as_str()).attr("http.status", response.status);
-            if response.status >= 500 {
-                span.fail();
+        let here = if offered {
+            match HERE.with(|h| h.borrow_mut().take()) {
+                Some(mut here) => {
+                    span = here.span.take();
+                    Some(here)
+                }
+                None => return (response, None),
             }
-            // W3C Trace Context Level 2: which trace the answer belongs to (the
-            // storefront links an order to the view of its trace with it).
-            if let Some(ctx) = span.context() {
-                response.headers.push(("traceresponse", ctx.traceparent()));
+        } else {
+            None
+        };
+        if let Some(span) = &mut span {
+            if span.is_recording() {
+                span.attr("http.target", request.path.as_str());
             }
+            close_span(span, &request.method, &mut response);
         }
-        response
+        (response, here)
+    }
+}
+
+/// Names a request's span after its route and marks its status (a 5xx fails it); the
+/// answer says which trace it belongs to (W3C Trace Context Level 2's `traceresponse`:
+/// the storefront links an order to the view of its trace with it).
+fn close_span(span: &mut Span, method: &str, response: &mut Response) {
+    if span.is_recording() {
+        span.rename(format!("{} {}", method, response.route));
+        span.attr("http.status", response.status);
+        if response.status >= 500 {
+            span.fail();
+        }
+        if let Some(ctx) = span.context() {
+            response.headers.push(("traceresponse", ctx.traceparent()));
+        }
     }
 }
 
@@ -948,24 +1131,29 @@ fn read_chunked(reader: &mut impl BufRead, deadline: Instant) -> Result<Vec<u8>,
 }
 
 fn write_response(out: &mut impl Write, r: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
+    out.write_all(&encode_response(r, keep_alive, head_only))?;
+    out.flush()
+}
+
+/// An answer's bytes on the wire: status line, headers, body.
+fn encode_response(r: &Response, keep_alive: bool, head_only: bool) -> Vec<u8> {
     let mut buf = Vec::with_capacity(160 + r.body.len());
-    write!(
+    let _ = write!(
         buf,
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         r.status,
         reason(r.status),
         r.content_type,
         r.body.len()
-    )?;
+    );
     for (name, value) in &r.headers {
-        write!(buf, "{name}: {value}\r\n")?;
+        let _ = write!(buf, "{name}: {value}\r\n");
     }
     buf.extend_from_slice(if keep_alive { b"\r\n" } else { b"Connection: close\r\n\r\n" });
     if !head_only {
         buf.extend_from_slice(&r.body);
     }
-    out.write_all(&buf)?;
-    out.flush()
+    buf
 }
 
 fn reason(status: u16) -> &'static str {
@@ -1206,5 +1394,95 @@ mod tests {
         }
         shutdown.trigger();
         server.join().unwrap().unwrap();
+    }
+
+    /// A handler that takes its connection ([`later`]) returns at once, and the answer
+    /// sent from another thread reaches the client: with its status, body and trace, on a
+    /// connection that then serves the next request; a `Connection: close` is closed
+    /// after it, a reply dropped unsent answers 500, and a request with another behind it
+    /// in the same packet is not offered (it is answered in order, by the worker).
+    #[test]
+    fn an_answer_sent_later_by_another_thread_reaches_its_client() {
+        use std::sync::mpsc;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let (to_sender, replies) = mpsc::channel::<(Reply, &'static str)>();
+        let to_sender = std::sync::Mutex::new(to_sender);
+        let handler = move |r: &Request| {
+            let Some(reply) = later() else {
+                return Response::raw_json(200, format!("{{\"now\": \"{}\"}}", r.path).into_bytes()).at("now");
+            };
+            match r.path.as_str() {
+                "/drop" => drop(reply),
+                "/teapot" => to_sender.lock().unwrap().send((reply, "teapot")).unwrap(),
+                _ => to_sender.lock().unwrap().send((reply, "later")).unwrap(),
+            }
+            Response::later()
+        };
+        // The other thread: answers each reply 20 ms after it came.
+        let sender = std::thread::spawn(move || {
+            for (reply, what) in replies {
+                std::thread::sleep(Duration::from_millis(20));
+                let status = if what == "teapot" { 409 } else { 200 };
+                reply.send(Response::raw_json(status, format!("{{\"later\": \"{what}\"}}").into_bytes()).at("sent"));
+            }
+        });
+        let metrics = Arc::new(Metrics::new());
+        let config = ServerConfig { threads: 4, name: "test", trust: Trust::Anyone };
+        let server = {
+            let (shutdown, metrics) = (shutdown.clone(), Arc::clone(&metrics));
+            std::thread::spawn(move || serve(listener, config, metrics, shutdown, handler))
+        };
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let read_answer = |reader: &mut BufReader<TcpStream>| {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                assert!(reader.read_line(&mut line).unwrap() > 0, "the connection closed early: {head}");
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap();
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            (head, String::from_utf8(body).unwrap())
+        };
+        for (path, status, body) in
+            [("/a", "200", "{\"later\": \"later\"}"), ("/teapot", "409", "{\"later\": \"teapot\"}")]
+        {
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let (head, got) = read_answer(&mut reader);
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{path}: {head}");
+            assert_eq!(got, body, "{path}: the answer sent later");
+            assert!(!head.contains("Connection: close"), "{path}: kept open: {head}");
+        }
+        // Two requests in one write: the first has the second behind it, so it is served
+        // now; the second, with nothing behind it, later.
+        write!(stream, "GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_answer(&mut reader).1, "{\"now\": \"/p1\"}");
+        assert_eq!(read_answer(&mut reader).1, "{\"later\": \"later\"}");
+        write!(stream, "GET /drop HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (head, _) = read_answer(&mut reader);
+        assert!(head.starts_with("HTTP/1.1 500 "), "a reply dropped unsent: {head}");
+        write!(stream, "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let (head, _) = read_answer(&mut reader);
+        assert!(head.contains("Connection: close"), "{head}");
+        let mut rest = Vec::new();
+        assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "closed after the answer");
+        let text = metrics.render("");
+        assert!(text.contains(r#"bazar_requests_total{route="sent",status="200"} 3"#), "{text}");
+        assert!(text.contains(r#"bazar_requests_total{route="sent",status="409"} 1"#), "{text}");
+        shutdown.trigger();
+        server.join().unwrap().unwrap();
+        sender.join().unwrap();
     }
 }

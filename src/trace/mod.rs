@@ -288,6 +288,16 @@ impl Span {
 
     /// Ends it now.
     pub fn end(self) {}
+
+    /// Stops being the thread's current span (the one before it is current again), and
+    /// goes on measuring until it is dropped, on whatever thread: for a request whose
+    /// answer another thread sends (`http::later`).
+    pub fn detach(mut self) -> Span {
+        if let Some(previous) = self.restore.take() {
+            replace_current(previous);
+        }
+        self
+    }
 }
 
 impl Drop for Span {
