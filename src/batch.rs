@@ -16,10 +16,11 @@
 //!
 //! **Architecture invariant: every item is run exactly once, in exactly one batch, and its
 //! caller gets that batch's answer for it.** A batch that panics answers its members
-//! `None` (the caller says so as an error), and the group goes on. A leader's batch always
-//! holds the leader's own item (with the oldest others), so a caller busy leading never
-//! has an item waiting, and waking the caller of the oldest item waiting always finds one
-//! free to lead.
+//! `None` (the caller says so as an error), and the group goes on: its leader still leads
+//! what waits for it, and only then unwinds, and only if the batch held its own item. A
+//! caller that leads for its own item leads a batch that holds it (with the oldest
+//! others), so a caller busy leading never has an item of its own waiting, and waking the
+//! caller of the oldest item waiting always finds one free to lead.
 //!
 //! A group may bound the items waiting for a leader ([`Group::with_queue`]): one more is
 //! given back at once by [`Group::try_run`], for its caller to refuse (503), so that a
@@ -55,7 +56,7 @@ pub struct Group<T, R> {
 }
 
 /// What is done with an answer of [`Group::try_later`] (it gets `None` when the batch
-/// panicked). Run by the thread that led the batch, as the batch ends.
+/// panicked or answered too few). Run by the thread that led the batch, as the batch ends.
 pub type Then<R> = Box<dyn FnOnce(Option<R>) + Send>;
 
 struct State<T, R> {
@@ -130,8 +131,10 @@ impl<T, R> Group<T, R> {
     /// ([`Group::with_queue`]), the item is given back at once, unrun (the caller refuses
     /// it: the load is more than the batches can carry in time).
     ///
-    /// A caller whose answer is in may first lead a batch of items whose callers went on
-    /// ([`Group::try_later`]): nobody else is there to lead them.
+    /// A caller whose answer is in may first lead batches of items whose callers went on
+    /// ([`Group::try_later`]), as long as the oldest waiting is one of them and a flight
+    /// is free: nobody else is there to lead them. (So its own answer may wait a batch or
+    /// more; under load an arrival usually takes the free flight first.)
     pub fn try_run(&self, item: T, batch: impl Fn(Vec<T>) -> Vec<R>) -> Result<Option<R>, T> {
         let mut state = self.state();
         if state.waiting.len() >= self.queue {
@@ -139,6 +142,9 @@ impl<T, R> Group<T, R> {
         }
         let ticket = state.enqueue(item, Caller::Waits(std::thread::current()));
         let mut mine = None;
+        // The panic of a batch that held this caller's item, unwound once nothing waits
+        // for this caller to lead it.
+        let mut panicked = None;
         loop {
             if mine.is_none() {
                 mine = state.answers.remove(&ticket);
@@ -149,12 +155,21 @@ impl<T, R> Group<T, R> {
             // lead.
             let own = mine.is_none().then_some(ticket);
             if let Some(taken) = self.take(&mut state, own) {
+                let holds_own = taken.members.iter().any(|(t, _)| *t == ticket);
                 drop(state);
-                self.lead(taken, &batch);
+                if let Err(panic) = self.lead(taken, &batch) {
+                    if holds_own {
+                        panicked = Some(panic);
+                    }
+                }
                 state = self.state();
                 continue;
             }
             if let Some(answer) = mine {
+                drop(state);
+                if let Some(panic) = panicked {
+                    std::panic::resume_unwind(panic);
+                }
                 return Ok(answer);
             }
             // Woken by the leader of the batch that holds the item, or as the oldest
@@ -168,9 +183,11 @@ impl<T, R> Group<T, R> {
     }
 
     /// Leaves `item` to run in a batch, and `then` to be done with its answer when that
-    /// batch ends, without waiting for it: if a flight is free, this caller leads batches
-    /// (its item's among them) until none is free or no such item waits, then returns.
-    /// Given back at once, unrun, with `then`, when the queue is full ([`Group::try_run`]).
+    /// batch ends, without waiting for it: while a flight is free and the oldest item
+    /// waiting is one whose caller went on, this caller leads a batch (so its own item goes
+    /// at once when nothing waits before it), then returns. A batch it leads that panics
+    /// answers its members `None` and is logged, not unwound. Given back at once, unrun,
+    /// with `then`, when the queue is full ([`Group::try_run`]).
     pub fn try_later(&self, item: T, then: Then<R>, batch: impl Fn(Vec<T>) -> Vec<R>) -> Result<(), (T, Then<R>)> {
         let mut state = self.state();
         if state.waiting.len() >= self.queue {
@@ -179,7 +196,8 @@ impl<T, R> Group<T, R> {
         state.enqueue(item, Caller::Later(then));
         while let Some(taken) = self.take(&mut state, None) {
             drop(state);
-            self.lead(taken, &batch);
+            // Its members were answered None; this caller has nothing of its own to unwind.
+            let _ = self.lead(taken, &batch);
             state = self.state();
         }
         Ok(())
@@ -224,14 +242,25 @@ impl<T, R> Group<T, R> {
     }
 
     /// Runs a batch taken by [`Group::take`]: answers every member even if `batch` panics
-    /// (then with None), and frees the flight, so a panic in one batch never strands the
-    /// group.
-    fn lead(&self, taken: Taken<T, R>, batch: &impl Fn(Vec<T>) -> Vec<R>) {
+    /// (then with None), and frees the flight; the panic is caught and given back, so
+    /// that the leader still leads what waits for it (a panic unwound here would leave
+    /// the items whose callers went on with no leader) and unwinds only for its own.
+    fn lead(&self, taken: Taken<T, R>, batch: &impl Fn(Vec<T>) -> Vec<R>) -> std::thread::Result<()> {
         if let Some(next) = taken.also {
             next.unpark();
         }
         let mut lead = Lead { group: self, members: taken.members, answers: Vec::new() };
-        lead.answers = batch(taken.items);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch(taken.items)));
+        match ran {
+            Ok(answers) => {
+                lead.answers = answers;
+                Ok(())
+            }
+            Err(panic) => {
+                log::error!("a batch panicked: its {} items are answered as failed", lead.members.len());
+                Err(panic)
+            }
+        }
     }
 }
 
@@ -568,5 +597,47 @@ mod tests {
             assert_eq!(group.waiting(), 0);
             assert_eq!(*answered.lock().unwrap(), vec![(1, Some(10)), (3, Some(30))]);
         });
+    }
+
+    /// A batch that panics while items whose callers went on wait behind it strands none
+    /// of them: its leader (here one that went on too) leads them before it returns, and
+    /// a caller that waits for its own item, queued behind, gets its answer; the panic of
+    /// a batch led from `try_later` is not unwound into its caller.
+    #[test]
+    fn a_panicking_batch_leaves_no_item_without_a_leader() {
+        let group = Group::new(1, 1);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let batch = |items: Vec<i32>| -> Vec<i32> {
+            if items == [0] {
+                held.lock().unwrap().recv().unwrap();
+                panic!("planted");
+            }
+            items.iter().map(|x| x * 10).collect()
+        };
+        let later = |i: i32| {
+            let answered = Arc::clone(&answered);
+            Box::new(move |answer: Option<i32>| answered.lock().unwrap().push((i, answer))) as super::Then<i32>
+        };
+        std::thread::scope(|s| {
+            let (group, batch) = (&group, &batch);
+            let first = s.spawn(move || group.try_later(0, later(0), batch).is_ok());
+            while group.flying() == 0 {
+                std::thread::yield_now();
+            }
+            assert!(group.try_later(1, later(1), batch).is_ok());
+            let waiter = s.spawn(move || group.run(2, batch));
+            while group.waiting() < 2 {
+                std::thread::yield_now();
+            }
+            release.send(()).unwrap();
+            assert!(first.join().unwrap(), "the panic is not unwound into try_later");
+            assert_eq!(waiter.join().unwrap(), Some(20));
+        });
+        assert_eq!(group.waiting(), 0);
+        let mut answered = answered.lock().unwrap().clone();
+        answered.sort_unstable();
+        assert_eq!(answered, vec![(0, None), (1, Some(10))]);
     }
 }

@@ -55,7 +55,8 @@
 //! Invariant: a connection holds at most `MAX_HEAD` bytes of head and `MAX_BODY` bytes of
 //! body (plus its read buffer); a parked connection is owned by the pool's map and by no
 //! thread, a connection taken from the map by exactly one thread (epoll's one-shot
-//! readiness, `poll.rs`); a handler panic is answered 500 and logged, and never takes the
+//! readiness, `poll.rs`), which serves it, parks it again, or hands it to a [`Reply`]
+//! that carries it to the thread that sends its answer; a handler panic is answered 500 and logged, and never takes the
 //! process down.
 
 use super::budget::{
@@ -425,7 +426,8 @@ pub struct Reply(Option<Box<(Here, Later)>>);
 /// not sent). `None` when the request cannot be answered later: it is not public, its
 /// connection has its own thread, or its client already sent more behind it. The
 /// request's span stops being this thread's current one (take `trace::current()`
-/// before, to carry it on).
+/// before, to carry it on; and call this with no span of the handler's own open, whose
+/// end would make the request's current again).
 pub fn later() -> Option<Reply> {
     let later = LATER.with(|l| l.borrow().clone())?;
     let mut here = HERE.with(|h| h.borrow_mut().take())?;
@@ -481,14 +483,15 @@ impl Here {
             _ => return,
         };
         if sent < bytes.len() {
-            // The client reads nothing: its own thread waits for it (within BODY_TIMEOUT),
-            // not the thread that sends many answers.
-            let pool = Arc::clone(&later.pool);
+            // The client reads nothing: a thread of its own waits for it (BODY_TIMEOUT
+            // for each write), not the thread that sends many answers.
+            let (pool, shutdown) = (Arc::clone(&later.pool), later.shutdown.clone());
             let finish = move || {
                 let stream = conn.stream();
                 if stream.set_write_timeout(Some(BODY_TIMEOUT)).is_ok()
                     && (&*stream).write_all(&bytes[sent..]).is_ok()
                     && keep
+                    && !shutdown.is_set()
                 {
                     let _ = stream.set_write_timeout(None);
                     conn.first = false;
@@ -776,12 +779,12 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         // work on the API (see `trace::starts_trace`); current on this thread until
         // the answer is ready (or handed to a `Reply`, which ends it when sent).
         let may_start = class == Class::Public && crate::trace::starts_trace(&request.path);
-        let mut span = Some(crate::trace::serve(
-            request.header("traceparent"),
-            request.header("tracestate"),
-            may_start,
-            "request",
-        ));
+        let mut span =
+            crate::trace::serve(request.header("traceparent"), request.header("tracestate"), may_start, "request");
+        if span.is_recording() {
+            span.attr("http.target", request.path.as_str());
+        }
+        let mut span = Some(span);
         let offered = here.is_some();
         if let Some(mut here) = here {
             if span.as_ref().is_some_and(Span::is_recording) {
@@ -817,9 +820,6 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             None
         };
         if let Some(span) = &mut span {
-            if span.is_recording() {
-                span.attr("http.target", request.path.as_str());
-            }
             close_span(span, &request.method, &mut response);
         }
         (response, here)

@@ -71,6 +71,46 @@ pub const PUSH_FLIGHTS: usize = 1;
 /// and queued at the primary while the one before it commits.
 pub const TAKE_FLIGHTS: usize = 2;
 
+/// Work done beside the caller's, in the caller's trace: on a thread of the scope, or, when
+/// the system gives no thread, at once on the caller's (so a refused thread costs time,
+/// never the work).
+fn beside<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    work: impl FnOnce() -> T + Send + 'scope,
+) -> Beside<'scope, T> {
+    let work = crate::trace::carried(work);
+    let slot = std::sync::Arc::new(Mutex::new(Some(work)));
+    let theirs = std::sync::Arc::clone(&slot);
+    let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+        let work = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        work.map(|w| w())
+    });
+    match spawned {
+        Ok(handle) => Beside::Thread(handle),
+        Err(e) => {
+            log::warn!("cannot start a thread ({e}): doing its work in line");
+            let work = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Beside::Done(work.map(|w| w()))
+        }
+    }
+}
+
+/// Work started by [`beside`].
+enum Beside<'scope, T> {
+    Thread(std::thread::ScopedJoinHandle<'scope, Option<T>>),
+    Done(Option<T>),
+}
+
+impl<T> Beside<'_, T> {
+    /// Its result; `None` if it panicked.
+    fn join(self) -> Option<T> {
+        match self {
+            Beside::Thread(handle) => handle.join().ok().flatten(),
+            Beside::Done(result) => result,
+        }
+    }
+}
+
 /// Settings of an order process.
 #[derive(Clone, Debug)]
 pub struct OrderConfig {
@@ -548,13 +588,14 @@ impl OrderNode {
         // leaves the order on one disk, unacknowledged, and the logs converge by the pulls
         // either way). Done one after the other, the batch waited for an fsync and then for
         // a push and the peer's fsync.
+        // Each count stays with its own chunk's orders whatever happens to a push: a
+        // push that panicked counts as taken by no peer.
         let (logged, shared) = std::thread::scope(|s| {
-            let pushes: Vec<_> = fresh
-                .chunks(PUSH_MOST)
-                .map(|chunk| s.spawn(crate::trace::carried(move || vec![self.push_to_peers(chunk); chunk.len()])))
-                .collect();
+            let pushes: Vec<_> =
+                fresh.chunks(PUSH_MOST).map(|chunk| (chunk, beside(s, move || self.push_to_peers(chunk)))).collect();
             let logged = self.log.add(&fresh);
-            let shared: Vec<usize> = pushes.into_iter().flat_map(|p| p.join().unwrap_or_default()).collect();
+            let shared: Vec<usize> =
+                pushes.into_iter().flat_map(|(chunk, push)| vec![push.join().unwrap_or(0); chunk.len()]).collect();
             (logged, shared)
         });
         let mut shared = shared.into_iter();
@@ -632,10 +673,10 @@ impl OrderNode {
         let order = Order { order_id, id, title: book.title, price: book.price, at };
         // Logged and shared at once, as a batch is (`purchase_many`).
         let (logged, shared) = std::thread::scope(|s| {
-            let sharing = s.spawn(crate::trace::carried(|| {
+            let sharing = beside(s, || {
                 let _span = crate::trace::span("order.share");
                 self.share(&order)
-            }));
+            });
             let log = crate::trace::span("order.log");
             let logged = self.log.add(std::slice::from_ref(&order));
             drop(log);
