@@ -392,6 +392,35 @@ mod tests {
         k.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The near-lease record: a write that fails refuses the grant (and is tried again at
+    /// the next), the first that succeeds makes the file, later grants write nothing, and
+    /// the next start finds it; a primary with no record grants with no file.
+    #[test]
+    fn a_lease_is_granted_only_once_its_record_is_durable() {
+        let dir = std::env::temp_dir().join(format!("bazar-near-record-{}", crate::ids::random_hex().unwrap()));
+        let path = dir.join(RECORD_FILE);
+        // The directory is missing: the record cannot be written (as root, a directory
+        // without write permission would not stop it).
+        let near = Near::recording(L, Record::open(path.clone()));
+        assert!(!near.held_before_start(), "nothing found at the first start");
+        assert!(near.record_grant().is_err(), "a record that cannot be written refuses the lease");
+        assert!(!path.exists());
+        std::fs::create_dir_all(&dir).unwrap();
+        near.record_grant().expect("written once the directory takes it");
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
+        near.record_grant().expect("written once per run: not again");
+        assert!(!path.exists(), "a run writes its record once");
+        near.record_grant().unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let restarted = Near::recording(L, Record::open(path.clone()));
+        assert!(restarted.held_before_start(), "the next start finds the record");
+        restarted.record_grant().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x", "found at start: not written again");
+        assert!(Near::new(L).record_grant().is_ok() && !Near::new(L).held_before_start());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn an_unknown_session_is_reset_to_what_every_acknowledged_write_is_below() {
         let t0 = Instant::now();
