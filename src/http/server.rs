@@ -206,6 +206,12 @@ impl Gate {
         self.open.load(Ordering::Relaxed) > self.max_open / 2
     }
 
+    /// Whether a connection stays open after an answer of `status`: its client asked
+    /// (`wanted`), the server is not `stopping`, and a 503 under pressure closes it.
+    fn keeps(&self, wanted: bool, stopping: bool, status: u16) -> bool {
+        wanted && !stopping && !(status == 503 && self.pressed())
+    }
+
     /// The deadlines for the next request's head: shorter for a connection's first, and
     /// shorter still under pressure.
     fn limits(&self, first: bool) -> Limits {
@@ -328,6 +334,14 @@ impl Pool {
         }
     }
 
+    /// Parks a connection whose request was just answered, until its next request begins
+    /// or it has been idle too long.
+    fn park_answered(&self, mut conn: Conn) {
+        conn.first = false;
+        let idle = conn.gate.limits(false).idle;
+        self.park(conn, Instant::now() + idle);
+    }
+
     /// The parked connection behind a readiness, unless the sweep closed it meanwhile.
     fn unpark(&self, token: u64) -> Option<Conn> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&token).map(|p| p.conn)
@@ -371,7 +385,7 @@ thread_local! {
     /// In a pool worker: asks the pool for one more worker when none waits.
     static WORKER: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
     /// In a pool worker: what a [`Reply`] needs to park its connection again.
-    static LATER: RefCell<Option<Later>> = const { RefCell::new(None) };
+    static LATER: RefCell<Option<Arc<Later>>> = const { RefCell::new(None) };
     /// The connection of the request this worker serves, while its handler may take it to
     /// answer later ([`later`]).
     static HERE: RefCell<Option<Here>> = const { RefCell::new(None) };
@@ -394,8 +408,8 @@ pub fn blocking() {
     });
 }
 
-/// A pool worker's share of the server, for the replies sent later from it.
-#[derive(Clone)]
+/// A pool worker's share of the server, for the replies sent later from it (one `Arc`
+/// per reply, not one per field).
 struct Later {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
@@ -418,7 +432,7 @@ struct Here {
 /// The answer to a request, to be sent later, perhaps by another thread ([`later`]).
 /// Dropped unsent, it answers 500 (a handler's bug: nothing may leave a client waiting).
 #[must_use = "a reply not sent answers 500"]
-pub struct Reply(Option<Box<(Here, Later)>>);
+pub struct Reply(Option<Box<(Here, Arc<Later>)>>);
 
 /// Takes the connection of the public request this thread serves, so that its answer
 /// can be sent later by whoever has it ([`Reply::send`]), and this worker can serve
@@ -460,13 +474,13 @@ impl Drop for Reply {
 
 impl Here {
     fn finish(self, mut response: Response, later: &Later) {
-        let Here { mut conn, span, method, keep, head_only, started } = self;
+        let Here { conn, span, method, keep, head_only, started } = self;
         if let Some(mut span) = span {
             close_span(&mut span, &method, &mut response);
         }
         later.metrics.record(response.route, response.status, started.elapsed());
         later.pool.moved_on();
-        let keep = keep && !later.shutdown.is_set() && !(response.status == 503 && conn.gate.pressed());
+        let keep = conn.gate.keeps(keep, later.shutdown.is_set(), response.status);
         let bytes = encode_response(&response, keep, head_only);
         // SAFETY: `bytes` is valid for its length and the descriptor is open.
         let sent = unsafe {
@@ -494,9 +508,7 @@ impl Here {
                     && !shutdown.is_set()
                 {
                     let _ = stream.set_write_timeout(None);
-                    conn.first = false;
-                    let idle = conn.gate.limits(false).idle;
-                    pool.park(conn, Instant::now() + idle);
+                    pool.park_answered(conn);
                 }
             };
             if let Err(e) = std::thread::Builder::new().name("reply".into()).stack_size(CONNECTION_STACK).spawn(finish)
@@ -506,9 +518,7 @@ impl Here {
             return;
         }
         if keep {
-            conn.first = false;
-            let idle = conn.gate.limits(false).idle;
-            later.pool.park(conn, Instant::now() + idle);
+            later.pool.park_answered(conn);
         }
     }
 }
@@ -598,8 +608,11 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     fn work(self: &Arc<Self>) {
         let me = Arc::clone(self);
         WORKER.with(|w| *w.borrow_mut() = Some(Box::new(move || me.waits())));
-        let later =
-            Later { pool: Arc::clone(&self.pool), metrics: Arc::clone(&self.metrics), shutdown: self.shutdown.clone() };
+        let later = Arc::new(Later {
+            pool: Arc::clone(&self.pool),
+            metrics: Arc::clone(&self.metrics),
+            shutdown: self.shutdown.clone(),
+        });
         LATER.with(|l| *l.borrow_mut() = Some(later));
         let mut quiet_since = Instant::now();
         loop {
@@ -700,18 +713,16 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
             conn = back;
             self.metrics.record(response.route, response.status, started.elapsed());
             self.pool.moved_on();
-            let keep = wants_keep_alive(&request)
-                && !self.shutdown.is_set()
-                && !(response.status == 503 && self.gate.pressed());
+            let keep = self.gate.keeps(wants_keep_alive(&request), self.shutdown.is_set(), response.status);
             if write_response(&mut conn.stream(), &response, keep, request.method == "HEAD").is_err() || !keep {
                 return;
             }
-            conn.first = false;
             if mode == Mode::Pooled && conn.reader.buffer().is_empty() && !self.shutdown.is_set() {
                 // Nothing pipelined: park at once rather than ask the socket (the client
                 // rarely has sent again already, and epoll says so at once if it has).
-                return self.pool.park(conn, Instant::now() + self.gate.limits(false).idle);
+                return self.pool.park_answered(conn);
             }
+            conn.first = false;
         }
     }
 
