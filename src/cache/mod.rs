@@ -107,8 +107,9 @@ pub fn keys_for(old: Option<&Book>, new: &Book) -> Vec<String> {
     let mut keys = vec![info_key(new.id), BOOKS_KEY.to_string()];
     let before = old.unwrap_or(new);
     keys.extend(search_key(&before.topic));
-    // Compared as search compares topics (trimmed, case-insensitive), as `search_key` does.
-    let moved = before.topic.trim().to_lowercase() != new.topic.trim().to_lowercase();
+    // Compared as search compares topics (trimmed, case-insensitive), as `search_key` does;
+    // the same text is the same topic (most writes: a purchase, a price), with no copy made.
+    let moved = before.topic != new.topic && before.topic.trim().to_lowercase() != new.topic.trim().to_lowercase();
     if moved {
         keys.extend(search_key(&new.topic));
     }

@@ -81,6 +81,10 @@ pub struct Decided {
 pub fn decide(catalog: &Catalog, journal: &Journal, epoch: u64, asked: Vec<Asked>) -> Decided {
     let mut draft = Draft::new(catalog);
     let mut orders = HashSet::new();
+    // Books whose keys are named already by a write that left their topic as it was: a
+    // later write of one that also leaves it names the same keys (most of a busy batch:
+    // purchases of a few books), so they are not made again.
+    let mut keyed = HashSet::new();
     let (mut writes, mut keys) = (Vec::new(), Vec::new());
     let answers = asked
         .into_iter()
@@ -96,7 +100,13 @@ pub fn decide(catalog: &Catalog, journal: &Journal, epoch: u64, asked: Vec<Asked
                 // asked again in the same batch is decided again, not answered as made.
                 orders.extend(a.order.as_ref().map(|(o, _)| o.clone()));
                 w.epoch = epoch;
-                keys.extend(cache::keys_for(old.as_ref(), &w.book));
+                let same_topic = old.as_ref().is_some_and(|o| o.topic == w.book.topic);
+                if !(same_topic && keyed.contains(&w.book.id)) {
+                    keys.extend(cache::keys_for(old.as_ref(), &w.book));
+                    if same_topic {
+                        keyed.insert(w.book.id);
+                    }
+                }
                 w.order = a.order.map(|(order_id, at)| Order {
                     order_id,
                     id: w.book.id,
@@ -170,6 +180,26 @@ mod tests {
         keys.dedup();
         assert_eq!(keys, decided.keys, "each key once");
         assert!(decided.keys.windows(2).all(|k| k[0] < k[1]), "sorted");
+    }
+
+    /// A batch names every key each of its writes changes, once, however often a book is
+    /// written in it (the keys of a book written again are not made again).
+    #[test]
+    fn a_batch_names_each_key_its_writes_change_once() {
+        let asked = vec![purchase(2, None), purchase(1, None), purchase(2, None), purchase(2, None)];
+        let decided = decide(&catalog(), &Journal::default(), 1, asked);
+        // A purchase leaves the topic as it was: the keys of the book as it is.
+        let mut want: Vec<String> = [1, 2]
+            .iter()
+            .flat_map(|&id| {
+                let book = catalog().book(id).cloned().unwrap();
+                cache::keys_for(Some(&book), &book)
+            })
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(decided.keys, want);
+        assert_eq!(decided.keys.len(), 5, "two infos, two searches, the books: {:?}", decided.keys);
     }
 
     /// A replica's answer to a push as a table: (last, acked, same log, etcd) -> verdict.
