@@ -20,7 +20,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use ureq::http::{Method, Request, Uri};
 use ureq::unversioned::resolver::{self, DefaultResolver, ResolvedSocketAddrs};
@@ -368,12 +368,13 @@ impl CatalogClient {
         base: &str,
         epoch: u64,
         committed: Option<u64>,
-        pushes: &[Replicate],
+        pushes: &[Arc<Replicate>],
     ) -> Result<ReplicaAck> {
         let path = match committed {
             Some(c) => format!("/internal/replicate?epoch={epoch}&committed={c}"),
             None => format!("/internal/replicate?epoch={epoch}"),
         };
+        let pushes: Vec<&Replicate> = pushes.iter().map(|w| &**w).collect();
         self.http.send(Method::POST, base, &path, &pushes)
     }
 

@@ -742,7 +742,7 @@ impl CatalogNode {
                     };
                     self.check_epoch(epoch)?;
                     self.replica_only()?;
-                    Ok(Response::json(&self.apply(&json_body::<Vec<Replicate>>(request)?, committed, epoch)?))
+                    Ok(Response::json(&self.apply(json_body::<Vec<Replicate>>(request)?, committed, epoch)?))
                 }),
                 "/internal/replicate",
             ),

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
-use crate::wire::{Book, Farewell, LeaseGrant, LeaseRequest, LogPage, Order, ReplicaAck, Replicate};
+use crate::wire::{Book, Farewell, LeaseGrant, LeaseRequest, LogPage, ReplicaAck, Replicate};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -286,8 +286,9 @@ impl CatalogNode {
             replies.into_iter().zip(answers.into_iter().map(|a| a.map_err(Error::from))).collect();
         if !writes.is_empty() {
             // The stages after the decision are the core's (`core::batch`): this loop does
-            // what it asks, in its order, and reports back.
-            let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|r| (r, r.order.as_ref())).collect();
+            // what it asks, in its order, and reports back. The history keeps the writes
+            // this batch logs, pushes and shows: shared, not copied.
+            let writes: Vec<Arc<Replicate>> = writes.into_iter().map(Arc::new).collect();
             let last = writes.last().map_or(0, |p| p.seq);
             batch_span.attr("last", last);
             let (mut stages, mut step) = Batch::start(self.leases());
@@ -296,8 +297,8 @@ impl CatalogNode {
                 let done = match step {
                     Do::Append => {
                         let mut append = crate::trace::span("catalog.append");
-                        append.attr("rows", rows.len());
-                        match store.log(&rows) {
+                        append.attr("rows", writes.len());
+                        match store.log(&writes) {
                             Ok(()) => {
                                 self.counters.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
                                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +535,7 @@ impl CatalogNode {
     /// background brings it back. Returns the replicas that took them, and the latest time
     /// until which one that missed them may hold a read lease (the batch waits it out:
     /// `core::batch`).
-    fn replicate(&self, store: &Ledger, pushes: &[Replicate], committed: u64) -> (Vec<String>, Option<Instant>) {
+    fn replicate(&self, store: &Ledger, pushes: &[Arc<Replicate>], committed: u64) -> (Vec<String>, Option<Instant>) {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
         let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
             let pushes: Vec<_> = links
@@ -569,7 +570,7 @@ impl CatalogNode {
         &self,
         store: &Ledger,
         link: &ReplicaLink,
-        pushes: &[Replicate],
+        pushes: &[Arc<Replicate>],
         committed: u64,
     ) -> Result<ReplicaAck> {
         let mut span = crate::trace::span("catalog.push");
@@ -584,7 +585,13 @@ impl CatalogNode {
     /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
     /// from the history, when they are few. Called under the writer lock, to a replica in
     /// sync (its log a prefix of this one's: the commit point means the same writes there).
-    fn push_to(&self, store: &Ledger, link: &ReplicaLink, pushes: &[Replicate], committed: u64) -> Result<ReplicaAck> {
+    fn push_to(
+        &self,
+        store: &Ledger,
+        link: &ReplicaLink,
+        pushes: &[Arc<Replicate>],
+        committed: u64,
+    ) -> Result<ReplicaAck> {
         let last = pushes.last().map_or(0, |p| p.seq);
         let committed = self.commit_point(committed);
         let ack = self.send_writes(&link.url, pushes, committed)?;
@@ -615,7 +622,7 @@ impl CatalogNode {
     /// commit point, the commit notice). Returns the last answer. Only a replica whose log
     /// is known to be a prefix of this one's may be sent a commit point: it shows its own
     /// writes up to there.
-    fn send_writes(&self, url: &str, writes: &[Replicate], committed: Option<u64>) -> Result<ReplicaAck> {
+    fn send_writes(&self, url: &str, writes: &[Arc<Replicate>], committed: Option<u64>) -> Result<ReplicaAck> {
         let mut rest = writes;
         loop {
             let mut size = 0;
@@ -758,6 +765,7 @@ impl CatalogNode {
         match store.recent.history.after(after, LOG_PAGE) {
             Some(writes) => {
                 let seq = self.state().seq();
+                let writes = writes.iter().map(|w| Replicate::clone(w)).collect();
                 Ok(Response::json(&LogPage { history, seq, writes, epoch: self.term() }))
             }
             None => gone(format!("the writes after {after} are no longer kept; copy the catalog")),

@@ -11,8 +11,9 @@
 //! it knows even when it keeps no write (after a checkpoint or a copy), so that a catch-up
 //! can compare (seq, epoch) at any point it serves.
 
-use crate::wire::{Order, Purchase, Replicate};
+use crate::wire::{Purchase, Replicate};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Purchase records always kept (across checkpoints), for order servers to reconcile from,
 /// whatever the order servers report they hold.
@@ -42,12 +43,13 @@ pub struct Recent {
 
 impl Recent {
     /// Remembers writes made durable, in order (each with the order it was taken for).
-    pub fn record(&mut self, writes: &[(&Replicate, Option<&Order>)]) {
-        for &(r, order) in writes {
-            if let Some(o) = order {
-                self.journal.push(Purchase { seq: r.seq, order: o.clone() });
+    /// The history shares each write with the batch that made it rather than copying it.
+    pub fn record(&mut self, writes: &[Arc<Replicate>]) {
+        for w in writes {
+            if let Some(o) = &w.order {
+                self.journal.push(Purchase { seq: w.seq, order: o.clone() });
             }
-            self.history.push(r.clone());
+            self.history.push(Arc::clone(w));
         }
     }
 }
@@ -142,7 +144,7 @@ impl Journal {
 /// The last [`HISTORY`] writes, contiguous, ending at the catalog's sequence number.
 #[derive(Debug)]
 pub struct History {
-    writes: VecDeque<Replicate>,
+    writes: VecDeque<Arc<Replicate>>,
     /// The sequence number of the last write (the catalog's).
     last: u64,
     /// The epoch of the last write.
@@ -157,7 +159,7 @@ impl History {
         History { writes: VecDeque::new(), last, last_epoch, base: Some((last, last_epoch)) }
     }
 
-    pub(super) fn push(&mut self, write: Replicate) {
+    pub(super) fn push(&mut self, write: Arc<Replicate>) {
         if write.seq != self.last + 1 {
             // Writes always come in order; were one missing, `after` must not pretend.
             self.writes.clear();
@@ -176,7 +178,7 @@ impl History {
 
     /// Up to `max` writes after `seq`, or None when they are no longer kept (or `seq` is
     /// past the last write: a replica of another history).
-    pub fn after(&self, seq: u64, max: usize) -> Option<Vec<Replicate>> {
+    pub fn after(&self, seq: u64, max: usize) -> Option<Vec<Arc<Replicate>>> {
         let first = self.writes.front().map_or(self.last + 1, |w| w.seq);
         if seq > self.last || seq + 1 < first {
             return None;
@@ -252,15 +254,15 @@ mod tests {
         assert_eq!(h.epoch_at(10), Some(2), "the last write's epoch survives a checkpoint");
         assert_eq!(h.epoch_at(9), None);
         for (seq, epoch) in [(11, 2), (12, 3), (13, 3)] {
-            h.push(write(seq, epoch));
+            h.push(Arc::new(write(seq, epoch)));
         }
         let cases = [(9, None), (10, Some(2)), (11, Some(2)), (12, Some(3)), (13, Some(3)), (14, None)];
         // After a gap nothing before the new write is known.
-        h.push(write(20, 4));
+        h.push(Arc::new(write(20, 4)));
         assert_eq!((h.epoch_at(19), h.epoch_at(20), h.epoch_at(13)), (None, Some(4), None));
         let mut h = History::new(10, 2);
         for (seq, epoch) in [(11, 2), (12, 3), (13, 3)] {
-            h.push(write(seq, epoch));
+            h.push(Arc::new(write(seq, epoch)));
         }
         for (seq, epoch) in cases {
             assert_eq!(h.epoch_at(seq), epoch, "write {seq}");

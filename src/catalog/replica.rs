@@ -93,7 +93,7 @@ impl CatalogNode {
                 }
                 Some(page) => {
                     self.check_epoch(page.epoch)?;
-                    self.apply(&page.writes, Some(page.seq), page.epoch)?;
+                    self.apply(page.writes, Some(page.seq), page.epoch)?;
                 }
                 None => return self.copy_catalog(client, primary),
             }
@@ -208,7 +208,7 @@ impl CatalogNode {
     /// the first check may have waited while a newer primary's came in), and no write is
     /// logged after one of a newer epoch (a deposed primary's write would take the number
     /// the new primary's needs): both are refused (409) and counted as stale.
-    pub fn apply(&self, pushes: &[Replicate], committed: Option<u64>, epoch: u64) -> Result<ReplicaAck> {
+    pub fn apply(&self, pushes: Vec<Replicate>, committed: Option<u64>, epoch: u64) -> Result<ReplicaAck> {
         let mut span = crate::trace::span("catalog.apply");
         span.attr("writes", pushes.len()).attr("epoch", epoch);
         let mut store = self.lock_writer();
@@ -227,12 +227,11 @@ impl CatalogNode {
         self.lease().reset_if_extended();
         // Nothing is applied in memory before it is on disk.
         if !take.log.is_empty() {
-            let rows: Vec<(&Replicate, Option<&crate::wire::Order>)> =
-                take.log.iter().map(|w| (*w, w.order.as_ref())).collect();
+            let rows: Vec<Arc<Replicate>> = take.log.into_iter().map(Arc::new).collect();
             store.log(&rows)?;
             // Dirty until committed: a read that meets one of these books asks the primary.
             let mut state = self.state_mut();
-            for w in &take.log {
+            for w in &rows {
                 state.mark_dirty(&w.book, w.seq);
             }
         }
@@ -287,8 +286,8 @@ impl CatalogNode {
             Error::Internal(format!("the writes pending after {readable} are no longer kept in memory"))
         })?;
         let mut state = self.state_mut();
-        for w in writes.into_iter().take_while(|w| w.seq <= upto) {
-            state.commit(w.book, w.seq);
+        for w in writes.iter().take_while(|w| w.seq <= upto) {
+            state.commit(w.book.clone(), w.seq);
         }
         Ok(())
     }

@@ -65,6 +65,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Results of the store: its errors are the files'.
@@ -544,8 +545,9 @@ pub(crate) struct Ledger {
 impl Ledger {
     /// Makes writes durable and remembers them: the one place where the two keep in step
     /// (nothing is remembered of writes whose append failed).
-    pub(crate) fn log(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
-        self.files.append(writes)?;
+    pub(crate) fn log(&mut self, writes: &[Arc<Replicate>]) -> Result<()> {
+        let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|w| (&**w, w.order.as_ref())).collect();
+        self.files.append(&rows)?;
         self.recent.record(writes);
         Ok(())
     }
@@ -750,7 +752,7 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
             count += 1;
             last_epoch = epoch;
             if want == Books::Load {
-                history.push(Replicate { seq, book: book.clone(), epoch, order });
+                history.push(Arc::new(Replicate { seq, book: book.clone(), epoch, order }));
             }
         }
         match (apply, want) {
@@ -986,9 +988,9 @@ mod tests {
     }
 
     fn purchase(store: &mut Ledger, catalog: &mut Catalog, order_id: &str) -> Replicate {
-        let w = Draft::new(catalog).write(3, &W::Purchase).unwrap();
-        let o = Order { title: w.book.title.clone(), ..order(order_id) };
-        store.log(&[(&w, Some(&o))]).unwrap();
+        let mut w = Draft::new(catalog).write(3, &W::Purchase).unwrap();
+        w.order = Some(Order { title: w.book.title.clone(), ..order(order_id) });
+        store.log(&[Arc::new(w.clone())]).unwrap();
         catalog.commit(w.book.clone(), w.seq);
         w
     }
@@ -1073,7 +1075,7 @@ mod tests {
         assert!(store.recent.journal.contains("o-1"));
         let mut w = Draft::new(&catalog).write(3, &W::Purchase).unwrap();
         w.epoch = 4;
-        store.log(&[(&w, None)]).unwrap();
+        store.log(&[Arc::new(w.clone())]).unwrap();
         catalog.commit(w.book.clone(), w.seq);
         drop(store);
         let (mut store, again) = open(&dir).unwrap();
@@ -1152,7 +1154,7 @@ mod faults {
             state.commit(r.book.clone(), r.seq);
             after.push(state.clone());
         }
-        let rows: Vec<_> = made.iter().map(|r| (r, r.order.as_ref())).collect();
+        let rows: Vec<_> = made.iter().cloned().map(Arc::new).collect();
         if let Err(e) = store.log(&rows) {
             return (after, Err(e));
         }

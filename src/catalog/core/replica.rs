@@ -24,6 +24,7 @@
 use super::super::failover::commit;
 use super::super::refusal::{Stale, Unreadable};
 use crate::wire::{Committed, Replicate};
+use std::borrow::Borrow;
 
 /// Where a replica's log stands, read under the writer lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,37 +52,38 @@ pub enum PushRefused {
 }
 
 /// What to do with a push: the writes to log (in order, the next ones after
-/// [`Position::logged`]) and the commit point to show up to afterwards.
+/// [`Position::logged`]) and the commit point to show up to afterwards. The writes are the
+/// push's own (`W`: a write, or a reference to one), taken out of it rather than copied.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Take<'a> {
+pub struct Take<W> {
     /// The writes to log now, in order.
-    pub log: Vec<&'a Replicate>,
+    pub log: Vec<W>,
     /// The last write to show once they are logged (never below the readable one).
     pub show_upto: u64,
 }
 
 /// Decides a push from a primary of `epoch`, whose commit point is `committed` (None:
 /// nothing new is committed), to a replica at `at`.
-pub fn take<'a>(
+pub fn take<W: Borrow<Replicate>>(
     at: Position,
     epoch: u64,
     committed: Option<u64>,
-    writes: &'a [Replicate],
-) -> Result<Take<'a>, PushRefused> {
-    if let Some(w) = writes.iter().find(|w| w.book.id == 0) {
+    writes: Vec<W>,
+) -> Result<Take<W>, PushRefused> {
+    if let Some(w) = writes.iter().map(Borrow::borrow).find(|w| w.book.id == 0) {
         return Err(PushRefused::NoBookZero { seq: w.seq });
     }
     if epoch < at.newest_epoch {
         return Err(PushRefused::Stale(Stale::Push { epoch, newest: at.newest_epoch }));
     }
-    if let Some(w) = writes.iter().find(|w| w.seq > at.logged && w.epoch < at.last_epoch) {
+    if let Some(w) = writes.iter().map(Borrow::borrow).find(|w| w.seq > at.logged && w.epoch < at.last_epoch) {
         return Err(PushRefused::Stale(Stale::Write { seq: w.seq, epoch: w.epoch, last: at.last_epoch }));
     }
     let mut next = at.logged;
-    let log: Vec<&Replicate> = writes
-        .iter()
+    let log: Vec<W> = writes
+        .into_iter()
         .filter(|w| {
-            let take = w.seq == next + 1;
+            let take = w.borrow().seq == next + 1;
             next += u64::from(take);
             take
         })
@@ -117,7 +119,7 @@ mod tests {
         Position { logged, last_epoch, readable, newest_epoch }
     }
 
-    fn seqs(take: &Take) -> Vec<u64> {
+    fn seqs(take: &Take<&Replicate>) -> Vec<u64> {
         take.log.iter().map(|w| w.seq).collect()
     }
 
@@ -148,7 +150,7 @@ mod tests {
         ];
         for (position, epoch, committed, writes, logged, shown) in cases {
             let writes: Vec<Replicate> = writes.iter().map(|&(s, e)| write(s, e, 1)).collect();
-            let took = take(position, epoch, committed, &writes).unwrap();
+            let took = take(position, epoch, committed, writes.iter().collect()).unwrap();
             assert_eq!((seqs(&took), took.show_upto), (logged.to_vec(), shown), "{position:?} {committed:?}");
             assert!(took.show_upto >= position.readable, "never back");
         }
@@ -156,7 +158,7 @@ mod tests {
 
     #[test]
     fn stale_pushes_and_writes_are_refused_whole() {
-        let refused = |position, epoch, writes: &[Replicate]| take(position, epoch, None, writes).err();
+        let refused = |position, epoch, writes: &[Replicate]| take(position, epoch, None, writes.to_vec()).err();
         let stale = refused(at(6, 2, 6, 3), 2, &[write(7, 2, 1)]);
         assert_eq!(stale, Some(PushRefused::Stale(Stale::Push { epoch: 2, newest: 3 })), "a deposed primary's push");
         // A write of epoch 1 after one of epoch 2 is logged: refused, the whole push.

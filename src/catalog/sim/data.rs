@@ -70,8 +70,9 @@ use crate::catalog::state::{Catalog, Refusal, Write};
 use crate::frontend::near::NearCache;
 use crate::linearizable::checker::{self, Call, Initial, Op, Ret, State, Verdict};
 use crate::money::Money;
-use crate::wire::{Book, BookUpdate, Committed, Order, Replicate};
+use crate::wire::{Book, BookUpdate, Committed, Replicate};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The read lease and the near caches' lease.
@@ -408,7 +409,7 @@ fn catalog_of(log: &[Replicate]) -> Catalog {
 
 fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
     let mut recent = Recent { journal: Journal::default(), history: History::new(0, 0) };
-    let rows: Vec<(&Replicate, Option<&Order>)> = log.iter().map(|w| (w, w.order.as_ref())).collect();
+    let rows: Vec<Arc<Replicate>> = log.iter().cloned().map(Arc::new).collect();
     recent.record(&rows);
     Primary {
         catalog: catalog_of(log),
@@ -1137,7 +1138,7 @@ impl World {
             Do::Append => {
                 let writes = self.in_batch().writes.clone();
                 self.nodes[PRIMARY].log.extend(writes.iter().cloned());
-                let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|w| (w, w.order.as_ref())).collect();
+                let rows: Vec<Arc<Replicate>> = writes.iter().cloned().map(Arc::new).collect();
                 self.primary().recent.record(&rows);
                 self.batch_done(Done::Appended(true));
             }
@@ -1298,8 +1299,8 @@ impl World {
         match msg {
             Msg::Push { round, writes, committed } => {
                 let at = self.position(n);
-                let Ok(took) = take(at, 0, committed, &writes) else { return };
-                let logged: Vec<Replicate> = took.log.into_iter().cloned().collect();
+                let Ok(took) = take(at, 0, committed, writes) else { return };
+                let logged = took.log;
                 let show = took.show_upto;
                 for w in &logged {
                     self.replica(n).catalog.mark_dirty(&w.book, w.seq);
