@@ -428,6 +428,12 @@ impl OrderClient {
         self.http.get(base, &format!("/internal/orders?from={from}"))
     }
 
+    /// Asks a peer for the ids of the orders in its log from position `from` (order sync:
+    /// see [`OrderPage::ids`]).
+    pub fn pull_ids(&self, base: &str, from: usize) -> Result<OrderPage> {
+        self.http.get(base, &format!("/internal/orders?from={from}&ids=true"))
+    }
+
     /// Hands new orders to a peer (order sync); the peer keeps those it lacks.
     pub fn push(&self, base: &str, orders: &[Order]) -> Result<serde_json::Value> {
         self.http.send(Method::POST, base, "/internal/orders", &orders)

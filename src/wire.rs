@@ -618,6 +618,12 @@ pub struct OrderPage {
     /// server does (see `OrderNode::report_held`).
     #[serde(default)]
     pub held: Option<u64>,
+    /// Asked with `ids=true`: the ids of the orders from position `from` in place of the
+    /// orders (read from the peer's memory, not its file), so that a puller asks for whole
+    /// orders only from the first one it does not hold. A peer that does not know the
+    /// parameter answers whole orders and no ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
 }
 
 /// How far a catalog's data got (`GET /internal/identity`), and which of two catalogs

@@ -252,6 +252,8 @@ fn the_openapi_document_matches_the_store() {
             case("/orders/{order_id}", "GET", &o, "/orders/none-1", false, None, 404),
             case("/internal/orders", "GET", &o, "/internal/orders?from=0", true, None, 200),
             case("/internal/orders", "GET", &o, "/internal/orders?from=x", true, None, 400),
+            case("/internal/orders", "GET", &o, "/internal/orders?from=0&ids=true", true, None, 200),
+            case("/internal/orders", "GET", &o, "/internal/orders?from=0&ids=maybe", true, None, 400),
             case("/internal/orders", "GET", &o, "/internal/orders", false, None, 401),
             case("/internal/orders", "POST", &o, "/internal/orders", true, Some("[]"), 200),
             case("/internal/orders", "POST", &o, "/internal/orders", true, Some("{}"), 400),

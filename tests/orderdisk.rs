@@ -125,6 +125,17 @@ fn a_lost_data_directory_loses_no_acknowledged_order() {
             page["log"].is_string() && page["held"].as_u64() == Some(last_seq)
         });
     }
+    // A page of ids (what a peer pulls first, from memory) names the orders of the page of
+    // whole orders, in the same order, from any position.
+    for from in [0, 7] {
+        let whole = json(&get(&s.order(0), &format!("/internal/orders?from={from}")));
+        let ids = json(&get(&s.order(0), &format!("/internal/orders?from={from}&ids=true")));
+        let of_whole: Vec<&str> =
+            whole["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
+        let listed: Vec<&str> = ids["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+        assert_eq!((listed, &ids["next"], &ids["log"]), (of_whole, &whole["next"], &whole["log"]));
+        assert_eq!(ids["orders"].as_array().map(Vec::len), Some(0), "ids, not orders");
+    }
     s.orders[0].kill9();
     std::fs::remove_dir_all(s.dir.0.join("order-1")).unwrap();
     assert!(ids_on(&s, &s.order(1)).is_superset(&acked), "the other lists every acknowledged order");

@@ -217,6 +217,14 @@ impl Index {
         self.hasher.hash_one(id)
     }
 
+    /// The id of the entry at `pos`.
+    pub(super) fn id(&self, pos: usize) -> String {
+        match self.id_of(&self.entries[pos]) {
+            (prefix, Some(counter)) => format!("{prefix}-{counter}"),
+            (whole, None) => whole.to_string(),
+        }
+    }
+
     pub(super) fn find(&self, order_id: &str) -> Option<u32> {
         self.find_key(ids::split_order_id(order_id))
     }

@@ -753,6 +753,24 @@ impl OrderLog {
         Ok(Pulled { orders: self.read(&reader, opened, &spans)?, next, generation })
     }
 
+    /// The ids of up to `max` orders in append order from position `from` (from memory: no
+    /// file is read), the position after them and the log's generation: what a peer
+    /// compares with what it holds before it asks for whole orders.
+    pub fn pull_ids(&self, from: usize, max: usize) -> (Vec<String>, usize, String) {
+        let inner = self.inner();
+        let index = &inner.index;
+        let from = from.min(index.entries.len());
+        let to = from.saturating_add(max).min(index.entries.len());
+        ((from..to).map(|p| index.id(p)).collect(), to, inner.generation.clone())
+    }
+
+    /// How many of `ids`, from the first, this log holds durably (an order being written
+    /// does not count: it may yet fail to be).
+    pub fn holds_prefix(&self, ids: &[String]) -> usize {
+        let inner = self.inner();
+        ids.iter().take_while(|id| inner.index.find(id).is_some()).count()
+    }
+
     /// Up to `max` orders in append order from position `from`, and the position after them.
     pub fn since(&self, from: usize, max: usize) -> Result<(Vec<Order>, usize)> {
         let pulled = self.pull(from, max)?;

@@ -51,6 +51,8 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders in one page of a pull.
 pub const PAGE: usize = 200;
+/// Most order ids in one page of a pull of ids (about 20 bytes each).
+pub const ID_PAGE: usize = 2000;
 /// Longest wait for a catalog's answer to a readiness probe (`GET /ready`).
 pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the catalogs' readiness is probed (as the front end does its back ends').
@@ -389,15 +391,22 @@ impl OrderNode {
         }
     }
 
-    /// Reads peer `i`'s new orders, page by page.
+    /// Reads peer `i`'s new orders, page by page: their ids first (the peer answers them
+    /// from memory), then whole orders only from the first one this server does not hold.
+    /// Most orders reached this server already, by a push (its own it pushed there, and the
+    /// peer's it was pushed), so most pages need no whole order at all; when every page was
+    /// of whole orders each order crossed twice more than it had to, read back from the
+    /// peer's file, encoded and decoded whole. A peer that answers no ids (older) answers
+    /// whole orders, taken as they come.
     fn pull(&self, i: usize) -> Result<()> {
         let url = &self.config.peers[i];
+        let mut whole = false;
         loop {
             let (from, known) = {
                 let c = self.cursors[i].lock().unwrap_or_else(|e| e.into_inner());
                 (c.next, c.generation.clone())
             };
-            let page: OrderPage = self.peers.pull(url, from)?;
+            let page: OrderPage = if whole { self.peers.pull(url, from)? } else { self.peers.pull_ids(url, from)? };
             if let Some(held) = page.held {
                 self.peer_held[i].store(held, Ordering::SeqCst);
             }
@@ -407,24 +416,32 @@ impl OrderNode {
                 page.log.as_deref(),
             ) {
                 log::warn!("{url}'s order log is of another generation now (restarted, re-opened or rebuilt); pulling it again from the start");
+                whole = false;
                 continue;
             }
-            let (valid, refused): (Vec<Order>, Vec<Order>) =
-                page.orders.iter().cloned().partition(|o| o.check().is_ok());
-            if let Some(o) = refused.first() {
-                let why = o.check().err().unwrap_or_default();
-                log::warn!(
-                    "{url} handed {} orders no order server could have made ({why}); not taking them",
-                    refused.len()
-                );
-            }
-            let added = self.log.add(&valid)?;
-            if added > 0 {
-                self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
-                log::info!("took {added} orders from {url}");
-            }
+            let (taken, most) = match &page.ids {
+                Some(ids) => {
+                    let held = self.log.holds_prefix(ids);
+                    if held < ids.len() {
+                        // Past what is held here, then whole orders from the first one not.
+                        self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
+                            from,
+                            page.log.clone(),
+                            from + held,
+                        );
+                        whole = true;
+                        continue;
+                    }
+                    (ids.len(), ID_PAGE)
+                }
+                None => {
+                    self.take_pulled(url, &page.orders)?;
+                    (page.orders.len(), PAGE)
+                }
+            };
             self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, page.log.clone(), page.next);
-            if page.orders.len() < PAGE || page.next <= from {
+            whole = false;
+            if taken < most || page.next <= from {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if !self.responsive[i].swap(true, Ordering::SeqCst) {
                     log::info!("peer {url} answers again: purchases push to it again");
@@ -432,6 +449,25 @@ impl OrderNode {
                 return Ok(());
             }
         }
+    }
+
+    /// Logs the orders a pull from `url` brought that this server lacks, passing over (and
+    /// reporting) any no order server could have made.
+    fn take_pulled(&self, url: &str, orders: &[Order]) -> Result<()> {
+        let (valid, refused): (Vec<Order>, Vec<Order>) = orders.iter().cloned().partition(|o| o.check().is_ok());
+        if let Some(o) = refused.first() {
+            let why = o.check().err().unwrap_or_default();
+            log::warn!(
+                "{url} handed {} orders no order server could have made ({why}); not taking them",
+                refused.len()
+            );
+        }
+        let added = self.log.add(&valid)?;
+        if added > 0 {
+            self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
+            log::info!("took {added} orders from {url}");
+        }
+        Ok(())
     }
 
     /// Adopts the orders of copies the catalog journaled but no order server logged (its
@@ -773,14 +809,20 @@ impl OrderNode {
                         None => 0,
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
-                    let pulled = self.log.pull(from, PAGE)?;
                     let held = Some(self.reconciled.load(Ordering::SeqCst));
-                    Ok(Response::json(&OrderPage {
-                        orders: pulled.orders,
-                        next: pulled.next,
-                        log: Some(pulled.generation),
-                        held,
-                    }))
+                    let page = match request.query_param("ids")?.as_deref() {
+                        None | Some("false") => {
+                            let pulled = self.log.pull(from, PAGE)?;
+                            let log = Some(pulled.generation);
+                            OrderPage { orders: pulled.orders, next: pulled.next, log, held, ids: None }
+                        }
+                        Some("true") => {
+                            let (ids, next, generation) = self.log.pull_ids(from, ID_PAGE);
+                            OrderPage { orders: Vec::new(), next, log: Some(generation), held, ids: Some(ids) }
+                        }
+                        Some(other) => return Err(Error::BadRequest(format!("ids={other:?} is not true or false"))),
+                    };
+                    Ok(Response::json(&page))
                 }),
                 "/internal/orders",
             ),
