@@ -96,12 +96,27 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
     }
 }
 
-/// A write waiting for the writer thread, and where its answer goes.
+/// A write waiting for the writer thread, and where its answer goes: the request's one
+/// channel (a request's writes share it, each answer tagged with the write's place in the
+/// request, since a request's writes may be answered by more than one batch).
 pub(super) struct Pending {
     pub(super) asked: Asked,
-    pub(super) reply: mpsc::SyncSender<Result<Book>>,
+    pub(super) reply: Reply,
     /// The trace of the request that made the write (its `catalog.write` span), if traced.
     pub(super) trace: Option<crate::trace::Context>,
+}
+
+/// Where a write's answer goes: its request's channel and its place in the request.
+pub(super) struct Reply {
+    pub(super) to: mpsc::SyncSender<(usize, Result<Book>)>,
+    pub(super) place: usize,
+}
+
+impl Reply {
+    /// Answers the write (a request that stopped waiting is no harm).
+    pub(super) fn send(self, answer: Result<Book>) {
+        let _ = self.to.send((self.place, answer));
+    }
 }
 
 /// The log as `/health` and `/metrics` show it, published by the writer lock's guard each

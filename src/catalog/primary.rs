@@ -11,7 +11,7 @@
 use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
-use super::node::{CatalogNode, Pending, ReplicaLink, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
+use super::node::{CatalogNode, Pending, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
 use super::store::Ledger;
@@ -204,24 +204,40 @@ impl CatalogNode {
             };
             return writes.iter().map(|_| Err(each())).collect();
         }
-        // Each write's span lives until it is answered; the writer thread records the batch
-        // in the trace of its first traced write and links every write to it.
-        let (answers, _spans): (Vec<_>, Vec<_>) = writes
-            .into_iter()
-            .map(|asked| {
-                let (reply, answer) = mpsc::sync_channel(1);
-                let mut span = crate::trace::span("catalog.write");
-                span.attr("book", asked.id);
-                if let Some((order_id, _)) = &asked.order {
-                    span.attr("order", order_id.as_str());
-                }
-                let trace = span.context();
-                (self.writes.send(Pending { asked, reply, trace }).map(|()| answer).map_err(|_| stopping()), span)
-            })
-            .unzip();
+        // The request's span lives until its writes are answered (one span for all of them:
+        // they are of one trace, the request's); the writer thread records each batch in the
+        // trace of its first traced write and links each request's writes to it.
+        let mut span = crate::trace::span("catalog.write");
+        span.attr("writes", writes.len());
+        if let [one] = &writes[..] {
+            span.attr("book", one.id);
+            if let Some((order_id, _)) = &one.order {
+                span.attr("order", order_id.as_str());
+            }
+        }
+        let trace = span.context();
+        let n = writes.len();
+        let (to, answers) = mpsc::sync_channel(n);
+        let mut out: Vec<Result<Book>> = Vec::with_capacity(n);
+        let mut queued = 0;
+        for (place, asked) in writes.into_iter().enumerate() {
+            let reply = Reply { to: to.clone(), place };
+            match self.writes.send(Pending { asked, reply, trace: trace.clone() }) {
+                Ok(()) => queued += 1,
+                Err(_) => break,
+            }
+        }
+        drop(to);
+        out.resize_with(n, || Err(stopping()));
         // The serving thread now waits for the group commit.
         crate::http::blocking();
-        answers.into_iter().map(|a| a.and_then(|a| a.recv().map_err(|_| stopping())?)).collect()
+        for _ in 0..queued {
+            match answers.recv() {
+                Ok((place, answer)) => out[place] = answer,
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them
@@ -265,7 +281,7 @@ impl CatalogNode {
         if let Err(e) = self.may_acknowledge().and_then(|()| self.cache_flushed()) {
             // With etcd: no longer (or not yet) the primary; nothing is decided.
             for p in batch {
-                let _ = p.reply.send(Err(Error::Lead(e.clone())));
+                p.reply.send(Err(Error::Lead(e.clone())));
             }
             return;
         }
@@ -398,19 +414,28 @@ impl CatalogNode {
         let batch_ctx = batch_span.context();
         drop(batch_span);
         if let Some(batch) = batch_ctx {
-            let link = format!("{}/{}", batch.trace_id, batch.span_id);
+            // One link per request (its writes share its span), failed if any of its
+            // writes in this batch was refused.
+            let mut requests: Vec<(&crate::trace::Context, bool)> = Vec::new();
             for (ctx, (_, answer)) in links.iter().zip(&answers) {
                 let Some(ctx) = ctx else { continue };
+                match requests.iter_mut().find(|(c, _)| c.span_id == ctx.span_id) {
+                    Some((_, failed)) => *failed |= answer.is_err(),
+                    None => requests.push((ctx, answer.is_err())),
+                }
+            }
+            let link = format!("{}/{}", batch.trace_id, batch.span_id);
+            for (ctx, failed) in requests {
                 let attributes = vec![
                     ("batch", crate::trace::Value::from(link.as_str())),
                     ("batch.writes", links.len().into()),
                     ("epoch", epoch.into()),
                 ];
-                crate::trace::record_past(ctx, "catalog.batched", since.0, since.1, answer.is_err(), attributes);
+                crate::trace::record_past(ctx, "catalog.batched", since.0, since.1, failed, attributes);
             }
         }
         for (reply, answer) in answers {
-            let _ = reply.send(answer);
+            reply.send(answer);
         }
     }
 
