@@ -321,6 +321,12 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/purchases?after={after}"))
     }
 
+    /// The writes and order ids of the purchases journaled after write `after` (see
+    /// [`PurchasePage::ids`]); a replica forwards it to the primary.
+    pub fn purchase_ids(&self, base: &str, after: u64) -> Result<PurchasePage> {
+        self.http.get(base, &format!("/internal/purchases?after={after}&ids=true"))
+    }
+
     /// The purchases journaled after write `after` in this catalog's own journal, whatever
     /// its role (a whole copy takes them with the books).
     pub fn journal(&self, base: &str, after: u64) -> Result<PurchasePage> {

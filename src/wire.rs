@@ -281,6 +281,20 @@ pub struct PurchasePage {
     /// Whether more purchases follow this page.
     #[serde(default)]
     pub more: bool,
+    /// Asked with `ids=true`: each purchase's write and order id in place of the purchases,
+    /// so that an order server asks for whole purchases only from the first order it does
+    /// not hold. A catalog that does not know the parameter answers whole purchases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<JournalId>>,
+}
+
+/// A journaled purchase named by its write and its order id (`GET /internal/purchases?ids=true`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalId {
+    /// The write that took the copy.
+    pub seq: u64,
+    /// The order it was taken for.
+    pub order_id: String,
 }
 
 /// An order as the order servers log, replicate and answer it.

@@ -125,6 +125,25 @@ fn a_lost_data_directory_loses_no_acknowledged_order() {
             page["log"].is_string() && page["held"].as_u64() == Some(last_seq)
         });
     }
+    // A page of the journal's ids (what an order server reads first) names the purchases of
+    // the page of whole ones, in the same order, from any write.
+    for after in [0, last_seq - 5] {
+        let whole = json(&get(&s.primary(), &format!("/internal/purchases?after={after}")));
+        let ids = json(&get(&s.replica(), &format!("/internal/purchases?after={after}&ids=true")));
+        let of_whole: Vec<(u64, &str)> = whole["purchases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["seq"].as_u64().unwrap(), p["order"]["order_id"].as_str().unwrap()))
+            .collect();
+        let listed: Vec<(u64, &str)> = ids["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["seq"].as_u64().unwrap(), p["order_id"].as_str().unwrap()))
+            .collect();
+        assert_eq!((listed, &ids["more"]), (of_whole, &whole["more"]), "the replica forwards it to the primary");
+    }
     // A page of ids (what a peer pulls first, from memory) names the orders of the page of
     // whole orders, in the same order, from any position.
     for from in [0, 7] {

@@ -656,11 +656,22 @@ impl CatalogNode {
             }
             return self.forward_to(request);
         }
+        let ids = match request.query_param("ids")?.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(Error::BadRequest(format!("ids={other:?} is not true or false"))),
+        };
         let mut store = self.lock_writer();
         store.recent.journal.release(held);
-        let (purchases, more) = store.recent.journal.after(after, PURCHASES_PAGE);
+        let page = if ids {
+            let (ids, more) = store.recent.journal.ids_after(after, PURCHASES_PAGE);
+            PurchasePage { purchases: Vec::new(), more, ids: Some(ids) }
+        } else {
+            let (purchases, more) = store.recent.journal.after(after, PURCHASES_PAGE);
+            PurchasePage { purchases, more, ids: None }
+        };
         drop(store);
-        Ok(Response::json(&PurchasePage { purchases, more }))
+        Ok(Response::json(&page))
     }
 
     /// Answers one request.

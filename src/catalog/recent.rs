@@ -11,7 +11,7 @@
 //! it knows even when it keeps no write (after a checkpoint or a copy), so that a catch-up
 //! can compare (seq, epoch) at any point it serves.
 
-use crate::wire::{Purchase, Replicate};
+use crate::wire::{JournalId, Purchase, Replicate};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -134,8 +134,18 @@ impl Journal {
 
     /// Up to `max` purchases made after write `after`, and whether more follow.
     pub fn after(&self, after: u64, max: usize) -> (Vec<Purchase>, bool) {
+        self.page(after, max, Purchase::clone)
+    }
+
+    /// The writes and order ids of up to `max` purchases made after write `after`, and
+    /// whether more follow.
+    pub fn ids_after(&self, after: u64, max: usize) -> (Vec<JournalId>, bool) {
+        self.page(after, max, |p| JournalId { seq: p.seq, order_id: p.order.order_id.clone() })
+    }
+
+    fn page<T>(&self, after: u64, max: usize, each: impl Fn(&Purchase) -> T) -> (Vec<T>, bool) {
         let start = self.records.partition_point(|p| p.seq <= after);
-        let page: Vec<Purchase> = self.records.iter().skip(start).take(max).cloned().collect();
+        let page: Vec<T> = self.records.range(start..).take(max).map(each).collect();
         let more = self.records.len() - start > page.len();
         (page, more)
     }

@@ -766,9 +766,9 @@ impl OrderLog {
 
     /// How many of `ids`, from the first, this log holds durably (an order being written
     /// does not count: it may yet fail to be).
-    pub fn holds_prefix(&self, ids: &[String]) -> usize {
+    pub fn holds_prefix<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> usize {
         let inner = self.inner();
-        ids.iter().take_while(|id| inner.index.find(id).is_some()).count()
+        ids.into_iter().take_while(|id| inner.index.find(id).is_some()).count()
     }
 
     /// Up to `max` orders in append order from position `from`, and the position after them.

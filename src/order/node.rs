@@ -421,7 +421,7 @@ impl OrderNode {
             }
             let (taken, most) = match &page.ids {
                 Some(ids) => {
-                    let held = self.log.holds_prefix(ids);
+                    let held = self.log.holds_prefix(ids.iter().map(String::as_str));
                     if held < ids.len() {
                         // Past what is held here, then whole orders from the first one not.
                         self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
@@ -477,45 +477,33 @@ impl OrderNode {
     /// orders to the servers' shape) is never adopted: it is reported once and passed over,
     /// so it holds up no later one. `missing` remembers since when each order has been
     /// missing (or that it was reported).
+    ///
+    /// The journal is read by order ids first: the purchases whose orders are here (nearly
+    /// all: each server logs its own and is pushed its peers') are passed over without
+    /// their whole records, which are asked for only from the first order not here.
     fn reconcile(&self, missing: &mut HashMap<String, Instant>) -> Result<()> {
         loop {
             let after = self.reconciled.load(Ordering::SeqCst);
-            let page = self.journal_after(after)?;
-            let (mut cursor, mut waiting) = (after, false);
-            for p in &page.purchases {
-                let known = self.log.contains(&p.order.order_id);
-                if !known {
-                    if let Err(why) = p.order.check() {
-                        if missing.insert(p.order.order_id.clone(), Instant::now()).is_none() {
-                            log::warn!(
-                                "the catalog's journal holds a copy of book {} taken for an order no order server could have made ({why}); not adopting it",
-                                p.order.id
-                            );
-                        }
-                        if !waiting {
-                            cursor = p.seq;
+            let page = self.journal_after(after, true)?;
+            let page = match &page.ids {
+                Some(ids) => {
+                    let held = self.log.holds_prefix(ids.iter().map(|p| p.order_id.as_str()));
+                    if !missing.is_empty() {
+                        ids[..held].iter().for_each(|p| _ = missing.remove(&p.order_id));
+                    }
+                    let cursor = held.checked_sub(1).map_or(after, |last| ids[last].seq);
+                    self.reconciled.store(cursor, Ordering::SeqCst);
+                    if held == ids.len() {
+                        if !page.more {
+                            return Ok(());
                         }
                         continue;
                     }
-                    let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
-                    if since.elapsed() < GRACE {
-                        waiting = true;
-                        continue;
-                    }
-                    log::warn!(
-                        "order {} took a copy of book {} but was never logged; adopting it",
-                        p.order.order_id,
-                        p.order.id
-                    );
-                    self.log.add(std::slice::from_ref(&p.order))?;
-                    self.counters.reconciled.fetch_add(1, Ordering::Relaxed);
-                    self.share(&p.order);
+                    self.journal_after(cursor, false)?
                 }
-                missing.remove(&p.order.order_id);
-                if !waiting {
-                    cursor = p.seq;
-                }
-            }
+                None => page,
+            };
+            let (cursor, waiting) = self.reconcile_page(&page, missing)?;
             self.reconciled.store(cursor, Ordering::SeqCst);
             if waiting || !page.more {
                 return Ok(());
@@ -523,9 +511,59 @@ impl OrderNode {
         }
     }
 
-    /// The catalog's purchase journal after write `after`, from the first catalog that answers.
-    fn journal_after(&self, after: u64) -> Result<crate::wire::PurchasePage> {
-        let journal = |url: &str| self.catalog.purchases(url, after);
+    /// Goes through a page of whole journaled purchases: adopts the orders missing for
+    /// [`GRACE`], and returns how far every order is here (or adopted, or passed over) and
+    /// whether one is still awaited.
+    fn reconcile_page(
+        &self,
+        page: &crate::wire::PurchasePage,
+        missing: &mut HashMap<String, Instant>,
+    ) -> Result<(u64, bool)> {
+        let (mut cursor, mut waiting) = (self.reconciled.load(Ordering::SeqCst), false);
+        for p in &page.purchases {
+            let known = self.log.contains(&p.order.order_id);
+            if !known {
+                if let Err(why) = p.order.check() {
+                    if missing.insert(p.order.order_id.clone(), Instant::now()).is_none() {
+                        log::warn!(
+                            "the catalog's journal holds a copy of book {} taken for an order no order server could have made ({why}); not adopting it",
+                            p.order.id
+                        );
+                    }
+                    if !waiting {
+                        cursor = p.seq;
+                    }
+                    continue;
+                }
+                let since = *missing.entry(p.order.order_id.clone()).or_insert_with(Instant::now);
+                if since.elapsed() < GRACE {
+                    waiting = true;
+                    continue;
+                }
+                log::warn!(
+                    "order {} took a copy of book {} but was never logged; adopting it",
+                    p.order.order_id,
+                    p.order.id
+                );
+                self.log.add(std::slice::from_ref(&p.order))?;
+                self.counters.reconciled.fetch_add(1, Ordering::Relaxed);
+                self.share(&p.order);
+            }
+            missing.remove(&p.order.order_id);
+            if !waiting {
+                cursor = p.seq;
+            }
+        }
+        Ok((cursor, waiting))
+    }
+
+    /// The catalog's purchase journal after write `after` (with `ids`, its writes and order
+    /// ids only), from the first catalog that answers.
+    fn journal_after(&self, after: u64, ids: bool) -> Result<crate::wire::PurchasePage> {
+        let journal = |url: &str| match ids {
+            true => self.catalog.purchase_ids(url, after),
+            false => self.catalog.purchases(url, after),
+        };
         match self.catalogs.try_each(Call::Read, journal, PeerError::failure) {
             Ok((page, _)) => Ok(page),
             Err(Failed::Exhausted { error, .. } | Failed::Stopped { error, .. }) => Err(error.into()),
