@@ -140,6 +140,10 @@ impl Batch {
     /// panics: the writer's order is what the store's guarantees rest on.
     pub fn next(&mut self, done: Done) -> Do {
         let (stage, step) = match (std::mem::replace(&mut self.stage, Stage::Over), done) {
+            #[cfg(test)]
+            (Stage::Appending, Done::Appended(false)) if super::planted::on(super::planted::Planted::AckUnlogged) => {
+                (Stage::Pushing(Round::Batch), Do::FenceAndPush)
+            }
             (Stage::Appending, Done::Appended(false)) => (Stage::Over, Do::Refuse),
             (Stage::Appending, Done::Appended(true)) => (Stage::Pushing(Round::Batch), Do::FenceAndPush),
             (Stage::Pushing(round), Done::Pushed { lost_until, now }) => {

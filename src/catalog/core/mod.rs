@@ -58,6 +58,9 @@ pub(crate) mod planted {
         /// The near caches' fence is not awaited before the batch is shown and answered: it
         /// takes effect after the commit instead of before it (`batch::Batch::next`).
         FenceAfterCommit,
+        /// A batch whose append failed goes on as if it had been logged: pushed, shown and
+        /// acknowledged, on no disk of the primary's (`batch::Batch::next`).
+        AckUnlogged,
     }
 
     thread_local! {

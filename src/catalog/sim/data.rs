@@ -13,7 +13,8 @@
 //! says, and holds its lease as `catalog::lease::ReplicaLease`. A front end serves from
 //! `frontend::near::NearCache`. The simulator plays the shells around them, as `primary.rs`,
 //! `replica.rs`, `node.rs` and the front end's `watch.rs` do: messages, timers, the disk
-//! (an append is durable at once: disk faults are not simulated here), restarts.
+//! (an append is durable at once, or refused whole while the process's disk fails),
+//! restarts.
 //!
 //! Simplified against the shells: a replica a few writes behind is treated as having
 //! missed the batch (the real primary sends it the tail first); a primary brings an
@@ -35,7 +36,11 @@
 //! - **Faults** in the first 8 s (swarm: each seed turns each kind on or off, then draws a
 //!   few): pauses (events wait, clocks run), crashes and restarts of any process (a replica
 //!   and the primary keep their logs), cuts between the primary and a replica or a front
-//!   end, loss, spikes, drift. Then everything heals, clients stop at 10 s, and the run ends
+//!   end, loss, spikes, drift; and, drawn apart (so the rest of a seed's faults stay as
+//!   they were), spells in which a catalog's disk refuses every append: the primary
+//!   answers the batch it cannot log with the cause (the checker holds each such write to
+//!   have changed nothing: it leaves the history), a replica answers the push it cannot log with an error (a
+//!   miss, as the primary counts one). Then everything heals, clients stop at 10 s, and the run ends
 //!   at 14 s.
 //! - **Clients** (6, two of which only read): one operation at a time on 3 books: reads
 //!   through any catalog or front end, price, stock and stock-delta updates and purchases
@@ -53,7 +58,7 @@
 //!
 //! # Seed, trace, replay
 //! `BAZAR_SIM_SEED=N` runs seed `N` and prints its trace (`BAZAR_SIM_PLANTED=` one of
-//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit` replays a planted bug's run);
+//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit`, `AckUnlogged` replays a planted bug's run);
 //! `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 200) from `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib catalog::sim -- --nocapture` prints the runs per second.
 
@@ -121,6 +126,9 @@ enum Res {
     Book(Book, u64),
     /// The write was refused by the catalog's rules and changed nothing.
     Refused,
+    /// The write was not made, whatever the rules say (its batch could not be logged): it
+    /// changed nothing.
+    Failed,
     /// The read was not answered (no lease, catching up...).
     Unavailable,
 }
@@ -195,8 +203,14 @@ enum Fault {
     Pause(usize, u64),
     Crash(usize),
     Restart(usize),
-    Cut { from: usize, to: usize, on: bool },
+    Cut {
+        from: usize,
+        to: usize,
+        on: bool,
+    },
     Spikes(bool),
+    /// Process `n`'s disk takes no append (full, failing) while on.
+    Disk(usize, bool),
     Heal,
 }
 
@@ -302,6 +316,8 @@ struct Node {
     paused_until: u64,
     /// A replica's and the primary's log, kept across crashes.
     log: Vec<Replicate>,
+    /// Its disk takes no append now (a [`Fault::Disk`]).
+    disk_fails: bool,
     /// The primary's record that a run of it granted near-cache leases, kept across crashes.
     near_record: bool,
     proc: Proc,
@@ -332,6 +348,8 @@ struct Swarm {
     loss: f64,
     /// How often a message is delivered twice.
     dup: f64,
+    /// Whether catalogs' disks refuse appends for a while.
+    disks: bool,
 }
 
 /// What a run did.
@@ -352,6 +370,9 @@ pub(crate) struct Tally {
     pub waits: u64,
     pub versions: u64,
     pub near_hits: u64,
+    /// Batches the primary's disk refused, and pushes a replica's disk refused.
+    pub refused_batches: u64,
+    pub refused_pushes: u64,
 }
 
 struct World {
@@ -487,9 +508,13 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         drift: rng.chance(0.5),
         loss: if rng.chance(0.5) { rng.range(1, 30) as f64 / 1000.0 } else { 0.0 },
         dup: 0.0,
+        disks: false,
     };
     let mut dups = Rng(seed ^ 0x0d0b_1e5e_ed00);
     let swarm = Swarm { dup: if dups.chance(0.5) { dups.range(5, 50) as f64 / 1000.0 } else { 0.0 }, ..swarm };
+    // Drawn apart, as the duplicates are, so that the other faults of a seed stay as they were.
+    let mut disks = Rng(seed ^ 0xd15c_fa11_ed00);
+    let swarm = Swarm { disks: disks.chance(0.4), ..swarm };
     let mut nodes = Vec::new();
     for n in 0..1 + REPLICAS.len() + swarm.fronts {
         let rate = if swarm.drift { rng.range(970_000, 1_030_000) } else { 1_000_000 };
@@ -506,6 +531,7 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
             started: 0,
             paused_until: 0,
             log: Vec::new(),
+            disk_fails: false,
             near_record: false,
             proc,
         });
@@ -535,7 +561,12 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
     };
     w.line(None, || format!("seed {seed}, planted {planted:?}, {swarm:?}"));
     match script {
-        None => w.draw_faults(&swarm),
+        None => {
+            w.draw_faults(&swarm);
+            if swarm.disks {
+                w.draw_disk_faults(&mut disks);
+            }
+        }
         Some(faults) => {
             w.loss = 0.0;
             w.dup = 0.0;
@@ -692,6 +723,19 @@ impl World {
         }
     }
 
+    /// A few spells in which a catalog's disk takes no append (full or failing), from
+    /// `rng` (apart from the world's draws): the primary refuses the batches it cannot log,
+    /// a replica the pushes it cannot.
+    fn draw_disk_faults(&mut self, rng: &mut Rng) {
+        for _ in 0..rng.range(1, 3) {
+            let n = if rng.chance(0.5) { PRIMARY } else { REPLICAS[rng.range(0, REPLICAS.len() as u64 - 1) as usize] };
+            let at = rng.range(200_000, FAULTS_US - 2_000_000);
+            let end = at + rng.range(50_000, 1_500_000);
+            self.schedule(at, Ev::Fault(Fault::Disk(n, true)));
+            self.schedule(end, Ev::Fault(Fault::Disk(n, false)));
+        }
+    }
+
     /// Starts (or restarts) process `n` over what its disk holds.
     fn start(&mut self, n: usize) {
         let node = &mut self.nodes[n];
@@ -789,6 +833,7 @@ impl World {
                 self.cut.remove(&(from, to));
             }
             Fault::Spikes(on) => self.spikes = on,
+            Fault::Disk(n, on) => self.nodes[n].disk_fails = on,
             Fault::Heal => {
                 self.healed = true;
                 self.cut.clear();
@@ -890,6 +935,13 @@ impl World {
                 self.ops[op].resp = Some(self.t);
             }
             Res::Unavailable if read => {
+                self.dropped.insert(op);
+            }
+            // As a refusal: an earlier try of the purchase may still take the copy.
+            Res::Failed if self.clients[c].purchase.as_ref().is_some_and(|(_, t)| *t < PURCHASE_RETRIES) => {}
+            // Not made: out of the history, so that an effect of it would be one of no
+            // operation, which the checker finds.
+            Res::Failed => {
                 self.dropped.insert(op);
             }
             // A write not answered: its outcome stays unknown.
@@ -1135,6 +1187,11 @@ impl World {
     fn perform(&mut self, step: Do) {
         self.line(Some(PRIMARY), || format!("batch does {step:?}"));
         match step {
+            Do::Append if self.nodes[PRIMARY].disk_fails => {
+                // The store cuts what it wrote: nothing of the batch is kept.
+                self.tally.refused_batches += 1;
+                self.batch_done(Done::Appended(false));
+            }
             Do::Append => {
                 let writes = self.in_batch().writes.clone();
                 self.nodes[PRIMARY].log.extend(writes.iter().cloned());
@@ -1180,7 +1237,18 @@ impl World {
                 }
                 self.try_batch();
             }
-            Do::Refuse => panic!("the simulated disk does not fail"),
+            Do::Refuse => {
+                // Every write of the batch is answered with the cause (503): none was made,
+                // refusals too (decided over writes that were not). The checker holds the
+                // store to it: each is a write that changed nothing.
+                let Busy::Batch(batch) = std::mem::replace(&mut self.primary().busy, Busy::Idle) else {
+                    unreachable!("a batch is under way")
+                };
+                for (who, tag, _) in batch.answers {
+                    self.answer(PRIMARY, who, tag, Res::Failed);
+                }
+                self.try_batch();
+            }
         }
     }
 
@@ -1300,6 +1368,12 @@ impl World {
             Msg::Push { round, writes, committed } => {
                 let at = self.position(n);
                 let Ok(took) = take(at, 0, committed, writes) else { return };
+                if self.nodes[n].disk_fails && !took.log.is_empty() {
+                    // Its disk takes nothing: it answers the push with the cause (a 503),
+                    // which the primary counts as a miss, as it counts no answer.
+                    self.tally.refused_pushes += 1;
+                    return;
+                }
                 let logged = took.log;
                 let show = took.show_upto;
                 for w in &logged {
@@ -1468,7 +1542,8 @@ impl World {
 /// Seeds run by default (`cargo test`).
 const DEFAULT_SEEDS: u64 = 200;
 /// The bugs this simulator plants.
-const PLANTS: [Planted; 3] = [Planted::AckBeforeLogged, Planted::ReadWithoutLease, Planted::FenceAfterCommit];
+const PLANTS: [Planted; 4] =
+    [Planted::AckBeforeLogged, Planted::ReadWithoutLease, Planted::FenceAfterCommit, Planted::AckUnlogged];
 
 /// Every seed of `BAZAR_SIM_FIRST..BAZAR_SIM_FIRST + BAZAR_SIM_SEEDS` (0 and 200 by
 /// default; CI runs 10,000 from a random first) passes every check; or, with
@@ -1493,6 +1568,8 @@ fn every_run_passes_its_checks() {
         tally.waits += outcome.tally.waits;
         tally.versions += outcome.tally.versions;
         tally.near_hits += outcome.tally.near_hits;
+        tally.refused_batches += outcome.tally.refused_batches;
+        tally.refused_pushes += outcome.tally.refused_pushes;
         if let Some(why) = outcome.failure {
             println!("seed {seed}: {why}");
             failed.push(seed);
@@ -1501,7 +1578,8 @@ fn every_run_passes_its_checks() {
     let took = started.elapsed().as_secs_f64();
     println!(
         "{seeds} runs (seeds {first}..{}) in {took:.2}s on {} threads: {:.0} runs/s, {:.0} events/s; {:.0} operations \
-         and {:.0} acknowledged writes a run; in all {} lease waits, {} version queries, {} near-cache hits",
+         and {:.0} acknowledged writes a run; in all {} lease waits, {} version queries, {} near-cache hits, \
+         {} batches and {} pushes a full disk refused",
         first + seeds,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         seeds as f64 / took,
@@ -1510,7 +1588,9 @@ fn every_run_passes_its_checks() {
         acked as f64 / seeds as f64,
         tally.waits,
         tally.versions,
-        tally.near_hits
+        tally.near_hits,
+        tally.refused_batches,
+        tally.refused_pushes
     );
     fail_on(&failed, seeds, "catalog::sim::data::every_run");
 }
