@@ -84,7 +84,7 @@ pub(super) struct Entry {
 }
 
 /// A set of positions in [`Index::entries`] found by id: open addressing with linear
-/// probing, at most 3/4 full. A slot is 4 bytes because the keys are the entries' ids;
+/// probing, at most 3/4 full. A slot is 4 bytes (and its tag 1) because the keys are the entries' ids;
 /// orders are never removed, so there are no tombstones.
 ///
 /// Beside each slot a one-byte tag holds 7 bits of its id's hash (high bit set; 0 is an

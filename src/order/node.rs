@@ -51,8 +51,9 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders in one page of a pull.
 pub const PAGE: usize = 200;
-/// Most order ids in one page of a pull of ids (about 20 bytes each).
-pub const ID_PAGE: usize = 2000;
+/// Most order ids in one page of a pull of ids (about 20 bytes each; the page is made under the
+/// log's lock, about 70 µs for 1,000).
+pub const ID_PAGE: usize = 1000;
 /// Longest wait for a catalog's answer to a readiness probe (`GET /ready`).
 pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the catalogs' readiness is probed (as the front end does its back ends').
@@ -185,6 +186,9 @@ struct PeerCursor {
     generation: Option<String>,
     /// The position in that log read so far.
     next: usize,
+    /// How often a recovery of this server's file sent the cursor back to 0: a page read
+    /// before a reset never moves the cursor after it (a pull that began at 0 too).
+    resets: u64,
 }
 
 impl PeerCursor {
@@ -198,7 +202,7 @@ impl PeerCursor {
         match (known, now) {
             (Some(known), Some(now)) if known != now && from > 0 => {
                 if self.next == from {
-                    *self = PeerCursor { generation: Some(now.to_string()), next: 0 };
+                    (self.generation, self.next) = (Some(now.to_string()), 0);
                 }
                 false
             }
@@ -207,10 +211,10 @@ impl PeerCursor {
     }
 
     /// Moves past a page read from `from` (in generation `log`) to `next`, unless the
-    /// cursor was moved meanwhile (sent back to 0 by a recovery of this server's file,
-    /// which must not be undone).
-    fn advance(&mut self, from: usize, log: Option<String>, next: usize) {
-        if self.next == from {
+    /// cursor was moved meanwhile or reset since the page was asked for (`resets` then: a
+    /// recovery of this server's file sent it back to 0, which must not be undone).
+    fn advance(&mut self, from: usize, resets: u64, log: Option<String>, next: usize) {
+        if self.next == from && self.resets == resets {
             self.next = next;
             if log.is_some() {
                 self.generation = log;
@@ -247,6 +251,9 @@ pub struct OrderNode {
     responsive: Vec<AtomicBool>,
     /// The catalog write up to which every journaled purchase has its order here.
     reconciled: AtomicU64,
+    /// How often a recovery sent `reconciled` back to 0: a reconciliation that began before
+    /// one puts it back to 0 after its own store, rather than undo it.
+    reconcile_resets: AtomicU64,
     /// The catalog the readiness probe last found to be the primary (its index in
     /// `catalogs` plus one; 0: none known): batches of purchases go to it first.
     primary: AtomicUsize,
@@ -283,6 +290,7 @@ impl OrderNode {
             pulled_at: config.peers.iter().map(|_| Mutex::new(None)).collect(),
             responsive: config.peers.iter().map(|_| AtomicBool::new(true)).collect(),
             reconciled: AtomicU64::new(0),
+            reconcile_resets: AtomicU64::new(0),
             primary: AtomicUsize::new(0),
             takes: Group::new(PurchaseBatch::MOST, TAKE_FLIGHTS),
             shares: Group::new(PUSH_MOST, PUSH_FLIGHTS),
@@ -366,8 +374,11 @@ impl OrderNode {
     fn take_everything_again(&self) {
         log::warn!("pulling every peer's orders again from the start and reading the catalog's purchase journal again");
         for c in &self.cursors {
-            c.lock().unwrap_or_else(|e| e.into_inner()).next = 0;
+            let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+            c.next = 0;
+            c.resets += 1;
         }
+        self.reconcile_resets.fetch_add(1, Ordering::SeqCst);
         self.reconciled.store(0, Ordering::SeqCst);
     }
 
@@ -402,9 +413,9 @@ impl OrderNode {
         let url = &self.config.peers[i];
         let mut whole = false;
         loop {
-            let (from, known) = {
+            let (from, known, resets) = {
                 let c = self.cursors[i].lock().unwrap_or_else(|e| e.into_inner());
-                (c.next, c.generation.clone())
+                (c.next, c.generation.clone(), c.resets)
             };
             let page: OrderPage = if whole { self.peers.pull(url, from)? } else { self.peers.pull_ids(url, from)? };
             if let Some(held) = page.held {
@@ -426,6 +437,7 @@ impl OrderNode {
                         // Past what is held here, then whole orders from the first one not.
                         self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
                             from,
+                            resets,
                             page.log.clone(),
                             from + held,
                         );
@@ -435,12 +447,21 @@ impl OrderNode {
                     (ids.len(), ID_PAGE)
                 }
                 None => {
-                    self.take_pulled(url, &page.orders)?;
+                    // A page that brought new orders is likely followed by more (a server
+                    // catching up after an outage): whole pages go on until one brings none.
+                    whole = self.take_pulled(url, &page.orders)? > 0;
                     (page.orders.len(), PAGE)
                 }
             };
-            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, page.log.clone(), page.next);
-            whole = false;
+            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
+                from,
+                resets,
+                page.log.clone(),
+                page.next,
+            );
+            if page.ids.is_some() {
+                whole = false;
+            }
             if taken < most || page.next <= from {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if !self.responsive[i].swap(true, Ordering::SeqCst) {
@@ -452,8 +473,8 @@ impl OrderNode {
     }
 
     /// Logs the orders a pull from `url` brought that this server lacks, passing over (and
-    /// reporting) any no order server could have made.
-    fn take_pulled(&self, url: &str, orders: &[Order]) -> Result<()> {
+    /// reporting) any no order server could have made; returns how many it logged.
+    fn take_pulled(&self, url: &str, orders: &[Order]) -> Result<usize> {
         let (valid, refused): (Vec<Order>, Vec<Order>) = orders.iter().cloned().partition(|o| o.check().is_ok());
         if let Some(o) = refused.first() {
             let why = o.check().err().unwrap_or_default();
@@ -467,7 +488,7 @@ impl OrderNode {
             self.counters.pulled.fetch_add(added as u64, Ordering::Relaxed);
             log::info!("took {added} orders from {url}");
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Adopts the orders of copies the catalog journaled but no order server logged (its
@@ -482,44 +503,58 @@ impl OrderNode {
     /// all: each server logs its own and is pushed its peers') are passed over without
     /// their whole records, which are asked for only from the first order not here.
     fn reconcile(&self, missing: &mut HashMap<String, Instant>) -> Result<()> {
+        let resets = self.reconcile_resets.load(Ordering::SeqCst);
         loop {
             let after = self.reconciled.load(Ordering::SeqCst);
             let page = self.journal_after(after, true)?;
-            let page = match &page.ids {
+            let (page, from) = match &page.ids {
                 Some(ids) => {
                     let held = self.log.holds_prefix(ids.iter().map(|p| p.order_id.as_str()));
                     if !missing.is_empty() {
                         ids[..held].iter().for_each(|p| _ = missing.remove(&p.order_id));
                     }
                     let cursor = held.checked_sub(1).map_or(after, |last| ids[last].seq);
-                    self.reconciled.store(cursor, Ordering::SeqCst);
+                    if !self.move_reconciled(after, cursor, resets) {
+                        return Ok(());
+                    }
                     if held == ids.len() {
                         if !page.more {
                             return Ok(());
                         }
                         continue;
                     }
-                    self.journal_after(cursor, false)?
+                    (self.journal_after(cursor, false)?, cursor)
                 }
-                None => page,
+                None => (page, after),
             };
-            let (cursor, waiting) = self.reconcile_page(&page, missing)?;
-            self.reconciled.store(cursor, Ordering::SeqCst);
-            if waiting || !page.more {
+            let (cursor, waiting) = self.reconcile_page(&page, from, missing)?;
+            if !self.move_reconciled(from, cursor, resets) || waiting || !page.more {
                 return Ok(());
             }
         }
     }
 
-    /// Goes through a page of whole journaled purchases: adopts the orders missing for
+    /// Moves the reconciliation mark from `from` to `to`, unless a recovery reset it since
+    /// the reconciliation began (`resets` then): false, and the mark is (back) at 0.
+    fn move_reconciled(&self, from: u64, to: u64, resets: u64) -> bool {
+        let moved = self.reconciled.compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if self.reconcile_resets.load(Ordering::SeqCst) != resets {
+            self.reconciled.store(0, Ordering::SeqCst);
+            return false;
+        }
+        moved
+    }
+
+    /// Goes through a page of whole journaled purchases read after write `from`: adopts the orders missing for
     /// [`GRACE`], and returns how far every order is here (or adopted, or passed over) and
     /// whether one is still awaited.
     fn reconcile_page(
         &self,
         page: &crate::wire::PurchasePage,
+        from: u64,
         missing: &mut HashMap<String, Instant>,
     ) -> Result<(u64, bool)> {
-        let (mut cursor, mut waiting) = (self.reconciled.load(Ordering::SeqCst), false);
+        let (mut cursor, mut waiting) = (from, false);
         for p in &page.purchases {
             let known = self.log.contains(&p.order.order_id);
             if !known {
@@ -1045,7 +1080,7 @@ mod tests {
     use super::PeerCursor;
 
     fn at(generation: Option<&str>, next: usize) -> PeerCursor {
-        PeerCursor { generation: generation.map(str::to_string), next }
+        PeerCursor { generation: generation.map(str::to_string), next, resets: 0 }
     }
 
     /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
@@ -1069,10 +1104,16 @@ mod tests {
             assert_eq!(cursor, after);
         }
         let mut cursor = at(None, 0);
-        cursor.advance(0, Some("a".into()), 200);
+        cursor.advance(0, 0, Some("a".into()), 200);
         assert_eq!(cursor, at(Some("a"), 200));
         cursor.next = 0;
-        cursor.advance(200, Some("a".into()), 400);
+        cursor.advance(200, 0, Some("a".into()), 400);
         assert_eq!(cursor, at(Some("a"), 0), "a reset during the pull is not undone");
+        // A reset while a pull that began at 0 was in flight: its page moves nothing.
+        cursor.resets += 1;
+        cursor.advance(0, 0, Some("a".into()), 200);
+        assert_eq!((cursor.next, cursor.resets), (0, 1), "a page read before a reset is not taken as after it");
+        cursor.advance(0, 1, Some("a".into()), 200);
+        assert_eq!(cursor.next, 200);
     }
 }
