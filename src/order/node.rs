@@ -223,6 +223,46 @@ impl PeerCursor {
     }
 }
 
+/// What a page of a pull held, as far as what comes next depends on it.
+#[derive(Clone, Copy, Debug)]
+enum Got {
+    /// `len` ids (a page of ids), the first `held` of which this server holds durably.
+    Ids { len: usize, held: usize },
+    /// `len` whole orders, `added` of which this server lacked and logged.
+    Orders { len: usize, added: usize },
+}
+
+/// What a pull does after a page read from `from`: move its cursor to `to`, then stop
+/// (`done`) or ask for the next page, of whole orders (`whole`) or of ids.
+#[derive(Debug, PartialEq, Eq)]
+struct PullStep {
+    to: usize,
+    whole: bool,
+    done: bool,
+}
+
+impl Got {
+    /// The step after this page, read from `from`, whose next position is `next`.
+    /// - Ids all held: past them, ids again (done at a short page).
+    /// - Ids not all held: past those held, then whole orders from the first one not.
+    /// - Whole orders: past them; whole again while a page brings new ones (a server
+    ///   catching up after an outage), else ids (done at a short page).
+    fn step(self, from: usize, next: usize) -> PullStep {
+        let last = |len: usize, most: usize| len < most || next <= from;
+        match self {
+            Got::Ids { len, held } if held < len => PullStep { to: from + held, whole: true, done: false },
+            Got::Ids { len, .. } => PullStep { to: next, whole: false, done: last(len, ID_PAGE) },
+            Got::Orders { len, added } => PullStep { to: next, whole: added > 0, done: last(len, PAGE) },
+        }
+    }
+}
+
+/// The reconciliation mark after a page of the journal's ids read after write `after`, the
+/// first `held` of whose orders are here: the write of the last of those.
+fn past_held(after: u64, ids: &[crate::wire::JournalId], held: usize) -> u64 {
+    held.checked_sub(1).map_or(after, |last| ids[last].seq)
+}
+
 /// One order process.
 pub struct OrderNode {
     config: OrderConfig,
@@ -430,39 +470,14 @@ impl OrderNode {
                 whole = false;
                 continue;
             }
-            let (taken, most) = match &page.ids {
-                Some(ids) => {
-                    let held = self.log.holds_prefix(ids.iter().map(String::as_str));
-                    if held < ids.len() {
-                        // Past what is held here, then whole orders from the first one not.
-                        self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
-                            from,
-                            resets,
-                            page.log.clone(),
-                            from + held,
-                        );
-                        whole = true;
-                        continue;
-                    }
-                    (ids.len(), ID_PAGE)
-                }
-                None => {
-                    // A page that brought new orders is likely followed by more (a server
-                    // catching up after an outage): whole pages go on until one brings none.
-                    whole = self.take_pulled(url, &page.orders)? > 0;
-                    (page.orders.len(), PAGE)
-                }
+            let got = match &page.ids {
+                Some(ids) => Got::Ids { len: ids.len(), held: self.log.holds_prefix(ids.iter().map(String::as_str)) },
+                None => Got::Orders { len: page.orders.len(), added: self.take_pulled(url, &page.orders)? },
             };
-            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(
-                from,
-                resets,
-                page.log.clone(),
-                page.next,
-            );
-            if page.ids.is_some() {
-                whole = false;
-            }
-            if taken < most || page.next <= from {
+            let step = got.step(from, page.next);
+            self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, resets, page.log.clone(), step.to);
+            whole = step.whole;
+            if step.done {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if !self.responsive[i].swap(true, Ordering::SeqCst) {
                     log::info!("peer {url} answers again: purchases push to it again");
@@ -513,7 +528,7 @@ impl OrderNode {
                     if !missing.is_empty() {
                         ids[..held].iter().for_each(|p| _ = missing.remove(&p.order_id));
                     }
-                    let cursor = held.checked_sub(1).map_or(after, |last| ids[last].seq);
+                    let cursor = past_held(after, ids, held);
                     if !self.move_reconciled(after, cursor, resets) {
                         return Ok(());
                     }
@@ -1077,7 +1092,7 @@ fn not_logged(order: &Order, cause: &Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::PeerCursor;
+    use super::{Got, PeerCursor, PullStep, ID_PAGE, PAGE};
 
     fn at(generation: Option<&str>, next: usize) -> PeerCursor {
         PeerCursor { generation: generation.map(str::to_string), next, resets: 0 }
@@ -1085,6 +1100,42 @@ mod tests {
 
     /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
     /// sent back to 0 by a recovery while a pull was in flight stays there.
+    /// The reconciliation mark passes the purchases whose orders are here, and no other.
+    #[test]
+    fn reconciliation_passes_only_what_is_held() {
+        let ids: Vec<crate::wire::JournalId> =
+            [12, 15, 19].iter().map(|&seq| crate::wire::JournalId { seq, order_id: format!("o-{seq}") }).collect();
+        assert_eq!(super::past_held(10, &ids, 0), 10, "the first one missing: the mark stays");
+        assert_eq!(super::past_held(10, &ids, 2), 15, "up to the last held, not past a gap");
+        assert_eq!(super::past_held(10, &ids, 3), 19);
+        assert_eq!(super::past_held(10, &[], 0), 10);
+    }
+
+    /// A pull's next step after each kind of page, as a table.
+    #[test]
+    fn a_pull_asks_for_whole_orders_only_from_the_first_it_lacks() {
+        let step = |to, whole, done| PullStep { to, whole, done };
+        let cases = [
+            // Every id held: past them; a full page asks again, a short one ends the pull.
+            (Got::Ids { len: ID_PAGE, held: ID_PAGE }, 100, 100 + ID_PAGE, step(100 + ID_PAGE, false, false)),
+            (Got::Ids { len: 7, held: 7 }, 100, 107, step(107, false, true)),
+            (Got::Ids { len: 0, held: 0 }, 100, 100, step(100, false, true)),
+            // Some not held: past those held, then whole orders from the first not held.
+            (Got::Ids { len: 7, held: 3 }, 100, 107, step(103, true, false)),
+            (Got::Ids { len: ID_PAGE, held: 0 }, 0, ID_PAGE, step(0, true, false)),
+            // Whole orders that brought new ones: whole again, unless the page was the last.
+            (Got::Orders { len: PAGE, added: 5 }, 103, 103 + PAGE, step(103 + PAGE, true, false)),
+            (Got::Orders { len: 4, added: 4 }, 103, 107, step(107, true, true)),
+            // Whole orders all held by now (pushed meanwhile), or a peer that answers no ids:
+            // back to ids.
+            (Got::Orders { len: PAGE, added: 0 }, 103, 103 + PAGE, step(103 + PAGE, false, false)),
+            (Got::Orders { len: 0, added: 0 }, 103, 103, step(103, false, true)),
+        ];
+        for (got, from, next, want) in cases {
+            assert_eq!(got.step(from, next), want, "{got:?} from {from}, next {next}");
+        }
+    }
+
     #[test]
     fn a_peer_cursor_starts_over_in_a_new_generation() {
         // (cursor, from, known, answered in) -> (taken?, cursor after check)
