@@ -13,7 +13,7 @@ pub use crate::error::PeerError;
 use crate::http::percent_encode;
 use crate::wire::{
     Book, BookPage, BookUpdate, Committed, ErrorBody, LeaseGrant, LeaseRequest, LogPage, NewBook, Order, OrderPage,
-    PurchaseBatch, PurchaseBatchAnswer, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, ResyncAnswer,
+    PageShape, PurchaseBatch, PurchaseBatchAnswer, PurchasePage, PurchaseRequest, ReplicaAck, Replicate, ResyncAnswer,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -324,7 +324,7 @@ impl CatalogClient {
     /// The writes and order ids of the purchases journaled after write `after` (see
     /// [`PurchasePage::ids`]); a replica forwards it to the primary.
     pub fn purchase_ids(&self, base: &str, after: u64) -> Result<PurchasePage> {
-        self.http.get(base, &format!("/internal/purchases?after={after}&ids=true"))
+        self.http.get(base, &format!("/internal/purchases?after={after}&shape={}", PageShape::Ids.as_str()))
     }
 
     /// The purchases journaled after write `after` in this catalog's own journal, whatever
@@ -437,7 +437,7 @@ impl OrderClient {
     /// Asks a peer for the ids of the orders in its log from position `from` (order sync:
     /// see [`OrderPage::ids`]).
     pub fn pull_ids(&self, base: &str, from: usize) -> Result<OrderPage> {
-        self.http.get(base, &format!("/internal/orders?from={from}&ids=true"))
+        self.http.get(base, &format!("/internal/orders?from={from}&shape={}", PageShape::Ids.as_str()))
     }
 
     /// Hands new orders to a peer (order sync); the peer keeps those it lacks.

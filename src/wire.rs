@@ -281,14 +281,49 @@ pub struct PurchasePage {
     /// Whether more purchases follow this page.
     #[serde(default)]
     pub more: bool,
-    /// Asked with `ids=true`: each purchase's write and order id in place of the purchases,
+    /// Asked with `shape=ids`: each purchase's write and order id in place of the purchases,
     /// so that an order server asks for whole purchases only from the first order it does
     /// not hold. A catalog that does not know the parameter answers whole purchases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<JournalId>>,
 }
 
-/// A journaled purchase named by its write and its order id (`GET /internal/purchases?ids=true`).
+/// What a page of an order log or of the purchase journal holds (`shape=` of
+/// `GET /internal/orders` and `GET /internal/purchases`): whole records (the default), or
+/// only what names them (`ids`), for a reader that holds most of them already. (Not a
+/// boolean named `ids`: an outside client took that name for a place to put an order id.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PageShape {
+    /// Whole orders or purchases.
+    #[default]
+    Whole,
+    /// Their ids only.
+    Ids,
+}
+
+impl PageShape {
+    /// As the query takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageShape::Whole => "whole",
+            PageShape::Ids => "ids",
+        }
+    }
+}
+
+impl std::str::FromStr for PageShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PageShape, String> {
+        match s {
+            "whole" => Ok(PageShape::Whole),
+            "ids" => Ok(PageShape::Ids),
+            other => Err(format!("shape={other:?} is not whole or ids")),
+        }
+    }
+}
+
+/// A journaled purchase named by its write and its order id (`GET /internal/purchases?shape=ids`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalId {
     /// The write that took the copy.
@@ -632,7 +667,7 @@ pub struct OrderPage {
     /// server does (see `OrderNode::report_held`).
     #[serde(default)]
     pub held: Option<u64>,
-    /// Asked with `ids=true`: the ids of the orders from position `from` in place of the
+    /// Asked with `shape=ids`: the ids of the orders from position `from` in place of the
     /// orders (read from the peer's memory, not its file), so that a puller asks for whole
     /// orders only from the first one it does not hold. A peer that does not know the
     /// parameter answers whole orders and no ids.

@@ -129,7 +129,7 @@ fn a_lost_data_directory_loses_no_acknowledged_order() {
     // the page of whole ones, in the same order, from any write.
     for after in [0, last_seq - 5] {
         let whole = json(&get(&s.primary(), &format!("/internal/purchases?after={after}")));
-        let ids = json(&get(&s.replica(), &format!("/internal/purchases?after={after}&ids=true")));
+        let ids = json(&get(&s.replica(), &format!("/internal/purchases?after={after}&shape=ids")));
         let of_whole: Vec<(u64, &str)> = whole["purchases"]
             .as_array()
             .unwrap()
@@ -148,7 +148,7 @@ fn a_lost_data_directory_loses_no_acknowledged_order() {
     // whole orders, in the same order, from any position.
     for from in [0, 7] {
         let whole = json(&get(&s.order(0), &format!("/internal/orders?from={from}")));
-        let ids = json(&get(&s.order(0), &format!("/internal/orders?from={from}&ids=true")));
+        let ids = json(&get(&s.order(0), &format!("/internal/orders?from={from}&shape=ids")));
         let of_whole: Vec<&str> =
             whole["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
         let listed: Vec<&str> = ids["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();

@@ -29,11 +29,11 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::Metrics;
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::Identity;
 use crate::wire::{
     Book, BookPage, BookUpdate, Farewell, FarewellAnswer, NearAnswer, NearWatch, NewBook, PurchaseBatch,
     PurchaseBatchAnswer, PurchasePage, PurchaseRequest, Replicate, ResyncAnswer, Taken,
 };
+use crate::wire::{Identity, PageShape};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -656,11 +656,9 @@ impl CatalogNode {
             }
             return self.forward_to(request);
         }
-        let ids = match request.query_param("ids")?.as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => return Err(Error::BadRequest(format!("ids={other:?} is not true or false"))),
-        };
+        let shape =
+            request.query_param("shape")?.map_or(Ok(PageShape::Whole), |s| s.parse().map_err(Error::BadRequest))?;
+        let ids = shape == PageShape::Ids;
         let mut store = self.lock_writer();
         store.recent.journal.release(held);
         let page = if ids {

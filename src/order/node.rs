@@ -36,7 +36,9 @@ use crate::http::{self, check_token, json_body, parse_id, Request, Response};
 use crate::metrics::{push_metric, Metrics};
 use crate::page::{self, PageRequest};
 use crate::shutdown::Shutdown;
-use crate::wire::{BatchPurchase, Book, Order, OrderBatch, OrderBatchAnswer, OrderPage, Placed, PurchaseBatch};
+use crate::wire::{
+    BatchPurchase, Book, Order, OrderBatch, OrderBatchAnswer, OrderPage, PageShape, Placed, PurchaseBatch,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -898,17 +900,19 @@ impl OrderNode {
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
                     let held = Some(self.reconciled.load(Ordering::SeqCst));
-                    let page = match request.query_param("ids")?.as_deref() {
-                        None | Some("false") => {
+                    let shape = request
+                        .query_param("shape")?
+                        .map_or(Ok(PageShape::Whole), |s| s.parse().map_err(Error::BadRequest))?;
+                    let page = match shape {
+                        PageShape::Whole => {
                             let pulled = self.log.pull(from, PAGE)?;
                             let log = Some(pulled.generation);
                             OrderPage { orders: pulled.orders, next: pulled.next, log, held, ids: None }
                         }
-                        Some("true") => {
+                        PageShape::Ids => {
                             let (ids, next, generation) = self.log.pull_ids(from, ID_PAGE);
                             OrderPage { orders: Vec::new(), next, log: Some(generation), held, ids: Some(ids) }
                         }
-                        Some(other) => return Err(Error::BadRequest(format!("ids={other:?} is not true or false"))),
                     };
                     Ok(Response::json(&page))
                 }),
