@@ -316,15 +316,11 @@ impl CatalogClient {
         self.http.send(Method::POST, base, "/internal/purchases", batch)
     }
 
-    /// The purchases journaled after write `after` (order reconciliation).
-    pub fn purchases(&self, base: &str, after: u64) -> Result<PurchasePage> {
-        self.http.get(base, &format!("/internal/purchases?after={after}"))
-    }
-
-    /// The writes and order ids of the purchases journaled after write `after` (see
-    /// [`PurchasePage::ids`]); a replica forwards it to the primary.
-    pub fn purchase_ids(&self, base: &str, after: u64) -> Result<PurchasePage> {
-        self.http.get(base, &format!("/internal/purchases?after={after}&shape={}", PageShape::Ids.as_str()))
+    /// The purchases journaled after write `after` (order reconciliation), whole or by their
+    /// writes and order ids (`shape`, see [`PurchasePage::ids`]); a replica forwards it to
+    /// the primary.
+    pub fn purchases(&self, base: &str, after: u64, shape: PageShape) -> Result<PurchasePage> {
+        self.http.get(base, &format!("/internal/purchases?after={after}&shape={}", shape.as_str()))
     }
 
     /// The purchases journaled after write `after` in this catalog's own journal, whatever
@@ -429,15 +425,10 @@ impl OrderClient {
         }
     }
 
-    /// A page of the peer's log from position `from` (order sync).
-    pub fn pull(&self, base: &str, from: usize) -> Result<OrderPage> {
-        self.http.get(base, &format!("/internal/orders?from={from}"))
-    }
-
-    /// Asks a peer for the ids of the orders in its log from position `from` (order sync:
-    /// see [`OrderPage::ids`]).
-    pub fn pull_ids(&self, base: &str, from: usize) -> Result<OrderPage> {
-        self.http.get(base, &format!("/internal/orders?from={from}&shape={}", PageShape::Ids.as_str()))
+    /// A page of the peer's log from position `from` (order sync), of whole orders or of
+    /// their ids (`shape`, see [`OrderPage::ids`]).
+    pub fn pull(&self, base: &str, from: usize, shape: PageShape) -> Result<OrderPage> {
+        self.http.get(base, &format!("/internal/orders?from={from}&shape={}", shape.as_str()))
     }
 
     /// Hands new orders to a peer (order sync); the peer keeps those it lacks.

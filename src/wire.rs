@@ -302,6 +302,11 @@ pub enum PageShape {
 }
 
 impl PageShape {
+    /// The shape a query's `shape=` asks for (`value`; none: whole records).
+    pub fn from_query(value: Option<&str>) -> Result<PageShape, String> {
+        value.map_or(Ok(PageShape::Whole), str::parse)
+    }
+
     /// As the query takes it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -323,7 +328,8 @@ impl std::str::FromStr for PageShape {
     }
 }
 
-/// A journaled purchase named by its write and its order id (`GET /internal/purchases?shape=ids`).
+/// A journaled purchase named by its write and its order id
+/// (`GET /internal/purchases?shape=ids`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalId {
     /// The write that took the copy.

@@ -181,15 +181,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bazar-import-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (mut store, mut catalog, _) = Store::open(&dir).unwrap();
-        let w = Draft::new(&catalog).write(3, &W::Purchase).unwrap();
-        let o = Order {
+        let mut w = Draft::new(&catalog).write(3, &W::Purchase).unwrap();
+        w.order = Some(Order {
             order_id: "i-1".into(),
             id: 3,
             title: w.book.title.clone(),
             price: w.book.price,
             at: "2026-11-24T00:00:00.000Z".into(),
-        };
-        store.append(&[(&w, Some(&o))]).unwrap();
+        });
+        store.append(&[&w]).unwrap();
         catalog.commit(w.book.clone(), w.seq);
         drop(store);
         let before = (fs::read(dir.join("catalog.log")).unwrap(), fs::read(dir.join("books.csv")).unwrap());

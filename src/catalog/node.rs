@@ -656,17 +656,18 @@ impl CatalogNode {
             }
             return self.forward_to(request);
         }
-        let shape =
-            request.query_param("shape")?.map_or(Ok(PageShape::Whole), |s| s.parse().map_err(Error::BadRequest))?;
-        let ids = shape == PageShape::Ids;
+        let shape = PageShape::from_query(request.query_param("shape")?.as_deref()).map_err(Error::BadRequest)?;
         let mut store = self.lock_writer();
         store.recent.journal.release(held);
-        let page = if ids {
-            let (ids, more) = store.recent.journal.ids_after(after, PURCHASES_PAGE);
-            PurchasePage { purchases: Vec::new(), more, ids: Some(ids) }
-        } else {
-            let (purchases, more) = store.recent.journal.after(after, PURCHASES_PAGE);
-            PurchasePage { purchases, more, ids: None }
+        let page = match shape {
+            PageShape::Whole => {
+                let (purchases, more) = store.recent.journal.after(after, PURCHASES_PAGE);
+                PurchasePage { purchases, more, ids: None }
+            }
+            PageShape::Ids => {
+                let (ids, more) = store.recent.journal.ids_after(after, PURCHASES_PAGE);
+                PurchasePage { purchases: Vec::new(), more, ids: Some(ids) }
+            }
         };
         drop(store);
         Ok(Response::json(&page))

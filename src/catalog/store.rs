@@ -62,6 +62,7 @@ use crate::storage::{self, At, StorageError, Tracked};
 use crate::wire::{Book, Order, Purchase, Replicate};
 use csv::ByteRecord;
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -318,17 +319,17 @@ impl Store {
     }
 
     /// Makes writes durable (group commit): appends each book's new state after write `seq`
-    /// (and the order it was taken for) to the log, and fsyncs once for all of them. Only
-    /// stores them: the caller remembers them ([`Recent::record`]) once this succeeds.
+    /// (and the order it was taken for, its `order`) to the log, and fsyncs once for all of
+    /// them. Only stores them: the caller remembers them ([`Recent::record`]) once this succeeds.
     ///
     /// When that fails, nothing of them is kept (the part written is cut at once) and the
     /// error is [`StorageError::Unwritable`]; the store takes no write until the log is
     /// re-opened from disk, which this tries first on the next call.
-    pub fn append(&mut self, writes: &[(&Replicate, Option<&Order>)]) -> Result<()> {
+    pub fn append<W: Borrow<Replicate>>(&mut self, writes: &[W]) -> Result<()> {
         self.reopen_if_failed()?;
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(128 * writes.len()));
-        for &(r, order) in writes {
-            write_log_row(&mut w, &LogRow { epoch: r.epoch, ..log_row(r.seq, &r.book, order) })
+        for r in writes.iter().map(Borrow::borrow) {
+            write_log_row(&mut w, &LogRow { epoch: r.epoch, ..log_row(r.seq, &r.book, r.order.as_ref()) })
                 .map_err(|e| unwritable(&self.log_path, io::Error::other(e)))?;
         }
         let bytes = w.into_inner().map_err(|e| unwritable(&self.log_path, e.into_error()))?;
@@ -340,7 +341,7 @@ impl Store {
         }
         self.durable += bytes.len() as u64;
         self.rows += writes.len();
-        if let Some(&(r, _)) = writes.last() {
+        if let Some(r) = writes.last().map(Borrow::borrow) {
             self.last = (r.seq, r.epoch);
         }
         Ok(())
@@ -546,8 +547,7 @@ impl Ledger {
     /// Makes writes durable and remembers them: the one place where the two keep in step
     /// (nothing is remembered of writes whose append failed).
     pub(crate) fn log(&mut self, writes: &[Arc<Replicate>]) -> Result<()> {
-        let rows: Vec<(&Replicate, Option<&Order>)> = writes.iter().map(|w| (&**w, w.order.as_ref())).collect();
-        self.files.append(&rows)?;
+        self.files.append(writes)?;
         self.recent.record(writes);
         Ok(())
     }

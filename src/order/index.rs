@@ -6,8 +6,9 @@
 //! row starts, its time in milliseconds, its id as an interned prefix and a counter: 32
 //! bytes), a slot in a hash table from id to position (5 bytes a slot: the position and a
 //! tag of the id's hash, the keys live in the entries; 1.3 to 2.7 slots an order, as the
-//! table fills between growths) and a slot in the time-ordered index (4 bytes). A row's bytes end where the next
-//! entry's row starts (or at the end of the durable rows), so no length is kept.
+//! table fills between growths) and a slot in the time-ordered index (4 bytes). A row's
+//! bytes end where the next entry's row starts (or at the end of the durable rows), so no
+//! length is kept.
 //!
 //! Orders are listed oldest first by [`Cursor`] key: time, then id in the order of
 //! [`crate::ids::cmp_order_ids`]. A page holds the orders whose key follows the cursor,
@@ -84,8 +85,8 @@ pub(super) struct Entry {
 }
 
 /// A set of positions in [`Index::entries`] found by id: open addressing with linear
-/// probing, at most 3/4 full. A slot is 4 bytes (and its tag 1) because the keys are the entries' ids;
-/// orders are never removed, so there are no tombstones.
+/// probing, at most 3/4 full. A slot is 4 bytes (and its tag 1) because the keys are the
+/// entries' ids; orders are never removed, so there are no tombstones.
 ///
 /// Beside each slot a one-byte tag holds 7 bits of its id's hash (high bit set; 0 is an
 /// empty slot), as SwissTable does: a probe reads the tags, one cache line for many slots,

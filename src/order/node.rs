@@ -235,11 +235,11 @@ enum Got {
 }
 
 /// What a pull does after a page read from `from`: move its cursor to `to`, then stop
-/// (`done`) or ask for the next page, of whole orders (`whole`) or of ids.
+/// (`done`) or ask for the next page, of the shape `next`.
 #[derive(Debug, PartialEq, Eq)]
 struct PullStep {
     to: usize,
-    whole: bool,
+    next: PageShape,
     done: bool,
 }
 
@@ -251,10 +251,13 @@ impl Got {
     ///   catching up after an outage), else ids (done at a short page).
     fn step(self, from: usize, next: usize) -> PullStep {
         let last = |len: usize, most: usize| len < most || next <= from;
+        let (whole, ids) = (PageShape::Whole, PageShape::Ids);
         match self {
-            Got::Ids { len, held } if held < len => PullStep { to: from + held, whole: true, done: false },
-            Got::Ids { len, .. } => PullStep { to: next, whole: false, done: last(len, ID_PAGE) },
-            Got::Orders { len, added } => PullStep { to: next, whole: added > 0, done: last(len, PAGE) },
+            Got::Ids { len, held } if held < len => PullStep { to: from + held, next: whole, done: false },
+            Got::Ids { len, .. } => PullStep { to: next, next: ids, done: last(len, ID_PAGE) },
+            Got::Orders { len, added } => {
+                PullStep { to: next, next: if added > 0 { whole } else { ids }, done: last(len, PAGE) }
+            }
         }
     }
 }
@@ -453,13 +456,13 @@ impl OrderNode {
     /// whole orders, taken as they come.
     fn pull(&self, i: usize) -> Result<()> {
         let url = &self.config.peers[i];
-        let mut whole = false;
+        let mut shape = PageShape::Ids;
         loop {
             let (from, known, resets) = {
                 let c = self.cursors[i].lock().unwrap_or_else(|e| e.into_inner());
                 (c.next, c.generation.clone(), c.resets)
             };
-            let page: OrderPage = if whole { self.peers.pull(url, from)? } else { self.peers.pull_ids(url, from)? };
+            let page: OrderPage = self.peers.pull(url, from, shape)?;
             if let Some(held) = page.held {
                 self.peer_held[i].store(held, Ordering::SeqCst);
             }
@@ -469,7 +472,7 @@ impl OrderNode {
                 page.log.as_deref(),
             ) {
                 log::warn!("{url}'s order log is of another generation now (restarted, re-opened or rebuilt); pulling it again from the start");
-                whole = false;
+                shape = PageShape::Ids;
                 continue;
             }
             let got = match &page.ids {
@@ -478,7 +481,7 @@ impl OrderNode {
             };
             let step = got.step(from, page.next);
             self.cursors[i].lock().unwrap_or_else(|e| e.into_inner()).advance(from, resets, page.log.clone(), step.to);
-            whole = step.whole;
+            shape = step.next;
             if step.done {
                 *self.pulled_at[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if !self.responsive[i].swap(true, Ordering::SeqCst) {
@@ -523,7 +526,7 @@ impl OrderNode {
         let resets = self.reconcile_resets.load(Ordering::SeqCst);
         loop {
             let after = self.reconciled.load(Ordering::SeqCst);
-            let page = self.journal_after(after, true)?;
+            let page = self.journal_after(after, PageShape::Ids)?;
             let (page, from) = match &page.ids {
                 Some(ids) => {
                     let held = self.log.holds_prefix(ids.iter().map(|p| p.order_id.as_str()));
@@ -540,7 +543,7 @@ impl OrderNode {
                         }
                         continue;
                     }
-                    (self.journal_after(cursor, false)?, cursor)
+                    (self.journal_after(cursor, PageShape::Whole)?, cursor)
                 }
                 None => (page, after),
             };
@@ -562,9 +565,9 @@ impl OrderNode {
         moved
     }
 
-    /// Goes through a page of whole journaled purchases read after write `from`: adopts the orders missing for
-    /// [`GRACE`], and returns how far every order is here (or adopted, or passed over) and
-    /// whether one is still awaited.
+    /// Goes through a page of whole journaled purchases read after write `from`: adopts the
+    /// orders missing for [`GRACE`], and returns how far every order is here (or adopted,
+    /// or passed over) and whether one is still awaited.
     fn reconcile_page(
         &self,
         page: &crate::wire::PurchasePage,
@@ -609,13 +612,10 @@ impl OrderNode {
         Ok((cursor, waiting))
     }
 
-    /// The catalog's purchase journal after write `after` (with `ids`, its writes and order
-    /// ids only), from the first catalog that answers.
-    fn journal_after(&self, after: u64, ids: bool) -> Result<crate::wire::PurchasePage> {
-        let journal = |url: &str| match ids {
-            true => self.catalog.purchase_ids(url, after),
-            false => self.catalog.purchases(url, after),
-        };
+    /// The catalog's purchase journal after write `after`, whole or by ids (`shape`), from
+    /// the first catalog that answers.
+    fn journal_after(&self, after: u64, shape: PageShape) -> Result<crate::wire::PurchasePage> {
+        let journal = |url: &str| self.catalog.purchases(url, after, shape);
         match self.catalogs.try_each(Call::Read, journal, PeerError::failure) {
             Ok((page, _)) => Ok(page),
             Err(Failed::Exhausted { error, .. } | Failed::Stopped { error, .. }) => Err(error.into()),
@@ -900,9 +900,8 @@ impl OrderNode {
                         Some(f) => f.parse().map_err(|_| Error::BadRequest(format!("from={f:?} is not a position")))?,
                     };
                     let held = Some(self.reconciled.load(Ordering::SeqCst));
-                    let shape = request
-                        .query_param("shape")?
-                        .map_or(Ok(PageShape::Whole), |s| s.parse().map_err(Error::BadRequest))?;
+                    let shape =
+                        PageShape::from_query(request.query_param("shape")?.as_deref()).map_err(Error::BadRequest)?;
                     let page = match shape {
                         PageShape::Whole => {
                             let pulled = self.log.pull(from, PAGE)?;
@@ -1096,14 +1095,12 @@ fn not_logged(order: &Order, cause: &Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Got, PeerCursor, PullStep, ID_PAGE, PAGE};
+    use super::{Got, PageShape, PeerCursor, PullStep, ID_PAGE, PAGE};
 
     fn at(generation: Option<&str>, next: usize) -> PeerCursor {
         PeerCursor { generation: generation.map(str::to_string), next, resets: 0 }
     }
 
-    /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
-    /// sent back to 0 by a recovery while a pull was in flight stays there.
     /// The reconciliation mark passes the purchases whose orders are here, and no other.
     #[test]
     fn reconciliation_passes_only_what_is_held() {
@@ -1118,7 +1115,7 @@ mod tests {
     /// A pull's next step after each kind of page, as a table.
     #[test]
     fn a_pull_asks_for_whole_orders_only_from_the_first_it_lacks() {
-        let step = |to, whole, done| PullStep { to, whole, done };
+        let step = |to, whole, done| PullStep { to, next: if whole { PageShape::Whole } else { PageShape::Ids }, done };
         let cases = [
             // Every id held: past them; a full page asks again, a short one ends the pull.
             (Got::Ids { len: ID_PAGE, held: ID_PAGE }, 100, 100 + ID_PAGE, step(100 + ID_PAGE, false, false)),
@@ -1140,6 +1137,8 @@ mod tests {
         }
     }
 
+    /// A pull goes back to 0 when the peer's log is of another generation, and a cursor
+    /// sent back to 0 by a recovery while a pull was in flight stays there.
     #[test]
     fn a_peer_cursor_starts_over_in_a_new_generation() {
         // (cursor, from, known, answered in) -> (taken?, cursor after check)

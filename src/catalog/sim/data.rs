@@ -39,9 +39,9 @@
 //!   end, loss, spikes, drift; and, drawn apart (so the rest of a seed's faults stay as
 //!   they were), spells in which a catalog's disk refuses every append: the primary
 //!   answers the batch it cannot log with the cause (the checker holds each such write to
-//!   have changed nothing: it leaves the history), a replica answers the push it cannot log with an error (a
-//!   miss, as the primary counts one). Then everything heals, clients stop at 10 s, and the run ends
-//!   at 14 s.
+//!   have changed nothing: it leaves the history), a replica does not take the push it
+//!   cannot log (a miss, as the primary counts one). Then everything heals, clients stop at
+//!   10 s, and the run ends at 14 s.
 //! - **Clients** (6, two of which only read): one operation at a time on 3 books: reads
 //!   through any catalog or front end, price, stock and stock-delta updates and purchases
 //!   (with an order id) through any catalog (a replica forwards them). An answer not back in
@@ -58,7 +58,8 @@
 //!
 //! # Seed, trace, replay
 //! `BAZAR_SIM_SEED=N` runs seed `N` and prints its trace (`BAZAR_SIM_PLANTED=` one of
-//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit`, `AckUnlogged` replays a planted bug's run);
+//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit`, `AckUnlogged` replays a
+//! planted bug's run);
 //! `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 200) from `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib catalog::sim -- --nocapture` prints the runs per second.
 
@@ -1176,6 +1177,14 @@ impl World {
         }
     }
 
+    /// The batch under way, taken out of the primary, which is idle again.
+    fn end_batch(&mut self) -> Box<InBatch> {
+        let Busy::Batch(batch) = std::mem::replace(&mut self.primary().busy, Busy::Idle) else {
+            unreachable!("a batch is under way")
+        };
+        batch
+    }
+
     fn batch_done(&mut self, done: Done) {
         self.line(Some(PRIMARY), || format!("batch: {done:?}"));
         let step = self.in_batch().batch.next(done);
@@ -1227,9 +1236,7 @@ impl World {
             }
             Do::Answer { unknown } => {
                 assert!(unknown.is_none(), "a static primary's batch has a known outcome");
-                let Busy::Batch(batch) = std::mem::replace(&mut self.primary().busy, Busy::Idle) else {
-                    unreachable!("a batch is under way")
-                };
+                let batch = self.end_batch();
                 let seq = self.primary().catalog.seq();
                 for (who, tag, a) in batch.answers {
                     let res = a.map_or(Res::Refused, |b| Res::Book(b, seq));
@@ -1241,10 +1248,7 @@ impl World {
                 // Every write of the batch is answered with the cause (503): none was made,
                 // refusals too (decided over writes that were not). The checker holds the
                 // store to it: each is a write that changed nothing.
-                let Busy::Batch(batch) = std::mem::replace(&mut self.primary().busy, Busy::Idle) else {
-                    unreachable!("a batch is under way")
-                };
-                for (who, tag, _) in batch.answers {
+                for (who, tag, _) in self.end_batch().answers {
                     self.answer(PRIMARY, who, tag, Res::Failed);
                 }
                 self.try_batch();
@@ -1369,8 +1373,9 @@ impl World {
                 let at = self.position(n);
                 let Ok(took) = take(at, 0, committed, writes) else { return };
                 if self.nodes[n].disk_fails && !took.log.is_empty() {
-                    // Its disk takes nothing: it answers the push with the cause (a 503),
-                    // which the primary counts as a miss, as it counts no answer.
+                    // Its disk takes nothing. The store's replica answers with the cause (a
+                    // 503); here it answers nothing: a miss to the primary all the same, at
+                    // its round's timeout.
                     self.tally.refused_pushes += 1;
                     return;
                 }
