@@ -68,7 +68,8 @@ fn names(spans: &[Value]) -> HashSet<String> {
 }
 
 /// Every span of `trace`; parents consistent (each parent is a span of the trace or the
-/// caller's), children within their parents' times.
+/// caller's; a span with none follows a span of the trace), children within their
+/// parents' times.
 fn check_trace(spans: &[Value], trace: &str, caller: &str) {
     let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (s["span_id"].as_str().unwrap(), s)).collect();
     assert_eq!(by_id.len(), spans.len(), "span ids are unique");
@@ -79,7 +80,16 @@ fn check_trace(spans: &[Value], trace: &str, caller: &str) {
             assert!(s[field].is_string(), "{field} of {s}");
         }
         assert!(s["attributes"].is_object(), "{s}");
-        let parent = s["parent_id"].as_str().unwrap_or_else(|| panic!("a span without a parent: {s}"));
+        let Some(parent) = s["parent_id"].as_str() else {
+            // Work that follows a span of the trace after it ended (the commit notice after
+            // a batch's answers): it names that span and starts after it did.
+            let follows = s["attributes"]["follows"].as_str().unwrap_or_else(|| panic!("a span without a parent: {s}"));
+            let (t, id) = follows.split_once('/').unwrap();
+            assert_eq!(t, trace, "{s}");
+            let f = by_id.get(id).unwrap_or_else(|| panic!("the span {s} follows is not in the trace"));
+            assert!(s["start"].as_f64().unwrap() + SLACK_US >= f["start"].as_f64().unwrap(), "{s}\nstarts before\n{f}");
+            continue;
+        };
         if parent == caller {
             roots += 1;
             assert!(s["service"].as_str().unwrap().starts_with("bazar-frontend@"), "{s}");
@@ -114,7 +124,9 @@ fn a_purchase_is_one_trace_across_the_store() {
         let order_id = serde_json::from_slice::<Value>(&body).unwrap()["order_id"].as_str().unwrap().to_string();
         let spans = trace_of(&fe, &trace, |spans| {
             let n = names(spans);
-            ["order.share", "catalog.apply", "catalog.batched", "POST /purchase/{id}"].iter().all(|w| n.contains(*w))
+            ["order.share", "catalog.apply", "catalog.batched", "catalog.commit_notice", "POST /purchase/{id}"]
+                .iter()
+                .all(|w| n.contains(*w))
                 && spans.iter().filter(|s| s["name"] == "POST /internal/orders").count() == 1
         });
         check_trace(&spans, &trace, &caller);
@@ -148,7 +160,11 @@ fn a_purchase_is_one_trace_across_the_store() {
         assert_eq!(purchase["attributes"]["order"], order_id.as_str());
         let batch = spans.iter().find(|s| s["name"] == "catalog.batch").unwrap();
         let batched = spans.iter().find(|s| s["name"] == "catalog.batched").unwrap();
-        assert_eq!(batched["attributes"]["batch"], format!("{trace}/{}", batch["span_id"].as_str().unwrap()).as_str());
+        let batch_span = format!("{trace}/{}", batch["span_id"].as_str().unwrap());
+        assert_eq!(batched["attributes"]["batch"], batch_span.as_str());
+        // The commit notice follows the batch's answers: it names the batch.
+        let notice = spans.iter().find(|s| s["name"] == "catalog.commit_notice").unwrap();
+        assert_eq!(notice["attributes"]["follows"], batch_span.as_str());
         // Each back end answers its own spans of the trace.
         let own = get(&s.order(0), &format!("/traces/{trace}"));
         assert!(own.status == 200 || own.status == 404, "{}", own.status);
@@ -446,8 +462,19 @@ fn spans_reach_an_otlp_collector_and_one_that_fails_costs_no_request() {
         let ids: HashSet<&str> = ours.iter().map(|s| s["spanId"].as_str().unwrap()).collect();
         for span in &ours {
             assert!(everyone.contains(span["service.instance.id"].as_str().unwrap()));
-            let parent = span["parentSpanId"].as_str().unwrap();
-            assert!(parent == caller || ids.contains(parent), "{span}");
+            match span["parentSpanId"].as_str() {
+                Some(parent) => assert!(parent == caller || ids.contains(parent), "{span}"),
+                // The commit notice after the answer: it names the batch span it follows.
+                None => {
+                    let follows = span["attributes"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|kv| kv["key"] == "follows"))
+                        .and_then(|kv| kv["value"]["stringValue"].as_str())
+                        .unwrap_or_else(|| panic!("a span with neither parent nor follows: {span}"));
+                    let (t, id) = follows.split_once('/').unwrap();
+                    assert!(t == trace && ids.contains(id), "{span}");
+                }
+            }
             let (start, end): (u64, u64) = (
                 span["startTimeUnixNano"].as_str().unwrap().parse().unwrap(),
                 span["endTimeUnixNano"].as_str().unwrap().parse().unwrap(),

@@ -19,8 +19,8 @@
 //! The protocol, in short: the primary alone decides writes. It serialises them, gives
 //! each the next sequence number, persists it (one fsync for a batch), fences the caches
 //! (front ends' near caches, memcached markers) while it pushes the book's new state to
-//! every replica, makes the batch readable, sends the commit notice, and only then
-//! acknowledges. A replica forwards writes to the primary and relays the answer, applies
+//! every replica, makes the batch readable, acknowledges it, and then sends the commit
+//! notice (or leaves it to the next batch's push, when one waits). A replica forwards writes to the primary and relays the answer, applies
 //! pushes strictly in sequence, and after a start or a gap catches up (the primary's log,
 //! or a copy of its whole catalog) before it answers reads again.
 

@@ -243,8 +243,9 @@ impl CatalogNode {
     /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them
     /// together.
     fn writer(&self, queue: mpsc::Receiver<Pending>, shutdown: &Shutdown) {
+        let mut queue = Waiting { queue, held: None, owed: false };
         while !shutdown.is_set() {
-            let first = match queue.recv_timeout(Duration::from_millis(100)) {
+            let first = match queue.first(Duration::from_millis(100)) {
                 Ok(p) => p,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: a log that failed a write is re-opened from disk by itself, so
@@ -259,12 +260,12 @@ impl CatalogNode {
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+                match queue.more() {
+                    Some(p) => batch.push(p),
+                    None => break,
                 }
             }
-            self.commit(batch);
+            self.commit(batch, &mut queue);
         }
     }
 
@@ -272,26 +273,34 @@ impl CatalogNode {
     /// it: `core::primary::decide`), makes them all durable with one fsync, fences the
     /// caches (the front ends' near caches told, one memcached marker per key) while it
     /// pushes them to each replica, waits out a lost replica's lease, (with etcd) takes
-    /// replicas that missed them out of the in-sync record, makes them readable here, sends
-    /// the commit notice, and only then answers each: the stages of `core::batch`, which
-    /// this performs. A write that is refused (out of stock, bad update) is answered with
-    /// its error and takes no sequence number.
-    fn commit(&self, batch: Vec<Pending>) {
+    /// replicas that missed them out of the in-sync record, makes them readable here,
+    /// answers each once the leadership still holds, then sends the commit notice (unless a
+    /// write waits in `queue`: the next batch's push carries the commit point): the stages
+    /// of `core::batch`, which this performs. A write that is refused (out of stock, bad
+    /// update) is answered with its error and takes no sequence number. A batch that pushes
+    /// nothing sends the notice the one before it left to it.
+    fn commit(&self, batch: Vec<Pending>, queue: &mut Waiting) {
         let mut store = self.lock_writer();
         if let Err(e) = self.may_acknowledge().and_then(|()| self.cache_flushed()) {
-            // With etcd: no longer (or not yet) the primary; nothing is decided.
+            // With etcd: no longer (or not yet) the primary; nothing is decided, and no
+            // commit point is sent any more.
+            queue.owed = false;
             for p in batch {
                 p.reply.send(Err(Error::Lead(e.clone())));
             }
             return;
         }
+        let owed = std::mem::take(&mut queue.owed);
+        let (mut pushed_batch, mut logged) = (false, false);
         // The batch's span, in the trace of its first traced write; every traced write of
         // the batch gets a `catalog.batched` span in its own trace that links to it.
         let links: Vec<Option<crate::trace::Context>> = batch.iter().map(|p| p.trace.clone()).collect();
         let _in = crate::trace::adopt(links.iter().flatten().next().cloned());
+        // Ended as the batch is answered (its parent, a request, ends then).
         let mut batch_span = crate::trace::span("catalog.batch");
         let epoch = self.term();
         batch_span.attr("writes", batch.len()).attr("epoch", epoch);
+        let (mut batch_span, mut batch_ctx) = (Some(batch_span), None);
         let since = crate::trace::mark();
         let (asked, replies): (Vec<Asked>, Vec<_>) = batch.into_iter().map(|p| (p.asked, p.reply)).unzip();
         let Decided { writes, keys, answers } = {
@@ -306,7 +315,7 @@ impl CatalogNode {
             // this batch logs, pushes and shows: shared, not copied.
             let writes: Vec<Arc<Replicate>> = writes.into_iter().map(Arc::new).collect();
             let last = writes.last().map_or(0, |p| p.seq);
-            batch_span.attr("last", last);
+            batch_span.as_mut().map(|span| span.attr("last", last));
             let (mut stages, mut step) = Batch::start(self.leases());
             let mut took = Vec::new();
             loop {
@@ -359,6 +368,8 @@ impl CatalogNode {
                             pushed
                         });
                         took = pushed;
+                        // It carries the commit point of the batch before (`replicate`).
+                        pushed_batch = true;
                         Done::Pushed { lost_until, now: Instant::now() }
                     }
                     Do::WaitOut(wait) => {
@@ -385,10 +396,14 @@ impl CatalogNode {
                         for w in &writes {
                             state.commit(w.book.clone(), w.seq);
                         }
-                        Done::Shown
+                        drop(state);
+                        // A batch waits: the notice is left to its push (`core::batch`).
+                        queue.owed = queue.any();
+                        Done::Shown { next_waits: queue.owed }
                     }
                     Do::Notice => {
-                        let _notice = crate::trace::span("catalog.commit_notice");
+                        // After the answers: in a trace of its own that follows the batch.
+                        let _notice = crate::trace::follow(batch_ctx.as_ref(), "catalog.commit_notice");
                         let (pushed, lost_until) = self.replicate(&store, &[], last);
                         took = pushed;
                         Done::Pushed { lost_until, now: Instant::now() }
@@ -400,22 +415,68 @@ impl CatalogNode {
                                 answer.1 = Err(Error::Unavailable(why.clone()));
                             }
                         }
-                        // The batch is in the log: a checkpoint if one is due. One that
-                        // fails leaves the files as they were and is tried again later.
-                        store.after_write(&self.state());
-                        break;
+                        batch_ctx = batch_span.take().and_then(|span| span.context());
+                        Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
+                        logged = true;
+                        Done::Answered
                     }
-                    Do::Refuse => break,
+                    Do::Refuse => {
+                        batch_ctx = batch_span.take().and_then(|span| span.context());
+                        Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
+                        Done::Answered
+                    }
+                    Do::End => break,
                 };
                 step = stages.next(done);
             }
+            if logged {
+                // The batch is in the log: a checkpoint if one is due (after its notice,
+                // which replicas wait for). One that fails leaves the files as they were
+                // and is tried again later.
+                store.after_write(&self.state());
+            }
         }
-        drop(store);
-        let batch_ctx = batch_span.context();
-        drop(batch_span);
-        if let Some(batch) = batch_ctx {
-            // One link per request (its writes share its span), failed if any of its
-            // writes in this batch was refused.
+        // A batch that made no write (every one refused) is answered here.
+        if let Some(span) = batch_span.take() {
+            batch_ctx = span.context();
+            drop(span);
+            Self::answer(answers, &links, batch_ctx.clone(), since, epoch);
+        }
+        if owed && !pushed_batch {
+            self.notice_owed(&store, batch_ctx.as_ref());
+        }
+    }
+
+    /// The commit notice that the batch before left to the next one's push, when that one
+    /// pushed nothing (every write refused, or its append failed): replicas then show what
+    /// is committed without asking the primary. A replica that misses it is out of sync
+    /// like one that missed a push, its lease waited out here, before anything else is
+    /// acknowledged (with etcd the next batch takes it out of the in-sync record).
+    fn notice_owed(&self, store: &Ledger, batch: Option<&crate::trace::Context>) {
+        let _notice = crate::trace::follow(batch, "catalog.commit_notice");
+        let (_, lost_until) = self.replicate(store, &[], self.state().seq());
+        if let Some(wait) =
+            lost_until.filter(|_| self.leases()).map(|until| until.saturating_duration_since(Instant::now()))
+        {
+            log::info!("the commit notice waits {wait:?} for a lost replica's lease to expire");
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Sends a batch's answers, each request's `catalog.batched` span first: one link per
+    /// request (its writes share its span) to the batch's span `batch`, failed if any of
+    /// its writes in this batch was refused. `links` are the traces of the batch's writes.
+    fn answer(
+        answers: Vec<(Reply, Result<Book>)>,
+        links: &[Option<crate::trace::Context>],
+        batch: Option<crate::trace::Context>,
+        since: (u64, Instant),
+        epoch: u64,
+    ) {
+        if answers.is_empty() {
+            return;
+        }
+        if let Some(batch) = batch {
             let mut requests: Vec<(&crate::trace::Context, bool)> = Vec::new();
             for (ctx, (_, answer)) in links.iter().zip(&answers) {
                 let Some(ctx) = ctx else { continue };
@@ -540,6 +601,10 @@ impl CatalogNode {
     /// serving reads for the grace while no primary runs.
     pub(super) fn farewell(&self) {
         let writer = self.lock_writer();
+        // The last batch may have left its commit notice to a next batch that never came:
+        // the replicas show what is committed, and serve it through the grace without
+        // asking a primary that is gone.
+        let _ = self.replicate(&writer, &[], self.state().seq());
         let body = serde_json::to_vec(&Farewell { run: self.replica_id.clone() }).unwrap_or_default();
         std::thread::scope(|s| {
             for link in self.links().into_iter().filter(|l| l.grant().in_sync) {
@@ -555,7 +620,7 @@ impl CatalogNode {
     }
 
     /// Pushes writes to every replica in sync (in parallel), with the commit point
-    /// `committed` (etcd only; an empty push with it is the commit notice). A replica that
+    /// `committed` (an empty push with it is the commit notice). A replica that
     /// misses them is out of sync from then on (no lease renewals, no pushes) until the
     /// background brings it back. Returns the replicas that took them, and the latest time
     /// until which one that missed them may hold a read lease (the batch waits it out:
@@ -855,5 +920,38 @@ impl CatalogNode {
         }
         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
         Err(Error::NotHere(NotHere::NoGrant(NoGrant::Unknown)))
+    }
+}
+
+/// The writes waiting for the writer thread: the channel, and at most one write taken from
+/// it early, to learn that another batch waits (that write begins the next batch).
+struct Waiting {
+    queue: mpsc::Receiver<Pending>,
+    held: Option<Pending>,
+    /// The last batch sent no commit notice: the next batch's push carries its commit
+    /// point, or, if it pushes nothing, that batch sends the notice.
+    owed: bool,
+}
+
+impl Waiting {
+    /// Whether a write waits (taken out and held when it does).
+    fn any(&mut self) -> bool {
+        if self.held.is_none() {
+            self.held = self.queue.try_recv().ok();
+        }
+        self.held.is_some()
+    }
+
+    /// The first write of the next batch: the one held, or the next within `timeout`.
+    fn first(&mut self, timeout: Duration) -> Result<Pending, mpsc::RecvTimeoutError> {
+        match self.held.take() {
+            Some(p) => Ok(p),
+            None => self.queue.recv_timeout(timeout),
+        }
+    }
+
+    /// Another write that waits now, if any.
+    fn more(&mut self) -> Option<Pending> {
+        self.held.take().or_else(|| self.queue.try_recv().ok())
     }
 }

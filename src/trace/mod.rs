@@ -357,6 +357,23 @@ pub fn span(name: &'static str) -> Span {
     }
 }
 
+/// Opens a span of work that goes on after the span `from` ended (the commit notice a
+/// batch sends once it is answered): in `from`'s trace, recorded when `from` is, with no
+/// parent (no span of the trace lasts as long) and a `follows` attribute that names `from`
+/// (`<trace id>/<span id>`: OpenTelemetry's "follows from"). It is the thread's current
+/// span until dropped.
+pub fn follow(from: Option<&Context>, name: &'static str) -> Span {
+    match from {
+        Some(from) if from.sampled && TRACER.get().is_some() => {
+            let ctx = Context { span_id: SpanId::random(), ..from.clone() };
+            let mut span = Span::open(ctx, None, Cow::Borrowed(name), Kind::Internal);
+            span.attr("follows", format!("{}/{}", from.trace_id, from.span_id));
+            span
+        }
+        _ => Span::none(),
+    }
+}
+
 /// Makes `ctx` this thread's current context until the guard is dropped (work handed
 /// to another thread: the writer thread, a scoped push).
 pub fn adopt(ctx: Option<Context>) -> Span {

@@ -24,11 +24,21 @@
 //! 6. **Show**: the batch becomes readable here, the moment it takes effect (also after
 //!    giving up, as the code before this module did: the catalog has stepped down and reads
 //!    nothing until it caught up with the next primary).
-//! 7. **Notice**: the commit notice (an empty push with the commit point), so replicas show
-//!    the batch without asking; it goes through 3 and 4 again (a replica that missed it is
-//!    out of sync like one that missed the push). Skipped when the batch gave up.
+//! 7. **Check** that the leadership still holds (4 again: no replica can have missed
+//!    anything since), or give up.
 //! 8. **Answer**: every write acknowledged, or, when the batch gave up, answered that its
 //!    outcome is unknown. Only here does any client learn of the batch.
+//! 9. **Notice**: the commit notice (an empty push with the commit point), so replicas show
+//!    the batch without asking; it goes through 3 and 4 again before the next batch (a
+//!    replica that missed it is out of sync like one that missed the push). Skipped when
+//!    the batch gave up, and when another batch already waits: that batch's push carries
+//!    the commit point, a moment later.
+//!
+//! A replica that has not heard the commit point when a client reads the batch there holds
+//! its books dirty and asks the primary (CRAQ), which shows the batch already: the notice
+//! spares replicas those questions, it guards nothing. So it follows the answer: a client
+//! waits for no round trip of it, and under load no batch does (design notes in
+//! `docs/performance.md`, issue 25).
 
 use std::time::{Duration, Instant};
 
@@ -50,19 +60,20 @@ pub enum Do {
     GiveUp(String),
     /// Wait until every front end with a lease applied the fence, or its lease ran out.
     Confirm,
-    /// Make the batch readable here.
+    /// Make the batch readable here, and say whether another batch waits.
     Show,
-    /// Send the commit notice to every replica in sync.
-    Notice,
-    /// Answer every write: acknowledged (`unknown` is None), or that its outcome is
+    /// Answer every write now: acknowledged (`unknown` is None), or that its outcome is
     /// unknown, and why; the batch is in the log, so the files are checkpointed if due.
-    /// The batch is over.
     Answer {
         /// Why the outcome is unknown, when the batch gave up.
         unknown: Option<String>,
     },
-    /// The append failed: answer every write with the cause. The batch is over.
+    /// The append failed: answer every write with the cause now.
     Refuse,
+    /// Send the commit notice to every replica in sync (the batch is answered).
+    Notice,
+    /// The batch is over: the writer takes the next.
+    End,
 }
 
 /// What happened when the writer did what the batch asked.
@@ -88,7 +99,13 @@ pub enum Done {
     /// The front ends confirmed the fence (or their leases ran out).
     Confirmed,
     /// The batch is readable here.
-    Shown,
+    Shown {
+        /// Whether another batch waits for this one: its push carries the commit point, so
+        /// this batch sends no notice of its own.
+        next_waits: bool,
+    },
+    /// Every write was answered (or refused).
+    Answered,
 }
 
 /// Which push round a batch is in.
@@ -107,9 +124,19 @@ enum Stage {
     Pushing(Round),
     WaitingOut(Round),
     MakingSafe(Round),
-    GivingUp { why: String, shown: bool },
+    GivingUp {
+        why: String,
+        shown: bool,
+    },
     Confirming,
     Showing,
+    /// The leadership checked again before the answer; then the notice, or not.
+    Checking {
+        notice: bool,
+    },
+    Answering {
+        notice: bool,
+    },
     Over,
 }
 
@@ -121,16 +148,18 @@ pub struct Batch {
     leases: bool,
     /// Why the batch gave up, once it has.
     unknown: Option<String>,
+    /// Whether its writes were answered.
+    answered: bool,
 }
 
 impl Batch {
     /// A batch whose writes were decided; `leases` says whether replicas hold read leases.
     /// Returns it and its first step ([`Do::Append`]).
     pub fn start(leases: bool) -> (Batch, Do) {
-        (Batch { stage: Stage::Appending, leases, unknown: None }, Do::Append)
+        (Batch { stage: Stage::Appending, leases, unknown: None, answered: false }, Do::Append)
     }
 
-    /// Whether the batch is over (answered or refused).
+    /// Whether the batch is over.
     #[cfg(test)]
     fn is_over(&self) -> bool {
         self.stage == Stage::Over
@@ -144,7 +173,7 @@ impl Batch {
             (Stage::Appending, Done::Appended(false)) if super::planted::on(super::planted::Planted::AckUnlogged) => {
                 (Stage::Pushing(Round::Batch), Do::FenceAndPush)
             }
-            (Stage::Appending, Done::Appended(false)) => (Stage::Over, Do::Refuse),
+            (Stage::Appending, Done::Appended(false)) => (Stage::Answering { notice: false }, Do::Refuse),
             (Stage::Appending, Done::Appended(true)) => (Stage::Pushing(Round::Batch), Do::FenceAndPush),
             (Stage::Pushing(round), Done::Pushed { lost_until, now }) => {
                 #[cfg(test)]
@@ -157,24 +186,39 @@ impl Batch {
             (Stage::WaitingOut(round), Done::WaitedOut) => (Stage::MakingSafe(round), Do::MakeSafe),
             (Stage::MakingSafe(Round::Batch), Done::Safe(Ok(()))) if fence_after_commit() => (Stage::Showing, Do::Show),
             (Stage::MakingSafe(Round::Batch), Done::Safe(Ok(()))) => (Stage::Confirming, Do::Confirm),
-            (Stage::MakingSafe(Round::Notice), Done::Safe(Ok(()))) => (Stage::Over, Do::Answer { unknown: None }),
+            (Stage::MakingSafe(Round::Notice), Done::Safe(Ok(()))) => (Stage::Over, Do::End),
             (Stage::MakingSafe(round), Done::Safe(Err(why))) => {
                 (Stage::GivingUp { why: why.clone(), shown: round == Round::Notice }, Do::GiveUp(why))
             }
+            (Stage::Checking { .. }, Done::Safe(Err(why))) => {
+                (Stage::GivingUp { why: why.clone(), shown: true }, Do::GiveUp(why))
+            }
             (Stage::GivingUp { why, shown }, Done::GaveUp) => {
                 self.unknown = Some(why);
-                match shown {
+                match (shown, self.answered) {
                     // The batch gave up before it was readable here: it becomes readable
                     // anyway (see the module doc), and gets no commit notice.
-                    false => (Stage::Showing, Do::Show),
-                    true => (Stage::Over, Do::Answer { unknown: self.unknown.clone() }),
+                    (false, _) => (Stage::Showing, Do::Show),
+                    (true, false) => (Stage::Answering { notice: false }, Do::Answer { unknown: self.unknown.clone() }),
+                    // Gave up after its notice: acknowledged already, safe then.
+                    (true, true) => (Stage::Over, Do::End),
                 }
             }
             (Stage::Confirming, Done::Confirmed) => (Stage::Showing, Do::Show),
-            (Stage::Showing, Done::Shown) => match &self.unknown {
-                None => (Stage::Pushing(Round::Notice), Do::Notice),
-                Some(why) => (Stage::Over, Do::Answer { unknown: Some(why.clone()) }),
+            (Stage::Showing, Done::Shown { next_waits }) => match &self.unknown {
+                None => (Stage::Checking { notice: !next_waits }, Do::MakeSafe),
+                Some(why) => (Stage::Answering { notice: false }, Do::Answer { unknown: Some(why.clone()) }),
             },
+            (Stage::Checking { notice }, Done::Safe(Ok(()))) => {
+                (Stage::Answering { notice }, Do::Answer { unknown: None })
+            }
+            (Stage::Answering { notice }, Done::Answered) => {
+                self.answered = true;
+                match notice {
+                    true => (Stage::Pushing(Round::Notice), Do::Notice),
+                    false => (Stage::Over, Do::End),
+                }
+            }
             (stage, done) => panic!("a batch at {stage:?} was told {done:?}"),
         };
         self.stage = stage;
@@ -205,6 +249,7 @@ mod tests {
             steps.push(batch.next(done));
         }
         assert!(batch.is_over(), "the batch did not end: {steps:?}");
+        assert_eq!(steps.last(), Some(&Do::End));
         steps
     }
 
@@ -213,54 +258,72 @@ mod tests {
         Done::Pushed { lost_until: lost_ms.map(|ms| now + Duration::from_millis(ms)), now }
     }
 
-    /// The reports of a batch every replica took, up to where it is readable here, then
-    /// `rest`.
-    fn shown_then(rest: Vec<Done>) -> Vec<Done> {
-        let mut reports = vec![Done::Appended(true), pushed(None), Done::Safe(Ok(())), Done::Confirmed, Done::Shown];
+    /// The reports of a batch every replica took, up to where it is answered (the
+    /// leadership checked again), `next_waits` said when it is shown, then `rest`.
+    fn answered_then(next_waits: bool, rest: Vec<Done>) -> Vec<Done> {
+        let mut reports = vec![
+            Done::Appended(true),
+            pushed(None),
+            Done::Safe(Ok(())),
+            Done::Confirmed,
+            Done::Shown { next_waits },
+            Done::Safe(Ok(())),
+            Done::Answered,
+        ];
         reports.extend(rest);
         reports
     }
 
-    /// Every replica took the batch and the notice: acknowledged after the fence is
-    /// confirmed and the batch is readable here, never before.
+    /// Every replica took the batch: acknowledged after the fence is confirmed, the batch
+    /// is readable here and the leadership checked again, never before; the commit notice
+    /// follows the answer.
     #[test]
-    fn a_batch_every_replica_took_is_answered_last() {
-        let steps = run(true, shown_then(vec![pushed(None), Done::Safe(Ok(()))]));
+    fn a_batch_every_replica_took_is_answered_then_noticed() {
+        let steps = run(true, answered_then(false, vec![pushed(None), Done::Safe(Ok(()))]));
         use Do::*;
         assert_eq!(
             steps,
-            vec![Append, FenceAndPush, MakeSafe, Confirm, Show, Notice, MakeSafe, Answer { unknown: None }]
+            vec![
+                Append,
+                FenceAndPush,
+                MakeSafe,
+                Confirm,
+                Show,
+                MakeSafe,
+                Answer { unknown: None },
+                Notice,
+                MakeSafe,
+                End
+            ]
         );
+    }
+
+    /// Another batch waits when this one is readable: its push will carry the commit
+    /// point, so no notice is sent.
+    #[test]
+    fn a_batch_another_waits_for_sends_no_notice() {
+        let steps = run(true, answered_then(true, vec![]));
+        use Do::*;
+        assert_eq!(steps, vec![Append, FenceAndPush, MakeSafe, Confirm, Show, MakeSafe, Answer { unknown: None }, End]);
     }
 
     /// The append failed: every write is refused with the cause, nothing else happens.
     #[test]
     fn a_failed_append_refuses_the_batch_and_does_nothing_else() {
-        assert_eq!(run(true, vec![Done::Appended(false)]), vec![Do::Append, Do::Refuse]);
+        assert_eq!(run(true, vec![Done::Appended(false), Done::Answered]), vec![Do::Append, Do::Refuse, Do::End]);
     }
 
     /// A replica that missed the push (or the notice) holds its lease for a while: the batch
-    /// waits it out before it may count as safe; with leases off, or a lease already over,
-    /// there is nothing to wait for.
+    /// (the next one, for the notice) waits it out before it may count as safe; with leases
+    /// off, or a lease already over, there is nothing to wait for.
     #[test]
     fn a_lost_replicas_lease_is_waited_out_in_both_rounds() {
-        let steps = run(
-            true,
-            vec![
-                Done::Appended(true),
-                pushed(Some(300)),
-                Done::WaitedOut,
-                Done::Safe(Ok(())),
-                Done::Confirmed,
-                Done::Shown,
-                pushed(Some(40)),
-                Done::WaitedOut,
-                Done::Safe(Ok(())),
-            ],
-        );
+        let mut reports = vec![Done::Appended(true), pushed(Some(300)), Done::WaitedOut];
+        reports.extend(answered_then(false, vec![pushed(Some(40)), Done::WaitedOut, Done::Safe(Ok(()))]).split_off(2));
+        let steps = run(true, reports);
         assert_eq!(steps[2], Do::WaitOut(Duration::from_millis(300)));
-        assert_eq!(steps[7], Do::WaitOut(Duration::from_millis(40)));
-        assert_eq!(steps.last(), Some(&Do::Answer { unknown: None }));
+        assert_eq!(steps[6..9], [Do::MakeSafe, Do::Answer { unknown: None }, Do::Notice]);
+        assert_eq!(steps[9], Do::WaitOut(Duration::from_millis(40)));
         // Leases off: a lost replica answers no read, nothing to wait for.
         let (mut batch, _) = Batch::start(false);
         batch.next(Done::Appended(true));
@@ -282,24 +345,49 @@ mod tests {
         let why = "the in-sync record was not changed".to_string();
         let steps = run(
             true,
-            vec![Done::Appended(true), pushed(None), Done::Safe(Err(why.clone())), Done::GaveUp, Done::Shown],
+            vec![
+                Done::Appended(true),
+                pushed(None),
+                Done::Safe(Err(why.clone())),
+                Done::GaveUp,
+                Done::Shown { next_waits: false },
+                Done::Answered,
+            ],
         );
         use Do::*;
         assert_eq!(
             steps,
-            vec![Append, FenceAndPush, MakeSafe, GiveUp(why.clone()), Show, Answer { unknown: Some(why) }]
+            vec![Append, FenceAndPush, MakeSafe, GiveUp(why.clone()), Show, Answer { unknown: Some(why) }, End]
         );
     }
 
-    /// The same after the commit notice: the batch is readable already; it gives up and
-    /// answers that the outcome is unknown.
+    /// The leadership lapsed by the time the batch is readable here: it gives up and
+    /// answers that the outcome is unknown, with no notice.
     #[test]
-    fn a_notice_that_cannot_be_made_safe_gives_up_too() {
+    fn a_batch_whose_leadership_lapsed_before_the_answer_gives_up() {
         let why = "leadership lapsed".to_string();
-        let steps =
-            run(true, shown_then(vec![pushed(Some(10)), Done::WaitedOut, Done::Safe(Err(why.clone())), Done::GaveUp]));
+        let mut reports = answered_then(true, vec![]);
+        reports.truncate(5);
+        reports.extend([Done::Safe(Err(why.clone())), Done::GaveUp, Done::Answered]);
+        let steps = run(true, reports);
         use Do::*;
-        assert_eq!(steps[8..], [GiveUp(why.clone()), Answer { unknown: Some(why) }]);
+        assert_eq!(steps[5..], [MakeSafe, GiveUp(why.clone()), Answer { unknown: Some(why) }, End]);
+    }
+
+    /// A notice that cannot be made safe (a replica that missed it cannot leave the
+    /// in-sync record): the catalog steps down; the batch was answered already, safe then.
+    #[test]
+    fn a_notice_that_cannot_be_made_safe_gives_up_after_the_answer() {
+        let why = "leadership lapsed".to_string();
+        let steps = run(
+            true,
+            answered_then(false, vec![pushed(Some(10)), Done::WaitedOut, Done::Safe(Err(why.clone())), Done::GaveUp]),
+        );
+        use Do::*;
+        assert_eq!(
+            steps[6..],
+            [Answer { unknown: None }, Notice, WaitOut(Duration::from_millis(10)), MakeSafe, GiveUp(why), End]
+        );
     }
 
     /// A report out of order is a bug of the writer, never a guess.
@@ -307,6 +395,6 @@ mod tests {
     #[should_panic(expected = "was told")]
     fn a_report_out_of_order_panics() {
         let (mut batch, _) = Batch::start(true);
-        batch.next(Done::Shown);
+        batch.next(Done::Shown { next_waits: false });
     }
 }

@@ -4,9 +4,11 @@
 //! A replica logs a pushed write durably at once but keeps it *pending* (not readable)
 //! until its primary says it is committed: on every catalog recorded in sync (those that
 //! missed it were removed from the record in etcd first, and their read leases waited
-//! out). The primary says so, after a batch's pushes and before it acknowledges the batch,
-//! with an empty push carrying `committed = N` (the batch's last write); every push also
-//! carries the primary's commit point, and a log page its readable number.
+//! out). The primary says so once it has acknowledged the batch, with an empty push
+//! carrying `committed = N` (the batch's last write; left to the next batch's push when
+//! one waits); every push also carries the primary's commit point, and a log page its
+//! readable number. Until then a read that meets the batch's books on a replica asks the
+//! primary (CRAQ's version query).
 //!
 //! # Invariants
 //! - **Nothing unacknowledged is ever visible** (issue 13): a catalog shows write `N` only
