@@ -183,15 +183,16 @@ fn idle_connections_from_one_address_do_not_lock_out_another() {
 
 /// Purchases give back their public slot while they wait for their batch, so the front end
 /// bounds what waits itself: with both order servers frozen (SIGSTOP), a batch in flight to
-/// each and two full rounds of batches waiting (2 x 64 per order server), every purchase
-/// beyond is answered 503 with `Retry-After` at once instead of joining a queue it cannot
-/// leave in time; once the order servers run again, every purchase that waited is made.
+/// each and two full rounds of batches waiting (2 x `OrderBatch::MOST` per order server),
+/// every purchase beyond is answered 503 with `Retry-After` at once instead of joining a
+/// queue it cannot leave in time; once the order servers run again, every purchase that
+/// waited is made.
 #[test]
 fn purchases_beyond_two_rounds_of_batches_are_shed_at_once() {
     let s = Store::start(Opts::default()).expect("a store");
     s.set_stock(1, 100_000);
     let fe: SocketAddr = s.fe().trim_start_matches("http://").parse().unwrap();
-    let waiting = 2 * 64 * 2;
+    let waiting = 2 * bazar::wire::OrderBatch::MOST * 2;
     let (flights, extra) = (2, 40);
     s.orders.iter().for_each(|o| o.signal(libc::SIGSTOP));
     let post = "POST /purchase/1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
