@@ -372,20 +372,7 @@ impl CatalogNode {
                         pushed_batch = true;
                         Done::Pushed { lost_until, now: Instant::now() }
                     }
-                    Do::WaitOut(wait) => {
-                        self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
-                        self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                        log::info!("{} writes wait {wait:?} for a lost replica's lease to expire", writes.len());
-                        std::thread::sleep(wait);
-                        Done::WaitedOut
-                    }
-                    Do::MakeSafe => Done::Safe(
-                        self.make_safe(&took).and_then(|()| self.may_acknowledge()).map_err(|e| e.to_string()),
-                    ),
-                    Do::GiveUp(why) => {
-                        self.give_up(&why);
-                        Done::GaveUp
-                    }
+                    step @ (Do::WaitOut(_) | Do::MakeSafe | Do::GiveUp(_)) => self.guard(step, &took, writes.len()),
                     Do::Confirm => {
                         let _confirm = crate::trace::span("catalog.near.confirmed");
                         self.near.confirmed(last);
@@ -448,18 +435,49 @@ impl CatalogNode {
     }
 
     /// The commit notice that the batch before left to the next one's push, when that one
-    /// pushed nothing (every write refused, or its append failed): replicas then show what
-    /// is committed without asking the primary. A replica that misses it is out of sync
-    /// like one that missed a push, its lease waited out here, before anything else is
-    /// acknowledged (with etcd the next batch takes it out of the in-sync record).
+    /// pushed nothing (every write refused, or its append failed), as a batch of its own
+    /// (`Batch::notice_only`): replicas then show what is committed without asking the
+    /// primary; one that misses it is out of sync like one that missed a push (its lease
+    /// waited out, with etcd taken out of the in-sync record) before anything else is
+    /// acknowledged.
     fn notice_owed(&self, store: &Ledger, batch: Option<&crate::trace::Context>) {
         let _notice = crate::trace::follow(batch, "catalog.commit_notice");
-        let (_, lost_until) = self.replicate(store, &[], self.state().seq());
-        if let Some(wait) =
-            lost_until.filter(|_| self.leases()).map(|until| until.saturating_duration_since(Instant::now()))
-        {
-            log::info!("the commit notice waits {wait:?} for a lost replica's lease to expire");
-            std::thread::sleep(wait);
+        let (mut stages, mut step) = Batch::notice_only(self.leases());
+        let mut took = Vec::new();
+        loop {
+            let done = match step {
+                Do::Notice => {
+                    let (pushed, lost_until) = self.replicate(store, &[], self.state().seq());
+                    took = pushed;
+                    Done::Pushed { lost_until, now: Instant::now() }
+                }
+                Do::End => break,
+                step => self.guard(step, &took, 0),
+            };
+            step = stages.next(done);
+        }
+    }
+
+    /// The steps that keep a batch's round safe (its push, or its notice): the wait for a
+    /// lost replica's lease (`writes`: the batch's, for the log), the in-sync record and
+    /// the leadership checked (`took`: the replicas that took the round), giving up.
+    fn guard(&self, step: Do, took: &[String], writes: usize) -> Done {
+        match step {
+            Do::WaitOut(wait) => {
+                self.counters.lease_waits.fetch_add(1, Ordering::Relaxed);
+                self.counters.lease_wait_micros.fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                log::info!("{writes} writes wait {wait:?} for a lost replica's lease to expire");
+                std::thread::sleep(wait);
+                Done::WaitedOut
+            }
+            Do::MakeSafe => {
+                Done::Safe(self.make_safe(took).and_then(|()| self.may_acknowledge()).map_err(|e| e.to_string()))
+            }
+            Do::GiveUp(why) => {
+                self.give_up(&why);
+                Done::GaveUp
+            }
+            other => panic!("the writer was asked {other:?} where it guards a round"),
         }
     }
 

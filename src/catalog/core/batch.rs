@@ -32,7 +32,9 @@
 //!    the batch without asking; it goes through 3 and 4 again before the next batch (a
 //!    replica that missed it is out of sync like one that missed the push). Skipped when
 //!    the batch gave up, and when another batch already waits: that batch's push carries
-//!    the commit point, a moment later.
+//!    the commit point, a moment later. If that batch pushes nothing after all (every
+//!    write refused, or its append failed), the writer sends the notice it owes as a batch
+//!    of its own ([`Batch::notice_only`]: 9 alone).
 //!
 //! A replica that has not heard the commit point when a client reads the batch there holds
 //! its books dirty and asks the primary (CRAQ), which shows the batch already: the notice
@@ -157,6 +159,13 @@ impl Batch {
     /// Returns it and its first step ([`Do::Append`]).
     pub fn start(leases: bool) -> (Batch, Do) {
         (Batch { stage: Stage::Appending, leases, unknown: None, answered: false }, Do::Append)
+    }
+
+    /// The commit notice a batch left to the next one, which pushed nothing: a batch of no
+    /// writes whose only stage is the notice (and its 3 and 4). Returns it and its first
+    /// step ([`Do::Notice`]).
+    pub fn notice_only(leases: bool) -> (Batch, Do) {
+        (Batch { stage: Stage::Pushing(Round::Notice), leases, unknown: None, answered: true }, Do::Notice)
     }
 
     /// Whether the batch is over.
@@ -388,6 +397,23 @@ mod tests {
             steps[6..],
             [Answer { unknown: None }, Notice, WaitOut(Duration::from_millis(10)), MakeSafe, GiveUp(why), End]
         );
+    }
+
+    /// A notice owed by the batch before: sent, a lost replica's lease waited out, made
+    /// safe, over; a failure to make it safe steps down, with nothing left to answer.
+    #[test]
+    fn a_notice_owed_is_a_batch_of_its_own() {
+        let (mut batch, first) = Batch::notice_only(true);
+        assert_eq!(first, Do::Notice);
+        assert_eq!(batch.next(pushed(Some(20))), Do::WaitOut(Duration::from_millis(20)));
+        assert_eq!(batch.next(Done::WaitedOut), Do::MakeSafe);
+        assert_eq!(batch.next(Done::Safe(Ok(()))), Do::End);
+        assert!(batch.is_over());
+        let (mut batch, _) = Batch::notice_only(false);
+        assert_eq!(batch.next(pushed(Some(20))), Do::MakeSafe);
+        assert_eq!(batch.next(Done::Safe(Err("lapsed".into()))), Do::GiveUp("lapsed".into()));
+        assert_eq!(batch.next(Done::GaveUp), Do::End);
+        assert!(batch.is_over());
     }
 
     /// A report out of order is a bug of the writer, never a guess.

@@ -23,7 +23,9 @@
 //!   it logs a write, pushes it to the followers (each takes it unless down, paused or the
 //!   push is lost), removes each member of `sync` that missed it (the compare-and-swap of
 //!   `make_safe`; a failure gives up, a conflict steps down), acknowledges it if the core
-//!   still lets it, then copies its log to lagging followers and records them in `sync`.
+//!   still lets it, sends the commit notice (each member that misses it, down, paused or
+//!   the notice lost, leaves `sync`; a failure there steps down after the acknowledgement),
+//!   then copies its log to lagging followers and records them in `sync`.
 //!   Every call to etcd is one request and one answer, each delayed and maybe lost; a call
 //!   unanswered within `ETCD_TIMEOUT` of the caller's clock fails (and may still apply).
 //! - **Faults** (swarm: each seed turns each kind on or off, then draws a few): pauses,
@@ -283,6 +285,9 @@ struct Batch {
     remove: VecDeque<String>,
     /// Past the removals: acknowledged or not.
     done: bool,
+    /// The members that missed the commit notice sent after the acknowledgement: each
+    /// leaves `sync` (a failure steps down) before the additions and the next batch.
+    notice: VecDeque<String>,
     add: VecDeque<String>,
 }
 
@@ -364,6 +369,9 @@ struct World {
     t: u64,
     base: Instant,
     rng: Rng,
+    /// Which members miss a commit notice: a generator of its own, so that the runs the
+    /// notice does not change stay as they were.
+    notices: Rng,
     queue: BTreeMap<(u64, u64), Ev>,
     seq: u64,
     next_call: u64,
@@ -430,6 +438,7 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
         t: 0,
         base: Instant::now(),
         rng,
+        notices: Rng(seed ^ 0x0000_7e11_0f5e_c0de),
         queue: BTreeMap::new(),
         seq: 0,
         next_call: 0,
@@ -816,13 +825,15 @@ impl World {
         }
     }
 
-    /// A removal from `sync` failed: the batch is not acknowledged (an addition's failure
-    /// only ends it).
+    /// A removal from `sync` failed: the batch is not acknowledged (after its notice, it
+    /// was already; an addition's failure only ends it).
     fn batch_failed(&mut self, n: usize, add: bool) {
-        if !add {
+        let acknowledged = self.nodes[n].batch.as_ref().is_some_and(|b| b.done);
+        if !add && !acknowledged {
             self.line(Some(n), "the batch is not acknowledged".into());
         }
         if let Some(b) = &mut self.nodes[n].batch {
+            b.notice.clear();
             b.remove.clear();
             b.done = true;
             b.add.clear();
@@ -900,10 +911,15 @@ impl World {
             b.done = true;
             if self.nodes[n].core.may_acknowledge(now).is_ok() {
                 self.acknowledge(n, &b);
+                self.notice(n, &mut b);
                 self.catch_up(n, &mut b);
             } else {
                 self.line(Some(n), format!("write {} not acknowledged: may not any more", b.seq));
             }
+        }
+        if let Some(url) = b.notice.pop_front() {
+            self.nodes[n].batch = Some(b);
+            return self.change_sync(n, &url, false);
         }
         if let Some(url) = b.add.pop_front() {
             self.nodes[n].batch = Some(b);
@@ -937,7 +953,22 @@ impl World {
         let urls: Vec<&str> = took.iter().map(|q| URLS[*q]).collect();
         let remove: VecDeque<String> = self.nodes[n].core.not_taken(&urls).into();
         self.line(Some(n), format!("write {seq} (epoch {epoch}) taken by {urls:?}, to remove from sync {remove:?}"));
-        self.nodes[n].batch = Some(Batch { seq, epoch, took, remove, done: false, add: VecDeque::new() });
+        let (notice, add) = (VecDeque::new(), VecDeque::new());
+        self.nodes[n].batch = Some(Batch { seq, epoch, took, remove, done: false, notice, add });
+    }
+
+    /// The commit notice after the acknowledgement (`core::batch`): a member that took the
+    /// write misses it when it is down, paused or the notice is lost, and is to leave
+    /// `sync` (its lease, in the real store, waited out) before the next batch.
+    fn notice(&mut self, n: usize, b: &mut Batch) {
+        for q in b.took.clone() {
+            if !self.follows(q, b.epoch) || self.notices.chance(self.loss * 4.0) {
+                b.notice.push_back(URLS[q].to_string());
+            }
+        }
+        if !b.notice.is_empty() {
+            self.line(Some(n), format!("the notice of write {} missed by {:?}, to remove from sync", b.seq, b.notice));
+        }
     }
 
     /// Whether catalog `q` takes pushes of a primary at `epoch` now.

@@ -244,6 +244,9 @@ struct Primary {
     links: Vec<Grant>,
     queue: Vec<(Who, u64, Asked)>,
     busy: Busy,
+    /// The last batch sent no commit notice (a batch waited): the next push carries it, or
+    /// the writer sends it as a batch of its own (`Batch::notice_only`).
+    owed: bool,
     near: Table,
     /// Held watches: id -> (front end, session, seen, sent, its number).
     held: BTreeMap<u64, (Who, String, u64, Instant, u64)>,
@@ -271,6 +274,8 @@ struct InBatch {
     keys: Vec<String>,
     answers: Vec<(Who, u64, Result<Book, Refusal>)>,
     round: Option<Round>,
+    /// The batch before left it its commit notice, not yet sent (its push sends it).
+    owed: bool,
 }
 
 struct Round {
@@ -441,6 +446,7 @@ fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
         links: vec![Grant::default(); REPLICAS.len()],
         queue: Vec::new(),
         busy: Busy::Idle,
+        owed: false,
         near: Table::new(L),
         held: BTreeMap::new(),
         started,
@@ -1153,6 +1159,7 @@ impl World {
             return;
         }
         let p = self.primary();
+        let owed = std::mem::take(&mut p.owed);
         let most = p.queue.len().min(BATCH_MOST);
         let taken: Vec<(Who, u64, Asked)> = p.queue.drain(..most).collect();
         let (whos, asked): (Vec<(Who, u64)>, Vec<Asked>) = taken.into_iter().map(|(w, t, a)| ((w, t), a)).unzip();
@@ -1164,11 +1171,31 @@ impl World {
                 let res = a.map_or(Res::Refused, |b| Res::Book(b, 0));
                 self.answer(PRIMARY, who, tag, res);
             }
+            if owed {
+                self.notice_owed();
+            }
             return;
         }
         let (batch, step) = Batch::start(true);
-        self.primary().busy =
-            Busy::Batch(Box::new(InBatch { batch, step: step.clone(), writes, keys, answers, round: None }));
+        let b = InBatch { batch, step: step.clone(), writes, keys, answers, round: None, owed };
+        self.primary().busy = Busy::Batch(Box::new(b));
+        self.perform(step);
+    }
+
+    /// The commit notice the batch before left to one that pushed nothing, as a batch of
+    /// its own (`primary.rs`' `notice_owed`).
+    fn notice_owed(&mut self) {
+        let (batch, step) = Batch::notice_only(true);
+        let b = InBatch {
+            batch,
+            step: step.clone(),
+            writes: Vec::new(),
+            keys: Vec::new(),
+            answers: Vec::new(),
+            round: None,
+            owed: false,
+        };
+        self.primary().busy = Busy::Batch(Box::new(b));
         self.perform(step);
     }
 
@@ -1216,6 +1243,8 @@ impl World {
                 self.primary().near.publish(last, &keys);
                 self.answer_held_watches();
                 let committed = self.primary().catalog.seq();
+                // The push carries the commit point the batch before left to it.
+                self.in_batch().owed = false;
                 self.push_round(writes, committed, last);
             }
             Do::WaitOut(wait) => {
@@ -1230,16 +1259,18 @@ impl World {
                 for w in writes {
                     self.primary().catalog.commit(w.book, w.seq);
                 }
-                // A batch waits: its push carries the commit point. (When that batch then
-                // pushes nothing, the writer sends the notice it owes, `notice_owed`: not
-                // modelled, as it carries only a commit point, which reads ask for anyway.)
+                // A batch waits: its push carries the commit point (or, if it pushes
+                // nothing, the notice follows it as a batch of its own).
                 let next_waits = !self.primary().queue.is_empty();
+                self.primary().owed = next_waits;
                 self.tally.carried += u64::from(next_waits);
                 self.batch_done(Done::Shown { next_waits });
             }
             Do::Notice => {
-                let last = self.in_batch().writes.last().map_or(0, |w| w.seq);
-                self.push_round(Vec::new(), last, 0);
+                // What is shown here: the batch's last write (or, for a notice owed, the
+                // last batch's).
+                let committed = self.primary().catalog.seq();
+                self.push_round(Vec::new(), committed, 0);
             }
             Do::Answer { unknown } => {
                 assert!(unknown.is_none(), "a static primary's batch has a known outcome");
@@ -1260,10 +1291,11 @@ impl World {
                 }
                 self.batch_done(Done::Answered);
             }
-            Do::End => {
-                self.end_batch();
-                self.try_batch();
-            }
+            Do::End => match self.end_batch().owed {
+                // It pushed nothing (its append failed): the notice it was left follows.
+                true => self.notice_owed(),
+                false => self.try_batch(),
+            },
         }
     }
 
