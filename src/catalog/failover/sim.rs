@@ -59,7 +59,7 @@
 use super::{Core, Effect, Input, Observed, Role, SyncSet};
 use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::etcd_side as elect;
-use crate::catalog::sim::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Seeds};
+use crate::catalog::sim::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Scheduler, Seeds};
 use crate::wire::{Identity, LeaderRecord, SyncRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -372,8 +372,7 @@ struct World {
     /// Which members miss a commit notice: a generator of its own, so that the runs the
     /// notice does not change stay as they were.
     notices: Rng,
-    queue: BTreeMap<(u64, u64), Ev>,
-    seq: u64,
+    queue: Scheduler<Ev>,
     next_call: u64,
     nodes: Vec<Node>,
     etcd: Etcd,
@@ -439,8 +438,7 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
         base: Instant::now(),
         rng,
         notices: Rng(seed ^ 0x0000_7e11_0f5e_c0de),
-        queue: BTreeMap::new(),
-        seq: 0,
+        queue: Scheduler::new(),
         next_call: 0,
         nodes,
         etcd: Etcd::default(),
@@ -466,8 +464,8 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
         w.schedule(b, Ev::Wake { n, a: WRITER, inc: 0 });
     }
     let end = heal + HEAL_US;
-    while let Some(((t, _), ev)) = w.queue.pop_first() {
-        if t > end || w.failure.is_some() {
+    while let Some((t, ev)) = w.queue.next_until(end) {
+        if w.failure.is_some() {
             break;
         }
         w.t = t;
@@ -488,8 +486,7 @@ pub(super) fn run(seed: u64, planted: Planted, trace: bool) -> (Outcome, Vec<Str
 
 impl World {
     fn schedule(&mut self, t: u64, ev: Ev) {
-        self.seq += 1;
-        self.queue.insert((t, self.seq), ev);
+        self.queue.at(t, ev);
     }
 
     fn line(&mut self, n: Option<usize>, what: String) {

@@ -63,7 +63,7 @@
 //! `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 200) from `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib catalog::sim -- --nocapture` prints the runs per second.
 
-use super::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Seeds};
+use super::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rng, Scheduler, Seeds};
 use crate::catalog::core::batch::{Batch, Do, Done};
 use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::core::primary::{decide, took, Asked, Decided, Took};
@@ -387,10 +387,9 @@ struct World {
     t: u64,
     base: Instant,
     rng: Rng,
-    /// The events to come, by (true time, order of scheduling); boxed, as the map moves
-    /// its values within its nodes.
-    queue: BTreeMap<(u64, u64), Box<Ev>>,
-    seq: u64,
+    /// The events to come; boxed, as the scheduler's map moves its values within its
+    /// nodes.
+    queue: Scheduler<Box<Ev>>,
     nodes: Vec<Node>,
     clients: Vec<Client>,
     ops: Vec<Op>,
@@ -549,8 +548,7 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         t: 0,
         base: Instant::now(),
         rng,
-        queue: BTreeMap::new(),
-        seq: 0,
+        queue: Scheduler::new(),
         nodes,
         clients: (0..CLIENTS).map(|_| Client { op: None, tag: 0, orders: 0, purchase: None }).collect(),
         ops: Vec::new(),
@@ -592,8 +590,8 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         let at = w.rng.range(0, 20_000);
         w.schedule(at, Ev::ClientNext(c));
     }
-    while let Some(((t, _), ev)) = w.queue.pop_first() {
-        if t > END_US || w.failure.is_some() {
+    while let Some((t, ev)) = w.queue.next_until(END_US) {
+        if w.failure.is_some() {
             break;
         }
         w.t = t;
@@ -631,8 +629,7 @@ impl World {
     }
 
     fn schedule(&mut self, t: u64, ev: Ev) {
-        self.seq += 1;
-        self.queue.insert((t, self.seq), Box::new(ev));
+        self.queue.at(t, Box::new(ev));
     }
 
     fn local(&self, n: usize) -> u64 {

@@ -10,9 +10,38 @@
 //! - `catalog::failover::sim`: the election with etcd (the real `failover::Core` against a
 //!   model of etcd).
 //!
-//! Here: what both share (the seeded generator, the clocks, the trace hash).
+//! Here: what both share (the seeded generator, the event scheduler, the clocks, the
+//! trace hash).
 
 mod data;
+
+use std::collections::BTreeMap;
+
+/// The events to come in a simulated world, by true time (µs): the earliest first, and
+/// those at one instant in the order they were scheduled, so that a seed gives one run.
+pub(crate) struct Scheduler<E> {
+    queue: BTreeMap<(u64, u64), E>,
+    /// How many events were scheduled: each one's place among those at its instant.
+    scheduled: u64,
+}
+
+impl<E> Scheduler<E> {
+    pub(crate) fn new() -> Scheduler<E> {
+        Scheduler { queue: BTreeMap::new(), scheduled: 0 }
+    }
+
+    /// Schedules `event` at true time `t`.
+    pub(crate) fn at(&mut self, t: u64, event: E) {
+        self.scheduled += 1;
+        self.queue.insert((t, self.scheduled), event);
+    }
+
+    /// The next event and its time, if one is due at or before `end` (it is taken either
+    /// way: a world stops at the first event past its end).
+    pub(crate) fn next_until(&mut self, end: u64) -> Option<(u64, E)> {
+        self.queue.pop_first().filter(|((t, _), _)| *t <= end).map(|((t, _), event)| (t, event))
+    }
+}
 
 /// SplitMix64: small, seedable, good enough to draw schedules.
 pub(crate) struct Rng(pub(crate) u64);
@@ -140,5 +169,26 @@ pub(crate) fn fail_on(failed: &[u64], seeds: u64, test: &str) {
             "{} of {seeds} seeds failed: {failed:?}\nreplay: BAZAR_SIM_SEED={seed} cargo test --lib {test} -- --nocapture",
             failed.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scheduler;
+
+    /// Events come by time, those at one instant in the order they were scheduled; the
+    /// first past the end stops the world.
+    #[test]
+    fn events_come_by_time_then_in_the_order_scheduled() {
+        let mut s = Scheduler::new();
+        for (t, e) in [(30, "c"), (10, "a"), (30, "d"), (10, "b"), (50, "late")] {
+            s.at(t, e);
+        }
+        let mut seen = Vec::new();
+        while let Some(next) = s.next_until(40) {
+            seen.push(next);
+        }
+        assert_eq!(seen, [(10, "a"), (10, "b"), (30, "c"), (30, "d")]);
+        assert_eq!(s.next_until(100), None, "the event past the end was taken");
     }
 }
