@@ -11,6 +11,7 @@
 use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
+use super::core::settle::{self, Settle};
 use super::node::{CatalogNode, Pending, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
@@ -102,20 +103,19 @@ impl CatalogNode {
         let (started, mut said) = (Instant::now(), None);
         while !self.settled.load(Ordering::SeqCst) {
             let me = self.identity();
-            let (mut newest, mut silent): (Option<(String, Identity)>, Vec<String>) = (None, Vec::new());
-            for link in self.links() {
-                match self.push.identity(&link.url) {
-                    Ok(theirs) if theirs.holds_more_than(newest.as_ref().map_or(&me, |(_, n)| n)) => {
-                        newest = Some((link.url.clone(), theirs))
-                    }
-                    Ok(_) => {}
-                    Err(e) => silent.push(format!("{} ({e})", link.url)),
-                }
-            }
-            let why = match newest {
-                Some((url, theirs)) => {
+            let asked: Vec<settle::Asked> = self
+                .links()
+                .iter()
+                .map(|link| settle::Asked {
+                    url: link.url.clone(),
+                    answer: self.push.identity(&link.url).map_err(|e| e.to_string()),
+                })
+                .collect();
+            let damaged = self.damaged.load(Ordering::SeqCst);
+            let why = match settle::decide(&me, damaged, asked, started.elapsed(), SILENT_REPLICA_WAIT) {
+                Settle::Copy { url, holds } => {
                     log::warn!(
-                        "this catalog holds {me}, replica {url} holds {theirs}: taking its catalog before serving"
+                        "this catalog holds {me}, replica {url} holds {holds}: taking its catalog before serving"
                     );
                     let copied = self.copy_catalog(&client, &url);
                     // The copy stopped reads; this primary serves again once settled.
@@ -128,32 +128,8 @@ impl CatalogNode {
                         Err(e) => format!("cannot take the catalog of replica {url}: {e}"),
                     }
                 }
-                None if self.damaged.load(Ordering::SeqCst) && self.links().is_empty() => {
-                    "this catalog's files were damaged and set aside (*.corrupt-*) and it has no replica to take \
-                     the catalog from: it serves nothing (restore the files, or stop it and run `bazar-catalog \
-                     start-over` to begin again from the built-in catalog)"
-                        .to_string()
-                }
-                None if self.damaged.load(Ordering::SeqCst) => format!(
-                    "this catalog's files were damaged and set aside (*.corrupt-*): it serves nothing until a \
-                     replica that holds a catalog answers, and takes that one{}",
-                    match silent.is_empty() {
-                        true => String::new(),
-                        false => format!(" (not answering: {})", silent.join(", ")),
-                    }
-                ),
-                None if me.is_empty() && !silent.is_empty() => format!(
-                    "this catalog is empty and replicas {} do not answer: one may hold the store's books, so it \
-                     serves nothing until they answer (to start over from the built-in catalog instead, stop it and \
-                     run `bazar-catalog start-over`)",
-                    silent.join(", ")
-                ),
-                None if !silent.is_empty() && started.elapsed() < SILENT_REPLICA_WAIT => format!(
-                    "waiting up to {SILENT_REPLICA_WAIT:?} for replicas {} to answer before serving (one that holds \
-                     more would be copied first)",
-                    silent.join(", ")
-                ),
-                None => {
+                Settle::Wait(unsettled) => unsettled.to_string(),
+                Settle::Serve => {
                     if said.is_some() {
                         log::info!("this catalog ({me}) is the newest: serving");
                     }

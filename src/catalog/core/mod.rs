@@ -7,13 +7,15 @@
 //! node performs what is decided and feeds the outcome back.
 //!
 //! - [`batch`]: a group commit's stages after its first decision, in their order (append,
-//!   fence and push, wait out lost leases, make safe or give up, confirm, show, notice,
-//!   answer), told what happened and saying what to do next.
+//!   fence and push, wait out lost leases, make safe or give up, confirm, show, check,
+//!   answer, notice), told what happened and saying what to do next.
 //! - [`primary`]: a group commit's first decision: which waiting writes are made, with
 //!   which numbers, what each is answered, which cache keys they change.
 //! - [`read`]: whether a catalog may answer a read now.
 //! - [`replica`]: what a replica logs of a push, what it refuses as stale, up to where it
 //!   shows its writes, and whether a version answer counts.
+//! - [`settle`]: whether a static primary may serve the catalog on its disk at start, or
+//!   must take a replica's first (an empty, older or damaged disk).
 //!
 //! The other pure pieces of the catalog that the core grows from: `state.rs` (the books and
 //! the deciding of writes), `failover/` (the role under etcd, `Core::step`), `near.rs`'s
@@ -24,6 +26,7 @@ pub mod batch;
 pub mod primary;
 pub mod read;
 pub mod replica;
+pub mod settle;
 
 /// Known bugs the simulators plant in the catalog's decisions, one at a time, to show that
 /// their checks find them (`catalog::sim`, `catalog::failover::sim`). Test builds only:
