@@ -172,3 +172,37 @@ fn a_restarted_primary_waits_out_the_near_leases_of_its_earlier_run() {
     let replica_dir = s.dir.0.join("catalog-2");
     assert!(!replica_dir.join("near-leases").exists(), "a replica grants no near-cache lease");
 }
+
+/// The same when the primary's disk comes back empty: the record went with it, so a
+/// primary that starts empty (and takes its replica's catalog) cannot know whether an
+/// earlier run granted near-cache leases, and waits one out as if it had.
+#[test]
+fn a_primary_whose_disk_came_back_empty_waits_out_near_leases_it_cannot_know() {
+    const LEASE: Duration = Duration::from_millis(2000);
+    let opts = Opts { lease_ms: Some(LEASE.as_millis() as u64), near_mb: Some(8), ..Opts::default() };
+    let Some(mut s) = Store::start(opts) else { return };
+    let (fe, primary) = (s.fe(), s.primary());
+    s.set_stock(1, 7);
+    eventually(Duration::from_secs(15), "a lease", || json(&get(&fe, "/health"))["near"] == "on");
+    s.catalogs[0].kill9();
+    let dir = s.dir.0.join("catalog-1");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let restarted = std::time::Instant::now();
+    s.catalogs[0].restart();
+    let mut first_read = None;
+    while first_read.is_none() && restarted.elapsed() < Duration::from_secs(30) {
+        if let Ok(a) = client().call(ureq::http::Method::GET, &primary, "/books/1", None) {
+            if a.status == 200 {
+                assert_eq!(json(&a)["quantity"], 7, "the replica's catalog, taken whole");
+                first_read = Some(restarted.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_read = first_read.expect("reads open again");
+    assert!(
+        first_read >= LEASE,
+        "a read answered {first_read:?} after an empty restart, within the earlier run's leases"
+    );
+}

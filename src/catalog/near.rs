@@ -63,8 +63,9 @@ pub const RECORD_FILE: &str = "near-leases";
 #[derive(Debug)]
 pub struct Record {
     path: PathBuf,
-    /// Found at start: a run before this one may have granted leases still held.
-    found: bool,
+    /// Found at start (or not to be known: [`Near::record_lost`]): a run before this one
+    /// may have granted leases still held.
+    found: AtomicBool,
     /// Made durable by this run.
     written: AtomicBool,
 }
@@ -73,7 +74,7 @@ impl Record {
     /// The record at `path`, as this start finds it.
     pub fn open(path: PathBuf) -> Record {
         let found = path.exists();
-        Record { path, found, written: AtomicBool::new(found) }
+        Record { path, found: AtomicBool::new(found), written: AtomicBool::new(found) }
     }
 
     /// Makes the record durable, once per run, before a lease is granted; an error refuses
@@ -292,7 +293,16 @@ impl Near {
 
     /// Whether an earlier run may have granted leases that are still held.
     pub fn held_before_start(&self) -> bool {
-        self.record.as_ref().is_some_and(|r| r.found)
+        self.record.as_ref().is_some_and(|r| r.found.load(Ordering::SeqCst))
+    }
+
+    /// The record went with a disk that came back empty, older or damaged (the primary
+    /// took a replica's catalog at start): an earlier run may have granted leases, and
+    /// this run counts as if it had.
+    pub fn record_lost(&self) {
+        if let Some(record) = &self.record {
+            record.found.store(true, Ordering::SeqCst);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

@@ -117,6 +117,9 @@ impl CatalogNode {
                     log::warn!(
                         "this catalog holds {me}, replica {url} holds {holds}: taking its catalog before serving"
                     );
+                    // This disk's record of near-cache leases went with what it lost: reads
+                    // open a lease after the start, as after a run that granted some.
+                    self.near.record_lost();
                     let copied = self.copy_catalog(&client, &url);
                     // The copy stopped reads; this primary serves again once settled.
                     self.serving.store(true, Ordering::SeqCst);
@@ -502,7 +505,8 @@ impl CatalogNode {
     /// earlier run, which this run does not know, and which no replica being in sync ends:
     /// a primary whose record says an earlier run granted such leases waits out the whole
     /// lease (`near.rs`' record; the data simulator's scripted schedule found the stale
-    /// read this closes).
+    /// read this closes), and so does one whose disk lost the record (it took a replica's
+    /// catalog at start).
     pub(super) fn reads_open(&self) -> bool {
         !self.leases()
             || Instant::now() >= self.reads_from
