@@ -20,9 +20,10 @@
 //! each the next sequence number, persists it (one fsync for a batch), fences the caches
 //! (front ends' near caches, memcached markers) while it pushes the book's new state to
 //! every replica, makes the batch readable, acknowledges it, and then sends the commit
-//! notice (or leaves it to the next batch's push, when one waits). A replica forwards writes to the primary and relays the answer, applies
-//! pushes strictly in sequence, and after a start or a gap catches up (the primary's log,
-//! or a copy of its whole catalog) before it answers reads again.
+//! notice (or leaves it to the next batch's push, when one waits). A replica forwards
+//! writes to the primary and relays the answer, applies pushes strictly in sequence, and
+//! after a start or a gap catches up (the primary's log, or a copy of its whole catalog)
+//! before it answers reads again.
 
 pub mod config;
 pub mod core;
