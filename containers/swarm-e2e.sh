@@ -199,16 +199,27 @@ wait_for 30 "a primary and a replica in sync" healed
 logged_ids() { docker cp "$(containers "$1" | head -1)":/data/orders.csv - | tar -xO | python3 -c 'import csv,sys
 for row in list(csv.reader(sys.stdin))[1:]: print(row[0])' | sort; }
 agree_logs() { logged_ids order1 >"$work/log1" && logged_ids order2 >"$work/log2" && cmp -s "$work/log1" "$work/log2"; }
-wait_for 30 "both order logs to hold the same orders" agree_logs
+stock_sum() {
+    local id q sum=0
+    for id in 1 2 3 4 5 6 7; do
+        q=$(curl -s -m 5 "$FE/info/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantity"])') || return 1
+        sum=$((sum + q))
+    done
+    echo "$sum"
+}
+# Both logs agree and hold one order for every copy taken (700 at the start). A purchase
+# answered 503 while a catalog or an order server was replaced may have taken its copy (its
+# outcome was unknown): the order servers adopt it from the catalog's journal a few seconds
+# later (ARCHITECTURE.md, the purchase journal), so this is asked until it holds; one that
+# never does is lost.
+whole() {
+    local s
+    agree_logs && s=$(stock_sum) && [ $(( 700 - s )) = "$(wc -l <"$work/log1")" ]
+}
+wait_for 30 "both order logs to hold the same orders, one for every copy taken" whole
 lost=$(sort "$work/acked" | comm -23 - "$work/log1" | wc -l)
 [ "$lost" = 0 ] || fail "$lost acknowledged orders are in no order log"
 logged=$(wc -l <"$work/log1")
-stock=0
-for id in 1 2 3 4 5 6 7; do
-    q=$(curl -s -m 5 "$FE/info/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantity"])')
-    stock=$((stock + q))
-done
-[ $(( 700 - stock )) = "$logged" ] || fail "copies taken $(( 700 - stock )) but orders logged $logged"
 ok "no acknowledged order lost; copies taken = orders logged = $logged"
 
 echo "== the primary catalog's task killed"
@@ -241,14 +252,6 @@ echo "== the primary catalog's volume removed and its task rescheduled, with bot
 primary=$(catalogs | awk '$2 == "primary" {print $1}' | sed -E 's|http://([^:]+):.*|\1|')
 [ -n "$primary" ] || fail "no primary catalog"
 other=catalog1; [ "$primary" = catalog1 ] && other=catalog2
-stock_sum() {
-    local id q sum=0
-    for id in 1 2 3 4 5 6 7; do
-        q=$(curl -s -m 5 "$FE/info/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantity"])') || return 1
-        sum=$((sum + q))
-    done
-    echo "$sum"
-}
 before=$(stock_sum)
 docker service scale -d "${STACK}_catalog1=0" "${STACK}_catalog2=0" >/dev/null
 gone() { [ -z "$(containers catalog1)$(containers catalog2)" ]; }
@@ -264,10 +267,9 @@ wait_for 30 "the store to sell again" sells
 empty_ms=$(ms "$t0")
 now=$(catalogs | awk '$2 == "primary" {print $1}' | sed -E 's|http://([^:]+):.*|\1|')
 [ "$now" = "$other" ] || fail "the catalog that came back empty ($primary) was elected primary"
-wait_for 30 "both order logs to hold the same orders" agree_logs
+wait_for 30 "both order logs to hold the same orders, one for every copy taken (stock was $before before)" whole
 after=$(stock_sum)
 logged=$(wc -l <"$work/log1")
-[ $(( 700 - after )) = "$logged" ] || fail "copies taken $(( 700 - after )) but orders logged $logged (stock was $before before): data was lost"
 ok "$primary came back empty: $other was elected, $primary copied it; copies taken = orders logged = $logged (stock $before before, $after after), store whole in $empty_ms ms"
 
 echo "== figures"
