@@ -50,8 +50,13 @@ fn a_paused_replica_never_serves_a_stale_read() {
         slowest < Duration::from_millis(LEASE_MS) * 4,
         "a write waits about one lease (and one push timeout) at most: {slowest:?}"
     );
-    // Each round's write lost the replica (it then waited out the lease, if any was left).
-    assert!(metric(&s.primary(), "bazar_replication_push_failures_total") >= rounds as f64);
+    // Each round's write lost the replica (it then waited out the lease, if any was left),
+    // unless the replica took it after all and answered it fresh: CI saw one such round in
+    // 30 once (29 lost, 1 fresh, under the parallel tests' load; not seen in runs alone),
+    // which loses nothing and waits for nothing. Most rounds must lose it.
+    let failures = metric(&s.primary(), "bazar_replication_push_failures_total");
+    assert!(failures + fresh as f64 >= rounds as f64, "{failures} pushes failed, {fresh} fresh, in {rounds} rounds");
+    assert!(failures >= (rounds * 2 / 3) as f64, "the rounds lost the replica: {failures} of {rounds}");
 }
 
 /// The control: without leases the same rounds do see stale reads, so the test above
