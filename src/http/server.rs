@@ -1199,14 +1199,52 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
     n > 0
 }
 
-/// Binds `addr`, with a clear error naming it.
+/// Connections the kernel may hold for the accept loop (it caps this at
+/// `net.core.somaxconn`, 4,096 by default).
+const ACCEPT_BACKLOG: libc::c_int = 4096;
+
+/// Binds `addr`, with a clear error naming it, and a queue of [`ACCEPT_BACKLOG`] for
+/// connections not yet accepted. std listens with 128: thousands of clients connecting at
+/// once overflowed it, and each connection whose SYN the kernel dropped waited a second
+/// (then three) for its retransmission.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let listener = TcpListener::bind(addr).map_err(named)?;
+    // SAFETY: listen(2) on a socket this function owns; calling it again on a listening
+    // socket only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), ACCEPT_BACKLOG) } != 0 {
+        return Err(named(io::Error::last_os_error()));
+    }
+    Ok(listener)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hundreds of clients connecting at once all get through the handshake while the
+    /// accept loop is busy elsewhere (here: not accepting at all). With std's backlog of
+    /// 128 the 130th connection's SYN was dropped and its connect waited a second.
+    #[test]
+    fn a_connection_storm_waits_in_the_accept_queue_not_in_syn_retries() {
+        const STORM: usize = 600;
+        let somaxconn =
+            std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok());
+        if somaxconn.is_none_or(|n: usize| n < STORM) {
+            eprintln!("skipped: net.core.somaxconn is {somaxconn:?}, below the {STORM} connections this test opens");
+            return;
+        }
+        super::super::budget::raise_fd_limit();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<TcpStream> = (0..STORM)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} of {STORM}: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), STORM);
+    }
 
     /// A reader that hands out at most `step` bytes per read, as a slow network would.
     struct Trickle<'a> {
