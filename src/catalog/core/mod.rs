@@ -64,6 +64,9 @@ pub(crate) mod planted {
         /// A batch whose append failed goes on as if it had been logged: pushed, shown and
         /// acknowledged, on no disk of the primary's (`batch::Batch::next`).
         AckUnlogged,
+        /// A primary whose disk came back empty or older serves what it holds at once,
+        /// without comparing itself with its replicas (`settle::decide`).
+        ServeUnsettled,
     }
 
     thread_local! {

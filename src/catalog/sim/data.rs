@@ -19,8 +19,13 @@
 //! Simplified against the shells: a replica a few writes behind is treated as having
 //! missed the batch (the real primary sends it the tail first); a primary brings an
 //! out-of-sync replica back by pushing its whole log (the real one sends what the replica
-//! lacks); the primary does not compare itself with its replicas at start (no disk comes
-//! back older here); memcached is not modelled (the near caches are the fence tested).
+//! lacks); memcached is not modelled (the near caches are the fence tested).
+//!
+//! A primary that starts settles first, as `settle_with_replicas` does: it asks each
+//! replica what it holds, lets `core::settle::decide` judge the answers, takes the log of
+//! the replica it names (then asks again) or waits a round, and until it serves it answers
+//! no read, grants no lease, decides no write and brings no replica in sync; a watch is
+//! answered all the same, as `near_watch` does.
 //!
 //! # The world
 //! - **Time**: one true clock in microseconds; each process has its own clock
@@ -40,8 +45,10 @@
 //!   they were), spells in which a catalog's disk refuses every append: the primary
 //!   answers the batch it cannot log with the cause (the checker holds each such write to
 //!   have changed nothing: it leaves the history), a replica does not take the push it
-//!   cannot log (a miss, as the primary counts one). Then everything heals, clients stop at
-//!   10 s, and the run ends at 14 s.
+//!   cannot log (a miss, as the primary counts one); and crashes of the primary whose disk
+//!   comes back empty or holding a prefix of its log (an old snapshot), its record of
+//!   near-cache leases gone with it, the replicas' disks kept. Then everything heals,
+//!   clients stop at 10 s, and the run ends at 14 s.
 //! - **Clients** (6, two of which only read): one operation at a time on 3 books: reads
 //!   through any catalog or front end, price, stock and stock-delta updates and purchases
 //!   (with an order id) through any catalog (a replica forwards them). An answer not back in
@@ -58,8 +65,8 @@
 //!
 //! # Seed, trace, replay
 //! `BAZAR_SIM_SEED=N` runs seed `N` and prints its trace (`BAZAR_SIM_PLANTED=` one of
-//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit`, `AckUnlogged` replays a
-//! planted bug's run);
+//! `AckBeforeLogged`, `ReadWithoutLease`, `FenceAfterCommit`, `AckUnlogged`,
+//! `ServeUnsettled` replays a planted bug's run);
 //! `BAZAR_SIM_SEEDS=N` runs `N` seeds (default 200) from `BAZAR_SIM_FIRST` (default 0).
 //! `cargo test --lib catalog::sim -- --nocapture` prints the runs per second.
 
@@ -69,14 +76,17 @@ use crate::catalog::core::planted::{plant, Planted};
 use crate::catalog::core::primary::{decide, took, Asked, Decided, Took};
 use crate::catalog::core::read::{commit_point, may_read, ReadRole, Reader};
 use crate::catalog::core::replica::{take, version_answer, Position};
+use crate::catalog::core::settle::{self, Settle};
 use crate::catalog::lease::{Grant, ReplicaLease};
 use crate::catalog::near::{Reply, Table};
+use crate::catalog::node::RETRY_INTERVAL;
+use crate::catalog::primary::SILENT_REPLICA_WAIT;
 use crate::catalog::recent::{History, Journal, Recent};
 use crate::catalog::state::{Catalog, Refusal, Write};
 use crate::frontend::near::NearCache;
 use crate::linearizable::checker::{self, Call, Initial, Op, Ret, State, Verdict};
 use crate::money::Money;
-use crate::wire::{Book, BookUpdate, Committed, Replicate};
+use crate::wire::{Book, BookUpdate, Committed, Identity, Replicate};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,6 +196,22 @@ enum Msg {
         number: u64,
         reply: Reply,
     },
+    /// A starting primary asks a replica what it holds (`GET /internal/identity`), and
+    /// takes the catalog of one that holds more (`copy_catalog`): in settling round `round`.
+    WhatDoYouHold {
+        round: u64,
+    },
+    Holds {
+        round: u64,
+        seq: u64,
+    },
+    Copy {
+        round: u64,
+    },
+    Copied {
+        round: u64,
+        log: Vec<Replicate>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +223,12 @@ enum Timer {
     ConfirmCheck,
     WatchDue(u64),
     HeldWatch(u64),
+    /// A settling round's answers are due (the rest count as silent).
+    SettleDue(u64),
+    /// A settling round's copy is due (else it failed, and a round later it asks again).
+    CopyDue(u64),
+    /// The next settling round.
+    SettleAgain,
 }
 
 #[derive(Clone, Debug)]
@@ -212,6 +244,12 @@ enum Fault {
     Spikes(bool),
     /// Process `n`'s disk takes no append (full, failing) while on.
     Disk(usize, bool),
+    /// Process `n`'s disk, while it is down, comes back holding only the first `keep`
+    /// thousandths of its log (0: empty), its record of near-cache leases lost with it.
+    Volume {
+        n: usize,
+        keep: u64,
+    },
     Heal,
 }
 
@@ -257,9 +295,32 @@ struct Primary {
     near_before: bool,
     /// A replica being brought back in sync: its link and the push round asking it.
     syncing: Option<(usize, u64)>,
+    /// Compared with its replicas at start (`settle_with_replicas`); until then it answers
+    /// no read, decides no write and brings no replica in sync.
+    settling: Option<Settling>,
     /// The link the keeper looks at first next time (each in turn).
     next_link: usize,
     next_id: u64,
+}
+
+/// A starting primary's comparison with its replicas (`primary.rs`' `settle_with_replicas`).
+struct Settling {
+    /// The round of questions now: answers to an earlier one are ignored.
+    round: u64,
+    /// What each replica answered this round (by link; `None`: not yet).
+    answers: Vec<Option<u64>>,
+    step: Step,
+}
+
+/// Where a settling round is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Waiting for the replicas' answers.
+    Asking,
+    /// Taking this replica's catalog.
+    Copying(usize),
+    /// Told to wait: the next round begins after [`RETRY_INTERVAL`].
+    Waiting,
 }
 
 enum Busy {
@@ -356,6 +417,8 @@ struct Swarm {
     dup: f64,
     /// Whether catalogs' disks refuse appends for a while.
     disks: bool,
+    /// Whether the primary's disk comes back empty or older after a crash.
+    volumes: bool,
 }
 
 /// What a run did.
@@ -381,6 +444,8 @@ pub(crate) struct Tally {
     pub refused_pushes: u64,
     /// Batches whose commit notice the next batch's push carried.
     pub carried: u64,
+    /// Primaries whose disk came back empty or older, and that took a replica's log.
+    pub copies: u64,
 }
 
 struct World {
@@ -451,6 +516,7 @@ fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
         started,
         near_before,
         syncing: None,
+        settling: Some(Settling { round: 0, answers: vec![None; REPLICAS.len()], step: Step::Waiting }),
         next_link: 0,
         next_id: 0,
     }
@@ -517,12 +583,15 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
         loss: if rng.chance(0.5) { rng.range(1, 30) as f64 / 1000.0 } else { 0.0 },
         dup: 0.0,
         disks: false,
+        volumes: false,
     };
     let mut dups = Rng(seed ^ 0x0d0b_1e5e_ed00);
     let swarm = Swarm { dup: if dups.chance(0.5) { dups.range(5, 50) as f64 / 1000.0 } else { 0.0 }, ..swarm };
     // Drawn apart, as the duplicates are, so that the other faults of a seed stay as they were.
     let mut disks = Rng(seed ^ 0xd15c_fa11_ed00);
     let swarm = Swarm { disks: disks.chance(0.4), ..swarm };
+    let mut volumes = Rng(seed ^ 0x7010_3e55_ed00);
+    let swarm = Swarm { volumes: volumes.chance(0.3), ..swarm };
     let mut nodes = Vec::new();
     for n in 0..1 + REPLICAS.len() + swarm.fronts {
         let rate = if swarm.drift { rng.range(970_000, 1_030_000) } else { 1_000_000 };
@@ -572,6 +641,9 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
             w.draw_faults(&swarm);
             if swarm.disks {
                 w.draw_disk_faults(&mut disks);
+            }
+            if swarm.volumes {
+                w.draw_volume_faults(&mut volumes);
             }
         }
         Some(faults) => {
@@ -742,6 +814,20 @@ impl World {
         }
     }
 
+    /// One or two crashes of the primary whose disk comes back empty or older (an old
+    /// snapshot, a volume mounted from elsewhere), from `rng` (apart from the world's
+    /// draws). One disk at a time: the replicas keep theirs.
+    fn draw_volume_faults(&mut self, rng: &mut Rng) {
+        for _ in 0..rng.range(1, 2) {
+            let at = rng.range(500_000, FAULTS_US - 2_500_000);
+            let keep = if rng.chance(0.4) { 0 } else { rng.range(0, 999) };
+            self.schedule(at, Ev::Fault(Fault::Crash(PRIMARY)));
+            self.schedule(at, Ev::Fault(Fault::Volume { n: PRIMARY, keep }));
+            let back = at + rng.range(100_000, 2_000_000);
+            self.schedule(back, Ev::Fault(Fault::Restart(PRIMARY)));
+        }
+    }
+
     /// Starts (or restarts) process `n` over what its disk holds.
     fn start(&mut self, n: usize) {
         let node = &mut self.nodes[n];
@@ -753,7 +839,10 @@ impl World {
             Proc::Front(f) => **f = new_front(n, node.inc),
         }
         match &self.nodes[n].proc {
-            Proc::Primary(_) => self.timer(n, KEEPER_US, Timer::Keeper),
+            Proc::Primary(_) => {
+                self.timer(n, KEEPER_US, Timer::Keeper);
+                self.ask_replicas();
+            }
             Proc::Replica(_) => self.timer(n, 1, Timer::Renew),
             Proc::Front(_) => self.watch(n),
         }
@@ -840,6 +929,13 @@ impl World {
             }
             Fault::Spikes(on) => self.spikes = on,
             Fault::Disk(n, on) => self.nodes[n].disk_fails = on,
+            Fault::Volume { n, keep } if !self.nodes[n].up => {
+                let node = &mut self.nodes[n];
+                let kept = node.log.len() * keep as usize / 1000;
+                node.log.truncate(kept);
+                node.near_record = false;
+            }
+            Fault::Volume { .. } => {}
             Fault::Heal => {
                 self.healed = true;
                 self.cut.clear();
@@ -1003,6 +1099,22 @@ impl World {
                     self.watch(n);
                 }
             }
+            Timer::SettleDue(round) => {
+                if self.primary().settling.as_ref().is_some_and(|s| s.round == round && s.step == Step::Asking) {
+                    self.settle();
+                }
+            }
+            Timer::CopyDue(round) => {
+                let copying = self.primary().settling.as_ref().is_some_and(|s| s.round == round);
+                if copying && matches!(self.primary().settling.as_ref().map(|s| s.step), Some(Step::Copying(_))) {
+                    self.settle_step(Step::Waiting);
+                }
+            }
+            Timer::SettleAgain => {
+                if self.primary().settling.as_ref().is_some_and(|s| s.step == Step::Waiting) {
+                    self.ask_replicas();
+                }
+            }
             Timer::HeldWatch(id) => {
                 if let Some((f, _, seen, sent, number)) = self.primary().held.remove(&id) {
                     let reply = self.primary().near.idle(seen);
@@ -1055,7 +1167,9 @@ impl World {
         let local = self.local(PRIMARY);
         let p = self.primary();
         let grace = crate::catalog::lease::FAREWELL_LEASES as u64 * L_US;
-        local >= p.started + L_US && (p.links.iter().all(|l| l.in_sync) || local >= p.started + grace)
+        p.settling.is_none()
+            && local >= p.started + L_US
+            && (p.links.iter().all(|l| l.in_sync) || local >= p.started + grace)
     }
 
     fn primary_gets(&mut self, from: Who, msg: Msg) {
@@ -1095,6 +1209,18 @@ impl World {
                 }
             }
             Msg::Ack { round, seq, id } => self.acked(from, round, seq, id),
+            Msg::Holds { round, seq } => {
+                let Who::Node(r, _) = from else { return };
+                let Some(s) = self.primary().settling.as_mut().filter(|s| s.round == round && s.step == Step::Asking)
+                else {
+                    return;
+                };
+                s.answers[r - REPLICAS[0]] = Some(seq);
+                if s.answers.iter().all(Option::is_some) {
+                    self.settle();
+                }
+            }
+            Msg::Copied { round, log } => self.copied(from, round, log),
             Msg::Watch { session, seen, sent, number } => {
                 // The record is on disk before the first lease of a run is granted.
                 self.nodes[PRIMARY].near_record = true;
@@ -1116,10 +1242,92 @@ impl World {
         }
     }
 
+    /// A settling round: asks every replica what it holds; what has not come in
+    /// [`PUSH_TIMEOUT_US`] counts as silent.
+    fn ask_replicas(&mut self) {
+        let p = self.primary();
+        let Some(s) = p.settling.as_mut() else { return };
+        p.next_id += 1;
+        let round = p.next_id;
+        *s = Settling { round, answers: vec![None; REPLICAS.len()], step: Step::Asking };
+        for r in REPLICAS {
+            self.send(node(PRIMARY), node(r), Msg::WhatDoYouHold { round });
+        }
+        self.timer(PRIMARY, PUSH_TIMEOUT_US, Timer::SettleDue(round));
+    }
+
+    /// `settle_with_replicas`: what `core::settle` decides from the answers of this round.
+    fn settle(&mut self) {
+        let identity = |seq: u64| Identity { history: "sim".into(), seq, epoch: 0 };
+        let me = identity(self.nodes[PRIMARY].log.len() as u64);
+        let waited = self.local(PRIMARY).saturating_sub(self.primary().started);
+        let Some(s) = self.primary().settling.as_ref() else { return };
+        let asked = REPLICAS
+            .iter()
+            .zip(&s.answers)
+            .map(|(r, answer)| settle::Asked {
+                url: format!("n{r}"),
+                answer: answer.map(identity).ok_or_else(|| "no answer".to_string()),
+            })
+            .collect();
+        let round = s.round;
+        let decided = settle::decide(&me, false, asked, Duration::from_micros(waited), SILENT_REPLICA_WAIT);
+        self.line(Some(PRIMARY), || format!("settling (holds {}): {decided:?}", me.seq));
+        match decided {
+            Settle::Copy { url, .. } => {
+                let r: usize = url[1..].parse().expect("named n<number>");
+                self.settle_step(Step::Copying(r));
+                self.send(node(PRIMARY), node(r), Msg::Copy { round });
+                self.timer(PRIMARY, PUSH_TIMEOUT_US, Timer::CopyDue(round));
+            }
+            Settle::Wait(_) => self.settle_step(Step::Waiting),
+            Settle::Serve => {
+                self.primary().settling = None;
+                self.try_batch();
+            }
+        }
+    }
+
+    /// The settling round goes on to `step` (waiting: the next round after
+    /// [`RETRY_INTERVAL`]).
+    fn settle_step(&mut self, step: Step) {
+        if let Some(s) = self.primary().settling.as_mut() {
+            s.step = step;
+        }
+        if step == Step::Waiting {
+            self.timer(PRIMARY, RETRY_INTERVAL.as_micros() as u64, Timer::SettleAgain);
+        }
+    }
+
+    /// A replica's catalog, taken whole (`copy_catalog`): it replaces this disk's, the
+    /// catalog and the purchase journal are rebuilt from it, and reads open one lease after
+    /// the start (`Near::record_lost`: the record of near-cache leases went with what the
+    /// disk lost). The near caches' sessions and the writes waiting stay. Then it asks again.
+    fn copied(&mut self, from: Who, round: u64, log: Vec<Replicate>) {
+        let Who::Node(r, _) = from else { return };
+        let asked = self.primary().settling.as_ref().is_some_and(|s| s.round == round && s.step == Step::Copying(r));
+        if !asked {
+            return;
+        }
+        if self.nodes[PRIMARY].disk_fails {
+            // The copy cannot be written: "cannot take the catalog of replica ..." and a
+            // round later, again.
+            return self.settle_step(Step::Waiting);
+        }
+        self.line(Some(PRIMARY), || format!("copied n{r}: {} writes", log.len()));
+        self.tally.copies += 1;
+        let fresh = new_primary(&log, 0, true);
+        let p = self.primary();
+        (p.catalog, p.recent, p.near_before) = (fresh.catalog, fresh.recent, true);
+        self.nodes[PRIMARY].log = log;
+        self.ask_replicas();
+    }
+
     /// What the primary knows of itself for the read check (`node.rs`' `reader`).
     fn primary_reader(&mut self) -> Reader {
         let reads_open = self.reads_open();
-        Reader { serving: true, settled: true, role: ReadRole::Static { reads_open } }
+        let settled = self.primary().settling.is_none();
+        Reader { serving: true, settled, role: ReadRole::Static { reads_open } }
     }
 
     fn reply(&mut self, to: Who, msg: Msg) {
@@ -1132,7 +1340,7 @@ impl World {
     /// closes under the writer lock, between batches). One replica at a time, each in turn.
     fn keep_in_sync(&mut self) {
         let p = self.primary();
-        if p.syncing.is_some() {
+        if p.syncing.is_some() || p.settling.is_some() {
             return;
         }
         let links = p.links.len();
@@ -1477,6 +1685,14 @@ impl World {
                     self.answer(n, who, their, res);
                 }
             }
+            Msg::WhatDoYouHold { round } => {
+                let seq = self.nodes[n].log.len() as u64;
+                self.send(node(n), from, Msg::Holds { round, seq });
+            }
+            Msg::Copy { round } => {
+                let log = self.nodes[n].log.clone();
+                self.send(node(n), from, Msg::Copied { round, log });
+            }
             other => panic!("a replica got {other:?}"),
         }
     }
@@ -1587,8 +1803,13 @@ impl World {
 /// Seeds run by default (`cargo test`).
 const DEFAULT_SEEDS: u64 = 200;
 /// The bugs this simulator plants.
-const PLANTS: [Planted; 4] =
-    [Planted::AckBeforeLogged, Planted::ReadWithoutLease, Planted::FenceAfterCommit, Planted::AckUnlogged];
+const PLANTS: [Planted; 5] = [
+    Planted::AckBeforeLogged,
+    Planted::ReadWithoutLease,
+    Planted::FenceAfterCommit,
+    Planted::AckUnlogged,
+    Planted::ServeUnsettled,
+];
 
 /// Every seed of `BAZAR_SIM_FIRST..BAZAR_SIM_FIRST + BAZAR_SIM_SEEDS` (0 and 200 by
 /// default; CI runs 10,000 from a random first) passes every check; or, with
@@ -1616,6 +1837,7 @@ fn every_run_passes_its_checks() {
         tally.refused_batches += outcome.tally.refused_batches;
         tally.refused_pushes += outcome.tally.refused_pushes;
         tally.carried += outcome.tally.carried;
+        tally.copies += outcome.tally.copies;
         if let Some(why) = outcome.failure {
             println!("seed {seed}: {why}");
             failed.push(seed);
@@ -1625,7 +1847,8 @@ fn every_run_passes_its_checks() {
     println!(
         "{seeds} runs (seeds {first}..{}) in {took:.2}s on {} threads: {:.0} runs/s, {:.0} events/s; {:.0} operations \
          and {:.0} acknowledged writes a run; in all {} lease waits, {} version queries, {} near-cache hits, \
-         {} batches and {} pushes a full disk refused, {} commit notices carried by the next push",
+         {} batches and {} pushes a full disk refused, {} commit notices carried by the next push, {} replicas' \
+         logs taken by a primary whose disk came back empty or older",
         first + seeds,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         seeds as f64 / took,
@@ -1637,7 +1860,8 @@ fn every_run_passes_its_checks() {
         tally.near_hits,
         tally.refused_batches,
         tally.refused_pushes,
-        tally.carried
+        tally.carried,
+        tally.copies
     );
     fail_on(&failed, seeds, "catalog::sim::data::every_run");
 }
@@ -1723,5 +1947,33 @@ fn a_primary_restarted_within_an_old_lease_shows_nothing_it_did_not_acknowledge(
                 panic!("seed {seed} (n{off} cut off, n1 restarts: {replica_restarts}): {why}");
             }
         }
+    }
+}
+
+/// A scripted schedule: the primary crashes at 3 s and its disk comes back empty, or with
+/// half its log (an old snapshot), 300 ms later. It must take the newest replica's log
+/// before it serves (a copy in every run), and nothing acknowledged may be lost; with
+/// `ServeUnsettled` planted (it serves its own disk at once) the same schedules lose
+/// acknowledged writes.
+#[test]
+fn a_primary_whose_disk_came_back_empty_or_older_takes_the_newest_replica() {
+    let script = |keep: u64| {
+        vec![
+            (3_000_000, Fault::Crash(PRIMARY)),
+            (3_000_000, Fault::Volume { n: PRIMARY, keep }),
+            (3_300_000, Fault::Restart(PRIMARY)),
+        ]
+    };
+    for keep in [0, 500] {
+        for seed in 0..100 {
+            let outcome = run_with(seed, Planted::None, false, Some(script(keep)));
+            if let Some(why) = outcome.failure {
+                panic!("seed {seed} (kept {keep}/1000 of the log): {why}");
+            }
+            assert!(outcome.tally.copies >= 1, "seed {seed} (kept {keep}/1000): no replica's log was taken");
+        }
+        let found =
+            (0..100).find(|&seed| run_with(seed, Planted::ServeUnsettled, false, Some(script(keep))).failure.is_some());
+        assert!(found.is_some(), "ServeUnsettled (kept {keep}/1000) not found in 100 scripted seeds");
     }
 }
