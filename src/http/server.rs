@@ -1203,7 +1203,7 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
 /// `net.core.somaxconn`, 4,096 by default).
 const ACCEPT_BACKLOG: libc::c_int = 4096;
 
-/// Binds `addr`, with a clear error naming it, and a queue of [`ACCEPT_BACKLOG`] for
+/// Binds `addr`, with a clear error naming it, and a queue of 4,096 (`ACCEPT_BACKLOG`) for
 /// connections not yet accepted. std listens with 128: thousands of clients connecting at
 /// once overflowed it, and each connection whose SYN the kernel dropped waited a second
 /// (then three) for its retransmission.
