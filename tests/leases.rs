@@ -161,6 +161,35 @@ fn the_primary_shows_no_write_a_replica_in_sync_lacks() {
     assert_eq!(price(&get(&p, "/books/2")), 77.5);
 }
 
+/// Writes acknowledged while every replica is out of sync are on the primary's disk alone:
+/// it counts them (`bazar_catalog_writes_on_one_disk_total`) and says so once as that
+/// starts and once as it ends, and counts nothing while a replica takes the pushes.
+#[test]
+fn writes_acknowledged_with_every_replica_out_of_sync_are_counted_and_said() {
+    let s = Store::start(Opts { lease_ms: Some(LEASE_MS), ..Opts::default() }).unwrap();
+    let p = s.primary();
+    let on_one_disk = || metric(&p, "bazar_catalog_writes_on_one_disk_total");
+    let in_sync = || json(&get(&p, "/health"))["replicas_out_of_sync"] == serde_json::json!([]);
+    eventually(Duration::from_secs(10), "the replica in sync", in_sync);
+    let patch = |q: u32| call("PATCH", &p, "/books/4", Some(&format!("{{\"quantity\": {q}}}"))).status;
+    assert_eq!(patch(1), 200);
+    assert_eq!(on_one_disk(), 0.0, "a write the replica took is on two disks");
+    s.catalogs[1].signal(libc::SIGSTOP);
+    // The first loses the replica (acknowledged once its lease ran out), the next two find
+    // it out of sync: all three on the primary's disk alone.
+    for q in 2..=4 {
+        assert_eq!(patch(q), 200);
+    }
+    s.catalogs[1].signal(libc::SIGCONT);
+    assert_eq!(on_one_disk(), 3.0);
+    eventually(Duration::from_secs(10), "the replica in sync again", in_sync);
+    assert_eq!(patch(5), 200);
+    assert_eq!(on_one_disk(), 3.0, "a write the replica took again is on two disks");
+    let log = std::fs::read_to_string(&s.catalogs[0].spec.log).unwrap();
+    assert_eq!(log.matches("acknowledged with every replica out of sync").count(), 1, "said once as it starts");
+    assert_eq!(log.matches("a replica takes the writes again").count(), 1, "said once as it ends");
+}
+
 /// A primary stopped gracefully says farewell, named by its run, to its replicas: they go
 /// on serving reads past their lease, for the grace, while no primary runs (a `kill -9`
 /// leaves them one lease; a refused renewal extends nothing). Its restart ends the grace.

@@ -165,7 +165,7 @@ impl Drop for Writer<'_> {
     }
 }
 
-/// Counters shown in `/metrics`.
+/// Counters shown in `/metrics` (and the flag behind one of them).
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) writes: AtomicU64,
@@ -184,6 +184,12 @@ pub(super) struct Counters {
     pub(super) stale_refused: AtomicU64,
     pub(super) version_queries: AtomicU64,
     pub(super) near_answers: AtomicU64,
+    /// Writes acknowledged while no replica took their push (every replica out of sync):
+    /// on this primary's disk alone until one is back in sync.
+    pub(super) writes_on_one_disk: AtomicU64,
+    /// Whether the last batch acknowledged was one of them (the WARN is said as that
+    /// starts, the INFO as it ends).
+    pub(super) on_one_disk: AtomicBool,
 }
 
 /// The role now, and the primary writes go to.

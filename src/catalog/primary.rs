@@ -375,11 +375,14 @@ impl CatalogNode {
                         Done::Pushed { lost_until, now: Instant::now() }
                     }
                     Do::Answer { unknown } => {
-                        if let Some(why) = unknown {
-                            let why = format!("the write's outcome is unknown: {why}");
-                            for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
-                                answer.1 = Err(Error::Unavailable(why.clone()));
+                        match unknown {
+                            Some(why) => {
+                                let why = format!("the write's outcome is unknown: {why}");
+                                for answer in answers.iter_mut().filter(|(_, a)| a.is_ok()) {
+                                    answer.1 = Err(Error::Unavailable(why.clone()));
+                                }
                             }
+                            None => self.count_disks(&took, writes.len()),
                         }
                         batch_ctx = batch_span.take().and_then(|span| span.context());
                         Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
@@ -434,6 +437,30 @@ impl CatalogNode {
                 step => self.guard(step, &took, 0),
             };
             step = stages.next(done);
+        }
+    }
+
+    /// Counts a batch of `writes` acknowledged while no replica took its push (`took`
+    /// empty: every replica out of sync), which are on this disk alone until a replica is
+    /// back in sync, and says so as that starts and as it ends. A primary with no replica
+    /// configured is on one disk by design, and says nothing.
+    fn count_disks(&self, took: &[String], writes: usize) {
+        if self.links().is_empty() {
+            return;
+        }
+        let alone = took.is_empty();
+        if alone {
+            self.counters.writes_on_one_disk.fetch_add(writes as u64, Ordering::Relaxed);
+        }
+        if self.counters.on_one_disk.swap(alone, Ordering::Relaxed) != alone {
+            match alone {
+                true => log::warn!(
+                    "writes are acknowledged with every replica out of sync: they are on this primary's disk alone \
+                     until a replica is back in sync (losing this disk now would lose them; \
+                     bazar_catalog_writes_on_one_disk_total counts them)"
+                ),
+                false => log::info!("a replica takes the writes again: they are on two disks or more"),
+            }
         }
     }
 

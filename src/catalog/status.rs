@@ -84,7 +84,7 @@ impl CatalogNode {
             (state.seq() as f64, state.len() as f64)
         };
         let write_errors = self.logged.write_errors.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, f64); 26] = [
+        let rows: [(&str, &str, &str, f64); 27] = [
             ("bazar_catalog_seq", "gauge", "Sequence number of the last write applied here.", seq),
             ("bazar_catalog_books", "gauge", "Books in the catalog.", books),
             (
@@ -143,6 +143,12 @@ impl CatalogNode {
                 "counter",
                 "Primary: lease requests refused (replica not in sync).",
                 get(&c.lease_refusals),
+            ),
+            (
+                "bazar_catalog_writes_on_one_disk_total",
+                "counter",
+                "Primary: writes acknowledged while every replica was out of sync (on its disk alone until one is back).",
+                get(&c.writes_on_one_disk),
             ),
             (
                 "bazar_lease_waits_total",
