@@ -867,6 +867,15 @@ impl CatalogNode {
         if !self.leases() {
             return Err(Error::NotHere(NotHere::LeasesOff));
         }
+        // A static primary that has not compared itself with its replicas may hold less than
+        // it acknowledged before (its disk came back empty or older): a reset now would set
+        // the front end's floor below acknowledged writes, and a read in flight from before
+        // would be kept and served under the new lease.
+        if !self.settled.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
+            ));
+        }
         // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
         // is answered without one. A watch let through while revoking carries no lease
         // whatever happens meanwhile (the switchover may fail and resume, or succeed): its

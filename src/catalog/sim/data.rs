@@ -24,8 +24,9 @@
 //! A primary that starts settles first, as `settle_with_replicas` does: it asks each
 //! replica what it holds, lets `core::settle::decide` judge the answers, takes the log of
 //! the replica it names (then asks again) or waits a round, and until it serves it answers
-//! no read, grants no lease, decides no write and brings no replica in sync; a watch is
-//! answered all the same, as `near_watch` does.
+//! no read, grants no lease, answers no near-cache watch (`near_watch` refuses it), decides
+//! no write and brings no replica in sync; writes open a lease after it settled
+//! (`open_writes`).
 //!
 //! # The world
 //! - **Time**: one true clock in microseconds; each process has its own clock
@@ -298,6 +299,8 @@ struct Primary {
     /// Compared with its replicas at start (`settle_with_replicas`); until then it answers
     /// no read, decides no write and brings no replica in sync.
     settling: Option<Settling>,
+    /// When it settled, on its own clock: writes open a lease later (`open_writes`).
+    settled_at: Option<u64>,
     /// The link the keeper looks at first next time (each in turn).
     next_link: usize,
     next_id: u64,
@@ -387,6 +390,10 @@ struct Node {
     disk_fails: bool,
     /// The primary's record that a run of it granted near-cache leases, kept across crashes.
     near_record: bool,
+    /// The primary's last write acknowledged (the simulator's bookkeeping, no state of the
+    /// store's): a disk that comes back holding less than it while no replica holds it
+    /// either is the gap the README documents, not a fault this run may draw.
+    acked_upto: u64,
     proc: Proc,
 }
 
@@ -517,6 +524,7 @@ fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
         near_before,
         syncing: None,
         settling: Some(Settling { round: 0, answers: vec![None; REPLICAS.len()], step: Step::Waiting }),
+        settled_at: None,
         next_link: 0,
         next_id: 0,
     }
@@ -610,6 +618,7 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
             log: Vec::new(),
             disk_fails: false,
             near_record: false,
+            acked_upto: 0,
             proc,
         });
     }
@@ -930,6 +939,15 @@ impl World {
             Fault::Spikes(on) => self.spikes = on,
             Fault::Disk(n, on) => self.nodes[n].disk_fails = on,
             Fault::Volume { n, keep } if !self.nodes[n].up => {
+                // One disk at a time: a write acknowledged while every replica was out of
+                // sync is on this disk alone, and losing it then is two faults at once
+                // (README, "A disk that comes back empty or older"): not drawn.
+                let replicas = REPLICAS.iter().map(|&r| self.nodes[r].log.len() as u64).max().unwrap_or(0);
+                if replicas < self.nodes[n].acked_upto {
+                    let upto = self.nodes[n].acked_upto;
+                    return self
+                        .line(None, || format!("volume fault left out: writes {replicas}..{upto} on n{n} alone"));
+                }
                 let node = &mut self.nodes[n];
                 let kept = node.log.len() * keep as usize / 1000;
                 node.log.truncate(kept);
@@ -1161,14 +1179,13 @@ impl World {
         local >= p.started + L_US || (!p.near_before && p.links.iter().all(|l| l.in_sync))
     }
 
-    /// Whether writes are open (`open_writes`): one lease after the start, then once every
-    /// replica is in sync or the farewell grace has passed.
+    /// Whether writes are open (`open_writes`): one lease after the primary settled, then
+    /// once every replica is in sync or the farewell grace (from the start) has passed.
     fn writes_open(&mut self) -> bool {
         let local = self.local(PRIMARY);
         let p = self.primary();
         let grace = crate::catalog::lease::FAREWELL_LEASES as u64 * L_US;
-        p.settling.is_none()
-            && local >= p.started + L_US
+        p.settled_at.is_some_and(|at| local >= at + L_US)
             && (p.links.iter().all(|l| l.in_sync) || local >= p.started + grace)
     }
 
@@ -1221,6 +1238,9 @@ impl World {
                 }
             }
             Msg::Copied { round, log } => self.copied(from, round, log),
+            // `near_watch` refuses a watch before the primary settled (503): the front end's
+            // watch fails, as one not answered does here.
+            Msg::Watch { .. } if self.primary().settling.is_some() => {}
             Msg::Watch { session, seen, sent, number } => {
                 // The record is on disk before the first lease of a run is granted.
                 self.nodes[PRIMARY].near_record = true;
@@ -1276,14 +1296,18 @@ impl World {
         match decided {
             Settle::Copy { url, .. } => {
                 let r: usize = url[1..].parse().expect("named n<number>");
+                // `record_lost`, before the copy is tried: whatever becomes of it, reads
+                // open a lease after the start.
+                self.primary().near_before = true;
                 self.settle_step(Step::Copying(r));
                 self.send(node(PRIMARY), node(r), Msg::Copy { round });
                 self.timer(PRIMARY, PUSH_TIMEOUT_US, Timer::CopyDue(round));
             }
             Settle::Wait(_) => self.settle_step(Step::Waiting),
             Settle::Serve => {
-                self.primary().settling = None;
-                self.try_batch();
+                let local = self.local(PRIMARY);
+                let p = self.primary();
+                (p.settling, p.settled_at) = (None, Some(local));
             }
         }
     }
@@ -1299,10 +1323,10 @@ impl World {
         }
     }
 
-    /// A replica's catalog, taken whole (`copy_catalog`): it replaces this disk's, the
-    /// catalog and the purchase journal are rebuilt from it, and reads open one lease after
-    /// the start (`Near::record_lost`: the record of near-cache leases went with what the
-    /// disk lost). The near caches' sessions and the writes waiting stay. Then it asks again.
+    /// A replica's catalog, taken whole (`copy_catalog`): it replaces this disk's, and the
+    /// catalog and the purchase journal are rebuilt from it (reads open one lease after the
+    /// start: `settle` counted the record of near-cache leases lost with what the disk
+    /// lost). The near caches' sessions and the writes waiting stay. Then it asks again.
     fn copied(&mut self, from: Who, round: u64, log: Vec<Replicate>) {
         let Who::Node(r, _) = from else { return };
         let asked = self.primary().settling.as_ref().is_some_and(|s| s.round == round && s.step == Step::Copying(r));
@@ -1318,7 +1342,7 @@ impl World {
         self.tally.copies += 1;
         let fresh = new_primary(&log, 0, true);
         let p = self.primary();
-        (p.catalog, p.recent, p.near_before) = (fresh.catalog, fresh.recent, true);
+        (p.catalog, p.recent) = (fresh.catalog, fresh.recent);
         self.nodes[PRIMARY].log = log;
         self.ask_replicas();
     }
@@ -1481,6 +1505,7 @@ impl World {
                 assert!(unknown.is_none(), "a static primary's batch has a known outcome");
                 let answers = std::mem::take(&mut self.in_batch().answers);
                 let seq = self.primary().catalog.seq();
+                self.nodes[PRIMARY].acked_upto = self.nodes[PRIMARY].acked_upto.max(seq);
                 for (who, tag, a) in answers {
                     let res = a.map_or(Res::Refused, |b| Res::Book(b, seq));
                     self.answer(PRIMARY, who, tag, res);
@@ -1886,7 +1911,10 @@ fn planted_bugs_are_found() {
     }
 }
 
-/// Seeds that found a bug of the catalog, run on every test run since it was fixed.
+/// Seeds that found a bug of the catalog, run on every test run since it was fixed. (Since
+/// the simulated primary settles with its replicas at every start, December 5, these seeds
+/// draw other schedules than the ones that found the bug; `core::primary`'s table test
+/// holds the bug itself.)
 /// - Seeds 4, 13, 21: a purchase refused (out of stock) and asked again for the same order
 ///   in the same batch (a client that timed out and asked another catalog, as an order
 ///   server does) was answered as made, the book as it was, with no copy taken and nothing
@@ -1907,8 +1935,10 @@ fn seeds_that_found_bugs() {
 /// A scripted schedule (the drawn ones rarely line it up): the primary cut off one way from
 /// replica n2 (its pushes and lease answers lost) while n2 holds a lease, so a batch
 /// reaches n1 only; the primary crashing while it waits for n2's answer, and restarting
-/// within n2's lease. The batch was never acknowledged; n2 still answers on a lease of the
-/// primary's earlier run, without it. Three doors let n1 show it meanwhile, each closed now:
+/// within n2's lease (the cut healed for the moment it settles with its replicas, since it
+/// would wait out a silent one, then on again). The batch was never acknowledged; n2 still
+/// answers on a lease of the primary's earlier run, without it. Three doors let n1 show it
+/// meanwhile, each closed now:
 /// - n1 alive: the restarted primary brought it in sync with the commit point of all it
 ///   logged, and n1 showed the batch on the earlier run's lease. A primary now sends a
 ///   commit point only while it may answer reads (`core::read::commit_point`).
@@ -1921,9 +1951,11 @@ fn seeds_that_found_bugs() {
 ///   primary now records (on its disk, before the first near-cache lease of a run) that
 ///   it grants them, and one that finds the record opens reads one lease after its start.
 ///
-/// Each time a read saw the batch and a later one did not (with the first door open, seed
-/// 3 of these fails; with the second or the third, seed 4). Run over 300 seeds each (the
-/// clients' operations and the cut's moment differ).
+/// Each time a read saw the batch and a later one did not. Since the primary settles at
+/// start, with the first door open seed 5 of these fails, with the second seed 3, with the
+/// third seed 89 (before, when the cut held until n2's lease ended: 3, 4 and 4; the settle
+/// then waited n2 out, and the test lost its teeth until the cut was healed for it). Run
+/// over 300 seeds each (the clients' operations and the cut's moment differ).
 #[test]
 fn a_primary_restarted_within_an_old_lease_shows_nothing_it_did_not_acknowledge() {
     // Who is cut off from the primary (n2, a replica, or n3, a front end), and whether
@@ -1931,9 +1963,14 @@ fn a_primary_restarted_within_an_old_lease_shows_nothing_it_did_not_acknowledge(
     let script = |cut: u64, off: usize, replica_restarts: bool| {
         let mut faults = vec![
             (cut, Fault::Cut { from: PRIMARY, to: off, on: true }),
-            (cut + 1_000_000, Fault::Cut { from: PRIMARY, to: off, on: false }),
             (cut + 350_000, Fault::Crash(PRIMARY)),
+            // Healed for the moment the restarted primary settles (it asks every replica
+            // what it holds, and would wait out a silent one longer than any lease), then
+            // cut again until n2's lease of the earlier run has ended.
+            (cut + 400_000, Fault::Cut { from: PRIMARY, to: off, on: false }),
             (cut + 400_000, Fault::Restart(PRIMARY)),
+            (cut + 420_000, Fault::Cut { from: PRIMARY, to: off, on: true }),
+            (cut + 1_000_000, Fault::Cut { from: PRIMARY, to: off, on: false }),
         ];
         if replica_restarts {
             faults.extend([(cut + 360_000, Fault::Crash(1)), (cut + 380_000, Fault::Restart(1))]);
