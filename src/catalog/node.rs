@@ -187,9 +187,9 @@ pub(super) struct Counters {
     /// Writes acknowledged while no replica took their push (every replica out of sync):
     /// on this primary's disk alone until one is back in sync.
     pub(super) writes_on_one_disk: AtomicU64,
-    /// Whether the last batch acknowledged was one of them (the WARN is said as that
-    /// starts, the INFO as it ends).
-    pub(super) on_one_disk: AtomicBool,
+    /// Whether the last batch acknowledged was one of them: its epoch + 1, or 0 when a
+    /// replica took it (the WARN is said as that starts, in each epoch, the INFO as it ends).
+    pub(super) on_one_disk: AtomicU64,
 }
 
 /// The role now, and the primary writes go to.

@@ -382,7 +382,7 @@ impl CatalogNode {
                                     answer.1 = Err(Error::Unavailable(why.clone()));
                                 }
                             }
-                            None => self.count_disks(&took, writes.len()),
+                            None => self.count_disks(&took, writes.len(), epoch),
                         }
                         batch_ctx = batch_span.take().and_then(|span| span.context());
                         Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
@@ -442,9 +442,10 @@ impl CatalogNode {
 
     /// Counts a batch of `writes` acknowledged while no replica took its push (`took`
     /// empty: every replica out of sync), which are on this disk alone until a replica is
-    /// back in sync, and says so as that starts and as it ends. A primary with no replica
-    /// configured is on one disk by design, and says nothing.
-    fn count_disks(&self, took: &[String], writes: usize) {
+    /// back in sync, and says so as that starts (in each `epoch`: a catalog elected again
+    /// says it again) and as it ends. A primary with no replica configured is on one disk
+    /// by design, and says nothing.
+    fn count_disks(&self, took: &[String], writes: usize, epoch: u64) {
         if self.links().is_empty() {
             return;
         }
@@ -452,7 +453,8 @@ impl CatalogNode {
         if alone {
             self.counters.writes_on_one_disk.fetch_add(writes as u64, Ordering::Relaxed);
         }
-        if self.counters.on_one_disk.swap(alone, Ordering::Relaxed) != alone {
+        let now = if alone { epoch + 1 } else { 0 };
+        if self.counters.on_one_disk.swap(now, Ordering::Relaxed) != now {
             match alone {
                 true => log::warn!(
                     "writes are acknowledged with every replica out of sync: they are on this primary's disk alone \
