@@ -120,8 +120,10 @@ impl Reply {
 }
 
 /// The log as `/health` and `/metrics` show it, published by the writer lock's guard each
-/// time it is released ([`Writer`]), so that they never wait for (or `try_lock`) the
-/// writer lock, which a batch holds across its pushes.
+/// time it is released ([`Writer`]) and by a batch as it answers (before its commit
+/// notice, still under the lock), so that they never wait for (or `try_lock`) the writer
+/// lock, which a batch holds across its pushes, and never show a client that was answered
+/// the log as it was before its write.
 #[derive(Default)]
 pub(super) struct Logged {
     /// The last write logged here, pending ones included.
@@ -133,7 +135,7 @@ pub(super) struct Logged {
 }
 
 impl Logged {
-    fn publish(&self, ledger: &Ledger) {
+    pub(super) fn publish(&self, ledger: &Ledger) {
         self.seq.store(ledger.recent.history.last().0, Ordering::Relaxed);
         self.failed.store(ledger.files.failed(), Ordering::Relaxed);
         self.write_errors.store(ledger.files.write_errors(), Ordering::Relaxed);

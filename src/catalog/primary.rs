@@ -384,12 +384,18 @@ impl CatalogNode {
                             }
                             None => self.count_disks(&took, writes.len(), epoch),
                         }
+                        // What `/health` shows of the log (a failed log re-opened by this
+                        // batch's append) as the writes are answered, not only when the
+                        // writer lock is let go after the notice: a client that saw 200
+                        // must not read `log_failed: true` from before.
+                        self.logged.publish(&store);
                         batch_ctx = batch_span.take().and_then(|span| span.context());
                         Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
                         logged = true;
                         Done::Answered
                     }
                     Do::Refuse => {
+                        self.logged.publish(&store);
                         batch_ctx = batch_span.take().and_then(|span| span.context());
                         Self::answer(std::mem::take(&mut answers), &links, batch_ctx.clone(), since, epoch);
                         Done::Answered
