@@ -140,6 +140,20 @@ fn a_frozen_front_end_serves_no_stale_near_hit() {
     assert!(metric(&fe2, "bazar_near_resets_total") >= 2.0, "the resumed front end was reset");
 }
 
+/// The first read of book 1 that the restarted `primary` answers 200, and how long after
+/// `restarted` it came (polled every 20 ms, for up to 30 s).
+fn first_read_after(primary: &str, restarted: std::time::Instant) -> (Duration, bazar::client::Answer) {
+    while restarted.elapsed() < Duration::from_secs(30) {
+        if let Ok(a) = client().call(ureq::http::Method::GET, primary, "/books/1", None) {
+            if a.status == 200 {
+                return (restarted.elapsed(), a);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("reads open again within 30 s of the restart");
+}
+
 /// A static primary records, before the first near-cache lease of a run, that it granted
 /// one (`near-leases` in its data directory); restarted after `kill -9`, it opens reads
 /// one lease after it starts, not as soon as its replica is in sync: a front end cut off
@@ -159,14 +173,7 @@ fn a_restarted_primary_waits_out_the_near_leases_of_its_earlier_run() {
     s.catalogs[0].kill9();
     let restarted = std::time::Instant::now();
     s.catalogs[0].restart();
-    let mut first_read = None;
-    while first_read.is_none() && restarted.elapsed() < Duration::from_secs(30) {
-        if client().call(ureq::http::Method::GET, &primary, "/books/1", None).is_ok_and(|a| a.status == 200) {
-            first_read = Some(restarted.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let first_read = first_read.expect("reads open again");
+    let (first_read, _) = first_read_after(&primary, restarted);
     assert!(first_read >= LEASE, "a read answered {first_read:?} after the restart, within the earlier run's leases");
     // A replica grants no near-cache lease, and keeps no record.
     let replica_dir = s.dir.0.join("catalog-2");
@@ -190,17 +197,8 @@ fn a_primary_whose_disk_came_back_empty_waits_out_near_leases_it_cannot_know() {
     std::fs::create_dir_all(&dir).unwrap();
     let restarted = std::time::Instant::now();
     s.catalogs[0].restart();
-    let mut first_read = None;
-    while first_read.is_none() && restarted.elapsed() < Duration::from_secs(30) {
-        if let Ok(a) = client().call(ureq::http::Method::GET, &primary, "/books/1", None) {
-            if a.status == 200 {
-                assert_eq!(json(&a)["quantity"], 7, "the replica's catalog, taken whole");
-                first_read = Some(restarted.elapsed());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let first_read = first_read.expect("reads open again");
+    let (first_read, book) = first_read_after(&primary, restarted);
+    assert_eq!(json(&book)["quantity"], 7, "the replica's catalog, taken whole");
     assert!(
         first_read >= LEASE,
         "a read answered {first_read:?} after an empty restart, within the earlier run's leases"

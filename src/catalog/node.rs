@@ -19,7 +19,7 @@ use super::core::{
     read::{ReadRole, Reader},
 };
 use super::lease::{Grant, ReplicaLease, FAREWELL_LEASES};
-use super::refusal::{NoLead, NotHere};
+use super::refusal::{NoLead, NotHere, Unreadable};
 use super::state::{Catalog, Write};
 use super::store::{Ledger, Recent, Store};
 use crate::cache::Cache;
@@ -874,9 +874,7 @@ impl CatalogNode {
         // the front end's floor below acknowledged writes, and a read in flight from before
         // would be kept and served under the new lease.
         if !self.settled.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable(
-                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
-            ));
+            return Err(Error::Unreadable(Unreadable::Settling));
         }
         // As for replicas' leases (`grant_lease`); while a switchover revokes them, a watch
         // is answered without one. A watch let through while revoking carries no lease
