@@ -296,14 +296,31 @@ struct Primary {
     near_before: bool,
     /// A replica being brought back in sync: its link and the push round asking it.
     syncing: Option<(usize, u64)>,
-    /// Compared with its replicas at start (`settle_with_replicas`); until then it answers
-    /// no read, decides no write and brings no replica in sync.
-    settling: Option<Settling>,
-    /// When it settled, on its own clock: writes open a lease later (`open_writes`).
-    settled_at: Option<u64>,
+    /// Its comparison with its replicas at start (`settle_with_replicas`), or when it ended.
+    start: Start,
     /// The link the keeper looks at first next time (each in turn).
     next_link: usize,
     next_id: u64,
+}
+
+/// A primary's start: settling, it answers no read, grants no lease, answers no watch,
+/// decides no write and brings no replica in sync.
+enum Start {
+    Settling(Settling),
+    /// Settled at `at`, on its own clock: writes open a lease later (`open_writes`).
+    Settled {
+        at: u64,
+    },
+}
+
+impl Primary {
+    /// Its comparison with its replicas, while it has not settled.
+    fn settling(&mut self) -> Option<&mut Settling> {
+        match &mut self.start {
+            Start::Settling(s) => Some(s),
+            Start::Settled { .. } => None,
+        }
+    }
 }
 
 /// A starting primary's comparison with its replicas (`primary.rs`' `settle_with_replicas`).
@@ -507,13 +524,18 @@ fn catalog_of(log: &[Replicate]) -> Catalog {
     catalog
 }
 
-fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
+/// The purchase journal and history a process rebuilds from its log at start.
+fn recent_of(log: &[Replicate]) -> Recent {
     let mut recent = Recent { journal: Journal::default(), history: History::new(0, 0) };
     let rows: Vec<Arc<Replicate>> = log.iter().cloned().map(Arc::new).collect();
     recent.record(&rows);
+    recent
+}
+
+fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
     Primary {
         catalog: catalog_of(log),
-        recent,
+        recent: recent_of(log),
         links: vec![Grant::default(); REPLICAS.len()],
         queue: Vec::new(),
         busy: Busy::Idle,
@@ -523,8 +545,7 @@ fn new_primary(log: &[Replicate], started: u64, near_before: bool) -> Primary {
         started,
         near_before,
         syncing: None,
-        settling: Some(Settling { round: 0, answers: vec![None; REPLICAS.len()], step: Step::Waiting }),
-        settled_at: None,
+        start: Start::Settling(Settling { round: 0, answers: vec![None; REPLICAS.len()], step: Step::Waiting }),
         next_link: 0,
         next_id: 0,
     }
@@ -1118,18 +1139,18 @@ impl World {
                 }
             }
             Timer::SettleDue(round) => {
-                if self.primary().settling.as_ref().is_some_and(|s| s.round == round && s.step == Step::Asking) {
+                if self.primary().settling().is_some_and(|s| s.round == round && s.step == Step::Asking) {
                     self.settle();
                 }
             }
             Timer::CopyDue(round) => {
-                let copying = self.primary().settling.as_ref().is_some_and(|s| s.round == round);
-                if copying && matches!(self.primary().settling.as_ref().map(|s| s.step), Some(Step::Copying(_))) {
+                let copying = |s: &mut Settling| s.round == round && matches!(s.step, Step::Copying(_));
+                if self.primary().settling().is_some_and(copying) {
                     self.settle_step(Step::Waiting);
                 }
             }
             Timer::SettleAgain => {
-                if self.primary().settling.as_ref().is_some_and(|s| s.step == Step::Waiting) {
+                if self.primary().settling().is_some_and(|s| s.step == Step::Waiting) {
                     self.ask_replicas();
                 }
             }
@@ -1185,7 +1206,7 @@ impl World {
         let local = self.local(PRIMARY);
         let p = self.primary();
         let grace = crate::catalog::lease::FAREWELL_LEASES as u64 * L_US;
-        p.settled_at.is_some_and(|at| local >= at + L_US)
+        matches!(p.start, Start::Settled { at } if local >= at + L_US)
             && (p.links.iter().all(|l| l.in_sync) || local >= p.started + grace)
     }
 
@@ -1228,8 +1249,7 @@ impl World {
             Msg::Ack { round, seq, id } => self.acked(from, round, seq, id),
             Msg::Holds { round, seq } => {
                 let Who::Node(r, _) = from else { return };
-                let Some(s) = self.primary().settling.as_mut().filter(|s| s.round == round && s.step == Step::Asking)
-                else {
+                let Some(s) = self.primary().settling().filter(|s| s.round == round && s.step == Step::Asking) else {
                     return;
                 };
                 s.answers[r - REPLICAS[0]] = Some(seq);
@@ -1240,7 +1260,7 @@ impl World {
             Msg::Copied { round, log } => self.copied(from, round, log),
             // `near_watch` refuses a watch before the primary settled (503): the front end's
             // watch fails, as one not answered does here.
-            Msg::Watch { .. } if self.primary().settling.is_some() => {}
+            Msg::Watch { .. } if self.primary().settling().is_some() => {}
             Msg::Watch { session, seen, sent, number } => {
                 // The record is on disk before the first lease of a run is granted.
                 self.nodes[PRIMARY].near_record = true;
@@ -1266,10 +1286,12 @@ impl World {
     /// [`PUSH_TIMEOUT_US`] counts as silent.
     fn ask_replicas(&mut self) {
         let p = self.primary();
-        let Some(s) = p.settling.as_mut() else { return };
+        if p.settling().is_none() {
+            return;
+        }
         p.next_id += 1;
         let round = p.next_id;
-        *s = Settling { round, answers: vec![None; REPLICAS.len()], step: Step::Asking };
+        p.start = Start::Settling(Settling { round, answers: vec![None; REPLICAS.len()], step: Step::Asking });
         for r in REPLICAS {
             self.send(node(PRIMARY), node(r), Msg::WhatDoYouHold { round });
         }
@@ -1281,7 +1303,7 @@ impl World {
         let identity = |seq: u64| Identity { history: "sim".into(), seq, epoch: 0 };
         let me = identity(self.nodes[PRIMARY].log.len() as u64);
         let waited = self.local(PRIMARY).saturating_sub(self.primary().started);
-        let Some(s) = self.primary().settling.as_ref() else { return };
+        let Some(s) = self.primary().settling() else { return };
         let asked = REPLICAS
             .iter()
             .zip(&s.answers)
@@ -1305,9 +1327,8 @@ impl World {
             }
             Settle::Wait(_) => self.settle_step(Step::Waiting),
             Settle::Serve => {
-                let local = self.local(PRIMARY);
-                let p = self.primary();
-                (p.settling, p.settled_at) = (None, Some(local));
+                let at = self.local(PRIMARY);
+                self.primary().start = Start::Settled { at };
             }
         }
     }
@@ -1315,7 +1336,7 @@ impl World {
     /// The settling round goes on to `step` (waiting: the next round after
     /// [`RETRY_INTERVAL`]).
     fn settle_step(&mut self, step: Step) {
-        if let Some(s) = self.primary().settling.as_mut() {
+        if let Some(s) = self.primary().settling() {
             s.step = step;
         }
         if step == Step::Waiting {
@@ -1329,7 +1350,7 @@ impl World {
     /// lost). The near caches' sessions and the writes waiting stay. Then it asks again.
     fn copied(&mut self, from: Who, round: u64, log: Vec<Replicate>) {
         let Who::Node(r, _) = from else { return };
-        let asked = self.primary().settling.as_ref().is_some_and(|s| s.round == round && s.step == Step::Copying(r));
+        let asked = self.primary().settling().is_some_and(|s| s.round == round && s.step == Step::Copying(r));
         if !asked {
             return;
         }
@@ -1340,9 +1361,8 @@ impl World {
         }
         self.line(Some(PRIMARY), || format!("copied n{r}: {} writes", log.len()));
         self.tally.copies += 1;
-        let fresh = new_primary(&log, 0, true);
         let p = self.primary();
-        (p.catalog, p.recent) = (fresh.catalog, fresh.recent);
+        (p.catalog, p.recent) = (catalog_of(&log), recent_of(&log));
         self.nodes[PRIMARY].log = log;
         self.ask_replicas();
     }
@@ -1350,7 +1370,7 @@ impl World {
     /// What the primary knows of itself for the read check (`node.rs`' `reader`).
     fn primary_reader(&mut self) -> Reader {
         let reads_open = self.reads_open();
-        let settled = self.primary().settling.is_none();
+        let settled = self.primary().settling().is_none();
         Reader { serving: true, settled, role: ReadRole::Static { reads_open } }
     }
 
@@ -1364,7 +1384,7 @@ impl World {
     /// closes under the writer lock, between batches). One replica at a time, each in turn.
     fn keep_in_sync(&mut self) {
         let p = self.primary();
-        if p.syncing.is_some() || p.settling.is_some() {
+        if p.syncing.is_some() || p.settling().is_some() {
             return;
         }
         let links = p.links.len();
