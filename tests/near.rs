@@ -140,6 +140,14 @@ fn a_frozen_front_end_serves_no_stale_near_hit() {
     assert!(metric(&fe2, "bazar_near_resets_total") >= 2.0, "the resumed front end was reset");
 }
 
+/// The lease of the restart tests below.
+const LEASE: Duration = Duration::from_millis(2000);
+
+/// A store for the restart tests: leases of [`LEASE`], a near cache on the front end.
+fn restart_store() -> Option<Store> {
+    Store::start(Opts { lease_ms: Some(LEASE.as_millis() as u64), near_mb: Some(8), ..Opts::default() })
+}
+
 /// The first read of book 1 that the restarted `primary` answers 200, and how long after
 /// `restarted` it came (polled every 20 ms, for up to 30 s).
 fn first_read_after(primary: &str, restarted: std::time::Instant) -> (Duration, bazar::client::Answer) {
@@ -163,9 +171,7 @@ fn first_read_after(primary: &str, restarted: std::time::Instant) -> (Duration, 
 /// was asked for (the process starts later still), and reads open after.
 #[test]
 fn a_restarted_primary_waits_out_the_near_leases_of_its_earlier_run() {
-    const LEASE: Duration = Duration::from_millis(2000);
-    let opts = Opts { lease_ms: Some(LEASE.as_millis() as u64), near_mb: Some(8), ..Opts::default() };
-    let Some(mut s) = Store::start(opts) else { return };
+    let Some(mut s) = restart_store() else { return };
     let (fe, primary) = (s.fe(), s.primary());
     let record = s.dir.0.join("catalog-1").join("near-leases");
     eventually(Duration::from_secs(15), "a lease", || json(&get(&fe, "/health"))["near"] == "on");
@@ -185,9 +191,7 @@ fn a_restarted_primary_waits_out_the_near_leases_of_its_earlier_run() {
 /// earlier run granted near-cache leases, and waits one out as if it had.
 #[test]
 fn a_primary_whose_disk_came_back_empty_waits_out_near_leases_it_cannot_know() {
-    const LEASE: Duration = Duration::from_millis(2000);
-    let opts = Opts { lease_ms: Some(LEASE.as_millis() as u64), near_mb: Some(8), ..Opts::default() };
-    let Some(mut s) = Store::start(opts) else { return };
+    let Some(mut s) = restart_store() else { return };
     let (fe, primary) = (s.fe(), s.primary());
     s.set_stock(1, 7);
     eventually(Duration::from_secs(15), "a lease", || json(&get(&fe, "/health"))["near"] == "on");
