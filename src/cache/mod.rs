@@ -354,21 +354,17 @@ impl Cache {
         // No generation key (a memcached that restarted, before the primary set it again):
         // nothing may be stored, as over a marker without a CAS token.
         let licensed = generation.code == ReturnCode::Hd;
-        let marker = match found.value {
-            None => None,
-            Some(mut value) => match decode(&value) {
-                Value::Data(seq, json) => {
-                    self.give_back(server, conn);
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    let header = value.len() - json.len();
-                    value.drain(..header);
-                    return Lookup::Hit(value, seq);
-                }
-                // Without a CAS token nothing may be stored over it: use an impossible marker.
-                Value::Marker(m) => Some(found.cas.map_or((u64::MAX, 0), |c| (m, c))),
-            },
+        let marker = match judge(licensed, found.value.as_deref(), found.cas) {
+            Found::Hit(seq, json) => {
+                let header = found.value.as_ref().map_or(0, |v| v.len()) - json.len();
+                let mut value = found.value.expect("a hit has a value");
+                self.give_back(server, conn);
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                value.drain(..header);
+                return Lookup::Hit(value, seq);
+            }
+            Found::Miss(marker) => marker,
         };
-        let marker = if licensed { marker } else { Some((u64::MAX, 0)) };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         Lookup::Miss(Slot {
             key: key.to_string(),
@@ -390,18 +386,17 @@ impl Cache {
         if slot.at.elapsed() > FILL_WINDOW || self.backing_off() {
             return;
         }
-        let mut value = format!("D{seq}\n").into_bytes();
-        value.extend_from_slice(json);
+        let value = entry(seq, json);
         if value.len() + slot.key.len() + ITEM_OVERHEAD > MAX_VALUE {
             // memcached would refuse it: not attempted.
             self.counters.too_large.fetch_add(1, Ordering::Relaxed);
             return self.give_back(server, conn);
         }
         let fill = MetaCommand::new(MetaOp::Set, slot.key.as_str()).value(value).flag(format!("T{ENTRY_TTL}"));
-        let fill = match slot.marker {
-            None => fill.flag("ME"),
-            Some((m, cas)) if seq >= m => fill.flag(format!("C{cas}")),
-            Some(_) => return self.give_back(server, conn),
+        let fill = match fill_by(slot.marker, seq) {
+            Some(FillBy::Add) => fill.flag("ME"),
+            Some(FillBy::Cas(cas)) => fill.flag(format!("C{cas}")),
+            None => return self.give_back(server, conn),
         };
         match conn.exchange(&fill) {
             Ok(r) => {
@@ -479,8 +474,7 @@ impl Cache {
     /// Sets the markers; returns those not set (all from the first failure on).
     fn deliver(&self, todo: &[(String, u64)]) -> Vec<(String, u64)> {
         for (i, (key, seq)) in todo.iter().enumerate() {
-            let marker =
-                MetaCommand::new(MetaOp::Set, key.as_str()).value(format!("M{seq}")).flag(format!("T{MARKER_TTL}"));
+            let marker = MetaCommand::new(MetaOp::Set, key.as_str()).value(marker(*seq)).flag(format!("T{MARKER_TTL}"));
             let stored = self.exchange(key, &marker).and_then(|r| match r.code {
                 ReturnCode::Hd => Ok(()),
                 code => Err(McError::Protocol(format!("marker not stored ({code:?})"))),
@@ -548,6 +542,69 @@ impl Cache {
             u8::from(self.is_on()),
         );
         out
+    }
+}
+
+/// A cache entry: the answer `json` as read at write `seq` (`D<seq>\n<json>`).
+pub(crate) fn entry(seq: u64, json: &[u8]) -> Vec<u8> {
+    let mut value = format!("D{seq}\n").into_bytes();
+    value.extend_from_slice(json);
+    value
+}
+
+/// The invalidation marker of write `seq` (`M<seq>`).
+pub(crate) fn marker(seq: u64) -> Vec<u8> {
+    format!("M{seq}").into_bytes()
+}
+
+/// What a lookup found ([`judge`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found<'a> {
+    /// Data read at write `seq`: the answer, after the entry's header.
+    Hit(u64, &'a [u8]),
+    /// No data: the marker (and its CAS token) a fill must meet, `None` when the key was
+    /// absent ([`fill_by`]).
+    Miss(Option<(u64, u64)>),
+}
+
+/// Judges a lookup: the key's `value` and CAS token, and whether the server held the
+/// generation key (`licensed`). Data is a hit, licensed or not. A miss without the licence,
+/// or over a value without a CAS token, carries an impossible marker: nothing may be
+/// stored (see the module's notes on restarts).
+pub(crate) fn judge(licensed: bool, value: Option<&[u8]>, cas: Option<u64>) -> Found<'_> {
+    let marker = match value.map(decode) {
+        None => None,
+        Some(Value::Data(seq, json)) => return Found::Hit(seq, json),
+        Some(Value::Marker(m)) => Some(cas.map_or((u64::MAX, 0), |c| (m, c))),
+    };
+    #[cfg(test)]
+    if crate::catalog::core::planted::on(crate::catalog::core::planted::Planted::FillUnlicensed) {
+        return Found::Miss(marker);
+    }
+    Found::Miss(if licensed { marker } else { Some((u64::MAX, 0)) })
+}
+
+/// How a fill stores its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FillBy {
+    /// Only if the key is still absent (`ms` in mode `E`).
+    Add,
+    /// Only if the key still holds what had this CAS token.
+    Cas(u64),
+}
+
+/// How a fill of data read at write `seq` may store it over what its lookup found
+/// (`marker`, [`Found::Miss`]): an `add` where the key was absent, a `cas` over a marker
+/// only when the data is at least as new, else not at all.
+pub(crate) fn fill_by(marker: Option<(u64, u64)>, seq: u64) -> Option<FillBy> {
+    #[cfg(test)]
+    if crate::catalog::core::planted::on(crate::catalog::core::planted::Planted::FillBehindMarker) {
+        return Some(marker.map_or(FillBy::Add, |(_, cas)| FillBy::Cas(cas)));
+    }
+    match marker {
+        None => Some(FillBy::Add),
+        Some((m, cas)) if seq >= m => Some(FillBy::Cas(cas)),
+        Some(_) => None,
     }
 }
 

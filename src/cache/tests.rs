@@ -13,6 +13,33 @@ fn decodes_values() {
 }
 
 #[test]
+fn a_lookup_is_judged_by_what_it_found_and_its_licence() {
+    let entry = entry(7, b"{}");
+    assert_eq!(entry, b"D7\n{}");
+    // Data is a hit, with or without the generation key.
+    assert_eq!(judge(true, Some(&entry), Some(3)), Found::Hit(7, b"{}"));
+    assert_eq!(judge(false, Some(&entry), Some(3)), Found::Hit(7, b"{}"));
+    // A marker with its CAS token; an absent key.
+    assert_eq!(judge(true, Some(&marker(9)), Some(3)), Found::Miss(Some((9, 3))));
+    assert_eq!(judge(true, None, None), Found::Miss(None));
+    // No licence (a memcached that restarted), or a marker without a CAS token: nothing
+    // may be stored.
+    assert_eq!(judge(false, None, None), Found::Miss(Some((u64::MAX, 0))));
+    assert_eq!(judge(false, Some(&marker(9)), Some(3)), Found::Miss(Some((u64::MAX, 0))));
+    assert_eq!(judge(true, Some(&marker(9)), None), Found::Miss(Some((u64::MAX, 0))));
+    assert_eq!(fill_by(Some((u64::MAX, 0)), u64::MAX - 1), None);
+}
+
+#[test]
+fn a_fill_adds_where_nothing_was_and_replaces_only_an_older_marker() {
+    assert_eq!(fill_by(None, 5), Some(FillBy::Add));
+    assert_eq!(fill_by(Some((5, 11)), 5), Some(FillBy::Cas(11)));
+    assert_eq!(fill_by(Some((5, 11)), 6), Some(FillBy::Cas(11)));
+    // Data older than the marker's write: the stale fill the markers exist to stop.
+    assert_eq!(fill_by(Some((5, 11)), 4), None);
+}
+
+#[test]
 fn keys() {
     assert_eq!(info_key(7), "bazar:info:7");
     assert_eq!(search_key(" Distributed Systems").unwrap(), "bazar:search:distributed%20systems");

@@ -67,6 +67,13 @@ pub(crate) mod planted {
         /// A primary whose disk came back empty or older serves what it holds at once,
         /// without comparing itself with its replicas (`settle::decide`).
         ServeUnsettled,
+        /// A front end's fill over a marker stores data older than the marker's write
+        /// (`cache::fill_by`): the stale fill that the markers exist to stop.
+        FillBehindMarker,
+        /// A lookup that did not find memcached's generation key may still fill
+        /// (`cache::judge`): a memcached that restarted takes data read before a write whose
+        /// marker went to its earlier process.
+        FillUnlicensed,
     }
 
     thread_local! {
