@@ -809,6 +809,10 @@ impl CatalogNode {
             super::node::say_once(&link.refused, &why);
             return Err(Error::Conflict(why));
         }
+        if let Some(why) = self.diverged_from(link, &ack) {
+            super::node::say_once(&link.refused, &why);
+            return Err(Error::Conflict(why));
+        }
         loop {
             let (tail, last, history) = {
                 let store = self.lock_writer();
@@ -857,6 +861,36 @@ impl CatalogNode {
     /// order: logs that agree on (seq, epoch) agree up to there).
     fn same_log(store: &Ledger, ack: &ReplicaAck) -> bool {
         ack.history == store.history_id() && store.recent.history.epoch_at(ack.seq) == Some(ack.epoch)
+    }
+
+    /// With static roles, why replica `link` (whose log ends at `ack`, no further than this
+    /// one's) must not be brought in sync: it holds another write than this primary at that
+    /// number (`core::primary::diverged`), which this primary lost with its disk and
+    /// replaced. The replica's write is asked for (`GET /internal/log`); None when they
+    /// agree, or when either no longer keeps that write (then nothing tells, and it is
+    /// brought in sync as before). With etcd the epochs tell (`same_log`).
+    fn diverged_from(&self, link: &ReplicaLink, ack: &ReplicaAck) -> Option<String> {
+        if self.failover.is_some() || ack.seq == 0 {
+            return None;
+        }
+        let ours = {
+            let store = self.lock_writer();
+            if ack.history != store.history_id() {
+                return None;
+            }
+            store.recent.history.after(ack.seq - 1, 1)?.pop()?
+        };
+        let page = self.push.log(&link.url, ack.seq - 1, &ack.history, ack.epoch).ok()??;
+        let theirs = page.writes.into_iter().find(|w| w.seq == ack.seq)?;
+        core::primary::diverged(&ours, &theirs).then(|| {
+            format!(
+                "replica {} holds another write {} than this primary (book {} at {} copies, this one's: book {} at {}): \
+                 its log and this one's diverged, as when this primary's disk came back empty or older and it served \
+                 without that replica; it is not asked to copy this catalog and stays out of sync (see README, \
+                 \"A disk that comes back empty or older\")",
+                link.url, ack.seq, theirs.book.id, theirs.book.quantity, ours.book.id, ours.book.quantity
+            )
+        })
     }
 
     /// `GET /internal/log?after=N&history=H&epoch=E`: the writes after N, or 410 when they

@@ -54,6 +54,18 @@ pub fn took(last: u64, acked: u64, same_log: bool, epochs: bool) -> Took {
     }
 }
 
+/// With static roles, whether a replica's write `theirs` at the number of this primary's
+/// write `ours` is another write: their logs diverged there. Every write being of epoch 0,
+/// epochs do not tell; it happens only when this primary's disk lost writes the replica
+/// holds (it came back empty or older, and the primary served without hearing from that
+/// replica), and the primary then decided other writes under the same numbers. The book
+/// after the write, the epoch and the order's id are compared.
+pub fn diverged(ours: &Replicate, theirs: &Replicate) -> bool {
+    let order_id = |w: &Replicate| w.order.as_ref().map(|o| o.order_id.clone());
+    ours.seq == theirs.seq
+        && (ours.book != theirs.book || ours.epoch != theirs.epoch || order_id(ours) != order_id(theirs))
+}
+
 /// A client's write as it waits in the queue.
 #[derive(Clone, Debug)]
 pub struct Asked {
@@ -219,6 +231,36 @@ mod tests {
         for ((last, acked, same_log, epochs), want) in cases {
             assert_eq!(took(last, acked, same_log, epochs), want, "{last} {acked} {same_log} {epochs}");
         }
+    }
+
+    /// With static roles two logs diverged at a number where they hold other writes: another
+    /// book or state, another epoch, another order; the same write read back is no divergence.
+    #[test]
+    fn another_write_at_the_same_number_is_a_divergence() {
+        let book = catalog().book(1).cloned().expect("book 1");
+        let write = Replicate { seq: 8, book: book.clone(), epoch: 0, order: None };
+        assert!(!diverged(&write, &write.clone()));
+        let other_stock = Replicate { book: Book { quantity: book.quantity + 1, ..book.clone() }, ..write.clone() };
+        let other_book = Replicate { book: catalog().book(2).cloned().expect("book 2"), ..write.clone() };
+        let other_epoch = Replicate { epoch: 1, ..write.clone() };
+        for theirs in [other_stock, other_book, other_epoch] {
+            assert!(diverged(&write, &theirs), "{theirs:?}");
+        }
+        let ordered = |id: &str| Replicate {
+            order: Some(Order {
+                order_id: id.into(),
+                id: 1,
+                title: book.title.clone(),
+                price: book.price,
+                at: "2026-12-05T00:00:00Z".into(),
+            }),
+            ..write.clone()
+        };
+        assert!(diverged(&ordered("o1"), &ordered("o2")));
+        assert!(diverged(&write, &ordered("o1")));
+        assert!(!diverged(&ordered("o1"), &ordered("o1")));
+        // Writes of different numbers are not compared.
+        assert!(!diverged(&write, &Replicate { seq: 9, epoch: 5, ..write.clone() }));
     }
 
     /// An order that took its copy already (journaled, or earlier in the batch) takes none
