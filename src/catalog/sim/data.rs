@@ -531,6 +531,24 @@ struct Node {
     proc: Proc,
 }
 
+impl Node {
+    /// A process up in its first run, with an empty disk.
+    fn new(clock: Clock, proc: Proc) -> Node {
+        Node {
+            clock,
+            up: true,
+            inc: 0,
+            started: 0,
+            paused_until: 0,
+            log: Vec::new(),
+            disk_fails: false,
+            near_record: false,
+            acked_upto: 0,
+            proc,
+        }
+    }
+}
+
 struct Client {
     op: Option<usize>,
     /// The number of its request now: only its answer counts.
@@ -779,33 +797,12 @@ fn run_with(seed: u64, planted: Planted, trace: bool, script: Option<Vec<(u64, F
             n if REPLICAS.contains(&n) => Proc::Replica(Box::new(new_replica(n, 0, &[]))),
             n => Proc::Front(Box::new(new_front(n, 0))),
         };
-        nodes.push(Node {
-            clock,
-            up: true,
-            inc: 0,
-            started: 0,
-            paused_until: 0,
-            log: Vec::new(),
-            disk_fails: false,
-            near_record: false,
-            acked_upto: 0,
-            proc,
-        });
+        nodes.push(Node::new(clock, proc));
     }
     let mc = swarm.memcached.then_some(nodes.len());
     if swarm.memcached {
-        nodes.push(Node {
-            clock: Clock { offset: mcs.range(0, 1_000_000), rate: 1_000_000 },
-            up: true,
-            inc: 0,
-            started: 0,
-            paused_until: 0,
-            log: Vec::new(),
-            disk_fails: false,
-            near_record: false,
-            acked_upto: 0,
-            proc: Proc::Memcached(Box::default()),
-        });
+        let clock = Clock { offset: mcs.range(0, 1_000_000), rate: 1_000_000 };
+        nodes.push(Node::new(clock, Proc::Memcached(Box::default())));
     }
     let mut w = World {
         t: 0,
