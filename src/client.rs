@@ -345,11 +345,16 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))
     }
 
-    /// The writes after `after` (a write of `epoch`) in history `history` (a replica that
-    /// missed some), or None when the primary no longer has them, has another history, or
-    /// holds a write of another epoch at `after` (410: the logs diverged).
-    pub fn log(&self, base: &str, after: u64, history: &str, epoch: u64) -> Result<Option<LogPage>> {
-        let path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(history));
+    /// The writes after `after` (a write of `epoch`, of fingerprint `sum` when given) in
+    /// history `history` (a replica that missed some), or None when the primary no longer
+    /// has them, has another history, or holds a write of another epoch at `after` (410:
+    /// the logs diverged, and the asker copies the catalog). With static roles a write of
+    /// another fingerprint there is a 409 (diverged, and nothing is copied over the asker).
+    pub fn log(&self, base: &str, after: u64, history: &str, epoch: u64, sum: Option<u32>) -> Result<Option<LogPage>> {
+        let mut path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(history));
+        if let Some(sum) = sum {
+            path.push_str(&format!("&sum={sum:08x}"));
+        }
         let answer = self.http.call(Method::GET, base, &path, None)?;
         match answer.status {
             410 => Ok(None),

@@ -443,6 +443,25 @@ pub struct Replicate {
     pub order: Option<Order>,
 }
 
+impl Replicate {
+    /// A fingerprint of the write: CRC-32 over its number, epoch, the book after it and its
+    /// order's id, each field's length first (as row checksums are, `storage::checksum`).
+    /// Two logs whose writes at one number have equal fingerprints hold the same write there
+    /// (`core::primary::diverged`); it is sent as `sum` with `GET /internal/log`.
+    pub fn fingerprint(&self) -> u32 {
+        let b = &self.book;
+        let numbers = [self.seq, self.epoch, u64::from(b.id), b.price.cents() as u64, u64::from(b.quantity)];
+        let order = self.order.as_ref().map_or("", |o| o.order_id.as_str());
+        let mut h = crc32fast::Hasher::new();
+        let texts = [b.title.as_bytes(), b.topic.as_bytes(), order.as_bytes()];
+        for field in numbers.iter().map(|n| n.to_le_bytes().to_vec()).chain(texts.iter().map(|t| t.to_vec())) {
+            h.update(&(field.len() as u32).to_le_bytes());
+            h.update(&field);
+        }
+        h.finalize()
+    }
+}
+
 /// Primary to replica: the last write it shows, committed (`GET /internal/committed`),
 /// asked by a replica whose read meets a write still pending there (CRAQ's version query).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

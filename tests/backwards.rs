@@ -120,22 +120,10 @@ fn an_empty_primary_waits_for_a_replica_that_does_not_answer() {
 #[test]
 fn a_primary_behind_its_replica_takes_the_newer_catalog() {
     let mut s = store();
-    let a = call("PATCH", &s.primary(), "/books/3", Some(r#"{"quantity": 7}"#));
-    assert_eq!(a.status, 200);
-    let older = s.dir.0.join("backup");
-    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
-    copy_dir(&data_dir(&s.catalogs[0]), &older);
-    s.catalogs[0].restart();
-    wait_ready(&s.primary());
+    let older = back_up_primary(&mut s);
     let want = write_books(&s.primary());
     shows(&s.replica(), &want, "the replica to show the writes");
-    for c in s.catalogs.iter_mut() {
-        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
-    }
-    let dir = data_dir(&s.catalogs[0]);
-    fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&older, &dir);
-    s.catalogs[0].restart();
+    restore_primary(&mut s, &older);
     s.catalogs[1].restart();
     shows(&s.primary(), &want, "the primary to take the newer catalog");
     shows(&s.replica(), &want, "the replica to keep it");
@@ -151,33 +139,40 @@ fn a_primary_behind_its_replica_takes_the_newer_catalog() {
 /// it.)
 #[test]
 fn a_replica_whose_log_diverged_from_an_older_primary_is_not_merged() {
+    diverged_replica(0);
+}
+
+/// The same, the primary's log past the replica's when it comes back: the replica asks for
+/// the writes after its last (`GET /internal/log`, with that write's fingerprint) and is
+/// refused (409), rather than appending the primary's after its own (a review found that
+/// path merged it).
+#[test]
+fn a_replica_whose_log_diverged_does_not_take_the_writes_after_it() {
+    diverged_replica(2);
+}
+
+/// The diverged replica's scenario, with `more` writes of the older primary past the
+/// replica's log.
+fn diverged_replica(more: usize) {
     let opts = Opts { lease_ms: Some(200), ..Opts::default() };
     let mut s = Store::start(opts).expect("no memcached needed");
-    let a = call("PATCH", &s.primary(), "/books/3", Some(r#"{"quantity": 7}"#));
-    assert_eq!(a.status, 200);
-    let older = s.dir.0.join("backup");
-    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
-    copy_dir(&data_dir(&s.catalogs[0]), &older);
-    s.catalogs[0].restart();
-    wait_ready(&s.primary());
+    let older = back_up_primary(&mut s);
     // Write 2, on both disks: the replica's. The primary's disk then comes back without it.
     let a = call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#));
     assert_eq!(a.status, 200);
     let theirs = json(&a);
     shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
-    for c in s.catalogs.iter_mut() {
-        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
-    }
-    let dir = data_dir(&s.catalogs[0]);
-    fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&older, &dir);
-    s.catalogs[0].restart();
+    restore_primary(&mut s, &older);
     // Alone, it serves after the wait for the silent replica; its write 2 is another one.
     eventually(Duration::from_secs(30), "the older primary to take a write", || {
         client()
             .call(ureq::http::Method::PATCH, &s.primary(), "/books/2", Some(r#"{"quantity": 22}"#.into()))
             .is_ok_and(|a| a.status == 200)
     });
+    for _ in 0..more {
+        let a = call("PATCH", &s.primary(), "/books/4", Some(r#"{"quantity": 44}"#));
+        assert_eq!(a.status, 200);
+    }
     s.catalogs[1].restart();
     // The primary judges the replica (or, before, brought it in sync and it served).
     let serves =
@@ -198,6 +193,31 @@ fn a_replica_whose_log_diverged_from_an_older_primary_is_not_merged() {
     assert!(log_of(&s.catalogs[0]).contains("diverged"), "the primary says why");
     let book1 = json(&get(&s.primary(), "/books/1"));
     assert_eq!(book1["quantity"], 100, "the older primary never held write 2: {book1}");
+}
+
+/// Makes write 1 (book 3's stock), then stops the primary, copies its data directory aside
+/// (a backup) and starts it again: returns the copy's path.
+fn back_up_primary(s: &mut Store) -> PathBuf {
+    let a = call("PATCH", &s.primary(), "/books/3", Some(r#"{"quantity": 7}"#));
+    assert_eq!(a.status, 200);
+    let older = s.dir.0.join("backup");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    copy_dir(&data_dir(&s.catalogs[0]), &older);
+    s.catalogs[0].restart();
+    wait_ready(&s.primary());
+    older
+}
+
+/// Stops both catalogs and starts the primary alone on the backup `older` (a disk come back
+/// older); the replica stays stopped.
+fn restore_primary(s: &mut Store, older: &Path) {
+    for c in s.catalogs.iter_mut() {
+        assert_eq!(c.terminate(Duration::from_secs(10)), Some(0));
+    }
+    let dir = data_dir(&s.catalogs[0]);
+    fs::remove_dir_all(&dir).unwrap();
+    copy_dir(older, &dir);
+    s.catalogs[0].restart();
 }
 
 fn copy_dir(from: &Path, to: &Path) {

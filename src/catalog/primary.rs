@@ -38,6 +38,14 @@ pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// A write's fingerprint as `GET /internal/log` takes it (`sum`): 8 hex digits.
+fn sum_param(s: &str) -> Result<u32> {
+    let hex = s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+        .ok_or_else(|| Error::BadRequest(format!("sum={s:?} is not a write's fingerprint (8 hex digits)")))
+}
+
 /// Waits for `flag` to be set (polled every 20 ms), until `deadline` if any: whether it was.
 fn wait_for(flag: &AtomicBool, deadline: Option<Instant>) -> bool {
     while !flag.load(Ordering::SeqCst) {
@@ -873,14 +881,15 @@ impl CatalogNode {
         if self.failover.is_some() || ack.seq == 0 {
             return None;
         }
-        let ours = {
+        let (ours, epoch) = {
             let store = self.lock_writer();
             if ack.history != store.history_id() {
                 return None;
             }
-            store.recent.history.after(ack.seq - 1, 1)?.pop()?
+            let history = &store.recent.history;
+            (history.after(ack.seq - 1, 1)?.pop()?, history.epoch_at(ack.seq - 1)?)
         };
-        let page = self.push.log(&link.url, ack.seq - 1, &ack.history, ack.epoch).ok()??;
+        let page = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None).ok()??;
         let theirs = page.writes.into_iter().find(|w| w.seq == ack.seq)?;
         core::primary::diverged(&ours, &theirs).then(|| {
             format!(
@@ -905,6 +914,7 @@ impl CatalogNode {
         let asked = request.query_param("history")?.ok_or_else(|| Error::BadRequest("give history=H".into()))?;
         // Every parameter is judged before the request is: a malformed one is a 400.
         let epoch = Self::epoch_param(request)?;
+        let sum = request.query_param("sum")?.map(|s| sum_param(&s)).transpose()?;
         if self.failover.is_some() && self.role() != super::config::Role::Primary {
             return Err(Error::Unavailable("this catalog is not the primary now".into()));
         }
@@ -918,6 +928,17 @@ impl CatalogNode {
             Some(e) if e == epoch => {}
             Some(e) => return gone(format!("write {after} here is of epoch {e}, not {epoch}")),
             None => return gone(format!("the writes after {after} are no longer kept; copy the catalog")),
+        }
+        // With static roles the epochs do not tell diverged logs apart: the asker's write
+        // `after`, by its fingerprint, against this one's (when kept).
+        let ours = store.recent.history.after(after.saturating_sub(1), 1).and_then(|mut w| w.pop());
+        if let (None, Some(sum), Some(ours)) = (&self.failover, sum, ours.filter(|w| w.seq == after)) {
+            if ours.fingerprint() != sum {
+                return Err(Error::Conflict(format!(
+                    "write {after} here is another than the asker's: the logs diverged (this catalog's disk lost writes \
+                     the asker holds); nothing is sent to be copied over them"
+                )));
+            }
         }
         match store.recent.history.after(after, LOG_PAGE) {
             Some(writes) => {

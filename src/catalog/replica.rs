@@ -75,14 +75,32 @@ impl CatalogNode {
 
     fn catch_up_once(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         loop {
-            let (seq, history, epoch) = {
+            let (seq, history, epoch, sum) = {
                 let store = self.lock_writer();
-                (self.logged(&store), store.history_id().to_string(), store.last_epoch())
+                let seq = self.logged(&store);
+                // With static roles, the fingerprint of its last write, when kept: a
+                // primary that holds another write there answers 409 (below).
+                let last = store.recent.history.after(seq.saturating_sub(1), 1).and_then(|mut w| w.pop());
+                let sum = last.filter(|w| w.seq == seq && self.failover.is_none()).map(|w| w.fingerprint());
+                (seq, store.history_id().to_string(), store.last_epoch(), sum)
             };
             // The primary answers 410 when its write `seq` is of another epoch: this log
             // holds writes past where the two agree (never acknowledged), and the whole
-            // copy drops them.
-            match client.log(primary, seq, &history, epoch)? {
+            // copy drops them. With static roles it answers 409 when it holds another
+            // write there: its disk lost writes this replica holds (README, "A disk that
+            // comes back empty or older"); this replica keeps them and serves nothing.
+            let page = match client.log(primary, seq, &history, epoch, sum) {
+                Err(PeerError::Answered { status: 409, message }) => {
+                    let why = format!(
+                        "the primary {primary} holds another write {seq} than this replica: the logs diverged, \
+                         and this replica keeps its writes, out of sync ({message})"
+                    );
+                    super::node::say_once(&self.copy_refused, &why);
+                    return Err(Error::Conflict(why));
+                }
+                page => page?,
+            };
+            match page {
                 // A page's number is the primary's readable one (taken under its writer
                 // lock): committed, so this replica shows its writes up to there.
                 Some(page) if page.writes.is_empty() && page.seq <= seq => {
@@ -152,7 +170,7 @@ impl CatalogNode {
             more = page.more;
         }
         loop {
-            let page = client.log(primary, catalog.seq(), &history, epoch)?.ok_or_else(|| {
+            let page = client.log(primary, catalog.seq(), &history, epoch, None)?.ok_or_else(|| {
                 Error::Unavailable("the primary no longer has the writes made during the copy".into())
             })?;
             if page.writes.is_empty() {

@@ -59,11 +59,9 @@ pub fn took(last: u64, acked: u64, same_log: bool, epochs: bool) -> Took {
 /// epochs do not tell; it happens only when this primary's disk lost writes the replica
 /// holds (it came back empty or older, and the primary served without hearing from that
 /// replica), and the primary then decided other writes under the same numbers. The book
-/// after the write, the epoch and the order's id are compared.
+/// after the write, the epoch and the order's id are compared ([`Replicate::fingerprint`]).
 pub fn diverged(ours: &Replicate, theirs: &Replicate) -> bool {
-    let order_id = |w: &Replicate| w.order.as_ref().map(|o| o.order_id.clone());
-    ours.seq == theirs.seq
-        && (ours.book != theirs.book || ours.epoch != theirs.epoch || order_id(ours) != order_id(theirs))
+    ours.seq == theirs.seq && ours.fingerprint() != theirs.fingerprint()
 }
 
 /// A client's write as it waits in the queue.
