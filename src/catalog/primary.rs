@@ -817,7 +817,7 @@ impl CatalogNode {
             super::node::say_once(&link.refused, &why);
             return Err(Error::Conflict(why));
         }
-        if let Some(why) = self.diverged_from(link, &ack) {
+        if let Some(why) = self.diverged_from(link, &ack)? {
             super::node::say_once(&link.refused, &why);
             return Err(Error::Conflict(why));
         }
@@ -876,22 +876,26 @@ impl CatalogNode {
     /// number (`core::primary::diverged`), which this primary lost with its disk and
     /// replaced. The replica's write is asked for (`GET /internal/log`); None when they
     /// agree, or when either no longer keeps that write (then nothing tells, and it is
-    /// brought in sync as before). With etcd the epochs tell (`same_log`).
-    fn diverged_from(&self, link: &ReplicaLink, ack: &ReplicaAck) -> Option<String> {
+    /// brought in sync as before). A question that fails otherwise is an error: the replica
+    /// is not brought in sync this time (a failed question is no answer that they agree).
+    /// With etcd the epochs tell (`same_log`).
+    fn diverged_from(&self, link: &ReplicaLink, ack: &ReplicaAck) -> Result<Option<String>> {
         if self.failover.is_some() || ack.seq == 0 {
-            return None;
+            return Ok(None);
         }
-        let (ours, epoch) = {
+        let kept = {
             let store = self.lock_writer();
-            if ack.history != store.history_id() {
-                return None;
-            }
             let history = &store.recent.history;
-            (history.after(ack.seq - 1, 1)?.pop()?, history.epoch_at(ack.seq - 1)?)
+            let ours = history.after(ack.seq - 1, 1).and_then(|mut w| w.pop()).filter(|w| w.seq == ack.seq);
+            (ack.history == store.history_id()).then(|| ours.zip(history.epoch_at(ack.seq - 1))).flatten()
         };
-        let page = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None).ok()??;
-        let theirs = page.writes.into_iter().find(|w| w.seq == ack.seq)?;
-        core::primary::diverged(&ours, &theirs).then(|| {
+        let Some((ours, epoch)) = kept else { return Ok(None) };
+        // 410: the replica no longer keeps it either.
+        let Some(page) = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None)? else { return Ok(None) };
+        let Some(theirs) = page.writes.into_iter().find(|w| w.seq == ack.seq) else {
+            return Err(Error::Unavailable(format!("replica {} did not send its write {}", link.url, ack.seq)));
+        };
+        Ok(core::primary::diverged(&ours, &theirs).then(|| {
             format!(
                 "replica {} holds another write {} than this primary (book {} at {} copies, this one's: book {} at {}): \
                  its log and this one's diverged, as when this primary's disk came back empty or older and it served \
@@ -899,7 +903,7 @@ impl CatalogNode {
                  \"A disk that comes back empty or older\")",
                 link.url, ack.seq, theirs.book.id, theirs.book.quantity, ours.book.id, ours.book.quantity
             )
-        })
+        }))
     }
 
     /// `GET /internal/log?after=N&history=H&epoch=E`: the writes after N, or 410 when they
