@@ -445,20 +445,16 @@ pub struct Replicate {
 
 impl Replicate {
     /// A fingerprint of the write: CRC-32 over its number, epoch, the book after it and its
-    /// order's id, each field's length first (as row checksums are, `storage::checksum`).
-    /// Two logs whose writes at one number have equal fingerprints hold the same write there
+    /// order's id, as a row's checksum is taken (`storage::checksum`). Two logs whose writes
+    /// at one number have equal fingerprints hold the same write there
     /// (`core::primary::diverged`); it is sent as `sum` with `GET /internal/log`.
     pub fn fingerprint(&self) -> u32 {
         let b = &self.book;
-        let numbers = [self.seq, self.epoch, u64::from(b.id), b.price.cents() as u64, u64::from(b.quantity)];
+        let numbers = [self.seq, self.epoch, u64::from(b.id), b.price.cents() as u64, u64::from(b.quantity)]
+            .map(u64::to_le_bytes);
         let order = self.order.as_ref().map_or("", |o| o.order_id.as_str());
-        let mut h = crc32fast::Hasher::new();
         let texts = [b.title.as_bytes(), b.topic.as_bytes(), order.as_bytes()];
-        for field in numbers.iter().map(|n| n.to_le_bytes().to_vec()).chain(texts.iter().map(|t| t.to_vec())) {
-            h.update(&(field.len() as u32).to_le_bytes());
-            h.update(&field);
-        }
-        h.finalize()
+        crate::storage::checksum(numbers.iter().map(|n| n.as_slice()).chain(texts))
     }
 }
 

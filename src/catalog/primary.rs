@@ -886,7 +886,7 @@ impl CatalogNode {
         let kept = {
             let store = self.lock_writer();
             let history = &store.recent.history;
-            let ours = history.after(ack.seq - 1, 1).and_then(|mut w| w.pop()).filter(|w| w.seq == ack.seq);
+            let ours = history.at(ack.seq).cloned();
             (ack.history == store.history_id()).then(|| ours.zip(history.epoch_at(ack.seq - 1))).flatten()
         };
         let Some((ours, epoch)) = kept else { return Ok(None) };
@@ -935,14 +935,12 @@ impl CatalogNode {
         }
         // With static roles the epochs do not tell diverged logs apart: the asker's write
         // `after`, by its fingerprint, against this one's (when kept).
-        let ours = store.recent.history.after(after.saturating_sub(1), 1).and_then(|mut w| w.pop());
-        if let (None, Some(sum), Some(ours)) = (&self.failover, sum, ours.filter(|w| w.seq == after)) {
-            if ours.fingerprint() != sum {
-                return Err(Error::Conflict(format!(
-                    "write {after} here is another than the asker's: the logs diverged (this catalog's disk lost writes \
-                     the asker holds); nothing is sent to be copied over them"
-                )));
-            }
+        let diverged = |sum: u32| store.recent.history.at(after).is_some_and(|ours| ours.fingerprint() != sum);
+        if self.failover.is_none() && sum.is_some_and(diverged) {
+            return Err(Error::Conflict(format!(
+                "write {after} here is another than the asker's: the logs diverged (this catalog's disk lost writes \
+                 the asker holds); nothing is sent to be copied over them"
+            )));
         }
         match store.recent.history.after(after, LOG_PAGE) {
             Some(writes) => {

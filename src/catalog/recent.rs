@@ -196,6 +196,12 @@ impl History {
         Some(self.writes.iter().skip((seq + 1 - first) as usize).take(max).cloned().collect())
     }
 
+    /// Write `seq`, when kept.
+    pub fn at(&self, seq: u64) -> Option<&Arc<Replicate>> {
+        let first = self.writes.front()?.seq;
+        self.writes.get(usize::try_from(seq.checked_sub(first)?).ok()?).filter(|w| w.seq == seq)
+    }
+
     /// The epoch of write `seq`, when known here (the last write, or one kept).
     pub fn epoch_at(&self, seq: u64) -> Option<u64> {
         if seq == self.last {
@@ -279,5 +285,8 @@ mod tests {
         }
         assert_eq!(h.last(), (13, 3));
         assert_eq!(h.after(11, 10).unwrap().iter().map(|w| w.epoch).collect::<Vec<_>>(), [3, 3]);
+        // The writes themselves: only those kept (not the checkpoint's write 10).
+        let kept: Vec<Option<u64>> = (9..=14).map(|seq| h.at(seq).map(|w| w.seq)).collect();
+        assert_eq!(kept, [None, None, Some(11), Some(12), Some(13), None]);
     }
 }

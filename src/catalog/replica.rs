@@ -80,8 +80,8 @@ impl CatalogNode {
                 let seq = self.logged(&store);
                 // With static roles, the fingerprint of its last write, when kept: a
                 // primary that holds another write there answers 409 (below).
-                let last = store.recent.history.after(seq.saturating_sub(1), 1).and_then(|mut w| w.pop());
-                let sum = last.filter(|w| w.seq == seq && self.failover.is_none()).map(|w| w.fingerprint());
+                let last = store.recent.history.at(seq).filter(|_| self.failover.is_none());
+                let sum = last.map(|w| w.fingerprint());
                 (seq, store.history_id().to_string(), store.last_epoch(), sum)
             };
             // The primary answers 410 when its write `seq` is of another epoch: this log
