@@ -1666,28 +1666,32 @@ impl World {
     /// The generation check, between batches: the pending markers, then the generation
     /// key where memcached lacks it (`retry_pending`, `ensure_generation`).
     fn check_generation(&mut self) {
-        let Some(mc) = self.mc else { return };
-        let p = self.primary();
-        p.next_id += 1;
-        let id = p.next_id;
-        let marks: Vec<(String, u64)> = std::mem::take(&mut p.pending).into_iter().collect();
-        p.busy = Busy::Generation(id, marks.clone());
-        self.send(node(PRIMARY), node(mc), Msg::McMark { id, marks, generation: true });
-        self.timer(PRIMARY, MC_TIMEOUT_US, Timer::McDue(id));
+        if let Some((id, marks)) = self.send_marks(&[], 0, true) {
+            self.primary().busy = Busy::Generation(id, marks);
+        }
     }
 
     /// A batch's markers at its last write, after the pending ones, sent while it pushes
     /// (`Cache::invalidate`, on a thread of its own in `commit`).
     fn mark(&mut self, keys: &[String], last: u64) {
-        let Some(mc) = self.mc else { return };
+        if let Some(sent) = self.send_marks(keys, last, false) {
+            self.primary().marking = Some(sent);
+        }
+    }
+
+    /// Sends memcached the pending markers, then those of `keys` at write `last` (and with
+    /// `generation` the generation key where missing), in an exchange of its own that
+    /// [`MC_TIMEOUT_US`] ends: the exchange and what it carries, None without memcached.
+    fn send_marks(&mut self, keys: &[String], last: u64, generation: bool) -> Option<(u64, Vec<(String, u64)>)> {
+        let mc = self.mc?;
         let p = self.primary();
         let mut marks: Vec<(String, u64)> = std::mem::take(&mut p.pending).into_iter().collect();
         marks.extend(keys.iter().map(|k| (k.clone(), last)));
         p.next_id += 1;
         let id = p.next_id;
-        p.marking = Some((id, marks.clone()));
-        self.send(node(PRIMARY), node(mc), Msg::McMark { id, marks, generation: false });
+        self.send(node(PRIMARY), node(mc), Msg::McMark { id, marks: marks.clone(), generation });
         self.timer(PRIMARY, MC_TIMEOUT_US, Timer::McDue(id));
+        Some((id, marks))
     }
 
     /// The primary's exchange `id` with memcached is over: answered (`done`), or not in
