@@ -345,15 +345,28 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))
     }
 
-    /// The writes after `after` (a write of `epoch`, of fingerprint `sum` when given) in
-    /// history `history` (a replica that missed some), or None when the primary no longer
-    /// has them, has another history, or holds a write of another epoch at `after` (410:
-    /// the logs diverged, and the asker copies the catalog). With static roles a write of
-    /// another fingerprint there is a 409 (diverged, and nothing is copied over the asker).
-    pub fn log(&self, base: &str, after: u64, history: &str, epoch: u64, sum: Option<u32>) -> Result<Option<LogPage>> {
+    /// The writes after `after` (a write of `epoch`, of fingerprint `sum` and after which
+    /// the asker's log has the chain `chain`, when given) in history `history` (a replica
+    /// that missed some), or None when the primary no longer has them, has another history,
+    /// or holds a write of another epoch at `after` (410: the logs diverged, and the asker
+    /// copies the catalog). With static roles another chain there (or, when the primary
+    /// knows none, a write of another fingerprint) is a 409 (diverged, and nothing is
+    /// copied over the asker).
+    pub fn log(
+        &self,
+        base: &str,
+        after: u64,
+        history: &str,
+        epoch: u64,
+        sum: Option<u32>,
+        chain: Option<u32>,
+    ) -> Result<Option<LogPage>> {
         let mut path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(history));
         if let Some(sum) = sum {
             path.push_str(&format!("&sum={sum:08x}"));
+        }
+        if let Some(chain) = chain {
+            path.push_str(&format!("&chain={chain:08x}"));
         }
         let answer = self.http.call(Method::GET, base, &path, None)?;
         match answer.status {

@@ -456,6 +456,13 @@ impl Replicate {
         let texts = [b.title.as_bytes(), b.topic.as_bytes(), order.as_bytes()];
         crate::storage::checksum(numbers.iter().map(|n| n.as_slice()).chain(texts))
     }
+
+    /// The log's chain after this write, its chain before being `before`: CRC-32 over the
+    /// two and this write's fingerprint, so that a chain covers every write up to its own
+    /// (`catalog::recent::History`).
+    pub fn chain(&self, before: u32) -> u32 {
+        crate::storage::checksum([before.to_le_bytes(), self.fingerprint().to_le_bytes()].iter().map(|b| b.as_slice()))
+    }
 }
 
 /// Primary to replica: the last write it shows, committed (`GET /internal/committed`),
@@ -500,6 +507,11 @@ pub struct ReplicaAck {
     /// holds another write at `seq` has diverged, and is copied whole).
     #[serde(default)]
     pub epoch: u64,
+    /// The chain of the replica's log after `seq`, when known (`History::chain`): with
+    /// static roles, a log whose chain there is another than the primary's has diverged
+    /// from it, and is not brought in sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<u32>,
 }
 
 /// Primary to replica: a page of the whole catalog (`GET /internal/books`), for a replica
@@ -518,6 +530,9 @@ pub struct BookPage {
     pub books: Vec<Book>,
     /// Whether more books follow.
     pub more: bool,
+    /// The chain of the log after write `seq`, when known: the copy's log continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<u32>,
 }
 
 /// A replica's request for a read lease (`POST /internal/lease`).

@@ -139,7 +139,7 @@ fn a_primary_behind_its_replica_takes_the_newer_catalog() {
 /// it.)
 #[test]
 fn a_replica_whose_log_diverged_from_an_older_primary_is_not_merged() {
-    diverged_replica(0);
+    diverged_replica(0, false);
 }
 
 /// The same, the primary's log past the replica's when it comes back: the replica asks for
@@ -148,12 +148,23 @@ fn a_replica_whose_log_diverged_from_an_older_primary_is_not_merged() {
 /// path merged it).
 #[test]
 fn a_replica_whose_log_diverged_does_not_take_the_writes_after_it() {
-    diverged_replica(2);
+    diverged_replica(2, false);
+}
+
+/// The same, the logs diverged before the replica's last write, which both hold alike
+/// (book 5 at 55, write 3): comparing that write alone, the replica was merged (its write 2,
+/// book 1 at 11, served; the primary's, book 2 at 22, missing). The logs' chains tell,
+/// both ways: the primary judging the replica's ack, the replica's catch-up (409).
+#[test]
+fn a_replica_whose_log_diverged_before_its_last_write_is_not_merged() {
+    diverged_replica(0, true);
+    diverged_replica(2, true);
 }
 
 /// The diverged replica's scenario, with `more` writes of the older primary past the
-/// replica's log.
-fn diverged_replica(more: usize) {
+/// replica's log; with `same_last`, each side's last write before it is the same (book 5
+/// at 55).
+fn diverged_replica(more: usize, same_last: bool) {
     let opts = Opts { lease_ms: Some(200), ..Opts::default() };
     let mut s = Store::start(opts).expect("no memcached needed");
     let older = back_up_primary(&mut s);
@@ -161,6 +172,10 @@ fn diverged_replica(more: usize) {
     let a = call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#));
     assert_eq!(a.status, 200);
     let theirs = json(&a);
+    let last_alike = r#"{"quantity": 55}"#;
+    if same_last {
+        assert_eq!(call("PATCH", &s.primary(), "/books/5", Some(last_alike)).status, 200);
+    }
     shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
     restore_primary(&mut s, &older);
     // Alone, it serves after the wait for the silent replica; its write 2 is another one.
@@ -169,6 +184,9 @@ fn diverged_replica(more: usize) {
             .call(ureq::http::Method::PATCH, &s.primary(), "/books/2", Some(r#"{"quantity": 22}"#.into()))
             .is_ok_and(|a| a.status == 200)
     });
+    if same_last {
+        assert_eq!(call("PATCH", &s.primary(), "/books/5", Some(last_alike)).status, 200);
+    }
     for _ in 0..more {
         let a = call("PATCH", &s.primary(), "/books/4", Some(r#"{"quantity": 44}"#));
         assert_eq!(a.status, 200);

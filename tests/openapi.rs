@@ -96,10 +96,15 @@ fn the_openapi_document_matches_the_store() {
         .unwrap()
         .to_string();
     let log = format!("/internal/log?after=0&history={history}");
-    // Write 1 (book 4's stock) with another write's fingerprint: the logs diverged (409).
+    // Write 1 (book 4's stock) with another write's fingerprint, or another chain up to
+    // it: the logs diverged (409).
     let (diverged, bad_sum) = (
         format!("/internal/log?after=1&history={history}&sum=00000000"),
         format!("/internal/log?after=1&history={history}&sum=+1234567"),
+    );
+    let (diverged_chain, bad_chain) = (
+        format!("/internal/log?after=1&history={history}&chain=00000000"),
+        format!("/internal/log?after=1&history={history}&chain=0000000g"),
     );
     // An order server's batch of takes: one purchase, for an order of the form servers issue.
     let take_batch = format!(
@@ -220,6 +225,8 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/log", "GET", &p, &log, false, None, 401),
             case("/internal/log", "GET", &p, &diverged, true, None, 409),
             case("/internal/log", "GET", &p, &bad_sum, true, None, 400),
+            case("/internal/log", "GET", &p, &diverged_chain, true, None, 409),
+            case("/internal/log", "GET", &p, &bad_chain, true, None, 400),
             case("/internal/committed", "GET", &p, "/internal/committed", true, None, 200),
             case("/internal/committed", "GET", &r, "/internal/committed", true, None, 503),
             case("/internal/committed", "GET", &p, "/internal/committed", false, None, 401),

@@ -118,7 +118,8 @@ fn replace_with(dir: &Path, mut catalog: Catalog) -> std::result::Result<(usize,
     catalog.raise_seq(old.seq() + 1);
     let history = new_history_id().map_err(|e| whole(e.to_string()))?;
     let epoch = store.last_epoch();
-    store.replace(&catalog, &history, epoch, &recent.journal).map_err(|e| whole(e.to_string()))?;
+    let chain = Some(super::store::chain_start(&history, catalog.seq()));
+    store.replace(&catalog, &history, epoch, chain, &recent.journal).map_err(|e| whole(e.to_string()))?;
     Ok((catalog.len(), catalog.seq()))
 }
 

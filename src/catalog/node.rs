@@ -844,9 +844,10 @@ impl CatalogNode {
         let store = self.lock_writer();
         let (history, epoch) = (store.history_id().to_string(), store.last_epoch());
         let state = self.state();
+        let chain = store.recent.history.chain_at(state.seq());
         let (books, more) = state.page(None, page.after.unwrap_or(0), page.limit);
         let books = books.into_iter().cloned().collect();
-        Ok(Response::json(&BookPage { history, seq: state.seq(), epoch, books, more }))
+        Ok(Response::json(&BookPage { history, seq: state.seq(), epoch, books, more, chain }))
     }
 
     /// `GET /books/{id}`, with the sequence number it was read at.

@@ -38,12 +38,13 @@ pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A write's fingerprint as `GET /internal/log` takes it (`sum`): 8 hex digits.
-fn sum_param(s: &str) -> Result<u32> {
+/// A write's fingerprint or a log's chain as `GET /internal/log` takes them (`sum`,
+/// `chain`): 8 hex digits.
+fn hex_param(name: &str, s: &str) -> Result<u32> {
     let hex = s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
     hex.then(|| u32::from_str_radix(s, 16).ok())
         .flatten()
-        .ok_or_else(|| Error::BadRequest(format!("sum={s:?} is not a write's fingerprint (8 hex digits)")))
+        .ok_or_else(|| Error::BadRequest(format!("{name}={s:?} is not a fingerprint (8 hex digits)")))
 }
 
 /// Waits for `flag` to be set (polled every 20 ms), until `deadline` if any: whether it was.
@@ -872,37 +873,55 @@ impl CatalogNode {
     }
 
     /// With static roles, why replica `link` (whose log ends at `ack`, no further than this
-    /// one's) must not be brought in sync: it holds another write than this primary at that
-    /// number (`core::primary::diverged`), which this primary lost with its disk and
-    /// replaced. The replica's write is asked for (`GET /internal/log`); None when they
-    /// agree, or when either no longer keeps that write (then nothing tells, and it is
-    /// brought in sync as before). A question that fails otherwise is an error: the replica
-    /// is not brought in sync this time (a failed question is no answer that they agree).
-    /// With etcd the epochs tell (`same_log`).
+    /// one's) must not be brought in sync: its log holds other writes than this primary's
+    /// up to its last, which this primary lost with its disk and replaced. The chains tell
+    /// (`core::primary::chains_diverged`: the replica's in its ack, this primary's at that
+    /// number). Where either is not known (a log written before chains, a write no longer
+    /// kept here), only the last write is compared (`core::primary::diverged`): the
+    /// replica's is asked for (`GET /internal/log`); None when they agree, or when either
+    /// no longer keeps that write (then nothing tells, and it is brought in sync as
+    /// before). A question that fails otherwise is an error: the replica is not brought in
+    /// sync this time (a failed question is no answer that they agree). With etcd the
+    /// epochs tell (`same_log`).
     fn diverged_from(&self, link: &ReplicaLink, ack: &ReplicaAck) -> Result<Option<String>> {
         if self.failover.is_some() || ack.seq == 0 {
             return Ok(None);
         }
-        let kept = {
+        let (kept, chain) = {
             let store = self.lock_writer();
             let history = &store.recent.history;
+            let same = ack.history == store.history_id();
             let ours = history.at(ack.seq).cloned();
-            (ack.history == store.history_id()).then(|| ours.zip(history.epoch_at(ack.seq - 1))).flatten()
+            let kept = same.then(|| ours.zip(history.epoch_at(ack.seq - 1))).flatten();
+            (kept, same.then(|| history.chain_at(ack.seq)).flatten())
         };
+        let why = |what: String| {
+            format!(
+                "replica {} {what}: its log and this one's diverged, as when this primary's disk came back empty or \
+                 older and it served without that replica; it is not asked to copy this catalog and stays out of \
+                 sync (see README, \"A disk that comes back empty or older\")",
+                link.url
+            )
+        };
+        // The chains tell whether the logs differ anywhere up to the replica's last write.
+        if let Some(diverged) = core::primary::chains_diverged(chain, ack.chain) {
+            let what = format!("holds other writes than this primary up to its last, {} (another chain)", ack.seq);
+            return Ok(diverged.then(|| why(what)));
+        }
+        // Without both chains (a log from before them), only the last write is compared.
         let Some((ours, epoch)) = kept else { return Ok(None) };
         // 410: the replica no longer keeps it either.
-        let Some(page) = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None)? else { return Ok(None) };
+        let Some(page) = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None, None)? else {
+            return Ok(None);
+        };
         let Some(theirs) = page.writes.into_iter().find(|w| w.seq == ack.seq) else {
             return Err(Error::Unavailable(format!("replica {} did not send its write {}", link.url, ack.seq)));
         };
         Ok(core::primary::diverged(&ours, &theirs).then(|| {
-            format!(
-                "replica {} holds another write {} than this primary (book {} at {} copies, this one's: book {} at {}): \
-                 its log and this one's diverged, as when this primary's disk came back empty or older and it served \
-                 without that replica; it is not asked to copy this catalog and stays out of sync (see README, \
-                 \"A disk that comes back empty or older\")",
-                link.url, ack.seq, theirs.book.id, theirs.book.quantity, ours.book.id, ours.book.quantity
-            )
+            why(format!(
+                "holds another write {} than this primary (book {} at {} copies, this one's: book {} at {})",
+                ack.seq, theirs.book.id, theirs.book.quantity, ours.book.id, ours.book.quantity
+            ))
         }))
     }
 
@@ -918,7 +937,8 @@ impl CatalogNode {
         let asked = request.query_param("history")?.ok_or_else(|| Error::BadRequest("give history=H".into()))?;
         // Every parameter is judged before the request is: a malformed one is a 400.
         let epoch = Self::epoch_param(request)?;
-        let sum = request.query_param("sum")?.map(|s| sum_param(&s)).transpose()?;
+        let sum = request.query_param("sum")?.map(|s| hex_param("sum", &s)).transpose()?;
+        let chain = request.query_param("chain")?.map(|s| hex_param("chain", &s)).transpose()?;
         if self.failover.is_some() && self.role() != super::config::Role::Primary {
             return Err(Error::Unavailable("this catalog is not the primary now".into()));
         }
@@ -933,13 +953,17 @@ impl CatalogNode {
             Some(e) => return gone(format!("write {after} here is of epoch {e}, not {epoch}")),
             None => return gone(format!("the writes after {after} are no longer kept; copy the catalog")),
         }
-        // With static roles the epochs do not tell diverged logs apart: the asker's write
-        // `after`, by its fingerprint, against this one's (when kept).
-        let diverged = |sum: u32| store.recent.history.at(after).is_some_and(|ours| ours.fingerprint() != sum);
-        if self.failover.is_none() && sum.is_some_and(diverged) {
+        // With static roles the epochs do not tell diverged logs apart: the asker's log up
+        // to `after`, by its chain, against this one's; where either chain is not known,
+        // the asker's write `after` by its fingerprint against this one's (when kept).
+        let kept = &store.recent.history;
+        let by_write = |sum: u32| kept.at(after).is_some_and(|ours| ours.fingerprint() != sum);
+        let diverged =
+            core::primary::chains_diverged(kept.chain_at(after), chain).unwrap_or_else(|| sum.is_some_and(by_write));
+        if self.failover.is_none() && diverged {
             return Err(Error::Conflict(format!(
-                "write {after} here is another than the asker's: the logs diverged (this catalog's disk lost writes \
-                 the asker holds); nothing is sent to be copied over them"
+                "the log here up to write {after} is another than the asker's: the logs diverged (this catalog's \
+                 disk lost writes the asker holds); nothing is sent to be copied over them"
             )));
         }
         match store.recent.history.after(after, LOG_PAGE) {

@@ -151,75 +151,118 @@ impl Journal {
     }
 }
 
-/// The last [`HISTORY`] writes, contiguous, ending at the catalog's sequence number.
+/// The last [`HISTORY`] writes, contiguous, ending at the catalog's sequence number, each
+/// with the log's *chain* after it: a fingerprint of the whole log up to that write
+/// ([`Replicate::chain`] from the history's start, [`chain_start`]). Two logs of one history
+/// whose chains at N are equal hold the same writes up to N, not only the same write at N:
+/// with static roles (every epoch 0) that is what tells a diverged log (README, "A disk that
+/// comes back empty or older").
 #[derive(Debug)]
 pub struct History {
     writes: VecDeque<Arc<Replicate>>,
-    /// The sequence number of the last write (the catalog's).
-    last: u64,
-    /// The epoch of the last write.
-    last_epoch: u64,
-    /// The write just before the first one kept (seq, epoch), when known.
-    base: Option<(u64, u64)>,
+    /// The chain after each write kept, in step with `writes`.
+    chains: VecDeque<Option<u32>>,
+    /// The last write (the catalog's).
+    last: Point,
+    /// The write just before the first one kept, when known.
+    base: Option<Point>,
+}
+
+/// A write's number, its epoch and the log's chain after it (None when not known: a log
+/// written before chains, until its next import or whole copy, or after a gap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Point {
+    seq: u64,
+    epoch: u64,
+    chain: Option<u32>,
+}
+
+/// The chain of a history's log where it starts: history `history_id` created (seeded,
+/// imported, started over) at write `seq`. A whole copy continues the source's chain.
+pub fn chain_start(history_id: &str, seq: u64) -> u32 {
+    crate::storage::checksum([history_id.as_bytes(), &seq.to_le_bytes()])
 }
 
 impl History {
-    /// No writes kept; the last one is `last`, of `last_epoch`.
-    pub(super) fn new(last: u64, last_epoch: u64) -> History {
-        History { writes: VecDeque::new(), last, last_epoch, base: Some((last, last_epoch)) }
+    /// No writes kept; the last one is `last`, of `last_epoch`, the log's chain there
+    /// `chain` (when known).
+    pub(super) fn new(last: u64, last_epoch: u64, chain: Option<u32>) -> History {
+        let last = Point { seq: last, epoch: last_epoch, chain };
+        History { writes: VecDeque::new(), chains: VecDeque::new(), last, base: Some(last) }
     }
 
     pub(super) fn push(&mut self, write: Arc<Replicate>) {
-        if write.seq != self.last + 1 {
+        let next = write.seq == self.last.seq + 1;
+        if !next {
             // Writes always come in order; were one missing, `after` must not pretend.
             self.writes.clear();
+            self.chains.clear();
             self.base = None;
         }
-        if self.writes.is_empty() && self.base.is_none_or(|(seq, _)| seq != self.last) {
-            self.base = (write.seq == self.last + 1).then_some((self.last, self.last_epoch));
+        if self.writes.is_empty() && self.base.is_none_or(|b| b.seq != self.last.seq) {
+            self.base = next.then_some(self.last);
         }
-        self.last = write.seq;
-        self.last_epoch = write.epoch;
+        let chain = self.last.chain.filter(|_| next).map(|c| write.chain(c));
+        self.last = Point { seq: write.seq, epoch: write.epoch, chain };
         self.writes.push_back(write);
+        self.chains.push_back(chain);
         if self.writes.len() > HISTORY {
-            self.base = self.writes.pop_front().map(|w| (w.seq, w.epoch));
+            let (w, chain) = (self.writes.pop_front(), self.chains.pop_front().flatten());
+            self.base = w.map(|w| Point { seq: w.seq, epoch: w.epoch, chain });
         }
     }
 
     /// Up to `max` writes after `seq`, or None when they are no longer kept (or `seq` is
     /// past the last write: a replica of another history).
     pub fn after(&self, seq: u64, max: usize) -> Option<Vec<Arc<Replicate>>> {
-        let first = self.writes.front().map_or(self.last + 1, |w| w.seq);
-        if seq > self.last || seq + 1 < first {
+        let first = self.writes.front().map_or(self.last.seq + 1, |w| w.seq);
+        if seq > self.last.seq || seq + 1 < first {
             return None;
         }
         Some(self.writes.iter().skip((seq + 1 - first) as usize).take(max).cloned().collect())
     }
 
+    /// Where write `seq` is among those kept.
+    fn index(&self, seq: u64) -> Option<usize> {
+        let first = self.writes.front()?.seq;
+        usize::try_from(seq.checked_sub(first)?).ok().filter(|&i| i < self.writes.len())
+    }
+
     /// Write `seq`, when kept.
     pub fn at(&self, seq: u64) -> Option<&Arc<Replicate>> {
-        let first = self.writes.front()?.seq;
-        self.writes.get(usize::try_from(seq.checked_sub(first)?).ok()?).filter(|w| w.seq == seq)
+        self.writes.get(self.index(seq)?).filter(|w| w.seq == seq)
+    }
+
+    /// What is known of write `seq`: the last one, the one before those kept, or one kept.
+    fn point(&self, seq: u64) -> Option<Point> {
+        if seq == self.last.seq {
+            return Some(self.last);
+        }
+        if let Some(base) = self.base.filter(|b| b.seq == seq) {
+            return Some(base);
+        }
+        let i = self.index(seq)?;
+        Some(Point { seq, epoch: self.writes[i].epoch, chain: self.chains[i] })
     }
 
     /// The epoch of write `seq`, when known here (the last write, or one kept).
     pub fn epoch_at(&self, seq: u64) -> Option<u64> {
-        if seq == self.last {
-            return Some(self.last_epoch);
-        }
-        if let Some((_, epoch)) = self.base.filter(|(base, _)| *base == seq) {
-            return Some(epoch);
-        }
-        let first = self.writes.front()?.seq;
-        if seq < first || seq > self.last {
-            return None;
-        }
-        self.writes.get((seq - first) as usize).map(|w| w.epoch)
+        self.point(seq).map(|p| p.epoch)
+    }
+
+    /// The log's chain after write `seq`, when known here.
+    pub fn chain_at(&self, seq: u64) -> Option<u32> {
+        self.point(seq).and_then(|p| p.chain)
     }
 
     /// The sequence number and epoch of the last write.
     pub fn last(&self) -> (u64, u64) {
-        (self.last, self.last_epoch)
+        (self.last.seq, self.last.epoch)
+    }
+
+    /// The log's chain after the last write, when known.
+    pub fn chain(&self) -> Option<u32> {
+        self.last.chain
     }
 }
 
@@ -266,7 +309,7 @@ mod tests {
 
     #[test]
     fn the_history_knows_the_epoch_of_each_write_it_serves() {
-        let mut h = History::new(10, 2);
+        let mut h = History::new(10, 2, Some(7));
         assert_eq!(h.epoch_at(10), Some(2), "the last write's epoch survives a checkpoint");
         assert_eq!(h.epoch_at(9), None);
         for (seq, epoch) in [(11, 2), (12, 3), (13, 3)] {
@@ -276,7 +319,7 @@ mod tests {
         // After a gap nothing before the new write is known.
         h.push(Arc::new(write(20, 4)));
         assert_eq!((h.epoch_at(19), h.epoch_at(20), h.epoch_at(13)), (None, Some(4), None));
-        let mut h = History::new(10, 2);
+        let mut h = History::new(10, 2, Some(7));
         for (seq, epoch) in [(11, 2), (12, 3), (13, 3)] {
             h.push(Arc::new(write(seq, epoch)));
         }
@@ -288,5 +331,32 @@ mod tests {
         // The writes themselves: only those kept (not the checkpoint's write 10).
         let kept: Vec<Option<u64>> = (9..=14).map(|seq| h.at(seq).map(|w| w.seq)).collect();
         assert_eq!(kept, [None, None, Some(11), Some(12), Some(13), None]);
+    }
+
+    /// The chain after each write kept continues the one known where the history starts;
+    /// not known from a start without one, or before a gap.
+    #[test]
+    fn the_history_chains_each_write_to_those_before() {
+        let mut h = History::new(10, 2, Some(7));
+        let writes: Vec<Replicate> = [(11, 2), (12, 3), (13, 3)].map(|(s, e)| write(s, e)).into();
+        writes.iter().for_each(|w| h.push(Arc::new(w.clone())));
+        let mut want = vec![writes[0].chain(7)];
+        want.push(writes[1].chain(want[0]));
+        want.push(writes[2].chain(want[1]));
+        assert_eq!((h.chain_at(10), h.chain_at(9), h.chain_at(14)), (Some(7), None, None));
+        assert_eq!([11, 12, 13].map(|seq| h.chain_at(seq).unwrap()), want[..]);
+        assert_eq!(h.chain(), Some(want[2]));
+        // Another write at 12 would give another chain from there on.
+        let other = Replicate { book: Book { quantity: 9, ..write(12, 3).book }, ..write(12, 3) };
+        assert_ne!(other.chain(want[0]), want[1]);
+        h.push(Arc::new(write(20, 4)));
+        assert_eq!((h.chain(), h.chain_at(13)), (None, None), "after a gap nothing is known");
+        let mut unknown = History::new(10, 2, None);
+        unknown.push(Arc::new(write(11, 2)));
+        assert_eq!(unknown.chain(), None, "a log written before chains has none");
+        // Past HISTORY writes, the one before the first kept keeps its chain.
+        let mut long = History::new(0, 0, Some(1));
+        (1..=HISTORY as u64 + 1).for_each(|seq| long.push(Arc::new(write(seq, 0))));
+        assert_eq!((long.chain_at(1), long.at(1).is_none()), (Some(write(1, 0).chain(1)), true));
     }
 }

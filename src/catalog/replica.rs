@@ -75,21 +75,22 @@ impl CatalogNode {
 
     fn catch_up_once(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         loop {
-            let (seq, history, epoch, sum) = {
+            let (seq, history, epoch, sum, chain) = {
                 let store = self.lock_writer();
                 let seq = self.logged(&store);
-                // With static roles, the fingerprint of its last write, when kept: a
-                // primary that holds another write there answers 409 (below).
-                let last = store.recent.history.at(seq).filter(|_| self.failover.is_none());
-                let sum = last.map(|w| w.fingerprint());
-                (seq, store.history_id().to_string(), store.last_epoch(), sum)
+                // With static roles, its log's chain and its last write's fingerprint, when
+                // known: a primary whose log differs up to there answers 409 (below).
+                let history = Some(&store.recent.history).filter(|_| self.failover.is_none());
+                let sum = history.and_then(|h| h.at(seq)).map(|w| w.fingerprint());
+                let chain = history.and_then(|h| h.chain());
+                (seq, store.history_id().to_string(), store.last_epoch(), sum, chain)
             };
             // The primary answers 410 when its write `seq` is of another epoch: this log
             // holds writes past where the two agree (never acknowledged), and the whole
             // copy drops them. With static roles it answers 409 when it holds another
             // write there: its disk lost writes this replica holds (README, "A disk that
             // comes back empty or older"); this replica keeps them and serves nothing.
-            let page = match client.log(primary, seq, &history, epoch, sum) {
+            let page = match client.log(primary, seq, &history, epoch, sum, chain) {
                 Err(PeerError::Answered { status: 409, message }) => {
                     let why = format!(
                         "the primary {primary} holds another write {seq} than this replica: the logs diverged, \
@@ -156,7 +157,7 @@ impl CatalogNode {
         // Each page goes into the catalog as it comes: the copy is never held twice.
         let (history, mut more) = (first.history, first.more);
         let mut after = first.books.last().map_or(0, |b| b.id);
-        let mut epoch = first.epoch;
+        let (mut epoch, mut chain) = (first.epoch, first.chain);
         let mut catalog = Catalog::new(first.books, first.seq).map_err(Error::Internal)?;
         while more {
             let page = client.copy_page(primary, after, COPY_PAGE)?;
@@ -170,7 +171,7 @@ impl CatalogNode {
             more = page.more;
         }
         loop {
-            let page = client.log(primary, catalog.seq(), &history, epoch, None)?.ok_or_else(|| {
+            let page = client.log(primary, catalog.seq(), &history, epoch, None, None)?.ok_or_else(|| {
                 Error::Unavailable("the primary no longer has the writes made during the copy".into())
             })?;
             if page.writes.is_empty() {
@@ -178,6 +179,8 @@ impl CatalogNode {
             }
             self.check_epoch(page.epoch)?;
             for w in &page.writes {
+                // The log continues at the copy's last write (a page holds writes in order).
+                chain = chain.filter(|_| w.seq == catalog.seq() + 1).map(|c| w.chain(c));
                 catalog.commit(w.book.clone(), w.seq);
                 epoch = w.epoch;
             }
@@ -185,7 +188,7 @@ impl CatalogNode {
         let journal = Self::copy_journal(client, primary, catalog.seq())?;
         let mut store = self.lock_writer();
         // On failure the ledger is as it was, its own journal kept.
-        store.replace(&catalog, &history, epoch, journal)?;
+        store.replace(&catalog, &history, epoch, chain, journal)?;
         log::info!(
             "copied {} books from {primary} at write {} in {:?}",
             catalog.len(),
@@ -265,6 +268,7 @@ impl CatalogNode {
             replica_id: self.replica_id.clone(),
             history: store.history_id().to_string(),
             epoch: store.last_epoch(),
+            chain: store.recent.history.chain(),
         })
     }
 

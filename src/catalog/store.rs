@@ -12,6 +12,10 @@
 //!   follow are the whole catalog (an import or a replica's full copy), so the log alone
 //!   is the catalog and `books.csv` is not read.
 //!
+//! A marker's `at` holds the log's *chain* at `seq` (8 hex digits; empty in logs written
+//! before chains): the writes after it continue it (`History`), so that a restart knows
+//! the chain of every write it loads.
+//!
 //! `books.csv` (header `id,title,topic,price,quantity,sum`) is the readable view, written
 //! durably at checkpoints only, so a write costs one appended row whatever the size of the
 //! catalog. Loading overlays the log's rows in order on the view. Every row holds a whole
@@ -55,7 +59,7 @@
 //! replacement, the view by atomic replacement, each through the seam in `storage` (plain
 //! `std::fs` calls; recorded in unit tests to build crash images).
 
-pub use super::recent::{History, Journal, Recent, HISTORY, JOURNAL_MAX, KEEP_PURCHASES};
+pub use super::recent::{chain_start, History, Journal, Recent, HISTORY, JOURNAL_MAX, KEEP_PURCHASES};
 use super::state::Catalog;
 use crate::money::Money;
 use crate::storage::{self, At, StorageError, Tracked};
@@ -233,7 +237,8 @@ impl Store {
         if !log_path.exists() && !books.exists() {
             let seed = parse(SEED.as_bytes()).and_then(|books| Catalog::new(books, 0));
             let seed = seed.expect("the built-in catalog is valid (a unit test reads it)");
-            write_log(&log_path, RESET, &seed, &new_history_id()?, 0, &Journal::default())?;
+            let history_id = new_history_id()?;
+            write_log(&log_path, RESET, &seed, &history_id, 0, Some(chain_start(&history_id, 0)), &Journal::default())?;
             write_view(&books, &seed)?;
             log::info!("seeded {} with the built-in catalog", dir.display());
         }
@@ -257,7 +262,9 @@ impl Store {
                     aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
                 );
                 let empty = Catalog::default();
-                write_log(&log_path, RESET, &empty, &new_history_id()?, 0, &Journal::default())?;
+                let history_id = new_history_id()?;
+                let chain = Some(chain_start(&history_id, 0));
+                write_log(&log_path, RESET, &empty, &history_id, 0, chain, &Journal::default())?;
                 write_view(&books, &empty)?;
                 (load(&books, &log_path, want)?, Some(e))
             }
@@ -266,6 +273,7 @@ impl Store {
         let log = storage::open_append(&log_path, LOG_HEADER).at(&log_path)?;
         let durable = log.metadata().at(&log_path)?.len();
         let legacy = loaded.history_id.is_empty();
+        let mut recent = Recent { journal: loaded.journal, history: loaded.history };
         let mut store = Store {
             books,
             log_path,
@@ -278,19 +286,22 @@ impl Store {
             rows: loaded.rows,
             checkpoint_rows: COMPACT_AFTER,
             history_id: loaded.history_id,
-            last: loaded.history.last(),
+            last: recent.history.last(),
         };
         if legacy && want == Books::Load {
-            // A log from before histories: this catalog starts one (its replicas copy it).
+            // A log from before histories: this catalog starts one (its replicas copy it),
+            // and its chain.
             store.history_id = new_history_id()?;
+            let (seq, epoch) = store.last;
+            recent.history = History::new(seq, epoch, Some(chain_start(&store.history_id, seq)));
         }
         if (legacy || loaded.old_form) && want == Books::Load {
             // Rewritten in today's form (a log from before epochs reads as epoch 0; rows
             // from before checksums get theirs): no row of another form is ever appended
             // to it. An import rewrites it anyway.
-            store.checkpoint(&loaded.catalog, &loaded.journal)?;
+            store.checkpoint(&loaded.catalog, &recent.journal, recent.history.chain())?;
         }
-        Ok((store, loaded.catalog, Recent { journal: loaded.journal, history: loaded.history }, corrupt))
+        Ok((store, loaded.catalog, recent, corrupt))
     }
 
     /// Loads the catalog and its recent writes again from the files (after a copy that
@@ -451,25 +462,27 @@ impl Store {
     /// on average. A checkpoint that fails leaves the files as they were (the log holds
     /// every write) and is tried again after [`CHECKPOINT_RETRY`]. `journal` is the
     /// purchase journal to retain in the new log.
-    pub fn after_write(&mut self, catalog: &Catalog, journal: &Journal) {
+    pub fn after_write(&mut self, catalog: &Catalog, journal: &Journal, chain: Option<u32>) {
         let due = self.rows >= self.checkpoint_rows.max(catalog.len());
         if due && self.checkpoint_after.is_none_or(|t| Instant::now() >= t) {
-            if let Err(e) = self.checkpoint(catalog, journal) {
+            if let Err(e) = self.checkpoint(catalog, journal, chain) {
                 self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
                 log::error!("checkpoint failed (the files are as they were; tried again later): {e}");
             }
         }
     }
 
-    /// Writes the view durably, then replaces the log with a checkpoint row and the
-    /// retained purchase journal. On failure the old files stay, usable.
-    pub fn checkpoint(&mut self, catalog: &Catalog, journal: &Journal) -> Result<()> {
+    /// Writes the view durably, then replaces the log with a checkpoint row (which keeps
+    /// the log's chain at the catalog's write, `chain`) and the retained purchase journal.
+    /// On failure the old files stay, usable.
+    pub fn checkpoint(&mut self, catalog: &Catalog, journal: &Journal, chain: Option<u32>) -> Result<()> {
         self.reopen_if_failed()?;
         // A view not durably in place stops the checkpoint: a log that says the view holds
         // write `seq` must never be durable before that view is.
         write_view(&self.books, catalog)?;
         let epoch = self.last_epoch();
-        let marker = marker(CHECKPOINT, catalog.seq(), &self.history_id, epoch);
+        let chain = chain_text(chain);
+        let marker = marker(CHECKPOINT, catalog.seq(), &self.history_id, epoch, &chain);
         let replaced = write_log_with(&self.log_path, |w, tmp| {
             write_log_row(w, &marker).at(tmp)?;
             write_journal(w, journal, tmp)
@@ -508,14 +521,22 @@ impl Store {
     }
 
     /// Replaces the whole catalog (an import, or a replica's full copy of its primary),
-    /// whose last write is of `epoch`, keeping `journal` (the caller's history starts
+    /// whose last write is of `epoch` (the log's chain there `chain`), keeping `journal`
+    /// (the caller's history starts
     /// again at the catalog's last write): the log first, in reset form, then the view (a
     /// log in reset form is the whole catalog: a view that cannot be written is only
     /// logged). Once the new log is renamed into place the catalog is replaced: if it
     /// cannot be opened or its directory fsynced, the store is failed and the next write
     /// re-opens it.
-    pub fn replace(&mut self, catalog: &Catalog, history_id: &str, epoch: u64, journal: &Journal) -> Result<()> {
-        let replaced = write_log(&self.log_path, RESET, catalog, history_id, epoch, journal);
+    pub fn replace(
+        &mut self,
+        catalog: &Catalog,
+        history_id: &str,
+        epoch: u64,
+        chain: Option<u32>,
+        journal: &Journal,
+    ) -> Result<()> {
+        let replaced = write_log(&self.log_path, RESET, catalog, history_id, epoch, chain, journal);
         if let Err(Unreplaced::Before(e)) = replaced {
             return Err(e);
         }
@@ -554,14 +575,22 @@ impl Ledger {
 
     /// Checkpoints the files when due, retaining the journal.
     pub(crate) fn after_write(&mut self, catalog: &Catalog) {
-        self.files.after_write(catalog, &self.recent.journal);
+        self.files.after_write(catalog, &self.recent.journal, self.recent.history.chain_at(catalog.seq()));
     }
 
-    /// Replaces the whole catalog, of history `history_id`, last written in `epoch`, with
-    /// `journal` as the purchase journal; the history starts again at its last write.
-    pub(crate) fn replace(&mut self, catalog: &Catalog, history_id: &str, epoch: u64, journal: Journal) -> Result<()> {
-        self.files.replace(catalog, history_id, epoch, &journal)?;
-        self.recent = Recent { journal, history: History::new(catalog.seq(), epoch) };
+    /// Replaces the whole catalog, of history `history_id`, last written in `epoch`, the
+    /// log's chain there `chain`, with `journal` as the purchase journal; the history
+    /// starts again at its last write.
+    pub(crate) fn replace(
+        &mut self,
+        catalog: &Catalog,
+        history_id: &str,
+        epoch: u64,
+        chain: Option<u32>,
+        journal: Journal,
+    ) -> Result<()> {
+        self.files.replace(catalog, history_id, epoch, chain, &journal)?;
+        self.recent = Recent { journal, history: History::new(catalog.seq(), epoch, chain) };
         Ok(())
     }
 
@@ -709,7 +738,7 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
         old_form |= !read_view(books, &mut catalog)?;
     }
     let (mut journal, mut history, mut history_id, mut count) =
-        (Journal::default(), History::new(0, 0), String::new(), 0);
+        (Journal::default(), History::new(0, 0, None), String::new(), 0);
     let mut last_epoch = 0;
     // Rows numbered up to `base` are journal records only, but for the rows of a reset's
     // catalog (at `bulk`, without an order).
@@ -729,7 +758,8 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
                 other => return Err(rows.bad(&row, format!("unknown marker row {other:?}"))),
             }
             history_id = rows.text(&row, 3)?.to_string();
-            history = History::new(seq, epoch);
+            // A marker keeps the log's chain at `seq` (none in logs written before chains).
+            history = History::new(seq, epoch, parse_chain(&row[7]));
             last_epoch = epoch;
             catalog.raise_seq(seq);
             continue;
@@ -762,7 +792,7 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
         }
     }
     if want == Books::Skip {
-        history = History::new(catalog.seq(), last_epoch);
+        history = History::new(catalog.seq(), last_epoch, None);
     }
     Ok(Loaded { catalog, journal, history, history_id, rows: count, old_form })
 }
@@ -784,12 +814,25 @@ fn read_view(path: &Path, catalog: &mut Catalog) -> Result<bool> {
     Ok(rows.current())
 }
 
+/// A marker's chain as written: 8 hex digits, or nothing when not known.
+fn chain_text(chain: Option<u32>) -> String {
+    chain.map(storage::checksum_text).unwrap_or_default()
+}
+
+/// A marker's chain as read: none when the field is empty (a log written before chains)
+/// or not 8 hex digits.
+fn parse_chain(field: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(field).ok().filter(|t| t.len() == 8)?;
+    u32::from_str_radix(text, 16).ok()
+}
+
 /// A new history id.
 pub fn new_history_id() -> Result<String> {
     crate::ids::random_hex()
 }
 
-fn marker<'a>(kind: &'a str, seq: u64, history_id: &'a str, epoch: u64) -> LogRow<'a> {
+/// A marker row: `at` holds the log's chain at `seq` (8 hex digits, or empty when not known).
+fn marker<'a>(kind: &'a str, seq: u64, history_id: &'a str, epoch: u64, chain: &'a str) -> LogRow<'a> {
     LogRow {
         seq,
         id: 0,
@@ -798,7 +841,7 @@ fn marker<'a>(kind: &'a str, seq: u64, history_id: &'a str, epoch: u64) -> LogRo
         price: Money::default(),
         quantity: 0,
         order_id: "",
-        at: "",
+        at: chain,
         epoch,
     }
 }
@@ -892,10 +935,12 @@ fn write_log(
     catalog: &Catalog,
     history_id: &str,
     epoch: u64,
+    chain: Option<u32>,
     journal: &Journal,
 ) -> Result<(), Unreplaced> {
+    let chain = chain_text(chain);
     write_log_with(path, |w, tmp| {
-        write_log_row(w, &marker(kind, catalog.seq(), history_id, epoch)).at(tmp)?;
+        write_log_row(w, &marker(kind, catalog.seq(), history_id, epoch, &chain)).at(tmp)?;
         write_journal(w, journal, tmp)?;
         for book in catalog.iter() {
             write_log_row(w, &log_row(catalog.seq(), book, None)).at(tmp)?;
@@ -1014,9 +1059,15 @@ mod tests {
         for i in 0..5 {
             purchase(&mut store, &mut catalog, &format!("o-{i}"));
         }
+        // The log's chain starts at the seed's write and covers each write.
+        let chains: Vec<Option<u32>> = (0..=5).map(|seq| store.recent.history.chain_at(seq)).collect();
+        assert_eq!(chains[0], Some(chain_start(&history, 0)));
+        assert!(chains.iter().all(Option::is_some) && chains.windows(2).all(|w| w[0] != w[1]), "{chains:?}");
         drop(store);
-        let (_, again) = open(&dir).unwrap();
+        let (store, again) = open(&dir).unwrap();
         assert_eq!(again, catalog);
+        assert_eq!((1..=5).map(|seq| store.recent.history.chain_at(seq)).collect::<Vec<_>>(), chains[1..], "replayed");
+        drop(store);
         // A torn row is cut; the view is not needed while the log starts with a reset.
         let mut f = fs::OpenOptions::new().append(true).open(dir.join("catalog.log")).unwrap();
         f.write_all(b"6,3,torn").unwrap();
@@ -1029,10 +1080,13 @@ mod tests {
         assert!(store.recent.history.after(6, 10).is_none());
         // A checkpoint keeps the state, the journal and the history id; later writes replay
         // over the view.
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
         purchase(&mut store, &mut catalog, "o-5");
+        let sixth = store.recent.history.chain();
         drop(store);
         let (store, again) = open(&dir).unwrap();
+        let kept = (store.recent.history.chain_at(5), store.recent.history.chain());
+        assert_eq!(kept, (chains[5], sixth), "the checkpoint keeps the chain; the write after it continues it");
         assert_eq!(again, catalog);
         assert_eq!(again.seq(), 6);
         assert_eq!(store.history_id(), history);
@@ -1048,7 +1102,7 @@ mod tests {
     fn a_newer_view_under_an_old_log_is_the_same_state() {
         let dir = temp("view");
         let (mut store, mut catalog) = open(&dir).unwrap();
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
         for i in 0..3 {
             purchase(&mut store, &mut catalog, &format!("v-{i}"));
         }
@@ -1081,15 +1135,16 @@ mod tests {
         let (mut store, again) = open(&dir).unwrap();
         assert_eq!(again, catalog);
         assert_eq!((store.recent.history.epoch_at(2), store.last_epoch()), (Some(4), 4));
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
         drop(store);
         let (mut store, _) = open(&dir).unwrap();
         assert_eq!(store.recent.history.epoch_at(2), Some(4), "a checkpoint keeps the last write's epoch");
         let journal = std::mem::take(&mut store.recent.journal);
-        store.replace(&catalog, "fedcba987654", 6, journal).unwrap();
+        store.replace(&catalog, "fedcba987654", 6, Some(0x5eed_c4a1), journal).unwrap();
         drop(store);
         let (store, _) = open(&dir).unwrap();
         assert_eq!((store.history_id(), store.last_epoch()), ("fedcba987654", 6));
+        assert_eq!(store.recent.history.chain(), Some(0x5eed_c4a1), "a whole copy continues its source's chain");
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1216,7 +1271,7 @@ mod faults {
         for (tag, file, damage, says) in cases {
             let dir = temp(tag);
             let (mut store, mut catalog) = open(&dir).unwrap();
-            store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+            store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
             for i in 0..10 {
                 batch(&mut store, &mut catalog, &[(3, W::Purchase, ""), (0, add(&format!("Book, \"{i}\"")), "")])
                     .unwrap();
@@ -1358,7 +1413,10 @@ mod faults {
             let before = files(&dir);
             crash::start();
             crash::fail(1, io::ErrorKind::StorageFull, failing);
-            assert!(store.files.checkpoint(&catalog, &store.recent.journal).is_err(), "{tag}");
+            assert!(
+                store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).is_err(),
+                "{tag}"
+            );
             crash::stop();
             assert_eq!(files(&dir), before, "{tag}: no temporary file left");
             batch(&mut store, &mut catalog, &[(3, W::Purchase, "o-2")]).unwrap();
@@ -1409,7 +1467,7 @@ mod faults {
         made(&mut store, &mut catalog, &[(3, W::Purchase, "o-1")]).unwrap();
         made(&mut store, &mut catalog, &[(0, add("One, \"1\""), ""), (3, W::Purchase, "o-2"), (1, W::Purchase, "")])
             .unwrap();
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
         made(&mut store, &mut catalog, &[(2, W::Purchase, "o-3")]).unwrap();
         crash::fail(1, io::ErrorKind::StorageFull, |op| matches!(op, Op::Write(..)) && crash::on(op, "catalog.log"));
         made(&mut store, &mut catalog, &[(2, W::Purchase, "o-4"), (0, add("Lost"), "")]).unwrap_err();
@@ -1420,18 +1478,18 @@ mod faults {
         store.files.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         made(&mut store, &mut catalog, &[(4, W::Purchase, "o-7"), (5, W::Purchase, "")]).unwrap();
         crash::fail(1, io::ErrorKind::StorageFull, |op| matches!(op, Op::Rename(p, _) if p.ends_with("catalog.tmp")));
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap_err();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap_err();
         made(&mut store, &mut catalog, &[(6, W::Purchase, "")]).unwrap();
         // The directory fsync after the view's rename fails: the checkpoint stops there
         // (its log is not replaced), and the store goes on.
         crash::fail(1, io::ErrorKind::Other, |op| matches!(op, Op::SyncDir(p) if p.ends_with("books.csv")));
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap_err();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap_err();
         assert!(!store.files.failed());
         made(&mut store, &mut catalog, &[(1, W::Purchase, "o-9")]).unwrap();
         // The directory fsync after the log's rename fails: the new log is in place but its
         // name may not be durable; no write is taken until the directory is fsynced again.
         crash::fail(1, io::ErrorKind::Other, |op| matches!(op, Op::SyncDir(p) if p.ends_with("catalog.log")));
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap_err();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap_err();
         assert!(store.files.failed());
         store.files.failed.as_mut().unwrap().at -= REOPEN_RETRY;
         made(&mut store, &mut catalog, &[(1, W::Purchase, "o-10")]).unwrap();
@@ -1440,7 +1498,7 @@ mod faults {
             Catalog::new(catalog.iter().filter(|b| b.id != 7).cloned().collect(), catalog.seq() + 5).unwrap();
         copy.raise_seq(catalog.seq() + 5);
         let journal = std::mem::take(&mut store.recent.journal);
-        store.replace(&copy, "fedcba987654", 3, journal).unwrap();
+        store.replace(&copy, "fedcba987654", 3, Some(3), journal).unwrap();
         catalog = copy;
         {
             let (states, acked) = &mut *seen.borrow_mut();
@@ -1504,14 +1562,14 @@ mod timing {
         });
         let catalog = Catalog::new(books.collect(), 0).unwrap();
         let (mut store, _) = open(&dir).unwrap();
-        store.files.checkpoint(&catalog, &store.recent.journal).unwrap();
+        store.files.checkpoint(&catalog, &store.recent.journal, store.recent.history.chain()).unwrap();
         drop(store);
         for form in ["view + checkpoint row", "log in reset form"] {
             let started = std::time::Instant::now();
             let (mut store, loaded) = open(&dir).unwrap();
             println!("{form}: loaded {} books in {:?}", loaded.len(), started.elapsed());
             let journal = std::mem::take(&mut store.recent.journal);
-            store.replace(&loaded, "0123456789ab", 0, journal).unwrap();
+            store.replace(&loaded, "0123456789ab", 0, None, journal).unwrap();
         }
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -64,6 +64,15 @@ pub fn diverged(ours: &Replicate, theirs: &Replicate) -> bool {
     ours.seq == theirs.seq && ours.fingerprint() != theirs.fingerprint()
 }
 
+/// With static roles, whether two logs of one history diverged at or before one write,
+/// told by their chains after it (`History::chain_at`): a chain covers every write up to
+/// its own, so logs that hold the same last write but differ earlier are told apart too.
+/// None when either chain is not known (a log written before chains, a write no longer
+/// kept): then only that write itself can be compared ([`diverged`]).
+pub fn chains_diverged(ours: Option<u32>, theirs: Option<u32>) -> Option<bool> {
+    ours.zip(theirs).map(|(ours, theirs)| ours != theirs)
+}
+
 /// A client's write as it waits in the queue.
 #[derive(Clone, Debug)]
 pub struct Asked {
@@ -259,6 +268,22 @@ mod tests {
         assert!(!diverged(&ordered("o1"), &ordered("o1")));
         // Writes of different numbers are not compared.
         assert!(!diverged(&write, &Replicate { seq: 9, epoch: 5, ..write.clone() }));
+    }
+
+    /// Logs that differ before a last write they hold alike: the write alone does not tell,
+    /// their chains do; where either chain is not known, nothing is said by them.
+    #[test]
+    fn logs_that_differ_before_a_last_write_alike_have_other_chains() {
+        let book = |id: u32, quantity: u32| Book { quantity, ..catalog().book(id).cloned().expect("a book") };
+        let write = |seq: u64, book: Book| Replicate { seq, book, epoch: 0, order: None };
+        let ours = [write(1, book(1, 7)), write(2, book(2, 22)), write(3, book(1, 55))];
+        let theirs = [write(1, book(1, 7)), write(2, book(1, 11)), write(3, book(1, 55))];
+        let chain = |log: &[Replicate]| log.iter().fold(0x1234_5678, |c, w| w.chain(c));
+        assert!(!diverged(&ours[2], &theirs[2]), "the last writes are alike");
+        assert_eq!(chains_diverged(Some(chain(&ours[..1])), Some(chain(&theirs[..1]))), Some(false));
+        assert_eq!(chains_diverged(Some(chain(&ours)), Some(chain(&theirs))), Some(true));
+        assert_eq!(chains_diverged(None, Some(chain(&theirs))), None);
+        assert_eq!(chains_diverged(Some(chain(&ours)), None), None);
     }
 
     /// An order that took its copy already (journaled, or earlier in the batch) takes none

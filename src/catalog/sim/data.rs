@@ -102,7 +102,7 @@ use super::{across_cores, fail_on, fnv, planted_from_env, show_replay, Clock, Rn
 use crate::cache::{fill_by, judge, FillBy, Found};
 use crate::catalog::core::batch::{Batch, Do, Done};
 use crate::catalog::core::planted::{plant, Planted};
-use crate::catalog::core::primary::{decide, diverged, took, Asked, Decided, Took};
+use crate::catalog::core::primary::{chains_diverged, decide, took, Asked, Decided, Took};
 use crate::catalog::core::read::{commit_point, may_read, ReadRole, Reader};
 use crate::catalog::core::replica::{take, version_answer, Position};
 use crate::catalog::core::settle::{self, Settle};
@@ -112,6 +112,7 @@ use crate::catalog::node::RETRY_INTERVAL;
 use crate::catalog::primary::SILENT_REPLICA_WAIT;
 use crate::catalog::recent::{History, Journal, Recent};
 use crate::catalog::state::{Catalog, Refusal, Write};
+use crate::catalog::store::chain_start;
 use crate::frontend::near::NearCache;
 use crate::linearizable::checker::{self, Call, Initial, Op, Ret, State, Verdict};
 use crate::money::Money;
@@ -676,9 +677,15 @@ fn catalog_of(log: &[Replicate]) -> Catalog {
     catalog
 }
 
+/// The chain of `log` after write `seq` (`History::chain_at`), when it holds that write.
+fn chain_of(log: &[Replicate], seq: u64) -> Option<u32> {
+    let upto = log.get(..usize::try_from(seq).ok()?)?;
+    Some(upto.iter().fold(chain_start("sim", 0), |chain, w| w.chain(chain)))
+}
+
 /// The purchase journal and history a process rebuilds from its log at start.
 fn recent_of(log: &[Replicate]) -> Recent {
-    let mut recent = Recent { journal: Journal::default(), history: History::new(0, 0) };
+    let mut recent = Recent { journal: Journal::default(), history: History::new(0, 0, Some(chain_start("sim", 0))) };
     let rows: Vec<Arc<Replicate>> = log.iter().cloned().map(Arc::new).collect();
     recent.record(&rows);
     recent
@@ -1867,14 +1874,13 @@ impl World {
         if p.syncing == Some((link, round)) {
             p.syncing = None;
             // `bring_in_sync`: a replica that holds more than this primary (whose disk came
-            // back empty or older, and which served without hearing from it), or another
-            // write at its last number (`diverged_from`: the replica's write, asked for, and
-            // this primary's), is not brought in sync over its writes: data never flows
-            // backwards.
+            // back empty or older, and which served without hearing from it), or whose log
+            // differs from this primary's up to its last write (`diverged_from`: their
+            // chains there, the replica's sent in its ack), is not brought in sync over its
+            // writes: data never flows backwards.
             let identity = |seq: u64| Identity { history: "sim".into(), seq, epoch: 0 };
             let (theirs, ours) = (&self.nodes[r].log, &self.nodes[PRIMARY].log);
-            let last = |log: &[Replicate]| (seq > 0).then(|| log.get(seq as usize - 1).cloned()).flatten();
-            let diverged = last(theirs).zip(last(ours)).is_some_and(|(t, o)| diverged(&o, &t));
+            let diverged = chains_diverged(chain_of(ours, seq), chain_of(theirs, seq)) == Some(true);
             let p = self.primary();
             if !identity(seq).may_be_replaced_by(&identity(log_len), true) || diverged {
                 p.refused[link] = true;
