@@ -213,6 +213,44 @@ fn diverged_replica(more: usize, same_last: bool) {
     assert_eq!(book1["quantity"], 100, "the older primary never held write 2: {book1}");
 }
 
+/// The two-fault case, one step further: the older primary served alone (its write 2, book
+/// 2 at 22, is on its disk only) and restarts while the diverged replica, whose log runs
+/// further (write 2, book 1 at 11; write 3), answers. Its settle asks the replica with its
+/// chain and does not take that catalog whole: it serves its own, the replica stays out of
+/// sync, and each keeps its writes. (Before: the replica holding more by numbers, the
+/// primary copied it and dropped its acknowledged write 2.)
+#[test]
+fn a_restarted_primary_does_not_copy_a_longer_diverged_replica() {
+    let opts = Opts { lease_ms: Some(200), ..Opts::default() };
+    let mut s = Store::start(opts).expect("no memcached needed");
+    let older = back_up_primary(&mut s);
+    for (path, body) in [("/books/1", r#"{"quantity": 11}"#), ("/books/4", r#"{"quantity": 44}"#)] {
+        assert_eq!(call("PATCH", &s.primary(), path, Some(body)).status, 200);
+    }
+    shows(&s.replica(), &books_of(&s.primary()), "the replica to take writes 2 and 3");
+    restore_primary(&mut s, &older);
+    eventually(Duration::from_secs(30), "the older primary to take a write", || {
+        client()
+            .call(ureq::http::Method::PATCH, &s.primary(), "/books/2", Some(r#"{"quantity": 22}"#.into()))
+            .is_ok_and(|a| a.status == 200)
+    });
+    let acknowledged = books_of(&s.primary());
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[1].restart();
+    eventually(Duration::from_secs(20), "the replica to answer", || {
+        client().call(ureq::http::Method::GET, &s.replica(), "/health", None).is_ok_and(|a| a.status == 200)
+    });
+    s.catalogs[0].restart();
+    eventually(Duration::from_secs(30), "the primary to settle", || try_books(&s.primary()).is_some());
+    assert_eq!(books_of(&s.primary()), acknowledged, "the primary keeps what it acknowledged");
+    assert!(log_of(&s.catalogs[0]).contains("diverged"), "the primary says why");
+    eventually(Duration::from_secs(20), "the primary to judge the replica", || {
+        json(&get(&s.primary(), "/health"))["replicas_out_of_sync"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let read = get(&s.replica(), "/books/1");
+    assert_ne!(read.status, 200, "the replica serves none of its writes: {}", String::from_utf8_lossy(&read.body));
+}
+
 /// Makes write 1 (book 3's stock), then stops the primary, copies its data directory aside
 /// (a backup) and starts it again: returns the copy's path.
 fn back_up_primary(s: &mut Store) -> PathBuf {

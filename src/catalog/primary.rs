@@ -17,7 +17,7 @@ use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
 use super::store::Ledger;
 use crate::cache;
-use crate::client::CatalogClient;
+use crate::client::{CatalogClient, PeerError};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
@@ -112,14 +112,13 @@ impl CatalogNode {
         let (started, mut said) = (Instant::now(), None);
         while !self.settled.load(Ordering::SeqCst) {
             let me = self.identity();
-            let asked: Vec<settle::Asked> = self
-                .links()
-                .iter()
-                .map(|link| settle::Asked {
-                    url: link.url.clone(),
-                    answer: self.push.identity(&link.url).map_err(|e| e.to_string()),
-                })
-                .collect();
+            let (sum, chain) = {
+                let store = self.lock_writer();
+                let history = &store.recent.history;
+                (history.at(me.seq).map(|w| w.fingerprint()), history.chain())
+            };
+            let asked: Vec<settle::Asked> =
+                self.links().iter().map(|link| self.ask_to_settle(&link.url, &me, sum, chain)).collect();
             let damaged = self.damaged.load(Ordering::SeqCst);
             let why = match settle::decide(&me, damaged, asked, started.elapsed(), SILENT_REPLICA_WAIT) {
                 Settle::Copy { url, holds } => {
@@ -158,6 +157,31 @@ impl CatalogNode {
             }
         }
         true
+    }
+
+    /// What replica `url` holds, for the settle: its identity and, when its log runs further
+    /// in this catalog's history, whether it diverged from this one's up to this one's last
+    /// write (of fingerprint `sum`, the log's chain there `chain`): asked with them
+    /// (`GET /internal/log`), the replica answers 409 when its log differs. A question that
+    /// fails is no answer (the replica counts as silent this round).
+    fn ask_to_settle(&self, url: &str, me: &Identity, sum: Option<u32>, chain: Option<u32>) -> settle::Asked {
+        let answer = self.push.identity(url).map_err(|e| e.to_string());
+        let asked = |answer, diverged| settle::Asked { url: url.to_string(), answer, diverged };
+        let further = answer.as_ref().is_ok_and(|t| t.history == me.history && t.seq > me.seq && me.seq > 0);
+        if !further || (sum.is_none() && chain.is_none()) {
+            return asked(answer, false);
+        }
+        match self.push.log(url, me.seq, &me.history, me.epoch, sum, chain) {
+            Ok(_) => asked(answer, false),
+            Err(PeerError::Answered { status: 409, message }) => {
+                log::warn!(
+                    "replica {url} holds more than this catalog ({me}), but its log diverged from this one's \
+                     ({message}): it is not copied, and this catalog's own writes are kept"
+                );
+                asked(answer, true)
+            }
+            Err(e) => asked(Err(format!("its log could not be compared with this one's: {e}")), false),
+        }
     }
 
     /// The primary's write: queued for the writer thread, which decides, persists, pushes

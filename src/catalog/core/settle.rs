@@ -5,7 +5,11 @@
 //! # The rule
 //! The primary asks every replica what it holds ([`Identity`]) and:
 //! - **copies** the newest replica that [holds more](Identity::holds_more_than) than it
-//!   (and than every other replica that answered): its own disk lost writes;
+//!   (and than every other replica that answered): its own disk lost writes. Never one
+//!   whose log *diverged* from its own (another chain at this catalog's last write, as
+//!   that replica says when asked): its disk came back older before, it served alone and
+//!   acknowledged writes the replica lacks, and a copy would drop them. It serves its own
+//!   and keeps that replica out of sync, each keeping its writes for the operator;
 //! - with files that were damaged and set aside, serves nothing until some replica that
 //!   holds a catalog answers, and never when it has no replica at all (an operator restores
 //!   the files, or starts over);
@@ -29,6 +33,9 @@ pub struct Asked {
     pub url: String,
     /// What it holds, or why it did not answer.
     pub answer: Result<Identity, String>,
+    /// Whether its log differs from this catalog's up to this one's last write (asked
+    /// only of a replica of the same history whose log runs further).
+    pub diverged: bool,
 }
 
 /// What the primary does next.
@@ -121,9 +128,9 @@ pub fn decide(me: &Identity, damaged: bool, asked: Vec<Asked>, waited: Duration,
     }
     let no_replica = asked.is_empty();
     let (mut newest, mut silent): (Option<(String, Identity)>, Vec<String>) = (None, Vec::new());
-    for Asked { url, answer } in asked {
+    for Asked { url, answer, diverged } in asked {
         match answer {
-            Ok(theirs) if theirs.holds_more_than(newest.as_ref().map_or(me, |(_, n)| n)) => {
+            Ok(theirs) if !diverged && theirs.holds_more_than(newest.as_ref().map_or(me, |(_, n)| n)) => {
                 newest = Some((url, theirs))
             }
             Ok(_) => {}
@@ -153,11 +160,11 @@ mod tests {
     }
 
     fn holds(url: &str, identity: Identity) -> Asked {
-        Asked { url: url.into(), answer: Ok(identity) }
+        Asked { url: url.into(), answer: Ok(identity), diverged: false }
     }
 
     fn silent(url: &str) -> Asked {
-        Asked { url: url.into(), answer: Err("connection refused".into()) }
+        Asked { url: url.into(), answer: Err("connection refused".into()), diverged: false }
     }
 
     fn copy(url: &str, identity: Identity) -> Settle {
@@ -185,6 +192,19 @@ mod tests {
         // act: the primary's stands), nor an empty replica.
         let asked = vec![holds(r1, id("other", 900)), holds(r2, id("h", 0))];
         assert_eq!(decide(&id("h", 70), false, asked, Duration::ZERO, WAIT), Settle::Serve);
+    }
+
+    /// A replica whose log runs further but diverged from this catalog's (this one's disk
+    /// came back older, it served alone, then restarted) is never copied: the newest one
+    /// that did not diverge is, and with none the primary serves its own.
+    #[test]
+    fn a_diverged_replica_is_never_copied() {
+        let (r1, r2) = ("http://r1", "http://r2");
+        let diverged = |url: &str, identity| Asked { diverged: true, ..holds(url, identity) };
+        let asked = vec![diverged(r1, id("h", 90)), holds(r2, id("h", 70))];
+        assert_eq!(decide(&id("h", 40), false, asked, Duration::ZERO, WAIT), copy(r2, id("h", 70)));
+        let asked = vec![diverged(r1, id("h", 90)), holds(r2, id("h", 40))];
+        assert_eq!(decide(&id("h", 40), false, asked, Duration::ZERO, WAIT), Settle::Serve);
     }
 
     /// Silent replicas: an empty primary waits for them however long it takes; one with

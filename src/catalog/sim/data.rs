@@ -1530,13 +1530,24 @@ impl World {
         let identity = |seq: u64| Identity { history: "sim".into(), seq, epoch: 0 };
         let me = identity(self.nodes[PRIMARY].log.len() as u64);
         let waited = self.local(PRIMARY).saturating_sub(self.primary().started);
+        let diverged: Vec<bool> = REPLICAS
+            .iter()
+            .map(|&r| {
+                // The primary's question with its chain (`GET /internal/log`), modelled as
+                // answered at once from the replica's log as it stands.
+                let chain = |n: usize| chain_of(&self.nodes[n].log, me.seq);
+                chains_diverged(chain(PRIMARY), chain(r)) == Some(true)
+            })
+            .collect();
         let Some(s) = self.primary().settling() else { return };
         let asked = REPLICAS
             .iter()
             .zip(&s.answers)
-            .map(|(r, answer)| settle::Asked {
+            .zip(&diverged)
+            .map(|((r, answer), &diverged)| settle::Asked {
                 url: format!("n{r}"),
                 answer: answer.map(identity).ok_or_else(|| "no answer".to_string()),
+                diverged,
             })
             .collect();
         let round = s.round;
