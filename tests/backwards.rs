@@ -161,11 +161,39 @@ fn a_replica_whose_log_diverged_before_its_last_write_is_not_merged() {
     diverged_replica(2, true);
 }
 
+/// A replica refused as diverged keeps its writes for good: once the primary no longer
+/// keeps the writes that told their logs apart (it checkpointed past them and restarted),
+/// its catch-up is answered 410 and the primary asks it to copy the catalog whole, which
+/// it refuses, as its disk says (`catalog.diverged`). (Before: it copied the primary and
+/// its write 2, book 1 at 11, was gone from its `catalog.log`.)
+#[test]
+fn a_diverged_replica_keeps_its_writes_once_the_primary_no_longer_holds_them() {
+    let mut s = diverged_replica(0, false);
+    for i in 0..120 {
+        let body = format!(r#"{{"quantity": {i}}}"#);
+        assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(&body)).status, 200);
+    }
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[0].restart();
+    wait_ready(&s.primary());
+    // Its catch-up is answered 410 (or the primary asks it to copy): it copies, or says no.
+    eventually(Duration::from_secs(20), "the replica to copy the primary or refuse to", || {
+        let log = log_of(&s.catalogs[1]);
+        log.contains("not copying") || log.contains("copied ")
+    });
+    let log = fs::read_to_string(data_dir(&s.catalogs[1]).join("catalog.log")).unwrap();
+    let kept = log.lines().any(|row| row.starts_with("2,1,") && row.split(',').nth(5) == Some("11"));
+    assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
+    let read = get(&s.replica(), "/books/1");
+    assert_ne!(read.status, 200, "and serves none of it: {}", String::from_utf8_lossy(&read.body));
+    assert!(log_of(&s.catalogs[1]).contains("not copying"), "the replica says why");
+}
+
 /// The diverged replica's scenario, with `more` writes of the older primary past the
 /// replica's log; with `same_last`, each side's last write before it is the same (book 5
-/// at 55).
-fn diverged_replica(more: usize, same_last: bool) {
-    let opts = Opts { lease_ms: Some(200), ..Opts::default() };
+/// at 55). Returns the store, the replica refused.
+fn diverged_replica(more: usize, same_last: bool) -> Store {
+    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
     let mut s = Store::start(opts).expect("no memcached needed");
     let older = back_up_primary(&mut s);
     // Write 2, on both disks: the replica's. The primary's disk then comes back without it.
@@ -211,6 +239,11 @@ fn diverged_replica(more: usize, same_last: bool) {
     assert!(log_of(&s.catalogs[0]).contains("diverged"), "the primary says why");
     let book1 = json(&get(&s.primary(), "/books/1"));
     assert_eq!(book1["quantity"], 100, "the older primary never held write 2: {book1}");
+    // The replica's own catch-up is refused too (409, its chain or its last write against
+    // the primary's), and it marks its disk.
+    let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
+    eventually(Duration::from_secs(20), "the replica to mark its divergence", || mark.exists());
+    s
 }
 
 /// The two-fault case, one step further: the older primary served alone (its write 2, book

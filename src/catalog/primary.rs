@@ -900,11 +900,10 @@ impl CatalogNode {
     /// one's) must not be brought in sync: its log holds other writes than this primary's
     /// up to its last, which this primary lost with its disk and replaced. The chains tell
     /// (`core::primary::chains_diverged`: the replica's in its ack, this primary's at that
-    /// number). Where either is not known (a log written before chains, a write no longer
-    /// kept here), only the last write is compared (`core::primary::diverged`): the
-    /// replica's is asked for (`GET /internal/log`); None when they agree, or when either
-    /// no longer keeps that write (then nothing tells, and it is brought in sync as
-    /// before). A question that fails otherwise is an error: the replica is not brought in
+    /// number). Where either is not known (a log written before chains), only the last
+    /// write is compared (`core::primary::diverged`), when both keep it: the replica's is
+    /// asked for (`GET /internal/log`); None when they agree, or when either no longer
+    /// keeps that write (then nothing tells, and it is brought in sync as before). A question that fails otherwise is an error: the replica is not brought in
     /// sync this time (a failed question is no answer that they agree). With etcd the
     /// epochs tell (`same_log`).
     fn diverged_from(&self, link: &ReplicaLink, ack: &ReplicaAck) -> Result<Option<String>> {

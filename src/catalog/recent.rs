@@ -169,7 +169,8 @@ pub struct History {
 }
 
 /// A write's number, its epoch and the log's chain after it (None when not known: a log
-/// written before chains, until its next import or whole copy, or after a gap).
+/// written before chains, until the store starts over, since a whole copy of such a log has
+/// none either; or after a gap).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Point {
     seq: u64,

@@ -93,10 +93,18 @@ impl CatalogNode {
             let page = match client.log(primary, seq, &history, epoch, sum, chain) {
                 Err(PeerError::Answered { status: 409, message }) => {
                     let why = format!(
-                        "the primary {primary} holds another write {seq} than this replica: the logs diverged, \
-                         and this replica keeps its writes, out of sync ({message})"
+                        "the primary {primary} holds other writes than this replica up to its write {seq}: the \
+                         logs diverged, and this replica keeps its writes, out of sync ({message})"
                     );
                     super::node::say_once(&self.copy_refused, &why);
+                    // Kept on disk: once the primary no longer keeps the writes that told
+                    // them apart, a catch-up would otherwise copy it over these.
+                    let store = self.lock_writer();
+                    if store.files.diverged_from(store.history_id()).is_none() {
+                        if let Err(e) = store.files.mark_diverged(&why) {
+                            log::error!("the divergence could not be marked on disk: {e}");
+                        }
+                    }
                     return Err(Error::Conflict(why));
                 }
                 page => page?,
@@ -147,6 +155,18 @@ impl CatalogNode {
             let why = format!(
                 "{primary} holds {source}, less than this catalog ({own}): not copied over it; this catalog serves \
                  nothing until an operator decides (see README, \"Storage faults\")"
+            );
+            super::node::say_once(&self.copy_refused, &why);
+            return Err(Error::Conflict(why));
+        }
+        let marked = self.failover.is_none().then(|| self.lock_writer().files.diverged_from(&source.history)).flatten();
+        if let Some(mark) = marked {
+            // Its log diverged from that history's primary: whatever that one holds now,
+            // a copy would drop the writes this one keeps for the operator.
+            let why = format!(
+                "not copying {primary}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
+                 (move its data directory aside to start it empty; see README, \"A disk that comes back empty or \
+                 older\")"
             );
             super::node::say_once(&self.copy_refused, &why);
             return Err(Error::Conflict(why));

@@ -94,6 +94,9 @@ const OLD_LOG_HEADER: &[u8] = b"seq,id,title,topic,price,quantity,order_id,at\n"
 const VIEW_HEADER: &[u8] = b"id,title,topic,price,quantity,sum\n";
 /// The header of views written before checksums (and of `bazar-catalog import` files).
 const OLD_VIEW_HEADER: &[u8] = b"id,title,topic,price,quantity\n";
+/// The file that marks a catalog whose log diverged from its primary's: its history id on
+/// the first line, then why.
+const DIVERGED: &str = "catalog.diverged";
 const CHECKPOINT: &str = "checkpoint";
 const RESET: &str = "reset";
 
@@ -316,6 +319,30 @@ impl Store {
     /// This catalog's history id.
     pub fn history_id(&self) -> &str {
         &self.history_id
+    }
+
+    /// Marks durably (`catalog.diverged`) that this catalog's log diverged from its
+    /// primary's, `why`: from now on it takes no copy of its history over its own, even
+    /// once the primary no longer keeps the writes that told them apart, until an operator
+    /// moves the data directory aside or a catalog of another history replaces this one
+    /// (README, "A disk that comes back empty or older").
+    pub fn mark_diverged(&self, why: &str) -> Result<()> {
+        let path = self.books.with_file_name(DIVERGED);
+        storage::replace_file(&path, format!("{}\n{why}\n", self.history_id).as_bytes()).at(&path)
+    }
+
+    /// Why this catalog may take no copy of history `history` over its own: its log
+    /// diverged from a primary's of that history (an unreadable mark refuses every copy).
+    pub fn diverged_from(&self, history: &str) -> Option<String> {
+        let path = self.books.with_file_name(DIVERGED);
+        if !path.exists() {
+            return None;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Some(format!("{} exists and cannot be read", path.display()));
+        };
+        let (marked, why) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        (marked == history).then(|| format!("{} says its log diverged: {}", path.display(), why.trim_end()))
     }
 
     /// The epoch of the last write.
@@ -543,6 +570,14 @@ impl Store {
         self.history_id = history_id.to_string();
         self.last = (catalog.seq(), epoch);
         self.rows = 0;
+        // A catalog replaced whole (another history, or a copy it was allowed) holds none
+        // of the writes a divergence mark kept.
+        let mark = self.books.with_file_name(DIVERGED);
+        if mark.exists() {
+            if let Err(e) = storage::remove(&mark) {
+                log::warn!("{}: not removed after the catalog was replaced: {e}", mark.display());
+            }
+        }
         if let Err(e) = self.log_replaced(replaced.err()) {
             log::error!("{e}: the catalog was replaced, but takes no write until its log is re-opened");
         }
@@ -1145,6 +1180,28 @@ mod tests {
         let (store, _) = open(&dir).unwrap();
         assert_eq!((store.history_id(), store.last_epoch()), ("fedcba987654", 6));
         assert_eq!(store.recent.history.chain(), Some(0x5eed_c4a1), "a whole copy continues its source's chain");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A divergence mark refuses copies of its history only, survives a restart, and goes
+    /// when the catalog is replaced whole.
+    #[test]
+    fn a_divergence_mark_stays_until_the_catalog_is_replaced() {
+        let dir = temp("diverged");
+        let (store, catalog) = open(&dir).unwrap();
+        let history = store.history_id().to_string();
+        assert_eq!(store.files.diverged_from(&history), None);
+        store.files.mark_diverged("the primary holds other writes").unwrap();
+        drop(store);
+        let (mut store, _) = open(&dir).unwrap();
+        let why = store.files.diverged_from(&history).expect("marked");
+        assert!(why.contains("catalog.diverged") && why.contains("other writes"), "{why}");
+        assert_eq!(store.files.diverged_from("another0history"), None, "another history is not refused");
+        let journal = std::mem::take(&mut store.recent.journal);
+        store.replace(&catalog, "another0history", 0, None, journal).unwrap();
+        assert_eq!(store.files.diverged_from(&history), None);
+        assert!(!dir.join("catalog.diverged").exists());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
