@@ -256,6 +256,19 @@ fn unreachable(base: &str, e: ureq::Error) -> PeerError {
     PeerError::Unreachable { url: base.to_string(), sent, refused, source: e }
 }
 
+/// What `GET /internal/log` is asked ([`CatalogClient::log`]): the writes after `after`
+/// (the asker's write of `epoch`, of fingerprint `sum` and after which its log's chain is
+/// `chain`, when given) in history `history`, at most `limit` of them (a page when None).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogQuery<'a> {
+    pub after: u64,
+    pub history: &'a str,
+    pub epoch: u64,
+    pub sum: Option<u32>,
+    pub chain: Option<u32>,
+    pub limit: Option<usize>,
+}
+
 /// A catalog server's API.
 #[derive(Clone)]
 pub struct CatalogClient {
@@ -345,28 +358,23 @@ impl CatalogClient {
         self.http.get(base, &format!("/internal/books?after={after}&limit={limit}"))
     }
 
-    /// The writes after `after` (a write of `epoch`, of fingerprint `sum` and after which
-    /// the asker's log has the chain `chain`, when given) in history `history` (a replica
-    /// that missed some), or None when the primary no longer has them, has another history,
-    /// or holds a write of another epoch at `after` (410: the logs diverged, and the asker
-    /// copies the catalog). With static roles another chain there (or, when the primary
-    /// knows none, a write of another fingerprint) is a 409 (diverged, and nothing is
-    /// copied over the asker).
-    pub fn log(
-        &self,
-        base: &str,
-        after: u64,
-        history: &str,
-        epoch: u64,
-        sum: Option<u32>,
-        chain: Option<u32>,
-    ) -> Result<Option<LogPage>> {
-        let mut path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(history));
-        if let Some(sum) = sum {
+    /// The writes after `q.after` in history `q.history` (a replica that missed some), or
+    /// None when the catalog asked no longer has them, has another history, or holds a
+    /// write of another epoch there (410: the logs diverged, and the asker copies the
+    /// catalog). With static roles another chain there (or, when either knows none, a
+    /// write of another fingerprint), or a catalog whose own log is marked diverged from
+    /// that history, is a 409 (diverged, and nothing is copied over the asker).
+    pub fn log(&self, base: &str, q: &LogQuery) -> Result<Option<LogPage>> {
+        let (after, epoch) = (q.after, q.epoch);
+        let mut path = format!("/internal/log?after={after}&history={}&epoch={epoch}", percent_encode(q.history));
+        if let Some(sum) = q.sum {
             path.push_str(&format!("&sum={sum:08x}"));
         }
-        if let Some(chain) = chain {
+        if let Some(chain) = q.chain {
             path.push_str(&format!("&chain={chain:08x}"));
+        }
+        if let Some(limit) = q.limit {
+            path.push_str(&format!("&limit={limit}"));
         }
         let answer = self.http.call(Method::GET, base, &path, None)?;
         match answer.status {

@@ -490,6 +490,10 @@ pub struct LogPage {
     /// The epoch of the primary that answered.
     #[serde(default)]
     pub epoch: u64,
+    /// The chain of the answering catalog's log after write N, when known: an asker whose
+    /// own chain there is the same holds the same writes up to N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<u32>,
 }
 
 /// A replica's answer to a push: the sequence number it now holds, and who it is.

@@ -169,24 +169,80 @@ fn a_replica_whose_log_diverged_before_its_last_write_is_not_merged() {
 #[test]
 fn a_diverged_replica_keeps_its_writes_once_the_primary_no_longer_holds_them() {
     let mut s = diverged_replica(0, false);
+    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+}
+
+/// The same, the replica never restarted: frozen while the older primary started (so it
+/// served alone), it runs on, and only the primary's keeper finds the divergence. It asks
+/// the replica to copy, which compares its log first (409), refuses, and marks its disk;
+/// so it too keeps its writes once the primary forgets them. (Before: only a replica's own
+/// catch-up, at its start, marked it, and this one copied the primary later.)
+#[test]
+fn a_replica_refused_while_it_runs_keeps_its_writes_too() {
+    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
+    let mut s = Store::start(opts).expect("no memcached needed");
+    let older = back_up_primary(&mut s);
+    assert_eq!(call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#)).status, 200);
+    shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[1].signal(libc::SIGSTOP);
+    let dir = data_dir(&s.catalogs[0]);
+    fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&older, &dir);
+    s.catalogs[0].restart();
+    eventually(Duration::from_secs(30), "the older primary to take a write", || {
+        client()
+            .call(ureq::http::Method::PATCH, &s.primary(), "/books/2", Some(r#"{"quantity": 22}"#.into()))
+            .is_ok_and(|a| a.status == 200)
+    });
+    s.catalogs[1].signal(libc::SIGCONT);
+    let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
+    eventually(Duration::from_secs(20), "the replica to mark its divergence", || mark.exists());
+    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+}
+
+/// The operator keeps the replica's writes: the primary's data directory is moved aside, it
+/// starts empty and takes the replica's catalog. The replica's mark then goes by itself:
+/// refused a push while marked, it catches up, sees the primary's log agree with its own
+/// (the same chain at its last write), removes the mark, and takes the primary's writes.
+#[test]
+fn a_divergence_mark_goes_once_the_primary_holds_the_replicas_log() {
+    let mut s = diverged_replica(0, false);
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    wipe(&data_dir(&s.catalogs[0]));
+    s.catalogs[0].restart();
+    wait_ready(&s.primary());
+    assert_eq!(json(&get(&s.primary(), "/books/1"))["quantity"], 11, "the primary took the replica's catalog");
+    assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(r#"{"quantity": 66}"#)).status, 200);
+    let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
+    shows(&s.replica(), &books_of(&s.primary()), "the replica to take the primary's writes again");
+    assert!(!mark.exists(), "the mark is gone");
+}
+
+/// With the replica refused (its write 2, book 1 at 11): the primary checkpoints past it
+/// and restarts, so that it no longer keeps the writes that told their logs apart; the
+/// replica keeps its write, serves none of it, and says why.
+fn keeps_its_writes_once_the_primary_forgets_them(s: &mut Store) {
     for i in 0..120 {
         let body = format!(r#"{{"quantity": {i}}}"#);
         assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(&body)).status, 200);
     }
+    let said_before = log_of(&s.catalogs[1]).len();
+    let said_since = |s: &Store| log_of(&s.catalogs[1]).get(said_before..).unwrap_or_default().to_string();
     assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
     s.catalogs[0].restart();
     wait_ready(&s.primary());
     // Its catch-up is answered 410 (or the primary asks it to copy): it copies, or says no.
     eventually(Duration::from_secs(20), "the replica to copy the primary or refuse to", || {
-        let log = log_of(&s.catalogs[1]);
-        log.contains("not copying") || log.contains("copied ")
+        let said = said_since(s);
+        said.contains("not copying") || said.contains("copied ")
     });
     let log = fs::read_to_string(data_dir(&s.catalogs[1]).join("catalog.log")).unwrap();
     let kept = log.lines().any(|row| row.starts_with("2,1,") && row.split(',').nth(5) == Some("11"));
     assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
     let read = get(&s.replica(), "/books/1");
     assert_ne!(read.status, 200, "and serves none of it: {}", String::from_utf8_lossy(&read.body));
-    assert!(log_of(&s.catalogs[1]).contains("not copying"), "the replica says why");
+    assert!(said_since(s).contains("not copying"), "the replica says why");
 }
 
 /// The diverged replica's scenario, with `more` writes of the older primary past the

@@ -106,6 +106,8 @@ fn the_openapi_document_matches_the_store() {
         format!("/internal/log?after=1&history={history}&chain=00000000"),
         format!("/internal/log?after=1&history={history}&chain=0000000g"),
     );
+    let (no_writes, too_many) =
+        (format!("/internal/log?after=0&history={history}&limit=0"), format!("{log}&limit=10001"));
     // An order server's batch of takes: one purchase, for an order of the form servers issue.
     let take_batch = format!(
         r#"{{"purchases": [{{"id": 2, "order_id": "0123456789ab-1", "at": "{}"}}]}}"#,
@@ -227,6 +229,8 @@ fn the_openapi_document_matches_the_store() {
             case("/internal/log", "GET", &p, &bad_sum, true, None, 400),
             case("/internal/log", "GET", &p, &diverged_chain, true, None, 409),
             case("/internal/log", "GET", &p, &bad_chain, true, None, 400),
+            case("/internal/log", "GET", &p, &no_writes, true, None, 200),
+            case("/internal/log", "GET", &p, &too_many, true, None, 400),
             case("/internal/committed", "GET", &p, "/internal/committed", true, None, 200),
             case("/internal/committed", "GET", &r, "/internal/committed", true, None, 503),
             case("/internal/committed", "GET", &p, "/internal/committed", false, None, 401),

@@ -17,7 +17,7 @@ use super::refusal::{NoGrant, NotHere};
 use super::state::Write;
 use super::store::Ledger;
 use crate::cache;
-use crate::client::{CatalogClient, PeerError};
+use crate::client::{CatalogClient, LogQuery, PeerError};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
@@ -118,7 +118,7 @@ impl CatalogNode {
                 (history.at(me.seq).map(|w| w.fingerprint()), history.chain())
             };
             let asked: Vec<settle::Asked> =
-                self.links().iter().map(|link| self.ask_to_settle(&link.url, &me, sum, chain)).collect();
+                self.links().iter().map(|link| self.ask_to_settle(&client, &link.url, &me, sum, chain)).collect();
             let damaged = self.damaged.load(Ordering::SeqCst);
             let why = match settle::decide(&me, damaged, asked, started.elapsed(), SILENT_REPLICA_WAIT) {
                 Settle::Copy { url, holds } => {
@@ -162,16 +162,25 @@ impl CatalogNode {
     /// What replica `url` holds, for the settle: its identity and, when its log runs further
     /// in this catalog's history, whether it diverged from this one's up to this one's last
     /// write (of fingerprint `sum`, the log's chain there `chain`): asked with them
-    /// (`GET /internal/log`), the replica answers 409 when its log differs. A question that
-    /// fails is no answer (the replica counts as silent this round).
-    fn ask_to_settle(&self, url: &str, me: &Identity, sum: Option<u32>, chain: Option<u32>) -> settle::Asked {
+    /// (`GET /internal/log`, no writes sent back), the replica answers 409 when its log
+    /// differs, or when it marked its log diverged from this history's primary. A question
+    /// that fails is no answer (the replica counts as silent this round).
+    fn ask_to_settle(
+        &self,
+        client: &CatalogClient,
+        url: &str,
+        me: &Identity,
+        sum: Option<u32>,
+        chain: Option<u32>,
+    ) -> settle::Asked {
         let answer = self.push.identity(url).map_err(|e| e.to_string());
         let asked = |answer, diverged| settle::Asked { url: url.to_string(), answer, diverged };
         let further = answer.as_ref().is_ok_and(|t| t.history == me.history && t.seq > me.seq && me.seq > 0);
         if !further || (sum.is_none() && chain.is_none()) {
             return asked(answer, false);
         }
-        match self.push.log(url, me.seq, &me.history, me.epoch, sum, chain) {
+        let question = LogQuery { after: me.seq, history: &me.history, epoch: me.epoch, sum, chain, limit: Some(0) };
+        match client.log(url, &question) {
             Ok(_) => asked(answer, false),
             Err(PeerError::Answered { status: 409, message }) => {
                 log::warn!(
@@ -843,7 +852,17 @@ impl CatalogNode {
             return Err(Error::Conflict(why));
         }
         if let Some(why) = self.diverged_from(link, &ack)? {
+            let first = *link.refused.lock().unwrap_or_else(|e| e.into_inner()) != why;
             super::node::say_once(&link.refused, &why);
+            if first {
+                // The replica learns it too, and keeps it on its disk: asked to copy, it
+                // first compares its log with this one's (409), refuses, and marks it
+                // (`catalog.diverged`), so that no later copy drops its writes once this
+                // primary no longer keeps the writes that tell the logs apart.
+                if let Err(e) = self.push.resync(&link.url) {
+                    log::debug!("replica {} not told to compare its log: {e}", link.url);
+                }
+            }
             return Err(Error::Conflict(why));
         }
         loop {
@@ -934,7 +953,9 @@ impl CatalogNode {
         // Without both chains (a log from before them), only the last write is compared.
         let Some((ours, epoch)) = kept else { return Ok(None) };
         // 410: the replica no longer keeps it either.
-        let Some(page) = self.push.log(&link.url, ack.seq - 1, &ack.history, epoch, None, None)? else {
+        let asked =
+            LogQuery { after: ack.seq - 1, history: &ack.history, epoch, limit: Some(1), ..LogQuery::default() };
+        let Some(page) = self.push.log(&link.url, &asked)? else {
             return Ok(None);
         };
         let Some(theirs) = page.writes.into_iter().find(|w| w.seq == ack.seq) else {
@@ -962,6 +983,12 @@ impl CatalogNode {
         let epoch = Self::epoch_param(request)?;
         let sum = request.query_param("sum")?.map(|s| hex_param("sum", &s)).transpose()?;
         let chain = request.query_param("chain")?.map(|s| hex_param("chain", &s)).transpose()?;
+        let limit = match request.query_param("limit")? {
+            None => LOG_PAGE,
+            Some(l) => l.parse().ok().filter(|&l| l <= LOG_PAGE).ok_or_else(|| {
+                Error::BadRequest(format!("limit={l:?} is not a number of writes from 0 to {LOG_PAGE}"))
+            })?,
+        };
         if self.failover.is_some() && self.role() != super::config::Role::Primary {
             return Err(Error::Unavailable("this catalog is not the primary now".into()));
         }
@@ -970,6 +997,12 @@ impl CatalogNode {
         let gone = |why: String| Err(Error::Gone(why));
         if asked != history {
             return gone(format!("this catalog's history is {history:?}, not {asked:?}"));
+        }
+        // A static replica whose log diverged from its primary's (it says so on its disk)
+        // tells an asker that compares its log (a primary settling) so, whatever it keeps.
+        let compares = self.failover.is_none() && (sum.is_some() || chain.is_some());
+        if let Some(mark) = store.files.diverged_from(&history).filter(|_| compares && self.replica_only().is_ok()) {
+            return Err(Error::Conflict(format!("this replica's log diverged from its primary's: {mark}")));
         }
         match store.recent.history.epoch_at(after) {
             Some(e) if e == epoch => {}
@@ -989,11 +1022,12 @@ impl CatalogNode {
                  disk lost writes the asker holds); nothing is sent to be copied over them"
             )));
         }
-        match store.recent.history.after(after, LOG_PAGE) {
+        match store.recent.history.after(after, limit) {
             Some(writes) => {
                 let seq = self.state().seq();
                 let writes = writes.iter().map(|w| Replicate::clone(w)).collect();
-                Ok(Response::json(&LogPage { history, seq, writes, epoch: self.term() }))
+                let chain = kept.chain_at(after);
+                Ok(Response::json(&LogPage { history, seq, writes, epoch: self.term(), chain }))
             }
             None => gone(format!("the writes after {after} are no longer kept; copy the catalog")),
         }

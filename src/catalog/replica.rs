@@ -23,10 +23,10 @@ use super::node::{CatalogNode, COPY_PAGE};
 use super::recent::Journal;
 use super::state::Catalog;
 use super::store::Ledger;
-use crate::client::{CatalogClient, PeerError};
+use crate::client::{CatalogClient, LogQuery, PeerError};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::wire::{Identity, LeaseRequest, ReplicaAck, Replicate};
+use crate::wire::{Identity, LeaseRequest, LogPage, ReplicaAck, Replicate};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,44 +75,30 @@ impl CatalogNode {
 
     fn catch_up_once(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         loop {
-            let (seq, history, epoch, sum, chain) = {
-                let store = self.lock_writer();
-                let seq = self.logged(&store);
-                // With static roles, its log's chain and its last write's fingerprint, when
-                // known: a primary whose log differs up to there answers 409 (below).
-                let history = Some(&store.recent.history).filter(|_| self.failover.is_none());
-                let sum = history.and_then(|h| h.at(seq)).map(|w| w.fingerprint());
-                let chain = history.and_then(|h| h.chain());
-                (seq, store.history_id().to_string(), store.last_epoch(), sum, chain)
-            };
+            let tip = self.tip();
             // The primary answers 410 when its write `seq` is of another epoch: this log
             // holds writes past where the two agree (never acknowledged), and the whole
-            // copy drops them. With static roles it answers 409 when it holds another
-            // write there: its disk lost writes this replica holds (README, "A disk that
-            // comes back empty or older"); this replica keeps them and serves nothing.
-            let page = match client.log(primary, seq, &history, epoch, sum, chain) {
-                Err(PeerError::Answered { status: 409, message }) => {
-                    let why = format!(
-                        "the primary {primary} holds other writes than this replica up to its write {seq}: the \
-                         logs diverged, and this replica keeps its writes, out of sync ({message})"
-                    );
-                    super::node::say_once(&self.copy_refused, &why);
-                    // Kept on disk: once the primary no longer keeps the writes that told
-                    // them apart, a catch-up would otherwise copy it over these.
-                    let store = self.lock_writer();
-                    if store.files.diverged_from(store.history_id()).is_none() {
-                        if let Err(e) = store.files.mark_diverged(&why) {
-                            log::error!("the divergence could not be marked on disk: {e}");
-                        }
-                    }
-                    return Err(Error::Conflict(why));
-                }
+            // copy drops them. With static roles it answers 409 when its log differs up to
+            // there: its disk lost writes this replica holds (README, "A disk that comes
+            // back empty or older"); this replica keeps them and serves nothing.
+            let page = match client.log(primary, &tip.question(None)) {
+                Err(PeerError::Answered { status: 409, message }) => return Err(self.diverged(primary, &tip, &message)),
                 page => page?,
             };
+            if let Some(page) = &page {
+                self.agreed(primary, &tip, page);
+            }
+            // Still marked: the primary did not show that its log agrees (it knows no chain
+            // there); its writes are not taken after these.
+            if let Some(mark) = self.lock_writer().files.diverged_from(&tip.history).filter(|_| page.is_some()) {
+                let why = format!("not taking {primary}'s writes after this log's: {mark}");
+                super::node::say_once(&self.copy_refused, &why);
+                return Err(Error::Conflict(why));
+            }
             match page {
                 // A page's number is the primary's readable one (taken under its writer
                 // lock): committed, so this replica shows its writes up to there.
-                Some(page) if page.writes.is_empty() && page.seq <= seq => {
+                Some(page) if page.writes.is_empty() && page.seq <= tip.seq => {
                     self.check_epoch(page.epoch)?;
                     let store = self.lock_writer();
                     self.show_committed(&store, page.seq)?;
@@ -145,6 +131,89 @@ impl CatalogNode {
         copied
     }
 
+    /// Where this catalog's log ends, as another catalog compares it.
+    fn tip(&self) -> Tip {
+        let store = self.lock_writer();
+        let seq = self.logged(&store);
+        // With static roles, its log's chain and its last write's fingerprint, when known.
+        let kept = Some(&store.recent.history).filter(|_| self.failover.is_none());
+        Tip {
+            seq,
+            history: store.history_id().to_string(),
+            epoch: store.last_epoch(),
+            sum: kept.and_then(|h| h.at(seq)).map(|w| w.fingerprint()),
+            chain: kept.and_then(|h| h.chain()),
+        }
+    }
+
+    /// Its log diverged from `primary`'s, which answered a question with its tip 409
+    /// (`message`): it keeps its writes, out of sync, and says so once. A replica marks it
+    /// on its disk (`catalog.diverged`): once the primary no longer keeps the writes that
+    /// told them apart, a question could no longer tell, and a copy would drop these (a
+    /// primary settling only refuses the copy).
+    fn diverged(&self, primary: &str, tip: &Tip, message: &str) -> Error {
+        let why = format!(
+            "the primary {primary} holds other writes than this replica up to its write {}: the logs diverged, and \
+             this replica keeps its writes, out of sync ({message})",
+            tip.seq
+        );
+        super::node::say_once(&self.copy_refused, &why);
+        let mut store = self.lock_writer();
+        if self.replica_only().is_ok() && store.files.diverged_from(&tip.history).is_none() {
+            if let Err(e) = store.files.mark_diverged(&why) {
+                log::error!("the divergence could not be marked on disk: {e}");
+            }
+        }
+        Error::Conflict(why)
+    }
+
+    /// `primary`'s `page` of its log after this one's tip: when its chain there is this
+    /// one's, the two logs agree up to there, and a divergence marked before (the operator
+    /// since gave the primary this replica's catalog) no longer holds.
+    fn agreed(&self, primary: &str, tip: &Tip, page: &LogPage) {
+        if tip.chain.is_none() || page.chain != tip.chain {
+            return;
+        }
+        let mut store = self.lock_writer();
+        if store.files.marked() {
+            match store.files.clear_diverged() {
+                Ok(()) => log::info!(
+                    "the primary {primary}'s log agrees with this one's up to write {}: the divergence mark is removed",
+                    tip.seq
+                ),
+                Err(e) => log::error!("the divergence mark could not be removed: {e}"),
+            }
+        }
+    }
+
+    /// With static roles, before this catalog's log, of `source`'s history, is dropped for
+    /// a whole copy of `source`: whether it diverged from `source`'s. It asks with its tip
+    /// (no writes sent back): a 409 refuses the copy (and marks a replica); an answer whose
+    /// chain is this one's lets it go on (and clears a mark); otherwise (410: `source` no
+    /// longer keeps that write, and nothing tells) a mark refuses it, and without one it
+    /// goes on. A question that fails is no answer: no copy this time.
+    fn judge_copy(&self, client: &CatalogClient, source: &str) -> Result<()> {
+        let tip = self.tip();
+        match client.log(source, &tip.question(Some(0))) {
+            Err(PeerError::Answered { status: 409, message }) => Err(self.diverged(source, &tip, &message)),
+            Err(e) => Err(e.into()),
+            Ok(page) => {
+                if let Some(page) = &page {
+                    self.agreed(source, &tip, page);
+                }
+                let Some(mark) = self.lock_writer().files.diverged_from(&tip.history) else { return Ok(()) };
+                // Its log diverged from that history's primary: whatever that one holds
+                // now, a copy would drop the writes this one keeps for the operator.
+                let why = format!(
+                    "not copying {source}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
+                     (see README, \"A disk that comes back empty or older\")"
+                );
+                super::node::say_once(&self.copy_refused, &why);
+                Err(Error::Conflict(why))
+            }
+        }
+    }
+
     fn copy_whole(&self, client: &CatalogClient, primary: &str) -> Result<()> {
         let started = Instant::now();
         let first = client.copy_page(primary, 0, COPY_PAGE)?;
@@ -159,17 +228,8 @@ impl CatalogNode {
             super::node::say_once(&self.copy_refused, &why);
             return Err(Error::Conflict(why));
         }
-        let marked = self.failover.is_none().then(|| self.lock_writer().files.diverged_from(&source.history)).flatten();
-        if let Some(mark) = marked {
-            // Its log diverged from that history's primary: whatever that one holds now,
-            // a copy would drop the writes this one keeps for the operator.
-            let why = format!(
-                "not copying {primary}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
-                 (move its data directory aside to start it empty; see README, \"A disk that comes back empty or \
-                 older\")"
-            );
-            super::node::say_once(&self.copy_refused, &why);
-            return Err(Error::Conflict(why));
+        if self.failover.is_none() && source.history == own.history && own.seq > 0 {
+            self.judge_copy(client, primary)?;
         }
         self.serving.store(false, Ordering::SeqCst);
         // Reads are refused from now on: drop this catalog's copy before taking the new one.
@@ -191,7 +251,8 @@ impl CatalogNode {
             more = page.more;
         }
         loop {
-            let page = client.log(primary, catalog.seq(), &history, epoch, None, None)?.ok_or_else(|| {
+            let question = LogQuery { after: catalog.seq(), history: &history, epoch, ..LogQuery::default() };
+            let page = client.log(primary, &question)?.ok_or_else(|| {
                 Error::Unavailable("the primary no longer has the writes made during the copy".into())
             })?;
             if page.writes.is_empty() {
@@ -266,6 +327,16 @@ impl CatalogNode {
         // A push comes from a running primary: any lease extended while none ran ends, and
         // leases come from grants again.
         self.lease().reset_if_extended();
+        if !take.log.is_empty() && store.files.marked() && self.failover.is_none() {
+            // Marked diverged: it takes writes after its own only once its catch-up has
+            // seen the primary's log agree with its own up to its last write.
+            self.catch_up_wanted.store(true, Ordering::SeqCst);
+            return Err(Error::Unavailable(
+                "this replica's log is marked diverged from its primary's (catalog.diverged): it compares the two \
+                 before it takes writes"
+                    .into(),
+            ));
+        }
         // Nothing is applied in memory before it is on disk.
         if !take.log.is_empty() {
             let rows: Vec<Arc<Replicate>> = take.log.into_iter().map(Arc::new).collect();
@@ -432,5 +503,23 @@ impl CatalogNode {
                 return;
             }
         }
+    }
+}
+
+/// Where a catalog's log ends, as another catalog's log is asked to compare with it
+/// (`GET /internal/log`): its last write, that write's epoch, and with static roles its
+/// fingerprint and the log's chain there (when known).
+struct Tip {
+    seq: u64,
+    history: String,
+    epoch: u64,
+    sum: Option<u32>,
+    chain: Option<u32>,
+}
+
+impl Tip {
+    /// The question after this tip, for at most `limit` writes (a page when None).
+    fn question(&self, limit: Option<usize>) -> LogQuery<'_> {
+        LogQuery { after: self.seq, history: &self.history, epoch: self.epoch, sum: self.sum, chain: self.chain, limit }
     }
 }

@@ -157,6 +157,8 @@ pub struct Store {
     /// The number and epoch of the last write in the log (what a re-open must find). What
     /// the catalog remembers of its writes is not the files': [`Recent`], returned at open.
     last: (u64, u64),
+    /// Whether `catalog.diverged` is there (read at open, kept in step with it).
+    marked: bool,
 }
 
 /// Why and since when a store takes no write.
@@ -259,7 +261,7 @@ impl Store {
             Ok(loaded) => (loaded, None),
             Err(e @ StorageError::Corrupt { .. }) if on_corrupt == OnCorrupt::SetAside => {
                 drop(log);
-                let aside = set_aside(&[&log_path, &books])?;
+                let aside = set_aside(&[&log_path, &books, &books.with_file_name(DIVERGED)])?;
                 log::warn!(
                     "{e}: the catalog's files do not check; set aside as {} and starting empty, to copy the catalog from the primary",
                     aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
@@ -290,6 +292,7 @@ impl Store {
             checkpoint_rows: COMPACT_AFTER,
             history_id: loaded.history_id,
             last: recent.history.last(),
+            marked: dir.join(DIVERGED).exists(),
         };
         if legacy && want == Books::Load {
             // A log from before histories: this catalog starts one (its replicas copy it),
@@ -326,16 +329,38 @@ impl Store {
     /// once the primary no longer keeps the writes that told them apart, until an operator
     /// moves the data directory aside or a catalog of another history replaces this one
     /// (README, "A disk that comes back empty or older").
-    pub fn mark_diverged(&self, why: &str) -> Result<()> {
+    pub fn mark_diverged(&mut self, why: &str) -> Result<()> {
         let path = self.books.with_file_name(DIVERGED);
-        storage::replace_file(&path, format!("{}\n{why}\n", self.history_id).as_bytes()).at(&path)
+        storage::replace_file(&path, format!("{}\n{why}\n", self.history_id).as_bytes()).at(&path)?;
+        self.marked = true;
+        Ok(())
+    }
+
+    /// Removes the divergence mark, if any (this catalog's log was found to agree with its
+    /// primary's, or took the primary's writes after its own).
+    pub fn clear_diverged(&mut self) -> Result<()> {
+        if !self.marked {
+            return Ok(());
+        }
+        let path = self.books.with_file_name(DIVERGED);
+        if path.exists() {
+            storage::remove(&path).at(&path)?;
+            storage::sync_dir(&path).at(&path)?;
+        }
+        self.marked = false;
+        Ok(())
+    }
+
+    /// Whether this catalog's log is marked diverged from its primary's.
+    pub fn marked(&self) -> bool {
+        self.marked
     }
 
     /// Why this catalog may take no copy of history `history` over its own: its log
     /// diverged from a primary's of that history (an unreadable mark refuses every copy).
     pub fn diverged_from(&self, history: &str) -> Option<String> {
         let path = self.books.with_file_name(DIVERGED);
-        if !path.exists() {
+        if !self.marked {
             return None;
         }
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -572,11 +597,8 @@ impl Store {
         self.rows = 0;
         // A catalog replaced whole (another history, or a copy it was allowed) holds none
         // of the writes a divergence mark kept.
-        let mark = self.books.with_file_name(DIVERGED);
-        if mark.exists() {
-            if let Err(e) = storage::remove(&mark) {
-                log::warn!("{}: not removed after the catalog was replaced: {e}", mark.display());
-            }
+        if let Err(e) = self.clear_diverged() {
+            log::warn!("{e}: the divergence mark was not removed after the catalog was replaced");
         }
         if let Err(e) = self.log_replaced(replaced.err()) {
             log::error!("{e}: the catalog was replaced, but takes no write until its log is re-opened");
@@ -1189,7 +1211,7 @@ mod tests {
     #[test]
     fn a_divergence_mark_stays_until_the_catalog_is_replaced() {
         let dir = temp("diverged");
-        let (store, catalog) = open(&dir).unwrap();
+        let (mut store, catalog) = open(&dir).unwrap();
         let history = store.history_id().to_string();
         assert_eq!(store.files.diverged_from(&history), None);
         store.files.mark_diverged("the primary holds other writes").unwrap();
@@ -1197,6 +1219,9 @@ mod tests {
         let (mut store, _) = open(&dir).unwrap();
         let why = store.files.diverged_from(&history).expect("marked");
         assert!(why.contains("catalog.diverged") && why.contains("other writes"), "{why}");
+        store.files.clear_diverged().unwrap();
+        assert!(!store.files.marked() && !dir.join("catalog.diverged").exists(), "cleared");
+        store.files.mark_diverged("again").unwrap();
         assert_eq!(store.files.diverged_from("another0history"), None, "another history is not refused");
         let journal = std::mem::take(&mut store.recent.journal);
         store.replace(&catalog, "another0history", 0, None, journal).unwrap();
