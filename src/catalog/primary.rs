@@ -852,16 +852,14 @@ impl CatalogNode {
             return Err(Error::Conflict(why));
         }
         if let Some(why) = self.diverged_from(link, &ack)? {
-            let first = *link.refused.lock().unwrap_or_else(|e| e.into_inner()) != why;
             super::node::say_once(&link.refused, &why);
-            if first {
-                // The replica learns it too, and keeps it on its disk: asked to copy, it
-                // first compares its log with this one's (409), refuses, and marks it
-                // (`catalog.diverged`), so that no later copy drops its writes once this
-                // primary no longer keeps the writes that tell the logs apart.
-                if let Err(e) = self.push.resync(&link.url) {
-                    log::debug!("replica {} not told to compare its log: {e}", link.url);
-                }
+            // The replica learns it too, and keeps it on its disk: asked to catch up, it
+            // compares its log with this one's (409) and marks it (`catalog.diverged`), so
+            // that no later copy drops its writes once this primary no longer keeps the
+            // writes that tell the logs apart. Asked at every round (a request lost
+            // would leave it unmarked; once marked, asking again changes nothing).
+            if let Err(e) = self.push.resync(&link.url) {
+                log::debug!("replica {} not told to compare its log: {e}", link.url);
             }
             return Err(Error::Conflict(why));
         }
@@ -969,10 +967,13 @@ impl CatalogNode {
         }))
     }
 
-    /// `GET /internal/log?after=N&history=H&epoch=E`: the writes after N, or 410 when they
-    /// are no longer kept, the asker has another history, or this catalog's write N is of
-    /// another epoch than E (the asker's tail past where the logs agree is dropped by the
-    /// whole copy that follows).
+    /// `GET /internal/log?after=N&history=H&epoch=E[&sum=S][&chain=C][&limit=L]`: up to L
+    /// writes after N (a page by default), or 410 when they are no longer kept, the asker
+    /// has another history, or this catalog's write N is of another epoch than E (the
+    /// asker's tail past where the logs agree is dropped by the whole copy that follows).
+    /// With static roles, 409 when this catalog's log differs from the asker's up to N
+    /// (chain C, or where either knows none, the fingerprint S of write N), or when this
+    /// is a replica marked diverged from that history and the asker compares (S or C).
     pub(super) fn log_after(&self, request: &Request) -> Result<Response> {
         let after: u64 = match request.query_param("after")? {
             Some(a) => a.parse().map_err(|_| Error::BadRequest(format!("after={a:?} is not a write number")))?,

@@ -159,7 +159,10 @@ impl CatalogNode {
         );
         super::node::say_once(&self.copy_refused, &why);
         let mut store = self.lock_writer();
-        if self.replica_only().is_ok() && store.files.diverged_from(&tip.history).is_none() {
+        // Only a log with a chain is marked: the mark goes when the primary's log is seen
+        // to agree, which only chains show.
+        let markable = self.replica_only().is_ok() && tip.chain.is_some();
+        if markable && store.files.diverged_from(&tip.history).is_none() {
             if let Err(e) = store.files.mark_diverged(&why) {
                 log::error!("the divergence could not be marked on disk: {e}");
             }
@@ -327,7 +330,8 @@ impl CatalogNode {
         // A push comes from a running primary: any lease extended while none ran ends, and
         // leases come from grants again.
         self.lease().reset_if_extended();
-        if !take.log.is_empty() && store.files.marked() && self.failover.is_none() {
+        let marked = || store.files.diverged_from(store.history_id()).is_some();
+        if !take.log.is_empty() && self.failover.is_none() && marked() {
             // Marked diverged: it takes writes after its own only once its catch-up has
             // seen the primary's log agree with its own up to its last write.
             self.catch_up_wanted.store(true, Ordering::SeqCst);

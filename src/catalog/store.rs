@@ -326,8 +326,9 @@ impl Store {
 
     /// Marks durably (`catalog.diverged`) that this catalog's log diverged from its
     /// primary's, `why`: from now on it takes no copy of its history over its own, even
-    /// once the primary no longer keeps the writes that told them apart, until an operator
-    /// moves the data directory aside or a catalog of another history replaces this one
+    /// once the primary no longer keeps the writes that told them apart, until it sees
+    /// its primary's log agree with its own ([`Store::clear_diverged`]), a catalog replaces
+    /// this one whole, or an operator moves the data directory aside or deletes the file
     /// (README, "A disk that comes back empty or older").
     pub fn mark_diverged(&mut self, why: &str) -> Result<()> {
         let path = self.books.with_file_name(DIVERGED);
