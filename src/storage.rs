@@ -370,6 +370,13 @@ pub fn checksum_text(sum: u32) -> String {
     format!("{sum:08x}")
 }
 
+/// A checksum read back from its text: exactly 8 hex digits (no sign, no spaces), as
+/// [`checksum_text`] writes it (either case).
+pub fn checksum_from_text(text: &[u8]) -> Option<u32> {
+    let hex = text.len() == 8 && text.iter().all(u8::is_ascii_hexdigit);
+    hex.then(|| u32::from_str_radix(std::str::from_utf8(text).ok()?, 16).ok()).flatten()
+}
+
 /// Cuts a torn last line (a crash in the middle of an append) off a line-oriented file.
 ///
 /// Returns how many bytes were cut. Only a last line without its newline can be torn:
@@ -431,6 +438,12 @@ mod tests {
         // One flipped digit changes it.
         assert_ne!(checksum([&b"12.50"[..]]), checksum([&b"12.51"[..]]));
         assert_eq!(checksum_text(0xab), "000000ab");
+        // Read back: its own text, either case; nothing else (no sign, no other length).
+        assert_eq!(checksum_from_text(checksum_text(0xdead_beef).as_bytes()), Some(0xdead_beef));
+        assert_eq!(checksum_from_text(b"DEADBEEF"), Some(0xdead_beef));
+        for bad in [&b""[..], b"+1234567", b"0000000g", b"123456789", b" 1234567"] {
+            assert_eq!(checksum_from_text(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
 use super::node::{CatalogNode, Pending, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
+use super::replica::Tip;
 use super::state::Write;
 use super::store::Ledger;
 use crate::cache;
@@ -41,9 +42,7 @@ const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(2
 /// A write's fingerprint or a log's chain as `GET /internal/log` takes them (`sum`,
 /// `chain`): 8 hex digits.
 fn hex_param(name: &str, s: &str) -> Result<u32> {
-    let hex = s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    hex.then(|| u32::from_str_radix(s, 16).ok())
-        .flatten()
+    crate::storage::checksum_from_text(s.as_bytes())
         .ok_or_else(|| Error::BadRequest(format!("{name}={s:?} is not a fingerprint (8 hex digits)")))
 }
 
@@ -111,14 +110,9 @@ impl CatalogNode {
         let client = CatalogClient { http: self.forward.clone() };
         let (started, mut said) = (Instant::now(), None);
         while !self.settled.load(Ordering::SeqCst) {
-            let me = self.identity();
-            let (sum, chain) = {
-                let store = self.lock_writer();
-                let history = &store.recent.history;
-                (history.at(me.seq).map(|w| w.fingerprint()), history.chain())
-            };
+            let (me, tip) = (self.identity(), self.tip());
             let asked: Vec<settle::Asked> =
-                self.links().iter().map(|link| self.ask_to_settle(&client, &link.url, &me, sum, chain)).collect();
+                self.links().iter().map(|link| self.ask_to_settle(&client, &link.url, &tip)).collect();
             let damaged = self.damaged.load(Ordering::SeqCst);
             let why = match settle::decide(&me, damaged, asked, started.elapsed(), SILENT_REPLICA_WAIT) {
                 Settle::Copy { url, holds } => {
@@ -161,31 +155,25 @@ impl CatalogNode {
 
     /// What replica `url` holds, for the settle: its identity and, when its log runs further
     /// in this catalog's history, whether it diverged from this one's up to this one's last
-    /// write (of fingerprint `sum`, the log's chain there `chain`): asked with them
-    /// (`GET /internal/log`, no writes sent back), the replica answers 409 when its log
-    /// differs, or when it marked its log diverged from this history's primary. A question
-    /// that fails is no answer (the replica counts as silent this round).
-    fn ask_to_settle(
-        &self,
-        client: &CatalogClient,
-        url: &str,
-        me: &Identity,
-        sum: Option<u32>,
-        chain: Option<u32>,
-    ) -> settle::Asked {
+    /// write (`tip`): asked with it (`GET /internal/log`, no writes sent back), the replica
+    /// answers 409 when its log differs, or when it marked its log diverged from this
+    /// history's primary. A question that fails is no answer (the replica counts as silent
+    /// this round).
+    fn ask_to_settle(&self, client: &CatalogClient, url: &str, tip: &Tip) -> settle::Asked {
         let answer = self.push.identity(url).map_err(|e| e.to_string());
         let asked = |answer, diverged| settle::Asked { url: url.to_string(), answer, diverged };
-        let further = answer.as_ref().is_ok_and(|t| t.history == me.history && t.seq > me.seq && me.seq > 0);
-        if !further || (sum.is_none() && chain.is_none()) {
+        let further = answer.as_ref().is_ok_and(|t| t.history == tip.history && t.seq > tip.seq && tip.seq > 0);
+        if !further || !tip.compares() {
             return asked(answer, false);
         }
-        let question = LogQuery { after: me.seq, history: &me.history, epoch: me.epoch, sum, chain, limit: Some(0) };
-        match client.log(url, &question) {
+        match client.log(url, &tip.question(Some(0))) {
             Ok(_) => asked(answer, false),
             Err(PeerError::Answered { status: 409, message }) => {
                 log::warn!(
-                    "replica {url} holds more than this catalog ({me}), but its log diverged from this one's \
-                     ({message}): it is not copied, and this catalog's own writes are kept"
+                    "replica {url} holds more than this catalog (write {} of history {:?}), but its log diverged \
+                     from this one's ({message}): it is not copied, and this catalog's own writes are kept",
+                    tip.seq,
+                    tip.history
                 );
                 asked(answer, true)
             }

@@ -132,7 +132,7 @@ impl CatalogNode {
     }
 
     /// Where this catalog's log ends, as another catalog compares it.
-    fn tip(&self) -> Tip {
+    pub(super) fn tip(&self) -> Tip {
         let store = self.lock_writer();
         let seq = self.logged(&store);
         // With static roles, its log's chain and its last write's fingerprint, when known.
@@ -513,17 +513,22 @@ impl CatalogNode {
 /// Where a catalog's log ends, as another catalog's log is asked to compare with it
 /// (`GET /internal/log`): its last write, that write's epoch, and with static roles its
 /// fingerprint and the log's chain there (when known).
-struct Tip {
-    seq: u64,
-    history: String,
-    epoch: u64,
+pub(super) struct Tip {
+    pub(super) seq: u64,
+    pub(super) history: String,
+    pub(super) epoch: u64,
     sum: Option<u32>,
     chain: Option<u32>,
 }
 
 impl Tip {
+    /// Whether the question carries something to compare (a fingerprint or a chain).
+    pub(super) fn compares(&self) -> bool {
+        self.sum.is_some() || self.chain.is_some()
+    }
+
     /// The question after this tip, for at most `limit` writes (a page when None).
-    fn question(&self, limit: Option<usize>) -> LogQuery<'_> {
+    pub(super) fn question(&self, limit: Option<usize>) -> LogQuery<'_> {
         LogQuery { after: self.seq, history: &self.history, epoch: self.epoch, sum: self.sum, chain: self.chain, limit }
     }
 }

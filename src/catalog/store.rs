@@ -242,9 +242,7 @@ impl Store {
         if !log_path.exists() && !books.exists() {
             let seed = parse(SEED.as_bytes()).and_then(|books| Catalog::new(books, 0));
             let seed = seed.expect("the built-in catalog is valid (a unit test reads it)");
-            let history_id = new_history_id()?;
-            write_log(&log_path, RESET, &seed, &history_id, 0, Some(chain_start(&history_id, 0)), &Journal::default())?;
-            write_view(&books, &seed)?;
+            start_history(&log_path, &books, &seed)?;
             log::info!("seeded {} with the built-in catalog", dir.display());
         }
         if log_path.exists() {
@@ -266,11 +264,7 @@ impl Store {
                     "{e}: the catalog's files do not check; set aside as {} and starting empty, to copy the catalog from the primary",
                     aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
                 );
-                let empty = Catalog::default();
-                let history_id = new_history_id()?;
-                let chain = Some(chain_start(&history_id, 0));
-                write_log(&log_path, RESET, &empty, &history_id, 0, chain, &Journal::default())?;
-                write_view(&books, &empty)?;
+                start_history(&log_path, &books, &Catalog::default())?;
                 (load(&books, &log_path, want)?, Some(e))
             }
             Err(e) => return Err(e),
@@ -817,7 +811,7 @@ fn load(books: &Path, log_path: &Path, want: Books) -> Result<Loaded> {
             }
             history_id = rows.text(&row, 3)?.to_string();
             // A marker keeps the log's chain at `seq` (none in logs written before chains).
-            history = History::new(seq, epoch, parse_chain(&row[7]));
+            history = History::new(seq, epoch, storage::checksum_from_text(&row[7]));
             last_epoch = epoch;
             catalog.raise_seq(seq);
             continue;
@@ -877,11 +871,14 @@ fn chain_text(chain: Option<u32>) -> String {
     chain.map(storage::checksum_text).unwrap_or_default()
 }
 
-/// A marker's chain as read: none when the field is empty (a log written before chains)
-/// or not 8 hex digits.
-fn parse_chain(field: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(field).ok().filter(|t| t.len() == 8)?;
-    u32::from_str_radix(text, 16).ok()
+/// Writes `catalog` as the whole of a new history (epoch 0): the log in reset form,
+/// with the chain where that history starts, then the view.
+fn start_history(log_path: &Path, books: &Path, catalog: &Catalog) -> Result<()> {
+    let history_id = new_history_id()?;
+    let chain = Some(chain_start(&history_id, catalog.seq()));
+    write_log(log_path, RESET, catalog, &history_id, 0, chain, &Journal::default())?;
+    write_view(books, catalog)?;
+    Ok(())
 }
 
 /// A new history id.
