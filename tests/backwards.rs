@@ -197,6 +197,72 @@ fn a_replica_refused_while_it_runs_keeps_its_writes_too() {
     keeps_its_writes_once_the_primary_forgets_them(&mut s);
 }
 
+/// The same, the replica's disk not taking the mark when it is made (as on a full disk):
+/// the mark holds in memory while the replica runs, so it refuses the copy all the same,
+/// and is written once the disk takes it. (Before: an unwritten mark was no mark, and the
+/// replica copied the primary.)
+#[test]
+fn a_mark_the_disk_does_not_take_holds_until_it_does() {
+    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
+    let mut s = Store::start(opts).expect("no memcached needed");
+    let older = back_up_primary(&mut s);
+    assert_eq!(call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#)).status, 200);
+    shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[1].signal(libc::SIGSTOP);
+    let dir = data_dir(&s.catalogs[0]);
+    fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&older, &dir);
+    s.catalogs[0].restart();
+    older_primary_takes_a_write(&s);
+    // A directory where the mark goes: the rename that writes it fails (the replica, long
+    // running, read its data directory unmarked at its start).
+    let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
+    fs::create_dir(&mark).unwrap();
+    s.catalogs[1].signal(libc::SIGCONT);
+    eventually(Duration::from_secs(20), "the replica to fail to mark its divergence", || {
+        log_of(&s.catalogs[1]).contains("could not be marked on disk")
+    });
+    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+    fs::remove_dir(&mark).unwrap();
+    eventually(Duration::from_secs(20), "the mark to be written", || mark.is_file());
+    assert!(log_of(&s.catalogs[1]).contains("the divergence mark is on disk now"));
+}
+
+/// A damaged mark (a flipped bit in its history id) cannot say which history it marks: it
+/// refuses every copy. The replica, down while the primary checkpoints past the writes that
+/// told their logs apart and restarts, comes back with its mark damaged and keeps its
+/// writes. (Before: a mark whose first line was not the history id was no mark, and the
+/// replica copied the primary.)
+#[test]
+fn a_damaged_mark_still_keeps_the_replicas_writes() {
+    let mut s = diverged_replica(0, false);
+    assert_eq!(s.catalogs[1].terminate(Duration::from_secs(10)), Some(0));
+    let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
+    let mut text = fs::read(&mark).unwrap();
+    text[0] ^= 0x01;
+    fs::write(&mark, text).unwrap();
+    for i in 0..120 {
+        let body = format!(r#"{{"quantity": {i}}}"#);
+        assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(&body)).status, 200);
+    }
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[0].restart();
+    wait_ready(&s.primary());
+    let said_before = log_of(&s.catalogs[1]).len();
+    let said_since = |s: &Store| log_of(&s.catalogs[1]).get(said_before..).unwrap_or_default().to_string();
+    s.catalogs[1].restart();
+    eventually(Duration::from_secs(20), "the replica to copy the primary or refuse to", || {
+        let said = said_since(&s);
+        said.contains("not copying") || said.contains("copied ")
+    });
+    let log = fs::read_to_string(data_dir(&s.catalogs[1]).join("catalog.log")).unwrap();
+    let kept = log.lines().any(|row| row.starts_with("2,1,") && row.split(',').nth(5) == Some("11"));
+    assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
+    assert_ne!(get(&s.replica(), "/books/1").status, 200, "and serves none of it");
+    assert!(said_since(&s).contains("is damaged"), "the replica says why");
+}
+
 /// The operator keeps the replica's writes: the primary's data directory is moved aside, it
 /// starts empty and takes the replica's catalog. The replica's mark then goes by itself:
 /// refused a push while marked, it catches up, sees the primary's log agree with its own

@@ -67,9 +67,18 @@ impl CatalogNode {
                     }
                 }
             }
+            self.keep_mark();
             if shutdown.sleep(super::node::RETRY_INTERVAL) {
                 return;
             }
+        }
+    }
+
+    /// Writes a divergence mark that the disk did not take when it was made (it held in
+    /// memory meanwhile); a failure was said then.
+    fn keep_mark(&self) {
+        if let Ok(true) = self.lock_writer().files.keep_mark() {
+            log::info!("the divergence mark is on disk now (catalog.diverged)");
         }
     }
 
@@ -161,10 +170,15 @@ impl CatalogNode {
         let mut store = self.lock_writer();
         // Only a log with a chain is marked: the mark goes when the primary's log is seen
         // to agree, which only chains show.
+        // A mark the disk does not take holds in memory, and is written once it does
+        // (`keep_mark`).
         let markable = self.replica_only().is_ok() && tip.chain.is_some();
-        if markable && store.files.diverged_from(&tip.history).is_none() {
+        if markable {
             if let Err(e) = store.files.mark_diverged(&why) {
-                log::error!("the divergence could not be marked on disk: {e}");
+                log::error!(
+                    "the divergence could not be marked on disk ({e}): it holds while this process runs, and is \
+                     written once the disk takes it"
+                );
             }
         }
         Error::Conflict(why)

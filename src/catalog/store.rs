@@ -95,7 +95,7 @@ const VIEW_HEADER: &[u8] = b"id,title,topic,price,quantity,sum\n";
 /// The header of views written before checksums (and of `bazar-catalog import` files).
 const OLD_VIEW_HEADER: &[u8] = b"id,title,topic,price,quantity\n";
 /// The file that marks a catalog whose log diverged from its primary's: its history id on
-/// the first line, then why.
+/// the first line, then why, then the checksum of the two ([`Mark`]).
 const DIVERGED: &str = "catalog.diverged";
 const CHECKPOINT: &str = "checkpoint";
 const RESET: &str = "reset";
@@ -157,8 +157,58 @@ pub struct Store {
     /// The number and epoch of the last write in the log (what a re-open must find). What
     /// the catalog remembers of its writes is not the files': [`Recent`], returned at open.
     last: (u64, u64),
-    /// Whether `catalog.diverged` is there (read at open, kept in step with it).
-    marked: bool,
+    /// Whether `catalog.diverged` is there (read at open, kept in step with it), or a mark
+    /// that could not be written yet.
+    marked: Marked,
+}
+
+/// What a store knows of its divergence mark.
+#[derive(Debug, Clone, PartialEq)]
+enum Marked {
+    No,
+    /// `catalog.diverged` is there (what it says is read when asked).
+    OnDisk,
+    /// Marked, but the file could not be written (why it diverged): held in memory, and
+    /// written by [`Store::keep_mark`] once the disk takes it.
+    Unsaved(String),
+}
+
+/// The contents of `catalog.diverged`, read back.
+#[derive(Debug, PartialEq)]
+enum Mark {
+    /// Of history `history`, for `why` (its checksum matches, or a mark from before
+    /// checksums).
+    Of { history: String, why: String },
+    /// Neither: a flipped bit, a file cut or edited by hand. It cannot say which history
+    /// it marks, so it refuses every copy until an operator deletes it.
+    Damaged,
+}
+
+impl Mark {
+    /// The file's text for a mark of `history` for `why` (one line: its line breaks are
+    /// spaces).
+    fn text(history: &str, why: &str) -> String {
+        let why = why.replace(['\n', '\r'], " ");
+        let sum = storage::checksum([history.as_bytes(), why.as_bytes()]);
+        format!("{history}\n{why}\n{}\n", storage::checksum_text(sum))
+    }
+
+    /// Reads a mark's text; one of the two lines the first marks held (no checksum) whose
+    /// history is `history` is that history's mark, any other text is damaged.
+    fn read(text: &str, history: &str) -> Mark {
+        let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(text).split('\n').collect();
+        let of = |h: &str, why: &str| Mark::Of { history: h.to_string(), why: why.to_string() };
+        match lines[..] {
+            [h, why, sum]
+                if storage::checksum_from_text(sum.as_bytes())
+                    == Some(storage::checksum([h.as_bytes(), why.as_bytes()])) =>
+            {
+                of(h, why)
+            }
+            [h, why] if h == history => of(h, why),
+            _ => Mark::Damaged,
+        }
+    }
 }
 
 /// Why and since when a store takes no write.
@@ -286,7 +336,7 @@ impl Store {
             checkpoint_rows: COMPACT_AFTER,
             history_id: loaded.history_id,
             last: recent.history.last(),
-            marked: dir.join(DIVERGED).exists(),
+            marked: if dir.join(DIVERGED).exists() { Marked::OnDisk } else { Marked::No },
         };
         if legacy && want == Books::Load {
             // A log from before histories: this catalog starts one (its replicas copy it),
@@ -323,18 +373,42 @@ impl Store {
     /// once the primary no longer keeps the writes that told them apart, until it sees
     /// its primary's log agree with its own ([`Store::clear_diverged`]), a catalog replaces
     /// this one whole, or an operator moves the data directory aside or deletes the file
-    /// (README, "A disk that comes back empty or older").
+    /// (README, "A disk that comes back empty or older"). Where the file cannot be written
+    /// (a full disk), it is marked in memory all the same and the error returned: the
+    /// mark holds while this process runs, and [`Store::keep_mark`] writes it later.
     pub fn mark_diverged(&mut self, why: &str) -> Result<()> {
         let path = self.books.with_file_name(DIVERGED);
-        storage::replace_file(&path, format!("{}\n{why}\n", self.history_id).as_bytes()).at(&path)?;
-        self.marked = true;
+        let kept = self.marked == Marked::OnDisk
+            && std::fs::read_to_string(&path).is_ok_and(|text| {
+                matches!(Mark::read(&text, &self.history_id), Mark::Of { history, .. } if history == self.history_id)
+            });
+        if kept {
+            // Marked already (the first reason stays); a damaged mark is written anew.
+            return Ok(());
+        }
+        match storage::replace_file(&path, Mark::text(&self.history_id, why).as_bytes()).at(&path) {
+            Ok(()) => self.marked = Marked::OnDisk,
+            Err(e) => {
+                self.marked = Marked::Unsaved(why.to_string());
+                return Err(e);
+            }
+        }
         Ok(())
+    }
+
+    /// Writes a mark that could not be written when it was made: whether it did (false
+    /// when there is none). An error says it is still in memory only.
+    pub fn keep_mark(&mut self) -> Result<bool> {
+        match self.marked.clone() {
+            Marked::Unsaved(why) => self.mark_diverged(&why).map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     /// Removes the divergence mark, if any (this catalog's log was found to agree with its
     /// primary's, or took the primary's writes after its own).
     pub fn clear_diverged(&mut self) -> Result<()> {
-        if !self.marked {
+        if self.marked == Marked::No {
             return Ok(());
         }
         let path = self.books.with_file_name(DIVERGED);
@@ -342,27 +416,43 @@ impl Store {
             storage::remove(&path).at(&path)?;
             storage::sync_dir(&path).at(&path)?;
         }
-        self.marked = false;
+        self.marked = Marked::No;
         Ok(())
     }
 
-    /// Whether this catalog's log is marked diverged from its primary's.
+    /// Whether this catalog's log is marked diverged from its primary's (on disk or, where
+    /// the disk took no mark, in memory).
     pub fn marked(&self) -> bool {
-        self.marked
+        self.marked != Marked::No
     }
 
     /// Why this catalog may take no copy of history `history` over its own: its log
-    /// diverged from a primary's of that history (an unreadable mark refuses every copy).
+    /// diverged from a primary's of that history (a mark that cannot be read, or is
+    /// damaged, refuses every copy).
     pub fn diverged_from(&self, history: &str) -> Option<String> {
         let path = self.books.with_file_name(DIVERGED);
-        if !self.marked {
-            return None;
-        }
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Some(format!("{} exists and cannot be read", path.display()));
+        let why = match &self.marked {
+            Marked::No => return None,
+            Marked::Unsaved(why) => {
+                return (self.history_id == history).then(|| {
+                    format!("its log diverged ({why}), marked in memory: {} could not be written", path.display())
+                });
+            }
+            Marked::OnDisk => match std::fs::read_to_string(&path) {
+                Err(e) => return Some(format!("{} exists and cannot be read ({e})", path.display())),
+                Ok(text) => Mark::read(&text, history),
+            },
         };
-        let (marked, why) = text.split_once('\n').unwrap_or((text.as_str(), ""));
-        (marked == history).then(|| format!("{} says its log diverged: {}", path.display(), why.trim_end()))
+        match why {
+            Mark::Of { history: marked, why } => {
+                (marked == history).then(|| format!("{} says its log diverged: {why}", path.display()))
+            }
+            Mark::Damaged => Some(format!(
+                "{} is damaged (its checksum does not match), so it cannot say which writes it keeps: delete it once \
+                 you know this catalog's writes are not needed, or move the data directory aside",
+                path.display()
+            )),
+        }
     }
 
     /// The epoch of the last write.
@@ -1225,6 +1315,75 @@ mod tests {
         store.replace(&catalog, "another0history", 0, None, journal).unwrap();
         assert_eq!(store.files.diverged_from(&history), None);
         assert!(!dir.join("catalog.diverged").exists());
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A mark's text carries its checksum: read back, a flipped bit anywhere, a cut or an
+    /// edit never makes it a mark of another history or none (which would let a copy
+    /// through); a mark of the first form (two lines, no checksum) counts for its history.
+    #[test]
+    fn a_damaged_mark_is_told_from_a_mark_of_another_history() {
+        let text = Mark::text("h1", "the primary holds\nother writes");
+        assert_eq!(text.lines().count(), 3, "one line of why: {text}");
+        let of = |h: &str| Mark::Of { history: h.into(), why: "the primary holds other writes".into() };
+        assert_eq!(Mark::read(&text, "h1"), of("h1"));
+        assert_eq!(Mark::read(&text, "h2"), of("h1"), "a whole mark says its own history");
+        for i in 0..text.len() - 1 {
+            let mut bytes = text.clone().into_bytes();
+            bytes[i] ^= 0x01;
+            let flipped = String::from_utf8(bytes).unwrap();
+            // Damaged, or (the line break before the checksum flipped) a mark of the first
+            // form of h1: either way it still refuses h1's copies.
+            let read = Mark::read(&flipped, "h1");
+            let refuses = read == Mark::Damaged || matches!(&read, Mark::Of { history, .. } if history == "h1");
+            assert!(refuses, "byte {i} flipped: {flipped:?} read as {read:?}");
+        }
+        for cut in ["", "h1", "h1\n", &text[..text.len() - 3], "h1\nwhy\nnot-a-sum\n", "h1\nwhy\n00000000\n"] {
+            assert_eq!(Mark::read(cut, "h1"), Mark::Damaged, "{cut:?}");
+        }
+        let first_form = "h1\nthe primary holds other writes\n";
+        assert_eq!(Mark::read(first_form, "h1"), of("h1"));
+        assert_eq!(Mark::read(first_form, "h2"), Mark::Damaged, "it cannot prove another history");
+    }
+
+    /// A damaged mark refuses every copy (it cannot say which history it marks) and is
+    /// written anew when the catalog diverges again; a mark the disk does not take holds in
+    /// memory, refusing the same, and is written once the disk takes it.
+    #[test]
+    fn a_mark_holds_when_damaged_or_not_written() {
+        let dir = temp("mark-faults");
+        let (mut store, _) = open(&dir).unwrap();
+        let history = store.history_id().to_string();
+        store.files.mark_diverged("the primary holds other writes").unwrap();
+        let path = dir.join("catalog.diverged");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen(&history[..1], if history.starts_with('0') { "1" } else { "0" }, 1)).unwrap();
+        for h in [history.as_str(), "another0history"] {
+            let why = store.files.diverged_from(h).expect("a damaged mark refuses");
+            assert!(why.contains("damaged"), "{why}");
+        }
+        store.files.mark_diverged("again").unwrap();
+        assert!(store.files.diverged_from(&history).is_some_and(|w| w.contains("again")), "written anew");
+        assert_eq!(store.files.diverged_from("another0history"), None);
+
+        // The disk takes no mark (its temporary file cannot be made): marked in memory.
+        store.files.clear_diverged().unwrap();
+        let blocked = dir.join("catalog.tmp");
+        fs::create_dir(&blocked).unwrap();
+        assert!(store.files.mark_diverged("a full disk").is_err());
+        assert!(store.files.marked() && !path.exists());
+        assert!(store.files.diverged_from(&history).is_some_and(|w| w.contains("a full disk")));
+        assert!(store.files.keep_mark().is_err(), "still not written");
+        fs::remove_dir(&blocked).unwrap();
+        assert!(store.files.keep_mark().unwrap(), "written once the disk takes it");
+        assert!(!store.files.keep_mark().unwrap(), "and only once");
+        drop(store);
+        let (store, _) = open(&dir).unwrap();
+        assert!(
+            store.files.diverged_from(&history).is_some_and(|w| w.contains("a full disk")),
+            "it survives a restart"
+        );
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
