@@ -159,33 +159,78 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Open connections per client address, capped at [`PER_ADDRESS`] each.
 ///
-/// The lock guards only the map; it is taken once when a connection is accepted and once
-/// when it closes, never while a socket is read or written.
+/// The lock guards only the counts; it is taken once when a connection is accepted and once
+/// when it closes (and at capacity to find the heaviest address), never while a socket is
+/// read or written.
 #[derive(Debug, Default)]
 pub struct Addresses {
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<Counts>,
+}
+
+/// The counts behind [`Addresses`]' lock.
+#[derive(Debug, Default)]
+struct Counts {
+    by_address: HashMap<IpAddr, usize>,
+    /// `holding[n]`: how many addresses hold exactly `n` connections (`n` > 0), so that the
+    /// most any address holds is known without a search.
+    holding: Vec<usize>,
+    /// The most connections any address holds.
+    most: usize,
+}
+
+impl Counts {
+    fn set(&mut self, ip: IpAddr, from: usize, to: usize) {
+        if self.holding.len() <= to {
+            self.holding.resize(to + 1, 0);
+        }
+        if from > 0 {
+            self.holding[from] -= 1;
+        }
+        if to > 0 {
+            self.holding[to] += 1;
+            self.by_address.insert(ip, to);
+        } else {
+            self.by_address.remove(&ip);
+        }
+        self.most = self.most.max(to);
+        while self.most > 0 && self.holding[self.most] == 0 {
+            self.most -= 1;
+        }
+    }
 }
 
 impl Addresses {
     /// Counts a new connection from `ip`, unless that address already holds `cap`.
     pub fn admit(&self, ip: IpAddr, cap: usize) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= cap {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.by_address.get(&ip).copied().unwrap_or(0);
+        if n >= cap {
             return false;
         }
-        *n += 1;
+        counts.set(ip, n, n + 1);
         true
+    }
+
+    /// At capacity, where a newcomer from `ip` may take a place: the address holding the
+    /// most connections, when it holds at least two more than `ip` (so that the move brings
+    /// the two no further apart than one, and never turns back). Addresses share the
+    /// connections fairly: one that holds thousands cannot lock out one that holds none,
+    /// and many that each hold their share only refuse each other, at the cost of a lookup
+    /// (the search for the heaviest address is made only when a place is taken).
+    pub fn heaviest_over(&self, ip: IpAddr) -> Option<IpAddr> {
+        let counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let own = counts.by_address.get(&ip).copied().unwrap_or(0);
+        if counts.most < own + 2 {
+            return None;
+        }
+        counts.by_address.iter().find(|(_, n)| **n == counts.most).map(|(ip, _)| *ip)
     }
 
     /// A connection from `ip` closed.
     pub fn release(&self, ip: IpAddr) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&ip);
-            }
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.by_address.get(&ip).copied() {
+            counts.set(ip, n, n - 1);
         }
     }
 }
@@ -200,6 +245,30 @@ mod tests {
         r.headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         r.peer = Some(IpAddr::V4(Ipv4Addr::from(from)));
         r
+    }
+
+    /// The fair share at capacity: a place is taken only from an address that holds at
+    /// least two more than the newcomer's.
+    #[test]
+    fn a_newcomer_takes_a_place_only_from_an_address_that_holds_two_more() {
+        let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 5, last));
+        let addresses = Addresses::default();
+        assert_eq!(addresses.heaviest_over(ip(1)), None, "no connection open");
+        for _ in 0..3 {
+            assert!(addresses.admit(ip(1), 10));
+        }
+        assert!(addresses.admit(ip(2), 10));
+        // (newcomer, the address it may take a place from)
+        let cases = [(ip(9), Some(ip(1))), (ip(2), Some(ip(1))), (ip(1), None)];
+        for (newcomer, from) in cases {
+            assert_eq!(addresses.heaviest_over(newcomer), from, "{newcomer}");
+        }
+        assert!(addresses.admit(ip(2), 10));
+        assert_eq!(addresses.heaviest_over(ip(2)), None, "3 against 2: no closer by a move");
+        addresses.release(ip(1));
+        addresses.release(ip(1));
+        assert_eq!(addresses.heaviest_over(ip(9)), Some(ip(2)), "2 against none");
+        assert_eq!(addresses.heaviest_over(ip(1)), None, "even");
     }
 
     #[test]
@@ -243,7 +312,8 @@ mod tests {
         a.release(x);
         a.release(x);
         a.release(y);
-        assert!(a.open.lock().unwrap().is_empty());
+        let counts = a.open.lock().unwrap();
+        assert!(counts.by_address.is_empty() && counts.most == 0 && counts.holding.iter().all(|n| *n == 0));
     }
 
     #[test]

@@ -342,6 +342,14 @@ impl Pool {
         self.park(conn, Instant::now() + idle);
     }
 
+    /// Takes a parked connection from `ip` out of the set, if one is parked (to close it).
+    /// A heavy address holds many, so the search ends soon.
+    fn unpark_one_of(&self, ip: IpAddr) -> Option<Conn> {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let token = parked.iter().find(|(_, p)| p.conn.ip == ip).map(|(t, _)| *t)?;
+        parked.remove(&token).map(|p| p.conn)
+    }
+
     /// The parked connection behind a readiness, unless the sweep closed it meanwhile.
     fn unpark(&self, token: u64) -> Option<Conn> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&token).map(|p| p.conn)
@@ -524,9 +532,12 @@ impl Here {
 }
 
 impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
-    /// A new connection from the accept loop: counted against the caps, then parked.
+    /// A new connection from the accept loop: counted against the caps, then parked. At
+    /// capacity it takes the place of an idle connection of the address that holds the
+    /// most, when that one holds at least two more than its own (`Addresses::heaviest_over`);
+    /// otherwise it is refused.
     fn admit(self: &Arc<Self>, stream: TcpStream, ip: IpAddr) {
-        if self.gate.open.fetch_add(1, Ordering::SeqCst) >= self.gate.max_open {
+        if self.gate.open.fetch_add(1, Ordering::SeqCst) >= self.gate.max_open && !self.make_room(ip) {
             self.gate.open.fetch_sub(1, Ordering::SeqCst);
             return refuse(stream, &self.metrics);
         }
@@ -548,6 +559,20 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         if timeout.is_ok() {
             self.pool.park(conn, Instant::now() + self.gate.limits(true).idle);
         }
+    }
+
+    /// At capacity, closes an idle (parked) connection of the address that holds the most
+    /// connections, for a newcomer from `ip` that holds at least two fewer: whether it did.
+    /// Those held by a handler are never closed. The closed one gets the answer a refused
+    /// connection gets (503, `Retry-After`).
+    fn make_room(&self, ip: IpAddr) -> bool {
+        let Some(conn) = self.gate.addresses.heaviest_over(ip).and_then(|heavy| self.pool.unpark_one_of(heavy)) else {
+            return false;
+        };
+        self.metrics.record("evicted", 503, Duration::ZERO);
+        turn_away(conn.stream());
+        // Dropped: its place (and its address's count) is given back.
+        true
     }
 
     /// Starts a worker; false when the system refused a thread.
@@ -919,16 +944,21 @@ fn shed(class: Class) -> Response {
 }
 
 /// Refuses a connection over a cap at once: the prebuilt answer in one write, then close.
-/// What the client already sent is read first (without waiting), so that the close does
-/// not reset the connection before the answer is read.
 fn refuse(stream: TcpStream, metrics: &Metrics) {
     metrics.record("refused", 503, Duration::ZERO);
+    turn_away(&stream);
+}
+
+/// The prebuilt 503 on `stream`, then its writing half shut, without waiting: what the
+/// client already sent is read first, so that the close does not reset the connection
+/// before the answer is read.
+fn turn_away(stream: &TcpStream) {
     if stream.set_nonblocking(true).is_err() {
         return;
     }
     let mut buf = [0u8; 4096];
-    let _ = (&stream).read(&mut buf);
-    let _ = (&stream).write_all(REFUSED);
+    let _ = (&*stream).read(&mut buf);
+    let _ = (&*stream).write_all(REFUSED);
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
