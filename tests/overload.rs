@@ -9,65 +9,13 @@ mod common;
 use bazar::http::{self, Request, Response, ServerConfig, Trust, PEER_HEADER, PER_ADDRESS};
 use bazar::metrics::Metrics;
 use bazar::shutdown::Shutdown;
+use common::raw::{connect_from, exchange, get_req, read_answer};
 use common::*;
-use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-/// A status line and headers, as a client reads them.
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A connection to `to` from the local address `src`, with a long read timeout.
-fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = bazar::bench::connect_from(src, to)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok(stream)
-}
-
-/// Sends `request` on `stream` and reads the answer's head and body.
-fn exchange(stream: &TcpStream, request: &str) -> (Head, String) {
-    (&*stream).write_all(request.as_bytes()).expect("sent");
-    read_answer(stream)
-}
-
-fn read_answer(stream: &TcpStream) -> (Head, String) {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("an answer, not a timeout");
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("headers");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("a header");
-        headers.push((n.to_string(), v.trim().to_string()));
-    }
-    let head = Head { status, headers };
-    let length: usize = head.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).expect("the body");
-    (head, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn get_req(path: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n")
-}
 
 /// A gate the slow handler waits at until the test opens it.
 #[derive(Default)]
@@ -180,96 +128,6 @@ fn idle_connections_from_one_address_do_not_lock_out_another() {
     eventually(Duration::from_secs(30), "the hog's address served again after it closed", || {
         connect_from(hog, fe).is_ok_and(|c| exchange(&c, &get_req("/info/1", "")).0.status == 200)
     });
-}
-
-/// As many connections as a front end may hold (10,000 where the descriptor limit allows),
-/// from addresses that each stay under the per-address cap, half of them sending nothing and
-/// half of them half a head, each opened again as soon as it is closed: a client from
-/// another address is still answered, every time. At capacity a newcomer takes the place
-/// of an idle connection of the address that holds the most (the fair share); the hogs'
-/// own reconnections only refuse each other. (Before: the client met a full front end and
-/// was refused 503 about two times in three.)
-#[test]
-fn ten_thousand_idle_or_slow_connections_do_not_lock_out_a_client() {
-    raise_fd_limit();
-    let s = Store::start(Opts::default()).expect("a store");
-    let fe: SocketAddr = s.fe().trim_start_matches("http://").parse().unwrap();
-    let said = fs::read_to_string(&s.frontend.spec.log).unwrap();
-    let most: usize = said
-        .split("(at most ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the front end says how many connections it holds: {said}"));
-    const EACH: usize = 500;
-    let hog = |i: usize| Ipv4Addr::new(127, 0, 6 + (i / EACH / 250) as u8, 1 + (i / EACH % 250) as u8);
-    let half_a_head = b"GET /info/1 HTTP/1.1\r\nHost: t\r\n";
-    let open = move |i: usize| -> Option<TcpStream> {
-        let c = bazar::bench::connect_from(hog(i), fe).ok()?;
-        if i % 2 == 1 {
-            let _ = (&c).write_all(half_a_head);
-        }
-        c.set_nonblocking(true).ok()?;
-        Some(c)
-    };
-    let mut hogs: Vec<Option<TcpStream>> = (0..most).map(open).collect();
-    let held = hogs.iter().flatten().count();
-    assert!(held >= most * 9 / 10, "the hogs hold the front end ({held} of {most} connections)");
-
-    // The hogs open again whatever is closed, until the client is done.
-    let done = Arc::new(AtomicBool::new(false));
-    let storm = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut reopened = 0u64;
-            while !done.load(Ordering::SeqCst) {
-                use std::os::fd::AsRawFd;
-                let mut fds: Vec<libc::pollfd> = hogs
-                    .iter()
-                    .map(|c| libc::pollfd {
-                        fd: c.as_ref().map_or(-1, |c| c.as_raw_fd()),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
-                // SAFETY: `fds` is a valid array of `fds.len()` entries for the call.
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
-                for (i, fd) in fds.iter().enumerate() {
-                    let closed = fd.fd < 0
-                        || (fd.revents != 0 && hogs[i].as_ref().is_some_and(|c| (&*c).read(&mut [0u8; 512]).is_ok()));
-                    if closed {
-                        hogs[i] = open(i);
-                        reopened += 1;
-                    }
-                }
-            }
-            reopened
-        })
-    };
-    for i in 0..20 {
-        let c = connect_from(Ipv4Addr::new(127, 0, 0, 1), fe).expect("connected");
-        let (head, body) = exchange(&c, &get_req("/info/1", "Connection: close\r\n"));
-        assert_eq!(head.status, 200, "request {i} of the client among {most} hogs: {body}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    done.store(true, Ordering::SeqCst);
-    let reopened = storm.join().unwrap();
-    let metrics = String::from_utf8(get(&s.fe(), "/metrics").body).unwrap();
-    let evicted = metrics.lines().any(|l| l.starts_with("bazar_requests_total{route=\"evicted\""));
-    assert!(evicted, "the client's places were taken from the hogs ({reopened} hogs opened again):\n{metrics}");
-}
-
-/// Raises this process's soft limit on open descriptors to its hard limit, so that the test
-/// can hold as many connections as the front end (which does the same).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// Purchases give back their public slot while they wait for their batch, so the front end

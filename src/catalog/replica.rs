@@ -16,7 +16,7 @@
 
 use super::core::{
     self,
-    replica::{Position, PushRefused},
+    replica::{Position, PushRefused, TipAnswer, TipVerdict},
 };
 use super::failover::commit;
 use super::node::{CatalogNode, COPY_PAGE};
@@ -90,20 +90,7 @@ impl CatalogNode {
             // copy drops them. With static roles it answers 409 when its log differs up to
             // there: its disk lost writes this replica holds (README, "A disk that comes
             // back empty or older"); this replica keeps them and serves nothing.
-            let page = match client.log(primary, &tip.question(None)) {
-                Err(PeerError::Answered { status: 409, message }) => return Err(self.diverged(primary, &tip, &message)),
-                page => page?,
-            };
-            if let Some(page) = &page {
-                self.agreed(primary, &tip, page);
-            }
-            // Still marked: the primary did not show that its log agrees (it knows no chain
-            // there); its writes are not taken after these.
-            if let Some(mark) = self.lock_writer().files.diverged_from(&tip.history).filter(|_| page.is_some()) {
-                let why = format!("not taking {primary}'s writes after this log's: {mark}");
-                super::node::say_once(&self.copy_refused, &why);
-                return Err(Error::Conflict(why));
-            }
+            let page = self.judge_answer(primary, &tip, client.log(primary, &tip.question(None)))?;
             match page {
                 // A page's number is the primary's readable one (taken under its writer
                 // lock): committed, so this replica shows its writes up to there.
@@ -155,80 +142,91 @@ impl CatalogNode {
         }
     }
 
-    /// Its log diverged from `primary`'s, which answered a question with its tip 409
-    /// (`message`): it keeps its writes, out of sync, and says so once. A replica marks it
-    /// on its disk (`catalog.diverged`): once the primary no longer keeps the writes that
-    /// told them apart, a question could no longer tell, and a copy would drop these (a
-    /// primary settling only refuses the copy).
-    fn diverged(&self, primary: &str, tip: &Tip, message: &str) -> Error {
-        let why = format!(
-            "the primary {primary} holds other writes than this replica up to its write {}: the logs diverged, and \
-             this replica keeps its writes, out of sync ({message})",
-            tip.seq
-        );
-        super::node::say_once(&self.copy_refused, &why);
-        let mut store = self.lock_writer();
-        // Only a log with a chain is marked: the mark goes when the primary's log is seen
-        // to agree, which only chains show.
-        // A mark the disk does not take holds in memory, and is written once it does
-        // (`keep_mark`).
-        let markable = self.replica_only().is_ok() && tip.chain.is_some();
-        if markable {
-            if let Err(e) = store.files.mark_diverged(&why) {
-                log::error!(
-                    "the divergence could not be marked on disk ({e}): it holds while this process runs, and is \
-                     written once the disk takes it"
-                );
+    /// Judges `source`'s `answer` to a question about this catalog's `tip`
+    /// (`core::replica::judge_tip`) and does what the verdict says of the divergence mark:
+    /// the page to take (None: a whole copy), or why nothing is taken. A diverged log keeps
+    /// its writes, out of sync, and says so once; a replica marks it on its disk
+    /// (`catalog.diverged`): once the primary no longer keeps the writes that told them
+    /// apart, a question could no longer tell, and a copy would drop these (a primary
+    /// settling only refuses the copy). A mark the disk does not take holds in memory, and
+    /// is written once the disk takes it (`keep_mark`).
+    fn judge_answer(
+        &self,
+        source: &str,
+        tip: &Tip,
+        answer: std::result::Result<Option<LogPage>, PeerError>,
+    ) -> Result<Option<LogPage>> {
+        let (heard, page, message) = match answer {
+            Err(PeerError::Answered { status: 409, message }) => (TipAnswer::Diverged, None, message),
+            Err(e) => return Err(e.into()),
+            Ok(page) => {
+                let heard = page.as_ref().map_or(TipAnswer::Unkept, |p| TipAnswer::Page { chain: p.chain });
+                (heard, page, String::new())
             }
-        }
-        Error::Conflict(why)
-    }
-
-    /// `primary`'s `page` of its log after this one's tip: when its chain there is this
-    /// one's, the two logs agree up to there, and a divergence marked before (the operator
-    /// since gave the primary this replica's catalog) no longer holds.
-    fn agreed(&self, primary: &str, tip: &Tip, page: &LogPage) {
-        if tip.chain.is_none() || page.chain != tip.chain {
-            return;
-        }
+        };
         let mut store = self.lock_writer();
-        if store.files.marked() {
-            match store.files.clear_diverged() {
-                Ok(()) => log::info!(
-                    "the primary {primary}'s log agrees with this one's up to write {}: the divergence mark is removed",
+        let mark = store.files.diverged_from(&tip.history);
+        let replica = self.replica_only().is_ok();
+        match core::replica::judge_tip(tip.chain, heard, mark.is_some(), replica) {
+            TipVerdict::Diverged { mark } => {
+                let why = format!(
+                    "the primary {source} holds other writes than this replica up to its write {}: the logs \
+                     diverged, and this replica keeps its writes, out of sync ({message})",
                     tip.seq
-                ),
-                Err(e) => log::error!("the divergence mark could not be removed: {e}"),
+                );
+                super::node::say_once(&self.copy_refused, &why);
+                if mark {
+                    if let Err(e) = store.files.mark_diverged(&why) {
+                        log::error!(
+                            "the divergence could not be marked on disk ({e}): it holds while this process runs, and \
+                             is written once the disk takes it"
+                        );
+                    }
+                }
+                Err(Error::Conflict(why))
+            }
+            TipVerdict::Refuse => {
+                let mark = mark.unwrap_or_default();
+                let why = match page {
+                    Some(_) => format!("not taking {source}'s writes after this log's: {mark}"),
+                    None => format!(
+                        "not copying {source}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
+                         (see README, \"A disk that comes back empty or older\")"
+                    ),
+                };
+                super::node::say_once(&self.copy_refused, &why);
+                Err(Error::Conflict(why))
+            }
+            TipVerdict::Take { agreed } => {
+                if agreed && store.files.marked() {
+                    match store.files.clear_diverged() {
+                        Ok(()) => log::info!(
+                            "the primary {source}'s log agrees with this one's up to write {}: the divergence mark is \
+                             removed",
+                            tip.seq
+                        ),
+                        Err(e) => log::error!("the divergence mark could not be removed: {e}"),
+                    }
+                }
+                Ok(page)
             }
         }
     }
 
     /// With static roles, before this catalog's log, of `source`'s history, is dropped for
-    /// a whole copy of `source`: whether it diverged from `source`'s. It asks with its tip
-    /// (no writes sent back): a 409 refuses the copy (and marks a replica); an answer whose
-    /// chain is this one's lets it go on (and clears a mark); otherwise (410: `source` no
-    /// longer keeps that write, and nothing tells) a mark refuses it, and without one it
-    /// goes on. A question that fails is no answer: no copy this time.
+    /// a whole copy of `source`: whether it may be. It asks with its tip (no writes sent
+    /// back) and judges the answer (`judge_answer`): a 409 refuses the copy (and marks a
+    /// replica), an answer whose chain is this one's lets it go on (and clears a mark),
+    /// otherwise (410: `source` no longer keeps that write, and nothing tells) a mark
+    /// refuses it, and without one it goes on. A question that fails is no answer: no copy
+    /// this time.
     fn judge_copy(&self, client: &CatalogClient, source: &str) -> Result<()> {
         let tip = self.tip();
-        match client.log(source, &tip.question(Some(0))) {
-            Err(PeerError::Answered { status: 409, message }) => Err(self.diverged(source, &tip, &message)),
-            Err(e) => Err(e.into()),
-            Ok(page) => {
-                if let Some(page) = &page {
-                    self.agreed(source, &tip, page);
-                }
-                let Some(mark) = self.lock_writer().files.diverged_from(&tip.history) else { return Ok(()) };
-                // Its log diverged from that history's primary: whatever that one holds
-                // now, a copy would drop the writes this one keeps for the operator.
-                let why = format!(
-                    "not copying {source}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
-                     (see README, \"A disk that comes back empty or older\")"
-                );
-                super::node::say_once(&self.copy_refused, &why);
-                Err(Error::Conflict(why))
-            }
-        }
+        // Whatever page comes, what is taken is the whole copy: judged as one.
+        let answer = client
+            .log(source, &tip.question(Some(0)))
+            .map(|page| page.filter(|p| tip.chain.is_some() && p.chain == tip.chain));
+        self.judge_answer(source, &tip, answer).map(|_| ())
     }
 
     fn copy_whole(&self, client: &CatalogClient, primary: &str) -> Result<()> {

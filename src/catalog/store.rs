@@ -168,9 +168,12 @@ enum Marked {
     No,
     /// `catalog.diverged` is there (what it says is read when asked).
     OnDisk,
-    /// Marked, but the file could not be written (why it diverged): held in memory, and
-    /// written by [`Store::keep_mark`] once the disk takes it.
-    Unsaved(String),
+    /// Marked, but the file could not be written: held in memory (the history it marks and
+    /// why), and written by [`Store::keep_mark`] once the disk takes it.
+    Unsaved {
+        history: String,
+        why: String,
+    },
 }
 
 /// The contents of `catalog.diverged`, read back.
@@ -180,7 +183,8 @@ enum Mark {
     /// checksums).
     Of { history: String, why: String },
     /// Neither: a flipped bit, a file cut or edited by hand. It cannot say which history
-    /// it marks, so it refuses every copy until an operator deletes it.
+    /// it marks, so it is taken for a mark of any history asked about (the callers ask about
+    /// the catalog's own) until an operator deletes it.
     Damaged,
 }
 
@@ -389,7 +393,7 @@ impl Store {
         match storage::replace_file(&path, Mark::text(&self.history_id, why).as_bytes()).at(&path) {
             Ok(()) => self.marked = Marked::OnDisk,
             Err(e) => {
-                self.marked = Marked::Unsaved(why.to_string());
+                self.marked = Marked::Unsaved { history: self.history_id.clone(), why: why.to_string() };
                 return Err(e);
             }
         }
@@ -397,10 +401,15 @@ impl Store {
     }
 
     /// Writes a mark that could not be written when it was made: whether it did (false
-    /// when there is none). An error says it is still in memory only.
+    /// when there is none, or it marked a history this catalog no longer holds). An error
+    /// says it is still in memory only.
     pub fn keep_mark(&mut self) -> Result<bool> {
         match self.marked.clone() {
-            Marked::Unsaved(why) => self.mark_diverged(&why).map(|()| true),
+            Marked::Unsaved { history, .. } if history != self.history_id => {
+                self.marked = Marked::No;
+                Ok(false)
+            }
+            Marked::Unsaved { why, .. } => self.mark_diverged(&why).map(|()| true),
             _ => Ok(false),
         }
     }
@@ -428,17 +437,19 @@ impl Store {
 
     /// Why this catalog may take no copy of history `history` over its own: its log
     /// diverged from a primary's of that history (a mark that cannot be read, or is
-    /// damaged, refuses every copy).
+    /// damaged, is taken for a mark of any history asked about: the callers ask about this
+    /// catalog's own). A mark an operator deleted while the process runs is no mark.
     pub fn diverged_from(&self, history: &str) -> Option<String> {
         let path = self.books.with_file_name(DIVERGED);
         let why = match &self.marked {
             Marked::No => return None,
-            Marked::Unsaved(why) => {
-                return (self.history_id == history).then(|| {
+            Marked::Unsaved { history: marked, why } => {
+                return (marked == history).then(|| {
                     format!("its log diverged ({why}), marked in memory: {} could not be written", path.display())
                 });
             }
             Marked::OnDisk => match std::fs::read_to_string(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
                 Err(e) => return Some(format!("{} exists and cannot be read ({e})", path.display())),
                 Ok(text) => Mark::read(&text, history),
             },
@@ -1347,9 +1358,11 @@ mod tests {
         assert_eq!(Mark::read(first_form, "h2"), Mark::Damaged, "it cannot prove another history");
     }
 
-    /// A damaged mark refuses every copy (it cannot say which history it marks) and is
-    /// written anew when the catalog diverges again; a mark the disk does not take holds in
-    /// memory, refusing the same, and is written once the disk takes it.
+    /// A damaged mark refuses copies of any history asked about (it cannot say which it
+    /// marks) and is written anew when the catalog diverges again; a mark the disk does not
+    /// take holds in memory, refusing the same, is written once the disk takes it, and is
+    /// dropped when the catalog was replaced by another history meanwhile; a mark deleted
+    /// while the process runs is no mark.
     #[test]
     fn a_mark_holds_when_damaged_or_not_written() {
         let dir = temp("mark-faults");
@@ -1379,11 +1392,22 @@ mod tests {
         assert!(store.files.keep_mark().unwrap(), "written once the disk takes it");
         assert!(!store.files.keep_mark().unwrap(), "and only once");
         drop(store);
-        let (store, _) = open(&dir).unwrap();
+        let (mut store, _) = open(&dir).unwrap();
         assert!(
             store.files.diverged_from(&history).is_some_and(|w| w.contains("a full disk")),
             "it survives a restart"
         );
+        // An operator deletes it while the process runs: no mark from then on.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(store.files.diverged_from(&history), None);
+        // A mark held in memory is of the history it was made for: once the catalog is
+        // replaced by another, it is dropped, not written as that one's.
+        fs::create_dir(&blocked).unwrap();
+        assert!(store.files.mark_diverged("a full disk").is_err());
+        fs::remove_dir(&blocked).unwrap();
+        store.files.history_id = "another0history".into();
+        assert_eq!(store.files.diverged_from("another0history"), None);
+        assert!(!store.files.keep_mark().unwrap() && !store.files.marked() && !path.exists());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -211,19 +211,25 @@ impl Addresses {
         true
     }
 
-    /// At capacity, where a newcomer from `ip` may take a place: the address holding the
-    /// most connections, when it holds at least two more than `ip` (so that the move brings
-    /// the two no further apart than one, and never turns back). Addresses share the
-    /// connections fairly: one that holds thousands cannot lock out one that holds none,
-    /// and many that each hold their share only refuse each other, at the cost of a lookup
-    /// (the search for the heaviest address is made only when a place is taken).
-    pub fn heaviest_over(&self, ip: IpAddr) -> Option<IpAddr> {
+    /// At capacity, whether some address holds at least two more connections than `ip`
+    /// (a newcomer from `ip` may then take a place): without a search.
+    pub fn may_give_way_to(&self, ip: IpAddr) -> bool {
         let counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let own = counts.by_address.get(&ip).copied().unwrap_or(0);
-        if counts.most < own + 2 {
-            return None;
-        }
-        counts.by_address.iter().find(|(_, n)| **n == counts.most).map(|(ip, _)| *ip)
+        counts.most >= counts.by_address.get(&ip).copied().unwrap_or(0) + 2
+    }
+
+    /// At capacity, where a newcomer from `ip` may take a place: of the addresses
+    /// `candidates` (those with an idle connection to close), the one holding the most
+    /// connections, when it holds at least two more than `ip` (so that the move brings the
+    /// two no further apart than one, and never turns back). Addresses share the
+    /// connections fairly: one that holds thousands cannot lock out one that holds none,
+    /// and many that each hold their share only refuse each other.
+    pub fn heaviest_over(&self, ip: IpAddr, candidates: &[IpAddr]) -> Option<IpAddr> {
+        let counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let held = |ip: &IpAddr| counts.by_address.get(ip).copied().unwrap_or(0);
+        let own = held(&ip);
+        let heaviest = candidates.iter().max_by_key(|c| held(c))?;
+        (held(heaviest) >= own + 2).then_some(*heaviest)
     }
 
     /// A connection from `ip` closed.
@@ -248,27 +254,41 @@ mod tests {
     }
 
     /// The fair share at capacity: a place is taken only from an address that holds at
-    /// least two more than the newcomer's.
+    /// least two more than the newcomer's, and only among the candidates (the addresses
+    /// with an idle connection to close).
     #[test]
     fn a_newcomer_takes_a_place_only_from_an_address_that_holds_two_more() {
         let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 5, last));
         let addresses = Addresses::default();
-        assert_eq!(addresses.heaviest_over(ip(1)), None, "no connection open");
+        assert!(!addresses.may_give_way_to(ip(1)), "no connection open");
         for _ in 0..3 {
             assert!(addresses.admit(ip(1), 10));
         }
         assert!(addresses.admit(ip(2), 10));
-        // (newcomer, the address it may take a place from)
-        let cases = [(ip(9), Some(ip(1))), (ip(2), Some(ip(1))), (ip(1), None)];
-        for (newcomer, from) in cases {
-            assert_eq!(addresses.heaviest_over(newcomer), from, "{newcomer}");
+        let all = [ip(1), ip(2)];
+        // (newcomer, candidates, the address it may take a place from)
+        let cases: [(IpAddr, &[IpAddr], Option<IpAddr>); 5] = [
+            (ip(9), &all, Some(ip(1))),
+            (ip(2), &all, Some(ip(1))),
+            (ip(1), &all, None),
+            // The heaviest has no idle connection: the next one gives way, if it can.
+            (ip(9), &[ip(2)], None),
+            (ip(9), &[], None),
+        ];
+        for (newcomer, candidates, from) in cases {
+            assert_eq!(addresses.heaviest_over(newcomer, candidates), from, "{newcomer} among {candidates:?}");
         }
+        assert!(addresses.may_give_way_to(ip(9)) && !addresses.may_give_way_to(ip(1)));
         assert!(addresses.admit(ip(2), 10));
-        assert_eq!(addresses.heaviest_over(ip(2)), None, "3 against 2: no closer by a move");
+        assert!(addresses.admit(ip(9), 10));
+        assert_eq!(addresses.heaviest_over(ip(9), &[ip(2)]), None, "2 against 1: no closer by a move");
+        assert!(addresses.admit(ip(2), 10));
+        assert_eq!(addresses.heaviest_over(ip(9), &[ip(2)]), Some(ip(2)), "3 against 1, though 1 holds as many");
         addresses.release(ip(1));
         addresses.release(ip(1));
-        assert_eq!(addresses.heaviest_over(ip(9)), Some(ip(2)), "2 against none");
-        assert_eq!(addresses.heaviest_over(ip(1)), None, "even");
+        addresses.release(ip(2));
+        assert!(!addresses.may_give_way_to(ip(1)), "the most anyone holds fell to 2");
+        assert!(addresses.may_give_way_to(ip(3)));
     }
 
     #[test]

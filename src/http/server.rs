@@ -73,7 +73,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::trace::Span;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -278,7 +278,7 @@ struct Pool {
     /// Parked connections by token, with the deadline each must be active by. The lock is
     /// held around an insert or a removal and the `epoll_ctl` that goes with it, and by the
     /// sweep; never while a socket is read or written.
-    parked: Mutex<HashMap<u64, Parked>>,
+    parked: Mutex<ParkedSet>,
     next_token: AtomicU64,
     /// Workers alive, how many of them wait in `epoll_wait` now, and how many serve a
     /// request that said it waits ([`blocking`]).
@@ -295,11 +295,37 @@ struct Parked {
     deadline: Instant,
 }
 
+/// The parked connections by token, and the tokens by client address (so that at capacity
+/// one of an address's connections is found without a search).
+#[derive(Default)]
+struct ParkedSet {
+    by_token: HashMap<u64, Parked>,
+    by_address: HashMap<IpAddr, HashSet<u64>>,
+}
+
+impl ParkedSet {
+    fn insert(&mut self, token: u64, parked: Parked) {
+        self.by_address.entry(parked.conn.ip).or_default().insert(token);
+        self.by_token.insert(token, parked);
+    }
+
+    fn remove(&mut self, token: &u64) -> Option<Parked> {
+        let parked = self.by_token.remove(token)?;
+        if let Some(tokens) = self.by_address.get_mut(&parked.conn.ip) {
+            tokens.remove(token);
+            if tokens.is_empty() {
+                self.by_address.remove(&parked.conn.ip);
+            }
+        }
+        Some(parked)
+    }
+}
+
 impl Pool {
     fn new() -> io::Result<Pool> {
         Ok(Pool {
             epoll: Epoll::new()?,
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(ParkedSet::default()),
             next_token: AtomicU64::new(0),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -342,11 +368,15 @@ impl Pool {
         self.park(conn, Instant::now() + idle);
     }
 
+    /// The addresses that have a connection parked now.
+    fn parked_addresses(&self) -> Vec<IpAddr> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).by_address.keys().copied().collect()
+    }
+
     /// Takes a parked connection from `ip` out of the set, if one is parked (to close it).
-    /// A heavy address holds many, so the search ends soon.
     fn unpark_one_of(&self, ip: IpAddr) -> Option<Conn> {
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let token = parked.iter().find(|(_, p)| p.conn.ip == ip).map(|(t, _)| *t)?;
+        let token = *parked.by_address.get(&ip)?.iter().next()?;
         parked.remove(&token).map(|p| p.conn)
     }
 
@@ -562,11 +592,17 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     }
 
     /// At capacity, closes an idle (parked) connection of the address that holds the most
-    /// connections, for a newcomer from `ip` that holds at least two fewer: whether it did.
-    /// Those held by a handler are never closed. The closed one gets the answer a refused
-    /// connection gets (503, `Retry-After`).
+    /// connections among those with one parked, for a newcomer from `ip` that holds at
+    /// least two fewer: whether it did. Those held by a worker or a handler are never
+    /// closed (an address busy with them cannot shield the idle ones of another). The
+    /// closed one gets the answer a refused connection gets (503, `Retry-After`).
     fn make_room(&self, ip: IpAddr) -> bool {
-        let Some(conn) = self.gate.addresses.heaviest_over(ip).and_then(|heavy| self.pool.unpark_one_of(heavy)) else {
+        if !self.gate.addresses.may_give_way_to(ip) {
+            return false;
+        }
+        let parked = self.pool.parked_addresses();
+        let heavy = self.gate.addresses.heaviest_over(ip, &parked);
+        let Some(conn) = heavy.and_then(|heavy| self.pool.unpark_one_of(heavy)) else {
             return false;
         };
         self.metrics.record("evicted", 503, Duration::ZERO);
@@ -669,7 +705,8 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         let now = Instant::now();
         let expired: Vec<Parked> = {
             let mut parked = self.pool.parked.lock().unwrap_or_else(|e| e.into_inner());
-            let due: Vec<u64> = parked.iter().filter(|(_, p)| all || p.deadline <= now).map(|(t, _)| *t).collect();
+            let due: Vec<u64> =
+                parked.by_token.iter().filter(|(_, p)| all || p.deadline <= now).map(|(t, _)| *t).collect();
             due.iter().filter_map(|t| parked.remove(t)).collect()
         };
         for p in expired {

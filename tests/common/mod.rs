@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod netns;
+pub mod raw;
 
 use bazar::client::{Answer, Http};
 use std::fs;

@@ -20,6 +20,13 @@
 //! - **A version answer counts only from the primary whose lease this replica holds** (its
 //!   log is a prefix of that primary's) and only when this replica has logged every write
 //!   the answer names; otherwise the read is refused ([`Unreadable`]) and asked elsewhere.
+//! - **Data never flows backwards** ([`judge_tip`], static roles): before a replica takes
+//!   another catalog's writes after its own, or that catalog whole over its own, it asks
+//!   about its tip (its last write, with its log's chain there). Whatever the answer, a
+//!   log that diverged keeps its writes: a divergence found is marked on the disk (when
+//!   the log has a chain, so that an agreement can later remove the mark), a marked log
+//!   takes nothing of that history, and only an answer that shows the same chain at the
+//!   tip (the logs agree) removes the mark.
 
 use super::super::failover::commit;
 use super::super::refusal::{Stale, Unreadable};
@@ -104,6 +111,54 @@ pub fn version_answer(at: Position, committed: &Committed, lease_epoch: Option<u
     Ok(commit::readable_upto(at.readable, at.logged, committed.seq))
 }
 
+/// What a catalog answered a question about this replica's tip (`GET /internal/log` after
+/// its last write, with its chain and fingerprint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TipAnswer {
+    /// The writes after the tip (perhaps none), with the answering log's chain at the tip
+    /// when it knows one.
+    Page {
+        /// That chain.
+        chain: Option<u32>,
+    },
+    /// Its log differs up to the tip, or it is marked diverged from this history (409).
+    Diverged,
+    /// It no longer keeps the tip's write (410): nothing tells whether the logs agree.
+    Unkept,
+}
+
+/// What a replica does with a [`TipAnswer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TipVerdict {
+    /// The logs diverged: take nothing, and mark it on the disk when `mark`.
+    Diverged {
+        /// Whether to mark (a replica's log with a chain; a settling primary never marks).
+        mark: bool,
+    },
+    /// Marked diverged from this history, and nothing shows the logs agree now: take
+    /// nothing of it (neither writes after this log's nor a whole copy).
+    Refuse,
+    /// Take what the answer offers: the page's writes, or a whole copy when the write is
+    /// no longer kept. With `agreed`, the answer showed this log's chain at the tip: the
+    /// logs agree up to there, and a divergence mark goes first.
+    Take {
+        /// The logs were seen to agree.
+        agreed: bool,
+    },
+}
+
+/// Judges `answer` for a catalog whose log's chain at its tip is `chain` (None: unknown,
+/// a log from before chains, or roles from etcd), which is marked diverged from the
+/// answering history when `marked`, and a replica (not a primary settling) when `replica`.
+pub fn judge_tip(chain: Option<u32>, answer: TipAnswer, marked: bool, replica: bool) -> TipVerdict {
+    match answer {
+        TipAnswer::Diverged => TipVerdict::Diverged { mark: replica && chain.is_some() },
+        TipAnswer::Page { chain: theirs } if chain.is_some() && theirs == chain => TipVerdict::Take { agreed: true },
+        _ if marked => TipVerdict::Refuse,
+        _ => TipVerdict::Take { agreed: false },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +239,41 @@ mod tests {
         ];
         for (committed, lease, want) in cases {
             assert_eq!(version_answer(position, &committed, lease), want, "{committed:?} {lease:?}");
+        }
+    }
+
+    /// The divergence rules as a table: (this log's chain, the answer, marked, a replica)
+    /// -> the verdict. A divergence is marked only by a replica whose log has a chain; a
+    /// mark refuses everything but an answer showing the same chain; without a chain no
+    /// answer is an agreement.
+    #[test]
+    fn a_diverged_log_keeps_its_writes_whatever_the_answer() {
+        use TipAnswer::{Diverged, Page, Unkept};
+        use TipVerdict::{Refuse, Take};
+        let (ours, other) = (Some(0xc0ffee), Some(0xbad));
+        let cases: &[(Option<u32>, TipAnswer, bool, bool, TipVerdict)] = &[
+            // Found diverged: a replica with a chain marks it, a settling primary or a
+            // chainless log does not; either way nothing is taken.
+            (ours, Diverged, false, true, TipVerdict::Diverged { mark: true }),
+            (ours, Diverged, true, true, TipVerdict::Diverged { mark: true }),
+            (ours, Diverged, false, false, TipVerdict::Diverged { mark: false }),
+            (None, Diverged, false, true, TipVerdict::Diverged { mark: false }),
+            // The same chain at the tip: the logs agree, a mark goes.
+            (ours, Page { chain: ours }, false, true, Take { agreed: true }),
+            (ours, Page { chain: ours }, true, true, Take { agreed: true }),
+            // A page without that proof: taken when unmarked, refused when marked.
+            (ours, Page { chain: None }, false, true, Take { agreed: false }),
+            (ours, Page { chain: None }, true, true, Refuse),
+            (ours, Page { chain: other }, true, true, Refuse),
+            (None, Page { chain: None }, false, true, Take { agreed: false }),
+            (None, Page { chain: None }, true, true, Refuse),
+            // No longer kept: a whole copy, unless marked.
+            (ours, Unkept, false, true, Take { agreed: false }),
+            (ours, Unkept, true, true, Refuse),
+            (ours, Unkept, true, false, Refuse),
+        ];
+        for (chain, answer, marked, replica, want) in cases {
+            assert_eq!(judge_tip(*chain, *answer, *marked, *replica), *want, "{chain:?} {answer:?} marked {marked}");
         }
     }
 }
