@@ -179,18 +179,7 @@ fn a_diverged_replica_keeps_its_writes_once_the_primary_no_longer_holds_them() {
 /// catch-up, at its start, marked it, and this one copied the primary later.)
 #[test]
 fn a_replica_refused_while_it_runs_keeps_its_writes_too() {
-    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
-    let mut s = Store::start(opts).expect("no memcached needed");
-    let older = back_up_primary(&mut s);
-    assert_eq!(call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#)).status, 200);
-    shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
-    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
-    s.catalogs[1].signal(libc::SIGSTOP);
-    let dir = data_dir(&s.catalogs[0]);
-    fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&older, &dir);
-    s.catalogs[0].restart();
-    older_primary_takes_a_write(&s);
+    let mut s = an_older_primary_beside_a_frozen_replica();
     s.catalogs[1].signal(libc::SIGCONT);
     let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
     eventually(Duration::from_secs(20), "the replica to mark its divergence", || mark.exists());
@@ -203,18 +192,7 @@ fn a_replica_refused_while_it_runs_keeps_its_writes_too() {
 /// replica copied the primary.)
 #[test]
 fn a_mark_the_disk_does_not_take_holds_until_it_does() {
-    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
-    let mut s = Store::start(opts).expect("no memcached needed");
-    let older = back_up_primary(&mut s);
-    assert_eq!(call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#)).status, 200);
-    shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
-    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
-    s.catalogs[1].signal(libc::SIGSTOP);
-    let dir = data_dir(&s.catalogs[0]);
-    fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&older, &dir);
-    s.catalogs[0].restart();
-    older_primary_takes_a_write(&s);
+    let mut s = an_older_primary_beside_a_frozen_replica();
     // A directory where the mark goes: the rename that writes it fails (the replica, long
     // running, read its data directory unmarked at its start).
     let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
@@ -261,6 +239,25 @@ fn a_damaged_mark_still_keeps_the_replicas_writes() {
     assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
     assert_ne!(get(&s.replica(), "/books/1").status, 200, "and serves none of it");
     assert!(said_since(&s).contains("is damaged"), "the replica says why");
+}
+
+/// Write 2 (book 1 at 11) on both disks; then the replica frozen (SIGSTOP) while the
+/// primary restarts on its disk of before write 2 and, serving alone, takes a write of its
+/// own under that number. Returns the store, the replica still frozen.
+fn an_older_primary_beside_a_frozen_replica() -> Store {
+    let opts = Opts { lease_ms: Some(200), checkpoint_rows: Some(100), ..Opts::default() };
+    let mut s = Store::start(opts).expect("no memcached needed");
+    let older = back_up_primary(&mut s);
+    assert_eq!(call("PATCH", &s.primary(), "/books/1", Some(r#"{"quantity": 11}"#)).status, 200);
+    shows(&s.replica(), &books_of(&s.primary()), "the replica to take write 2");
+    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
+    s.catalogs[1].signal(libc::SIGSTOP);
+    let dir = data_dir(&s.catalogs[0]);
+    fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&older, &dir);
+    s.catalogs[0].restart();
+    older_primary_takes_a_write(&s);
+    s
 }
 
 /// The operator keeps the replica's writes: the primary's data directory is moved aside, it

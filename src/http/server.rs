@@ -595,7 +595,8 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     /// connections among those with one parked, for a newcomer from `ip` that holds at
     /// least two fewer: whether it did. Those held by a worker or a handler are never
     /// closed (an address busy with them cannot shield the idle ones of another). The
-    /// closed one gets the answer a refused connection gets (503, `Retry-After`).
+    /// closed one gets the answer a refused connection gets (503, `Retry-After`), unless it
+    /// was idle between requests with nothing sent: that one is closed without a word.
     fn make_room(&self, ip: IpAddr) -> bool {
         if !self.gate.addresses.may_give_way_to(ip) {
             return false;
@@ -605,8 +606,14 @@ impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
         let Some(conn) = heavy.and_then(|heavy| self.pool.unpark_one_of(heavy)) else {
             return false;
         };
-        self.metrics.record("evicted", 503, Duration::ZERO);
-        turn_away(conn.stream());
+        if !conn.first && conn.head.first_byte.is_none() && nothing_pending(conn.stream()) {
+            // Idle between requests, nothing sent: closed as an idle deadline closes it (a
+            // 503 there would be read as the answer to the client's next request).
+            let _ = conn.stream().shutdown(std::net::Shutdown::Both);
+        } else {
+            self.metrics.record("evicted", 503, Duration::ZERO);
+            turn_away(conn.stream());
+        }
         // Dropped: its place (and its address's count) is given back.
         true
     }
@@ -984,6 +991,14 @@ fn shed(class: Class) -> Response {
 fn refuse(stream: TcpStream, metrics: &Metrics) {
     metrics.record("refused", 503, Duration::ZERO);
     turn_away(&stream);
+}
+
+/// Whether nothing has come on `stream` that was not read yet (a peek, without waiting).
+fn nothing_pending(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is valid for 1 byte and the descriptor is open.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 /// The prebuilt 503 on `stream`, then its writing half shut, without waiting: what the
