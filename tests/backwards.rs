@@ -169,7 +169,7 @@ fn a_replica_whose_log_diverged_before_its_last_write_is_not_merged() {
 #[test]
 fn a_diverged_replica_keeps_its_writes_once_the_primary_no_longer_holds_them() {
     let mut s = diverged_replica(0, false);
-    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+    keeps_its_writes_once_the_primary_forgets_them(&mut s, false);
 }
 
 /// The same, the replica never restarted: frozen while the older primary started (so it
@@ -183,7 +183,7 @@ fn a_replica_refused_while_it_runs_keeps_its_writes_too() {
     s.catalogs[1].signal(libc::SIGCONT);
     let mark = data_dir(&s.catalogs[1]).join("catalog.diverged");
     eventually(Duration::from_secs(20), "the replica to mark its divergence", || mark.exists());
-    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+    keeps_its_writes_once_the_primary_forgets_them(&mut s, false);
 }
 
 /// The same, the replica's disk not taking the mark when it is made (as on a full disk):
@@ -201,7 +201,7 @@ fn a_mark_the_disk_does_not_take_holds_until_it_does() {
     eventually(Duration::from_secs(20), "the replica to fail to mark its divergence", || {
         log_of(&s.catalogs[1]).contains("could not be marked on disk")
     });
-    keeps_its_writes_once_the_primary_forgets_them(&mut s);
+    keeps_its_writes_once_the_primary_forgets_them(&mut s, false);
     fs::remove_dir(&mark).unwrap();
     eventually(Duration::from_secs(20), "the mark to be written", || mark.is_file());
     assert!(log_of(&s.catalogs[1]).contains("the divergence mark is on disk now"));
@@ -220,25 +220,8 @@ fn a_damaged_mark_still_keeps_the_replicas_writes() {
     let mut text = fs::read(&mark).unwrap();
     text[0] ^= 0x01;
     fs::write(&mark, text).unwrap();
-    for i in 0..120 {
-        let body = format!(r#"{{"quantity": {i}}}"#);
-        assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(&body)).status, 200);
-    }
-    assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
-    s.catalogs[0].restart();
-    wait_ready(&s.primary());
-    let said_before = log_of(&s.catalogs[1]).len();
-    let said_since = |s: &Store| log_of(&s.catalogs[1]).get(said_before..).unwrap_or_default().to_string();
-    s.catalogs[1].restart();
-    eventually(Duration::from_secs(20), "the replica to copy the primary or refuse to", || {
-        let said = said_since(&s);
-        said.contains("not copying") || said.contains("copied ")
-    });
-    let log = fs::read_to_string(data_dir(&s.catalogs[1]).join("catalog.log")).unwrap();
-    let kept = log.lines().any(|row| row.starts_with("2,1,") && row.split(',').nth(5) == Some("11"));
-    assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
-    assert_ne!(get(&s.replica(), "/books/1").status, 200, "and serves none of it");
-    assert!(said_since(&s).contains("is damaged"), "the replica says why");
+    let said = keeps_its_writes_once_the_primary_forgets_them(&mut s, true);
+    assert!(said.contains("is damaged"), "the replica says why: {said}");
 }
 
 /// Write 2 (book 1 at 11) on both disks; then the replica frozen (SIGSTOP) while the
@@ -280,8 +263,9 @@ fn a_divergence_mark_goes_once_the_primary_holds_the_replicas_log() {
 
 /// With the replica refused (its write 2, book 1 at 11): the primary checkpoints past it
 /// and restarts, so that it no longer keeps the writes that told their logs apart; the
-/// replica keeps its write, serves none of it, and says why.
-fn keeps_its_writes_once_the_primary_forgets_them(s: &mut Store) {
+/// replica keeps its write, serves none of it, and says why (returned: what it said since).
+/// With `down`, the replica was stopped by the caller and starts once the primary is back.
+fn keeps_its_writes_once_the_primary_forgets_them(s: &mut Store, down: bool) -> String {
     for i in 0..120 {
         let body = format!(r#"{{"quantity": {i}}}"#);
         assert_eq!(call("PATCH", &s.primary(), "/books/6", Some(&body)).status, 200);
@@ -291,6 +275,9 @@ fn keeps_its_writes_once_the_primary_forgets_them(s: &mut Store) {
     assert_eq!(s.catalogs[0].terminate(Duration::from_secs(10)), Some(0));
     s.catalogs[0].restart();
     wait_ready(&s.primary());
+    if down {
+        s.catalogs[1].restart();
+    }
     // Its catch-up is answered 410 (or the primary asks it to copy): it copies, or says no.
     eventually(Duration::from_secs(20), "the replica to copy the primary or refuse to", || {
         let said = said_since(s);
@@ -301,7 +288,9 @@ fn keeps_its_writes_once_the_primary_forgets_them(s: &mut Store) {
     assert!(kept, "the replica keeps its write 2 (book 1 at 11):\n{log}");
     let read = get(&s.replica(), "/books/1");
     assert_ne!(read.status, 200, "and serves none of it: {}", String::from_utf8_lossy(&read.body));
-    assert!(said_since(s).contains("not copying"), "the replica says why");
+    let said = said_since(s);
+    assert!(said.contains("not copying"), "the replica says why");
+    said
 }
 
 /// The diverged replica's scenario, with `more` writes of the older primary past the

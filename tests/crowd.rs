@@ -5,7 +5,7 @@
 
 mod common;
 
-use bazar::http::PER_ADDRESS;
+use bazar::http::{raise_fd_limit, PER_ADDRESS};
 use common::raw::{connect_from, exchange, get_req};
 use common::*;
 use std::fs;
@@ -43,6 +43,7 @@ fn crowd(busy: usize) {
     // One crowd at a time: each holds as many descriptors as the process may.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // As the front end does: room for as many connections as it may hold.
     raise_fd_limit();
     let s = Store::start(Opts::default()).expect("a store");
     let fe: SocketAddr = s.fe().trim_start_matches("http://").parse().unwrap();
@@ -115,17 +116,4 @@ fn crowd(busy: usize) {
     let metrics = String::from_utf8(get(&s.fe(), "/metrics").body).unwrap();
     let evicted = metrics.lines().any(|l| l.starts_with("bazar_requests_total{route=\"evicted\""));
     assert!(evicted, "the client's places were taken from the hogs ({reopened} hogs opened again):\n{metrics}");
-}
-
-/// Raises this process's soft limit on open descriptors to its hard limit, so that the test
-/// can hold as many connections as the front end (which does the same).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

@@ -90,7 +90,7 @@ impl CatalogNode {
             // copy drops them. With static roles it answers 409 when its log differs up to
             // there: its disk lost writes this replica holds (README, "A disk that comes
             // back empty or older"); this replica keeps them and serves nothing.
-            let page = self.judge_answer(primary, &tip, client.log(primary, &tip.question(None)))?;
+            let page = self.judge_answer(primary, &tip, client.log(primary, &tip.question(None)), Taking::Writes)?;
             match page {
                 // A page's number is the primary's readable one (taken under its writer
                 // lock): committed, so this replica shows its writes up to there.
@@ -144,7 +144,8 @@ impl CatalogNode {
 
     /// Judges `source`'s `answer` to a question about this catalog's `tip`
     /// (`core::replica::judge_tip`) and does what the verdict says of the divergence mark:
-    /// the page to take (None: a whole copy), or why nothing is taken. A diverged log keeps
+    /// the page to take (None: a whole copy), or why nothing is taken; `taking` says what
+    /// the question was for (the writes after this log's, or a whole copy). A diverged log keeps
     /// its writes, out of sync, and says so once; a replica marks it on its disk
     /// (`catalog.diverged`): once the primary no longer keeps the writes that told them
     /// apart, a question could no longer tell, and a copy would drop these (a primary
@@ -155,6 +156,7 @@ impl CatalogNode {
         source: &str,
         tip: &Tip,
         answer: std::result::Result<Option<LogPage>, PeerError>,
+        taking: Taking,
     ) -> Result<Option<LogPage>> {
         let (heard, page, message) = match answer {
             Err(PeerError::Answered { status: 409, message }) => (TipAnswer::Diverged, None, message),
@@ -187,9 +189,9 @@ impl CatalogNode {
             }
             TipVerdict::Refuse => {
                 let mark = mark.unwrap_or_default();
-                let why = match page {
-                    Some(_) => format!("not taking {source}'s writes after this log's: {mark}"),
-                    None => format!(
+                let why = match (taking, &page) {
+                    (Taking::Writes, Some(_)) => format!("not taking {source}'s writes after this log's: {mark}"),
+                    _ => format!(
                         "not copying {source}'s catalog over this one: {mark}; it keeps its writes and serves nothing \
                          (see README, \"A disk that comes back empty or older\")"
                     ),
@@ -222,11 +224,7 @@ impl CatalogNode {
     /// this time.
     fn judge_copy(&self, client: &CatalogClient, source: &str) -> Result<()> {
         let tip = self.tip();
-        // Whatever page comes, what is taken is the whole copy: judged as one.
-        let answer = client
-            .log(source, &tip.question(Some(0)))
-            .map(|page| page.filter(|p| tip.chain.is_some() && p.chain == tip.chain));
-        self.judge_answer(source, &tip, answer).map(|_| ())
+        self.judge_answer(source, &tip, client.log(source, &tip.question(Some(0))), Taking::Copy).map(|_| ())
     }
 
     fn copy_whole(&self, client: &CatalogClient, primary: &str) -> Result<()> {
@@ -520,6 +518,14 @@ impl CatalogNode {
             }
         }
     }
+}
+
+/// What a question about a replica's tip is for: the writes after its log (a catch-up),
+/// or the source's catalog whole over it.
+#[derive(Clone, Copy)]
+enum Taking {
+    Writes,
+    Copy,
 }
 
 /// Where a catalog's log ends, as another catalog's log is asked to compare with it

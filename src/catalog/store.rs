@@ -383,9 +383,7 @@ impl Store {
     pub fn mark_diverged(&mut self, why: &str) -> Result<()> {
         let path = self.books.with_file_name(DIVERGED);
         let kept = self.marked == Marked::OnDisk
-            && std::fs::read_to_string(&path).is_ok_and(|text| {
-                matches!(Mark::read(&text, &self.history_id), Mark::Of { history, .. } if history == self.history_id)
-            });
+            && matches!(self.mark_on_disk(&self.history_id), Ok(Mark::Of { history, .. }) if history == self.history_id);
         if kept {
             // Marked already (the first reason stays); a damaged mark is written anew.
             return Ok(());
@@ -448,10 +446,10 @@ impl Store {
                     format!("its log diverged ({why}), marked in memory: {} could not be written", path.display())
                 });
             }
-            Marked::OnDisk => match std::fs::read_to_string(&path) {
+            Marked::OnDisk => match self.mark_on_disk(history) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
                 Err(e) => return Some(format!("{} exists and cannot be read ({e})", path.display())),
-                Ok(text) => Mark::read(&text, history),
+                Ok(mark) => mark,
             },
         };
         match why {
@@ -464,6 +462,11 @@ impl Store {
                 path.display()
             )),
         }
+    }
+
+    /// `catalog.diverged` read back, asked about `history` (see [`Mark::read`]).
+    fn mark_on_disk(&self, history: &str) -> io::Result<Mark> {
+        std::fs::read_to_string(self.books.with_file_name(DIVERGED)).map(|text| Mark::read(&text, history))
     }
 
     /// The epoch of the last write.

@@ -48,8 +48,8 @@ mod server;
 use std::time::Duration;
 
 pub use budget::{
-    classify, Class, Trust, CONTROL_SLOTS, FIRST_HEAD_TIMEOUT, MAX_CONNECTIONS, PEER_HEADER, PEER_WAIT, PER_ADDRESS,
-    PRESSED_HEAD, PRESSED_IDLE, PUBLIC_WAIT, RETRY_AFTER,
+    classify, raise_fd_limit, Class, Trust, CONTROL_SLOTS, FIRST_HEAD_TIMEOUT, MAX_CONNECTIONS, PEER_HEADER, PEER_WAIT,
+    PER_ADDRESS, PRESSED_HEAD, PRESSED_IDLE, PUBLIC_WAIT, RETRY_AFTER,
 };
 pub use message::{
     check_token, is_loopback, json_body, parse_id, percent_decode, percent_encode, respond, route, Request, Response,

@@ -563,9 +563,9 @@ impl Here {
 
 impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Shared<H> {
     /// A new connection from the accept loop: counted against the caps, then parked. At
-    /// capacity it takes the place of an idle connection of the address that holds the
-    /// most, when that one holds at least two more than its own (`Addresses::heaviest_over`);
-    /// otherwise it is refused.
+    /// capacity it takes the place of an idle connection of another address, when one
+    /// holds at least two more than its own ([`Shared::make_room`]); otherwise it is
+    /// refused.
     fn admit(self: &Arc<Self>, stream: TcpStream, ip: IpAddr) {
         if self.gate.open.fetch_add(1, Ordering::SeqCst) >= self.gate.max_open && !self.make_room(ip) {
             self.gate.open.fetch_sub(1, Ordering::SeqCst);
