@@ -51,6 +51,8 @@ pub struct OverloadConfig {
     pub duration: Duration,
     /// Length of each level of the peak search and of the 1x and 5x runs.
     pub step: Duration,
+    /// Cores kept for the generator alone (0: the generator and the store share them all).
+    pub apart: usize,
 }
 
 /// What one run measured.
@@ -118,13 +120,75 @@ pub fn overload(cfg: &OverloadConfig) -> Result<String, String> {
         quiet: true,
         lab: None,
     };
-    let mut running = Running::start(&layout).map_err(|e| format!("cannot start the store: {e}"))?;
-    let result = measure(cfg, &layout, &token);
+    let split = Split::of(cfg.apart)?;
+    if let Some(split) = &split {
+        // The store's processes inherit the mask of the thread that starts them.
+        pin(&split.store).map_err(|e| format!("cannot keep the store to cores {:?}: {e}", split.store))?;
+    }
+    let started = Running::start(&layout).map_err(|e| format!("cannot start the store: {e}"));
+    if let Some(split) = &split {
+        // Every thread of the generator (drivers, monitor, probe) is spawned from this one.
+        pin(&split.generator).map_err(|e| format!("cannot keep the generator to cores {:?}: {e}", split.generator))?;
+    }
+    let mut running = started?;
+    let result = measure(cfg, &layout, &token, split.as_ref());
     running.stop();
     result
 }
 
-fn measure(cfg: &OverloadConfig, layout: &Layout, token: &str) -> Result<String, String> {
+/// The cores of the generator and of the store, when they run apart: in the world the load
+/// comes from other machines, so a generator whose own cost grows with its connections
+/// should not take it from the store it measures.
+struct Split {
+    store: Vec<usize>,
+    generator: Vec<usize>,
+}
+
+impl Split {
+    /// `apart` cores (the last of those this process may use) for the generator, the rest
+    /// for the store; `None` for 0.
+    fn of(apart: usize) -> Result<Option<Split>, String> {
+        if apart == 0 {
+            return Ok(None);
+        }
+        let cpus = allowed_cpus().map_err(|e| format!("cannot read this process's cores: {e}"))?;
+        if cpus.len() <= apart {
+            return Err(format!(
+                "--apart {apart}: this process may use {} cores, the store needs one of its own",
+                cpus.len()
+            ));
+        }
+        let (store, generator) = cpus.split_at(cpus.len() - apart);
+        Ok(Some(Split { store: store.to_vec(), generator: generator.to_vec() }))
+    }
+}
+
+/// The cores the calling thread may run on.
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the kernel writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET reads the set within its size (CPU_SETSIZE).
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// Keeps the calling thread (and what it spawns or starts from now on) to `cpus`.
+fn pin(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: as above; CPU_SET writes within the set for cores below CPU_SETSIZE, which
+    // `allowed_cpus` only returns.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn measure(cfg: &OverloadConfig, layout: &Layout, token: &str, split: Option<&Split>) -> Result<String, String> {
     let fe = layout.frontend_url();
     let monitor = Http::new(Duration::from_secs(2), 4, Some(token.to_string())).peer();
     let shutdown = crate::shutdown::Shutdown::new();
@@ -162,9 +226,13 @@ fn measure(cfg: &OverloadConfig, layout: &Layout, token: &str) -> Result<String,
         out,
         "## Overload (issue 28)\n\nA store as `bazar-cluster` starts it ({}, {}), half the users on the front end's \
          `GET /info/{{id}}`, half on the replica's `GET /books/{{id}}`, each on a keep-alive connection; a 503 makes a \
-         user wait its `Retry-After` and send again.\n",
+         user wait its `Retry-After` and send again. {}\n",
         if layout.etcd.is_some() { "etcd" } else { "static roles" },
         if layout.memcached.is_some() { "memcached" } else { "no memcached" },
+        match split {
+            None => "The generator shares every core with the store.".to_string(),
+            Some(s) => format!("The store runs on cores {:?}, the generator on {:?}.", s.store, s.generator),
+        },
     );
     let _ =
         writeln!(out, "### Peak\n\n| users | goodput (200/s) | p50 ms | p99 ms | 503s |\n|---:|---:|---:|---:|---:|");
@@ -642,6 +710,27 @@ pub fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--apart N` splits the cores this process may use, the last N to the generator, and
+    /// refuses a split that leaves the store none; pinning a thread to its share holds.
+    #[test]
+    fn the_cores_are_split_between_the_store_and_the_generator() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        assert!(Split::of(0).unwrap().is_none(), "0: shared");
+        assert!(Split::of(cpus.len()).is_err(), "the store needs a core of its own");
+        if cpus.len() >= 2 {
+            let split = Split::of(1).unwrap().unwrap();
+            assert_eq!(split.generator, cpus[cpus.len() - 1..]);
+            assert_eq!([split.store.clone(), split.generator.clone()].concat(), cpus);
+            // In a thread of its own, so that the test's thread keeps every core.
+            let pinned = std::thread::spawn(move || {
+                pin(&split.generator).unwrap();
+                allowed_cpus().unwrap() == split.generator
+            });
+            assert!(pinned.join().unwrap());
+        }
+    }
 
     #[test]
     fn metrics_are_read_by_exact_name() {

@@ -25,7 +25,7 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       replica's join time, PATCH, purchase, search, info and order-page latencies (p50/p99,
       with and without the cache), every process's memory and the files' sizes.
       --svg writes a chart of the p50 latencies.
-  bazar-bench overload [--duration S] [--step S]
+  bazar-bench overload [--duration S] [--step S] [--apart N]
       Starts its own store (etcd and memcached when installed, a token) and loads it with
       users on keep-alive connections, half on the front end, half straight at the catalog
       replica: finds the peak (8 to 128 users, --step seconds each, default 5), then runs
@@ -33,6 +33,9 @@ bazar-bench: load generator for Bazar, and the lab's experiments.
       default 60, with the lab's probe checking writes and orders). Prints goodput against
       the peak, latency, 503s, the replica's lease lapses, failovers, and how soon the store
       answers again once the load stops. A 503 makes a user wait its Retry-After.
+      --apart N keeps N cores for the generator and the others for the store (default 0:
+      they share every core, and the generator's cost, which grows with its connections,
+      is taken from the store's).
   bazar-bench load --url URL [--kind info|search|purchase|write] [--clients N | --rate R] [--duration S]
       One closed loop (N clients) or open loop (R requests per second) against URL.
   bazar-bench check --url URL [--catalog URL ...] [--order URL ...] [--seconds N]
@@ -157,7 +160,7 @@ fn go(args: &Args) -> Result<(), String> {
             &["--url", "--primary", "--csv", "--svg", "--duration", "--clients", "--threads", "--experiments"]
         }
         Some("load") => &["--url", "--kind", "--clients", "--rate", "--duration"],
-        Some("overload") => &["--duration", "--step"],
+        Some("overload") => &["--duration", "--step", "--apart"],
         Some("scale") => &["--stores", "--samples", "--svg"],
         Some("limit") => &["--clients", "--threads", "--duration", "--listen"],
         _ => &[],
@@ -198,6 +201,7 @@ fn go(args: &Args) -> Result<(), String> {
             let cfg = bench::OverloadConfig {
                 duration: Duration::from_secs(args.number("--duration", 60u64)?),
                 step: Duration::from_secs(args.number("--step", 5u64)?),
+                apart: args.number("--apart", 0usize)?,
             };
             println!("{}", bench::overload(&cfg)?);
             Ok(())
