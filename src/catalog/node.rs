@@ -99,6 +99,13 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
 /// A write waiting for the writer thread, and where its answer goes: the request's one
 /// channel (a request's writes share it, each answer tagged with the write's place in the
 /// request, since a request's writes may be answered by more than one batch).
+/// What the writer thread is sent: a write, or word that writes may have opened (the
+/// writer holds the writes that come before, and answers them once they are open).
+pub(super) enum Queued {
+    Write(Pending),
+    Opened,
+}
+
 pub(super) struct Pending {
     pub(super) asked: Asked,
     pub(super) reply: Reply,
@@ -247,9 +254,9 @@ pub struct CatalogNode {
     /// acknowledges no write before, see `CatalogNode::flush_after_election`).
     pub(super) cache_flushed: AtomicU64,
     /// Primary: the queue of the writer thread (group commit).
-    pub(super) writes: mpsc::SyncSender<Pending>,
+    pub(super) writes: mpsc::SyncSender<Queued>,
     /// Primary: the writer thread's end of it, taken when the thread starts.
-    pub(super) queue: Mutex<Option<mpsc::Receiver<Pending>>>,
+    pub(super) queue: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// Replica: when it last heard from the primary.
     pub(super) last_push: Mutex<Option<Instant>>,
     /// Primary: its replicas (fixed with static roles; with etcd, the members of the

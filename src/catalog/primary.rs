@@ -12,7 +12,7 @@ use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
-use super::node::{CatalogNode, Pending, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
+use super::node::{CatalogNode, Pending, Queued, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
 use super::refusal::{NoGrant, NotHere};
 use super::replica::Tip;
 use super::state::Write;
@@ -24,7 +24,8 @@ use crate::http::{Request, Response};
 use crate::shutdown::Shutdown;
 use crate::wire::Identity;
 use crate::wire::{Book, Farewell, LeaseGrant, LeaseRequest, LogPage, ReplicaAck, Replicate};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
@@ -46,17 +47,6 @@ fn hex_param(name: &str, s: &str) -> Result<u32> {
         .ok_or_else(|| Error::BadRequest(format!("{name}={s:?} is not a fingerprint (8 hex digits)")))
 }
 
-/// Waits for `flag` to be set (polled every 20 ms), until `deadline` if any: whether it was.
-fn wait_for(flag: &AtomicBool, deadline: Option<Instant>) -> bool {
-    while !flag.load(Ordering::SeqCst) {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 impl CatalogNode {
     pub(super) fn start_primary(self: &Arc<Self>, shutdown: &Shutdown) {
         if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -65,29 +55,6 @@ impl CatalogNode {
                 .name("writer".into())
                 .spawn(move || node.writer(queue, &stop))
                 .expect("a thread can start");
-        }
-        if self.cache.is_some() {
-            let (node, stop) = (Arc::clone(self), shutdown.clone());
-            std::thread::spawn(move || loop {
-                // Under the writer lock, between batches, only while it surely leads.
-                let writer = node.lock_writer();
-                let mut pause = GENERATION_CHECK;
-                if node.fences_memcached() {
-                    let cache = node.cache.as_ref().expect("checked");
-                    cache.retry_pending();
-                    if let Err(e) = cache.ensure_generation(|| node.fences_memcached()) {
-                        log::debug!("memcached's generation key not checked: {e}");
-                        pause = cache::BACKOFF;
-                    }
-                    if cache.pending() > 0 {
-                        pause = cache::BACKOFF;
-                    }
-                }
-                drop(writer);
-                if stop.sleep(pause) {
-                    return;
-                }
-            });
         }
         for link in self.links() {
             self.spawn_keeper(link, shutdown);
@@ -139,6 +106,7 @@ impl CatalogNode {
                         log::info!("this catalog ({me}) is the newest: serving");
                     }
                     self.settled.store(true, Ordering::SeqCst);
+                    self.wake_writer();
                     break;
                 }
             };
@@ -196,15 +164,10 @@ impl CatalogNode {
     /// in order.
     pub fn write_many(&self, writes: Vec<Asked>) -> Vec<Result<Book>> {
         let stopping = || Error::Unavailable("the catalog is stopping".into());
-        let ready = if !self.wait_settled() {
-            Err(Error::Unavailable(
-                "a primary that starts compares its catalog with its replicas' first (it takes a newer one)".into(),
-            ))
-        } else {
-            self.wait_until_writable();
-            self.wait_for_leadership()
-        };
-        if let Err(e) = ready {
+        // Writes that come before writes open (a static primary compares its catalog with
+        // its replicas' first, and waits out the leases of an earlier run) wait in the
+        // writer thread, which answers them once they are open (`Waiting::hold`).
+        if let Err(e) = self.wait_for_leadership() {
             // Nothing was decided: each write gets the refusal (a `NoLead` as itself, so
             // that a write may go on to the new primary).
             let each = || match &e {
@@ -231,7 +194,7 @@ impl CatalogNode {
         let mut queued = 0;
         for (place, asked) in writes.into_iter().enumerate() {
             let reply = Reply { to: to.clone(), place };
-            match self.writes.send(Pending { asked, reply, trace: trace.clone() }) {
+            match self.writes.send(Queued::Write(Pending { asked, reply, trace: trace.clone() })) {
                 Ok(()) => queued += 1,
                 Err(_) => break,
             }
@@ -250,11 +213,39 @@ impl CatalogNode {
     }
 
     /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]) and commits them
-    /// together.
-    fn writer(&self, queue: mpsc::Receiver<Pending>, shutdown: &Shutdown) {
-        let mut queue = Waiting { queue, held: None, owed: false };
+    /// together; between batches, when due, it checks memcached's generation key
+    /// ([`CatalogNode::check_generation`]).
+    fn writer(&self, queue: mpsc::Receiver<Queued>, shutdown: &Shutdown) {
+        let mut queue = Waiting { queue, held: None, owed: false, before_open: VecDeque::new() };
+        let mut generation_due = Instant::now();
         while !shutdown.is_set() {
-            let first = match queue.first(Duration::from_millis(100)) {
+            if self.cache.is_some() && Instant::now() >= generation_due {
+                generation_due = Instant::now() + self.check_generation();
+            }
+            let idle = Duration::from_millis(100);
+            let wait = match self.cache {
+                Some(_) => idle.min(generation_due.saturating_duration_since(Instant::now())),
+                None => idle,
+            };
+            if !self.open_to_writes() {
+                if queue.hold(wait).is_err() {
+                    return;
+                }
+                if !self.settled.load(Ordering::SeqCst) {
+                    // A write waits for the comparison with the replicas (a round trip to
+                    // each, or SILENT_REPLICA_WAIT for one that does not answer), not
+                    // longer: it is still going on, as after an empty disk.
+                    queue.refuse_held_since(Instant::now() - (SILENT_REPLICA_WAIT + RETRY_INTERVAL), || {
+                        Error::Unavailable(
+                            "a primary that starts compares its catalog with its replicas' first (it takes a newer \
+                             one)"
+                                .into(),
+                        )
+                    });
+                }
+                continue;
+            }
+            let first = match queue.first(wait) {
                 Ok(p) => p,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: a log that failed a write is re-opened from disk by itself, so
@@ -276,6 +267,27 @@ impl CatalogNode {
             }
             self.commit(batch, &mut queue);
         }
+    }
+
+    /// Between batches, only while this catalog surely leads: sends the memcached markers
+    /// not delivered yet and sets the generation key where it is missing, so that a
+    /// memcached that restarted empty takes fills again. Returns when to check again: soon,
+    /// or after [`cache::BACKOFF`] while memcached fails or markers wait.
+    fn check_generation(&self) -> Duration {
+        let Some(cache) = self.cache.as_ref() else { return GENERATION_CHECK };
+        let _writer = self.lock_writer();
+        if !self.fences_memcached() {
+            return GENERATION_CHECK;
+        }
+        cache.retry_pending();
+        if let Err(e) = cache.ensure_generation(|| self.fences_memcached()) {
+            log::debug!("memcached's generation key not checked: {e}");
+            return cache::BACKOFF;
+        }
+        if cache.pending() > 0 {
+            return cache::BACKOFF;
+        }
+        GENERATION_CHECK
     }
 
     /// Group commit, in this order: decides each write over the current catalog (no copy of
@@ -588,16 +600,16 @@ impl CatalogNode {
             && self.reads_open()
     }
 
-    /// A write that arrives while the primary compares itself with its replicas waits for
-    /// the comparison (a round trip to each, or [`SILENT_REPLICA_WAIT`] for one that does
-    /// not answer), not longer: false if it is still going on, as after an empty disk.
-    fn wait_settled(&self) -> bool {
-        wait_for(&self.settled, Some(Instant::now() + SILENT_REPLICA_WAIT + RETRY_INTERVAL))
+    /// Whether writes are open: the start compared this catalog with its replicas'
+    /// ([`CatalogNode::settle_with_replicas`]) and [`CatalogNode::open_writes`] opened them.
+    fn open_to_writes(&self) -> bool {
+        self.settled.load(Ordering::SeqCst) && self.writes_open.load(Ordering::SeqCst)
     }
 
-    /// A write waits until writes are open (see [`CatalogNode::open_writes`]).
-    fn wait_until_writable(&self) {
-        wait_for(&self.writes_open, None);
+    /// Tells the writer thread that writes may have opened, so that the writes it holds
+    /// are answered at once. A full queue needs no word: the writer is busy with it.
+    fn wake_writer(&self) {
+        let _ = self.writes.try_send(Queued::Opened);
     }
 
     /// Background, at start: opens writes once every replica is in sync (which ends any
@@ -625,14 +637,17 @@ impl CatalogNode {
         // memcached instead (`flush_after_election`), and no other may touch it.
         let Some(cache) = self.cache.as_ref().filter(|_| self.failover.is_none()) else {
             self.writes_open.store(true, Ordering::SeqCst);
-            return;
+            return self.wake_writer();
         };
         let history = self.lock_writer().history_id().to_string();
         let mut flushed: Option<Instant> = None;
         loop {
             match flushed {
                 None => match self.adopt_history(cache, &history, false) {
-                    Ok(false) => return self.writes_open.store(true, Ordering::SeqCst),
+                    Ok(false) => {
+                        self.writes_open.store(true, Ordering::SeqCst);
+                        return self.wake_writer();
+                    }
                     Ok(true) => {
                         log::info!("memcached held answers of another catalog history: flushed");
                         flushed = Some(Instant::now());
@@ -646,7 +661,9 @@ impl CatalogNode {
                 Some(_) => {}
             }
             // Writes wait for one attempt only: a memcached that does not answer is asked again.
-            self.writes_open.store(true, Ordering::SeqCst);
+            if !self.writes_open.swap(true, Ordering::SeqCst) {
+                self.wake_writer();
+            }
             if shutdown.sleep(cache::BACKOFF) {
                 return;
             }
@@ -1086,32 +1103,125 @@ impl CatalogNode {
 /// The writes waiting for the writer thread: the channel, and at most one write taken from
 /// it early, to learn that another batch waits (that write begins the next batch).
 struct Waiting {
-    queue: mpsc::Receiver<Pending>,
+    queue: mpsc::Receiver<Queued>,
     held: Option<Pending>,
     /// The last batch sent no commit notice: the next batch's push carries its commit
     /// point, or, if it pushes nothing, that batch sends the notice.
     owed: bool,
+    /// Writes that came before writes opened, with when they came, first come first.
+    before_open: VecDeque<(Instant, Pending)>,
 }
 
 impl Waiting {
     /// Whether a write waits (taken out and held when it does).
     fn any(&mut self) -> bool {
         if self.held.is_none() {
-            self.held = self.queue.try_recv().ok();
+            self.held = self.next_now();
         }
         self.held.is_some()
     }
 
-    /// The first write of the next batch: the one held, or the next within `timeout`.
+    /// The first write of the next batch: one held, or the next within `timeout`.
     fn first(&mut self, timeout: Duration) -> Result<Pending, mpsc::RecvTimeoutError> {
-        match self.held.take() {
-            Some(p) => Ok(p),
-            None => self.queue.recv_timeout(timeout),
+        if let Some(p) = self.next_now() {
+            return Ok(p);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.queue.recv_timeout(deadline.saturating_duration_since(Instant::now()))? {
+                Queued::Write(p) => return Ok(p),
+                // Writes were open already.
+                Queued::Opened => {}
+            }
         }
     }
 
     /// Another write that waits now, if any.
     fn more(&mut self) -> Option<Pending> {
-        self.held.take().or_else(|| self.queue.try_recv().ok())
+        self.next_now()
+    }
+
+    /// The write held, else the oldest that came before writes opened, else one queued.
+    fn next_now(&mut self) -> Option<Pending> {
+        if let Some(p) = self.held.take().or_else(|| self.before_open.pop_front().map(|(_, p)| p)) {
+            return Some(p);
+        }
+        loop {
+            match self.queue.try_recv().ok()? {
+                Queued::Write(p) => return Some(p),
+                Queued::Opened => {}
+            }
+        }
+    }
+
+    /// While writes are not open: keeps what comes within `timeout` (answered once they
+    /// are), and returns sooner when told that they may have opened. Err once no write can
+    /// come any more.
+    fn hold(&mut self, timeout: Duration) -> Result<(), mpsc::RecvTimeoutError> {
+        match self.queue.recv_timeout(timeout) {
+            Ok(Queued::Write(p)) => self.before_open.push_back((Instant::now(), p)),
+            Ok(Queued::Opened) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Answers every write kept since before `since` with `why` (nothing was decided).
+    fn refuse_held_since(&mut self, since: Instant, why: impl Fn() -> Error) {
+        while self.before_open.front().is_some_and(|(came, _)| *came <= since) {
+            if let Some((_, p)) = self.before_open.pop_front() {
+                p.reply.send(Err(why()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A purchase of book `id`, answered on `to` at `place`.
+    fn pending(id: u32, to: &mpsc::SyncSender<(usize, Result<Book>)>, place: usize) -> Queued {
+        let asked = Asked { id, write: Write::Purchase, order: None };
+        Queued::Write(Pending { asked, reply: Reply { to: to.clone(), place }, trace: None })
+    }
+
+    fn ids(waiting: &mut Waiting) -> Vec<u32> {
+        std::iter::from_fn(|| waiting.more()).map(|p| p.asked.id).collect()
+    }
+
+    /// Writes that come before writes open are kept in the order they came, word that they
+    /// opened is no write, the ones kept too long are refused with the reason (and only
+    /// they), and once open the kept ones go first, then the queue.
+    #[test]
+    fn writes_before_the_opening_wait_in_order_and_the_old_are_refused() {
+        let (writes, queue) = mpsc::sync_channel(16);
+        let (to, answers) = mpsc::sync_channel(16);
+        let mut waiting = Waiting { queue, held: None, owed: false, before_open: VecDeque::new() };
+        let short = Duration::from_millis(1);
+        writes.send(pending(1, &to, 0)).unwrap();
+        writes.send(Queued::Opened).unwrap();
+        writes.send(pending(2, &to, 1)).unwrap();
+        for _ in 0..3 {
+            waiting.hold(short).unwrap();
+        }
+        assert_eq!(waiting.before_open.len(), 2, "word of the opening is no write");
+        let between = Instant::now();
+        std::thread::sleep(short);
+        writes.send(pending(3, &to, 2)).unwrap();
+        waiting.hold(short).unwrap();
+        waiting.refuse_held_since(between, || Error::Unavailable("still comparing".into()));
+        let refused: Vec<(usize, Result<Book>)> = answers.try_iter().collect();
+        assert_eq!(refused.iter().map(|(place, _)| *place).collect::<Vec<_>>(), [0, 1]);
+        assert!(refused.iter().all(|(_, a)| matches!(a, Err(Error::Unavailable(why)) if why == "still comparing")));
+        writes.send(Queued::Opened).unwrap();
+        writes.send(pending(4, &to, 3)).unwrap();
+        assert!(waiting.any(), "a kept write waits");
+        assert_eq!(ids(&mut waiting), [3, 4], "the kept one first, then the queue, past the word");
+        assert!(!waiting.any());
+        writes.send(Queued::Opened).unwrap();
+        assert!(waiting.first(short).is_err(), "word of the opening is no write once open either");
+        drop(writes);
+        assert_eq!(waiting.hold(short), Err(mpsc::RecvTimeoutError::Disconnected));
     }
 }
