@@ -20,7 +20,7 @@ use super::config::Role;
 use super::etcd_side::{member_key, Failover, MEMBERS};
 use super::failover::{commit, Effect, Input, SyncSet};
 use super::lease::Grant;
-use super::node::{CatalogNode, ReplicaLink, FORWARD_TIMEOUT};
+use super::node::{CatalogNode, ReplicaLink};
 use super::refusal::NoLead;
 use crate::cache;
 use crate::client::{Answer, PeerError};
@@ -351,23 +351,19 @@ impl CatalogNode {
         }
     }
 
-    /// Waits (a little) for a new primary's first writable moment: 503 when this catalog
-    /// is not, or no longer, the primary.
-    pub(super) fn wait_for_leadership(&self) -> Result<()> {
-        let Some(f) = &self.failover else { return Ok(()) };
-        let deadline = Instant::now() + LEAD_WAIT.min(FORWARD_TIMEOUT);
-        loop {
-            // Asked before the core is locked (it locks it too).
-            let flushed = self.cache_flushed().is_ok();
-            let (now, core) = (Instant::now(), f.core());
-            match core.may_acknowledge(now) {
-                Ok(()) if flushed || now >= deadline => return Ok(()),
-                Ok(()) => {}
-                Err(_) if core.writes_from(now).is_some_and(|at| now < at) && now < deadline => {}
-                Err(why) => return Err(Error::Lead(why)),
-            }
-            drop(core);
-            std::thread::sleep(Duration::from_millis(20));
+    /// With etcd: whether writes should wait a little for this catalog's first writable
+    /// moment (it leads, but waits out the old primary's leases or has not flushed
+    /// memcached since its election yet). The writer thread holds them meanwhile, each at
+    /// most [`LEAD_WAIT`] (`Waiting::take_kept_since`); anything else is decided at once
+    /// (a catalog that does not lead refuses, `may_acknowledge`).
+    pub(super) fn lead_pending(&self) -> bool {
+        let Some(f) = &self.failover else { return false };
+        // Asked before the core is locked (it locks it too).
+        let flushed = self.cache_flushed().is_ok();
+        let (now, core) = (Instant::now(), f.core());
+        match core.may_acknowledge(now) {
+            Ok(()) => !flushed,
+            Err(_) => core.writes_from(now).is_some_and(|at| now < at),
         }
     }
 

@@ -96,21 +96,27 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
     }
 }
 
-/// A write waiting for the writer thread, and where its answer goes: the request's one
-/// channel (a request's writes share it, each answer tagged with the write's place in the
-/// request, since a request's writes may be answered by more than one batch).
 /// What the writer thread is sent: a write, or word that writes may have opened (the
 /// writer holds the writes that come before, and answers them once they are open).
+// The queue's slots are as large as a write whether or not the word is a variant beside
+// it, and boxing would cost an allocation per write.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Queued {
     Write(Pending),
     Opened,
 }
 
+/// A write waiting for the writer thread, and where its answer goes: the request's one
+/// channel (a request's writes share it, each answer tagged with the write's place in the
+/// request, since a request's writes may be answered by more than one batch).
 pub(super) struct Pending {
     pub(super) asked: Asked,
     pub(super) reply: Reply,
     /// The trace of the request that made the write (its `catalog.write` span), if traced.
     pub(super) trace: Option<crate::trace::Context>,
+    /// When its request queued it (one instant for all of a request's writes): a write
+    /// kept before writes may be decided waits from then.
+    pub(super) came: Instant,
 }
 
 /// Where a write's answer goes: its request's channel and its place in the request.

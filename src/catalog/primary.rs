@@ -12,7 +12,10 @@ use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
-use super::node::{CatalogNode, Pending, Queued, ReplicaLink, Reply, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL};
+use super::elect::LEAD_WAIT;
+use super::node::{
+    CatalogNode, Pending, Queued, ReplicaLink, Reply, FORWARD_TIMEOUT, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL,
+};
 use super::refusal::{NoGrant, NotHere};
 use super::replica::Tip;
 use super::state::Write;
@@ -39,6 +42,9 @@ pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
 /// How often the primary checks that every memcached holds the generation key (and sends
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the writer looks at a new primary's leadership while writes wait for its
+/// first writable moment (the election changes it without a word to the writer).
+const LEAD_POLL: Duration = Duration::from_millis(20);
 
 /// A write's fingerprint or a log's chain as `GET /internal/log` takes them (`sum`,
 /// `chain`): 8 hex digits.
@@ -165,17 +171,9 @@ impl CatalogNode {
     pub fn write_many(&self, writes: Vec<Asked>) -> Vec<Result<Book>> {
         let stopping = || Error::Unavailable("the catalog is stopping".into());
         // Writes that come before writes open (a static primary compares its catalog with
-        // its replicas' first, and waits out the leases of an earlier run) wait in the
-        // writer thread, which answers them once they are open (`Waiting::hold`).
-        if let Err(e) = self.wait_for_leadership() {
-            // Nothing was decided: each write gets the refusal (a `NoLead` as itself, so
-            // that a write may go on to the new primary).
-            let each = || match &e {
-                Error::Lead(why) => Error::Lead(why.clone()),
-                other => Error::Unavailable(other.to_string()),
-            };
-            return writes.iter().map(|_| Err(each())).collect();
-        }
+        // its replicas' first, and waits out the leases of an earlier run), or before a new
+        // primary's first writable moment, wait in the writer thread, which answers them
+        // once they may be decided (`Waiting::hold`).
         // The request's span lives until its writes are answered (one span for all of them:
         // they are of one trace, the request's); the writer thread records each batch in the
         // trace of its first traced write and links each request's writes to it.
@@ -188,13 +186,13 @@ impl CatalogNode {
             }
         }
         let trace = span.context();
-        let n = writes.len();
+        let (n, came) = (writes.len(), Instant::now());
         let (to, answers) = mpsc::sync_channel(n);
         let mut out: Vec<Result<Book>> = Vec::with_capacity(n);
         let mut queued = 0;
         for (place, asked) in writes.into_iter().enumerate() {
             let reply = Reply { to: to.clone(), place };
-            match self.writes.send(Queued::Write(Pending { asked, reply, trace: trace.clone() })) {
+            match self.writes.send(Queued::Write(Pending { asked, reply, trace: trace.clone(), came })) {
                 Ok(()) => queued += 1,
                 Err(_) => break,
             }
@@ -216,8 +214,8 @@ impl CatalogNode {
     /// together; between batches, when due, it checks memcached's generation key
     /// ([`CatalogNode::check_generation`]).
     fn writer(&self, queue: mpsc::Receiver<Queued>, shutdown: &Shutdown) {
-        let mut queue = Waiting { queue, held: None, owed: false, before_open: VecDeque::new() };
-        let mut generation_due = Instant::now();
+        let mut queue = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
+        let (mut generation_due, mut opened) = (Instant::now(), None);
         while !shutdown.is_set() {
             if self.cache.is_some() && Instant::now() >= generation_due {
                 generation_due = Instant::now() + self.check_generation();
@@ -227,25 +225,46 @@ impl CatalogNode {
                 Some(_) => idle.min(generation_due.saturating_duration_since(Instant::now())),
                 None => idle,
             };
-            if !self.open_to_writes() {
-                if queue.hold(wait).is_err() {
-                    return;
+            let now = Instant::now();
+            let (settled, open) = (self.settled.load(Ordering::SeqCst), self.writes_open.load(Ordering::SeqCst));
+            if settled && open {
+                opened.get_or_insert(now);
+            }
+            match gate(settled, open, self.lead_pending(), opened, now) {
+                Gate::Closed { refuse_since } => {
+                    if queue.hold(wait).is_err() {
+                        return;
+                    }
+                    if let Some(since) = refuse_since {
+                        queue.refuse_kept_since(since, || {
+                            Error::Unavailable(
+                                "a primary that starts compares its catalog with its replicas' first (it takes a \
+                                 newer one)"
+                                    .into(),
+                            )
+                        });
+                    }
+                    continue;
                 }
-                if !self.settled.load(Ordering::SeqCst) {
-                    // A write waits for the comparison with the replicas (a round trip to
-                    // each, or SILENT_REPLICA_WAIT for one that does not answer), not
-                    // longer: it is still going on, as after an empty disk.
-                    queue.refuse_held_since(Instant::now() - (SILENT_REPLICA_WAIT + RETRY_INTERVAL), || {
-                        Error::Unavailable(
-                            "a primary that starts compares its catalog with its replicas' first (it takes a newer \
-                             one)"
-                                .into(),
-                        )
-                    });
+                Gate::Leading { decide_since } => {
+                    if queue.hold(wait.min(LEAD_POLL)).is_err() {
+                        return;
+                    }
+                    let overdue = decide_since.map(|since| queue.take_kept_since(since)).unwrap_or_default();
+                    if !overdue.is_empty() {
+                        // Refused with the reason, unless the leadership became writable.
+                        self.commit(overdue, &mut queue);
+                    }
+                    continue;
                 }
-                continue;
+                Gate::Open => {}
             }
             let first = match queue.first(wait) {
+                Ok(p) if self.lead_pending() => {
+                    // The leadership changed while the writer waited for this write.
+                    queue.put_back(p);
+                    continue;
+                }
                 Ok(p) => p,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: a log that failed a write is re-opened from disk by itself, so
@@ -275,6 +294,11 @@ impl CatalogNode {
     /// or after [`cache::BACKOFF`] while memcached fails or markers wait.
     fn check_generation(&self) -> Duration {
         let Some(cache) = self.cache.as_ref() else { return GENERATION_CHECK };
+        if !self.open_to_writes() {
+            // Not before writes open (`fences_memcached` says no then), and not waiting for
+            // the writer lock that the start holds while it copies a replica's catalog.
+            return GENERATION_CHECK;
+        }
         let _writer = self.lock_writer();
         if !self.fences_memcached() {
             return GENERATION_CHECK;
@@ -1100,16 +1124,54 @@ impl CatalogNode {
     }
 }
 
-/// The writes waiting for the writer thread: the channel, and at most one write taken from
-/// it early, to learn that another batch waits (that write begins the next batch).
+/// What the writer does with the writes it is sent, given where the primary stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// Keep them: writes are not open yet. While the start compares this catalog with its
+    /// replicas', the ones kept since `refuse_since` have waited long enough: refused.
+    Closed { refuse_since: Option<Instant> },
+    /// Keep them (etcd: a new primary waits out the old one's leases, or has not flushed
+    /// memcached yet); the ones kept since `decide_since` have waited long enough: decided
+    /// now, and so refused unless the leadership just became writable.
+    Leading { decide_since: Option<Instant> },
+    /// Batch them.
+    Open,
+}
+
+/// The writer's gate at `now`: `settled` and `open` are the start's two steps
+/// ([`CatalogNode::settle_with_replicas`], [`CatalogNode::open_writes`]), `lead_pending`
+/// the leadership's ([`CatalogNode::lead_pending`]), `opened` when the writer first saw
+/// writes open. A write waits for the comparison with the replicas at most
+/// [`SILENT_REPLICA_WAIT`] and a round ([`RETRY_INTERVAL`]); for the opening as long as
+/// it takes (a lease from the start, then memcached's history checked once); then for the
+/// leadership at most [`LEAD_WAIT`] (within the forwarder's timeout) from when it came or
+/// writes opened, whichever is later.
+fn gate(settled: bool, open: bool, lead_pending: bool, opened: Option<Instant>, now: Instant) -> Gate {
+    if !settled {
+        return Gate::Closed { refuse_since: now.checked_sub(SILENT_REPLICA_WAIT + RETRY_INTERVAL) };
+    }
+    if !open {
+        return Gate::Closed { refuse_since: None };
+    }
+    if lead_pending {
+        let since = now.checked_sub(LEAD_WAIT.min(FORWARD_TIMEOUT));
+        return Gate::Leading { decide_since: since.filter(|since| opened.is_some_and(|o| o <= *since)) };
+    }
+    Gate::Open
+}
+
+/// The writes waiting for the writer thread: the channel, at most one write taken from it
+/// early, to learn that another batch waits (that write begins the next batch), and the
+/// writes kept while the gate is not open ([`Gate`]).
 struct Waiting {
     queue: mpsc::Receiver<Queued>,
     held: Option<Pending>,
     /// The last batch sent no commit notice: the next batch's push carries its commit
     /// point, or, if it pushes nothing, that batch sends the notice.
     owed: bool,
-    /// Writes that came before writes opened, with when they came, first come first.
-    before_open: VecDeque<(Instant, Pending)>,
+    /// Writes kept while writes are not open, or a new primary's leadership is not
+    /// writable yet, with when they came, first come first.
+    kept: VecDeque<Pending>,
 }
 
 impl Waiting {
@@ -1143,7 +1205,7 @@ impl Waiting {
 
     /// The write held, else the oldest that came before writes opened, else one queued.
     fn next_now(&mut self) -> Option<Pending> {
-        if let Some(p) = self.held.take().or_else(|| self.before_open.pop_front().map(|(_, p)| p)) {
+        if let Some(p) = self.held.take().or_else(|| self.kept.pop_front()) {
             return Some(p);
         }
         loop {
@@ -1159,19 +1221,29 @@ impl Waiting {
     /// come any more.
     fn hold(&mut self, timeout: Duration) -> Result<(), mpsc::RecvTimeoutError> {
         match self.queue.recv_timeout(timeout) {
-            Ok(Queued::Write(p)) => self.before_open.push_back((Instant::now(), p)),
+            Ok(Queued::Write(p)) => self.kept.push_back(p),
             Ok(Queued::Opened) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(e) => return Err(e),
         }
         Ok(())
     }
 
+    /// Puts back a write taken too soon, first: it came before any kept now (the next
+    /// write is taken from the kept ones first).
+    fn put_back(&mut self, p: Pending) {
+        self.kept.push_front(p);
+    }
+
+    /// The writes kept since before `since`, first come first.
+    fn take_kept_since(&mut self, since: Instant) -> Vec<Pending> {
+        let overdue = self.kept.iter().take_while(|p| p.came <= since).count();
+        self.kept.drain(..overdue).collect()
+    }
+
     /// Answers every write kept since before `since` with `why` (nothing was decided).
-    fn refuse_held_since(&mut self, since: Instant, why: impl Fn() -> Error) {
-        while self.before_open.front().is_some_and(|(came, _)| *came <= since) {
-            if let Some((_, p)) = self.before_open.pop_front() {
-                p.reply.send(Err(why()));
-            }
+    fn refuse_kept_since(&mut self, since: Instant, why: impl Fn() -> Error) {
+        for p in self.take_kept_since(since) {
+            p.reply.send(Err(why()));
         }
     }
 }
@@ -1183,7 +1255,7 @@ mod tests {
     /// A purchase of book `id`, answered on `to` at `place`.
     fn pending(id: u32, to: &mpsc::SyncSender<(usize, Result<Book>)>, place: usize) -> Queued {
         let asked = Asked { id, write: Write::Purchase, order: None };
-        Queued::Write(Pending { asked, reply: Reply { to: to.clone(), place }, trace: None })
+        Queued::Write(Pending { asked, reply: Reply { to: to.clone(), place }, trace: None, came: Instant::now() })
     }
 
     fn ids(waiting: &mut Waiting) -> Vec<u32> {
@@ -1197,7 +1269,7 @@ mod tests {
     fn writes_before_the_opening_wait_in_order_and_the_old_are_refused() {
         let (writes, queue) = mpsc::sync_channel(16);
         let (to, answers) = mpsc::sync_channel(16);
-        let mut waiting = Waiting { queue, held: None, owed: false, before_open: VecDeque::new() };
+        let mut waiting = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
         let short = Duration::from_millis(1);
         writes.send(pending(1, &to, 0)).unwrap();
         writes.send(Queued::Opened).unwrap();
@@ -1205,12 +1277,12 @@ mod tests {
         for _ in 0..3 {
             waiting.hold(short).unwrap();
         }
-        assert_eq!(waiting.before_open.len(), 2, "word of the opening is no write");
+        assert_eq!(waiting.kept.len(), 2, "word of the opening is no write");
         let between = Instant::now();
         std::thread::sleep(short);
         writes.send(pending(3, &to, 2)).unwrap();
         waiting.hold(short).unwrap();
-        waiting.refuse_held_since(between, || Error::Unavailable("still comparing".into()));
+        waiting.refuse_kept_since(between, || Error::Unavailable("still comparing".into()));
         let refused: Vec<(usize, Result<Book>)> = answers.try_iter().collect();
         assert_eq!(refused.iter().map(|(place, _)| *place).collect::<Vec<_>>(), [0, 1]);
         assert!(refused.iter().all(|(_, a)| matches!(a, Err(Error::Unavailable(why)) if why == "still comparing")));
@@ -1223,5 +1295,53 @@ mod tests {
         assert!(waiting.first(short).is_err(), "word of the opening is no write once open either");
         drop(writes);
         assert_eq!(waiting.hold(short), Err(mpsc::RecvTimeoutError::Disconnected));
+    }
+
+    /// The writer's gate, one case a row: the start's two steps before the leadership,
+    /// the comparison's refusals, and the leadership's wait counted from when writes
+    /// opened when that was later than the writes came.
+    #[test]
+    fn the_writers_gate() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        let compare = ago(0).and_then(|n| n.checked_sub(SILENT_REPLICA_WAIT + RETRY_INTERVAL));
+        let lead = ago(0).and_then(|n| n.checked_sub(LEAD_WAIT.min(FORWARD_TIMEOUT)));
+        let table = [
+            // settled, open, lead pending, opened: the gate
+            ((false, false, false, None), Gate::Closed { refuse_since: compare }),
+            ((false, false, true, None), Gate::Closed { refuse_since: compare }),
+            ((true, false, false, None), Gate::Closed { refuse_since: None }),
+            ((true, false, true, None), Gate::Closed { refuse_since: None }),
+            ((true, true, false, ago(1)), Gate::Open),
+            ((true, true, true, ago(0)), Gate::Leading { decide_since: None }),
+            ((true, true, true, ago(1)), Gate::Leading { decide_since: None }),
+            ((true, true, true, ago(60)), Gate::Leading { decide_since: lead }),
+        ];
+        for ((settled, open, pending, opened), want) in table {
+            assert_eq!(gate(settled, open, pending, opened, now), want, "{settled} {open} {pending} {opened:?}");
+        }
+    }
+
+    /// A write taken as the leadership turned unwritable goes back first, and the writes
+    /// that waited their whole wait leave in the order they came, the others stay.
+    #[test]
+    fn a_write_put_back_goes_first_and_the_overdue_leave_in_order() {
+        let (writes, queue) = mpsc::sync_channel(16);
+        let (to, _answers) = mpsc::sync_channel(16);
+        let mut waiting = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
+        let short = Duration::from_millis(1);
+        writes.send(pending(1, &to, 0)).unwrap();
+        writes.send(pending(2, &to, 1)).unwrap();
+        let first = waiting.first(short).unwrap();
+        assert_eq!(first.asked.id, 1);
+        waiting.put_back(first);
+        waiting.hold(short).unwrap();
+        let between = Instant::now();
+        std::thread::sleep(short);
+        writes.send(pending(3, &to, 2)).unwrap();
+        waiting.hold(short).unwrap();
+        let overdue: Vec<u32> = waiting.take_kept_since(between).iter().map(|p| p.asked.id).collect();
+        assert_eq!(overdue, [1, 2]);
+        assert_eq!(ids(&mut waiting), [3]);
     }
 }
