@@ -1258,6 +1258,20 @@ mod tests {
         Queued::Write(Pending { asked, reply: Reply { to: to.clone(), place }, trace: None, came: Instant::now() })
     }
 
+    /// A writer's queue as the node makes it: where writes are sent, where their answers
+    /// go and come, and the writer's end.
+    #[allow(clippy::type_complexity)]
+    fn writer_queue() -> (
+        mpsc::SyncSender<Queued>,
+        mpsc::SyncSender<(usize, Result<Book>)>,
+        mpsc::Receiver<(usize, Result<Book>)>,
+        Waiting,
+    ) {
+        let (writes, queue) = mpsc::sync_channel(16);
+        let (to, answers) = mpsc::sync_channel(16);
+        (writes, to, answers, Waiting { queue, held: None, owed: false, kept: VecDeque::new() })
+    }
+
     fn ids(waiting: &mut Waiting) -> Vec<u32> {
         std::iter::from_fn(|| waiting.more()).map(|p| p.asked.id).collect()
     }
@@ -1267,9 +1281,7 @@ mod tests {
     /// they), and once open the kept ones go first, then the queue.
     #[test]
     fn writes_before_the_opening_wait_in_order_and_the_old_are_refused() {
-        let (writes, queue) = mpsc::sync_channel(16);
-        let (to, answers) = mpsc::sync_channel(16);
-        let mut waiting = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
+        let (writes, to, answers, mut waiting) = writer_queue();
         let short = Duration::from_millis(1);
         writes.send(pending(1, &to, 0)).unwrap();
         writes.send(Queued::Opened).unwrap();
@@ -1326,9 +1338,7 @@ mod tests {
     /// that waited their whole wait leave in the order they came, the others stay.
     #[test]
     fn a_write_put_back_goes_first_and_the_overdue_leave_in_order() {
-        let (writes, queue) = mpsc::sync_channel(16);
-        let (to, _answers) = mpsc::sync_channel(16);
-        let mut waiting = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
+        let (writes, to, _answers, mut waiting) = writer_queue();
         let short = Duration::from_millis(1);
         writes.send(pending(1, &to, 0)).unwrap();
         writes.send(pending(2, &to, 1)).unwrap();
