@@ -42,8 +42,6 @@ const STEP: Duration = Duration::from_millis(50);
 /// primary passes on once the target is writable (up to a lease: the front ends'
 /// near-cache leases end first).
 const WATCH_GRACE: Duration = Duration::from_secs(1);
-/// Longest wait of a write for a new primary's first writable moment.
-pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Says once that etcd fails (then only at debug level, until it answers again).
 fn etcd_failed(failing: &mut bool, what: &str, e: EtcdError) {
@@ -354,7 +352,7 @@ impl CatalogNode {
     /// With etcd: whether writes should wait a little for this catalog's first writable
     /// moment (it leads, but waits out the old primary's leases or has not flushed
     /// memcached since its election yet). The writer thread holds them meanwhile, each at
-    /// most [`LEAD_WAIT`] (`Waiting::take_kept_since`); anything else is decided at once
+    /// most [`super::primary::LEAD_WAIT`] (`Waiting::take_kept_since`); anything else is decided at once
     /// (a catalog that does not lead refuses, `may_acknowledge`).
     pub(super) fn lead_pending(&self) -> bool {
         let Some(f) = &self.failover else { return false };

@@ -12,7 +12,6 @@ use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
-use super::elect::LEAD_WAIT;
 use super::node::{
     CatalogNode, Pending, Queued, ReplicaLink, Reply, FORWARD_TIMEOUT, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL,
 };
@@ -42,6 +41,8 @@ pub const SILENT_REPLICA_WAIT: Duration = Duration::from_secs(5);
 /// How often the primary checks that every memcached holds the generation key (and sends
 /// the markers not delivered yet).
 const GENERATION_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest wait of a write for a new primary's first writable moment.
+pub(super) const LEAD_WAIT: Duration = Duration::from_secs(5);
 /// How often the writer looks at a new primary's leadership while writes wait for its
 /// first writable moment (the election changes it without a word to the writer).
 const LEAD_POLL: Duration = Duration::from_millis(20);

@@ -14,10 +14,10 @@
 //! follows the target if that took effect, and steps down otherwise.
 
 use super::config::Role;
-use super::elect::LEAD_WAIT;
 use super::etcd_side::{leader, member_key, put, sync_record, Failover, EPOCH, LEADER, SYNC};
 use super::failover::{Input, Settle, SyncSet};
 use super::node::{CatalogNode, ReplicaLink};
+use super::primary::LEAD_WAIT;
 use super::refusal::{NoLead, NotHere};
 use crate::error::{Error, Result};
 use crate::etcd::{Compare, Op};
