@@ -10,7 +10,7 @@
 
 use super::core;
 use super::core::batch::{Batch, Do, Done};
-use super::core::primary::{decide, took, Asked, Decided, Took, CLOSE_ENOUGH};
+use super::core::primary::{decide, gate, took, Asked, Decided, Gate, Took, Waits, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
 use super::node::{
     CatalogNode, Pending, Queued, ReplicaLink, Reply, FORWARD_TIMEOUT, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL,
@@ -231,7 +231,8 @@ impl CatalogNode {
             if settled && open {
                 opened.get_or_insert(now);
             }
-            match gate(settled, open, self.lead_pending(), opened, now) {
+            let waits = Waits { compare: SILENT_REPLICA_WAIT + RETRY_INTERVAL, lead: LEAD_WAIT.min(FORWARD_TIMEOUT) };
+            match gate(settled, open, self.lead_pending(), opened, now, waits) {
                 Gate::Closed { refuse_since } => {
                     if queue.hold(wait).is_err() {
                         return;
@@ -1125,45 +1126,9 @@ impl CatalogNode {
     }
 }
 
-/// What the writer does with the writes it is sent, given where the primary stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Gate {
-    /// Keep them: writes are not open yet. While the start compares this catalog with its
-    /// replicas', the ones kept since `refuse_since` have waited long enough: refused.
-    Closed { refuse_since: Option<Instant> },
-    /// Keep them (etcd: a new primary waits out the old one's leases, or has not flushed
-    /// memcached yet); the ones kept since `decide_since` have waited long enough: decided
-    /// now, and so refused unless the leadership just became writable.
-    Leading { decide_since: Option<Instant> },
-    /// Batch them.
-    Open,
-}
-
-/// The writer's gate at `now`: `settled` and `open` are the start's two steps
-/// ([`CatalogNode::settle_with_replicas`], [`CatalogNode::open_writes`]), `lead_pending`
-/// the leadership's ([`CatalogNode::lead_pending`]), `opened` when the writer first saw
-/// writes open. A write waits for the comparison with the replicas at most
-/// [`SILENT_REPLICA_WAIT`] and a round ([`RETRY_INTERVAL`]); for the opening as long as
-/// it takes (a lease from the start, then memcached's history checked once); then for the
-/// leadership at most [`LEAD_WAIT`] (within the forwarder's timeout) from when it came or
-/// writes opened, whichever is later.
-fn gate(settled: bool, open: bool, lead_pending: bool, opened: Option<Instant>, now: Instant) -> Gate {
-    if !settled {
-        return Gate::Closed { refuse_since: now.checked_sub(SILENT_REPLICA_WAIT + RETRY_INTERVAL) };
-    }
-    if !open {
-        return Gate::Closed { refuse_since: None };
-    }
-    if lead_pending {
-        let since = now.checked_sub(LEAD_WAIT.min(FORWARD_TIMEOUT));
-        return Gate::Leading { decide_since: since.filter(|since| opened.is_some_and(|o| o <= *since)) };
-    }
-    Gate::Open
-}
-
 /// The writes waiting for the writer thread: the channel, at most one write taken from it
 /// early, to learn that another batch waits (that write begins the next batch), and the
-/// writes kept while the gate is not open ([`Gate`]).
+/// writes kept while the gate is not open (`core::primary::Gate`).
 struct Waiting {
     queue: mpsc::Receiver<Queued>,
     held: Option<Pending>,
@@ -1308,31 +1273,6 @@ mod tests {
         assert!(waiting.first(short).is_err(), "word of the opening is no write once open either");
         drop(writes);
         assert_eq!(waiting.hold(short), Err(mpsc::RecvTimeoutError::Disconnected));
-    }
-
-    /// The writer's gate, one case a row: the start's two steps before the leadership,
-    /// the comparison's refusals, and the leadership's wait counted from when writes
-    /// opened when that was later than the writes came.
-    #[test]
-    fn the_writers_gate() {
-        let now = Instant::now() + Duration::from_secs(3600);
-        let ago = |s: u64| Some(now - Duration::from_secs(s));
-        let compare = ago(0).and_then(|n| n.checked_sub(SILENT_REPLICA_WAIT + RETRY_INTERVAL));
-        let lead = ago(0).and_then(|n| n.checked_sub(LEAD_WAIT.min(FORWARD_TIMEOUT)));
-        let table = [
-            // settled, open, lead pending, opened: the gate
-            ((false, false, false, None), Gate::Closed { refuse_since: compare }),
-            ((false, false, true, None), Gate::Closed { refuse_since: compare }),
-            ((true, false, false, None), Gate::Closed { refuse_since: None }),
-            ((true, false, true, None), Gate::Closed { refuse_since: None }),
-            ((true, true, false, ago(1)), Gate::Open),
-            ((true, true, true, ago(0)), Gate::Leading { decide_since: None }),
-            ((true, true, true, ago(1)), Gate::Leading { decide_since: None }),
-            ((true, true, true, ago(60)), Gate::Leading { decide_since: lead }),
-        ];
-        for ((settled, open, pending, opened), want) in table {
-            assert_eq!(gate(settled, open, pending, opened, now), want, "{settled} {open} {pending} {opened:?}");
-        }
     }
 
     /// A write taken as the leadership turned unwritable goes back first, and the writes

@@ -12,12 +12,16 @@
 //! - Every write is of the primary's `epoch` and carries its order (the journal's record),
 //!   and the batch names the cache keys it changes (sorted, once each): the fences that
 //!   must be set before it is readable anywhere.
+//! - **A write waits in the writer until it may be decided** ([`gate`]): while a static
+//!   primary compares itself with its replicas (then refused), until writes open, and with
+//!   etcd in a new primary's first moments (then decided, so refused unless writable).
 
 use super::super::recent::Journal;
 use super::super::state::{Catalog, Draft, Refusal, Write};
 use crate::cache;
 use crate::wire::{Book, Order, Replicate};
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 /// How far behind a replica may be and still be sent the writes it lacks from the history
 /// in memory: with a batch (rather than lose its place in sync), or, when it is brought
@@ -142,6 +146,57 @@ pub fn decide(catalog: &Catalog, journal: &Journal, epoch: u64, asked: Vec<Asked
     keys.sort_unstable();
     keys.dedup();
     Decided { writes, keys, answers }
+}
+
+/// What the primary's writer does with the writes it is sent, given where the primary
+/// stands ([`gate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Keep them: writes are not open yet. While the start compares this catalog with its
+    /// replicas', the ones kept since `refuse_since` have waited long enough: refused.
+    Closed { refuse_since: Option<Instant> },
+    /// Keep them (etcd: a new primary waits out the old one's leases, or has not flushed
+    /// memcached yet); the ones kept since `decide_since` have waited long enough: decided
+    /// now, and so refused unless the leadership just became writable.
+    Leading { decide_since: Option<Instant> },
+    /// Batch them.
+    Open,
+}
+
+/// How long a write may wait before it is decided: for the start's comparison with the
+/// replicas (`compare`), then for a new primary's first writable moment (`lead`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waits {
+    pub compare: Duration,
+    pub lead: Duration,
+}
+
+/// The writer's gate at `now`: `settled` and `open` are the start's two steps (the
+/// comparison with the replicas, then writes opened: a lease from the start, then
+/// memcached's history checked), `lead_pending` the leadership's (with etcd: it leads but
+/// may not write yet), `opened` when the writer first saw writes open. A write waits for
+/// the comparison at most `waits.compare`, for the opening as long as it takes, then for
+/// the leadership at most `waits.lead` from when it came or writes opened, whichever is
+/// later.
+pub fn gate(
+    settled: bool,
+    open: bool,
+    lead_pending: bool,
+    opened: Option<Instant>,
+    now: Instant,
+    waits: Waits,
+) -> Gate {
+    if !settled {
+        return Gate::Closed { refuse_since: now.checked_sub(waits.compare) };
+    }
+    if !open {
+        return Gate::Closed { refuse_since: None };
+    }
+    if lead_pending {
+        let since = now.checked_sub(waits.lead);
+        return Gate::Leading { decide_since: since.filter(|since| opened.is_some_and(|o| o <= *since)) };
+    }
+    Gate::Open
 }
 
 #[cfg(test)]
@@ -338,6 +393,32 @@ mod tests {
         // A new book changes the list of topics (their counts) and the list of books.
         for key in [cache::TOPICS_KEY, cache::BOOKS_KEY] {
             assert!(decided.keys.iter().any(|k| k == key), "{key} in {:?}", decided.keys);
+        }
+    }
+
+    /// The writer's gate, one case a row: the start's two steps before the leadership,
+    /// the comparison's refusals, and the leadership's wait counted from when writes
+    /// opened when that was later than the writes came.
+    #[test]
+    fn the_writers_gate() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let waits = Waits { compare: Duration::from_millis(5250), lead: Duration::from_secs(5) };
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        let (compare, lead) = (now.checked_sub(waits.compare), now.checked_sub(waits.lead));
+        let table = [
+            // settled, open, lead pending, opened: the gate
+            ((false, false, false, None), Gate::Closed { refuse_since: compare }),
+            ((false, false, true, None), Gate::Closed { refuse_since: compare }),
+            ((true, false, false, None), Gate::Closed { refuse_since: None }),
+            ((true, false, true, None), Gate::Closed { refuse_since: None }),
+            ((true, true, false, ago(1)), Gate::Open),
+            ((true, true, true, ago(0)), Gate::Leading { decide_since: None }),
+            ((true, true, true, ago(1)), Gate::Leading { decide_since: None }),
+            ((true, true, true, ago(60)), Gate::Leading { decide_since: lead }),
+        ];
+        for ((settled, open, pending, opened), want) in table {
+            let got = gate(settled, open, pending, opened, now, waits);
+            assert_eq!(got, want, "{settled} {open} {pending} {opened:?}");
         }
     }
 }
