@@ -232,7 +232,13 @@ impl CatalogNode {
                 opened.get_or_insert(now);
             }
             let waits = Waits { compare: SILENT_REPLICA_WAIT + RETRY_INTERVAL, lead: LEAD_WAIT.min(FORWARD_TIMEOUT) };
-            match gate(settled, open, self.lead_pending(), opened, now, waits) {
+            let gate = gate(settled, open, self.lead_pending(), opened, now, waits);
+            if gate != Gate::Open {
+                // A write a batch took to learn that another waits is kept with the others,
+                // first (it is the oldest), so that it too waits only as long as they may.
+                queue.keep_held();
+            }
+            match gate {
                 Gate::Closed { refuse_since } => {
                     if queue.hold(wait).is_err() {
                         return;
@@ -252,10 +258,12 @@ impl CatalogNode {
                     if queue.hold(wait.min(LEAD_POLL)).is_err() {
                         return;
                     }
-                    let overdue = decide_since.map(|since| queue.take_kept_since(since)).unwrap_or_default();
-                    if !overdue.is_empty() {
-                        // Refused with the reason, unless the leadership became writable.
-                        self.commit(overdue, &mut queue);
+                    let mut overdue = decide_since.map(|since| queue.take_kept_since(since)).unwrap_or_default();
+                    // Refused with the reason, unless the leadership became writable: in
+                    // batches of MAX_BATCH at most, as ever.
+                    while !overdue.is_empty() {
+                        let rest = overdue.split_off(overdue.len().min(MAX_BATCH));
+                        self.commit(std::mem::replace(&mut overdue, rest), &mut queue);
                     }
                     continue;
                 }
@@ -1201,9 +1209,22 @@ impl Waiting {
     }
 
     /// The writes kept since before `since`, first come first.
+    ///
+    /// Requests queue their writes concurrently, so the kept ones are in the order they
+    /// were sent, not always in the order of `came`: every kept write is looked at, so that
+    /// a request's writes leave together.
     fn take_kept_since(&mut self, since: Instant) -> Vec<Pending> {
-        let overdue = self.kept.iter().take_while(|p| p.came <= since).count();
-        self.kept.drain(..overdue).collect()
+        let (due, rest): (VecDeque<Pending>, _) =
+            std::mem::take(&mut self.kept).into_iter().partition(|p| p.came <= since);
+        self.kept = rest;
+        due.into()
+    }
+
+    /// Keeps the write taken early (if any) with the others, first: it came before them.
+    fn keep_held(&mut self) {
+        if let Some(p) = self.held.take() {
+            self.kept.push_front(p);
+        }
     }
 
     /// Answers every write kept since before `since` with `why` (nothing was decided).
@@ -1273,6 +1294,32 @@ mod tests {
         assert!(waiting.first(short).is_err(), "word of the opening is no write once open either");
         drop(writes);
         assert_eq!(waiting.hold(short), Err(mpsc::RecvTimeoutError::Disconnected));
+    }
+
+    /// A write a batch took early is kept first when the gate closes; the writes due leave
+    /// together whatever their place among the kept (requests send concurrently, so the
+    /// queue's order is not always the order of `came`), in the order they were sent.
+    #[test]
+    fn a_write_taken_early_is_kept_first_and_a_requests_writes_leave_together() {
+        let (writes, to, _answers, mut waiting) = writer_queue();
+        let short = Duration::from_millis(1);
+        let (t1, t2) = (Instant::now(), Instant::now() + Duration::from_secs(1));
+        let at = |q: Queued, came: Instant| match q {
+            Queued::Write(p) => Queued::Write(Pending { came, ..p }),
+            word => word,
+        };
+        writes.send(at(pending(1, &to, 0), t1)).unwrap();
+        writes.send(at(pending(2, &to, 1), t1)).unwrap();
+        writes.send(at(pending(3, &to, 2), t2)).unwrap();
+        writes.send(at(pending(4, &to, 3), t1)).unwrap();
+        assert!(waiting.any(), "write 1 taken early, as a batch's end does");
+        waiting.keep_held();
+        for _ in 0..3 {
+            waiting.hold(short).unwrap();
+        }
+        let due: Vec<u32> = waiting.take_kept_since(t1).iter().map(|p| p.asked.id).collect();
+        assert_eq!(due, [1, 2, 4], "the held one first, and 4 with its request though 3 came between");
+        assert_eq!(ids(&mut waiting), [3]);
     }
 
     /// A write taken as the leadership turned unwritable goes back first, and the writes

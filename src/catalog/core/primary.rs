@@ -404,7 +404,7 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(3600);
         let waits = Waits { compare: Duration::from_millis(5250), lead: Duration::from_secs(5) };
         let ago = |s: u64| Some(now - Duration::from_secs(s));
-        let (compare, lead) = (now.checked_sub(waits.compare), now.checked_sub(waits.lead));
+        let (compare, lead) = (Some(now - Duration::from_millis(5250)), Some(now - Duration::from_secs(5)));
         let table = [
             // settled, open, lead pending, opened: the gate
             ((false, false, false, None), Gate::Closed { refuse_since: compare }),
@@ -415,6 +415,10 @@ mod tests {
             ((true, true, true, ago(0)), Gate::Leading { decide_since: None }),
             ((true, true, true, ago(1)), Gate::Leading { decide_since: None }),
             ((true, true, true, ago(60)), Gate::Leading { decide_since: lead }),
+            // Opened exactly a wait ago: due (the wait is counted whole, not longer).
+            ((true, true, true, lead), Gate::Leading { decide_since: lead }),
+            // Not seen open yet (a turn before the writer noticed): nothing is due.
+            ((true, true, true, None), Gate::Leading { decide_since: None }),
         ];
         for ((settled, open, pending, opened), want) in table {
             let got = gate(settled, open, pending, opened, now, waits);
