@@ -1190,14 +1190,21 @@ impl Waiting {
         }
     }
 
-    /// While writes are not open: keeps what comes within `timeout` (answered once they
-    /// are), and returns sooner when told that they may have opened. Err once no write can
-    /// come any more.
+    /// While the gate is not open ([`Gate`]): keeps what comes within `timeout` (decided
+    /// once it opens, or refused), and returns sooner when told that writes may have
+    /// opened. Err once no write can come any more.
     fn hold(&mut self, timeout: Duration) -> Result<(), mpsc::RecvTimeoutError> {
         match self.queue.recv_timeout(timeout) {
             Ok(Queued::Write(p)) => self.kept.push_back(p),
-            Ok(Queued::Opened) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Queued::Opened) | Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
             Err(e) => return Err(e),
+        }
+        // And everything queued behind it, at once: a burst costs the writer one turn, and
+        // a request's writes are kept together (so that they leave together).
+        while let Ok(q) = self.queue.try_recv() {
+            if let Queued::Write(p) = q {
+                self.kept.push_back(p);
+            }
         }
         Ok(())
     }
@@ -1314,9 +1321,8 @@ mod tests {
         writes.send(at(pending(4, &to, 3), t1)).unwrap();
         assert!(waiting.any(), "write 1 taken early, as a batch's end does");
         waiting.keep_held();
-        for _ in 0..3 {
-            waiting.hold(short).unwrap();
-        }
+        waiting.hold(short).unwrap();
+        assert_eq!(waiting.kept.len(), 4, "one turn keeps everything queued");
         let due: Vec<u32> = waiting.take_kept_since(t1).iter().map(|p| p.asked.id).collect();
         assert_eq!(due, [1, 2, 4], "the held one first, and 4 with its request though 3 came between");
         assert_eq!(ids(&mut waiting), [3]);
