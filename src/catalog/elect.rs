@@ -351,9 +351,9 @@ impl CatalogNode {
 
     /// With etcd: whether writes should wait a little for this catalog's first writable
     /// moment (it leads, but waits out the old primary's leases or has not flushed
-    /// memcached since its election yet). The writer thread holds them meanwhile, each at
-    /// most [`super::primary::LEAD_WAIT`] (`Waiting::take_kept_since`); anything else is decided at once
-    /// (a catalog that does not lead refuses, `may_acknowledge`).
+    /// memcached since its election yet). The writer thread keeps them meanwhile, each at
+    /// most [`super::primary::LEAD_WAIT`]; anything else is decided at once (a catalog
+    /// that does not lead refuses, `may_acknowledge`).
     pub(super) fn lead_pending(&self) -> bool {
         let Some(f) = &self.failover else { return false };
         // Asked before the core is locked (it locks it too).

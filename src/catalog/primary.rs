@@ -217,6 +217,7 @@ impl CatalogNode {
     fn writer(&self, queue: mpsc::Receiver<Queued>, shutdown: &Shutdown) {
         let mut queue = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
         let (mut generation_due, mut opened) = (Instant::now(), None);
+        let waits = Waits { compare: SILENT_REPLICA_WAIT + RETRY_INTERVAL, lead: LEAD_WAIT.min(FORWARD_TIMEOUT) };
         while !shutdown.is_set() {
             if self.cache.is_some() && Instant::now() >= generation_due {
                 generation_due = Instant::now() + self.check_generation();
@@ -231,7 +232,6 @@ impl CatalogNode {
             if settled && open {
                 opened.get_or_insert(now);
             }
-            let waits = Waits { compare: SILENT_REPLICA_WAIT + RETRY_INTERVAL, lead: LEAD_WAIT.min(FORWARD_TIMEOUT) };
             let gate = gate(settled, open, self.lead_pending(), opened, now, waits);
             if gate != Gate::Open {
                 // A write a batch took to learn that another waits is kept with the others,
@@ -271,8 +271,9 @@ impl CatalogNode {
             }
             let first = match queue.first(wait) {
                 Ok(p) if self.lead_pending() => {
-                    // The leadership changed while the writer waited for this write.
-                    queue.put_back(p);
+                    // The leadership changed while the writer waited for this write: it
+                    // goes first again, kept with the others by the next turn's gate.
+                    queue.held = Some(p);
                     continue;
                 }
                 Ok(p) => p,
@@ -1144,7 +1145,7 @@ struct Waiting {
     /// point, or, if it pushes nothing, that batch sends the notice.
     owed: bool,
     /// Writes kept while writes are not open, or a new primary's leadership is not
-    /// writable yet, with when they came, first come first.
+    /// writable yet, in the order they were queued.
     kept: VecDeque<Pending>,
 }
 
@@ -1177,7 +1178,7 @@ impl Waiting {
         self.next_now()
     }
 
-    /// The write held, else the oldest that came before writes opened, else one queued.
+    /// The write held, else the oldest kept, else one queued.
     fn next_now(&mut self) -> Option<Pending> {
         if let Some(p) = self.held.take().or_else(|| self.kept.pop_front()) {
             return Some(p);
@@ -1209,12 +1210,6 @@ impl Waiting {
         Ok(())
     }
 
-    /// Puts back a write taken too soon, first: it came before any kept now (the next
-    /// write is taken from the kept ones first).
-    fn put_back(&mut self, p: Pending) {
-        self.kept.push_front(p);
-    }
-
     /// The writes kept since before `since`, first come first.
     ///
     /// Requests queue their writes concurrently, so the kept ones are in the order they
@@ -1227,7 +1222,9 @@ impl Waiting {
         due.into()
     }
 
-    /// Keeps the write taken early (if any) with the others, first: it came before them.
+    /// Keeps the write taken early (if any) with the others, first: it came before them (a
+    /// batch's end took it to learn that another waits, or the leadership changed as the
+    /// writer took it).
     fn keep_held(&mut self) {
         if let Some(p) = self.held.take() {
             self.kept.push_front(p);
@@ -1328,17 +1325,18 @@ mod tests {
         assert_eq!(ids(&mut waiting), [3]);
     }
 
-    /// A write taken as the leadership turned unwritable goes back first, and the writes
+    /// A write taken as the leadership turned unwritable is kept first, and the writes
     /// that waited their whole wait leave in the order they came, the others stay.
     #[test]
-    fn a_write_put_back_goes_first_and_the_overdue_leave_in_order() {
+    fn a_write_taken_too_soon_goes_first_and_the_overdue_leave_in_order() {
         let (writes, to, _answers, mut waiting) = writer_queue();
         let short = Duration::from_millis(1);
         writes.send(pending(1, &to, 0)).unwrap();
         writes.send(pending(2, &to, 1)).unwrap();
         let first = waiting.first(short).unwrap();
         assert_eq!(first.asked.id, 1);
-        waiting.put_back(first);
+        waiting.held = Some(first);
+        waiting.keep_held();
         waiting.hold(short).unwrap();
         let between = Instant::now();
         std::thread::sleep(short);
