@@ -32,6 +32,7 @@ mod etcd_side;
 pub mod failover;
 pub mod import;
 pub mod lease;
+mod mailbox;
 pub mod near;
 pub mod node;
 mod primary;

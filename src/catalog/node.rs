@@ -68,6 +68,8 @@ pub(super) struct ReplicaLink {
     pub(super) recheck: AtomicBool,
     /// Why it was last refused a copy of this catalog (it holds more): said once.
     pub(super) refused: Mutex<String>,
+    /// The thread that sends it the writer's pushes.
+    pub(super) mailbox: super::mailbox::Mailbox,
 }
 
 impl ReplicaLink {
@@ -78,6 +80,7 @@ impl ReplicaLink {
             grant: Mutex::default(),
             recheck: AtomicBool::new(false),
             refused: Mutex::default(),
+            mailbox: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, gate, took, Asked, Decided, Gate, Took, Waits, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
+use super::mailbox::{self, Letter};
 use super::node::{
     CatalogNode, Pending, Queued, ReplicaLink, Reply, FORWARD_TIMEOUT, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL,
 };
@@ -32,8 +33,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use ureq::http::Method;
 
-/// Most bytes of writes in one push: a push is a request, held to the replica's body limit.
-const PUSH_BYTES: usize = 48 * 1024;
 /// How long a static primary with data waits at start for a replica that does not answer
 /// before it serves without comparing their catalogs (a whole store restarted brings its
 /// replicas up within it); one that answers later holding more is refused, not copied over.
@@ -407,22 +406,15 @@ impl CatalogNode {
                         let fence = crate::trace::span("catalog.fence.near");
                         self.near.publish(&keys, last);
                         drop(fence);
-                        let here = crate::trace::current();
-                        let (pushed, lost_until) = std::thread::scope(|s| {
-                            let marked = self.cache.as_ref().map(|cache| {
-                                s.spawn(|| {
-                                    let _in = crate::trace::adopt(here.clone());
-                                    let mut fence = crate::trace::span("catalog.fence.memcached");
-                                    fence.attr("keys", keys.len());
-                                    cache.invalidate(&keys, last)
-                                })
-                            });
-                            let pushed = self.replicate(&store, &writes, self.state().seq());
-                            if let Some(marked) = marked {
-                                let _ = marked.join();
-                            }
-                            pushed
-                        });
+                        // Posted to the replicas' mailboxes, then memcached's markers set
+                        // here while the pushes go.
+                        let posted = self.post(&writes, self.state().seq());
+                        if let Some(cache) = self.cache.as_ref() {
+                            let mut fence = crate::trace::span("catalog.fence.memcached");
+                            fence.attr("keys", keys.len());
+                            cache.invalidate(&keys, last);
+                        }
+                        let (pushed, lost_until) = self.collect(&store, posted, &writes, self.state().seq());
                         took = pushed;
                         // It carries the commit point of the batch before (`replicate`).
                         pushed_batch = true;
@@ -734,85 +726,111 @@ impl CatalogNode {
         std::mem::forget(writer);
     }
 
-    /// Pushes writes to every replica in sync (in parallel), with the commit point
-    /// `committed` (an empty push with it is the commit notice). A replica that
-    /// misses them is out of sync from then on (no lease renewals, no pushes) until the
+    /// Pushes writes to every replica in sync (in parallel, through their mailboxes), with
+    /// the commit point `committed` (an empty push with it is the commit notice). A replica
+    /// that misses them is out of sync from then on (no lease renewals, no pushes) until the
     /// background brings it back. Returns the replicas that took them, and the latest time
     /// until which one that missed them may hold a read lease (the batch waits it out:
     /// `core::batch`).
     fn replicate(&self, store: &Ledger, pushes: &[Arc<Replicate>], committed: u64) -> (Vec<String>, Option<Instant>) {
+        let posted = self.post(pushes, committed);
+        self.collect(store, posted, pushes, committed)
+    }
+
+    /// Posts writes to the mailbox of every replica in sync, with the commit point
+    /// `committed`: they are sent while the writer goes on; [`Self::collect`] takes the
+    /// answers.
+    fn post(&self, pushes: &[Arc<Replicate>], committed: u64) -> Posted {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
-        let waits: Vec<Result<(), Option<Instant>>> = std::thread::scope(|s| {
-            let pushes: Vec<_> = links
-                .iter()
-                .map(|link| {
-                    s.spawn(crate::trace::carried(move || match self.traced_push(store, link, pushes, committed) {
-                        Ok(ack) => {
-                            link.grant().synced(ack.replica_id);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                            let seq = pushes.last().map_or(committed, |p| p.seq);
-                            let what = if pushes.is_empty() { "the commit of write" } else { "write" };
-                            log::warn!(
-                                "replica {} missed {what} {seq}: {e}; out of sync until it catches up",
-                                link.url
-                            );
-                            Err(link.grant().lost())
-                        }
-                    }))
-                })
-                .collect();
-            pushes.into_iter().map(|p| p.join().unwrap_or(Err(None))).collect()
-        });
-        let took = links.iter().zip(&waits).filter(|(_, w)| w.is_ok()).map(|(l, _)| l.url.clone()).collect();
-        (took, waits.into_iter().filter_map(Result::err).flatten().max())
-    }
-
-    /// [`Self::push_to`] in a `catalog.push` span (failed when the push did).
-    fn traced_push(
-        &self,
-        store: &Ledger,
-        link: &ReplicaLink,
-        pushes: &[Arc<Replicate>],
-        committed: u64,
-    ) -> Result<ReplicaAck> {
-        let mut span = crate::trace::span("catalog.push");
-        span.attr("replica", link.url.as_str()).attr("writes", pushes.len());
-        let pushed = self.push_to(store, link, pushes, committed);
-        if pushed.is_err() {
-            span.fail();
-        }
-        pushed
-    }
-
-    /// Pushes a batch of writes; a replica that lacks writes before them gets those too,
-    /// from the history, when they are few. Called under the writer lock, to a replica in
-    /// sync (its log a prefix of this one's: the commit point means the same writes there).
-    fn push_to(
-        &self,
-        store: &Ledger,
-        link: &ReplicaLink,
-        pushes: &[Arc<Replicate>],
-        committed: u64,
-    ) -> Result<ReplicaAck> {
-        let last = pushes.last().map_or(0, |p| p.seq);
         let committed = self.commit_point(committed);
-        let ack = self.send_writes(&link.url, pushes, committed)?;
-        let tail = match took(last, ack.seq, Self::same_log(store, &ack), self.failover.is_some()) {
-            Took::Yes => return Ok(ack),
-            Took::Tail { after } => store
-                .recent
-                .history
-                .after(after, CLOSE_ENOUGH as usize)
-                .filter(|t| t.last().map(|w| w.seq) == Some(last)),
-            Took::No => None,
-        };
-        match tail {
-            Some(tail) => self.send_writes(&link.url, &tail, committed),
-            None => Err(Error::Unavailable(format!("replica is at write {} of {}", ack.seq, last))),
+        let writes: Arc<[Arc<Replicate>]> = pushes.into();
+        let answers =
+            self.post_to(links.iter().enumerate().map(|(place, link)| (place, link, Arc::clone(&writes))), committed);
+        Posted { links, answers, committed }
+    }
+
+    /// Posts one letter to each of `to` (a link's place among those posted to, the link,
+    /// its writes), all answered on the returned channel, which ends once every letter is
+    /// answered.
+    fn post_to<'a>(
+        &self,
+        to: impl Iterator<Item = (usize, &'a Arc<ReplicaLink>, Arc<[Arc<Replicate>]>)>,
+        committed: Option<u64>,
+    ) -> mpsc::Receiver<(usize, Result<ReplicaAck>)> {
+        let (answer, answers) = mpsc::channel();
+        let (epoch, trace) = (self.term(), crate::trace::current());
+        for (place, link, writes) in to {
+            let (trace, answer) = (trace.clone(), answer.clone());
+            link.mailbox.post(&link.url, &self.push, Letter { writes, epoch, committed, trace, answer, place });
         }
+        answers
+    }
+
+    /// The answers to the pushes `posted` (writes `pushes` with the commit point
+    /// `committed`), judged ([`took`]): a replica a few writes behind in this primary's log
+    /// is sent the writes it lacks (a second round, in parallel); one in sync that took
+    /// them stays in sync, the others are out of sync from now on. Returns what
+    /// [`Self::replicate`] does.
+    fn collect(
+        &self,
+        store: &Ledger,
+        posted: Posted,
+        pushes: &[Arc<Replicate>],
+        committed: u64,
+    ) -> (Vec<String>, Option<Instant>) {
+        let Posted { links, answers, committed: point } = posted;
+        let last = pushes.last().map_or(0, |p| p.seq);
+        // Each link's answer; none where its mailbox dropped the letter.
+        let mut acks: Vec<Option<Result<ReplicaAck>>> = links.iter().map(|_| None).collect();
+        for (place, answer) in answers {
+            acks[place] = Some(answer);
+        }
+        let mut tails = Vec::new();
+        for (place, answer) in acks.iter_mut().enumerate() {
+            let Some(Ok(ack)) = answer else { continue };
+            let tail = match took(last, ack.seq, Self::same_log(store, ack), self.failover.is_some()) {
+                Took::Yes => continue,
+                Took::Tail { after } => store
+                    .recent
+                    .history
+                    .after(after, CLOSE_ENOUGH as usize)
+                    .filter(|t| t.last().map(|w| w.seq) == Some(last)),
+                Took::No => None,
+            };
+            match tail {
+                Some(tail) => tails.push((place, tail)),
+                None => *answer = Some(Err(Error::Unavailable(format!("replica is at write {} of {last}", ack.seq)))),
+            }
+        }
+        if !tails.is_empty() {
+            // Answered by this round alone: a letter dropped leaves no answer.
+            for (place, _) in &tails {
+                acks[*place] = None;
+            }
+            let tails = tails.into_iter().map(|(place, tail)| (place, &links[place], tail.into()));
+            for (place, answer) in self.post_to(tails, point) {
+                acks[place] = Some(answer);
+            }
+        }
+        let mut took_them = Vec::new();
+        let mut lost_until = None;
+        for (link, answer) in links.iter().zip(acks) {
+            let answer = answer.unwrap_or_else(|| Err(Error::Unavailable("its mailbox dropped the push".into())));
+            match answer {
+                Ok(ack) => {
+                    link.grant().synced(ack.replica_id);
+                    took_them.push(link.url.clone());
+                }
+                Err(e) => {
+                    self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
+                    let seq = pushes.last().map_or(committed, |p| p.seq);
+                    let what = if pushes.is_empty() { "the commit of write" } else { "write" };
+                    log::warn!("replica {} missed {what} {seq}: {e}; out of sync until it catches up", link.url);
+                    lost_until = lost_until.max(link.grant().lost());
+                }
+            }
+        }
+        (took_them, lost_until)
     }
 
     /// The commit point to send with a push to a replica whose log is a prefix of this
@@ -822,29 +840,10 @@ impl CatalogNode {
         core::read::commit_point(self.reader(), committed)
     }
 
-    /// Sends writes in pushes of at most [`PUSH_BYTES`], in order, each with the commit
-    /// point `committed`; an empty list is one empty push (where is the replica? or, with a
-    /// commit point, the commit notice). Returns the last answer. Only a replica whose log
-    /// is known to be a prefix of this one's may be sent a commit point: it shows its own
-    /// writes up to there.
+    /// [`mailbox::send`] on this thread (the catch-up's pushes: the writer's go through the
+    /// mailboxes).
     fn send_writes(&self, url: &str, writes: &[Arc<Replicate>], committed: Option<u64>) -> Result<ReplicaAck> {
-        let mut rest = writes;
-        loop {
-            let mut size = 0;
-            let n = rest
-                .iter()
-                .take_while(|w| {
-                    size += 192 + 2 * w.book.title.len() + w.book.topic.len();
-                    size <= PUSH_BYTES
-                })
-                .count()
-                .max(rest.len().min(1));
-            let ack = self.push.replicate(url, self.term(), committed, &rest[..n])?;
-            rest = &rest[n..];
-            if rest.is_empty() {
-                return Ok(ack);
-            }
-        }
+        mailbox::send(&self.push, url, self.term(), writes, committed)
     }
 
     /// Starts the background thread that keeps `link` in sync.
@@ -1133,6 +1132,16 @@ impl CatalogNode {
         self.counters.lease_refusals.fetch_add(1, Ordering::Relaxed);
         Err(Error::NotHere(NotHere::NoGrant(NoGrant::Unknown)))
     }
+}
+
+/// Pushes posted to the replicas' mailboxes ([`CatalogNode::post`]), to be collected.
+struct Posted {
+    /// The replicas in sync posted to, in the order of their places.
+    links: Vec<Arc<ReplicaLink>>,
+    /// Their answers, tagged with their places; the channel ends once each is answered.
+    answers: mpsc::Receiver<(usize, Result<ReplicaAck>)>,
+    /// The commit point the pushes carried (a tail sent after them carries it too).
+    committed: Option<u64>,
 }
 
 /// The writes waiting for the writer thread: the channel, at most one write taken from it
