@@ -10,7 +10,7 @@
 //! catalog-core.md`, §3.1): one peer's messages in order, performed around the owner.
 
 use crate::client::CatalogClient;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire::{ReplicaAck, Replicate};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -26,9 +26,38 @@ pub(super) struct Letter {
     pub(super) committed: Option<u64>,
     /// The trace the push belongs to (its `catalog.push` span is recorded there).
     pub(super) trace: Option<crate::trace::Context>,
-    /// The answer, tagged with `place` (the writer's index of the replica).
-    pub(super) answer: mpsc::Sender<(usize, Result<ReplicaAck>)>,
-    pub(super) place: usize,
+    /// It sends the writes a replica a few writes behind lacks (a span attribute).
+    pub(super) tail: bool,
+    pub(super) answer: Answer,
+}
+
+/// Where a letter's answer goes, tagged with the writer's place for the replica: sent
+/// once by the mailbox thread, or, when the letter is dropped unanswered (its thread could
+/// not start, or ended), as a push that failed. So the writer, counting its letters, gets
+/// one answer for each.
+pub(super) struct Answer {
+    to: Option<mpsc::Sender<(usize, Result<ReplicaAck>)>>,
+    place: usize,
+}
+
+impl Answer {
+    pub(super) fn new(to: &mpsc::Sender<(usize, Result<ReplicaAck>)>, place: usize) -> Answer {
+        Answer { to: Some(to.clone()), place }
+    }
+
+    fn send(mut self, answer: Result<ReplicaAck>) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send((self.place, answer));
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send((self.place, Err(Error::Unavailable("its mailbox dropped the push".into()))));
+        }
+    }
 }
 
 /// The lane to one replica's thread, started at the first letter (a link that never gets
@@ -42,9 +71,8 @@ pub(super) struct Mailbox {
 
 impl Mailbox {
     /// Posts `letter` to replica `url`'s thread, starting it if there is none, or if it
-    /// ended (a thread that panicked is replaced; the letter it was sending is dropped with
-    /// its answer's sender, which the writer, holding no sender of its own, sees as the
-    /// channel's end).
+    /// ended (a thread that panicked is replaced; the letter it was sending is answered as
+    /// dropped, see [`Answer`]).
     pub(super) fn post(&self, url: &str, push: &CatalogClient, letter: Letter) {
         let mut lane = self.lane.lock().unwrap_or_else(|e| e.into_inner());
         let letter = match lane.as_ref() {
@@ -59,8 +87,7 @@ impl Mailbox {
         let started = std::thread::Builder::new().name("mailbox".into()).spawn(move || deliver(&url, &push, letters));
         if let Err(e) = started {
             // No thread: the letter is answered as a push that failed.
-            let _ = letter.answer.send((letter.place, Err(crate::error::Error::Unavailable(e.to_string()))));
-            return;
+            return letter.answer.send(Err(Error::Unavailable(format!("its mailbox cannot start: {e}"))));
         }
         let _ = to.send(letter);
         *lane = Some(to);
@@ -73,12 +100,15 @@ fn deliver(url: &str, push: &CatalogClient, letters: mpsc::Receiver<Letter>) {
         let _in = crate::trace::adopt(letter.trace);
         let mut span = crate::trace::span("catalog.push");
         span.attr("replica", url).attr("writes", letter.writes.len());
+        if letter.tail {
+            span.attr("tail", true);
+        }
         let sent = send(push, url, letter.epoch, &letter.writes, letter.committed);
         if sent.is_err() {
             span.fail();
         }
         drop(span);
-        let _ = letter.answer.send((letter.place, sent));
+        letter.answer.send(sent);
     }
 }
 

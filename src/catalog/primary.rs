@@ -12,7 +12,7 @@ use super::core;
 use super::core::batch::{Batch, Do, Done};
 use super::core::primary::{decide, gate, took, Asked, Decided, Gate, Took, Waits, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
-use super::mailbox::{self, Letter};
+use super::mailbox::{self, Answer, Letter};
 use super::node::{
     CatalogNode, Pending, Queued, ReplicaLink, Reply, FORWARD_TIMEOUT, LOG_PAGE, MAX_BATCH, RETRY_INTERVAL,
 };
@@ -742,35 +742,20 @@ impl CatalogNode {
     /// answers.
     fn post(&self, pushes: &[Arc<Replicate>], committed: u64) -> Posted {
         let links: Vec<Arc<ReplicaLink>> = self.links().into_iter().filter(|l| l.grant().in_sync).collect();
-        let committed = self.commit_point(committed);
+        let (to, answers) = mpsc::channel();
+        let posted = Posted { links, to, answers, committed: self.commit_point(committed), epoch: self.term() };
         let writes: Arc<[Arc<Replicate>]> = pushes.into();
-        let answers =
-            self.post_to(links.iter().enumerate().map(|(place, link)| (place, link, Arc::clone(&writes))), committed);
-        Posted { links, answers, committed }
-    }
-
-    /// Posts one letter to each of `to` (a link's place among those posted to, the link,
-    /// its writes), all answered on the returned channel, which ends once every letter is
-    /// answered.
-    fn post_to<'a>(
-        &self,
-        to: impl Iterator<Item = (usize, &'a Arc<ReplicaLink>, Arc<[Arc<Replicate>]>)>,
-        committed: Option<u64>,
-    ) -> mpsc::Receiver<(usize, Result<ReplicaAck>)> {
-        let (answer, answers) = mpsc::channel();
-        let (epoch, trace) = (self.term(), crate::trace::current());
-        for (place, link, writes) in to {
-            let (trace, answer) = (trace.clone(), answer.clone());
-            link.mailbox.post(&link.url, &self.push, Letter { writes, epoch, committed, trace, answer, place });
+        for place in 0..posted.links.len() {
+            posted.post(place, Arc::clone(&writes), false, &self.push);
         }
-        answers
+        posted
     }
 
     /// The answers to the pushes `posted` (writes `pushes` with the commit point
-    /// `committed`), judged ([`took`]): a replica a few writes behind in this primary's log
-    /// is sent the writes it lacks (a second round, in parallel); one in sync that took
-    /// them stays in sync, the others are out of sync from now on. Returns what
-    /// [`Self::replicate`] does.
+    /// `committed`), each judged as it comes ([`took`]): a replica a few writes behind in
+    /// this primary's log is sent the writes it lacks at once; one that took them stays in
+    /// sync; one that did not is out of sync at once (no lease renewal from then on).
+    /// Returns what [`Self::replicate`] does.
     fn collect(
         &self,
         store: &Ledger,
@@ -778,48 +763,44 @@ impl CatalogNode {
         pushes: &[Arc<Replicate>],
         committed: u64,
     ) -> (Vec<String>, Option<Instant>) {
-        let Posted { links, answers, committed: point } = posted;
         let last = pushes.last().map_or(0, |p| p.seq);
-        // Each link's answer; none where its mailbox dropped the letter.
-        let mut acks: Vec<Option<Result<ReplicaAck>>> = links.iter().map(|_| None).collect();
-        for (place, answer) in answers {
-            acks[place] = Some(answer);
-        }
-        let mut tails = Vec::new();
-        for (place, answer) in acks.iter_mut().enumerate() {
-            let Some(Ok(ack)) = answer else { continue };
-            let tail = match took(last, ack.seq, Self::same_log(store, ack), self.failover.is_some()) {
-                Took::Yes => continue,
-                Took::Tail { after } => store
-                    .recent
-                    .history
-                    .after(after, CLOSE_ENOUGH as usize)
-                    .filter(|t| t.last().map(|w| w.seq) == Some(last)),
-                Took::No => None,
+        // By place: whether it took them, and whether its tail was sent.
+        let (mut took_them, mut tailed) = (vec![false; posted.links.len()], vec![false; posted.links.len()]);
+        let (mut waiting, mut lost_until) = (posted.links.len(), None);
+        while waiting > 0 {
+            // Every letter is answered once, sent or dropped (`mailbox::Answer`).
+            let Ok((place, answer)) = posted.answers.recv() else { break };
+            waiting -= 1;
+            let link = &posted.links[place];
+            let failed = match answer {
+                // A tail's answer is not judged again.
+                Ok(ack) if tailed[place] => Ok(ack),
+                Ok(ack) => match took(last, ack.seq, Self::same_log(store, &ack), self.failover.is_some()) {
+                    Took::Yes => Ok(ack),
+                    Took::Tail { after } => {
+                        let tail = store
+                            .recent
+                            .history
+                            .after(after, CLOSE_ENOUGH as usize)
+                            .filter(|t| t.last().map(|w| w.seq) == Some(last));
+                        match tail {
+                            Some(tail) => {
+                                tailed[place] = true;
+                                posted.post(place, tail.into(), true, &self.push);
+                                waiting += 1;
+                                continue;
+                            }
+                            None => Err(Self::behind(link, &ack, last)),
+                        }
+                    }
+                    Took::No => Err(Self::behind(link, &ack, last)),
+                },
+                Err(e) => Err(e),
             };
-            match tail {
-                Some(tail) => tails.push((place, tail)),
-                None => *answer = Some(Err(Error::Unavailable(format!("replica is at write {} of {last}", ack.seq)))),
-            }
-        }
-        if !tails.is_empty() {
-            // Answered by this round alone: a letter dropped leaves no answer.
-            for (place, _) in &tails {
-                acks[*place] = None;
-            }
-            let tails = tails.into_iter().map(|(place, tail)| (place, &links[place], tail.into()));
-            for (place, answer) in self.post_to(tails, point) {
-                acks[place] = Some(answer);
-            }
-        }
-        let mut took_them = Vec::new();
-        let mut lost_until = None;
-        for (link, answer) in links.iter().zip(acks) {
-            let answer = answer.unwrap_or_else(|| Err(Error::Unavailable("its mailbox dropped the push".into())));
-            match answer {
+            match failed {
                 Ok(ack) => {
                     link.grant().synced(ack.replica_id);
-                    took_them.push(link.url.clone());
+                    took_them[place] = true;
                 }
                 Err(e) => {
                     self.counters.pushes_failed.fetch_add(1, Ordering::Relaxed);
@@ -830,7 +811,17 @@ impl CatalogNode {
                 }
             }
         }
-        (took_them, lost_until)
+        let took = posted.links.iter().zip(took_them).filter(|(_, took)| *took).map(|(l, _)| l.url.clone()).collect();
+        (took, lost_until)
+    }
+
+    /// A replica that answered a push but did not log it: why (in a failed
+    /// `catalog.push.behind` span too, as the push's own span says it was answered).
+    fn behind(link: &ReplicaLink, ack: &ReplicaAck, last: u64) -> Error {
+        let mut span = crate::trace::span("catalog.push.behind");
+        span.attr("replica", link.url.as_str()).attr("at", ack.seq);
+        span.fail();
+        Error::Unavailable(format!("replica is at write {} of {last}", ack.seq))
     }
 
     /// The commit point to send with a push to a replica whose log is a prefix of this
@@ -1138,10 +1129,23 @@ impl CatalogNode {
 struct Posted {
     /// The replicas in sync posted to, in the order of their places.
     links: Vec<Arc<ReplicaLink>>,
-    /// Their answers, tagged with their places; the channel ends once each is answered.
+    /// Where their answers go (a tail posted after them answers there too), and the
+    /// answers, tagged with their places.
+    to: mpsc::Sender<(usize, Result<ReplicaAck>)>,
     answers: mpsc::Receiver<(usize, Result<ReplicaAck>)>,
-    /// The commit point the pushes carried (a tail sent after them carries it too).
+    /// The commit point and the epoch the pushes carry (a tail carries them too).
     committed: Option<u64>,
+    epoch: u64,
+}
+
+impl Posted {
+    /// Posts `writes` to the replica at `place`, in the current trace.
+    fn post(&self, place: usize, writes: Arc<[Arc<Replicate>]>, tail: bool, push: &CatalogClient) {
+        let link = &self.links[place];
+        let (epoch, committed, trace, answer) =
+            (self.epoch, self.committed, crate::trace::current(), Answer::new(&self.to, place));
+        link.mailbox.post(&link.url, push, Letter { writes, epoch, committed, trace, tail, answer });
+    }
 }
 
 /// The writes waiting for the writer thread: the channel, at most one write taken from it
