@@ -773,9 +773,13 @@ impl CatalogNode {
             waiting -= 1;
             let link = &posted.links[place];
             let failed = match answer {
-                // A tail's answer is not judged again.
-                Ok(ack) if tailed[place] => Ok(ack),
-                Ok(ack) => match took(last, ack.seq, Self::same_log(store, &ack), self.failover.is_some()) {
+                // A tail's answer counts only at the batch's last write, in this log (the
+                // replica may have logged another write under a number the tail held).
+                Ok(ack) if tailed[place] => match ack.seq == last && Self::same_log(store, &ack) {
+                    true => Ok(ack),
+                    false => Err(Self::behind(link, &ack, last)),
+                },
+                Ok(ack) => match took(last, ack.seq, Self::same_log(store, &ack)) {
                     Took::Yes => Ok(ack),
                     Took::Tail { after } => {
                         let tail = store
@@ -937,10 +941,16 @@ impl CatalogNode {
     }
 
     /// Whether a replica's log, standing at `ack`, is a prefix of this one: the same
-    /// history and the same epoch at its last write (one primary per epoch, pushes in
-    /// order: logs that agree on (seq, epoch) agree up to there).
+    /// history, the same epoch at its last write (one primary per epoch, pushes in order:
+    /// logs that agree on (seq, epoch) agree up to there; none past this one's last) and,
+    /// where both know it, the same chain there. With static roles every write is of epoch
+    /// 0 and only the chain tells another write at that number: one that this primary's
+    /// earlier run pushed before it crashed and the replica read after the restart settled.
     fn same_log(store: &Ledger, ack: &ReplicaAck) -> bool {
-        ack.history == store.history_id() && store.recent.history.epoch_at(ack.seq) == Some(ack.epoch)
+        let history = &store.recent.history;
+        ack.history == store.history_id()
+            && history.epoch_at(ack.seq) == Some(ack.epoch)
+            && core::primary::chains_diverged(history.chain_at(ack.seq), ack.chain) != Some(true)
     }
 
     /// With static roles, why replica `link` (whose log ends at `ack`, no further than this

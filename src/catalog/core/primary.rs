@@ -45,11 +45,15 @@ pub enum Took {
 }
 
 /// Judges a replica's answer to the push of a batch whose last write is `last`: it says
-/// it logged up to `acked`, and `same_log` says whether its write there is this primary's
-/// (same history, same epoch at that number). With etcd (`epochs`) an answer counts only
-/// from the same log: a deposed primary's write at that number would be another write.
-pub fn took(last: u64, acked: u64, same_log: bool, epochs: bool) -> Took {
-    if acked >= last && (same_log || !epochs) {
+/// it logged up to `acked`, and `same_log` says whether its log up to there is this
+/// primary's (same history, the same epoch at that number and, where both know it, the
+/// same chain; false past this primary's last write). An answer counts only from the
+/// same log: with etcd a deposed primary's write at that number would be another write,
+/// and with static roles so would a write of this primary's earlier run that reached the
+/// replica late (a push sent before a crash, read after the restart settled), which no
+/// epoch tells apart.
+pub fn took(last: u64, acked: u64, same_log: bool) -> Took {
+    if acked >= last && same_log {
         Took::Yes
     } else if acked < last && same_log && last - acked <= CLOSE_ENOUGH {
         Took::Tail { after: acked }
@@ -276,22 +280,27 @@ mod tests {
         assert_eq!(decided.keys.len(), 5, "two infos, two searches, the books: {:?}", decided.keys);
     }
 
-    /// A replica's answer to a push as a table: (last, acked, same log, etcd) -> verdict.
+    /// A replica's answer to a push as a table: (last, acked, same log) -> verdict.
     #[test]
     fn an_ack_counts_only_for_the_whole_batch_in_this_log() {
         let cases = [
-            ((20, 20, true, true), Took::Yes),
-            ((20, 25, true, false), Took::Yes), // static: ahead counts (it holds the batch)
-            ((20, 20, false, false), Took::Yes), // static roles: no epochs to compare
-            ((20, 20, false, true), Took::No),  // etcd: another write at 20 (a deposed primary's)
-            ((20, 17, true, true), Took::Tail { after: 17 }),
-            ((20, 17, true, false), Took::Tail { after: 17 }),
-            ((20, 17, false, true), Took::No),
-            ((2000, 999, true, true), Took::No), // too far behind: it catches up by itself
-            ((2000, 1000, true, true), Took::Tail { after: 1000 }),
+            ((20, 20, true), Took::Yes),
+            // Another write at 20: a deposed primary's (etcd), or this primary's earlier
+            // run's, pushed before a crash and read after the restart (static roles).
+            ((20, 20, false), Took::No),
+            // Ahead of this primary's last write: writes it never made (its log is not
+            // this one's past the last write).
+            ((20, 25, false), Took::No),
+            ((20, 17, true), Took::Tail { after: 17 }),
+            ((20, 17, false), Took::No),
+            ((2000, 999, true), Took::No), // too far behind: it catches up by itself
+            ((2000, 1000, true), Took::Tail { after: 1000 }),
+            // The commit notice (nothing pushed) counts from a replica in this log.
+            ((0, 20, true), Took::Yes),
+            ((0, 20, false), Took::No),
         ];
-        for ((last, acked, same_log, epochs), want) in cases {
-            assert_eq!(took(last, acked, same_log, epochs), want, "{last} {acked} {same_log} {epochs}");
+        for ((last, acked, same_log), want) in cases {
+            assert_eq!(took(last, acked, same_log), want, "{last} {acked} {same_log}");
         }
     }
 
