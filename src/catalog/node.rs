@@ -99,14 +99,16 @@ pub(super) fn say_once(last: &Mutex<String>, why: &str) {
     }
 }
 
-/// What the writer thread is sent: a write, or word that writes may have opened (the
-/// writer holds the writes that come before, and answers them once they are open).
+/// What the writer thread is sent: a write, or word that the start moved on (it settled,
+/// or a replica came in sync while writes wait for the replicas): the writer holds the
+/// writes that come before they are open, opens them itself (`core::opening`), and
+/// answers them then.
 // The queue's slots are as large as a write whether or not the word is a variant beside
 // it, and boxing would cost an allocation per write.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Queued {
     Write(Pending),
-    Opened,
+    Wake,
 }
 
 /// A write waiting for the writer thread, and where its answer goes: the request's one

@@ -10,6 +10,7 @@
 
 use super::core;
 use super::core::batch::{Batch, Do, Done};
+use super::core::opening::{self, Opening};
 use super::core::primary::{decide, gate, took, Asked, Decided, Gate, Took, Waits, CLOSE_ENOUGH};
 use super::core::settle::{self, Settle};
 use super::mailbox::{self, Answer, Letter};
@@ -65,12 +66,10 @@ impl CatalogNode {
         for link in self.links() {
             self.spawn_keeper(link, shutdown);
         }
-        let (node, stop) = (Arc::clone(self), shutdown.clone());
-        std::thread::spawn(move || {
-            if node.settle_with_replicas(&stop) {
-                node.open_writes(&stop)
-            }
-        });
+        if !self.settled.load(Ordering::SeqCst) {
+            let (node, stop) = (Arc::clone(self), shutdown.clone());
+            std::thread::spawn(move || node.settle_with_replicas(&stop));
+        }
     }
 
     /// Static roles, at start: compares this catalog with every replica's
@@ -78,8 +77,9 @@ impl CatalogNode {
     /// older), takes the newest one's catalog whole before it serves anything. It waits
     /// for a replica that does not answer (it may be starting too, and hold more): an empty
     /// catalog for as long as it takes (that replica may hold the store's books), one with
-    /// data for [`SILENT_REPLICA_WAIT`]. Returns false when stopped first.
-    fn settle_with_replicas(&self, shutdown: &Shutdown) -> bool {
+    /// data for [`SILENT_REPLICA_WAIT`]. Then the writer thread opens writes
+    /// ([`CatalogNode::open_writes`]).
+    fn settle_with_replicas(&self, shutdown: &Shutdown) {
         let client = CatalogClient { http: self.forward.clone() };
         let (started, mut said) = (Instant::now(), None);
         while !self.settled.load(Ordering::SeqCst) {
@@ -121,10 +121,9 @@ impl CatalogNode {
                 said = Some(why);
             }
             if shutdown.sleep(RETRY_INTERVAL) {
-                return false;
+                return;
             }
         }
-        true
     }
 
     /// What replica `url` holds, for the settle: its identity and, when its log runs further
@@ -217,15 +216,31 @@ impl CatalogNode {
         let mut queue = Waiting { queue, held: None, owed: false, kept: VecDeque::new() };
         let (mut generation_due, mut opened) = (Instant::now(), None);
         let waits = Waits { compare: SILENT_REPLICA_WAIT + RETRY_INTERVAL, lead: LEAD_WAIT.min(FORWARD_TIMEOUT) };
+        // With etcd the elected primary flushes memcached after its election instead
+        // (`flush_after_election`), and no other catalog may touch it.
+        let setting = opening::Setting {
+            lease: self.config.lease,
+            grace_until: self.writes_from,
+            cache: self.cache.is_some() && self.failover.is_none(),
+            fill_window: cache::FILL_WINDOW,
+            backoff: cache::BACKOFF,
+        };
+        let mut opening: Option<Opening> = None;
         while !shutdown.is_set() {
             if self.cache.is_some() && Instant::now() >= generation_due {
                 generation_due = Instant::now() + self.check_generation();
             }
             let idle = Duration::from_millis(100);
-            let wait = match self.cache {
+            let mut wait = match self.cache {
                 Some(_) => idle.min(generation_due.saturating_duration_since(Instant::now())),
                 None => idle,
             };
+            if self.settled.load(Ordering::SeqCst) && opening != Some(Opening::Done) {
+                let opening = opening.get_or_insert_with(|| Opening::begin(Instant::now(), &setting));
+                if let Some(until) = self.open_writes(opening, &setting) {
+                    wait = wait.min(until.saturating_duration_since(Instant::now()));
+                }
+            }
             let now = Instant::now();
             let (settled, open) = (self.settled.load(Ordering::SeqCst), self.writes_open.load(Ordering::SeqCst));
             if settled && open {
@@ -628,72 +643,46 @@ impl CatalogNode {
     }
 
     /// Whether writes are open: the start compared this catalog with its replicas'
-    /// ([`CatalogNode::settle_with_replicas`]) and [`CatalogNode::open_writes`] opened them.
+    /// ([`CatalogNode::settle_with_replicas`]) and the writer opened them
+    /// ([`CatalogNode::open_writes`]).
     fn open_to_writes(&self) -> bool {
         self.settled.load(Ordering::SeqCst) && self.writes_open.load(Ordering::SeqCst)
     }
 
-    /// Tells the writer thread that writes may have opened, so that the writes it holds
-    /// are answered at once. A full queue needs no word: the writer is busy with it.
+    /// Tells the writer thread that the start moved on (settled, or a replica came in
+    /// sync), so that it opens writes, and answers the writes it holds, at once. A full
+    /// queue needs no word: the writer is busy with it.
     fn wake_writer(&self) {
-        let _ = self.writes.try_send(Queued::Opened);
+        let _ = self.writes.try_send(Queued::Wake);
     }
 
-    /// Background, at start: opens writes once every replica is in sync (which ends any
-    /// lease a replica extended while no primary ran) or the farewell grace has passed,
-    /// not before one lease from the start (front ends' near-cache leases of an earlier
-    /// run end by then), and once the cache holds no answer of another history.
-    ///
-    /// After an import memcached holds answers of the old catalog, which no marker of the
-    /// new one would replace: they are flushed before the first write, and once more when
-    /// every read that began before the replicas held the new catalog has passed its fill
-    /// window (such a read may still store an old answer in between).
-    fn open_writes(&self, shutdown: &Shutdown) {
-        // A front end's near-cache lease granted by an earlier run of this catalog ends
-        // within L of this start (`near.rs`); this run does not know those front ends.
-        if self.leases() && shutdown.sleep(self.config.lease) {
-            return;
-        }
-        let wait = self.leases() && !self.links().is_empty();
-        while wait && Instant::now() < self.writes_from && !self.links().iter().all(|l| l.grant().in_sync) {
-            if shutdown.sleep(Duration::from_millis(20)) {
-                return;
-            }
-        }
-        // With etcd every catalog runs this, whatever its role: the elected primary flushes
-        // memcached instead (`flush_after_election`), and no other may touch it.
-        let Some(cache) = self.cache.as_ref().filter(|_| self.failover.is_none()) else {
-            self.writes_open.store(true, Ordering::SeqCst);
-            return self.wake_writer();
-        };
-        let history = self.lock_writer().history_id().to_string();
-        let mut flushed: Option<Instant> = None;
+    /// On the writer thread, between batches, once the start settled: performs the
+    /// opening's steps due now (`core::opening`: a lease after the settle, the replicas in
+    /// sync or the farewell grace over, memcached's history checked), and opens writes when
+    /// it says so. Returns when to look again (a replica that comes in sync wakes the
+    /// writer sooner).
+    fn open_writes(&self, opening: &mut Opening, setting: &opening::Setting) -> Option<Instant> {
         loop {
-            match flushed {
-                None => match self.adopt_history(cache, &history, false) {
-                    Ok(false) => {
-                        self.writes_open.store(true, Ordering::SeqCst);
-                        return self.wake_writer();
-                    }
-                    Ok(true) => {
-                        log::info!("memcached held answers of another catalog history: flushed");
-                        flushed = Some(Instant::now());
-                    }
-                    Err(e) => log::warn!("cannot check memcached's catalog history ({e}); trying again"),
-                },
-                Some(at) if at.elapsed() >= cache::FILL_WINDOW => match self.adopt_history(cache, &history, true) {
-                    Ok(_) => return log::info!("flushed memcached again: no fill of the old catalog is left"),
-                    Err(e) => log::warn!("cannot flush memcached again ({e}); trying again"),
-                },
-                Some(_) => {}
+            let in_sync = self.links().iter().all(|l| l.grant().in_sync);
+            let step = opening.next(Instant::now(), in_sync, setting);
+            if opening.writes_open() && !self.writes_open.load(Ordering::SeqCst) {
+                self.writes_open.store(true, Ordering::SeqCst);
             }
-            // Writes wait for one attempt only: a memcached that does not answer is asked again.
-            if !self.writes_open.swap(true, Ordering::SeqCst) {
-                self.wake_writer();
+            let force = match step {
+                opening::Step::Wait(until) => return until,
+                opening::Step::Adopt { force } => force,
+            };
+            let cache = self.cache.as_ref().expect("the opening checks memcached only where there is one");
+            let history = self.lock_writer().history_id().to_string();
+            let adopted = self.adopt_history(cache, &history, force);
+            match (&adopted, force) {
+                (Ok(false), false) => {}
+                (Ok(true), false) => log::info!("memcached held answers of another catalog history: flushed"),
+                (Ok(_), true) => log::info!("flushed memcached again: no fill of the old catalog is left"),
+                (Err(e), false) => log::warn!("cannot check memcached's catalog history ({e}); trying again"),
+                (Err(e), true) => log::warn!("cannot flush memcached again ({e}); trying again"),
             }
-            if shutdown.sleep(cache::BACKOFF) {
-                return;
-            }
+            opening.adopted(Instant::now(), adopted.map_err(|_| ()), setting);
         }
     }
 
@@ -856,7 +845,13 @@ impl CatalogNode {
             let primary = self.role() == super::config::Role::Primary && valid && self.settled.load(Ordering::SeqCst);
             if primary && (!link.grant().in_sync | link.recheck.swap(false, Ordering::SeqCst)) {
                 match self.bring_in_sync(link) {
-                    Ok(seq) => log::info!("replica {} is in sync at write {seq}", link.url),
+                    Ok(seq) => {
+                        log::info!("replica {} is in sync at write {seq}", link.url);
+                        // Writes may be waiting for it to open.
+                        if !self.writes_open.load(Ordering::SeqCst) {
+                            self.wake_writer();
+                        }
+                    }
                     Err(e) => log::debug!("replica {} not in sync yet: {e}", link.url),
                 }
             }
@@ -1190,8 +1185,8 @@ impl Waiting {
         loop {
             match self.queue.recv_timeout(deadline.saturating_duration_since(Instant::now()))? {
                 Queued::Write(p) => return Ok(p),
-                // Writes were open already.
-                Queued::Opened => {}
+                // Nothing to look at: writes are open.
+                Queued::Wake => {}
             }
         }
     }
@@ -1209,18 +1204,18 @@ impl Waiting {
         loop {
             match self.queue.try_recv().ok()? {
                 Queued::Write(p) => return Some(p),
-                Queued::Opened => {}
+                Queued::Wake => {}
             }
         }
     }
 
     /// While the gate is not open ([`Gate`]): keeps what comes within `timeout` (decided
-    /// once it opens, or refused), and returns sooner when told that writes may have
-    /// opened. Err once no write can come any more.
+    /// once it opens, or refused), and returns sooner when woken (the start moved on).
+    /// Err once no write can come any more.
     fn hold(&mut self, timeout: Duration) -> Result<(), mpsc::RecvTimeoutError> {
         match self.queue.recv_timeout(timeout) {
             Ok(Queued::Write(p)) => self.kept.push_back(p),
-            Ok(Queued::Opened) | Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+            Ok(Queued::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
             Err(e) => return Err(e),
         }
         // And everything queued behind it, at once: a burst costs the writer one turn, and
@@ -1290,20 +1285,20 @@ mod tests {
         std::iter::from_fn(|| waiting.more()).map(|p| p.asked.id).collect()
     }
 
-    /// Writes that come before writes open are kept in the order they came, word that they
-    /// opened is no write, the ones kept too long are refused with the reason (and only
+    /// Writes that come before writes open are kept in the order they came, a wake is no
+    /// write, the ones kept too long are refused with the reason (and only
     /// they), and once open the kept ones go first, then the queue.
     #[test]
     fn writes_before_the_opening_wait_in_order_and_the_old_are_refused() {
         let (writes, to, answers, mut waiting) = writer_queue();
         let short = Duration::from_millis(1);
         writes.send(pending(1, &to, 0)).unwrap();
-        writes.send(Queued::Opened).unwrap();
+        writes.send(Queued::Wake).unwrap();
         writes.send(pending(2, &to, 1)).unwrap();
         for _ in 0..3 {
             waiting.hold(short).unwrap();
         }
-        assert_eq!(waiting.kept.len(), 2, "word of the opening is no write");
+        assert_eq!(waiting.kept.len(), 2, "a wake is no write");
         let between = Instant::now();
         std::thread::sleep(short);
         writes.send(pending(3, &to, 2)).unwrap();
@@ -1312,13 +1307,13 @@ mod tests {
         let refused: Vec<(usize, Result<Book>)> = answers.try_iter().collect();
         assert_eq!(refused.iter().map(|(place, _)| *place).collect::<Vec<_>>(), [0, 1]);
         assert!(refused.iter().all(|(_, a)| matches!(a, Err(Error::Unavailable(why)) if why == "still comparing")));
-        writes.send(Queued::Opened).unwrap();
+        writes.send(Queued::Wake).unwrap();
         writes.send(pending(4, &to, 3)).unwrap();
         assert!(waiting.any(), "a kept write waits");
-        assert_eq!(ids(&mut waiting), [3, 4], "the kept one first, then the queue, past the word");
+        assert_eq!(ids(&mut waiting), [3, 4], "the kept one first, then the queue, past the wake");
         assert!(!waiting.any());
-        writes.send(Queued::Opened).unwrap();
-        assert!(waiting.first(short).is_err(), "word of the opening is no write once open either");
+        writes.send(Queued::Wake).unwrap();
+        assert!(waiting.first(short).is_err(), "a wake is no write once open either");
         drop(writes);
         assert_eq!(waiting.hold(short), Err(mpsc::RecvTimeoutError::Disconnected));
     }

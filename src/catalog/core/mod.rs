@@ -9,6 +9,8 @@
 //! - [`batch`]: a group commit's stages after its first decision, in their order (append,
 //!   fence and push, wait out lost leases, make safe or give up, confirm, show, check,
 //!   answer, notice), told what happened and saying what to do next.
+//! - [`opening`]: how a primary opens writes once it settled (old leases waited out, the
+//!   replicas in sync or the grace over, memcached's history checked), as stages.
 //! - [`primary`]: a group commit's first decision: which waiting writes are made, with
 //!   which numbers, what each is answered, which cache keys they change.
 //! - [`read`]: whether a catalog may answer a read now.
@@ -23,6 +25,7 @@
 //! store's one lease arithmetic (`crate::lease`).
 
 pub mod batch;
+pub mod opening;
 pub mod primary;
 pub mod read;
 pub mod replica;
