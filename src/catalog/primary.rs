@@ -673,8 +673,7 @@ impl CatalogNode {
                 opening::Step::Adopt { force } => force,
             };
             let cache = self.cache.as_ref().expect("the opening checks memcached only where there is one");
-            let history = self.lock_writer().history_id().to_string();
-            let adopted = self.adopt_history(cache, &history, force);
+            let adopted = self.adopt_history(cache, force);
             match (&adopted, force) {
                 (Ok(false), false) => {}
                 (Ok(true), false) => log::info!("memcached held answers of another catalog history: flushed"),
@@ -686,10 +685,11 @@ impl CatalogNode {
         }
     }
 
-    /// [`cache::Cache::adopt_history`] under the writer lock (between batches).
-    fn adopt_history(&self, cache: &cache::Cache, history: &str, force: bool) -> Result<bool, String> {
-        let _writer = self.lock_writer();
-        cache.adopt_history(history, force)
+    /// [`cache::Cache::adopt_history`] with this catalog's history, under the writer lock
+    /// (between batches).
+    fn adopt_history(&self, cache: &cache::Cache, force: bool) -> Result<bool, String> {
+        let writer = self.lock_writer();
+        cache.adopt_history(writer.history_id(), force)
     }
 
     /// On a graceful stop: takes the writer lock for good (nothing more will be
@@ -761,12 +761,13 @@ impl CatalogNode {
             let Ok((place, answer)) = posted.answers.recv() else { break };
             waiting -= 1;
             let link = &posted.links[place];
-            let failed = match answer {
-                // A tail's answer counts only at the batch's last write, in this log (the
-                // replica may have logged another write under a number the tail held).
-                Ok(ack) if tailed[place] => match ack.seq == last && Self::same_log(store, &ack) {
-                    true => Ok(ack),
-                    false => Err(Self::behind(link, &ack, last)),
+            let judged = match answer {
+                // A tail's answer counts as the batch's would, and only so: at the batch's
+                // last write, in this log (the replica may have logged another write under a
+                // number the tail held).
+                Ok(ack) if tailed[place] => match took(last, ack.seq, Self::same_log(store, &ack)) {
+                    Took::Yes => Ok(ack),
+                    Took::Tail { .. } | Took::No => Err(Self::behind(link, &ack, last)),
                 },
                 Ok(ack) => match took(last, ack.seq, Self::same_log(store, &ack)) {
                     Took::Yes => Ok(ack),
@@ -790,7 +791,7 @@ impl CatalogNode {
                 },
                 Err(e) => Err(e),
             };
-            match failed {
+            match judged {
                 Ok(ack) => {
                     link.grant().synced(ack.replica_id);
                     took_them[place] = true;
